@@ -1,0 +1,187 @@
+//! Data files `N.db`: positioned reads through a memory map or `pread`.
+//!
+//! # Memory-map safety
+//! This is the one place that maps files. A map is sound only while the mapped
+//! bytes never change and the file never shrinks under it. The engine keeps that
+//! true by construction:
+//! * a directory is opened by one writer at a time (an exclusive `flock` on
+//!   `ourkv.lock`; read-only handles take a shared lock);
+//! * data files are append-only while open: records are never rewritten, and the
+//!   only truncation (cutting a torn tail) happens in `open`, before any map exists;
+//! * a map covers only bytes that were already written and flushed when it was made.
+//!
+//! Compaction builds a new directory and swaps it in by rename, so old maps keep
+//! pointing at the old (unlinked, still intact) inodes.
+//! The plain `pread` path is the reference; maps are only an accelerator.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use memmap2::Mmap;
+
+use crate::error::{IoContext, Result};
+
+/// Path of data file `nr` in `dir`.
+pub fn data_path(dir: &Path, nr: u16) -> PathBuf {
+    dir.join(format!("{nr}.db"))
+}
+
+/// The data file numbers present in `dir`, ascending.
+pub fn list(dir: &Path) -> Result<Vec<u16>> {
+    let mut nrs = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".db") else {
+            continue;
+        };
+        // `lookup_dump.db` is a directory; plain decimal names only, as V writes them.
+        if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) || (stem.len() > 1 && stem.starts_with('0')) {
+            continue;
+        }
+        if let Ok(nr) = stem.parse::<u16>() {
+            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                nrs.push(nr);
+            }
+        }
+    }
+    nrs.sort_unstable();
+    Ok(nrs)
+}
+
+/// One open data file.
+pub struct DataFile {
+    pub nr: u16,
+    path: PathBuf,
+    file: File,
+    map: RwLock<Option<Arc<Mmap>>>,
+}
+
+impl DataFile {
+    /// Opens an existing data file.
+    pub fn open(dir: &Path, nr: u16, writable: bool) -> Result<Self> {
+        let path = data_path(dir, nr);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .ctx(|| format!("open {}", path.display()))?;
+        Ok(DataFile {
+            nr,
+            path,
+            file,
+            map: RwLock::new(None),
+        })
+    }
+
+    /// Creates a new data file holding the single leading zero byte (V's layout).
+    /// Refuses to touch an existing file: reopening never truncates.
+    pub fn create(dir: &Path, nr: u16) -> Result<Self> {
+        let path = data_path(dir, nr);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("create {}", path.display()))?;
+        file.write_all_at(&[0], 0)
+            .ctx(|| format!("write {}", path.display()))?;
+        Ok(DataFile {
+            nr,
+            path,
+            file,
+            map: RwLock::new(None),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .ctx(|| format!("stat {}", self.path.display()))
+    }
+
+    /// Maps the first `len` bytes (already written and flushed).
+    pub fn remap(&self, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: see the module doc: the first `len` bytes exist, are never
+        // rewritten while the directory is locked, and the file never shrinks
+        // while a map exists.
+        let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&self.file) }
+            .ctx(|| format!("mmap {}", self.path.display()))?;
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(map));
+        Ok(())
+    }
+
+    pub fn mapped_len(&self) -> u64 {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |m| m.len() as u64)
+    }
+
+    /// Copies `out.len()` bytes at `pos` from the map; false if the map does not cover them.
+    #[inline]
+    pub fn read_mapped(&self, pos: u64, out: &mut [u8]) -> bool {
+        let guard = self.map.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(m) if pos as usize + out.len() <= m.len() => {
+                out.copy_from_slice(&m[pos as usize..pos as usize + out.len()]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads through the map when it covers the range, else with `pread`.
+    pub fn read_at(&self, pos: u64, out: &mut [u8]) -> Result<()> {
+        if self.read_mapped(pos, out) {
+            return Ok(());
+        }
+        self.file
+            .read_exact_at(out, pos)
+            .ctx(|| format!("read {} bytes at {}:{pos}", out.len(), self.path.display()))
+    }
+
+    /// Writes at `pos` (the writer's flush).
+    pub fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(bytes, pos)
+            .ctx(|| format!("write {} bytes at {}:{pos}", bytes.len(), self.path.display()))
+    }
+
+    pub fn sync_data(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .ctx(|| format!("fsync {}", self.path.display()))
+    }
+
+    /// Cuts the file to `len` bytes. Only called by `open` before any map exists.
+    pub fn truncate(&self, len: u64) -> Result<()> {
+        debug_assert!(self.mapped_len() == 0);
+        self.file
+            .set_len(len)
+            .ctx(|| format!("truncate {}", self.path.display()))?;
+        self.sync_data()
+    }
+
+    /// Reads the whole file (tools and recovery scans).
+    pub fn read_all(&self) -> Result<Vec<u8>> {
+        let len = self.len()?;
+        let mut buf = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut buf, 0)
+            .ctx(|| format!("read {}", self.path.display()))?;
+        Ok(buf)
+    }
+}

@@ -1,0 +1,1135 @@
+//! `OurDb`: one database directory, opened for reading by many threads and
+//! writing by one at a time.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::config::{Config, SyncPolicy};
+use crate::datafile::{self, DataFile};
+use crate::error::{Error, IoContext, Result};
+use crate::location::Location;
+use crate::lookup::{self, LookupTable};
+use crate::meta::{Meta, Origin};
+use crate::record::{Header, HEADER_LEN, MAX_VALUE_LEN};
+use crate::scan::{self, RebuildReport, Rebuilder};
+use crate::wal::{self, WalEntry, WalHeader};
+
+pub const LOCK_FILE: &str = "ourkv.lock";
+/// Writes are buffered up to this size before they are handed to the OS.
+const WRITE_BUFFER: usize = 1 << 20;
+/// The active file is remapped once this much has been flushed past its map.
+const REMAP_STEP: u64 = 8 << 20;
+
+/// How to open a directory.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// The configuration for a new or V directory. A directory created by ourkv
+    /// uses the configuration in its metadata; a given one must agree with it.
+    pub config: Option<Config>,
+    pub sync: SyncPolicy,
+    pub read_only: bool,
+    /// Create the directory if it does not exist.
+    pub create: bool,
+    /// Take a checkpoint (write the lookup dump, start a new journal) after this
+    /// many bytes of records: bounds the work recovery redoes on open.
+    pub checkpoint_bytes: u64,
+    /// Marks a new directory as holding V data (compaction and restore of a V
+    /// directory): `record_size_max` is then not enforced, as V never did.
+    pub origin: Option<Origin>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            config: None,
+            sync: SyncPolicy::default(),
+            read_only: false,
+            create: true,
+            checkpoint_bytes: 256 << 20,
+            origin: None,
+        }
+    }
+}
+
+impl OpenOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn config(mut self, c: Config) -> Self {
+        self.config = Some(c);
+        self
+    }
+    pub fn sync(mut self, s: SyncPolicy) -> Self {
+        self.sync = s;
+        self
+    }
+    pub fn read_only(mut self, r: bool) -> Self {
+        self.read_only = r;
+        self
+    }
+    pub fn create(mut self, c: bool) -> Self {
+        self.create = c;
+        self
+    }
+    pub fn checkpoint_bytes(mut self, b: u64) -> Self {
+        self.checkpoint_bytes = b;
+        self
+    }
+    pub fn origin(mut self, o: Origin) -> Self {
+        self.origin = Some(o);
+        self
+    }
+    pub fn open(self, dir: impl AsRef<Path>) -> Result<OurDb> {
+        OurDb::open_with(dir.as_ref(), self)
+    }
+}
+
+/// What open found and did, for logs and `db info`.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    /// Journal entries redone on top of the last checkpoint.
+    pub redone: u64,
+    /// Bytes of torn data cut from the end of the last data file.
+    pub torn_data_bytes: u64,
+    /// Bytes of torn journal cut.
+    pub torn_journal_bytes: u64,
+    /// Records found past a stale V dump and rolled forward.
+    pub rolled_forward: Option<RebuildReport>,
+    /// True for a V directory seen for the first time.
+    pub adopted_v_directory: bool,
+}
+
+struct Writer {
+    active: Arc<DataFile>,
+    /// Logical end of the active file, buffered bytes included.
+    end: u64,
+    /// Bytes not yet handed to the OS; they belong at `buf_start`.
+    buf: Vec<u8>,
+    buf_start: u64,
+    wal: File,
+    wal_buf: Vec<u8>,
+    next_id: u32,
+    /// Count of writes accepted; group commit waits on it.
+    seq: u64,
+    dirty: BTreeSet<u16>,
+    bytes_since_checkpoint: u64,
+    poisoned: bool,
+}
+
+#[derive(Default)]
+struct GroupState {
+    synced_seq: u64,
+    leader: bool,
+    failed: bool,
+}
+
+/// One open OurDB directory. `Send + Sync`: share it behind an `Arc`.
+pub struct OurDb {
+    dir: PathBuf,
+    meta: Meta,
+    keysize: u8,
+    sync: SyncPolicy,
+    read_only: bool,
+    checkpoint_bytes: u64,
+    /// Lookup entries of keysize < 6 lose the file number or high position bits
+    /// in directories V wrote past what they address; reads then try each candidate.
+    loose_addressing: bool,
+    lookup: LookupTable,
+    files: RwLock<Vec<Option<Arc<DataFile>>>>,
+    writer: Option<Mutex<Writer>>,
+    group: Mutex<GroupState>,
+    group_cv: Condvar,
+    report: OpenReport,
+    _lock: Option<File>,
+    closed: std::sync::atomic::AtomicBool,
+    /// The next id as found at open (a read-only handle has no writer).
+    ro_next_id: u32,
+}
+
+fn lock_dir(dir: &Path, exclusive: bool) -> Result<Option<File>> {
+    let path = dir.join(LOCK_FILE);
+    let file = if exclusive {
+        FsOpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("create {}", path.display()))?
+    } else {
+        // A read-only open of a read-only directory (a fixture, a mounted
+        // backup) cannot create the lock file; nothing can write there anyway.
+        match File::open(&path) {
+            Ok(f) => f,
+            Err(_) => return Ok(None),
+        }
+    };
+    let r = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match r {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx(|| format!("lock {}", path.display())),
+    }
+}
+
+impl OurDb {
+    /// Opens (or creates) `dir` with default options and `config`.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<OurDb> {
+        OpenOptions::new().config(config).open(dir)
+    }
+
+    fn open_with(dir: &Path, opts: OpenOptions) -> Result<OurDb> {
+        if !dir.is_dir() {
+            if opts.create && !opts.read_only {
+                fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+            } else {
+                return Err(Error::Io {
+                    context: format!("open {}", dir.display()),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+                });
+            }
+        }
+        let lock = lock_dir(dir, !opts.read_only)?;
+        let stored = Meta::load(dir)?;
+        let file_nrs = datafile::list(dir)?;
+        let has_dump = dir.join(lookup::DUMP_DIR).join(lookup::DUMP_DATA).is_file();
+        let meta = match stored {
+            Some(m) => {
+                if let Some(c) = &opts.config {
+                    let ks = c.keysize()?;
+                    if ks != m.keysize || c.incremental != m.config.incremental {
+                        return Err(Error::Config(format!(
+                            "{} was created with keysize {} and incremental={}; the given configuration has keysize {ks} and incremental={}",
+                            dir.display(), m.keysize, m.config.incremental, c.incremental
+                        )));
+                    }
+                }
+                m
+            }
+            None => {
+                let config = opts.config.clone().unwrap_or_default();
+                config.validate()?;
+                let keysize = config.keysize()?;
+                let origin = if file_nrs.is_empty() && !has_dump {
+                    opts.origin.unwrap_or(Origin::Ourkv)
+                } else {
+                    Origin::V
+                };
+                Meta {
+                    keysize,
+                    config: Config {
+                        keysize: Some(keysize),
+                        ..config
+                    },
+                    origin,
+                    epoch: 1,
+                }
+            }
+        };
+        let keysize = meta.keysize;
+        let writable = !opts.read_only;
+
+        let mut files: Vec<Option<Arc<DataFile>>> = Vec::new();
+        for &nr in &file_nrs {
+            if files.len() <= nr as usize {
+                files.resize(nr as usize + 1, None);
+            }
+            files[nr as usize] = Some(Arc::new(DataFile::open(dir, nr, writable)?));
+        }
+        let lookup = LookupTable::new(meta.config.record_nr_max);
+        let mut report = OpenReport::default();
+        let journal = wal::read(dir)?;
+        let incremental = meta.config.incremental;
+
+        // Establish the lookup, the next id and the end of valid data.
+        let mut next_id: u32 = 1;
+        let mut cut_journal_to: Option<usize> = None;
+        let data_end: Location;
+        if let Some(j) = &journal {
+            if j.header.has_dump {
+                let dump = lookup::read_dump(dir, keysize)?.ok_or_else(|| Error::Corrupt {
+                    path: dir.join(lookup::DUMP_DIR),
+                    detail: "the journal names a checkpoint dump that is missing".into(),
+                })?;
+                load_entries(&lookup, &dump.entries, dir)?;
+                next_id = next_id.max(dump.next_id.unwrap_or(1));
+            }
+            next_id = next_id.max(j.header.next_id);
+            data_end = scan_tail(&files, j.header.checkpoint, dir)?;
+            let mut applied = 0usize;
+            for e in &j.entries {
+                match *e {
+                    WalEntry::Set { id, loc } => {
+                        // An entry whose record did not reach the disk was never
+                        // acknowledged under a sync policy: it and all after it go.
+                        if loc >= j.header.checkpoint && loc >= data_end {
+                            break;
+                        }
+                        if id >= meta.config.record_nr_max {
+                            return Err(Error::Corrupt {
+                                path: dir.join(wal::WAL_FILE),
+                                detail: format!("entry for id {id} beyond record_nr_max"),
+                            });
+                        }
+                        lookup.set(id, loc);
+                        if incremental {
+                            next_id = next_id.max(id.saturating_add(1));
+                        }
+                    }
+                    WalEntry::Delete { id } => {
+                        if id < meta.config.record_nr_max {
+                            lookup.set(id, Location::NONE);
+                        }
+                    }
+                }
+                applied += 1;
+            }
+            report.redone = applied as u64;
+            if applied < j.entries.len() || j.torn_bytes > 0 {
+                report.torn_journal_bytes =
+                    j.torn_bytes + ((j.entries.len() - applied) * wal::ENTRY_LEN) as u64;
+                cut_journal_to = Some(applied);
+            }
+        } else {
+            // No journal: a V directory (or one ourkv never wrote to).
+            report.adopted_v_directory = meta.origin == Origin::V;
+            data_end = match file_nrs.last() {
+                Some(&nr) => Location::new(nr, files[nr as usize].as_ref().unwrap().len()? as u32),
+                None => Location::NONE,
+            };
+            match lookup::read_dump(dir, keysize)? {
+                Some(dump) => {
+                    load_entries(&lookup, &dump.entries, dir)?;
+                    next_id = match dump.next_id {
+                        Some(n) => n.max(1),
+                        None => dump.entries.iter().map(|e| e.0.saturating_add(1)).max().unwrap_or(1),
+                    };
+                    // V's dump is only as new as its last close(): records written
+                    // after it are rolled forward where the data decides their ids.
+                    if let Some(boundary) = dump_boundary(&files, &dump.entries, keysize)? {
+                        if boundary < data_end {
+                            let mut rb = Rebuilder::new(&lookup, incremental, next_id);
+                            for f in files.iter().flatten() {
+                                if f.nr < boundary.file_nr {
+                                    continue;
+                                }
+                                let start = if f.nr == boundary.file_nr { boundary.position as usize } else { 1 };
+                                rb.scan_file(f.nr, &f.read_all()?, start);
+                            }
+                            if incremental {
+                                next_id = rb.next_id;
+                            }
+                            if rb.report.records > 0 || !rb.report.is_certain() {
+                                tracing::warn!(dir = %dir.display(), report = ?rb.report, "rolled a stale V lookup dump forward");
+                                report.rolled_forward = Some(rb.report);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let has_records = files
+                        .iter()
+                        .flatten()
+                        .map(|f| f.len())
+                        .collect::<Result<Vec<_>>>()?
+                        .into_iter()
+                        .any(|len| len > 1);
+                    if has_records {
+                        return Err(Error::LookupMissing(dir.to_path_buf()));
+                    }
+                }
+            }
+        }
+
+        let loose_addressing = keysize < 6 && {
+            let limit = 1u64 << (8 * keysize as u32);
+            let mut loose = files.iter().flatten().count() > 1;
+            for f in files.iter().flatten() {
+                loose |= f.len()? > limit;
+            }
+            loose
+        };
+
+        let mut db_writer = None;
+        if writable {
+            // Cut torn tails (never anything before them: reopening never truncates).
+            if let Some(nr) = file_nrs.last() {
+                let f = files[*nr as usize].as_ref().unwrap();
+                let len = f.len()?;
+                if data_end.file_nr == *nr && (data_end.position as u64) < len {
+                    report.torn_data_bytes = len - data_end.position as u64;
+                    tracing::warn!(file = %f.path().display(), bytes = report.torn_data_bytes, "cutting torn tail");
+                    f.truncate(data_end.position as u64)?;
+                }
+            }
+            if let Some(n) = cut_journal_to {
+                wal::truncate_to(dir, n)?;
+            }
+            let active = match file_nrs.last() {
+                Some(&nr) => files[nr as usize].clone().unwrap(),
+                None => {
+                    let f = Arc::new(DataFile::create(dir, 0)?);
+                    crate::fsutil::sync_dir(dir)?;
+                    files.push(Some(f.clone()));
+                    f
+                }
+            };
+            let end = active.len()?;
+            let wal_file = if journal.is_some() {
+                wal::open_append(dir)?
+            } else {
+                meta.store(dir)?;
+                // Adopting a V directory: checkpoint at once so that the state just
+                // derived (dump, rolled-forward records) is durable before any write.
+                if meta.origin == Origin::V {
+                    lookup::write_dump(dir, &lookup, keysize, incremental.then_some(next_id))?;
+                }
+                wal::create(
+                    dir,
+                    WalHeader {
+                        checkpoint: Location::new(active.nr, end as u32),
+                        next_id,
+                        has_dump: meta.origin == Origin::V,
+                    },
+                )?
+            };
+            db_writer = Some(Mutex::new(Writer {
+                active,
+                end,
+                buf: Vec::with_capacity(WRITE_BUFFER + MAX_VALUE_LEN + HEADER_LEN),
+                buf_start: end,
+                wal: wal_file,
+                wal_buf: Vec::with_capacity(64 << 10),
+                next_id,
+                seq: 0,
+                dirty: BTreeSet::new(),
+                bytes_since_checkpoint: 0,
+                poisoned: false,
+            }));
+        }
+        for f in files.iter().flatten() {
+            f.remap(f.len()?)?;
+        }
+        if report.redone > 0 || report.torn_data_bytes > 0 {
+            tracing::info!(dir = %dir.display(), redone = report.redone, torn = report.torn_data_bytes, "recovered");
+        }
+        let db = OurDb {
+            dir: dir.to_path_buf(),
+            meta,
+            keysize,
+            sync: opts.sync,
+            read_only: opts.read_only,
+            checkpoint_bytes: opts.checkpoint_bytes,
+            loose_addressing,
+            lookup,
+            files: RwLock::new(files),
+            writer: db_writer,
+            group: Mutex::new(GroupState::default()),
+            group_cv: Condvar::new(),
+            report,
+            _lock: lock,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            ro_next_id: next_id,
+        };
+        Ok(db)
+    }
+
+
+    /// The directory this handle serves.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory's configuration (keysize resolved).
+    pub fn config(&self) -> &Config {
+        &self.meta.config
+    }
+
+    pub fn keysize(&self) -> u8 {
+        self.keysize
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// What open found and repaired.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    /// Bytes held by the in-memory lookup table.
+    pub fn lookup_memory_bytes(&self) -> usize {
+        self.lookup.memory_bytes()
+    }
+
+    fn check_range(&self, id: u32) -> Result<()> {
+        let max = self.meta.config.record_nr_max;
+        if id >= max {
+            return Err(Error::IdOutOfRange { id, max });
+        }
+        Ok(())
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, Writer>> {
+        let m = self.writer.as_ref().ok_or(Error::ReadOnly)?;
+        let w = m.lock().unwrap_or_else(|e| e.into_inner());
+        if w.poisoned {
+            return Err(Error::Poisoned);
+        }
+        Ok(w)
+    }
+
+    // ---- writes ----
+
+    /// Writes `value`: a new id when `id` is `None` (incremental mode), else a
+    /// new version of `id`. Returns the id.
+    pub fn set(&self, id: Option<u32>, value: &[u8]) -> Result<u32> {
+        self.check_value(value)?;
+        let mut w = self.writer()?;
+        let id = match (id, self.meta.config.incremental) {
+            (None, true) => {
+                if w.next_id >= self.meta.config.record_nr_max {
+                    return Err(Error::TableFull(self.meta.config.record_nr_max));
+                }
+                w.next_id
+            }
+            (None, false) => return Err(Error::IdRequired),
+            (Some(id), true) => {
+                self.check_range(id)?;
+                if id == 0 || self.lookup.get(id).is_none() {
+                    return Err(Error::IdNotIssued(id));
+                }
+                id
+            }
+            (Some(id), false) => {
+                self.check_range(id)?;
+                id
+            }
+        };
+        let seq = self.append_locked(&mut w, id, value)?;
+        self.finish_write(w, seq)?;
+        Ok(id)
+    }
+
+    /// Appends a new record for id (incremental mode).
+    pub fn insert(&self, value: &[u8]) -> Result<u32> {
+        self.set(None, value)
+    }
+
+    /// Writes a version of `id` whatever the mode, raising the next id past it:
+    /// `restore` and `compact` use it to keep ids.
+    pub fn import(&self, id: u32, value: &[u8]) -> Result<()> {
+        self.check_value(value)?;
+        self.check_range(id)?;
+        let mut w = self.writer()?;
+        let seq = self.append_locked(&mut w, id, value)?;
+        self.finish_write(w, seq)
+    }
+
+    /// Never hand out ids below `next_id` again (restore and compact keep the
+    /// counter of the source even when its highest ids were deleted).
+    pub fn reserve_ids_below(&self, next_id: u32) -> Result<()> {
+        let mut w = self.writer()?;
+        if next_id > w.next_id {
+            w.next_id = next_id.min(self.meta.config.record_nr_max);
+            // Persisted by the next checkpoint; force one so a crash cannot lose it.
+            self.checkpoint_locked(&mut w)?;
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > MAX_VALUE_LEN {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: MAX_VALUE_LEN,
+            });
+        }
+        // V never enforced record_size_max, and its directories hold larger
+        // values; ourkv enforces it for directories it created.
+        let max = self.meta.config.record_size_max as usize;
+        if self.meta.origin == Origin::Ourkv && value.len() > max {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes `id`. Records are never rewritten: the lookup entry is cleared (and
+    /// journaled); the bytes go at the next compaction.
+    pub fn delete(&self, id: u32) -> Result<()> {
+        self.check_range(id)?;
+        let mut w = self.writer()?;
+        if self.lookup.get(id).is_none() {
+            return Err(Error::NotFound(id));
+        }
+        w.wal_buf.extend_from_slice(&WalEntry::Delete { id }.encode());
+        self.lookup.set(id, Location::NONE);
+        w.seq += 1;
+        let seq = w.seq;
+        self.finish_write(w, seq)
+    }
+
+    /// Appends one record under the writer lock; returns its sequence number.
+    fn append_locked(&self, w: &mut Writer, id: u32, value: &[u8]) -> Result<u64> {
+        let rec_len = (HEADER_LEN + value.len()) as u64;
+        // Switch files as V does (before the write, once the file reached
+        // file_size); only keysize 6 can address more than one file.
+        if self.keysize == 6 && w.end >= self.meta.config.file_size as u64 {
+            self.roll_locked(w)?;
+        } else if w.end + rec_len > u32::MAX as u64 {
+            if self.keysize == 6 {
+                self.roll_locked(w)?;
+            }
+        }
+        let loc = Location::new(w.active.nr, w.end.min(u32::MAX as u64) as u32);
+        if w.end + rec_len > u32::MAX as u64 || !loc.fits(self.keysize) {
+            return Err(Error::AddressSpaceFull {
+                keysize: self.keysize,
+                location: loc,
+            });
+        }
+        let prev = self.lookup.get(id);
+        let prev = if self.loose_addressing && !prev.is_none() {
+            // Resolve what the short entry really points at, so history follows.
+            self.resolve(id, prev).unwrap_or(Location::NONE)
+        } else {
+            prev
+        };
+        crate::record::encode_record(value, prev, &mut w.buf);
+        w.end += rec_len;
+        w.wal_buf.extend_from_slice(&WalEntry::Set { id, loc }.encode());
+        self.lookup.set(id, loc);
+        if self.meta.config.incremental && id >= w.next_id {
+            w.next_id = id + 1;
+        }
+        w.seq += 1;
+        w.bytes_since_checkpoint += rec_len;
+        Ok(w.seq)
+    }
+
+    /// Closes the active file and starts the next one.
+    fn roll_locked(&self, w: &mut Writer) -> Result<()> {
+        self.flush_locked(w)?;
+        let nr = w.active.nr.checked_add(1).ok_or(Error::AddressSpaceFull {
+            keysize: self.keysize,
+            location: Location::new(w.active.nr, w.end as u32),
+        })?;
+        // The old file must be complete on disk before records go elsewhere:
+        // recovery only ever cuts the tail of the last file.
+        w.active.sync_data().inspect_err(|_| w.poisoned = true)?;
+        w.dirty.remove(&w.active.nr);
+        let f = Arc::new(DataFile::create(&self.dir, nr).inspect_err(|_| w.poisoned = true)?);
+        crate::fsutil::sync_dir(&self.dir).inspect_err(|_| w.poisoned = true)?;
+        w.active.remap(w.end)?;
+        {
+            let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+            if files.len() <= nr as usize {
+                files.resize(nr as usize + 1, None);
+            }
+            files[nr as usize] = Some(f.clone());
+        }
+        w.active = f;
+        w.end = 1;
+        w.buf_start = 1;
+        Ok(())
+    }
+
+    /// Hands buffered records and journal entries to the OS (data first: a
+    /// journal entry must never name bytes that are not written).
+    fn flush_locked(&self, w: &mut Writer) -> Result<()> {
+        if !w.buf.is_empty() {
+            if let Err(e) = w.active.write_at(w.buf_start, &w.buf) {
+                w.poisoned = true;
+                return Err(e);
+            }
+            w.buf_start += w.buf.len() as u64;
+            w.buf.clear();
+            let nr = w.active.nr;
+            w.dirty.insert(nr);
+        }
+        if !w.wal_buf.is_empty() {
+            let Writer { wal, wal_buf, .. } = &mut *w;
+            if let Err(e) = wal.write_all(wal_buf) {
+                w.poisoned = true;
+                return Err(Error::Io {
+                    context: format!("append to {}", self.dir.join(wal::WAL_FILE).display()),
+                    source: e,
+                });
+            }
+            w.wal_buf.clear();
+        }
+        if w.buf_start >= w.active.mapped_len() + REMAP_STEP {
+            w.active.remap(w.buf_start)?;
+        }
+        Ok(())
+    }
+
+    /// fdatasyncs dirty data files, then the journal.
+    fn sync_locked(&self, w: &mut Writer) -> Result<()> {
+        self.flush_locked(w)?;
+        let files = self.files.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for nr in std::mem::take(&mut w.dirty) {
+            if let Some(Some(f)) = files.get(nr as usize) {
+                f.sync_data().inspect_err(|_| w.poisoned = true)?;
+            }
+        }
+        w.wal
+            .sync_data()
+            .ctx(|| format!("fsync {}", self.dir.join(wal::WAL_FILE).display()))
+            .inspect_err(|_| w.poisoned = true)
+    }
+
+    /// Applies the sync policy after a write, then checkpoints if due.
+    fn finish_write(&self, mut w: MutexGuard<'_, Writer>, seq: u64) -> Result<()> {
+        match self.sync {
+            SyncPolicy::Never => {
+                if w.buf.len() >= WRITE_BUFFER || w.wal_buf.len() >= WRITE_BUFFER / 8 {
+                    self.flush_locked(&mut w)?;
+                }
+            }
+            SyncPolicy::Flush => self.flush_locked(&mut w)?,
+            SyncPolicy::Always => self.sync_locked(&mut w)?,
+            SyncPolicy::Group => self.flush_locked(&mut w)?,
+        }
+        if w.bytes_since_checkpoint >= self.checkpoint_bytes {
+            self.checkpoint_locked(&mut w)?;
+        }
+        drop(w);
+        if self.sync == SyncPolicy::Group {
+            self.group_sync(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Group commit: one writer (the leader) fdatasyncs for everyone whose
+    /// write was flushed before the sync began; the others wait for it.
+    fn group_sync(&self, seq: u64) -> Result<()> {
+        let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.synced_seq >= seq {
+                return Ok(());
+            }
+            if g.failed {
+                return Err(Error::Poisoned);
+            }
+            if !g.leader {
+                break;
+            }
+            g = self.group_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.leader = true;
+        drop(g);
+        // Everything flushed up to `target` is covered by this sync.
+        let result = self.writer().and_then(|mut w| {
+            let target = w.seq;
+            self.sync_locked(&mut w).map(|_| target)
+        });
+        let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        g.leader = false;
+        let out = match result {
+            Ok(target) => {
+                g.synced_seq = g.synced_seq.max(target);
+                Ok(())
+            }
+            Err(e) => {
+                g.failed = true;
+                Err(e)
+            }
+        };
+        self.group_cv.notify_all();
+        out
+    }
+
+    /// Makes the current state the recovery starting point: data and journal
+    /// synced, lookup dump (V's format) written, fresh journal.
+    fn checkpoint_locked(&self, w: &mut Writer) -> Result<()> {
+        self.sync_locked(w)?;
+        let incremental = self.meta.config.incremental;
+        let r = lookup::write_dump(&self.dir, &self.lookup, self.keysize, incremental.then_some(w.next_id))
+            .and_then(|_| {
+                wal::create(
+                    &self.dir,
+                    WalHeader {
+                        checkpoint: Location::new(w.active.nr, w.end as u32),
+                        next_id: w.next_id,
+                        has_dump: true,
+                    },
+                )
+            });
+        match r {
+            Ok(f) => {
+                w.wal = f;
+                w.bytes_since_checkpoint = 0;
+                Ok(())
+            }
+            Err(e) => {
+                w.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Hands buffered writes to the OS.
+    pub fn flush(&self) -> Result<()> {
+        let mut w = self.writer()?;
+        self.flush_locked(&mut w)
+    }
+
+    /// Makes every write so far durable (fdatasync).
+    pub fn sync(&self) -> Result<()> {
+        let mut w = self.writer()?;
+        self.sync_locked(&mut w)
+    }
+
+    /// Writes the checkpoint now (V-readable dump and `.inc`).
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut w = self.writer()?;
+        self.checkpoint_locked(&mut w)
+    }
+
+    /// Checkpoints and releases the directory. After close the directory is a
+    /// valid V directory.
+    pub fn close(self) -> Result<()> {
+        let r = match &self.writer {
+            Some(_) => self.checkpoint(),
+            None => Ok(()),
+        };
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    /// Drops the handle without flushing anything: what a crash leaves behind.
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    // ---- reads ----
+
+    /// The next id an insert will get (incremental mode).
+    pub fn next_id(&self) -> Result<u32> {
+        if !self.meta.config.incremental {
+            return Err(Error::NotIncremental);
+        }
+        Ok(match &self.writer {
+            Some(m) => m.lock().unwrap_or_else(|e| e.into_inner()).next_id,
+            None => self.ro_next_id,
+        })
+    }
+
+    /// The lookup entry of `id` as stored (unresolved for short keysizes).
+    pub fn raw_location(&self, id: u32) -> Option<Location> {
+        if id >= self.meta.config.record_nr_max {
+            return None;
+        }
+        let l = self.lookup.get(id);
+        (!l.is_none()).then_some(l)
+    }
+
+    /// Whether `id` has a live record.
+    pub fn contains(&self, id: u32) -> bool {
+        id < self.meta.config.record_nr_max && !self.lookup.get(id).is_none()
+    }
+
+    /// Live ids, ascending, with their raw lookup location.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.lookup.iter().map(|(id, _)| id)
+    }
+
+    /// Number of live ids.
+    pub fn len(&self) -> usize {
+        self.lookup.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lookup.iter().next().is_none()
+    }
+
+    /// The current value of `id`.
+    pub fn get(&self, id: u32) -> Result<Vec<u8>> {
+        self.check_range(id)?;
+        let loc = self.lookup.get(id);
+        if loc.is_none() {
+            return Err(Error::NotFound(id));
+        }
+        let loc = if self.loose_addressing { self.resolve(id, loc)? } else { loc };
+        let (_, value) = self.read_record(loc)?;
+        Ok(value)
+    }
+
+    /// Up to `depth` values of `id`, newest first (the current value first).
+    pub fn get_history(&self, id: u32, depth: usize) -> Result<Vec<Vec<u8>>> {
+        self.check_range(id)?;
+        if depth == 0 {
+            return Ok(Vec::new());
+        }
+        let loc = self.lookup.get(id);
+        if loc.is_none() {
+            return Err(Error::NotFound(id));
+        }
+        let mut loc = if self.loose_addressing { self.resolve(id, loc)? } else { loc };
+        let mut out = Vec::new();
+        while out.len() < depth {
+            let (h, value) = self.read_record(loc)?;
+            out.push(value);
+            if h.prev.is_none() {
+                break;
+            }
+            loc = h.prev;
+        }
+        Ok(out)
+    }
+
+    fn file(&self, nr: u16) -> Option<Arc<DataFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(nr as usize)
+            .cloned()
+            .flatten()
+    }
+
+    /// Reads bytes at `loc`: the map, else the writer's buffer, else `pread`.
+    fn read_bytes(&self, f: &DataFile, pos: u64, out: &mut [u8]) -> Result<()> {
+        if f.read_mapped(pos, out) {
+            return Ok(());
+        }
+        if let Some(m) = &self.writer {
+            let w = m.lock().unwrap_or_else(|e| e.into_inner());
+            if w.active.nr == f.nr && pos >= w.buf_start {
+                let off = (pos - w.buf_start) as usize;
+                let src = w.buf.get(off..off + out.len()).ok_or_else(|| Error::Corrupt {
+                    path: f.path().to_path_buf(),
+                    detail: format!("record at {pos} runs past the end of the data"),
+                })?;
+                out.copy_from_slice(src);
+                return Ok(());
+            }
+        }
+        f.read_at(pos, out).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => Error::Corrupt {
+                path: f.path().to_path_buf(),
+                detail: format!("record at {pos} runs past the end of the file"),
+            },
+            e => e,
+        })
+    }
+
+    /// Header and CRC-checked value of the record at `loc`.
+    fn read_record(&self, loc: Location) -> Result<(Header, Vec<u8>)> {
+        let f = self.file(loc.file_nr).ok_or_else(|| Error::Corrupt {
+            path: datafile::data_path(&self.dir, loc.file_nr),
+            detail: format!("a lookup entry points at {loc}, in a data file that does not exist"),
+        })?;
+        if loc.position == 0 {
+            return Err(Error::Corrupt {
+                path: f.path().to_path_buf(),
+                detail: "a location points at byte 0".into(),
+            });
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        self.read_bytes(&f, loc.position as u64, &mut hb)?;
+        let h = Header::decode(&hb);
+        let mut value = vec![0u8; h.len as usize];
+        self.read_bytes(&f, loc.position as u64 + HEADER_LEN as u64, &mut value)?;
+        if !h.check(&value) {
+            return Err(Error::Corrupt {
+                path: f.path().to_path_buf(),
+                detail: format!("CRC mismatch in the record at {loc}"),
+            });
+        }
+        if hb == [0u8; HEADER_LEN] && self.zeroed_by_v_delete(&f, loc)? {
+            return Err(Error::Corrupt {
+                path: f.path().to_path_buf(),
+                detail: format!("the record at {loc} was zeroed (V's delete hit the wrong record); its value is lost"),
+            });
+        }
+        Ok((h, value))
+    }
+
+    /// An empty value is 12 zero bytes; so is the start of a record V's delete
+    /// zeroed (12 + len zeros). Empty values come in whole 12-byte steps, so a
+    /// zero run whose length is no multiple of 12 holds a zeroed record.
+    fn zeroed_by_v_delete(&self, f: &DataFile, loc: Location) -> Result<bool> {
+        let start = loc.position as u64;
+        let end = self.data_end(f)?;
+        let window = (end - start).min((2 * HEADER_LEN + MAX_VALUE_LEN) as u64) as usize;
+        let mut bytes = vec![0u8; window];
+        self.read_bytes(f, start, &mut bytes)?;
+        let z = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        let run = if z == bytes.len() {
+            z
+        } else {
+            // The next record may start with zero bytes of its own.
+            match scan::record_after_zeros(&bytes, HEADER_LEN, z) {
+                Some(p) => p,
+                None => return Ok(true),
+            }
+        };
+        Ok(run % HEADER_LEN != 0)
+    }
+
+    /// Bytes of data in `f`, buffered writes included.
+    fn data_end(&self, f: &DataFile) -> Result<u64> {
+        if let Some(m) = &self.writer {
+            let w = m.lock().unwrap_or_else(|e| e.into_inner());
+            if w.active.nr == f.nr {
+                return Ok(w.end);
+            }
+        }
+        f.len()
+    }
+
+    /// Where a short (keysize < 6) entry really points, in a directory whose
+    /// files outgrew what the keysize addresses: every file and every position
+    /// with the same low bytes is tried; exactly one CRC-valid record must match.
+    fn resolve(&self, id: u32, loc: Location) -> Result<Location> {
+        let step = 1u64 << (8 * self.keysize as u32);
+        let files: Vec<Arc<DataFile>> = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut found = Vec::new();
+        for f in &files {
+            let len = f.mapped_len().max(f.len().unwrap_or(0));
+            let mut pos = loc.position as u64;
+            while pos < len && pos <= u32::MAX as u64 {
+                let cand = Location::new(f.nr, pos as u32);
+                if pos > 0 && self.read_record(cand).is_ok() {
+                    found.push(cand);
+                }
+                pos += step;
+            }
+        }
+        match found.len() {
+            1 => Ok(found[0]),
+            0 => Err(Error::Corrupt {
+                path: self.dir.clone(),
+                detail: format!("no valid record for id {id} at position {} in any data file", loc.position),
+            }),
+            _ => {
+                let mut nrs: Vec<u16> = found.iter().map(|l| l.file_nr).collect();
+                nrs.dedup();
+                Err(Error::Ambiguous {
+                    id,
+                    position: loc.position,
+                    keysize: self.keysize,
+                    files: nrs,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for OurDb {
+    fn drop(&mut self) {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Some(m) = &self.writer {
+            let mut w = m.lock().unwrap_or_else(|e| e.into_inner());
+            if !w.poisoned {
+                // A drop without close keeps everything written (the journal
+                // replays it); the checkpoint is close's job.
+                if let Err(e) = self.flush_locked(&mut w) {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "flush on drop failed");
+                }
+            }
+        }
+    }
+}
+
+fn load_entries(lookup: &LookupTable, entries: &[(u32, Location)], dir: &Path) -> Result<()> {
+    for &(id, loc) in entries {
+        if id >= lookup.record_nr_max() {
+            return Err(Error::Corrupt {
+                path: dir.join(lookup::DUMP_DIR),
+                detail: format!("entry for id {id} beyond record_nr_max {}", lookup.record_nr_max()),
+            });
+        }
+        lookup.set(id, loc);
+    }
+    Ok(())
+}
+
+/// End of the valid records that follow the checkpoint.
+fn scan_tail(files: &[Option<Arc<DataFile>>], checkpoint: Location, dir: &Path) -> Result<Location> {
+    let mut end = checkpoint;
+    for f in files.iter().flatten() {
+        if f.nr < checkpoint.file_nr {
+            continue;
+        }
+        let bytes = f.read_all()?;
+        let start = if f.nr == checkpoint.file_nr {
+            checkpoint.position.max(1) as usize
+        } else {
+            1
+        };
+        if start > bytes.len() {
+            return Err(Error::Corrupt {
+                path: f.path().to_path_buf(),
+                detail: format!("the journal's checkpoint {checkpoint} lies past the end of the file ({} bytes): data was lost", bytes.len()),
+            });
+        }
+        let valid = scan::valid_end(&bytes, start);
+        end = Location::new(f.nr, valid as u32);
+        if valid < bytes.len() {
+            if f.nr != files.iter().flatten().last().map_or(f.nr, |l| l.nr) {
+                tracing::warn!(dir = %dir.display(), file = f.nr, "invalid bytes before the last data file");
+            }
+            break;
+        }
+    }
+    Ok(end)
+}
+
+/// Where the records covered by a V dump end: past the furthest record it names.
+/// `None` when the keysize cannot tell files apart.
+fn dump_boundary(files: &[Option<Arc<DataFile>>], entries: &[(u32, Location)], keysize: u8) -> Result<Option<Location>> {
+    let nfiles = files.iter().flatten().count();
+    if keysize < 6 {
+        // Short entries that lost high bits cannot say where the dump ends.
+        let limit = 1u64 << (8 * keysize as u32);
+        for f in files.iter().flatten() {
+            if nfiles > 1 || f.len()? > limit {
+                return Ok(None);
+            }
+        }
+    }
+    let Some(&(_, far)) = entries.iter().max_by_key(|(_, l)| *l) else {
+        // An empty dump covers nothing: everything after byte 0 is new.
+        let first = files.iter().flatten().next().map_or(0, |f| f.nr);
+        return Ok(Some(Location::new(first, 1)));
+    };
+    let Some(Some(f)) = files.get(far.file_nr as usize) else {
+        return Ok(None);
+    };
+    let mut hb = [0u8; HEADER_LEN];
+    if f.read_at(far.position as u64, &mut hb).is_err() {
+        return Ok(None);
+    }
+    let h = Header::decode(&hb);
+    Ok(Some(Location::new(far.file_nr, (far.position as u64 + h.record_len()) as u32)))
+}

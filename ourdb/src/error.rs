@@ -1,0 +1,90 @@
+//! The one error type of the engine.
+
+use std::path::PathBuf;
+
+use crate::location::Location;
+
+/// Everything the engine can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed; `context` says which file or step.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The id has no live record.
+    #[error("record {0} not found")]
+    NotFound(u32),
+    /// The id lies outside `0..record_nr_max` (or is 0 in incremental mode).
+    #[error("id {id} is out of range (record_nr_max is {max})")]
+    IdOutOfRange { id: u32, max: u32 },
+    /// Incremental mode only hands out ids itself; an explicit id must already be live.
+    #[error("id {0} was never issued or is deleted: in incremental mode only live ids can be updated")]
+    IdNotIssued(u32),
+    /// Key-value mode needs an explicit id.
+    #[error("an id must be given when incremental mode is off")]
+    IdRequired,
+    /// `next_id` only exists in incremental mode.
+    #[error("incremental mode is not enabled")]
+    NotIncremental,
+    /// All ids below `record_nr_max` have been handed out.
+    #[error("lookup table is full: all {0} ids are used")]
+    TableFull(u32),
+    /// A value longer than a record can hold.
+    #[error("value of {len} bytes is too large: a record holds at most {max} bytes")]
+    ValueTooLarge { len: usize, max: usize },
+    /// The keysize of this directory cannot address the next write position.
+    #[error("keysize {keysize} cannot address {location}: the database is full (compact or restore into keysize 6)")]
+    AddressSpaceFull { keysize: u8, location: Location },
+    /// Stored bytes fail their check.
+    #[error("corrupt data in {path}: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    /// A lookup entry fits records in more than one data file (keysize < 6 with several files).
+    #[error("record {id}: position {position} matches valid records in data files {files:?}; keysize {keysize} stores no file number")]
+    Ambiguous {
+        id: u32,
+        position: u32,
+        keysize: u8,
+        files: Vec<u16>,
+    },
+    /// The configuration is unusable or disagrees with the directory.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The directory is held by another process.
+    #[error("database {0} is locked by another process")]
+    Locked(PathBuf),
+    /// A V directory with data files but no lookup dump: its id map must be rebuilt first.
+    #[error("{0} holds data files but no lookup dump: run `ourkv db recover` to rebuild the id map")]
+    LookupMissing(PathBuf),
+    /// The handle was opened read-only.
+    #[error("database is open read-only")]
+    ReadOnly,
+    /// An earlier write failed half-way; the handle refuses work until reopened.
+    #[error("database handle is poisoned by an earlier failed write; reopen it")]
+    Poisoned,
+    /// A keyed-layer envelope could not be decoded.
+    #[error("bad envelope: {0}")]
+    Envelope(String),
+    /// A key that the keyed layer cannot store.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a description to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}

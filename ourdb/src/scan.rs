@@ -1,0 +1,236 @@
+//! Reading data files front to back: torn-tail detection on open, and the
+//! rebuild of an id map from V data files (`recover`, and rolling a stale V
+//! dump forward).
+
+use std::collections::HashMap;
+
+use crate::location::Location;
+use crate::lookup::LookupTable;
+use crate::record::{Header, HEADER_LEN};
+
+/// The header of a whole, CRC-valid record at `pos` in `bytes`.
+pub fn record_at(bytes: &[u8], pos: usize) -> Option<Header> {
+    let hb: &[u8; HEADER_LEN] = bytes.get(pos..pos + HEADER_LEN)?.try_into().ok()?;
+    let h = Header::decode(hb);
+    let start = pos + HEADER_LEN;
+    let value = bytes.get(start..start + h.len as usize)?;
+    h.check(value).then_some(h)
+}
+
+/// Where the record that ends a zero run starts. Its header may begin with
+/// zero bytes of its own, so it starts up to 11 bytes before `first_nonzero`,
+/// but not before `min`. A run of zeros followed by a few header bytes can
+/// itself parse as an empty value with a previous pointer; a record with a
+/// value is preferred over such a phantom.
+pub fn record_after_zeros(bytes: &[u8], min: usize, first_nonzero: usize) -> Option<usize> {
+    let range = first_nonzero.saturating_sub(HEADER_LEN - 1).max(min)..=first_nonzero;
+    range
+        .clone()
+        .find(|&p| record_at(bytes, p).is_some_and(|h| h.len > 0))
+        .or_else(|| range.clone().find(|&p| record_at(bytes, p).is_some()))
+}
+
+/// End of the run of valid records that starts at `pos` (the first byte that
+/// does not begin a whole, valid record).
+pub fn valid_end(bytes: &[u8], mut pos: usize) -> usize {
+    while let Some(h) = record_at(bytes, pos) {
+        pos += h.record_len() as usize;
+    }
+    pos
+}
+
+/// What a rebuild found and what it had to assume or leave open.
+#[derive(Debug, Default, Clone)]
+pub struct RebuildReport {
+    /// Valid records read.
+    pub records: u64,
+    /// Records taken as first versions of new ids.
+    pub inserts: u64,
+    /// Records taken as new versions of known ids.
+    pub updates: u64,
+    /// Zero runs taken as deleted records.
+    pub deleted: u64,
+    /// Decisions the data did not fully determine.
+    pub assumptions: Vec<String>,
+    /// Things it could not decide (records left unreachable).
+    pub undecided: Vec<String>,
+}
+
+impl RebuildReport {
+    pub fn is_certain(&self) -> bool {
+        self.assumptions.is_empty() && self.undecided.is_empty()
+    }
+}
+
+/// Rebuilds ids from V records, continuing the state already in `table`.
+///
+/// In V's incremental mode ids are handed out in write order, and an update
+/// records the previous location of its id. So a record without a previous
+/// version is the next id, and any other record moves the id whose current
+/// location it names. V's delete zeroes the record in place, which leaves runs
+/// of zero bytes; whether such a record was a first version (and used an id)
+/// cannot be read from the data, so it is assumed and reported.
+pub struct Rebuilder<'a> {
+    table: &'a LookupTable,
+    incremental: bool,
+    pub next_id: u32,
+    by_location: HashMap<Location, u32>,
+    pub report: RebuildReport,
+}
+
+impl<'a> Rebuilder<'a> {
+    pub fn new(table: &'a LookupTable, incremental: bool, next_id: u32) -> Self {
+        let by_location = table.iter().map(|(id, loc)| (loc, id)).collect();
+        Rebuilder {
+            table,
+            incremental,
+            next_id: next_id.max(1),
+            by_location,
+            report: RebuildReport::default(),
+        }
+    }
+
+    fn new_id(&mut self, loc: Location) -> Option<u32> {
+        if !self.incremental {
+            self.report.undecided.push(format!(
+                "record at {loc} has no previous version: in key-value mode its id cannot be known"
+            ));
+            return None;
+        }
+        if self.next_id >= self.table.record_nr_max() {
+            self.report
+                .undecided
+                .push(format!("record at {loc}: no id left below record_nr_max"));
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Some(id)
+    }
+
+    fn apply(&mut self, loc: Location, h: &Header) {
+        self.report.records += 1;
+        if h.prev.is_none() {
+            if let Some(id) = self.new_id(loc) {
+                self.table.set(id, loc);
+                self.by_location.insert(loc, id);
+                self.report.inserts += 1;
+            }
+        } else if let Some(id) = self.by_location.remove(&h.prev) {
+            self.table.set(id, loc);
+            self.by_location.insert(loc, id);
+            self.report.updates += 1;
+        } else {
+            self.report.undecided.push(format!(
+                "record at {loc} updates {} which is no live record: left unreachable",
+                h.prev
+            ));
+        }
+    }
+
+    /// Scans `bytes` (all of data file `file_nr`) from `start`.
+    pub fn scan_file(&mut self, file_nr: u16, bytes: &[u8], start: usize) {
+        let mut pos = start.max(1);
+        while pos < bytes.len() {
+            let loc = Location::new(file_nr, pos as u32);
+            let zero_header = bytes[pos..bytes.len().min(pos + HEADER_LEN)].iter().all(|&b| b == 0);
+            if zero_header {
+                let mut z = pos;
+                while z < bytes.len() && bytes[z] == 0 {
+                    z += 1;
+                }
+                // A record header may itself start with zero bytes, so the next
+                // record can begin a few bytes before the first non-zero byte.
+                let end = if z == bytes.len() {
+                    Some(z)
+                } else {
+                    record_after_zeros(bytes, pos + HEADER_LEN, z)
+                };
+                let Some(end) = end else {
+                    self.report.undecided.push(format!(
+                        "{} zero bytes at {loc} are followed by bytes that are no valid record: rest of {file_nr}.db skipped",
+                        z - pos
+                    ));
+                    return;
+                };
+                let run = end - pos;
+                if run == HEADER_LEN {
+                    // Exactly an empty value with no previous version.
+                    let h = Header::decode(&[0; HEADER_LEN]);
+                    self.apply(loc, &h);
+                    self.report.assumptions.push(format!(
+                        "12 zero bytes at {loc}: taken as a live empty value (a deleted empty value looks the same)"
+                    ));
+                } else if run < HEADER_LEN {
+                    self.report.undecided.push(format!(
+                        "{run} stray zero bytes at {loc}: rest of {file_nr}.db skipped"
+                    ));
+                    return;
+                } else {
+                    self.report.deleted += 1;
+                    if self.incremental {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        self.report.assumptions.push(format!(
+                            "{run} zero bytes at {loc}: taken as one deleted first version (id {id}); if it was a deleted update, later new ids are one too high"
+                        ));
+                    } else {
+                        self.report.assumptions.push(format!(
+                            "{run} zero bytes at {loc}: taken as deleted record(s)"
+                        ));
+                    }
+                }
+                pos = end;
+                continue;
+            }
+            match record_at(bytes, pos) {
+                Some(h) => {
+                    self.apply(loc, &h);
+                    pos += h.record_len() as usize;
+                }
+                None => {
+                    self.report.undecided.push(format!(
+                        "bytes at {loc} form no valid record: rest of {file_nr}.db ({} bytes) skipped",
+                        bytes.len() - pos
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode_record;
+
+    #[test]
+    fn rebuild_follows_updates_and_zero_runs() {
+        let mut f = vec![0u8];
+        encode_record(b"one", Location::NONE, &mut f); // id 1 at 1
+        let second = f.len();
+        encode_record(b"two", Location::NONE, &mut f); // id 2
+        f.extend_from_slice(&[0u8; 12 + 5]); // a deleted first version: id 3
+        encode_record(b"one-b", Location::new(0, 1), &mut f); // update of id 1
+        let t = LookupTable::new(100);
+        let mut r = Rebuilder::new(&t, true, 1);
+        r.scan_file(0, &f, 1);
+        assert_eq!(r.next_id, 4);
+        assert_eq!(t.get(2), Location::new(0, second as u32));
+        assert_ne!(t.get(1), Location::new(0, 1));
+        assert_eq!(t.get(3), Location::NONE);
+        assert_eq!(r.report.assumptions.len(), 1);
+        assert!(r.report.undecided.is_empty());
+    }
+
+    #[test]
+    fn valid_end_stops_at_torn_tail() {
+        let mut f = vec![0u8];
+        encode_record(b"abc", Location::NONE, &mut f);
+        let good = f.len();
+        encode_record(b"defgh", Location::NONE, &mut f);
+        f.truncate(f.len() - 2);
+        assert_eq!(valid_end(&f, 1), good);
+    }
+}

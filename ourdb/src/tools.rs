@@ -1,0 +1,242 @@
+//! Offline tools: `verify`, `recover` (a V directory without its lookup dump)
+//! and `compact`.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::datafile::{self, DataFile};
+use crate::db::OpenOptions;
+use crate::error::{Error, IoContext, Result};
+use crate::location::Location;
+use crate::lookup::{self, LookupTable};
+use crate::meta::{Meta, Origin};
+use crate::scan::{self, RebuildReport, Rebuilder};
+
+/// What `verify` checked and found.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    pub live_ids: u64,
+    /// Record versions read and CRC-checked through the history chains.
+    pub versions_checked: u64,
+    /// Data file bytes scanned front to back.
+    pub bytes_scanned: u64,
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks a directory without changing it: every live id's whole history
+/// (CRCs, chains), shared locations, and the framing of the data files.
+pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
+    let mut opts = OpenOptions::new().read_only(true).create(false);
+    opts.config = config;
+    let db = opts.open(dir)?;
+    let mut report = VerifyReport::default();
+    let mut seen = std::collections::HashMap::new();
+    for id in db.ids().collect::<Vec<_>>() {
+        report.live_ids += 1;
+        match db.get_history(id, usize::MAX) {
+            Ok(h) => report.versions_checked += h.len() as u64,
+            Err(e) => report.problems.push(format!("id {id}: {e}")),
+        }
+        if let Some(loc) = db.raw_location(id) {
+            if let Some(other) = seen.insert(loc, id) {
+                report
+                    .problems
+                    .push(format!("ids {other} and {id} share the location {loc}"));
+            }
+        }
+    }
+    // Framing: ourkv writes records back to back; V also leaves zero runs.
+    for nr in datafile::list(dir)? {
+        let f = DataFile::open(dir, nr, false)?;
+        let bytes = f.read_all()?;
+        report.bytes_scanned += bytes.len() as u64;
+        if bytes.first().is_some_and(|&b| b != 0) {
+            report.problems.push(format!("{nr}.db does not start with the 0x00 byte"));
+        }
+        if db.meta().origin == Origin::Ourkv {
+            let end = scan::valid_end(&bytes, 1);
+            if end < bytes.len() {
+                report.problems.push(format!(
+                    "{nr}.db: {} bytes at {end} are no valid record",
+                    bytes.len() - end
+                ));
+            }
+        } else {
+            let t = LookupTable::new(1);
+            let mut rb = Rebuilder::new(&t, false, 1);
+            rb.scan_file(nr, &bytes, 1);
+            for u in rb.report.undecided {
+                if !u.contains("no previous version") && !u.contains("updates") {
+                    report.problems.push(u);
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Rebuilds the lookup dump (and `.inc`) of a V directory that has data files
+/// but no dump (V never closed it). Writes nothing else.
+pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
+    if Meta::load(dir)?.is_some() {
+        return Err(Error::Config(format!(
+            "{} was written by ourkv: its journal recovers it on open",
+            dir.display()
+        )));
+    }
+    config.validate()?;
+    let keysize = config.keysize()?;
+    let _lock = lock_exclusive(dir)?;
+    let table = LookupTable::new(config.record_nr_max);
+    let mut rb = Rebuilder::new(&table, config.incremental, 1);
+    for nr in datafile::list(dir)? {
+        let f = DataFile::open(dir, nr, false)?;
+        rb.scan_file(nr, &f.read_all()?, 1);
+    }
+    let next_id = rb.next_id;
+    let mut report = rb.report;
+    for (id, loc) in table.iter().collect::<Vec<_>>() {
+        if !loc.fits(keysize) {
+            report.undecided.push(format!(
+                "id {id} lives at {loc}, which keysize {keysize} cannot store: left out"
+            ));
+            table.set(id, Location::NONE);
+        }
+    }
+    lookup::write_dump(dir, &table, keysize, config.incremental.then_some(next_id))?;
+    Ok(report)
+}
+
+fn lock_exclusive(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(crate::db::LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("create {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx(|| format!("lock {}", path.display())),
+    }
+}
+
+/// What `compact` did.
+#[derive(Debug, Clone)]
+pub struct CompactReport {
+    pub live_ids: u64,
+    pub versions_kept: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub epoch: u64,
+}
+
+fn dir_data_bytes(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for nr in datafile::list(dir)? {
+        n += std::fs::metadata(datafile::data_path(dir, nr))
+            .ctx(|| format!("stat {nr}.db"))?
+            .len();
+    }
+    Ok(n)
+}
+
+/// Rewrites `dir` with only live ids (and up to `history` versions of each,
+/// all of them when `None`), then swaps the new directory in atomically.
+/// Ids, values and the next id are kept; the epoch goes up by one.
+pub fn compact(dir: &Path, config: Option<Config>, history: Option<usize>) -> Result<CompactReport> {
+    let mut opts = OpenOptions::new().create(false);
+    opts.config = config;
+    let src = opts.open(dir)?;
+    src.flush()?;
+    let tmp = sibling(dir, "compact-tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).ctx(|| format!("remove stale {}", tmp.display()))?;
+    }
+    let bytes_before = dir_data_bytes(dir)?;
+    let depth = history.unwrap_or(usize::MAX).max(1);
+    let mut cfg = src.config().clone();
+    cfg.keysize = Some(src.keysize());
+    let dst = OpenOptions::new()
+        .config(cfg)
+        .sync(crate::config::SyncPolicy::Never)
+        .origin(src.meta().origin)
+        .open(&tmp)?;
+    let mut report = CompactReport {
+        live_ids: 0,
+        versions_kept: 0,
+        bytes_before,
+        bytes_after: 0,
+        epoch: src.meta().epoch + 1,
+    };
+    let result = (|| {
+        for id in src.ids().collect::<Vec<_>>() {
+            let versions = src.get_history(id, depth)?;
+            report.live_ids += 1;
+            report.versions_kept += versions.len() as u64;
+            for v in versions.iter().rev() {
+                dst.import(id, v)?;
+            }
+        }
+        if src.config().incremental {
+            dst.reserve_ids_below(src.next_id()?)?;
+        }
+        dst.close()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let mut meta = Meta::load(&tmp)?.ok_or_else(|| Error::Corrupt {
+        path: tmp.clone(),
+        detail: "compacted directory has no metadata".into(),
+    })?;
+    meta.epoch = report.epoch;
+    meta.store(&tmp)?;
+    report.bytes_after = dir_data_bytes(&tmp)?;
+    exchange(&tmp, dir)?;
+    crate::fsutil::sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+    drop(src);
+    std::fs::remove_dir_all(&tmp).ctx(|| format!("remove {}", tmp.display()))?;
+    Ok(report)
+}
+
+fn sibling(dir: &Path, tag: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "db".into());
+    dir.with_file_name(format!(".{name}.{tag}"))
+}
+
+/// Swaps two directories in one step (renameat2 RENAME_EXCHANGE): a crash
+/// leaves either the old or the new directory in place, never neither.
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())
+        .map_err(|_| Error::Config(format!("path {} holds a NUL byte", a.display())))?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())
+        .map_err(|_| Error::Config(format!("path {} holds a NUL byte", b.display())))?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .ctx(|| format!("exchange {} and {}", a.display(), b.display()));
+    }
+    Ok(())
+}
