@@ -39,7 +39,10 @@ pub fn list(dir: &Path) -> Result<Vec<u16>> {
             continue;
         };
         // `lookup_dump.db` is a directory; plain decimal names only, as V writes them.
-        if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) || (stem.len() > 1 && stem.starts_with('0')) {
+        if stem.is_empty()
+            || !stem.bytes().all(|b| b.is_ascii_digit())
+            || (stem.len() > 1 && stem.starts_with('0'))
+        {
             continue;
         }
         if let Ok(nr) = stem.parse::<u16>() {
@@ -116,8 +119,12 @@ impl DataFile {
         // SAFETY: see the module doc: the first `len` bytes exist, are never
         // rewritten while the directory is locked, and the file never shrinks
         // while a map exists.
-        let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&self.file) }
-            .ctx(|| format!("mmap {}", self.path.display()))?;
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len as usize)
+                .map(&self.file)
+        }
+        .ctx(|| format!("mmap {}", self.path.display()))?;
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(map));
         Ok(())
     }
@@ -155,9 +162,13 @@ impl DataFile {
 
     /// Writes at `pos` (the writer's flush).
     pub fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(bytes, pos)
-            .ctx(|| format!("write {} bytes at {}:{pos}", bytes.len(), self.path.display()))
+        self.file.write_all_at(bytes, pos).ctx(|| {
+            format!(
+                "write {} bytes at {}:{pos}",
+                bytes.len(),
+                self.path.display()
+            )
+        })
     }
 
     pub fn sync_data(&self) -> Result<()> {

@@ -308,7 +308,12 @@ impl OurDb {
                     load_entries(&lookup, &dump.entries, dir)?;
                     next_id = match dump.next_id {
                         Some(n) => n.max(1),
-                        None => dump.entries.iter().map(|e| e.0.saturating_add(1)).max().unwrap_or(1),
+                        None => dump
+                            .entries
+                            .iter()
+                            .map(|e| e.0.saturating_add(1))
+                            .max()
+                            .unwrap_or(1),
                     };
                     // V's dump is only as new as its last close(): records written
                     // after it are rolled forward where the data decides their ids.
@@ -319,7 +324,11 @@ impl OurDb {
                                 if f.nr < boundary.file_nr {
                                     continue;
                                 }
-                                let start = if f.nr == boundary.file_nr { boundary.position as usize } else { 1 };
+                                let start = if f.nr == boundary.file_nr {
+                                    boundary.position as usize
+                                } else {
+                                    1
+                                };
                                 rb.scan_file(f.nr, &f.read_all()?, start);
                             }
                             if incremental {
@@ -439,7 +448,6 @@ impl OurDb {
         };
         Ok(db)
     }
-
 
     /// The directory this handle serves.
     pub fn dir(&self) -> &Path {
@@ -580,7 +588,8 @@ impl OurDb {
         if self.lookup.get(id).is_none() {
             return Err(Error::NotFound(id));
         }
-        w.wal_buf.extend_from_slice(&WalEntry::Delete { id }.encode());
+        w.wal_buf
+            .extend_from_slice(&WalEntry::Delete { id }.encode());
         self.lookup.set(id, Location::NONE);
         w.seq += 1;
         let seq = w.seq;
@@ -615,7 +624,8 @@ impl OurDb {
         };
         crate::record::encode_record(value, prev, &mut w.buf);
         w.end += rec_len;
-        w.wal_buf.extend_from_slice(&WalEntry::Set { id, loc }.encode());
+        w.wal_buf
+            .extend_from_slice(&WalEntry::Set { id, loc }.encode());
         self.lookup.set(id, loc);
         if self.meta.config.incremental && id >= w.next_id {
             w.next_id = id + 1;
@@ -763,17 +773,22 @@ impl OurDb {
     fn checkpoint_locked(&self, w: &mut Writer) -> Result<()> {
         self.sync_locked(w)?;
         let incremental = self.meta.config.incremental;
-        let r = lookup::write_dump(&self.dir, &self.lookup, self.keysize, incremental.then_some(w.next_id))
-            .and_then(|_| {
-                wal::create(
-                    &self.dir,
-                    WalHeader {
-                        checkpoint: Location::new(w.active.nr, w.end as u32),
-                        next_id: w.next_id,
-                        has_dump: true,
-                    },
-                )
-            });
+        let r = lookup::write_dump(
+            &self.dir,
+            &self.lookup,
+            self.keysize,
+            incremental.then_some(w.next_id),
+        )
+        .and_then(|_| {
+            wal::create(
+                &self.dir,
+                WalHeader {
+                    checkpoint: Location::new(w.active.nr, w.end as u32),
+                    next_id: w.next_id,
+                    has_dump: true,
+                },
+            )
+        });
         match r {
             Ok(f) => {
                 w.wal = f;
@@ -812,14 +827,16 @@ impl OurDb {
             Some(_) => self.checkpoint(),
             None => Ok(()),
         };
-        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         r
     }
 
     /// Drops the handle without flushing anything: what a crash leaves behind.
     #[doc(hidden)]
     pub fn abandon(self) {
-        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     // ---- reads ----
@@ -870,7 +887,11 @@ impl OurDb {
         if loc.is_none() {
             return Err(Error::NotFound(id));
         }
-        let loc = if self.loose_addressing { self.resolve(id, loc)? } else { loc };
+        let loc = if self.loose_addressing {
+            self.resolve(id, loc)?
+        } else {
+            loc
+        };
         let (_, value) = self.read_record(loc)?;
         Ok(value)
     }
@@ -885,7 +906,11 @@ impl OurDb {
         if loc.is_none() {
             return Err(Error::NotFound(id));
         }
-        let mut loc = if self.loose_addressing { self.resolve(id, loc)? } else { loc };
+        let mut loc = if self.loose_addressing {
+            self.resolve(id, loc)?
+        } else {
+            loc
+        };
         let mut out = Vec::new();
         while out.len() < depth {
             let (h, value) = self.read_record(loc)?;
@@ -916,19 +941,24 @@ impl OurDb {
             let w = m.lock().unwrap_or_else(|e| e.into_inner());
             if w.active.nr == f.nr && pos >= w.buf_start {
                 let off = (pos - w.buf_start) as usize;
-                let src = w.buf.get(off..off + out.len()).ok_or_else(|| Error::Corrupt {
-                    path: f.path().to_path_buf(),
-                    detail: format!("record at {pos} runs past the end of the data"),
-                })?;
+                let src = w
+                    .buf
+                    .get(off..off + out.len())
+                    .ok_or_else(|| Error::Corrupt {
+                        path: f.path().to_path_buf(),
+                        detail: format!("record at {pos} runs past the end of the data"),
+                    })?;
                 out.copy_from_slice(src);
                 return Ok(());
             }
         }
         f.read_at(pos, out).map_err(|e| match e {
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => Error::Corrupt {
-                path: f.path().to_path_buf(),
-                detail: format!("record at {pos} runs past the end of the file"),
-            },
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Error::Corrupt {
+                    path: f.path().to_path_buf(),
+                    detail: format!("record at {pos} runs past the end of the file"),
+                }
+            }
             e => e,
         })
     }
@@ -1027,7 +1057,10 @@ impl OurDb {
             1 => Ok(found[0]),
             0 => Err(Error::Corrupt {
                 path: self.dir.clone(),
-                detail: format!("no valid record for id {id} at position {} in any data file", loc.position),
+                detail: format!(
+                    "no valid record for id {id} at position {} in any data file",
+                    loc.position
+                ),
             }),
             _ => {
                 let mut nrs: Vec<u16> = found.iter().map(|l| l.file_nr).collect();
@@ -1066,7 +1099,10 @@ fn load_entries(lookup: &LookupTable, entries: &[(u32, Location)], dir: &Path) -
         if id >= lookup.record_nr_max() {
             return Err(Error::Corrupt {
                 path: dir.join(lookup::DUMP_DIR),
-                detail: format!("entry for id {id} beyond record_nr_max {}", lookup.record_nr_max()),
+                detail: format!(
+                    "entry for id {id} beyond record_nr_max {}",
+                    lookup.record_nr_max()
+                ),
             });
         }
         lookup.set(id, loc);
@@ -1075,7 +1111,11 @@ fn load_entries(lookup: &LookupTable, entries: &[(u32, Location)], dir: &Path) -
 }
 
 /// End of the valid records that follow the checkpoint.
-fn scan_tail(files: &[Option<Arc<DataFile>>], checkpoint: Location, dir: &Path) -> Result<Location> {
+fn scan_tail(
+    files: &[Option<Arc<DataFile>>],
+    checkpoint: Location,
+    dir: &Path,
+) -> Result<Location> {
     let mut end = checkpoint;
     for f in files.iter().flatten() {
         if f.nr < checkpoint.file_nr {
@@ -1107,7 +1147,11 @@ fn scan_tail(files: &[Option<Arc<DataFile>>], checkpoint: Location, dir: &Path) 
 
 /// Where the records covered by a V dump end: past the furthest record it names.
 /// `None` when the keysize cannot tell files apart.
-fn dump_boundary(files: &[Option<Arc<DataFile>>], entries: &[(u32, Location)], keysize: u8) -> Result<Option<Location>> {
+fn dump_boundary(
+    files: &[Option<Arc<DataFile>>],
+    entries: &[(u32, Location)],
+    keysize: u8,
+) -> Result<Option<Location>> {
     let nfiles = files.iter().flatten().count();
     if keysize < 6 {
         // Short entries that lost high bits cannot say where the dump ends.
@@ -1131,5 +1175,8 @@ fn dump_boundary(files: &[Option<Arc<DataFile>>], entries: &[(u32, Location)], k
         return Ok(None);
     }
     let h = Header::decode(&hb);
-    Ok(Some(Location::new(far.file_nr, (far.position as u64 + h.record_len()) as u32)))
+    Ok(Some(Location::new(
+        far.file_nr,
+        (far.position as u64 + h.record_len()) as u32,
+    )))
 }

@@ -21,7 +21,9 @@ pub enum Error {
     #[error("id {id} is out of range (record_nr_max is {max})")]
     IdOutOfRange { id: u32, max: u32 },
     /// Incremental mode only hands out ids itself; an explicit id must already be live.
-    #[error("id {0} was never issued or is deleted: in incremental mode only live ids can be updated")]
+    #[error(
+        "id {0} was never issued or is deleted: in incremental mode only live ids can be updated"
+    )]
     IdNotIssued(u32),
     /// Key-value mode needs an explicit id.
     #[error("an id must be given when incremental mode is off")]
@@ -56,7 +58,9 @@ pub enum Error {
     #[error("database {0} is locked by another process")]
     Locked(PathBuf),
     /// A V directory with data files but no lookup dump: its id map must be rebuilt first.
-    #[error("{0} holds data files but no lookup dump: run `ourkv db recover` to rebuild the id map")]
+    #[error(
+        "{0} holds data files but no lookup dump: run `ourkv db recover` to rebuild the id map"
+    )]
     LookupMissing(PathBuf),
     /// The handle was opened read-only.
     #[error("database is open read-only")]

@@ -1,1 +1,363 @@
-//! placeholder
+//! The keyed layer: string keys on top of ids.
+//!
+//! Every record the service writes carries an envelope, so data files are
+//! self-describing and the key index can be rebuilt from them:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | magic `0xE7` |
+//! | 1 | 1 | kind: 1 put, 2 tombstone |
+//! | 2 | 1 | envelope version, 1 |
+//! | 3 | 4 | id, u32 little-endian |
+//! | 7 | 2 | key length, u16 little-endian |
+//! | 9 | key length | key, UTF-8 |
+//! | … | rest | value (empty for a tombstone) |
+//!
+//! A delete appends a tombstone and then clears the id; ids are never reused.
+//! A crash between the two leaves a tombstone as the id's current version,
+//! which open treats as deleted.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Mutex, RwLock};
+
+use crate::db::OurDb;
+use crate::error::{Error, Result};
+use crate::record::MAX_VALUE_LEN;
+
+pub const MAGIC: u8 = 0xE7;
+pub const VERSION: u8 = 1;
+pub const ENVELOPE_HEADER: usize = 9;
+/// Longest key accepted.
+pub const MAX_KEY_LEN: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Put,
+    Tombstone,
+}
+
+/// A decoded envelope borrowing from the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub kind: Kind,
+    pub id: u32,
+    pub key: &'a str,
+    pub value: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ENVELOPE_HEADER + self.key.len() + self.value.len());
+        out.push(MAGIC);
+        out.push(match self.kind {
+            Kind::Put => 1,
+            Kind::Tombstone => 2,
+        });
+        out.push(VERSION);
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&(self.key.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(self.value);
+        out
+    }
+
+    pub fn decode(b: &'a [u8]) -> Result<Envelope<'a>> {
+        if b.len() < ENVELOPE_HEADER {
+            return Err(Error::Envelope(format!(
+                "{} bytes is shorter than the header",
+                b.len()
+            )));
+        }
+        if b[0] != MAGIC {
+            return Err(Error::Envelope(format!(
+                "magic {:#04x}, want {MAGIC:#04x}",
+                b[0]
+            )));
+        }
+        let kind = match b[1] {
+            1 => Kind::Put,
+            2 => Kind::Tombstone,
+            k => return Err(Error::Envelope(format!("unknown kind {k}"))),
+        };
+        if b[2] != VERSION {
+            return Err(Error::Envelope(format!(
+                "unknown envelope version {}",
+                b[2]
+            )));
+        }
+        let id = u32::from_le_bytes([b[3], b[4], b[5], b[6]]);
+        let klen = u16::from_le_bytes([b[7], b[8]]) as usize;
+        let key = b
+            .get(ENVELOPE_HEADER..ENVELOPE_HEADER + klen)
+            .ok_or_else(|| Error::Envelope(format!("key of {klen} bytes runs past the record")))?;
+        let key =
+            std::str::from_utf8(key).map_err(|_| Error::Envelope("key is not UTF-8".into()))?;
+        let value = &b[ENVELOPE_HEADER + klen..];
+        if kind == Kind::Tombstone && !value.is_empty() {
+            return Err(Error::Envelope("tombstone with a value".into()));
+        }
+        Ok(Envelope {
+            kind,
+            id,
+            key,
+            value,
+        })
+    }
+}
+
+/// Checks a key for the keyed layer.
+pub fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidKey("empty key".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey(format!(
+            "key of {} bytes; at most {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Largest value that fits beside `key` in one record.
+pub fn max_value_len(key: &str) -> usize {
+    MAX_VALUE_LEN.saturating_sub(ENVELOPE_HEADER + key.len())
+}
+
+/// What open found while rebuilding the index.
+#[derive(Debug, Default, Clone)]
+pub struct IndexReport {
+    pub keys: u64,
+    /// Ids whose current version was a tombstone (a delete cut short by a crash).
+    pub finished_deletes: u64,
+}
+
+/// String keys over an incremental-mode `OurDb`.
+pub struct KeyedStore {
+    db: OurDb,
+    index: RwLock<BTreeMap<String, u32>>,
+    /// Serialises writers: the id goes into the envelope before the insert.
+    write: Mutex<()>,
+    report: IndexReport,
+}
+
+impl KeyedStore {
+    /// Wraps `db` and rebuilds the key index from the live records.
+    pub fn new(db: OurDb) -> Result<KeyedStore> {
+        if !db.config().incremental {
+            return Err(Error::Config(
+                "the keyed layer needs an incremental-mode database".into(),
+            ));
+        }
+        let mut index = BTreeMap::new();
+        let mut report = IndexReport::default();
+        for id in db.ids().collect::<Vec<_>>() {
+            let rec = db.get(id)?;
+            let env = Envelope::decode(&rec)?;
+            if env.id != id {
+                return Err(Error::Envelope(format!(
+                    "record of id {id} names id {}",
+                    env.id
+                )));
+            }
+            match env.kind {
+                Kind::Put => {
+                    if let Some(other) = index.insert(env.key.to_string(), id) {
+                        return Err(Error::Envelope(format!(
+                            "key {:?} is live under ids {other} and {id}",
+                            env.key
+                        )));
+                    }
+                    report.keys += 1;
+                }
+                Kind::Tombstone => {
+                    if !db.is_read_only() {
+                        db.delete(id)?;
+                    }
+                    report.finished_deletes += 1;
+                }
+            }
+        }
+        Ok(KeyedStore {
+            db,
+            index: RwLock::new(index),
+            write: Mutex::new(()),
+            report,
+        })
+    }
+
+    pub fn db(&self) -> &OurDb {
+        &self.db
+    }
+
+    pub fn into_db(self) -> OurDb {
+        self.db
+    }
+
+    pub fn index_report(&self) -> &IndexReport {
+        &self.report
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id that holds `key`.
+    pub fn id_of(&self, key: &str) -> Option<u32> {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Stores `value` under `key`; returns the key's id.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<u32> {
+        check_key(key)?;
+        if value.len() > max_value_len(key) {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: max_value_len(key),
+            });
+        }
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = self.id_of(key);
+        let id = match existing {
+            Some(id) => id,
+            None => self.db.next_id()?,
+        };
+        let rec = Envelope {
+            kind: Kind::Put,
+            id,
+            key,
+            value,
+        }
+        .encode();
+        match existing {
+            Some(id) => {
+                self.db.set(Some(id), &rec)?;
+            }
+            None => {
+                let got = self.db.insert(&rec)?;
+                debug_assert_eq!(got, id);
+                self.index
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.to_string(), id);
+            }
+        }
+        Ok(id)
+    }
+
+    /// The current value of `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let Some(id) = self.id_of(key) else {
+            return Ok(None);
+        };
+        let rec = match self.db.get(id) {
+            Ok(r) => r,
+            // Deleted between the index lookup and the read.
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let env = Envelope::decode(&rec)?;
+        Ok((env.kind == Kind::Put && env.key == key).then(|| env.value.to_vec()))
+    }
+
+    /// Up to `depth` values of `key`, newest first.
+    pub fn history(&self, key: &str, depth: usize) -> Result<Vec<Vec<u8>>> {
+        let Some(id) = self.id_of(key) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for rec in self.db.get_history(id, depth)? {
+            let env = Envelope::decode(&rec)?;
+            if env.kind != Kind::Put || env.key != key {
+                break;
+            }
+            out.push(env.value.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Deletes `key`; false when it did not exist.
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        check_key(key)?;
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(id) = self.id_of(key) else {
+            return Ok(false);
+        };
+        let tomb = Envelope {
+            kind: Kind::Tombstone,
+            id,
+            key,
+            value: &[],
+        }
+        .encode();
+        self.db.set(Some(id), &tomb)?;
+        self.db.delete(id)?;
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        Ok(true)
+    }
+
+    /// Keys starting with `prefix`, ascending, after `start_after`, at most `limit`.
+    pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<String> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let lower = match start_after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        index
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    pub fn close(self) -> Result<()> {
+        self.db.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_roundtrip_and_rejects() {
+        let e = Envelope {
+            kind: Kind::Put,
+            id: 42,
+            key: "a/b",
+            value: b"xyz",
+        };
+        let b = e.encode();
+        assert_eq!(b.len(), ENVELOPE_HEADER + 3 + 3);
+        assert_eq!(Envelope::decode(&b).unwrap(), e);
+        let mut bad = b.clone();
+        bad[0] = 0;
+        assert!(Envelope::decode(&bad).is_err());
+        let mut bad = b.clone();
+        bad[7] = 200; // key length past the end
+        assert!(Envelope::decode(&bad).is_err());
+        let t = Envelope {
+            kind: Kind::Tombstone,
+            id: 1,
+            key: "k",
+            value: b"",
+        };
+        let mut tb = t.encode();
+        assert_eq!(Envelope::decode(&tb).unwrap(), t);
+        tb.push(1);
+        assert!(Envelope::decode(&tb).is_err());
+    }
+}

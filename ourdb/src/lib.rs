@@ -28,7 +28,10 @@ pub mod scan;
 pub mod tools;
 mod wal;
 
-pub use config::{derive_keysize, Config, SyncPolicy, DEFAULT_FILE_SIZE, DEFAULT_RECORD_NR_MAX, DEFAULT_RECORD_SIZE_MAX};
+pub use config::{
+    derive_keysize, Config, SyncPolicy, DEFAULT_FILE_SIZE, DEFAULT_RECORD_NR_MAX,
+    DEFAULT_RECORD_SIZE_MAX,
+};
 pub use db::{OpenOptions, OpenReport, OurDb, LOCK_FILE};
 pub use error::{Error, Result};
 pub use location::Location;

@@ -151,7 +151,12 @@ pub fn read_dump(dir: &Path, keysize: u8) -> Result<Option<Dump>> {
 
 /// Writes the dump atomically (V writes it in place; a crash then loses it).
 /// `.inc` is written only in incremental mode, as V does.
-pub fn write_dump(dir: &Path, table: &LookupTable, keysize: u8, next_id: Option<u32>) -> Result<()> {
+pub fn write_dump(
+    dir: &Path,
+    table: &LookupTable,
+    keysize: u8,
+    next_id: Option<u32>,
+) -> Result<()> {
     let d = dump_dir(dir);
     if !d.is_dir() {
         fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
@@ -176,7 +181,10 @@ mod tests {
         t.set(70_000, Location::new(0, 9));
         t.set(70_000, Location::NONE);
         let v: Vec<_> = t.iter().collect();
-        assert_eq!(v, vec![(3, Location::new(0, 1)), (199_999, Location::new(1, 5))]);
+        assert_eq!(
+            v,
+            vec![(3, Location::new(0, 1)), (199_999, Location::new(1, 5))]
+        );
         assert_eq!(t.get(200_000), Location::NONE);
     }
 
@@ -188,7 +196,10 @@ mod tests {
         let bytes = encode_dump(&t, 2);
         assert_eq!(bytes, vec![1, 0, 0, 0, 0, 1, 9, 0, 0, 0, 0x12, 0x34]);
         let back = decode_dump(&bytes, 2, Path::new("x")).unwrap();
-        assert_eq!(back, vec![(1, Location::new(0, 1)), (9, Location::new(0, 0x1234))]);
+        assert_eq!(
+            back,
+            vec![(1, Location::new(0, 1)), (9, Location::new(0, 0x1234))]
+        );
         assert!(decode_dump(&bytes, 6, Path::new("x")).is_err());
     }
 }

@@ -64,7 +64,9 @@ impl Meta {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
         };
-        Self::parse(&text).map(Some).map_err(|detail| Error::Corrupt { path, detail })
+        Self::parse(&text)
+            .map(Some)
+            .map_err(|detail| Error::Corrupt { path, detail })
     }
 
     fn parse(text: &str) -> std::result::Result<Meta, String> {
@@ -86,11 +88,15 @@ impl Meta {
         }
         let field = |k: &str| get.get(k).copied().ok_or(format!("missing field {k}"));
         let num = |k: &str| -> std::result::Result<u64, String> {
-            field(k)?.parse::<u64>().map_err(|_| format!("bad number in {k}"))
+            field(k)?
+                .parse::<u64>()
+                .map_err(|_| format!("bad number in {k}"))
         };
         let format = num("format")?;
         if format != FORMAT_VERSION as u64 {
-            return Err(format!("format version {format} is not supported (this build reads {FORMAT_VERSION})"));
+            return Err(format!(
+                "format version {format} is not supported (this build reads {FORMAT_VERSION})"
+            ));
         }
         let u32_of = |k: &str| -> std::result::Result<u32, String> {
             u32::try_from(num(k)?).map_err(|_| format!("{k} out of range"))
@@ -137,7 +143,9 @@ mod tests {
         m.store(dir.path()).unwrap();
         assert_eq!(Meta::load(dir.path()).unwrap(), Some(m));
         let p = dir.path().join(META_FILE);
-        let t = fs::read_to_string(&p).unwrap().replace("epoch=3", "epoch=4");
+        let t = fs::read_to_string(&p)
+            .unwrap()
+            .replace("epoch=3", "epoch=4");
         fs::write(&p, t).unwrap();
         assert!(matches!(Meta::load(dir.path()), Err(Error::Corrupt { .. })));
     }

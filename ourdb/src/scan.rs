@@ -133,7 +133,9 @@ impl<'a> Rebuilder<'a> {
         let mut pos = start.max(1);
         while pos < bytes.len() {
             let loc = Location::new(file_nr, pos as u32);
-            let zero_header = bytes[pos..bytes.len().min(pos + HEADER_LEN)].iter().all(|&b| b == 0);
+            let zero_header = bytes[pos..bytes.len().min(pos + HEADER_LEN)]
+                .iter()
+                .all(|&b| b == 0);
             if zero_header {
                 let mut z = pos;
                 while z < bytes.len() && bytes[z] == 0 {

@@ -57,7 +57,9 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
         let bytes = f.read_all()?;
         report.bytes_scanned += bytes.len() as u64;
         if bytes.first().is_some_and(|&b| b != 0) {
-            report.problems.push(format!("{nr}.db does not start with the 0x00 byte"));
+            report
+                .problems
+                .push(format!("{nr}.db does not start with the 0x00 byte"));
         }
         if db.meta().origin == Origin::Ourkv {
             let end = scan::valid_end(&bytes, 1);
@@ -151,7 +153,11 @@ fn dir_data_bytes(dir: &Path) -> Result<u64> {
 /// Rewrites `dir` with only live ids (and up to `history` versions of each,
 /// all of them when `None`), then swaps the new directory in atomically.
 /// Ids, values and the next id are kept; the epoch goes up by one.
-pub fn compact(dir: &Path, config: Option<Config>, history: Option<usize>) -> Result<CompactReport> {
+pub fn compact(
+    dir: &Path,
+    config: Option<Config>,
+    history: Option<usize>,
+) -> Result<CompactReport> {
     let mut opts = OpenOptions::new().create(false);
     opts.config = config;
     let src = opts.open(dir)?;

@@ -133,7 +133,8 @@ pub fn read(dir: &Path) -> Result<Option<WalContents>> {
         Err(e) => return Err(e).ctx(|| format!("open {}", path.display())),
     };
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).ctx(|| format!("read {}", path.display()))?;
+    f.read_to_end(&mut bytes)
+        .ctx(|| format!("read {}", path.display()))?;
     let header = WalHeader::decode(&bytes).map_err(|detail| Error::Corrupt {
         path: path.clone(),
         detail,
@@ -162,7 +163,8 @@ pub fn create(dir: &Path, header: WalHeader) -> Result<File> {
     let tmp = dir.join(format!("{WAL_FILE}.tmp"));
     {
         let mut f = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-        f.write_all(&header.encode()).ctx(|| format!("write {}", tmp.display()))?;
+        f.write_all(&header.encode())
+            .ctx(|| format!("write {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
     }
     std::fs::rename(&tmp, &path).ctx(|| format!("rename {}", tmp.display()))?;

@@ -107,7 +107,10 @@ fn check_case(case_dir: &Path) -> Vec<String> {
             // No dump (V never closed it): rebuild the id map from the data.
             let report = ourdb::tools::recover(&dir, &config).unwrap();
             assert!(report.undecided.is_empty(), "{case}: {report:?}");
-            OpenOptions::new().config(config.clone()).open(&dir).unwrap()
+            OpenOptions::new()
+                .config(config.clone())
+                .open(&dir)
+                .unwrap()
         }
         Err(e) => panic!("{case}: open failed: {e}"),
     };
@@ -127,7 +130,9 @@ fn check_case(case_dir: &Path) -> Vec<String> {
     }
     for id in exp["absent_ids"].as_array().unwrap() {
         let id = id.as_u64().unwrap() as u32;
-        let intended = exp["ids"].get(id.to_string()).and_then(|e| e.get("intended_value_b64"));
+        let intended = exp["ids"]
+            .get(id.to_string())
+            .and_then(|e| e.get("intended_value_b64"));
         if documented_divergence(&case, id).is_some() || intended.is_some() {
             continue;
         }
@@ -159,8 +164,10 @@ fn check_case(case_dir: &Path) -> Vec<String> {
             (None, Err(_)) => checked += 1,
             (w, g) => problems.push(format!(
                 "get({id}): want {:?}, got {:?}",
-                w.as_ref().map(|v| String::from_utf8_lossy(&v[..v.len().min(40)]).into_owned()),
-                g.as_ref().map(|v| String::from_utf8_lossy(&v[..v.len().min(40)]).into_owned())
+                w.as_ref()
+                    .map(|v| String::from_utf8_lossy(&v[..v.len().min(40)]).into_owned()),
+                g.as_ref()
+                    .map(|v| String::from_utf8_lossy(&v[..v.len().min(40)]).into_owned())
             )),
         }
         let hist: &serde_json::Map<String, Value> = e["history"].as_object().unwrap();
@@ -169,7 +176,14 @@ fn check_case(case_dir: &Path) -> Vec<String> {
             let want: Option<Vec<Vec<u8>>> = if let Some(v) = h.get("intended_values_b64") {
                 Some(v.as_array().unwrap().iter().map(b64).collect())
             } else if h["ok"].as_bool().unwrap() {
-                Some(h["values_b64"].as_array().unwrap().iter().map(b64).collect())
+                Some(
+                    h["values_b64"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(b64)
+                        .collect(),
+                )
             } else {
                 None
             };
@@ -188,7 +202,10 @@ fn check_case(case_dir: &Path) -> Vec<String> {
         }
     }
     assert!(checked > 0 || ids.is_empty(), "{case}: nothing checked");
-    problems.into_iter().map(|p| format!("{case}: {p}")).collect()
+    problems
+        .into_iter()
+        .map(|p| format!("{case}: {p}"))
+        .collect()
 }
 
 #[test]
@@ -200,9 +217,18 @@ fn every_v_fixture_reads_back() {
         .filter(|p| p.join("manifest.json").is_file())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 15, "expected the 15 V fixture cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 15,
+        "expected the 15 V fixture cases, found {}",
+        cases.len()
+    );
     let problems: Vec<String> = cases.iter().flat_map(|c| check_case(c)).collect();
-    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
 
 /// After adopting a V directory and writing to it, the directory still holds
@@ -218,14 +244,20 @@ fn v_directory_accepts_writes_and_reopens() {
     let db = OurDb::open(&dir, config.clone()).unwrap();
     let before: BTreeMap<u32, Vec<u8>> = db.ids().map(|id| (id, db.get(id).unwrap())).collect();
     let new_id = db.insert(b"written by ourkv").unwrap();
-    assert_eq!(new_id, manifest["expected"]["next_id"]["id"].as_u64().unwrap() as u32);
+    assert_eq!(
+        new_id,
+        manifest["expected"]["next_id"]["id"].as_u64().unwrap() as u32
+    );
     let first = *before.keys().next().unwrap();
     db.set(Some(first), b"updated by ourkv").unwrap();
     db.close().unwrap();
     let db = OurDb::open(&dir, config).unwrap();
     assert_eq!(db.get(new_id).unwrap(), b"written by ourkv");
     let h = db.get_history(first, 2).unwrap();
-    assert_eq!(h, vec![b"updated by ourkv".to_vec(), before[&first].clone()]);
+    assert_eq!(
+        h,
+        vec![b"updated by ourkv".to_vec(), before[&first].clone()]
+    );
     for (id, v) in before.iter().skip(1) {
         assert_eq!(&db.get(*id).unwrap(), v);
     }
