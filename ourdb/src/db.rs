@@ -149,7 +149,9 @@ pub struct OurDb {
     ro_next_id: u32,
 }
 
-fn lock_dir(dir: &Path, exclusive: bool) -> Result<Option<File>> {
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(crate) fn lock_dir(dir: &Path, exclusive: bool) -> Result<Option<File>> {
     let path = dir.join(LOCK_FILE);
     let file = if exclusive {
         FsOpenOptions::new()
@@ -166,15 +168,25 @@ fn lock_dir(dir: &Path, exclusive: bool) -> Result<Option<File>> {
             Err(_) => return Ok(None),
         }
     };
-    let r = if exclusive {
-        file.try_lock()
-    } else {
-        file.try_lock_shared()
-    };
-    match r {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx(|| format!("lock {}", path.display())),
+    // A lock can be held for a moment after its holder is gone (a process
+    // exiting, a forked child that has not yet exec'd): wait briefly.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let r = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match r {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).ctx(|| format!("lock {}", path.display()))
+            }
+        }
     }
 }
 
@@ -240,7 +252,13 @@ impl OurDb {
             if files.len() <= nr as usize {
                 files.resize(nr as usize + 1, None);
             }
-            files[nr as usize] = Some(Arc::new(DataFile::open(dir, nr, writable)?));
+            let f = DataFile::open(dir, nr, writable)?;
+            if writable && f.len()? == 0 {
+                // A file switch cut short before the leading zero byte.
+                f.write_at(0, &[0])?;
+                f.sync_data()?;
+            }
+            files[nr as usize] = Some(Arc::new(f));
         }
         let lookup = LookupTable::new(meta.config.record_nr_max);
         let mut report = OpenReport::default();
@@ -375,6 +393,11 @@ impl OurDb {
                     report.torn_data_bytes = len - data_end.position as u64;
                     tracing::warn!(file = %f.path().display(), bytes = report.torn_data_bytes, "cutting torn tail");
                     f.truncate(data_end.position as u64)?;
+                    if data_end.position == 1 {
+                        // A file torn at creation: restore V's leading zero byte.
+                        f.write_at(0, &[0])?;
+                        f.sync_data()?;
+                    }
                 }
             }
             if let Some(n) = cut_journal_to {
@@ -1127,6 +1150,11 @@ fn scan_tail(
         } else {
             1
         };
+        if f.nr > checkpoint.file_nr && bytes.is_empty() {
+            // Created, killed before its leading zero byte was written.
+            end = Location::new(f.nr, 1);
+            continue;
+        }
         if start > bytes.len() {
             return Err(Error::Corrupt {
                 path: f.path().to_path_buf(),

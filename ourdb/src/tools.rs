@@ -94,7 +94,7 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
     }
     config.validate()?;
     let keysize = config.keysize()?;
-    let _lock = lock_exclusive(dir)?;
+    let _lock = crate::db::lock_dir(dir, true)?;
     let table = LookupTable::new(config.record_nr_max);
     let mut rb = Rebuilder::new(&table, config.incremental, 1);
     for nr in datafile::list(dir)? {
@@ -113,21 +113,6 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
     }
     lookup::write_dump(dir, &table, keysize, config.incremental.then_some(next_id))?;
     Ok(report)
-}
-
-fn lock_exclusive(dir: &Path) -> Result<std::fs::File> {
-    let path = dir.join(crate::db::LOCK_FILE);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx(|| format!("create {}", path.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx(|| format!("lock {}", path.display())),
-    }
 }
 
 /// What `compact` did.
