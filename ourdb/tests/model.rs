@@ -1,0 +1,288 @@
+//! Random operation sequences against BTreeMap models, with reopen and crash
+//! points: the engine (ids) and the keyed layer (string keys).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use ourdb::keyed::KeyedStore;
+use ourdb::{Config, OpenOptions, OurDb, SyncPolicy};
+use proptest::prelude::*;
+
+fn open(dir: &Path, incremental: bool) -> OurDb {
+    OpenOptions::new()
+        .config(Config {
+            record_nr_max: 64,
+            record_size_max: 600,
+            // Tiny files and checkpoints: switches and checkpoints happen often.
+            file_size: 2048,
+            incremental,
+            keysize: Some(6),
+        })
+        .sync(SyncPolicy::Flush)
+        .checkpoint_bytes(4096)
+        .open(dir)
+        .unwrap()
+}
+
+/// A crash: drop without flushing or checkpointing, and maybe leave torn
+/// bytes after the last record.
+fn crash(db: OurDb, dir: &Path, garbage: &[u8]) {
+    db.abandon();
+    if !garbage.is_empty() {
+        let files = ourdb::files::list_data_files(dir).unwrap();
+        let last = ourdb::files::data_path(dir, *files.last().unwrap());
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(last)
+            .unwrap()
+            .write_all(garbage)
+            .unwrap();
+    }
+}
+
+#[derive(Debug, Clone)]
+enum EngineOp {
+    Insert(Vec<u8>),
+    Set(u32, Vec<u8>),
+    Delete(u32),
+    Get(u32),
+    History(u32, usize),
+    Reopen,
+    Crash(Vec<u8>),
+}
+
+fn engine_op() -> impl Strategy<Value = EngineOp> {
+    let val = prop::collection::vec(any::<u8>(), 0..300);
+    prop_oneof![
+        4 => val.clone().prop_map(EngineOp::Insert),
+        3 => (0u32..70, val).prop_map(|(i, v)| EngineOp::Set(i, v)),
+        1 => (0u32..70).prop_map(EngineOp::Delete),
+        2 => (0u32..70).prop_map(EngineOp::Get),
+        2 => (0u32..70, 0usize..6).prop_map(|(i, d)| EngineOp::History(i, d)),
+        1 => Just(EngineOp::Reopen),
+        1 => prop::collection::vec(any::<u8>(), 0..20).prop_map(EngineOp::Crash),
+    ]
+}
+
+fn run_engine(ops: Vec<EngineOp>, incremental: bool) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = open(dir.path(), incremental);
+    // Live ids: versions newest first. Deleted ids stay out of the map.
+    let mut model: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut next_id = 1u32;
+    for op in ops {
+        match op {
+            EngineOp::Insert(v) => {
+                let r = db.insert(&v);
+                if !incremental {
+                    prop_assert!(matches!(r, Err(ourdb::Error::IdRequired)));
+                } else if next_id >= 64 {
+                    prop_assert!(matches!(r, Err(ourdb::Error::TableFull(_))), "{r:?}");
+                } else {
+                    prop_assert_eq!(r.unwrap(), next_id);
+                    model.insert(next_id, vec![v]);
+                    next_id += 1;
+                }
+            }
+            EngineOp::Set(id, v) => {
+                let r = db.set(Some(id), &v);
+                if id >= 64 {
+                    prop_assert!(matches!(r, Err(ourdb::Error::IdOutOfRange { .. })), "{r:?}");
+                } else if incremental && !model.contains_key(&id) {
+                    prop_assert!(matches!(r, Err(ourdb::Error::IdNotIssued(_))), "{r:?}");
+                } else {
+                    r.unwrap();
+                    model.entry(id).or_default().insert(0, v);
+                }
+            }
+            EngineOp::Delete(id) => {
+                let r = db.delete(id);
+                if model.remove(&id).is_some() {
+                    r.unwrap();
+                } else {
+                    prop_assert!(r.is_err());
+                }
+            }
+            EngineOp::Get(id) => match model.get(&id) {
+                Some(h) => prop_assert_eq!(&db.get(id).unwrap(), &h[0]),
+                None => prop_assert!(db.get(id).is_err()),
+            },
+            EngineOp::History(id, d) => match model.get(&id) {
+                Some(h) => {
+                    let want: Vec<Vec<u8>> = h.iter().take(d).cloned().collect();
+                    prop_assert_eq!(db.get_history(id, d).unwrap(), want);
+                }
+                None if d == 0 && id < 64 => {
+                    prop_assert_eq!(db.get_history(id, d).unwrap().len(), 0)
+                }
+                None => prop_assert!(db.get_history(id, d).is_err()),
+            },
+            EngineOp::Reopen => {
+                db.close().unwrap();
+                db = open(dir.path(), incremental);
+            }
+            EngineOp::Crash(garbage) => {
+                crash(db, dir.path(), &garbage);
+                db = open(dir.path(), incremental);
+            }
+        }
+        if incremental {
+            prop_assert_eq!(db.next_id().unwrap(), next_id);
+        }
+    }
+    prop_assert_eq!(
+        db.ids().collect::<Vec<_>>(),
+        model.keys().copied().collect::<Vec<_>>()
+    );
+    db.close().unwrap();
+    let v = ourdb::tools::verify(dir.path(), None).unwrap();
+    prop_assert!(v.is_ok(), "{:?}", v.problems);
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+enum KeyedOp {
+    Put(usize, Vec<u8>),
+    Delete(usize),
+    Get(usize),
+    History(usize, usize),
+    List(usize),
+    Reopen,
+    Crash(Vec<u8>),
+}
+
+const KEYS: &[&str] = &[
+    "a", "a/b", "a/c", "ab", "b", "b/x", "config/1", "config/2", "z",
+];
+const PREFIXES: &[&str] = &["", "a", "a/", "b", "config/", "q"];
+
+fn keyed_op() -> impl Strategy<Value = KeyedOp> {
+    let val = prop::collection::vec(any::<u8>(), 0..200);
+    let key = 0..KEYS.len();
+    prop_oneof![
+        5 => (key.clone(), val).prop_map(|(k, v)| KeyedOp::Put(k, v)),
+        2 => key.clone().prop_map(KeyedOp::Delete),
+        2 => key.clone().prop_map(KeyedOp::Get),
+        2 => (key, 0usize..5).prop_map(|(k, d)| KeyedOp::History(k, d)),
+        2 => (0..PREFIXES.len()).prop_map(KeyedOp::List),
+        1 => Just(KeyedOp::Reopen),
+        1 => prop::collection::vec(any::<u8>(), 0..20).prop_map(KeyedOp::Crash),
+    ]
+}
+
+fn open_keyed(dir: &Path) -> KeyedStore {
+    let db = OpenOptions::new()
+        .config(Config {
+            record_nr_max: 10_000,
+            record_size_max: 600,
+            file_size: 2048,
+            ..Config::default()
+        })
+        .sync(SyncPolicy::Flush)
+        .checkpoint_bytes(4096)
+        .open(dir)
+        .unwrap();
+    KeyedStore::new(db).unwrap()
+}
+
+fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_keyed(dir.path());
+    let mut model: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for op in ops {
+        match op {
+            KeyedOp::Put(k, v) => {
+                store.put(KEYS[k], &v).unwrap();
+                model.entry(KEYS[k].to_string()).or_default().insert(0, v);
+            }
+            KeyedOp::Delete(k) => {
+                prop_assert_eq!(
+                    store.delete(KEYS[k]).unwrap(),
+                    model.remove(KEYS[k]).is_some()
+                );
+            }
+            KeyedOp::Get(k) => {
+                prop_assert_eq!(
+                    store.get(KEYS[k]).unwrap(),
+                    model.get(KEYS[k]).map(|h| h[0].clone())
+                );
+            }
+            KeyedOp::History(k, d) => {
+                let want: Vec<Vec<u8>> = model
+                    .get(KEYS[k])
+                    .map(|h| h.iter().take(d).cloned().collect())
+                    .unwrap_or_default();
+                prop_assert_eq!(store.history(KEYS[k], d).unwrap(), want);
+            }
+            KeyedOp::List(p) => {
+                let want: Vec<String> = model
+                    .keys()
+                    .filter(|k| k.starts_with(PREFIXES[p]))
+                    .cloned()
+                    .collect();
+                prop_assert_eq!(store.list(PREFIXES[p], None, usize::MAX), want.clone());
+                // Paging: after the first key, at most two.
+                if let Some(first) = want.first() {
+                    let page: Vec<String> = want.iter().skip(1).take(2).cloned().collect();
+                    prop_assert_eq!(store.list(PREFIXES[p], Some(first), 2), page);
+                }
+            }
+            KeyedOp::Reopen => {
+                store.close().unwrap();
+                store = open_keyed(dir.path());
+            }
+            KeyedOp::Crash(garbage) => {
+                crash(store.into_db(), dir.path(), &garbage);
+                store = open_keyed(dir.path());
+            }
+        }
+    }
+    prop_assert_eq!(store.len(), model.len());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_incremental_matches_model(ops in prop::collection::vec(engine_op(), 1..80)) {
+        run_engine(ops, true)?;
+    }
+
+    #[test]
+    fn engine_key_value_matches_model(ops in prop::collection::vec(engine_op(), 1..80)) {
+        run_engine(ops, false)?;
+    }
+
+    #[test]
+    fn keyed_layer_matches_model(ops in prop::collection::vec(keyed_op(), 1..80)) {
+        run_keyed(ops)?;
+    }
+}
+
+/// A delete cut short between its tombstone and the lookup clear: open
+/// finishes it.
+#[test]
+fn half_done_delete_is_finished_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_keyed(dir.path());
+    let id = store.put("k", b"v").unwrap();
+    store.put("other", b"w").unwrap();
+    // Write the tombstone by hand, as the first half of a delete.
+    let tomb = ourdb::keyed::Envelope {
+        kind: ourdb::keyed::Kind::Tombstone,
+        id,
+        key: "k",
+        value: b"",
+    }
+    .encode();
+    store.db().set(Some(id), &tomb).unwrap();
+    crash(store.into_db(), dir.path(), &[]);
+    let store = open_keyed(dir.path());
+    assert_eq!(store.index_report().finished_deletes, 1);
+    assert_eq!(store.get("k").unwrap(), None);
+    assert!(!store.db().contains(id));
+    assert_eq!(store.get("other").unwrap(), Some(b"w".to_vec()));
+    assert_eq!(store.list("", None, 10), vec!["other".to_string()]);
+}
