@@ -1,0 +1,266 @@
+//! The `ourkv db` tools as a user runs them: real processes, real directories.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine;
+
+fn ourkv(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn fixture(case: &str, tmp: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ourdb/tests/fixtures/v-ourdb")
+        .join(case)
+        .join("db");
+    let dst = tmp.join(case);
+    copy(&src, &dst);
+    std::fs::create_dir_all(dst.join("lookup_dump.db")).unwrap();
+    dst
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::write(to.join(e.file_name()), std::fs::read(e.path()).unwrap()).unwrap();
+        }
+    }
+}
+
+fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+#[test]
+fn dump_of_a_v_directory_matches_its_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("a_incr_ks2", tmp.path());
+    let out = ourkv(
+        &[
+            "db",
+            "dump",
+            dir.to_str().unwrap(),
+            "--record-nr-max",
+            "1000",
+            "--record-size-max",
+            "1024",
+            "--history",
+            "5",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<u64> = lines.iter().map(|l| l["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3, 5, 6, 7, 8, 9]);
+    // Field order is part of the contract.
+    assert!(text(&out.stdout).starts_with("{\"id\":1,\"value\":"));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../ourdb/tests/fixtures/v-ourdb/a_incr_ks2/manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for l in &lines {
+        let e = &manifest["expected"]["ids"][l["id"].as_u64().unwrap().to_string()];
+        assert_eq!(l["value"], e["get"]["value_b64"]);
+        // V lost history for keysize 2; the dump has the whole chain.
+        let h5 = &e["history"]["5"];
+        let want = h5.get("intended_values_b64").unwrap_or(&h5["values_b64"]);
+        assert_eq!(&l["history"], want);
+    }
+}
+
+#[test]
+fn restore_then_dump_roundtrips_and_v_layout_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = format!(
+        "{}\n{}\n{}\n",
+        serde_json::json!({"id": 3, "value": b64(b"three")}),
+        serde_json::json!({"id": 7, "value": b64(b"seven-2"), "history": [b64(b"seven-2"), b64(b"seven-1")]}),
+        serde_json::json!({"id": 9, "value": b64(b"")}),
+    );
+    let dir = tmp.path().join("restored");
+    let out = ourkv(
+        &["db", "restore", dir.to_str().unwrap()],
+        Some(input.as_bytes()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in [
+        "0.db",
+        "lookup_dump.db/data",
+        "lookup_dump.db/.inc",
+        "ourkv.meta",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("lookup_dump.db/.inc")).unwrap(),
+        "10"
+    );
+    let out = ourkv(
+        &["db", "dump", dir.to_str().unwrap(), "--history", "5"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<&str> = text(&out.stdout).leak().lines().collect();
+    assert_eq!(lines.len(), 3);
+    let seven = format!(
+        "{{\"id\":7,\"value\":\"{}\",\"history\":[\"{}\",\"{}\"]}}",
+        b64(b"seven-2"),
+        b64(b"seven-2"),
+        b64(b"seven-1")
+    );
+    assert_eq!(lines[1], seven);
+    // Restoring into a directory that holds data is refused.
+    let out = ourkv(
+        &["db", "restore", dir.to_str().unwrap()],
+        Some(input.as_bytes()),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not empty"));
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_and_compact_keeps_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("g_random_incr_ks6", tmp.path());
+    let d = dir.to_str().unwrap();
+    let shape = ["--record-nr-max", "100000", "--record-size-max", "4096"];
+    let out = ourkv(&[&["db", "verify", d][..], &shape].concat(), None);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let before = ourkv(&[&["db", "dump", d][..], &shape].concat(), None);
+    assert!(before.status.success());
+
+    let out = ourkv(
+        &[&["db", "compact", d, "--history", "1"][..], &shape].concat(),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("epoch: 2"));
+    let after = ourkv(&["db", "dump", d], None);
+    assert_eq!(text(&before.stdout), text(&after.stdout));
+    let info = ourkv(&["db", "info", d], None);
+    assert!(
+        text(&info.stdout).contains("next_id: 1502"),
+        "{}",
+        text(&info.stdout)
+    );
+
+    // Flip one byte inside a value: verify reports it and exits 1.
+    let f = dir.join("0.db");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&f, bytes).unwrap();
+    let out = ourkv(&["db", "verify", d], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("problem:"));
+}
+
+#[test]
+fn recover_rebuilds_a_v_directory_without_dump() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("f1_no_close", tmp.path());
+    let d = dir.to_str().unwrap();
+    let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
+    // Without a dump the directory cannot be opened: the message says what to do.
+    let out = ourkv(&[&["db", "dump", d][..], &shape].concat(), None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ourkv db recover"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --strict: the rebuild had to assume what a zeroed record was.
+    let out = ourkv(
+        &[&["db", "recover", d, "--strict"][..], &shape].concat(),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("assumed:"));
+    let out = ourkv(&[&["db", "dump", d][..], &shape].concat(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 8);
+}
+
+#[test]
+fn bad_input_gives_a_message_and_non_zero_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let out = ourkv(&["db", "info", missing.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not a directory"));
+
+    let dir = fixture("a_incr_ks2", tmp.path());
+    let d = dir.to_str().unwrap();
+    let out = ourkv(&["db", "dump", d], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("V directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ourkv(&["db", "dump", d, "--keysize", "5"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("keysize must be 2, 3, 4 or 6"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = ourkv(
+        &["db", "restore", tmp.path().join("r").to_str().unwrap()],
+        Some(b"{not json}\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("line 1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ourkv(
+        &["db", "restore", tmp.path().join("r2").to_str().unwrap()],
+        Some(b"{\"id\":1,\"value\":\"!!\"}\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("base64"),
+        "{}",
+        text(&out.stderr)
+    );
+}
