@@ -135,8 +135,10 @@ mod tests {
 
     #[test]
     fn forced_keysize_is_checked() {
-        let mut c = Config::default();
-        c.keysize = Some(5);
+        let mut c = Config {
+            keysize: Some(5),
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
         c.keysize = Some(3);
         assert_eq!(c.keysize().unwrap(), 3);

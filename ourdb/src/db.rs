@@ -624,12 +624,10 @@ impl OurDb {
         let rec_len = (HEADER_LEN + value.len()) as u64;
         // Switch files as V does (before the write, once the file reached
         // file_size); only keysize 6 can address more than one file.
-        if self.keysize == 6 && w.end >= self.meta.config.file_size as u64 {
+        if self.keysize == 6
+            && (w.end >= self.meta.config.file_size as u64 || w.end + rec_len > u32::MAX as u64)
+        {
             self.roll_locked(w)?;
-        } else if w.end + rec_len > u32::MAX as u64 {
-            if self.keysize == 6 {
-                self.roll_locked(w)?;
-            }
         }
         let loc = Location::new(w.active.nr, w.end.min(u32::MAX as u64) as u32);
         if w.end + rec_len > u32::MAX as u64 || !loc.fits(self.keysize) {

@@ -99,7 +99,7 @@ pub fn encode_dump(table: &LookupTable, keysize: u8) -> Vec<u8> {
 /// Parses a V dump into `(id, location)` pairs.
 pub fn decode_dump(bytes: &[u8], keysize: u8, path: &Path) -> Result<Vec<(u32, Location)>> {
     let w = 4 + keysize as usize;
-    if bytes.len() % w != 0 {
+    if !bytes.len().is_multiple_of(w) {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),
             detail: format!(
