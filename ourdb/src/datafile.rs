@@ -188,10 +188,14 @@ impl DataFile {
 
     /// Reads the whole file (tools and recovery scans).
     pub fn read_all(&self) -> Result<Vec<u8>> {
-        let len = self.len()?;
+        self.read_range(0, self.len()?)
+    }
+
+    /// Reads `len` bytes from `pos` with `pread`.
+    pub fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len as usize];
         self.file
-            .read_exact_at(&mut buf, 0)
+            .read_exact_at(&mut buf, pos)
             .ctx(|| format!("read {}", self.path.display()))?;
         Ok(buf)
     }

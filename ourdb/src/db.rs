@@ -1142,26 +1142,30 @@ fn scan_tail(
         if f.nr < checkpoint.file_nr {
             continue;
         }
-        let bytes = f.read_all()?;
+        let len = f.len()?;
         let start = if f.nr == checkpoint.file_nr {
-            checkpoint.position.max(1) as usize
+            checkpoint.position.max(1) as u64
         } else {
             1
         };
-        if f.nr > checkpoint.file_nr && bytes.is_empty() {
+        if f.nr > checkpoint.file_nr && len == 0 {
             // Created, killed before its leading zero byte was written.
             end = Location::new(f.nr, 1);
             continue;
         }
-        if start > bytes.len() {
+        if start > len {
             return Err(Error::Corrupt {
                 path: f.path().to_path_buf(),
-                detail: format!("the journal's checkpoint {checkpoint} lies past the end of the file ({} bytes): data was lost", bytes.len()),
+                detail: format!(
+                    "the journal's checkpoint {checkpoint} lies past the end of the file ({len} bytes): data was lost"
+                ),
             });
         }
-        let valid = scan::valid_end(&bytes, start);
+        // Only the bytes after the checkpoint: they bound the work of recovery.
+        let tail = f.read_range(start, len - start)?;
+        let valid = start + scan::valid_end(&tail, 0) as u64;
         end = Location::new(f.nr, valid as u32);
-        if valid < bytes.len() {
+        if valid < len {
             if f.nr != files.iter().flatten().last().map_or(f.nr, |l| l.nr) {
                 tracing::warn!(dir = %dir.display(), file = f.nr, "invalid bytes before the last data file");
             }
