@@ -130,45 +130,18 @@ impl<'a> Rebuilder<'a> {
 
     /// Scans `bytes` (all of data file `file_nr`) from `start`.
     pub fn scan_file(&mut self, file_nr: u16, bytes: &[u8], start: usize) {
-        let mut pos = start.max(1);
-        while pos < bytes.len() {
+        walk(bytes, start, |pos, piece| {
             let loc = Location::new(file_nr, pos as u32);
-            let zero_header = bytes[pos..bytes.len().min(pos + HEADER_LEN)]
-                .iter()
-                .all(|&b| b == 0);
-            if zero_header {
-                let mut z = pos;
-                while z < bytes.len() && bytes[z] == 0 {
-                    z += 1;
-                }
-                // A record header may itself start with zero bytes, so the next
-                // record can begin a few bytes before the first non-zero byte.
-                let end = if z == bytes.len() {
-                    Some(z)
-                } else {
-                    record_after_zeros(bytes, pos + HEADER_LEN, z)
-                };
-                let Some(end) = end else {
-                    self.report.undecided.push(format!(
-                        "{} zero bytes at {loc} are followed by bytes that are no valid record: rest of {file_nr}.db skipped",
-                        z - pos
-                    ));
-                    return;
-                };
-                let run = end - pos;
-                if run == HEADER_LEN {
+            match piece {
+                Piece::Record(h) => self.apply(loc, &h),
+                Piece::ZeroRun(HEADER_LEN) => {
                     // Exactly an empty value with no previous version.
-                    let h = Header::decode(&[0; HEADER_LEN]);
-                    self.apply(loc, &h);
+                    self.apply(loc, &Header::decode(&[0; HEADER_LEN]));
                     self.report.assumptions.push(format!(
                         "12 zero bytes at {loc}: taken as a live empty value (a deleted empty value looks the same)"
                     ));
-                } else if run < HEADER_LEN {
-                    self.report.undecided.push(format!(
-                        "{run} stray zero bytes at {loc}: rest of {file_nr}.db skipped"
-                    ));
-                    return;
-                } else {
+                }
+                Piece::ZeroRun(run) => {
                     self.report.deleted += 1;
                     if self.incremental {
                         let id = self.next_id;
@@ -182,21 +155,78 @@ impl<'a> Rebuilder<'a> {
                         ));
                     }
                 }
-                pos = end;
-                continue;
+                Piece::Bad(what) => self
+                    .report
+                    .undecided
+                    .push(format!("{what} at {loc}: rest of {file_nr}.db skipped")),
             }
-            match record_at(bytes, pos) {
-                Some(h) => {
-                    self.apply(loc, &h);
-                    pos += h.record_len() as usize;
+        });
+    }
+}
+
+/// One piece of a V data file.
+#[derive(Debug)]
+pub enum Piece {
+    /// A whole, CRC-valid record.
+    Record(Header),
+    /// A run of zero bytes at least a header long: V's deleted records (or
+    /// empty values) followed by a valid record or the end of the file.
+    ZeroRun(usize),
+    /// Bytes that are neither; the walk stops here.
+    Bad(String),
+}
+
+/// Walks `bytes` from `start` (at least 1, past the leading zero byte), calling
+/// `f` with each piece's offset.
+pub fn walk(bytes: &[u8], start: usize, mut f: impl FnMut(usize, Piece)) {
+    let mut pos = start.max(1);
+    while pos < bytes.len() {
+        let zero_header = bytes[pos..bytes.len().min(pos + HEADER_LEN)]
+            .iter()
+            .all(|&b| b == 0);
+        if zero_header {
+            let z = bytes[pos..]
+                .iter()
+                .position(|&b| b != 0)
+                .map_or(bytes.len(), |i| pos + i);
+            let end = if z == bytes.len() {
+                Some(z)
+            } else {
+                record_after_zeros(bytes, pos + HEADER_LEN, z)
+            };
+            match end {
+                Some(end) if end - pos >= HEADER_LEN => {
+                    f(pos, Piece::ZeroRun(end - pos));
+                    pos = end;
+                }
+                Some(end) => {
+                    return f(pos, Piece::Bad(format!("{} stray zero bytes", end - pos)));
                 }
                 None => {
-                    self.report.undecided.push(format!(
-                        "bytes at {loc} form no valid record: rest of {file_nr}.db ({} bytes) skipped",
-                        bytes.len() - pos
-                    ));
-                    return;
+                    return f(
+                        pos,
+                        Piece::Bad(format!(
+                            "{} zero bytes followed by bytes that are no valid record",
+                            z - pos
+                        )),
+                    );
                 }
+            }
+            continue;
+        }
+        match record_at(bytes, pos) {
+            Some(h) => {
+                pos += h.record_len() as usize;
+                f(pos - h.record_len() as usize, Piece::Record(h));
+            }
+            None => {
+                return f(
+                    pos,
+                    Piece::Bad(format!(
+                        "{} bytes that form no valid record",
+                        bytes.len() - pos
+                    )),
+                );
             }
         }
     }

@@ -70,14 +70,11 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
                 ));
             }
         } else {
-            let t = LookupTable::new(1);
-            let mut rb = Rebuilder::new(&t, false, 1);
-            rb.scan_file(nr, &bytes, 1);
-            for u in rb.report.undecided {
-                if !u.contains("no previous version") && !u.contains("updates") {
-                    report.problems.push(u);
+            scan::walk(&bytes, 1, |pos, piece| {
+                if let scan::Piece::Bad(what) = piece {
+                    report.problems.push(format!("{nr}.db:{pos}: {what}"));
                 }
-            }
+            });
         }
     }
     Ok(report)
