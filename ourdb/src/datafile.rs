@@ -137,6 +137,13 @@ impl DataFile {
             .map_or(0, |m| m.len() as u64)
     }
 
+    /// Runs `f` over the mapped bytes, if there is a map.
+    #[inline]
+    pub fn with_map<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let guard = self.map.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|m| f(&m[..]))
+    }
+
     /// Copies `out.len()` bytes at `pos` from the map; false if the map does not cover them.
     #[inline]
     pub fn read_mapped(&self, pos: u64, out: &mut [u8]) -> bool {
