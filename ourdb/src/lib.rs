@@ -35,6 +35,7 @@ pub use config::{
 pub use db::{OpenOptions, OpenReport, OurDb, LOCK_FILE};
 pub use error::{Error, Result};
 pub use location::Location;
+pub use lookup::LookupTable;
 pub use meta::{Meta, Origin, FORMAT_VERSION, META_FILE};
 pub use record::{encode_record, Header, HEADER_LEN, MAX_VALUE_LEN};
 pub use scan::RebuildReport;

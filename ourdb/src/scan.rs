@@ -143,7 +143,11 @@ impl<'a> Rebuilder<'a> {
                 }
                 Piece::ZeroRun(run) => {
                     self.report.deleted += 1;
-                    if self.incremental {
+                    if self.incremental && self.next_id >= self.table.record_nr_max() {
+                        self.report.undecided.push(format!(
+                            "{run} zero bytes at {loc}: no id left below record_nr_max"
+                        ));
+                    } else if self.incremental {
                         let id = self.next_id;
                         self.next_id += 1;
                         self.report.assumptions.push(format!(
