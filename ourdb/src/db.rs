@@ -323,6 +323,7 @@ impl OurDb {
             };
             match lookup::read_dump(dir, keysize)? {
                 Some(dump) => {
+                    check_v_dump(&files, &dump.entries, keysize, dir)?;
                     load_entries(&lookup, &dump.entries, dir)?;
                     next_id = match dump.next_id {
                         Some(n) => n.max(1),
@@ -1137,6 +1138,73 @@ fn mapped_record(map: &[u8], pos: usize) -> Option<(Header, Vec<u8>)> {
     let start = pos + HEADER_LEN;
     let value = map.get(start..start + h.len as usize)?.to_vec();
     Some((h, value))
+}
+
+/// A V directory stores no configuration, so a wrong one given by the user
+/// decodes the dump with the wrong entry width. Check that the entries make
+/// sense before anything is written: ids ascend, locations lie inside the data
+/// files, and a sample of them names CRC-valid records.
+fn check_v_dump(
+    files: &[Option<Arc<DataFile>>],
+    entries: &[(u32, Location)],
+    keysize: u8,
+    dir: &Path,
+) -> Result<()> {
+    let wrong = |detail: String| {
+        Err(Error::Config(format!(
+            "{}: the lookup dump does not fit keysize {keysize} ({detail}); check --keysize or --record-nr-max/--record-size-max",
+            dir.display()
+        )))
+    };
+    if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return wrong("ids do not ascend".into());
+    }
+    let nfiles = files.iter().flatten().count();
+    let loose = keysize < 6 && nfiles > 1;
+    let mut lens = Vec::with_capacity(files.len());
+    for f in files {
+        lens.push(match f {
+            Some(f) => Some(f.len()?),
+            None => None,
+        });
+    }
+    // V's own damage leaves a few entries pointing nowhere (a truncated file);
+    // a wrong entry width leaves most of them so.
+    let step = (entries.len() / 1000).max(1);
+    let (mut checked, mut bad) = (0u32, 0u32);
+    let mut example = None;
+    for &(id, loc) in entries.iter().step_by(step) {
+        checked += 1;
+        let len = if loose {
+            lens.iter().flatten().copied().max()
+        } else {
+            lens.get(loc.file_nr as usize).copied().flatten()
+        };
+        let ok = match len {
+            None => false,
+            Some(len) if loose => loc.position > 0 && (loc.position as u64) < len,
+            Some(len) => {
+                loc.position > 0
+                    && loc.position as u64 + HEADER_LEN as u64 <= len
+                    && files[loc.file_nr as usize].as_ref().is_some_and(|f| {
+                        let mut hb = [0u8; HEADER_LEN];
+                        f.read_at(loc.position as u64, &mut hb).is_ok()
+                            && loc.position as u64 + Header::decode(&hb).record_len() <= len
+                    })
+            }
+        };
+        if !ok {
+            bad += 1;
+            example.get_or_insert((id, loc));
+        }
+    }
+    if bad * 2 > checked {
+        let (id, loc) = example.expect("a bad entry");
+        return wrong(format!(
+            "{bad} of {checked} entries checked point outside the data, e.g. id {id} at {loc}"
+        ));
+    }
+    Ok(())
 }
 
 fn load_entries(lookup: &LookupTable, entries: &[(u32, Location)], dir: &Path) -> Result<()> {

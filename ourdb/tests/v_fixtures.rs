@@ -262,3 +262,47 @@ fn v_directory_accepts_writes_and_reopens() {
         assert_eq!(&db.get(*id).unwrap(), v);
     }
 }
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() != ourdb::LOCK_FILE {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A V directory opened with the wrong configuration (so the wrong keysize)
+/// is refused with a clear error, and nothing in it changes.
+#[test]
+fn wrong_config_is_refused_without_damage() {
+    let case_dir = fixtures_root().join("c_incr_ks6_multifile");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(case_dir.join("manifest.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = prepare(&case_dir, &manifest, tmp.path());
+    let before = snapshot(&dir);
+    // 24 entries of 10 bytes also divide into 6-byte keysize-2 entries.
+    let wrong = Config {
+        record_nr_max: 1000,
+        record_size_max: 1024,
+        ..config_of(&manifest)
+    };
+    assert_eq!(wrong.keysize().unwrap(), 2);
+    match OurDb::open(&dir, wrong) {
+        Err(Error::Config(msg)) => assert!(msg.contains("keysize"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a keysize-6 directory as keysize 2"),
+    }
+    assert_eq!(snapshot(&dir), before, "the refused open changed files");
+    // The right configuration still opens it.
+    let db = OurDb::open(&dir, config_of(&manifest)).unwrap();
+    assert_eq!(db.next_id().unwrap(), 25);
+}
