@@ -893,6 +893,12 @@ impl OurDb {
         self.lookup.iter().map(|(id, _)| id)
     }
 
+    /// Live records, ascending by id: `(id, current value)`. A record that
+    /// cannot be read yields its error and the iteration goes on.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, Result<Vec<u8>>)> + '_ {
+        self.ids().map(move |id| (id, self.get(id)))
+    }
+
     /// Number of live ids.
     pub fn len(&self) -> usize {
         self.lookup.iter().count()
