@@ -109,7 +109,8 @@ struct Writer {
     /// Bytes not yet handed to the OS; they belong at `buf_start`.
     buf: Vec<u8>,
     buf_start: u64,
-    wal: File,
+    /// Shared so that a group-commit leader can fsync it outside the lock.
+    wal: Arc<File>,
     wal_buf: Vec<u8>,
     next_id: u32,
     /// Count of writes accepted; group commit waits on it.
@@ -437,7 +438,7 @@ impl OurDb {
                 end,
                 buf: Vec::with_capacity(WRITE_BUFFER + MAX_VALUE_LEN + HEADER_LEN),
                 buf_start: end,
-                wal: wal_file,
+                wal: Arc::new(wal_file),
                 wal_buf: Vec::with_capacity(64 << 10),
                 next_id,
                 seq: 0,
@@ -699,7 +700,7 @@ impl OurDb {
         }
         if !w.wal_buf.is_empty() {
             let Writer { wal, wal_buf, .. } = &mut *w;
-            if let Err(e) = wal.write_all(wal_buf) {
+            if let Err(e) = (&**wal).write_all(wal_buf) {
                 w.poisoned = true;
                 return Err(Error::Io {
                     context: format!("append to {}", self.dir.join(wal::WAL_FILE).display()),
@@ -769,11 +770,30 @@ impl OurDb {
         }
         g.leader = true;
         drop(g);
-        // Everything flushed up to `target` is covered by this sync.
-        let result = self.writer().and_then(|mut w| {
-            let target = w.seq;
-            self.sync_locked(&mut w).map(|_| target)
+        // Everything flushed up to `target` is covered by this sync. The fsyncs
+        // run outside the writer lock, so the next group gathers meanwhile.
+        let plan = self.writer().and_then(|mut w| {
+            self.flush_locked(&mut w)?;
+            let files = self.files.read().unwrap_or_else(|e| e.into_inner());
+            let dirty: Vec<Arc<DataFile>> = std::mem::take(&mut w.dirty)
+                .into_iter()
+                .filter_map(|nr| files.get(nr as usize).cloned().flatten())
+                .collect();
+            Ok((w.seq, dirty, w.wal.clone()))
         });
+        let result = plan.and_then(|(target, dirty, wal)| {
+            for f in dirty {
+                f.sync_data()?;
+            }
+            wal.sync_data()
+                .ctx(|| format!("fsync {}", self.dir.join(wal::WAL_FILE).display()))?;
+            Ok(target)
+        });
+        if result.is_err() {
+            if let Some(m) = &self.writer {
+                m.lock().unwrap_or_else(|e| e.into_inner()).poisoned = true;
+            }
+        }
         let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
         g.leader = false;
         let out = match result {
@@ -813,7 +833,7 @@ impl OurDb {
         });
         match r {
             Ok(f) => {
-                w.wal = f;
+                w.wal = Arc::new(f);
                 w.bytes_since_checkpoint = 0;
                 Ok(())
             }

@@ -256,6 +256,94 @@ fn crash_loop(sync: SyncPolicy, rounds: u32, base_seed: u64) {
     assert!(!model.ids.is_empty());
 }
 
+/// Child of the many-writer test: 8 threads insert until killed, printing
+/// `id tag` for each acknowledged insert.
+fn child_many_writers(dir: &Path, seed: u64) {
+    let db = std::sync::Arc::new(open(dir, SyncPolicy::Group).unwrap());
+    println!("ready");
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let db = db.clone();
+            s.spawn(move || {
+                for i in 0..100_000u64 {
+                    let tag = (seed << 40) | (t << 32) | i;
+                    let id = db.insert(&value(tag)).unwrap();
+                    // One write(2) per line: lines from threads never interleave.
+                    let line = format!("{id} {tag}\n");
+                    std::io::stdout().lock().write_all(line.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn sigkill_group_commit_many_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut rng = Rng(0x5EED);
+    for round in 0..20u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                CHILD_ENV,
+                format!("{}|{round}|GroupMany", dir.path().display()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.ends_with("ready") {
+                    let _ = tx.send(());
+                    continue;
+                }
+                let mut it = line.split(' ');
+                if let (Some(Ok(id)), Some(Ok(tag))) = (
+                    it.next().map(str::parse::<u32>),
+                    it.next().map(str::parse::<u64>),
+                ) {
+                    got.push((id, tag));
+                }
+            }
+            got
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("child ready");
+        std::thread::sleep(Duration::from_micros(3_000 + rng.next() % 30_000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for (id, tag) in reader.join().unwrap() {
+            assert!(acked.insert(id, tag).is_none(), "id {id} handed out twice");
+        }
+        let db = open(dir.path(), SyncPolicy::Group).unwrap();
+        for (id, tag) in &acked {
+            match db.get(*id) {
+                Ok(v) => assert_eq!(v, value(*tag), "round {round}: id {id} holds another value"),
+                Err(e) => panic!("round {round}: acknowledged id {id} lost: {e}"),
+            }
+        }
+        drop(db);
+        let v = ourdb::tools::verify(dir.path(), None).unwrap();
+        assert!(v.is_ok(), "round {round}: verify: {:?}", v.problems);
+    }
+    assert!(
+        acked.len() > 100,
+        "only {} inserts acknowledged",
+        acked.len()
+    );
+}
+
 /// The child's entry point; run without the environment variable it checks
 /// the child loop in-process instead.
 #[test]
@@ -265,6 +353,7 @@ fn crash_child_entry() {
         let dir = parts.next().unwrap().to_string();
         let seed: u64 = parts.next().unwrap().parse().unwrap();
         let sync = match parts.next().unwrap() {
+            "GroupMany" => return child_many_writers(Path::new(&dir), seed),
             "Always" => SyncPolicy::Always,
             "Group" => SyncPolicy::Group,
             _ => SyncPolicy::Flush,
