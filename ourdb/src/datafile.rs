@@ -8,7 +8,10 @@
 //!   `ourkv.lock`; read-only handles take a shared lock);
 //! * data files are append-only while open: records are never rewritten, and the
 //!   only truncation (cutting a torn tail) happens in `open`, before any map exists;
-//! * a map covers only bytes that were already written and flushed when it was made.
+//! * a map may reach past the end of the file (it reserves room to grow into,
+//!   so appends need no remap), but reads through it are bounded by `flushed`:
+//!   bytes the writer has already handed to the OS. Pages past the end of the
+//!   file are never touched.
 //!
 //! Compaction builds a new directory and swaps it in by rename, so old maps keep
 //! pointing at the old (unlinked, still intact) inodes.
@@ -17,6 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use memmap2::Mmap;
@@ -61,7 +65,13 @@ pub struct DataFile {
     path: PathBuf,
     file: File,
     map: RwLock<Option<Arc<Mmap>>>,
+    /// Bytes written to the file (handed to the OS); reads stay below it.
+    flushed: AtomicU64,
 }
+
+/// Maps reserve at least this much address space, so a growing file is
+/// remapped rarely (address space, not memory).
+const MAP_RESERVE: u64 = 1 << 30;
 
 impl DataFile {
     /// Opens an existing data file.
@@ -72,11 +82,16 @@ impl DataFile {
             .write(writable)
             .open(&path)
             .ctx(|| format!("open {}", path.display()))?;
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
         Ok(DataFile {
             nr,
             path,
             file,
             map: RwLock::new(None),
+            flushed: AtomicU64::new(len),
         })
     }
 
@@ -97,6 +112,7 @@ impl DataFile {
             path,
             file,
             map: RwLock::new(None),
+            flushed: AtomicU64::new(1),
         })
     }
 
@@ -111,17 +127,29 @@ impl DataFile {
             .ctx(|| format!("stat {}", self.path.display()))
     }
 
-    /// Maps the first `len` bytes (already written and flushed).
-    pub fn remap(&self, len: u64) -> Result<()> {
+    /// Makes sure the map covers the first `len` bytes, reserving room to grow.
+    pub fn ensure_mapped(&self, len: u64) -> Result<()> {
+        if len == 0 || self.mapped_len() >= len {
+            return Ok(());
+        }
+        self.map_len(len.saturating_mul(2).max(MAP_RESERVE))
+    }
+
+    /// Maps exactly the first `len` bytes: for files that no longer grow.
+    pub fn map_exact(&self, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: see the module doc: the first `len` bytes exist, are never
-        // rewritten while the directory is locked, and the file never shrinks
-        // while a map exists.
+        self.map_len(len)
+    }
+
+    fn map_len(&self, size: u64) -> Result<()> {
+        // SAFETY: see the module doc: mapped bytes below `flushed` are never
+        // rewritten while the directory is locked, the file never shrinks while
+        // a map exists, and no read goes past `flushed`.
         let map = unsafe {
             memmap2::MmapOptions::new()
-                .len(len as usize)
+                .len(size as usize)
                 .map(&self.file)
         }
         .ctx(|| format!("mmap {}", self.path.display()))?;
@@ -129,7 +157,7 @@ impl DataFile {
         Ok(())
     }
 
-    pub fn mapped_len(&self) -> u64 {
+    fn mapped_len(&self) -> u64 {
         self.map
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -137,24 +165,29 @@ impl DataFile {
             .map_or(0, |m| m.len() as u64)
     }
 
-    /// Runs `f` over the mapped bytes, if there is a map.
+    fn set_flushed(&self, len: u64) {
+        self.flushed.store(len, Ordering::Release);
+    }
+
+    /// Runs `f` over the mapped, written bytes, if there is a map.
     #[inline]
     pub fn with_map<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let guard = self.map.read().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().map(|m| f(&m[..]))
+        let flushed = self.flushed.load(Ordering::Acquire) as usize;
+        guard.as_ref().map(|m| f(&m[..flushed.min(m.len())]))
     }
 
     /// Copies `out.len()` bytes at `pos` from the map; false if the map does not cover them.
     #[inline]
     pub fn read_mapped(&self, pos: u64, out: &mut [u8]) -> bool {
-        let guard = self.map.read().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(m) if pos as usize + out.len() <= m.len() => {
-                out.copy_from_slice(&m[pos as usize..pos as usize + out.len()]);
+        self.with_map(|m| match m.get(pos as usize..pos as usize + out.len()) {
+            Some(src) => {
+                out.copy_from_slice(src);
                 true
             }
-            _ => false,
-        }
+            None => false,
+        })
+        .unwrap_or(false)
     }
 
     /// Reads through the map when it covers the range, else with `pread`.
@@ -175,7 +208,11 @@ impl DataFile {
                 bytes.len(),
                 self.path.display()
             )
-        })
+        })?;
+        // Publish only after the bytes are in the file: readers trust `flushed`.
+        self.flushed
+            .fetch_max(pos + bytes.len() as u64, Ordering::Release);
+        Ok(())
     }
 
     pub fn sync_data(&self) -> Result<()> {
@@ -190,6 +227,7 @@ impl DataFile {
         self.file
             .set_len(len)
             .ctx(|| format!("truncate {}", self.path.display()))?;
+        self.set_flushed(len);
         self.sync_data()
     }
 

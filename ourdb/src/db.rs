@@ -20,8 +20,6 @@ use crate::wal::{self, WalEntry, WalHeader};
 pub const LOCK_FILE: &str = "ourkv.lock";
 /// Writes are buffered up to this size before they are handed to the OS.
 const WRITE_BUFFER: usize = 1 << 20;
-/// The active file is remapped once this much has been flushed past its map.
-const REMAP_STEP: u64 = 8 << 20;
 
 /// How to open a directory.
 #[derive(Clone, Debug)]
@@ -448,7 +446,7 @@ impl OurDb {
             }));
         }
         for f in files.iter().flatten() {
-            f.remap(f.len()?)?;
+            f.map_exact(f.len()?)?;
         }
         if report.redone > 0 || report.torn_data_bytes > 0 {
             tracing::info!(dir = %dir.display(), redone = report.redone, torn = report.torn_data_bytes, "recovered");
@@ -671,7 +669,6 @@ impl OurDb {
         w.dirty.remove(&w.active.nr);
         let f = Arc::new(DataFile::create(&self.dir, nr).inspect_err(|_| w.poisoned = true)?);
         crate::fsutil::sync_dir(&self.dir).inspect_err(|_| w.poisoned = true)?;
-        w.active.remap(w.end)?;
         {
             let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
             if files.len() <= nr as usize {
@@ -709,9 +706,7 @@ impl OurDb {
             }
             w.wal_buf.clear();
         }
-        if w.buf_start >= w.active.mapped_len() + REMAP_STEP {
-            w.active.remap(w.buf_start)?;
-        }
+        w.active.ensure_mapped(w.buf_start)?;
         Ok(())
     }
 
@@ -1106,7 +1101,7 @@ impl OurDb {
             .collect();
         let mut found = Vec::new();
         for f in &files {
-            let len = f.mapped_len().max(f.len().unwrap_or(0));
+            let len = f.len().unwrap_or(0);
             let mut pos = loc.position as u64;
             while pos < len && pos <= u32::MAX as u64 {
                 let cand = Location::new(f.nr, pos as u32);
