@@ -144,8 +144,19 @@ pub struct OurDb {
     report: OpenReport,
     _lock: Option<File>,
     closed: std::sync::atomic::AtomicBool,
-    /// The next id as found at open (a read-only handle has no writer).
+    /// The next id and the end of the data as found at open (a read-only
+    /// handle has no writer).
     ro_next_id: u32,
+    ro_end: Location,
+}
+
+/// Whole records read for shipping: they start at `start`; the next read
+/// continues at `next`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: Location,
+    pub bytes: Vec<u8>,
+    pub next: Location,
 }
 
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -448,6 +459,10 @@ impl OurDb {
         for f in files.iter().flatten() {
             f.map_exact(f.len()?)?;
         }
+        let ro_end = match files.iter().flatten().last() {
+            Some(f) => Location::new(f.nr, f.len()? as u32),
+            None => Location::NONE,
+        };
         if report.redone > 0 || report.torn_data_bytes > 0 {
             tracing::info!(dir = %dir.display(), redone = report.redone, torn = report.torn_data_bytes, "recovered");
         }
@@ -468,6 +483,7 @@ impl OurDb {
             _lock: lock,
             closed: std::sync::atomic::AtomicBool::new(false),
             ro_next_id: next_id,
+            ro_end,
         };
         Ok(db)
     }
@@ -874,6 +890,154 @@ impl OurDb {
     pub fn abandon(self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    // ---- log shipping ----
+
+    /// Where the next record will go (buffered records included).
+    pub fn end(&self) -> Location {
+        match &self.writer {
+            Some(m) => {
+                let w = m.lock().unwrap_or_else(|e| e.into_inner());
+                Location::new(w.active.nr, w.end as u32)
+            }
+            None => self.ro_end,
+        }
+    }
+
+    /// Whole records from `from` (a record boundary, or the end of a file),
+    /// at most `max_bytes` of them but at least one if any follow: what a
+    /// master ships to a replica. Only records handed to the OS are read.
+    pub fn read_records(&self, from: Location, max_bytes: usize) -> Result<Segment> {
+        self.flush_if_writer()?;
+        let mut from = from;
+        let (f, len) = loop {
+            let f = self.file(from.file_nr).ok_or_else(|| Error::BadCursor {
+                cursor: from,
+                detail: format!("no data file {}", from.file_nr),
+            })?;
+            let len = self.data_end(&f)?;
+            if (from.position as u64) < len || from.position == 0 {
+                break (f, len);
+            }
+            if from.position as u64 > len {
+                return Err(Error::BadCursor {
+                    cursor: from,
+                    detail: format!("{}.db holds {len} bytes", from.file_nr),
+                });
+            }
+            // At the end of a file: records go on in the next one, if any.
+            match self.file(from.file_nr + 1) {
+                Some(_) => from = Location::new(from.file_nr + 1, 1),
+                None => {
+                    return Ok(Segment {
+                        start: from,
+                        bytes: Vec::new(),
+                        next: from,
+                    })
+                }
+            }
+        };
+        if from.position == 0 {
+            from.position = 1;
+        }
+        let want =
+            (len - from.position as u64).min(max_bytes.max(HEADER_LEN + MAX_VALUE_LEN) as u64);
+        let mut bytes = vec![0u8; want as usize];
+        self.read_bytes(&f, from.position as u64, &mut bytes)?;
+        // Cut at the last whole record within `max_bytes` (at least one).
+        let mut end = 0usize;
+        while let Some(h) = crate::scan::record_at(&bytes, end) {
+            let next = end + h.record_len() as usize;
+            if end > 0 && next > max_bytes {
+                break;
+            }
+            end = next;
+        }
+        if end == 0 && !bytes.is_empty() {
+            return Err(Error::BadCursor {
+                cursor: from,
+                detail: "no valid record starts there".into(),
+            });
+        }
+        bytes.truncate(end);
+        Ok(Segment {
+            start: from,
+            next: Location::new(from.file_nr, from.position + end as u32),
+            bytes,
+        })
+    }
+
+    fn flush_if_writer(&self) -> Result<()> {
+        match &self.writer {
+            Some(_) => self.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends records shipped by a master, byte for byte, at `at`, which must
+    /// be where this database ends (or the start of its next file). `id_of`
+    /// names each record's id and whether the record deletes it (a tombstone).
+    /// Returns the new end. The sync policy applies to the whole batch.
+    pub fn append_shipped(
+        &self,
+        at: Location,
+        bytes: &[u8],
+        mut id_of: impl FnMut(&[u8]) -> Result<(u32, bool)>,
+    ) -> Result<Location> {
+        let mut w = self.writer()?;
+        if at.file_nr == w.active.nr + 1 && at.position == 1 {
+            self.roll_locked(&mut w)?;
+        }
+        let ours = Location::new(w.active.nr, w.end as u32);
+        if at != ours {
+            return Err(Error::Diverged { ours, theirs: at });
+        }
+        // Check everything before anything is applied.
+        let mut pos = 0usize;
+        let mut plan = Vec::new();
+        while pos < bytes.len() {
+            let h = crate::scan::record_at(bytes, pos).ok_or_else(|| Error::Corrupt {
+                path: self.dir.clone(),
+                detail: format!("shipped bytes at {at}+{pos} are no valid record"),
+            })?;
+            let value = &bytes[pos + HEADER_LEN..pos + h.record_len() as usize];
+            let (id, deletes) = id_of(value)?;
+            self.check_range(id)?;
+            plan.push((pos, id, deletes));
+            pos += h.record_len() as usize;
+        }
+        let base = w.end;
+        let last = plan.last().map_or(0, |p| p.0);
+        let last_loc = Location::new(w.active.nr, (base + last as u64) as u32);
+        if base + bytes.len() as u64 > u32::MAX as u64 || !last_loc.fits(self.keysize) {
+            return Err(Error::AddressSpaceFull {
+                keysize: self.keysize,
+                location: last_loc,
+            });
+        }
+        for (off, id, deletes) in plan {
+            let loc = Location::new(w.active.nr, (base + off as u64) as u32);
+            w.wal_buf
+                .extend_from_slice(&WalEntry::Set { id, loc }.encode());
+            self.lookup.set(id, loc);
+            if deletes {
+                w.wal_buf
+                    .extend_from_slice(&WalEntry::Delete { id }.encode());
+                self.lookup.set(id, Location::NONE);
+            }
+            if self.meta.config.incremental && id >= w.next_id {
+                w.next_id = id + 1;
+            }
+            w.seq += 1;
+        }
+        w.buf.extend_from_slice(bytes);
+        w.end += bytes.len() as u64;
+        w.bytes_since_checkpoint += bytes.len() as u64;
+        let seq = w.seq;
+        let end = Location::new(w.active.nr, w.end as u32);
+        self.finish_write(w, seq)?;
+        Ok(end)
     }
 
     // ---- reads ----

@@ -68,6 +68,13 @@ pub enum Error {
     /// An earlier write failed half-way; the handle refuses work until reopened.
     #[error("database handle is poisoned by an earlier failed write; reopen it")]
     Poisoned,
+    /// A replication cursor that names no record boundary of this database.
+    #[error("cursor {cursor} is not a record boundary here ({detail})")]
+    BadCursor { cursor: Location, detail: String },
+    /// Shipped records do not continue this database where it ends: the
+    /// replica diverged (or the master was compacted) and needs a snapshot.
+    #[error("shipped records start at {theirs} but this database ends at {ours}")]
+    Diverged { ours: Location, theirs: Location },
     /// A keyed-layer envelope could not be decoded.
     #[error("bad envelope: {0}")]
     Envelope(String),

@@ -23,6 +23,7 @@ use std::sync::{Mutex, RwLock};
 
 use crate::db::OurDb;
 use crate::error::{Error, Result};
+use crate::location::Location;
 use crate::record::MAX_VALUE_LEN;
 
 pub const MAGIC: u8 = 0xE7;
@@ -321,6 +322,28 @@ impl KeyedStore {
             .take(limit)
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Applies records shipped by a master (see `OurDb::read_records`): the
+    /// same bytes land at the same positions, and the key index follows the
+    /// envelopes. Returns the new end, the replica's cursor.
+    pub fn apply_shipped(&self, at: Location, bytes: &[u8]) -> Result<Location> {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changes: Vec<(String, Option<u32>)> = Vec::new();
+        let end = self.db.append_shipped(at, bytes, |value| {
+            let env = Envelope::decode(value)?;
+            let deletes = env.kind == Kind::Tombstone;
+            changes.push((env.key.to_string(), (!deletes).then_some(env.id)));
+            Ok((env.id, deletes))
+        })?;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for (key, id) in changes {
+            match id {
+                Some(id) => index.insert(key, id),
+                None => index.remove(&key),
+            };
+        }
+        Ok(end)
     }
 
     pub fn close(self) -> Result<()> {

@@ -1,0 +1,135 @@
+//! Log shipping at the engine level: records read from a master's data files
+//! and appended to a replica leave the replica byte-identical, with the same
+//! keys, through replica restarts and crashes.
+
+use std::path::Path;
+
+use ourdb::keyed::KeyedStore;
+use ourdb::{Config, Error, Location, OpenOptions, SyncPolicy};
+
+fn store(dir: &Path) -> KeyedStore {
+    let db = OpenOptions::new()
+        .config(Config {
+            record_nr_max: 100_000,
+            record_size_max: 2048,
+            file_size: 16 << 10, // many file switches
+            ..Config::default()
+        })
+        .sync(SyncPolicy::Flush)
+        .open(dir)
+        .unwrap();
+    KeyedStore::new(db).unwrap()
+}
+
+fn files_of(dir: &Path) -> Vec<(u16, Vec<u8>)> {
+    ourdb::files::list_data_files(dir)
+        .unwrap()
+        .into_iter()
+        .map(|nr| (nr, std::fs::read(ourdb::files::data_path(dir, nr)).unwrap()))
+        .collect()
+}
+
+/// Ships everything from `cursor` until the replica has caught up.
+fn catch_up(
+    master: &KeyedStore,
+    replica: &KeyedStore,
+    mut cursor: Location,
+    max: usize,
+) -> Location {
+    loop {
+        let seg = master.db().read_records(cursor, max).unwrap();
+        if seg.bytes.is_empty() {
+            return seg.next;
+        }
+        cursor = replica.apply_shipped(seg.start, &seg.bytes).unwrap();
+        assert_eq!(cursor, seg.next);
+    }
+}
+
+fn write_some(master: &KeyedStore, round: u32) {
+    for i in 0..300u32 {
+        let key = format!("k{}", (i * 7 + round * 13) % 97);
+        if i % 11 == 5 {
+            master.delete(&key).unwrap();
+        } else {
+            let v = format!("{round}-{i}-").repeat(1 + (i as usize % 40));
+            master.put(&key, v.as_bytes()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn replica_becomes_byte_identical_across_restarts_and_crashes() {
+    let mdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let master = store(mdir.path());
+    let mut replica = store(rdir.path());
+    for round in 0..6u32 {
+        write_some(&master, round);
+        // The replica resumes from its own end, as a reconnecting worker does.
+        let cursor = replica.db().end();
+        let end = catch_up(&master, &replica, cursor, 1500 + round as usize * 3000);
+        assert_eq!(end, master.db().end());
+        assert_eq!(
+            files_of(rdir.path()),
+            files_of(mdir.path()),
+            "round {round}"
+        );
+        assert_eq!(
+            replica.list("", None, usize::MAX),
+            master.list("", None, usize::MAX)
+        );
+        for key in master.list("", None, usize::MAX) {
+            assert_eq!(replica.get(&key).unwrap(), master.get(&key).unwrap());
+            assert_eq!(
+                replica.history(&key, 4).unwrap(),
+                master.history(&key, 4).unwrap()
+            );
+        }
+        replica = match round % 3 {
+            0 => {
+                replica.close().unwrap();
+                store(rdir.path())
+            }
+            1 => {
+                replica.into_db().abandon();
+                store(rdir.path())
+            }
+            _ => replica,
+        };
+    }
+    assert!(files_of(mdir.path()).len() > 3);
+}
+
+#[test]
+fn a_replica_that_diverged_is_told_so() {
+    let mdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let master = store(mdir.path());
+    let replica = store(rdir.path());
+    write_some(&master, 0);
+    catch_up(&master, &replica, Location::new(0, 1), 4096);
+    // A write of its own puts the replica off the master's log.
+    replica.put("local", b"x").unwrap();
+    write_some(&master, 1);
+    let seg = master.db().read_records(replica.db().end(), 4096);
+    match seg {
+        // Its end is no record boundary of the master, or the records do not fit.
+        Err(Error::BadCursor { .. }) => {}
+        Ok(seg) => assert!(matches!(
+            replica.apply_shipped(seg.start, &seg.bytes),
+            Err(Error::Diverged { .. })
+        )),
+        Err(e) => panic!("{e}"),
+    }
+    // A cursor inside a record is refused.
+    let bad = Location::new(0, 5);
+    assert!(matches!(
+        master.db().read_records(bad, 4096),
+        Err(Error::BadCursor { .. })
+    ));
+    // Shipped bytes that are not whole records are refused, and change nothing.
+    let end = replica.db().end();
+    assert!(replica.apply_shipped(end, &[1, 2, 3]).is_err());
+    assert_eq!(replica.db().end(), end);
+}
