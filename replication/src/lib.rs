@@ -1,5 +1,29 @@
-//! Master-to-worker replication for ourkv.
+//! Master-to-worker replication for ourkv, over QUIC with mutual TLS.
 //!
-//! Not built yet: the protocol (QUIC with mutual TLS, log shipping from the
-//! master's journal) is the next piece of work. Until then the crate only
-//! exists so that the workspace has its final shape.
+//! The master's data files are the log. A worker subscribes with its cursor
+//! (its own end: epoch, file number, offset); the master streams whole raw
+//! records from there and then tails new appends; the worker writes the same
+//! bytes at the same positions (so caught-up replicas are byte-identical),
+//! applies their envelopes to its lookup and key index, and acknowledges its
+//! applied cursor. Requests (set, delete, read-index, get at a cursor, digest)
+//! travel on the same endpoints, one per stream. See docs/PROTOCOL.md.
+
+pub mod client;
+pub mod error;
+pub mod frame;
+pub mod identity;
+pub mod node;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use identity::{init_cluster, Identity};
+pub use node::{digest, Master, Worker};
+
+/// A QUIC endpoint listening on `addr` with this cluster's identity, able to
+/// connect out with it too.
+pub fn endpoint(identity: &Identity, addr: std::net::SocketAddr) -> Result<quinn::Endpoint> {
+    let mut e = quinn::Endpoint::server(identity.server_config()?, addr)
+        .map_err(|e| Error::Quic(format!("listen on {addr}: {e}")))?;
+    e.set_default_client_config(identity.client_config()?);
+    Ok(e)
+}

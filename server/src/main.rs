@@ -1,5 +1,6 @@
-//! `ourkv`: the service binary. Today it carries the `db` tools; the node roles
-//! (master, worker, gateway, dev) come with the replication and gateway work.
+//! `ourkv`: the service binary: the node roles (master, worker), the cluster
+//! tools, a client, and the `db` tools. The gateway and `ourkv dev` come with
+//! the HTTP work.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,80 @@ enum Cmd {
     /// Work on one OurDB directory (V's or ourkv's).
     #[command(subcommand)]
     Db(DbCmd),
+    /// Cluster identity.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Run the master: takes writes, ships its log to workers.
+    Master {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Run a worker: follows the master, serves reads.
+    Worker {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The master's QUIC address.
+        #[arg(long)]
+        master: String,
+    },
+    /// Talk to a running node.
+    Client {
+        #[arg(long, value_name = "DIR")]
+        cluster: PathBuf,
+        #[command(subcommand)]
+        cmd: ClientCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Make a cluster CA and a node certificate signed by it.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Data directory (an OurDB directory with the keyed layer).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// QUIC address to listen on.
+    #[arg(long)]
+    listen: String,
+    /// Cluster directory from `ourkv cluster init`.
+    #[arg(long, value_name = "DIR")]
+    cluster: PathBuf,
+    /// Data file size; every node of a cluster must use the same.
+    #[arg(long, value_name = "BYTES")]
+    file_size: Option<u32>,
+    /// never, flush, always or group (the master's default: group; workers: flush).
+    #[arg(long)]
+    sync: Option<ourdb::SyncPolicy>,
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    /// Store VALUE under KEY on the master; prints the cursor after the write.
+    Set {
+        node: String,
+        key: String,
+        value: String,
+    },
+    /// Delete KEY on the master.
+    Delete { node: String, key: String },
+    /// Read KEY from a node once it applied CURSOR (`file:offset`).
+    Get {
+        node: String,
+        key: String,
+        #[arg(long, value_name = "CURSOR")]
+        at: Option<String>,
+    },
+    /// The master's commit cursor.
+    ReadIndex { node: String },
+    /// A digest of a node's data files.
+    Digest { node: String },
 }
 
 #[derive(Subcommand)]
@@ -275,8 +350,159 @@ fn info(dir: &Path, shape: &Shape) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn resolve(addr: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .with_context(|| format!("address {addr:?}"))?
+        .next()
+        .with_context(|| format!("address {addr:?} resolves to nothing"))
+}
+
+fn parse_cursor(s: &str) -> Result<ourdb::Location> {
+    let (f, p) = s
+        .split_once(':')
+        .with_context(|| format!("cursor {s:?} is not file:offset"))?;
+    Ok(ourdb::Location::new(
+        f.parse().with_context(|| format!("cursor {s:?}"))?,
+        p.parse().with_context(|| format!("cursor {s:?}"))?,
+    ))
+}
+
+fn open_store(
+    node: &NodeArgs,
+    default_sync: ourdb::SyncPolicy,
+) -> Result<ourdb::keyed::KeyedStore> {
+    let mut config = Config::default();
+    if let Some(f) = node.file_size {
+        config.file_size = f;
+    }
+    let db = OpenOptions::new()
+        .config(config)
+        .sync(node.sync.unwrap_or(default_sync))
+        .open(&node.data)
+        .with_context(|| format!("open {}", node.data.display()))?;
+    Ok(ourdb::keyed::KeyedStore::new(db)?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs a node until SIGINT or SIGTERM, then closes its store cleanly.
+fn run_node(node: &NodeArgs, master: Option<&str>) -> Result<ExitCode> {
+    let identity = replication::Identity::load(&node.cluster)?;
+    let listen = resolve(&node.listen)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let endpoint = replication::endpoint(&identity, listen)?;
+        let store = open_store(
+            node,
+            if master.is_some() {
+                ourdb::SyncPolicy::Flush
+            } else {
+                ourdb::SyncPolicy::Group
+            },
+        )?;
+        let store = match master {
+            None => {
+                let m = replication::Master::new(store);
+                tracing::info!(%listen, "master listening");
+                println!("master listening on {}", endpoint.local_addr()?);
+                tokio::select! {
+                    _ = m.clone().serve(endpoint.clone()) => {}
+                    _ = shutdown() => {}
+                }
+                m.store().clone()
+            }
+            Some(addr) => {
+                let w = replication::Worker::new(store, resolve(addr)?);
+                println!("worker listening on {}", endpoint.local_addr()?);
+                tokio::select! {
+                    _ = w.clone().run(endpoint.clone()) => {}
+                    _ = shutdown() => {}
+                }
+                w.store().clone()
+            }
+        };
+        endpoint.close(0u32.into(), b"shutting down");
+        // Background tasks may still hold the store; checkpoint what we can.
+        store.db().checkpoint()?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn client(cluster: &Path, cmd: ClientCmd) -> Result<ExitCode> {
+    let identity = replication::Identity::load(cluster)?;
+    runtime()?.block_on(async {
+        let c = replication::Client::new(&identity)?;
+        match cmd {
+            ClientCmd::Set { node, key, value } => {
+                let cursor = c.set(resolve(&node)?, &key, value.as_bytes()).await?;
+                println!("{}:{}", cursor.file_nr, cursor.position);
+            }
+            ClientCmd::Delete { node, key } => {
+                let (existed, cursor) = c.delete(resolve(&node)?, &key).await?;
+                println!(
+                    "{}:{} {}",
+                    cursor.file_nr,
+                    cursor.position,
+                    if existed { "deleted" } else { "absent" }
+                );
+            }
+            ClientCmd::Get { node, key, at } => {
+                let at = at
+                    .as_deref()
+                    .map(parse_cursor)
+                    .transpose()?
+                    .unwrap_or(ourdb::Location::NONE);
+                match c.get(resolve(&node)?, &key, at).await? {
+                    Some(v) => {
+                        std::io::stdout().write_all(&v)?;
+                        println!();
+                    }
+                    None => {
+                        eprintln!("key {key:?} not found");
+                        return Ok(ExitCode::from(4));
+                    }
+                }
+            }
+            ClientCmd::ReadIndex { node } => {
+                let cursor = c.read_index(resolve(&node)?).await?;
+                println!("{}:{}", cursor.file_nr, cursor.position);
+            }
+            ClientCmd::Digest { node } => println!("{}", c.digest(resolve(&node)?).await?),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
-    let Cmd::Db(cmd) = cli.cmd;
+    let cmd = match cli.cmd {
+        Cmd::Db(cmd) => cmd,
+        Cmd::Cluster(ClusterCmd::Init { out }) => {
+            replication::init_cluster(&out)?;
+            println!(
+                "cluster CA and node certificate written to {}",
+                out.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Master { node } => return run_node(&node, None),
+        Cmd::Worker { node, master } => return run_node(&node, Some(&master)),
+        Cmd::Client { cluster, cmd } => return client(&cluster, cmd),
+    };
     match cmd {
         DbCmd::Dump {
             dir,

@@ -1,0 +1,135 @@
+//! A client of master and workers: one request per QUIC stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use ourdb::Location;
+use tokio::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::frame::{self, Frame};
+use crate::identity::{Identity, SERVER_NAME};
+
+fn quic(e: impl std::fmt::Display) -> Error {
+    Error::Quic(e.to_string())
+}
+
+pub struct Client {
+    config: quinn::ClientConfig,
+    v4: quinn::Endpoint,
+    v6: Mutex<Option<quinn::Endpoint>>,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl Client {
+    /// A client with this cluster's identity. Call inside a tokio runtime.
+    pub fn new(identity: &Identity) -> Result<Client> {
+        let config = identity.client_config()?;
+        let mut v4 = quinn::Endpoint::client("0.0.0.0:0".parse().expect("address"))
+            .map_err(|e| Error::Quic(format!("bind: {e}")))?;
+        v4.set_default_client_config(config.clone());
+        Ok(Client {
+            config,
+            v4,
+            v6: Mutex::new(None),
+            conns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let endpoint = if addr.is_ipv6() {
+            let mut v6 = self.v6.lock().await;
+            if v6.is_none() {
+                let mut e = quinn::Endpoint::client("[::]:0".parse().expect("address"))
+                    .map_err(|e| Error::Quic(format!("bind: {e}")))?;
+                e.set_default_client_config(self.config.clone());
+                *v6 = Some(e);
+            }
+            v6.clone().expect("just set")
+        } else {
+            self.v4.clone()
+        };
+        let c = endpoint
+            .connect(addr, SERVER_NAME)
+            .map_err(quic)?
+            .await
+            .map_err(quic)?;
+        conns.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// Sends one request and reads its reply.
+    pub async fn call(&self, addr: SocketAddr, request: &Frame) -> Result<Frame> {
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
+        frame::write(&mut send, request).await?;
+        let _ = send.finish();
+        match frame::read(&mut recv).await? {
+            Some(Frame::Failed { code, message }) => Err(Error::Remote { code, message }),
+            Some(f) => Ok(f),
+            None => Err(Error::Protocol("no reply".into())),
+        }
+    }
+
+    /// Stores a value on the master; returns the master's cursor after it.
+    pub async fn set(&self, master: SocketAddr, key: &str, value: &[u8]) -> Result<Location> {
+        let req = Frame::Set {
+            key: key.into(),
+            value: value.to_vec(),
+        };
+        match self.call(master, &req).await? {
+            Frame::Written { cursor, .. } => Ok(cursor),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Deletes a key on the master: whether it existed, and the cursor after.
+    pub async fn delete(&self, master: SocketAddr, key: &str) -> Result<(bool, Location)> {
+        match self
+            .call(master, &Frame::Delete { key: key.into() })
+            .await?
+        {
+            Frame::Written { cursor, existed } => Ok((existed, cursor)),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The master's commit cursor.
+    pub async fn read_index(&self, master: SocketAddr) -> Result<Location> {
+        match self.call(master, &Frame::ReadIndex).await? {
+            Frame::Cursor { cursor } => Ok(cursor),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// A key's value from a node that has applied `min_cursor`.
+    pub async fn get(
+        &self,
+        node: SocketAddr,
+        key: &str,
+        min_cursor: Location,
+    ) -> Result<Option<Vec<u8>>> {
+        let req = Frame::Get {
+            key: key.into(),
+            min_cursor,
+        };
+        match self.call(node, &req).await? {
+            Frame::Value { value, .. } => Ok(value),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// A node's data file digest.
+    pub async fn digest(&self, node: SocketAddr) -> Result<String> {
+        match self.call(node, &Frame::Digest).await? {
+            Frame::DigestIs { text } => Ok(text),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Length-prefixed frames on QUIC streams (see docs/PROTOCOL.md).
+//!
+//! A frame is `u32 BE length` (of what follows), `u8 type`, then the body.
+//! Locations are `u16 BE file_nr, u32 BE position`; byte strings are
+//! `u32 BE length` then the bytes. Shipped records travel as they are on disk.
+
+use ourdb::Location;
+
+use crate::error::{Error, Result};
+
+/// Largest frame accepted: a segment of records plus its header.
+pub const MAX_FRAME: usize = 16 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Worker -> master: stream records from `cursor` on (the worker's end).
+    Subscribe { epoch: u64, cursor: Location },
+    /// Master -> worker: whole records starting at `start`; the next start.
+    Segment {
+        start: Location,
+        next: Location,
+        records: Vec<u8>,
+    },
+    /// Worker -> master: everything before `cursor` is applied.
+    Ack { cursor: Location },
+    /// Client -> master: store `value` under `key`.
+    Set { key: String, value: Vec<u8> },
+    /// Client -> master: delete `key`.
+    Delete { key: String },
+    /// Master -> client: a write is applied and durable on the master; its
+    /// end cursor, and for a delete whether the key existed.
+    Written { cursor: Location, existed: bool },
+    /// Client -> master: the master's commit cursor (read-index).
+    ReadIndex,
+    /// Master -> client: a cursor.
+    Cursor { cursor: Location },
+    /// Client -> worker: `key`'s value once the worker applied `min_cursor`.
+    Get { key: String, min_cursor: Location },
+    /// Worker -> client: the value, if the key exists.
+    Value {
+        value: Option<Vec<u8>>,
+        cursor: Location,
+    },
+    /// Client -> any node: a digest of its data files.
+    Digest,
+    /// Node -> client: the digest, as text.
+    DigestIs { text: String },
+    /// Any error, with a short code.
+    Failed { code: String, message: String },
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn loc(&mut self, l: Location) {
+        self.0.extend_from_slice(&l.file_nr.to_be_bytes());
+        self.0.extend_from_slice(&l.position.to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(Error::Protocol("frame body too short".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn loc(&mut self) -> Result<Location> {
+        let b = self.take(6)?;
+        Ok(Location::new(
+            u16::from_be_bytes([b[0], b[1]]),
+            u32::from_be_bytes([b[2], b[3], b[4], b[5]]),
+        ))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String> {
+        String::from_utf8(self.bytes()?.to_vec())
+            .map_err(|_| Error::Protocol("string is not UTF-8".into()))
+    }
+    fn end(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Protocol(format!(
+                "{} bytes after the frame body",
+                self.0.len()
+            )))
+        }
+    }
+}
+
+impl Frame {
+    /// The frame with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(vec![0; 4]);
+        match self {
+            Frame::Subscribe { epoch, cursor } => {
+                w.u8(1);
+                w.u64(*epoch);
+                w.loc(*cursor);
+            }
+            Frame::Segment {
+                start,
+                next,
+                records,
+            } => {
+                w.u8(2);
+                w.loc(*start);
+                w.loc(*next);
+                w.bytes(records);
+            }
+            Frame::Ack { cursor } => {
+                w.u8(3);
+                w.loc(*cursor);
+            }
+            Frame::Set { key, value } => {
+                w.u8(4);
+                w.bytes(key.as_bytes());
+                w.bytes(value);
+            }
+            Frame::Delete { key } => {
+                w.u8(5);
+                w.bytes(key.as_bytes());
+            }
+            Frame::Written { cursor, existed } => {
+                w.u8(6);
+                w.loc(*cursor);
+                w.u8(*existed as u8);
+            }
+            Frame::ReadIndex => w.u8(7),
+            Frame::Cursor { cursor } => {
+                w.u8(8);
+                w.loc(*cursor);
+            }
+            Frame::Get { key, min_cursor } => {
+                w.u8(9);
+                w.bytes(key.as_bytes());
+                w.loc(*min_cursor);
+            }
+            Frame::Value { value, cursor } => {
+                w.u8(10);
+                w.loc(*cursor);
+                match value {
+                    Some(v) => {
+                        w.u8(1);
+                        w.bytes(v);
+                    }
+                    None => w.u8(0),
+                }
+            }
+            Frame::Digest => w.u8(11),
+            Frame::DigestIs { text } => {
+                w.u8(12);
+                w.bytes(text.as_bytes());
+            }
+            Frame::Failed { code, message } => {
+                w.u8(13);
+                w.bytes(code.as_bytes());
+                w.bytes(message.as_bytes());
+            }
+        }
+        let len = (w.0.len() - 4) as u32;
+        w.0[..4].copy_from_slice(&len.to_be_bytes());
+        w.0
+    }
+
+    /// Decodes a frame body (type byte and what follows, no length prefix).
+    pub fn decode(body: &[u8]) -> Result<Frame> {
+        let mut r = Reader(body);
+        let f = match r.u8()? {
+            1 => Frame::Subscribe {
+                epoch: r.u64()?,
+                cursor: r.loc()?,
+            },
+            2 => Frame::Segment {
+                start: r.loc()?,
+                next: r.loc()?,
+                records: r.bytes()?.to_vec(),
+            },
+            3 => Frame::Ack { cursor: r.loc()? },
+            4 => Frame::Set {
+                key: r.string()?,
+                value: r.bytes()?.to_vec(),
+            },
+            5 => Frame::Delete { key: r.string()? },
+            6 => Frame::Written {
+                cursor: r.loc()?,
+                existed: r.u8()? != 0,
+            },
+            7 => Frame::ReadIndex,
+            8 => Frame::Cursor { cursor: r.loc()? },
+            9 => Frame::Get {
+                key: r.string()?,
+                min_cursor: r.loc()?,
+            },
+            10 => {
+                let cursor = r.loc()?;
+                let value = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.bytes()?.to_vec()),
+                    b => return Err(Error::Protocol(format!("bad option tag {b}"))),
+                };
+                Frame::Value { value, cursor }
+            }
+            11 => Frame::Digest,
+            12 => Frame::DigestIs { text: r.string()? },
+            13 => Frame::Failed {
+                code: r.string()?,
+                message: r.string()?,
+            },
+            t => return Err(Error::Protocol(format!("unknown frame type {t}"))),
+        };
+        r.end()?;
+        Ok(f)
+    }
+}
+
+/// Writes one frame.
+pub async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<()> {
+    send.write_all(&frame.encode())
+        .await
+        .map_err(|e| Error::Quic(format!("send: {e}")))
+}
+
+/// Reads one frame; `None` at a clean end of the stream.
+pub async fn read(recv: &mut quinn::RecvStream) -> Result<Option<Frame>> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(Error::Quic(format!("receive: {e}"))),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(Error::Protocol(format!("frame of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| Error::Quic(format!("receive: {e}")))?;
+    Frame::decode(&body).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_frame_roundtrips() {
+        let l = Location::new(3, 77);
+        let frames = vec![
+            Frame::Subscribe {
+                epoch: 2,
+                cursor: l,
+            },
+            Frame::Segment {
+                start: l,
+                next: Location::new(3, 90),
+                records: vec![1, 2, 3],
+            },
+            Frame::Ack { cursor: l },
+            Frame::Set {
+                key: "k/é".into(),
+                value: vec![0, 255],
+            },
+            Frame::Delete { key: "k".into() },
+            Frame::Written {
+                cursor: l,
+                existed: true,
+            },
+            Frame::ReadIndex,
+            Frame::Cursor { cursor: l },
+            Frame::Get {
+                key: "k".into(),
+                min_cursor: l,
+            },
+            Frame::Value {
+                value: Some(vec![]),
+                cursor: l,
+            },
+            Frame::Value {
+                value: None,
+                cursor: l,
+            },
+            Frame::Digest,
+            Frame::DigestIs { text: "x".into() },
+            Frame::Failed {
+                code: "not_found".into(),
+                message: "m".into(),
+            },
+        ];
+        for f in frames {
+            let b = f.encode();
+            assert_eq!(
+                u32::from_be_bytes(b[..4].try_into().unwrap()) as usize,
+                b.len() - 4
+            );
+            assert_eq!(Frame::decode(&b[4..]).unwrap(), f);
+            // Truncated or padded bodies are refused.
+            assert!(Frame::decode(&b[4..b.len() - 1]).is_err() || b.len() == 5);
+            let mut long = b[4..].to_vec();
+            long.push(0);
+            assert!(Frame::decode(&long).is_err());
+        }
+        assert!(Frame::decode(&[99]).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Cluster identity: a CA made by `ourkv cluster init`, and the node
+//! certificate it signs. Every connection is mutual TLS against that CA, so a
+//! peer without a certificate of this cluster is refused by the handshake.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The name every node certificate carries and every client asks for.
+pub const SERVER_NAME: &str = "ourkv.node";
+/// The ALPN protocol of this wire format.
+pub const ALPN: &[u8] = b"ourkv/1";
+
+pub const CA_CERT: &str = "ca.crt";
+pub const CA_KEY: &str = "ca.key";
+pub const NODE_CERT: &str = "node.crt";
+pub const NODE_KEY: &str = "node.key";
+
+fn tls(e: impl std::fmt::Display) -> Error {
+    Error::Tls(e.to_string())
+}
+
+/// Writes a new cluster CA and a node certificate signed by it into `out`.
+/// Refuses to overwrite an existing CA.
+pub fn init_cluster(out: &Path) -> Result<()> {
+    if out.join(CA_CERT).exists() {
+        return Err(Error::Tls(format!(
+            "{} already holds a cluster CA; refusing to replace it",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).ctx(|| format!("create {}", out.display()))?;
+    let ca_key = rcgen::KeyPair::generate().map_err(tls)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ourkv cluster CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca_params.self_signed(&ca_key).map_err(tls)?;
+
+    let node_key = rcgen::KeyPair::generate().map_err(tls)?;
+    let mut node_params =
+        rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls)?;
+    node_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ourkv node");
+    node_params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let node = node_params
+        .signed_by(&node_key, &ca, &ca_key)
+        .map_err(tls)?;
+
+    let write = |name: &str, text: String, secret: bool| -> Result<()> {
+        let path = out.join(name);
+        std::fs::write(&path, text).ctx(|| format!("write {}", path.display()))?;
+        if secret {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .ctx(|| format!("chmod {}", path.display()))?;
+        }
+        Ok(())
+    };
+    write(CA_CERT, ca.pem(), false)?;
+    write(CA_KEY, ca_key.serialize_pem(), true)?;
+    write(NODE_CERT, node.pem(), false)?;
+    write(NODE_KEY, node_key.serialize_pem(), true)?;
+    Ok(())
+}
+
+/// A node's view of its cluster: the CA to trust and its own certificate.
+#[derive(Clone)]
+pub struct Identity {
+    ca: CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Identity {
+    /// Loads the cluster directory written by `init_cluster`.
+    pub fn load(dir: &Path) -> Result<Identity> {
+        let cert = |name: &str| {
+            let p = dir.join(name);
+            CertificateDer::from_pem_file(&p)
+                .map_err(|e| Error::Tls(format!("{}: {e}", p.display())))
+        };
+        let kp = dir.join(NODE_KEY);
+        let key = PrivateKeyDer::from_pem_file(&kp)
+            .map_err(|e| Error::Tls(format!("{}: {e}", kp.display())))?;
+        Ok(Identity {
+            ca: cert(CA_CERT)?,
+            cert: cert(NODE_CERT)?,
+            key: Arc::new(key),
+        })
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(tls)?;
+        Ok(roots)
+    }
+
+    /// QUIC server side: only clients with a certificate of this cluster get in.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .build()
+        .map_err(tls)?;
+        let mut tls_cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(tls)?;
+        tls_cfg.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls_cfg).map_err(tls)?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        cfg.transport_config(transport());
+        Ok(cfg)
+    }
+
+    /// QUIC client side: the server must show a certificate of this cluster.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+        let mut tls_cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(tls)?;
+        tls_cfg.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg).map_err(tls)?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+        cfg.transport_config(transport());
+        Ok(cfg)
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Dead peers are noticed within seconds; live idle ones are kept.
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10)).expect("10 s fits"),
+    ));
+    Arc::new(t)
+}

@@ -1,0 +1,406 @@
+//! The master and worker roles: log shipping and the RPCs on one QUIC endpoint.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ourdb::keyed::KeyedStore;
+use ourdb::Location;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::frame::{self, Frame};
+use crate::identity::SERVER_NAME;
+
+/// Records per shipped segment, at most (whole records; at least one).
+const SEGMENT_BYTES: usize = 1 << 20;
+/// How long a read at a cursor waits for the worker to apply it.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+fn quic(e: impl std::fmt::Display) -> Error {
+    Error::Quic(e.to_string())
+}
+
+/// Runs blocking storage work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Protocol(format!("storage task failed: {e}")))?
+}
+
+fn failed(code: &str, e: impl std::fmt::Display) -> Frame {
+    Frame::Failed {
+        code: code.into(),
+        message: e.to_string(),
+    }
+}
+
+/// A digest of a node's data files, to compare replicas.
+pub fn digest(store: &KeyedStore) -> Result<String> {
+    let db = store.db();
+    if !db.is_read_only() {
+        db.flush()?;
+    }
+    let dir = db.dir();
+    let mut h = crc32fast::Hasher::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for nr in ourdb::files::list_data_files(dir)? {
+        let p = ourdb::files::data_path(dir, nr);
+        let data = std::fs::read(&p).map_err(|source| Error::Io {
+            context: format!("read {}", p.display()),
+            source,
+        })?;
+        h.update(&nr.to_be_bytes());
+        h.update(&data);
+        files += 1;
+        bytes += data.len() as u64;
+    }
+    Ok(format!(
+        "end={} files={files} bytes={bytes} crc32={:08x}",
+        db.end(),
+        h.finalize()
+    ))
+}
+
+/// Accepts connections and hands each stream to `handle`.
+async fn accept_loop<H, F>(endpoint: quinn::Endpoint, handle: H)
+where
+    H: Fn(quinn::SendStream, quinn::RecvStream, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    while let Some(incoming) = endpoint.accept().await {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // A peer without a certificate of this cluster ends here.
+                    tracing::warn!(error = %e, "refused a connection");
+                    return;
+                }
+            };
+            let peer = conn.remote_address();
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let handle = handle.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = handle(send, recv, peer).await {
+                                tracing::debug!(%peer, error = %e, "stream ended");
+                            }
+                        });
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
+/// The master: the only node that takes writes; ships its records to workers.
+pub struct Master {
+    store: Arc<KeyedStore>,
+    /// Bumped after every write, to wake the shipping streams.
+    changed: watch::Sender<u64>,
+    /// The applied cursor each subscribed worker acknowledged.
+    acked: Mutex<BTreeMap<SocketAddr, Location>>,
+}
+
+impl Master {
+    pub fn new(store: KeyedStore) -> Arc<Master> {
+        Arc::new(Master {
+            store: Arc::new(store),
+            changed: watch::channel(0).0,
+            acked: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<KeyedStore> {
+        &self.store
+    }
+
+    /// The workers' acknowledged cursors.
+    pub fn worker_cursors(&self) -> BTreeMap<SocketAddr, Location> {
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves until the endpoint closes.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        accept_loop(endpoint, move |send, recv, peer| {
+            let me = self.clone();
+            async move { me.stream(send, recv, peer).await }
+        })
+        .await
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        peer: SocketAddr,
+    ) -> Result<()> {
+        let Some(first) = frame::read(&mut recv).await? else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let reply = match first {
+            Frame::Subscribe { epoch, cursor } => {
+                return self.ship(send, recv, peer, epoch, cursor).await
+            }
+            Frame::Set { key, value } => {
+                let r = blocking(move || {
+                    store.put(&key, &value)?;
+                    Ok(store.db().end())
+                })
+                .await;
+                self.changed.send_modify(|v| *v += 1);
+                match r {
+                    Ok(cursor) => Frame::Written {
+                        cursor,
+                        existed: true,
+                    },
+                    Err(e) => failed("write_failed", e),
+                }
+            }
+            Frame::Delete { key } => {
+                let r = blocking(move || {
+                    let existed = store.delete(&key)?;
+                    Ok((existed, store.db().end()))
+                })
+                .await;
+                self.changed.send_modify(|v| *v += 1);
+                match r {
+                    Ok((existed, cursor)) => Frame::Written { cursor, existed },
+                    Err(e) => failed("write_failed", e),
+                }
+            }
+            Frame::ReadIndex => Frame::Cursor {
+                cursor: store.db().end(),
+            },
+            Frame::Get { key, .. } => match blocking(move || Ok(store.get(&key)?)).await {
+                Ok(value) => Frame::Value {
+                    value,
+                    cursor: self.store.db().end(),
+                },
+                Err(e) => failed("read_failed", e),
+            },
+            Frame::Digest => match blocking(move || digest(&store)).await {
+                Ok(text) => Frame::DigestIs { text },
+                Err(e) => failed("digest_failed", e),
+            },
+            other => failed("bad_request", format!("a master does not take {other:?}")),
+        };
+        frame::write(&mut send, &reply).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// Streams records from `cursor`, then tails new ones, until the worker goes.
+    async fn ship(
+        self: Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        peer: SocketAddr,
+        epoch: u64,
+        mut cursor: Location,
+    ) -> Result<()> {
+        let ours = self.store.db().meta().epoch;
+        if epoch != ours {
+            let f = failed(
+                "epoch",
+                format!("worker epoch {epoch}, master epoch {ours}: a snapshot is needed"),
+            );
+            frame::write(&mut send, &f).await?;
+            return Ok(());
+        }
+        tracing::info!(%peer, %cursor, "worker subscribed");
+        let me = self.clone();
+        let acks = tokio::spawn(async move {
+            while let Ok(Some(Frame::Ack { cursor })) = frame::read(&mut recv).await {
+                me.acked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(peer, cursor);
+            }
+        });
+        let mut changed = self.changed.subscribe();
+        let result = loop {
+            changed.borrow_and_update();
+            let store = self.store.clone();
+            let seg =
+                match blocking(move || Ok(store.db().read_records(cursor, SEGMENT_BYTES)?)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = frame::write(&mut send, &failed("cursor", &e)).await;
+                        break Err(e);
+                    }
+                };
+            if seg.bytes.is_empty() {
+                cursor = seg.next;
+                if acks.is_finished() {
+                    break Ok(());
+                }
+                // Woken by a write; the timeout also notices a worker gone quiet.
+                let _ = tokio::time::timeout(Duration::from_millis(500), changed.changed()).await;
+                continue;
+            }
+            let f = Frame::Segment {
+                start: seg.start,
+                next: seg.next,
+                records: seg.bytes,
+            };
+            if let Err(e) = frame::write(&mut send, &f).await {
+                break Err(e);
+            }
+            cursor = seg.next;
+        };
+        acks.abort();
+        self.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+        tracing::info!(%peer, "worker left");
+        result
+    }
+}
+
+/// A worker: follows the master's log and serves reads at a cursor.
+pub struct Worker {
+    store: Arc<KeyedStore>,
+    master: SocketAddr,
+    applied: watch::Sender<Location>,
+}
+
+impl Worker {
+    pub fn new(store: KeyedStore, master: SocketAddr) -> Arc<Worker> {
+        let end = store.db().end();
+        Arc::new(Worker {
+            store: Arc::new(store),
+            master,
+            applied: watch::channel(end).0,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<KeyedStore> {
+        &self.store
+    }
+
+    /// The cursor up to which records are applied.
+    pub fn applied(&self) -> Location {
+        *self.applied.borrow()
+    }
+
+    /// Follows the master and serves reads until the endpoint closes.
+    pub async fn run(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        let follower = {
+            let me = self.clone();
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move { me.follow(endpoint).await })
+        };
+        let me = self.clone();
+        accept_loop(endpoint, move |send, recv, peer| {
+            let me = me.clone();
+            async move { me.stream(send, recv, peer).await }
+        })
+        .await;
+        follower.abort();
+    }
+
+    async fn follow(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        loop {
+            match self.follow_once(&endpoint).await {
+                Ok(()) => tracing::info!(master = %self.master, "master closed the log stream"),
+                Err(e) => {
+                    tracing::warn!(master = %self.master, error = %e, "following the master failed; retrying")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn follow_once(&self, endpoint: &quinn::Endpoint) -> Result<()> {
+        let conn = endpoint
+            .connect(self.master, SERVER_NAME)
+            .map_err(quic)?
+            .await
+            .map_err(quic)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
+        let cursor = self.store.db().end();
+        let epoch = self.store.db().meta().epoch;
+        frame::write(&mut send, &Frame::Subscribe { epoch, cursor }).await?;
+        tracing::info!(master = %self.master, %cursor, "subscribed");
+        loop {
+            match frame::read(&mut recv).await? {
+                Some(Frame::Segment {
+                    start,
+                    next,
+                    records,
+                }) => {
+                    let store = self.store.clone();
+                    let end = blocking(move || Ok(store.apply_shipped(start, &records)?)).await?;
+                    if end != next {
+                        return Err(Error::Protocol(format!(
+                            "applied up to {end}, the master said {next}"
+                        )));
+                    }
+                    self.applied.send_replace(end);
+                    frame::write(&mut send, &Frame::Ack { cursor: end }).await?;
+                }
+                Some(Frame::Failed { code, message }) => {
+                    return Err(Error::Remote { code, message })
+                }
+                Some(other) => return Err(Error::Protocol(format!("unexpected {other:?}"))),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        _peer: SocketAddr,
+    ) -> Result<()> {
+        let Some(first) = frame::read(&mut recv).await? else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let reply = match first {
+            Frame::Get { key, min_cursor } => {
+                let mut rx = self.applied.subscribe();
+                // The guard `wait_for` returns must not live across an await.
+                let caught_up = matches!(
+                    tokio::time::timeout(READ_WAIT, rx.wait_for(|applied| *applied >= min_cursor))
+                        .await
+                        .map(|r| r.map(|_| ())),
+                    Ok(Ok(()))
+                );
+                match caught_up {
+                    true => match blocking(move || Ok(store.get(&key)?)).await {
+                        Ok(value) => Frame::Value {
+                            value,
+                            cursor: self.applied(),
+                        },
+                        Err(e) => failed("read_failed", e),
+                    },
+                    false => failed(
+                        "lagging",
+                        format!("applied {} has not reached {min_cursor}", self.applied()),
+                    ),
+                }
+            }
+            Frame::Digest => match blocking(move || digest(&store)).await {
+                Ok(text) => Frame::DigestIs { text },
+                Err(e) => failed("digest_failed", e),
+            },
+            Frame::ReadIndex => Frame::Cursor {
+                cursor: self.applied(),
+            },
+            other => failed("not_master", format!("a worker does not take {other:?}")),
+        };
+        frame::write(&mut send, &reply).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+}
