@@ -1,0 +1,283 @@
+//! Master and workers as real processes on loopback: replication converges to
+//! byte-identical data files, a killed worker catches up from its cursor, and
+//! peers of another cluster are refused.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use replication::{Client, Identity};
+
+fn ourkv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ourkv"))
+}
+
+/// A free UDP port on `ip` (bound, read, released).
+fn free_addr(ip: &str) -> SocketAddr {
+    let s = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.local_addr().unwrap()
+}
+
+/// A node process, killed when dropped.
+struct Node {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn start(args: &[&str], log: PathBuf) -> Node {
+        let mut child = ourkv()
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Wait for "... listening on ADDR".
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains("listening on"),
+            "node did not start: {line:?}, log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Node { child, log }
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn init_cluster(dir: &Path) -> PathBuf {
+    let out = ourkv()
+        .args(["cluster", "init", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_path_buf()
+}
+
+fn master(tmp: &Path, cluster: &Path, addr: SocketAddr) -> Node {
+    Node::start(
+        &[
+            "master",
+            "--data",
+            tmp.join("m").to_str().unwrap(),
+            "--listen",
+            &addr.to_string(),
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--file-size",
+            "65536",
+        ],
+        tmp.join("master.log"),
+    )
+}
+
+fn worker(tmp: &Path, name: &str, cluster: &Path, addr: SocketAddr, master: SocketAddr) -> Node {
+    Node::start(
+        &[
+            "worker",
+            "--data",
+            tmp.join(name).to_str().unwrap(),
+            "--listen",
+            &addr.to_string(),
+            "--master",
+            &master.to_string(),
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--file-size",
+            "65536",
+        ],
+        tmp.join(format!("{name}.log")),
+    )
+}
+
+fn data_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            let n = e.file_name().into_string().unwrap();
+            n.ends_with(".db") && n[..n.len() - 3].bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_converged(c: &Client, master: SocketAddr, worker: SocketAddr) -> String {
+    let t = Instant::now();
+    loop {
+        let m = c.digest(master).await.unwrap();
+        let w = c.digest(worker).await;
+        if let Ok(w) = &w {
+            if *w == m {
+                return m;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no convergence: master {m}, worker {w:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn write_batch(
+    c: &Client,
+    master: SocketAddr,
+    round: u32,
+    n: u32,
+    model: &mut std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    for i in 0..n {
+        let key = format!("key/{}", (i * 31 + round * 7) % 400);
+        if i % 9 == 4 {
+            let (existed, _) = c.delete(master, &key).await.unwrap();
+            assert_eq!(existed, model.remove(&key).is_some());
+        } else {
+            let value = format!("r{round}-i{i}-")
+                .repeat(1 + (i as usize % 30))
+                .into_bytes();
+            c.set(master, &key, &value).await.unwrap();
+            model.insert(key, value);
+        }
+    }
+}
+
+fn cluster_round_trip(ip: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = init_cluster(&tmp.path().join("cluster"));
+    let maddr = free_addr(ip);
+    let waddr = free_addr(ip);
+    let _m = master(tmp.path(), &cluster, maddr);
+    let w = worker(tmp.path(), "w1", &cluster, waddr, maddr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = Client::new(&Identity::load(&cluster).unwrap()).unwrap();
+        let mut model = std::collections::BTreeMap::new();
+        write_batch(&c, maddr, 0, 1500, &mut model).await;
+        // Reads at the master's read-index see every acknowledged write.
+        let cursor = c.read_index(maddr).await.unwrap();
+        for (key, value) in model.iter().take(50) {
+            assert_eq!(
+                c.get(waddr, key, cursor).await.unwrap().as_ref(),
+                Some(value)
+            );
+        }
+        assert_eq!(c.get(waddr, "key/none", cursor).await.unwrap(), None);
+        let digest = wait_converged(&c, maddr, waddr).await;
+        assert!(digest.contains("files="), "{digest}");
+        assert_eq!(
+            data_files(&tmp.path().join("m")),
+            data_files(&tmp.path().join("w1"))
+        );
+        assert!(
+            data_files(&tmp.path().join("m")).len() > 1,
+            "expected several data files"
+        );
+
+        // A worker killed mid-stream resumes from its cursor.
+        w.kill9();
+        write_batch(&c, maddr, 1, 1500, &mut model).await;
+        let _w = worker(tmp.path(), "w1", &cluster, waddr, maddr);
+        wait_converged(&c, maddr, waddr).await;
+        assert_eq!(
+            data_files(&tmp.path().join("m")),
+            data_files(&tmp.path().join("w1"))
+        );
+        let cursor = c.read_index(maddr).await.unwrap();
+        for (key, value) in &model {
+            assert_eq!(
+                c.get(waddr, key, cursor).await.unwrap().as_ref(),
+                Some(value),
+                "{key}"
+            );
+        }
+        // A worker refuses writes.
+        assert!(c.set(waddr, "k", b"v").await.is_err());
+    });
+}
+
+#[test]
+fn replication_converges_and_catches_up_ipv4() {
+    cluster_round_trip("127.0.0.1");
+}
+
+#[test]
+fn replication_converges_and_catches_up_ipv6() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback on this machine");
+        return;
+    }
+    cluster_round_trip("[::1]");
+}
+
+#[test]
+fn peers_of_another_cluster_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = init_cluster(&tmp.path().join("cluster"));
+    let other = init_cluster(&tmp.path().join("other"));
+    let maddr = free_addr("127.0.0.1");
+    let m = master(tmp.path(), &cluster, maddr);
+    let waddr = free_addr("127.0.0.1");
+    // A worker with the other cluster's certificate cannot subscribe.
+    let stranger = worker(tmp.path(), "stranger", &other, waddr, maddr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ours = Client::new(&Identity::load(&cluster).unwrap()).unwrap();
+        let theirs = Client::new(&Identity::load(&other).unwrap()).unwrap();
+        ours.set(maddr, "secret", b"value").await.unwrap();
+        match theirs.set(maddr, "evil", b"x").await {
+            Err(replication::Error::Quic(msg)) => assert!(
+                msg.contains("certificate") || msg.contains("handshake"),
+                "{msg}"
+            ),
+            other => panic!("a client of another cluster got {other:?}"),
+        }
+        match theirs.get(maddr, "secret", ourdb::Location::NONE).await {
+            Err(replication::Error::Quic(_)) => {}
+            other => panic!("a client of another cluster read {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Nothing reached the stranger: it still holds only the leading zero byte.
+        let d = theirs.digest(waddr).await.unwrap();
+        assert!(d.contains("bytes=1 "), "{d}");
+        assert_eq!(
+            ours.get(maddr, "evil", ourdb::Location::NONE)
+                .await
+                .unwrap(),
+            None
+        );
+    });
+    assert!(m.log().contains("refused a connection"), "{}", m.log());
+    drop(stranger);
+}
