@@ -7,7 +7,7 @@ use ourdb::Location;
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Frame};
+use crate::frame::{self, Ack, Frame, WorkerStatus};
 use crate::identity::{Identity, SERVER_NAME};
 
 fn quic(e: impl std::fmt::Display) -> Error {
@@ -79,9 +79,21 @@ impl Client {
 
     /// Stores a value on the master; returns the master's cursor after it.
     pub async fn set(&self, master: SocketAddr, key: &str, value: &[u8]) -> Result<Location> {
+        self.set_with(master, key, value, Ack::Master).await
+    }
+
+    /// Stores a value, acknowledged per `ack`.
+    pub async fn set_with(
+        &self,
+        master: SocketAddr,
+        key: &str,
+        value: &[u8],
+        ack: Ack,
+    ) -> Result<Location> {
         let req = Frame::Set {
             key: key.into(),
             value: value.to_vec(),
+            ack,
         };
         match self.call(master, &req).await? {
             Frame::Written { cursor, .. } => Ok(cursor),
@@ -91,11 +103,30 @@ impl Client {
 
     /// Deletes a key on the master: whether it existed, and the cursor after.
     pub async fn delete(&self, master: SocketAddr, key: &str) -> Result<(bool, Location)> {
-        match self
-            .call(master, &Frame::Delete { key: key.into() })
-            .await?
-        {
+        self.delete_with(master, key, Ack::Master).await
+    }
+
+    /// Deletes a key, acknowledged per `ack`.
+    pub async fn delete_with(
+        &self,
+        master: SocketAddr,
+        key: &str,
+        ack: Ack,
+    ) -> Result<(bool, Location)> {
+        let req = Frame::Delete {
+            key: key.into(),
+            ack,
+        };
+        match self.call(master, &req).await? {
             Frame::Written { cursor, existed } => Ok((existed, cursor)),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The master's cursor and its workers.
+    pub async fn status(&self, master: SocketAddr) -> Result<(Location, Vec<WorkerStatus>)> {
+        match self.call(master, &Frame::Status).await? {
+            Frame::StatusIs { cursor, workers } => Ok((cursor, workers)),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
     }

@@ -23,10 +23,14 @@ pub enum Frame {
     },
     /// Worker -> master: everything before `cursor` is applied.
     Ack { cursor: Location },
-    /// Client -> master: store `value` under `key`.
-    Set { key: String, value: Vec<u8> },
-    /// Client -> master: delete `key`.
-    Delete { key: String },
+    /// Client -> master: store `value` under `key`, acknowledged per `ack`.
+    Set {
+        key: String,
+        value: Vec<u8>,
+        ack: Ack,
+    },
+    /// Client -> master: delete `key`, acknowledged per `ack`.
+    Delete { key: String, ack: Ack },
     /// Master -> client: a write is applied and durable on the master; its
     /// end cursor, and for a delete whether the key existed.
     Written { cursor: Location, existed: bool },
@@ -47,6 +51,44 @@ pub enum Frame {
     DigestIs { text: String },
     /// Any error, with a short code.
     Failed { code: String, message: String },
+    /// Client -> master: the cluster as the master sees it.
+    Status,
+    /// Master -> client: the commit cursor and each worker's state.
+    StatusIs {
+        cursor: Location,
+        workers: Vec<WorkerStatus>,
+    },
+}
+
+/// When the master acknowledges a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Ack {
+    /// Once it is durable on the master.
+    #[default]
+    Master,
+    /// Once every in-sync worker has applied it.
+    All,
+}
+
+impl std::str::FromStr for Ack {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Ack> {
+        match s {
+            "master" => Ok(Ack::Master),
+            "all" => Ok(Ack::All),
+            _ => Err(Error::Protocol(format!(
+                "ack must be master or all, not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// One worker as the master sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerStatus {
+    pub addr: String,
+    pub acked: Location,
+    pub in_sync: bool,
 }
 
 struct Writer(Vec<u8>);
@@ -102,6 +144,13 @@ impl<'a> Reader<'a> {
         String::from_utf8(self.bytes()?.to_vec())
             .map_err(|_| Error::Protocol("string is not UTF-8".into()))
     }
+    fn ack(&mut self) -> Result<Ack> {
+        match self.u8()? {
+            0 => Ok(Ack::Master),
+            1 => Ok(Ack::All),
+            a => Err(Error::Protocol(format!("unknown ack level {a}"))),
+        }
+    }
     fn end(self) -> Result<()> {
         if self.0.is_empty() {
             Ok(())
@@ -138,14 +187,16 @@ impl Frame {
                 w.u8(3);
                 w.loc(*cursor);
             }
-            Frame::Set { key, value } => {
+            Frame::Set { key, value, ack } => {
                 w.u8(4);
                 w.bytes(key.as_bytes());
                 w.bytes(value);
+                w.u8(*ack as u8);
             }
-            Frame::Delete { key } => {
+            Frame::Delete { key, ack } => {
                 w.u8(5);
                 w.bytes(key.as_bytes());
+                w.u8(*ack as u8);
             }
             Frame::Written { cursor, existed } => {
                 w.u8(6);
@@ -183,6 +234,17 @@ impl Frame {
                 w.bytes(code.as_bytes());
                 w.bytes(message.as_bytes());
             }
+            Frame::Status => w.u8(14),
+            Frame::StatusIs { cursor, workers } => {
+                w.u8(15);
+                w.loc(*cursor);
+                w.0.extend_from_slice(&(workers.len() as u32).to_be_bytes());
+                for ws in workers {
+                    w.bytes(ws.addr.as_bytes());
+                    w.loc(ws.acked);
+                    w.u8(ws.in_sync as u8);
+                }
+            }
         }
         let len = (w.0.len() - 4) as u32;
         w.0[..4].copy_from_slice(&len.to_be_bytes());
@@ -206,8 +268,12 @@ impl Frame {
             4 => Frame::Set {
                 key: r.string()?,
                 value: r.bytes()?.to_vec(),
+                ack: r.ack()?,
             },
-            5 => Frame::Delete { key: r.string()? },
+            5 => Frame::Delete {
+                key: r.string()?,
+                ack: r.ack()?,
+            },
             6 => Frame::Written {
                 cursor: r.loc()?,
                 existed: r.u8()? != 0,
@@ -233,6 +299,20 @@ impl Frame {
                 code: r.string()?,
                 message: r.string()?,
             },
+            14 => Frame::Status,
+            15 => {
+                let cursor = r.loc()?;
+                let n = u32::from_be_bytes(r.take(4)?.try_into().expect("4 bytes")) as usize;
+                let mut workers = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    workers.push(WorkerStatus {
+                        addr: r.string()?,
+                        acked: r.loc()?,
+                        in_sync: r.u8()? != 0,
+                    });
+                }
+                Frame::StatusIs { cursor, workers }
+            }
             t => return Err(Error::Protocol(format!("unknown frame type {t}"))),
         };
         r.end()?;
@@ -287,8 +367,21 @@ mod tests {
             Frame::Set {
                 key: "k/é".into(),
                 value: vec![0, 255],
+                ack: Ack::All,
             },
-            Frame::Delete { key: "k".into() },
+            Frame::Delete {
+                key: "k".into(),
+                ack: Ack::Master,
+            },
+            Frame::Status,
+            Frame::StatusIs {
+                cursor: l,
+                workers: vec![WorkerStatus {
+                    addr: "[::1]:7000".into(),
+                    acked: l,
+                    in_sync: true,
+                }],
+            },
             Frame::Written {
                 cursor: l,
                 existed: true,

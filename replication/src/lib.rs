@@ -16,8 +16,9 @@ pub mod node;
 
 pub use client::Client;
 pub use error::{Error, Result};
+pub use frame::{Ack, WorkerStatus};
 pub use identity::{init_cluster, Identity};
-pub use node::{digest, Master, Worker};
+pub use node::{digest, Master, MasterOptions, Worker};
 
 /// A QUIC endpoint listening on `addr` with this cluster's identity, able to
 /// connect out with it too.

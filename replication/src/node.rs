@@ -10,7 +10,7 @@ use ourdb::Location;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Frame};
+use crate::frame::{self, Ack, Frame, WorkerStatus};
 use crate::identity::SERVER_NAME;
 
 /// Records per shipped segment, at most (whole records; at least one).
@@ -98,21 +98,50 @@ where
     }
 }
 
+/// How a master treats its workers.
+#[derive(Clone, Debug)]
+pub struct MasterOptions {
+    /// How long an `ack=all` write waits for an in-sync worker before that
+    /// worker is dropped from the in-sync set.
+    pub ack_timeout: Duration,
+    /// A worker further behind than this many bytes of log leaves the in-sync set.
+    pub max_lag_bytes: u64,
+}
+
+impl Default for MasterOptions {
+    fn default() -> Self {
+        MasterOptions {
+            ack_timeout: Duration::from_secs(2),
+            max_lag_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct WorkerState {
+    acked: Location,
+    in_sync: bool,
+}
+
 /// The master: the only node that takes writes; ships its records to workers.
 pub struct Master {
     store: Arc<KeyedStore>,
+    options: MasterOptions,
     /// Bumped after every write, to wake the shipping streams.
     changed: watch::Sender<u64>,
-    /// The applied cursor each subscribed worker acknowledged.
-    acked: Mutex<BTreeMap<SocketAddr, Location>>,
+    /// Bumped after every worker acknowledgement, to wake `ack=all` writes.
+    acks: watch::Sender<u64>,
+    workers: Mutex<BTreeMap<SocketAddr, WorkerState>>,
 }
 
 impl Master {
-    pub fn new(store: KeyedStore) -> Arc<Master> {
+    pub fn new(store: KeyedStore, options: MasterOptions) -> Arc<Master> {
         Arc::new(Master {
             store: Arc::new(store),
+            options,
             changed: watch::channel(0).0,
-            acked: Mutex::new(BTreeMap::new()),
+            acks: watch::channel(0).0,
+            workers: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -120,9 +149,79 @@ impl Master {
         &self.store
     }
 
-    /// The workers' acknowledged cursors.
-    pub fn worker_cursors(&self) -> BTreeMap<SocketAddr, Location> {
-        self.acked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Each subscribed worker: address, acknowledged cursor, in sync or not.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(a, w)| WorkerStatus {
+                addr: a.to_string(),
+                acked: w.acked,
+                in_sync: w.in_sync,
+            })
+            .collect()
+    }
+
+    /// Bytes of log between `from` and `to` (files count as full).
+    fn lag_bytes(&self, from: Location, to: Location) -> u64 {
+        if from >= to {
+            return 0;
+        }
+        let file_size = self.store.db().config().file_size as u64;
+        let files = (to.file_nr - from.file_nr) as u64;
+        (files * file_size + to.position as u64).saturating_sub(from.position as u64)
+    }
+
+    fn on_ack(&self, peer: SocketAddr, cursor: Location) {
+        let end = self.store.db().end();
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let w = workers.entry(peer).or_insert(WorkerState {
+            acked: cursor,
+            in_sync: false,
+        });
+        w.acked = cursor;
+        if !w.in_sync && cursor >= end {
+            tracing::info!(%peer, %cursor, "worker caught up: in sync");
+            w.in_sync = true;
+        } else if w.in_sync && self.lag_bytes(cursor, end) > self.options.max_lag_bytes {
+            tracing::warn!(%peer, %cursor, %end, "worker lags too far: out of sync");
+            w.in_sync = false;
+        }
+        drop(workers);
+        self.acks.send_modify(|v| *v += 1);
+    }
+
+    /// Waits until every in-sync worker applied `target`; a worker that does
+    /// not within the timeout leaves the in-sync set first.
+    async fn wait_all(&self, target: Location) {
+        let deadline = tokio::time::Instant::now() + self.options.ack_timeout;
+        let mut acks = self.acks.subscribe();
+        loop {
+            acks.borrow_and_update();
+            let pending: Vec<SocketAddr> = self
+                .workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, w)| w.in_sync && w.acked < target)
+                .map(|(a, _)| *a)
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+                for a in pending {
+                    if let Some(w) = workers.get_mut(&a) {
+                        tracing::warn!(worker = %a, %target, "no acknowledgement in time: out of sync");
+                        w.in_sync = false;
+                    }
+                }
+                return;
+            }
+            let _ = tokio::time::timeout_at(deadline, acks.changed()).await;
+        }
     }
 
     /// Serves until the endpoint closes.
@@ -148,7 +247,7 @@ impl Master {
             Frame::Subscribe { epoch, cursor } => {
                 return self.ship(send, recv, peer, epoch, cursor).await
             }
-            Frame::Set { key, value } => {
+            Frame::Set { key, value, ack } => {
                 let r = blocking(move || {
                     store.put(&key, &value)?;
                     Ok(store.db().end())
@@ -156,14 +255,19 @@ impl Master {
                 .await;
                 self.changed.send_modify(|v| *v += 1);
                 match r {
-                    Ok(cursor) => Frame::Written {
-                        cursor,
-                        existed: true,
-                    },
+                    Ok(cursor) => {
+                        if ack == Ack::All {
+                            self.wait_all(cursor).await;
+                        }
+                        Frame::Written {
+                            cursor,
+                            existed: true,
+                        }
+                    }
                     Err(e) => failed("write_failed", e),
                 }
             }
-            Frame::Delete { key } => {
+            Frame::Delete { key, ack } => {
                 let r = blocking(move || {
                     let existed = store.delete(&key)?;
                     Ok((existed, store.db().end()))
@@ -171,10 +275,19 @@ impl Master {
                 .await;
                 self.changed.send_modify(|v| *v += 1);
                 match r {
-                    Ok((existed, cursor)) => Frame::Written { cursor, existed },
+                    Ok((existed, cursor)) => {
+                        if ack == Ack::All {
+                            self.wait_all(cursor).await;
+                        }
+                        Frame::Written { cursor, existed }
+                    }
                     Err(e) => failed("write_failed", e),
                 }
             }
+            Frame::Status => Frame::StatusIs {
+                cursor: store.db().end(),
+                workers: self.workers(),
+            },
             Frame::ReadIndex => Frame::Cursor {
                 cursor: store.db().end(),
             },
@@ -215,13 +328,11 @@ impl Master {
             return Ok(());
         }
         tracing::info!(%peer, %cursor, "worker subscribed");
+        self.on_ack(peer, cursor);
         let me = self.clone();
         let acks = tokio::spawn(async move {
             while let Ok(Some(Frame::Ack { cursor })) = frame::read(&mut recv).await {
-                me.acked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(peer, cursor);
+                me.on_ack(peer, cursor);
             }
         });
         let mut changed = self.changed.subscribe();
@@ -256,10 +367,11 @@ impl Master {
             cursor = seg.next;
         };
         acks.abort();
-        self.acked
+        self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&peer);
+        self.acks.send_modify(|v| *v += 1);
         tracing::info!(%peer, "worker left");
         result
     }

@@ -30,6 +30,12 @@ enum Cmd {
     Master {
         #[command(flatten)]
         node: NodeArgs,
+        /// How long an ack=all write waits for a worker before dropping it from the in-sync set.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        ack_timeout_ms: u64,
+        /// A worker further behind than this leaves the in-sync set.
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        max_lag_bytes: u64,
     },
     /// Run a worker: follows the master, serves reads.
     Worker {
@@ -83,9 +89,19 @@ enum ClientCmd {
         node: String,
         key: String,
         value: String,
+        /// master (durable on the master) or all (applied by every in-sync worker).
+        #[arg(long, default_value = "master")]
+        ack: replication::Ack,
     },
     /// Delete KEY on the master.
-    Delete { node: String, key: String },
+    Delete {
+        node: String,
+        key: String,
+        #[arg(long, default_value = "master")]
+        ack: replication::Ack,
+    },
+    /// The master's cursor and its workers (cursor, in sync or not).
+    Status { node: String },
     /// Read KEY from a node once it applied CURSOR (`file:offset`).
     Get {
         node: String,
@@ -390,24 +406,28 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Runs a node until SIGINT or SIGTERM, then closes its store cleanly.
-fn run_node(node: &NodeArgs, master: Option<&str>) -> Result<ExitCode> {
+enum Role {
+    Master(replication::MasterOptions),
+    /// A worker of the master at this address.
+    Worker(String),
+}
+
+/// Runs a node until SIGINT or SIGTERM, then checkpoints its store.
+fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     let identity = replication::Identity::load(&node.cluster)?;
     let listen = resolve(&node.listen)?;
     let rt = runtime()?;
     rt.block_on(async {
         let endpoint = replication::endpoint(&identity, listen)?;
-        let store = open_store(
-            node,
-            if master.is_some() {
-                ourdb::SyncPolicy::Flush
-            } else {
-                ourdb::SyncPolicy::Group
-            },
-        )?;
-        let store = match master {
-            None => {
-                let m = replication::Master::new(store);
+        let default_sync = match role {
+            Role::Master(_) => ourdb::SyncPolicy::Group,
+            // A worker can always fetch again what a power cut took.
+            Role::Worker(_) => ourdb::SyncPolicy::Flush,
+        };
+        let store = open_store(node, default_sync)?;
+        let store = match role {
+            Role::Master(options) => {
+                let m = replication::Master::new(store, options);
                 tracing::info!(%listen, "master listening");
                 println!("master listening on {}", endpoint.local_addr()?);
                 tokio::select! {
@@ -416,8 +436,8 @@ fn run_node(node: &NodeArgs, master: Option<&str>) -> Result<ExitCode> {
                 }
                 m.store().clone()
             }
-            Some(addr) => {
-                let w = replication::Worker::new(store, resolve(addr)?);
+            Role::Worker(addr) => {
+                let w = replication::Worker::new(store, resolve(&addr)?);
                 println!("worker listening on {}", endpoint.local_addr()?);
                 tokio::select! {
                     _ = w.clone().run(endpoint.clone()) => {}
@@ -448,12 +468,32 @@ fn client(cluster: &Path, cmd: ClientCmd) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let c = replication::Client::new(&identity)?;
         match cmd {
-            ClientCmd::Set { node, key, value } => {
-                let cursor = c.set(resolve(&node)?, &key, value.as_bytes()).await?;
+            ClientCmd::Set {
+                node,
+                key,
+                value,
+                ack,
+            } => {
+                let cursor = c
+                    .set_with(resolve(&node)?, &key, value.as_bytes(), ack)
+                    .await?;
                 println!("{}:{}", cursor.file_nr, cursor.position);
             }
-            ClientCmd::Delete { node, key } => {
-                let (existed, cursor) = c.delete(resolve(&node)?, &key).await?;
+            ClientCmd::Status { node } => {
+                let (cursor, workers) = c.status(resolve(&node)?).await?;
+                println!("master cursor {}:{}", cursor.file_nr, cursor.position);
+                for w in workers {
+                    println!(
+                        "worker {} acked {}:{} {}",
+                        w.addr,
+                        w.acked.file_nr,
+                        w.acked.position,
+                        if w.in_sync { "in-sync" } else { "out-of-sync" }
+                    );
+                }
+            }
+            ClientCmd::Delete { node, key, ack } => {
+                let (existed, cursor) = c.delete_with(resolve(&node)?, &key, ack).await?;
                 println!(
                     "{}:{} {}",
                     cursor.file_nr,
@@ -499,8 +539,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        Cmd::Master { node } => return run_node(&node, None),
-        Cmd::Worker { node, master } => return run_node(&node, Some(&master)),
+        Cmd::Master {
+            node,
+            ack_timeout_ms,
+            max_lag_bytes,
+        } => {
+            let options = replication::MasterOptions {
+                ack_timeout: std::time::Duration::from_millis(ack_timeout_ms),
+                max_lag_bytes,
+            };
+            return run_node(&node, Role::Master(options));
+        }
+        Cmd::Worker { node, master } => return run_node(&node, Role::Worker(master)),
         Cmd::Client { cluster, cmd } => return client(&cluster, cmd),
     };
     match cmd {

@@ -79,20 +79,25 @@ fn init_cluster(dir: &Path) -> PathBuf {
 }
 
 fn master(tmp: &Path, cluster: &Path, addr: SocketAddr) -> Node {
-    Node::start(
-        &[
-            "master",
-            "--data",
-            tmp.join("m").to_str().unwrap(),
-            "--listen",
-            &addr.to_string(),
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--file-size",
-            "65536",
-        ],
-        tmp.join("master.log"),
-    )
+    master_with(tmp, cluster, addr, &[])
+}
+
+fn master_with(tmp: &Path, cluster: &Path, addr: SocketAddr, extra: &[&str]) -> Node {
+    let data = tmp.join("m");
+    let (listen, cluster) = (addr.to_string(), cluster.to_str().unwrap().to_string());
+    let mut args = vec![
+        "master",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--cluster",
+        &cluster,
+        "--file-size",
+        "65536",
+    ];
+    args.extend_from_slice(extra);
+    Node::start(&args, tmp.join("master.log"))
 }
 
 fn worker(tmp: &Path, name: &str, cluster: &Path, addr: SocketAddr, master: SocketAddr) -> Node {
@@ -280,4 +285,109 @@ fn peers_of_another_cluster_are_refused() {
     });
     assert!(m.log().contains("refused a connection"), "{}", m.log());
     drop(stranger);
+}
+
+fn signal(node: &Node, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+async fn wait_status(
+    c: &Client,
+    master: SocketAddr,
+    want_in_sync: usize,
+) -> Vec<replication::WorkerStatus> {
+    let t = Instant::now();
+    loop {
+        let (_, workers) = c.status(master).await.unwrap();
+        if workers.iter().filter(|w| w.in_sync).count() == want_in_sync {
+            return workers;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "in-sync set never reached {want_in_sync}: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `ack=all`: once a write returns, every in-sync worker has it. A worker that
+/// stops answering leaves the in-sync set (writes go on) and rejoins when it
+/// has caught up.
+#[test]
+fn ack_all_and_the_in_sync_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = init_cluster(&tmp.path().join("cluster"));
+    let maddr = free_addr("127.0.0.1");
+    let _m = master_with(tmp.path(), &cluster, maddr, &["--ack-timeout-ms", "400"]);
+    let w1addr = free_addr("127.0.0.1");
+    let w2addr = free_addr("127.0.0.1");
+    let _w1 = worker(tmp.path(), "w1", &cluster, w1addr, maddr);
+    let w2 = worker(tmp.path(), "w2", &cluster, w2addr, maddr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = Client::new(&Identity::load(&cluster).unwrap()).unwrap();
+        c.set(maddr, "warm", b"up").await.unwrap();
+        wait_status(&c, maddr, 2).await;
+        for i in 0..200 {
+            let key = format!("k{i}");
+            let value = format!("v{i}").into_bytes();
+            c.set_with(maddr, &key, &value, replication::Ack::All)
+                .await
+                .unwrap();
+            // No waiting: both workers must already have it.
+            for w in [w1addr, w2addr] {
+                assert_eq!(
+                    c.get(w, &key, ourdb::Location::NONE).await.unwrap(),
+                    Some(value.clone()),
+                    "{key} on {w}"
+                );
+            }
+            if i % 10 == 0 {
+                let (existed, _) = c
+                    .delete_with(maddr, &key, replication::Ack::All)
+                    .await
+                    .unwrap();
+                assert!(existed);
+                for w in [w1addr, w2addr] {
+                    assert_eq!(c.get(w, &key, ourdb::Location::NONE).await.unwrap(), None);
+                }
+            }
+        }
+        // Freeze worker 2: the next ack=all write waits out the timeout, then
+        // goes on without it.
+        signal(&w2, "-STOP");
+        let t = Instant::now();
+        c.set_with(maddr, "during-stop", b"x", replication::Ack::All)
+            .await
+            .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "the write did not wait for the frozen worker"
+        );
+        let workers = wait_status(&c, maddr, 1).await;
+        let frozen = workers
+            .iter()
+            .find(|w| w.addr == w2addr.to_string())
+            .unwrap();
+        assert!(!frozen.in_sync);
+        for i in 0..50 {
+            let key = format!("later{i}");
+            c.set_with(maddr, &key, b"y", replication::Ack::All)
+                .await
+                .unwrap();
+            assert_eq!(
+                c.get(w1addr, &key, ourdb::Location::NONE).await.unwrap(),
+                Some(b"y".to_vec())
+            );
+        }
+        // Thawed, it catches up and rejoins.
+        signal(&w2, "-CONT");
+        c.set(maddr, "after", b"z").await.unwrap();
+        wait_status(&c, maddr, 2).await;
+        wait_converged(&c, maddr, w2addr).await;
+    });
 }
