@@ -968,6 +968,28 @@ impl OurDb {
         })
     }
 
+    /// Up to `max` bytes just before `at` in its file (after the leading
+    /// zero byte): replicas compare them to tell a shared log from a diverged
+    /// one that merely ends at a record boundary of the other.
+    pub fn bytes_before(&self, at: Location, max: usize) -> Result<Vec<u8>> {
+        let Some(f) = self.file(at.file_nr) else {
+            return Err(Error::BadCursor {
+                cursor: at,
+                detail: format!("no data file {}", at.file_nr),
+            });
+        };
+        if at.position as u64 > self.data_end(&f)? {
+            return Err(Error::BadCursor {
+                cursor: at,
+                detail: "past the end of the data".into(),
+            });
+        }
+        let start = (at.position as u64).saturating_sub(max as u64).max(1);
+        let mut out = vec![0u8; (at.position as u64).saturating_sub(start) as usize];
+        self.read_bytes(&f, start, &mut out)?;
+        Ok(out)
+    }
+
     fn flush_if_writer(&self) -> Result<()> {
         match &self.writer {
             Some(_) => self.flush(),

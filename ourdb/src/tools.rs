@@ -206,7 +206,7 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
 
 /// Swaps two directories in one step (renameat2 RENAME_EXCHANGE): a crash
 /// leaves either the old or the new directory in place, never neither.
-fn exchange(a: &Path, b: &Path) -> Result<()> {
+pub fn exchange(a: &Path, b: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let ca = std::ffi::CString::new(a.as_os_str().as_bytes())
         .map_err(|_| Error::Config(format!("path {} holds a NUL byte", a.display())))?;

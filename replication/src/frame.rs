@@ -13,8 +13,13 @@ pub const MAX_FRAME: usize = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// Worker -> master: stream records from `cursor` on (the worker's end).
-    Subscribe { epoch: u64, cursor: Location },
+    /// Worker -> master: stream records from `cursor` on (the worker's end);
+    /// `tail` is the worker's last bytes before it, which must match.
+    Subscribe {
+        epoch: u64,
+        cursor: Location,
+        tail: Vec<u8>,
+    },
     /// Master -> worker: whole records starting at `start`; the next start.
     Segment {
         start: Location,
@@ -51,6 +56,16 @@ pub enum Frame {
     DigestIs { text: String },
     /// Any error, with a short code.
     Failed { code: String, message: String },
+    /// Worker -> master: send a full copy of your data files.
+    Snapshot,
+    /// Master -> worker: bytes of data file `file_nr` at `offset`.
+    SnapshotChunk {
+        file_nr: u16,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Master -> worker: the copy is complete; it ends at `end`, at `epoch`.
+    SnapshotDone { epoch: u64, end: Location },
     /// Client -> master: the cluster as the master sees it.
     Status,
     /// Master -> client: the commit cursor and each worker's state.
@@ -168,10 +183,15 @@ impl Frame {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(vec![0; 4]);
         match self {
-            Frame::Subscribe { epoch, cursor } => {
+            Frame::Subscribe {
+                epoch,
+                cursor,
+                tail,
+            } => {
                 w.u8(1);
                 w.u64(*epoch);
                 w.loc(*cursor);
+                w.bytes(tail);
             }
             Frame::Segment {
                 start,
@@ -235,6 +255,22 @@ impl Frame {
                 w.bytes(message.as_bytes());
             }
             Frame::Status => w.u8(14),
+            Frame::Snapshot => w.u8(16),
+            Frame::SnapshotChunk {
+                file_nr,
+                offset,
+                bytes,
+            } => {
+                w.u8(17);
+                w.0.extend_from_slice(&file_nr.to_be_bytes());
+                w.u64(*offset);
+                w.bytes(bytes);
+            }
+            Frame::SnapshotDone { epoch, end } => {
+                w.u8(18);
+                w.u64(*epoch);
+                w.loc(*end);
+            }
             Frame::StatusIs { cursor, workers } => {
                 w.u8(15);
                 w.loc(*cursor);
@@ -258,6 +294,7 @@ impl Frame {
             1 => Frame::Subscribe {
                 epoch: r.u64()?,
                 cursor: r.loc()?,
+                tail: r.bytes()?.to_vec(),
             },
             2 => Frame::Segment {
                 start: r.loc()?,
@@ -300,6 +337,16 @@ impl Frame {
                 message: r.string()?,
             },
             14 => Frame::Status,
+            16 => Frame::Snapshot,
+            17 => Frame::SnapshotChunk {
+                file_nr: u16::from_be_bytes(r.take(2)?.try_into().expect("2 bytes")),
+                offset: r.u64()?,
+                bytes: r.bytes()?.to_vec(),
+            },
+            18 => Frame::SnapshotDone {
+                epoch: r.u64()?,
+                end: r.loc()?,
+            },
             15 => {
                 let cursor = r.loc()?;
                 let n = u32::from_be_bytes(r.take(4)?.try_into().expect("4 bytes")) as usize;
@@ -357,6 +404,7 @@ mod tests {
             Frame::Subscribe {
                 epoch: 2,
                 cursor: l,
+                tail: vec![9; 3],
             },
             Frame::Segment {
                 start: l,
@@ -374,6 +422,13 @@ mod tests {
                 ack: Ack::Master,
             },
             Frame::Status,
+            Frame::Snapshot,
+            Frame::SnapshotChunk {
+                file_nr: 2,
+                offset: 9,
+                bytes: vec![4; 5],
+            },
+            Frame::SnapshotDone { epoch: 3, end: l },
             Frame::StatusIs {
                 cursor: l,
                 workers: vec![WorkerStatus {

@@ -15,6 +15,8 @@ use crate::identity::SERVER_NAME;
 
 /// Records per shipped segment, at most (whole records; at least one).
 const SEGMENT_BYTES: usize = 1 << 20;
+/// Bytes before its cursor a worker sends for the master to compare.
+const TAIL_CHECK: usize = 64;
 /// How long a read at a cursor waits for the worker to apply it.
 const READ_WAIT: Duration = Duration::from_secs(5);
 
@@ -244,9 +246,11 @@ impl Master {
         };
         let store = self.store.clone();
         let reply = match first {
-            Frame::Subscribe { epoch, cursor } => {
-                return self.ship(send, recv, peer, epoch, cursor).await
-            }
+            Frame::Subscribe {
+                epoch,
+                cursor,
+                tail,
+            } => return self.ship(send, recv, peer, epoch, cursor, tail).await,
             Frame::Set { key, value, ack } => {
                 let r = blocking(move || {
                     store.put(&key, &value)?;
@@ -284,6 +288,7 @@ impl Master {
                     Err(e) => failed("write_failed", e),
                 }
             }
+            Frame::Snapshot => return self.send_snapshot(send, peer).await,
             Frame::Status => Frame::StatusIs {
                 cursor: store.db().end(),
                 workers: self.workers(),
@@ -309,6 +314,64 @@ impl Master {
         Ok(())
     }
 
+    /// Sends a copy of every data file up to the current end. Files are
+    /// append-only, so the bytes before the end never change while they go.
+    async fn send_snapshot(&self, mut send: quinn::SendStream, peer: SocketAddr) -> Result<()> {
+        let store = self.store.clone();
+        let (end, epoch) = blocking(move || {
+            store.db().flush()?;
+            Ok((store.db().end(), store.db().meta().epoch))
+        })
+        .await?;
+        tracing::info!(%peer, %end, epoch, "sending a snapshot");
+        let dir = self.store.db().dir().to_path_buf();
+        for nr in ourdb::files::list_data_files(&dir)? {
+            if nr > end.file_nr {
+                break;
+            }
+            let path = ourdb::files::data_path(&dir, nr);
+            let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+                context: format!("open {}", path.display()),
+                source,
+            })?;
+            let len = if nr == end.file_nr {
+                end.position as u64
+            } else {
+                file.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+            let file = Arc::new(file);
+            let mut offset = 0u64;
+            while offset < len {
+                let n = (len - offset).min(SEGMENT_BYTES as u64) as usize;
+                let f = file.clone();
+                let bytes = blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    std::os::unix::fs::FileExt::read_exact_at(&*f, &mut buf, offset).map_err(
+                        |source| Error::Io {
+                            context: format!("read data file {nr}"),
+                            source,
+                        },
+                    )?;
+                    Ok(buf)
+                })
+                .await?;
+                frame::write(
+                    &mut send,
+                    &Frame::SnapshotChunk {
+                        file_nr: nr,
+                        offset,
+                        bytes,
+                    },
+                )
+                .await?;
+                offset += n as u64;
+            }
+        }
+        frame::write(&mut send, &Frame::SnapshotDone { epoch, end }).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
     /// Streams records from `cursor`, then tails new ones, until the worker goes.
     async fn ship(
         self: Arc<Self>,
@@ -317,8 +380,22 @@ impl Master {
         peer: SocketAddr,
         epoch: u64,
         mut cursor: Location,
+        tail: Vec<u8>,
     ) -> Result<()> {
         let ours = self.store.db().meta().epoch;
+        // The bytes before the cursor must be ours: a worker that wrote on its
+        // own can end at one of our record boundaries and still differ.
+        let store = self.store.clone();
+        let n = tail.len();
+        let same = blocking(move || Ok(store.db().bytes_before(cursor, n)?)).await;
+        if epoch == ours && !matches!(&same, Ok(b) if *b == tail) {
+            let f = failed(
+                "cursor",
+                format!("worker log differs from ours before {cursor}"),
+            );
+            frame::write(&mut send, &f).await?;
+            return Ok(());
+        }
         if epoch != ours {
             let f = failed(
                 "epoch",
@@ -379,7 +456,8 @@ impl Master {
 
 /// A worker: follows the master's log and serves reads at a cursor.
 pub struct Worker {
-    store: Arc<KeyedStore>,
+    /// Replaced whole when a snapshot arrives.
+    store: std::sync::RwLock<Arc<KeyedStore>>,
     master: SocketAddr,
     applied: watch::Sender<Location>,
 }
@@ -388,14 +466,15 @@ impl Worker {
     pub fn new(store: KeyedStore, master: SocketAddr) -> Arc<Worker> {
         let end = store.db().end();
         Arc::new(Worker {
-            store: Arc::new(store),
+            store: std::sync::RwLock::new(Arc::new(store)),
             master,
             applied: watch::channel(end).0,
         })
     }
 
-    pub fn store(&self) -> &Arc<KeyedStore> {
-        &self.store
+    /// The store as it is now (a snapshot replaces it).
+    pub fn store(&self) -> Arc<KeyedStore> {
+        self.store.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The cursor up to which records are applied.
@@ -438,9 +517,20 @@ impl Worker {
             .await
             .map_err(quic)?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
-        let cursor = self.store.db().end();
-        let epoch = self.store.db().meta().epoch;
-        frame::write(&mut send, &Frame::Subscribe { epoch, cursor }).await?;
+        let store = self.store();
+        let cursor = store.db().end();
+        let epoch = store.db().meta().epoch;
+        let s2 = store.clone();
+        let tail = blocking(move || Ok(s2.db().bytes_before(cursor, TAIL_CHECK)?)).await?;
+        frame::write(
+            &mut send,
+            &Frame::Subscribe {
+                epoch,
+                cursor,
+                tail,
+            },
+        )
+        .await?;
         tracing::info!(master = %self.master, %cursor, "subscribed");
         loop {
             match frame::read(&mut recv).await? {
@@ -449,8 +539,16 @@ impl Worker {
                     next,
                     records,
                 }) => {
-                    let store = self.store.clone();
-                    let end = blocking(move || Ok(store.apply_shipped(start, &records)?)).await?;
+                    let store = self.store();
+                    let end = match blocking(move || Ok(store.apply_shipped(start, &records)?))
+                        .await
+                    {
+                        Err(Error::Db(ourdb::Error::Diverged { ours, theirs })) => {
+                            tracing::warn!(%ours, %theirs, "diverged from the master: fetching a snapshot");
+                            return self.snapshot(&conn).await;
+                        }
+                        r => r?,
+                    };
                     if end != next {
                         return Err(Error::Protocol(format!(
                             "applied up to {end}, the master said {next}"
@@ -459,6 +557,10 @@ impl Worker {
                     self.applied.send_replace(end);
                     frame::write(&mut send, &Frame::Ack { cursor: end }).await?;
                 }
+                Some(Frame::Failed { code, message }) if code == "epoch" || code == "cursor" => {
+                    tracing::warn!(%code, %message, "the master cannot serve our cursor: fetching a snapshot");
+                    return self.snapshot(&conn).await;
+                }
                 Some(Frame::Failed { code, message }) => {
                     return Err(Error::Remote { code, message })
                 }
@@ -466,6 +568,95 @@ impl Worker {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Receives a full copy of the master's data files into a sibling
+    /// directory, rebuilds its id map from the envelopes, and swaps it in with
+    /// one atomic exchange. A crash before the exchange leaves the old data.
+    async fn snapshot(&self, conn: &quinn::Connection) -> Result<()> {
+        let old = self.store();
+        let data = old.db().dir().to_path_buf();
+        let mut config = old.db().config().clone();
+        config.keysize = Some(old.db().keysize());
+        let sync = old.db().sync_policy();
+        let tmp = data.with_file_name(format!(
+            ".{}.snapshot-tmp",
+            data.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let io = |what: &str, p: &std::path::Path, source: std::io::Error| Error::Io {
+            context: format!("{what} {}", p.display()),
+            source,
+        };
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io("remove", &tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io("create", &tmp, e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
+        frame::write(&mut send, &Frame::Snapshot).await?;
+        let _ = send.finish();
+        let mut files: BTreeMap<u16, std::fs::File> = BTreeMap::new();
+        let (epoch, end) = loop {
+            match frame::read(&mut recv).await? {
+                Some(Frame::SnapshotChunk {
+                    file_nr,
+                    offset,
+                    bytes,
+                }) => {
+                    let path = ourdb::files::data_path(&tmp, file_nr);
+                    if let std::collections::btree_map::Entry::Vacant(e) = files.entry(file_nr) {
+                        let f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .truncate(false)
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| io("create", &path, e))?;
+                        e.insert(f);
+                    }
+                    std::os::unix::fs::FileExt::write_all_at(&files[&file_nr], &bytes, offset)
+                        .map_err(|e| io("write", &path, e))?;
+                }
+                Some(Frame::SnapshotDone { epoch, end }) => break (epoch, end),
+                Some(Frame::Failed { code, message }) => {
+                    return Err(Error::Remote { code, message })
+                }
+                Some(other) => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected {other:?} in a snapshot"
+                    )))
+                }
+                None => return Err(Error::Protocol("the snapshot was cut short".into())),
+            }
+        };
+        drop(files);
+        let (tmp2, data2) = (tmp.clone(), data.clone());
+        let records = blocking(move || {
+            let n = ourdb::keyed::rebuild_from_envelopes(&tmp2, &config, epoch)?;
+            ourdb::tools::exchange(&tmp2, &data2)?;
+            Ok(n)
+        })
+        .await?;
+        let fresh = blocking(move || {
+            let db = ourdb::OpenOptions::new().sync(sync).open(&data)?;
+            Ok(KeyedStore::new(db)?)
+        })
+        .await?;
+        let new_end = fresh.db().end();
+        if new_end != end {
+            return Err(Error::Protocol(format!(
+                "snapshot ends at {new_end}, the master said {end}"
+            )));
+        }
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        self.applied.send_replace(new_end);
+        drop(old);
+        // The old directory now sits at the temporary path.
+        if let Err(e) = std::fs::remove_dir_all(&tmp) {
+            tracing::warn!(path = %tmp.display(), error = %e, "could not remove the replaced data");
+        }
+        tracing::info!(%end, epoch, records, "snapshot installed");
+        Ok(())
     }
 
     async fn stream(
@@ -477,7 +668,7 @@ impl Worker {
         let Some(first) = frame::read(&mut recv).await? else {
             return Ok(());
         };
-        let store = self.store.clone();
+        let store = self.store();
         let reply = match first {
             Frame::Get { key, min_cursor } => {
                 let mut rx = self.applied.subscribe();

@@ -391,3 +391,103 @@ fn ack_all_and_the_in_sync_set() {
         wait_converged(&c, maddr, w2addr).await;
     });
 }
+
+/// A cursor the master cannot serve brings a full snapshot: after `compact`
+/// bumped the master's epoch, and for a worker that wrote on its own.
+#[test]
+fn snapshots_after_compaction_and_divergence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = init_cluster(&tmp.path().join("cluster"));
+    let maddr = free_addr("127.0.0.1");
+    let waddr = free_addr("127.0.0.1");
+    let m = master(tmp.path(), &cluster, maddr);
+    let w = worker(tmp.path(), "w1", &cluster, waddr, maddr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    rt.block_on(async {
+        let c = Client::new(&Identity::load(&cluster).unwrap()).unwrap();
+        write_batch(&c, maddr, 0, 800, &mut model).await;
+        wait_converged(&c, maddr, waddr).await;
+    });
+    // Compact the master offline: its epoch goes to 2.
+    drop(m);
+    let out = ourkv()
+        .args([
+            "db",
+            "compact",
+            tmp.path().join("m").to_str().unwrap(),
+            "--history",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("epoch: 2"));
+    let _m = master(tmp.path(), &cluster, maddr);
+    rt.block_on(async {
+        let c = Client::new(&Identity::load(&cluster).unwrap()).unwrap();
+        write_batch(&c, maddr, 1, 300, &mut model).await;
+        wait_converged(&c, maddr, waddr).await;
+        assert_eq!(
+            data_files(&tmp.path().join("m")),
+            data_files(&tmp.path().join("w1"))
+        );
+        let cursor = c.read_index(maddr).await.unwrap();
+        for (key, value) in &model {
+            assert_eq!(
+                c.get(waddr, key, cursor).await.unwrap().as_ref(),
+                Some(value),
+                "{key}"
+            );
+        }
+    });
+    assert!(std::fs::read_to_string(tmp.path().join("w1.log"))
+        .unwrap()
+        .contains("snapshot installed"));
+
+    // A worker that took a write of its own has left the master's log.
+    w.kill9();
+    {
+        let db = ourdb::OpenOptions::new()
+            .open(tmp.path().join("w1"))
+            .unwrap();
+        let store = ourdb::keyed::KeyedStore::new(db).unwrap();
+        // As long as the master's next record ("key/14" = "r2-i0-"): the
+        // worker then ends at one of the master's record boundaries, and only
+        // the bytes before it tell the logs apart.
+        store.put("loc/14", b"XXXXXX").unwrap();
+        store.close().unwrap();
+    }
+    let _w = worker(tmp.path(), "w1", &cluster, waddr, maddr);
+    rt.block_on(async {
+        let c = Client::new(&Identity::load(&cluster).unwrap()).unwrap();
+        write_batch(&c, maddr, 2, 300, &mut model).await;
+        wait_converged(&c, maddr, waddr).await;
+        let cursor = c.read_index(maddr).await.unwrap();
+        assert_eq!(c.get(waddr, "loc/14", cursor).await.unwrap(), None);
+        for (key, value) in &model {
+            assert_eq!(
+                c.get(waddr, key, cursor).await.unwrap().as_ref(),
+                Some(value),
+                "{key}"
+            );
+        }
+    });
+    assert_eq!(
+        data_files(&tmp.path().join("m")),
+        data_files(&tmp.path().join("w1"))
+    );
+    assert!(
+        !tmp.path().join(".w1.snapshot-tmp").exists(),
+        "the replaced data was left behind"
+    );
+    let log = std::fs::read_to_string(tmp.path().join("w1.log")).unwrap();
+    assert!(
+        log.contains("differs") && log.contains("snapshot installed"),
+        "{log}"
+    );
+}
