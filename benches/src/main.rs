@@ -1,1 +1,451 @@
-fn main() {}
+//! V's OurDB workloads W1–W4 (fixtures README) on ourdb, the same insert and
+//! get loops on redb and fjall, read scaling, group commit under 64 writers,
+//! and reopen of a million records. Prints markdown tables.
+//!
+//! `cargo run --release -p ourdb-bench -- [all|v|engines|scaling|group|reopen]`
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ourdb::{Config, OpenOptions, OurDb, SyncPolicy};
+
+const N: u64 = 100_000;
+
+/// The README's splitmix64 step.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// `value(k, L)`: splitmix64 words from `k * golden + 0x5EED`, little-endian, cut to L.
+fn value(k: u64, len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let mut s = SplitMix(k.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x5EED));
+    while out.len() < len {
+        out.extend_from_slice(&s.next().to_le_bytes());
+    }
+    out.truncate(len);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The README's check values; the run stops if the generator is wrong.
+fn selfcheck() {
+    let mut v = Vec::new();
+    value(0, 16, &mut v);
+    assert_eq!(hex(&v), "b4a9f0039dfdf1097584bf1b16743255");
+    value(1_000_000, 16, &mut v);
+    assert_eq!(hex(&v), "c373135d52d3ef6dc9ecb9569acff808");
+    let mut s = SplitMix(0xBEEF);
+    let ids: Vec<u64> = (0..3).map(|_| 1 + s.next() % N).collect();
+    assert_eq!(ids, [24039, 15329, 92397]);
+    let mut s = SplitMix(0xF00D);
+    let ids: Vec<u64> = (0..3).map(|_| 1 + s.next() % N).collect();
+    assert_eq!(ids, [80010, 54760, 96646]);
+}
+
+fn rate(ops: u64, d: Duration) -> String {
+    let r = ops as f64 / d.as_secs_f64();
+    if r >= 1e6 {
+        format!("{:.2}M/s", r / 1e6)
+    } else {
+        format!("{:.1}k/s", r / 1e3)
+    }
+}
+
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn open(dir: &Path, sync: SyncPolicy) -> OurDb {
+    OpenOptions::new()
+        .config(Config::default())
+        .sync(sync)
+        .open(dir)
+        .expect("open")
+}
+
+struct VRow {
+    insert: Duration,
+    close1: Duration,
+    get: Duration,
+    update: Duration,
+    close3: Duration,
+}
+
+/// W1, W2, W3 at value size `len`, `n` operations, under `sync`; each
+/// workload on a freshly opened handle, as V ran each in a new process.
+fn v_workloads(len: usize, n: u64, sync: SyncPolicy) -> VRow {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut v = Vec::with_capacity(len);
+    let db = open(dir.path(), sync);
+    let t = Instant::now();
+    for k in 0..n {
+        value(k, len, &mut v);
+        let id = db.insert(&v).expect("insert");
+        debug_assert_eq!(id as u64, k + 1);
+    }
+    let insert = t.elapsed();
+    let t = Instant::now();
+    db.close().expect("close");
+    let close1 = t.elapsed();
+
+    let db = open(dir.path(), sync);
+    let mut s = SplitMix(0xBEEF);
+    let mut total = 0usize;
+    let t = Instant::now();
+    for _ in 0..n {
+        total += db.get((1 + s.next() % n) as u32).expect("get").len();
+    }
+    let get = t.elapsed();
+    assert_eq!(total, n as usize * len);
+    drop(db);
+
+    let db = open(dir.path(), sync);
+    let mut s = SplitMix(0xF00D);
+    let t = Instant::now();
+    for q in 0..n {
+        value(1_000_000 + q, len, &mut v);
+        db.set(Some((1 + s.next() % n) as u32), &v).expect("update");
+    }
+    let update = t.elapsed();
+    let t = Instant::now();
+    db.close().expect("close");
+    VRow {
+        insert,
+        close1,
+        get,
+        update,
+        close3: t.elapsed(),
+    }
+}
+
+fn bench_v() {
+    println!("## V workloads W1–W4 (median of 3 runs; 100,000 ops; group commit: 10,000 ops, one thread)\n");
+    println!(
+        "| L | policy | W1 insert | W1 close | W2 get | W3 update | W3 close | vs V (W1/W2/W3) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (len, v) in [
+        (100usize, [95_300.0, 139_300.0, 90_900.0]),
+        (1000, [64_500.0, 89_600.0, 63_400.0]),
+    ] {
+        for (name, sync, n) in [
+            ("none", SyncPolicy::Never, N),
+            ("group", SyncPolicy::Group, 10_000),
+        ] {
+            // Median of three runs per column, as V's figures are.
+            let runs: Vec<VRow> = (0..3).map(|_| v_workloads(len, n, sync)).collect();
+            let med = |f: fn(&VRow) -> Duration| {
+                let mut d: Vec<Duration> = runs.iter().map(f).collect();
+                d.sort_unstable();
+                d[1]
+            };
+            let r = VRow {
+                insert: med(|r| r.insert),
+                close1: med(|r| r.close1),
+                get: med(|r| r.get),
+                update: med(|r| r.update),
+                close3: med(|r| r.close3),
+            };
+            let x = |d: Duration, base: f64| n as f64 / d.as_secs_f64() / base;
+            let ratios = if sync == SyncPolicy::Never {
+                format!(
+                    "{:.0}× / {:.0}× / {:.0}×",
+                    x(r.insert, v[0]),
+                    x(r.get, v[1]),
+                    x(r.update, v[2])
+                )
+            } else {
+                // V never syncs: only the get column compares.
+                format!("— / {:.0}× / —", x(r.get, v[1]))
+            };
+            println!(
+                "| {len} B | {name} | {} | {:.0} ms | {} | {} | {:.0} ms | {ratios} |",
+                rate(n, r.insert),
+                r.close1.as_secs_f64() * 1e3,
+                rate(n, r.get),
+                rate(n, r.update),
+                r.close3.as_secs_f64() * 1e3,
+            );
+        }
+    }
+    println!();
+}
+
+/// The insert and get loops of W1/W2 on redb: one write transaction per
+/// insert with durability off (its fastest per-operation setting), and all
+/// gets in one read transaction.
+fn redb_w1_w2(len: usize) -> (Duration, Duration) {
+    const T: redb::TableDefinition<u32, &[u8]> = redb::TableDefinition::new("t");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = redb::Database::create(dir.path().join("db.redb")).expect("redb");
+    let mut v = Vec::new();
+    let t = Instant::now();
+    for k in 0..N {
+        value(k, len, &mut v);
+        let mut tx = db.begin_write().expect("tx");
+        tx.set_durability(redb::Durability::None);
+        {
+            let mut table = tx.open_table(T).expect("table");
+            table.insert((k + 1) as u32, v.as_slice()).expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let insert = t.elapsed();
+    let rtx = db.begin_read().expect("read tx");
+    let table = rtx.open_table(T).expect("table");
+    let mut s = SplitMix(0xBEEF);
+    let mut total = 0;
+    let t = Instant::now();
+    for _ in 0..N {
+        total += table
+            .get((1 + s.next() % N) as u32)
+            .expect("get")
+            .expect("present")
+            .value()
+            .len();
+    }
+    let get = t.elapsed();
+    assert_eq!(total, N as usize * len);
+    (insert, get)
+}
+
+/// The same loops on fjall, with its journal not synced per write.
+fn fjall_w1_w2(len: usize) -> (Duration, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ks = fjall::Config::new(dir.path()).open().expect("fjall");
+    let part = ks
+        .open_partition("t", fjall::PartitionCreateOptions::default())
+        .expect("partition");
+    let mut v = Vec::new();
+    let t = Instant::now();
+    for k in 0..N {
+        value(k, len, &mut v);
+        part.insert(((k + 1) as u32).to_be_bytes(), &v)
+            .expect("insert");
+    }
+    let insert = t.elapsed();
+    let mut s = SplitMix(0xBEEF);
+    let mut total = 0;
+    let t = Instant::now();
+    for _ in 0..N {
+        let k = (1 + s.next() % N) as u32;
+        total += part
+            .get(k.to_be_bytes())
+            .expect("get")
+            .expect("present")
+            .len();
+    }
+    let get = t.elapsed();
+    assert_eq!(total, N as usize * len);
+    (insert, get)
+}
+
+fn bench_engines() {
+    println!("## Insert (W1) and get (W2) loops beside other engines (100,000 ops, no sync)\n");
+    println!("| L | engine | insert | get |");
+    println!("|---|---|---|---|");
+    for len in [100usize, 1000] {
+        let r = v_workloads(len, N, SyncPolicy::Never);
+        println!(
+            "| {len} B | ourdb | {} | {} |",
+            rate(N, r.insert),
+            rate(N, r.get)
+        );
+        let (i, g) = redb_w1_w2(len);
+        println!(
+            "| {len} B | redb (tx per insert, Durability::None) | {} | {} |",
+            rate(N, i),
+            rate(N, g)
+        );
+        let (i, g) = fjall_w1_w2(len);
+        println!(
+            "| {len} B | fjall (journal not synced) | {} | {} |",
+            rate(N, i),
+            rate(N, g)
+        );
+    }
+    println!();
+}
+
+fn bench_scaling() {
+    println!("## Get scaling (W2 gets on 100,000 records of 100 B, 1,000,000 gets per thread)\n");
+    println!("| threads | total gets/s |");
+    println!("|---|---|");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), SyncPolicy::Never);
+    let mut v = Vec::new();
+    for k in 0..N {
+        value(k, 100, &mut v);
+        db.insert(&v).expect("insert");
+    }
+    db.flush().expect("flush");
+    let db = Arc::new(db);
+    for threads in [1u64, 2] {
+        let per = 1_000_000u64;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for th in 0..threads {
+                let db = db.clone();
+                s.spawn(move || {
+                    let mut r = SplitMix(0xBEEF + th);
+                    let mut total = 0;
+                    for _ in 0..per {
+                        total += db.get((1 + r.next() % N) as u32).expect("get").len();
+                    }
+                    assert_eq!(total, per as usize * 100);
+                });
+            }
+        });
+        println!("| {threads} | {} |", rate(threads * per, t.elapsed()));
+    }
+    println!();
+}
+
+fn bench_group() {
+    println!("## Durable writes (100 B values)\n");
+    println!("| policy | writers | ops | ops/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|");
+    for (name, sync, writers, per) in [
+        (
+            "always (fdatasync per write)",
+            SyncPolicy::Always,
+            1usize,
+            2000usize,
+        ),
+        ("group", SyncPolicy::Group, 1, 2000),
+        ("group", SyncPolicy::Group, 64, 300),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(open(dir.path(), sync));
+        let t = Instant::now();
+        let mut lat: Vec<Duration> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..writers)
+                .map(|w| {
+                    let db = db.clone();
+                    s.spawn(move || {
+                        let mut v = Vec::new();
+                        let mut lat = Vec::with_capacity(per);
+                        for i in 0..per {
+                            value((w * per + i) as u64, 100, &mut v);
+                            let t = Instant::now();
+                            db.insert(&v).expect("insert");
+                            lat.push(t.elapsed());
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().expect("writer"))
+                .collect()
+        });
+        let total = t.elapsed();
+        lat.sort_unstable();
+        let ops = (writers * per) as u64;
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        println!(
+            "| {name} | {writers} | {ops} | {} | {:.2} ms | {:.2} ms |",
+            rate(ops, total),
+            pct(0.50).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3
+        );
+    }
+    println!();
+}
+
+fn bench_reopen() {
+    println!("## Reopen of 1,000,000 records (100 B)\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 1_000_000u64;
+    let db = open(dir.path(), SyncPolicy::Never);
+    let mut v = Vec::new();
+    let t = Instant::now();
+    for k in 0..n {
+        value(k, 100, &mut v);
+        db.insert(&v).expect("insert");
+    }
+    let fill = t.elapsed();
+    let t = Instant::now();
+    db.close().expect("close");
+    let close = t.elapsed();
+    let rss0 = rss_mib();
+    let t = Instant::now();
+    let db = open(dir.path(), SyncPolicy::Never);
+    let reopen = t.elapsed();
+    let rss1 = rss_mib();
+    assert_eq!(db.len() as u64, n);
+    let lookup = db.lookup_memory_bytes();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| insert 1M | {} |", rate(n, fill));
+    println!(
+        "| close (checkpoint: dump + fsync) | {:.0} ms |",
+        close.as_secs_f64() * 1e3
+    );
+    println!("| reopen | {:.0} ms |", reopen.as_secs_f64() * 1e3);
+    println!(
+        "| lookup memory | {:.1} MiB, {:.1} B/record |",
+        lookup as f64 / 1048576.0,
+        lookup as f64 / n as f64
+    );
+    println!(
+        "| RSS growth on reopen (lookup + maps touched) | {:.1} MiB |",
+        rss1 - rss0
+    );
+    println!();
+}
+
+fn main() {
+    selfcheck();
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("machine: {cores} cores, {cpu}\n");
+    let all = what == "all";
+    if all || what == "v" {
+        bench_v();
+    }
+    if all || what == "engines" {
+        bench_engines();
+    }
+    if all || what == "scaling" {
+        bench_scaling();
+    }
+    if all || what == "group" {
+        bench_group();
+    }
+    if all || what == "reopen" {
+        bench_reopen();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generator_matches_the_readme() {
+        super::selfcheck();
+    }
+}
