@@ -63,15 +63,6 @@ fn rate(ops: u64, d: Duration) -> String {
     }
 }
 
-fn rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn open(dir: &Path, sync: SyncPolicy) -> OurDb {
     OpenOptions::new()
         .config(Config::default())
@@ -385,11 +376,9 @@ fn bench_reopen() {
     let t = Instant::now();
     db.close().expect("close");
     let close = t.elapsed();
-    let rss0 = rss_mib();
     let t = Instant::now();
     let db = open(dir.path(), SyncPolicy::Never);
     let reopen = t.elapsed();
-    let rss1 = rss_mib();
     assert_eq!(db.len() as u64, n);
     let lookup = db.lookup_memory_bytes();
     println!("| measure | value |");
@@ -404,10 +393,6 @@ fn bench_reopen() {
         "| lookup memory | {:.1} MiB, {:.1} B/record |",
         lookup as f64 / 1048576.0,
         lookup as f64 / n as f64
-    );
-    println!(
-        "| RSS growth on reopen (lookup + maps touched) | {:.1} MiB |",
-        rss1 - rss0
     );
     println!();
 }
