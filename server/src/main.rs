@@ -113,6 +113,21 @@ enum ClientCmd {
     ReadIndex { node: String },
     /// A digest of a node's data files.
     Digest { node: String },
+    /// Write COUNT keys PREFIX0, PREFIX1, … with SIZE-byte values from
+    /// CONCURRENCY tasks; prints writes/s and latency percentiles.
+    Load {
+        node: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value = "load/")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: u64,
+        #[arg(long, default_value = "master")]
+        ack: replication::Ack,
+    },
 }
 
 #[derive(Subcommand)]
@@ -523,6 +538,54 @@ fn client(cluster: &Path, cmd: ClientCmd) -> Result<ExitCode> {
                 println!("{}:{}", cursor.file_nr, cursor.position);
             }
             ClientCmd::Digest { node } => println!("{}", c.digest(resolve(&node)?).await?),
+            ClientCmd::Load {
+                node,
+                count,
+                prefix,
+                size,
+                concurrency,
+                ack,
+            } => {
+                let addr = resolve(&node)?;
+                let c = std::sync::Arc::new(c);
+                let start = std::time::Instant::now();
+                let tasks: Vec<_> = (0..concurrency.max(1))
+                    .map(|t| {
+                        let (c, prefix) = (c.clone(), prefix.clone());
+                        tokio::spawn(async move {
+                            let mut lat = Vec::new();
+                            let mut i = t;
+                            while i < count {
+                                let value = vec![b'a' + (i % 26) as u8; size];
+                                let t0 = std::time::Instant::now();
+                                c.set_with(addr, &format!("{prefix}{i}"), &value, ack)
+                                    .await?;
+                                lat.push(t0.elapsed());
+                                i += concurrency.max(1);
+                            }
+                            anyhow::Ok(lat)
+                        })
+                    })
+                    .collect();
+                let mut lat = Vec::new();
+                for t in tasks {
+                    lat.extend(t.await??);
+                }
+                let took = start.elapsed();
+                lat.sort_unstable();
+                let pct = |p: f64| {
+                    lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                        .copied()
+                        .unwrap_or_default()
+                };
+                println!(
+                    "{count} writes in {:.2} s: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms",
+                    took.as_secs_f64(),
+                    count as f64 / took.as_secs_f64(),
+                    pct(0.5).as_secs_f64() * 1e3,
+                    pct(0.99).as_secs_f64() * 1e3
+                );
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
