@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod frame;
 pub mod identity;
+pub mod mycelium;
 pub mod node;
 
 pub use client::Client;

@@ -68,9 +68,13 @@ struct NodeArgs {
     /// Data directory (an OurDB directory with the keyed layer).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// QUIC address to listen on.
+    /// QUIC address to listen on. With --mycelium-api only its port counts.
     #[arg(long)]
     listen: String,
+    /// Local Mycelium API (`http://127.0.0.1:8989`): listen on this node's
+    /// overlay address.
+    #[arg(long, value_name = "URL")]
+    mycelium_api: Option<String>,
     /// Cluster directory from `ourkv cluster init`.
     #[arg(long, value_name = "DIR")]
     cluster: PathBuf,
@@ -381,12 +385,9 @@ fn info(dir: &Path, shape: &Shape) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An address, a host name, or a Mycelium public key (64 hex digits), with a port.
 fn resolve(addr: &str) -> Result<std::net::SocketAddr> {
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs()
-        .with_context(|| format!("address {addr:?}"))?
-        .next()
-        .with_context(|| format!("address {addr:?} resolves to nothing"))
+    Ok(replication::mycelium::resolve_peer(addr)?)
 }
 
 fn parse_cursor(s: &str) -> Result<ourdb::Location> {
@@ -430,9 +431,21 @@ enum Role {
 /// Runs a node until SIGINT or SIGTERM, then checkpoints its store.
 fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     let identity = replication::Identity::load(&node.cluster)?;
-    let listen = resolve(&node.listen)?;
     let rt = runtime()?;
     rt.block_on(async {
+        let listen = match &node.mycelium_api {
+            None => resolve(&node.listen)?,
+            Some(api) => {
+                let info = replication::mycelium::node_info(api).await?;
+                let port: u16 = node
+                    .listen
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .with_context(|| format!("--listen {:?} names no port", node.listen))?;
+                tracing::info!(ip = %info.ip, pubkey = %info.pubkey, "Mycelium overlay address");
+                std::net::SocketAddr::new(info.ip.into(), port)
+            }
+        };
         let endpoint = replication::endpoint(&identity, listen)?;
         let default_sync = match role {
             Role::Master(_) => ourdb::SyncPolicy::Group,

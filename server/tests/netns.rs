@@ -2,7 +2,10 @@
 //! joined by veth links on a bridge: a master and two workers. One worker's
 //! link is cut during writes and restored; both workers converge.
 //!
-//! Needs root and iproute2. Where namespaces cannot be made, the test prints
+//! The master takes its overlay address from a Mycelium API (a stub serving
+//! `/api/v1/admin`), and the workers name it by its public key.
+//!
+//! Needs root and iproute2 (and python3 for the API stub). Where namespaces cannot be made, the test prints
 //! why and passes without running (the CI machine runs it).
 
 use std::process::{Child, Command, Output, Stdio};
@@ -120,10 +123,15 @@ fn cut_link_in_network_namespaces_then_converge() {
         ip_ok(&["-n", &m, "link", "set", dev, "master", "br0"]);
         ip_ok(&["-n", &m, "link", "set", dev, "up"]);
     }
+    // The master's address is the one Mycelium derives from its public key.
+    let key = [7u8; 32];
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let master_ip = replication::mycelium::address_of(&key);
+    let master_cidr = format!("{master_ip}/7");
     for (ns, dev, addr) in [
-        (&m, "br0", "400::1/64"),
-        (&w1, "vw1", "400::2/64"),
-        (&w2, "vw2", "400::3/64"),
+        (&m, "br0", master_cidr.as_str()),
+        (&w1, "vw1", "400::2/7"),
+        (&w2, "vw2", "400::3/7"),
     ] {
         ip_ok(&["-n", ns, "link", "set", "lo", "up"]);
         ip_ok(&["-n", ns, "link", "set", dev, "up"]);
@@ -139,50 +147,65 @@ fn cut_link_in_network_namespaces_then_converge() {
     assert!(out.status.success());
     let cl = cluster.to_str().unwrap();
     let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
-    let (master, a1, a2) = ("[400::1]:7400", "[400::2]:7401", "[400::3]:7402");
-    net.spawn(
-        &m,
+    // A stand-in for the master's local Mycelium API.
+    let api = tmp.path().join("api");
+    std::fs::create_dir_all(api.join("api/v1")).unwrap();
+    std::fs::write(
+        api.join("api/v1/admin"),
+        format!(
+            r#"{{"nodeSubnet":"{master_ip}/64","nodeIp":"{master_ip}","nodePubkey":"{key_hex}"}}"#
+        ),
+    )
+    .unwrap();
+    let stub = Command::new("ip")
+        .args(["netns", "exec", &m, "python3", "-m", "http.server", "8989"])
+        .args(["--bind", "127.0.0.1", "--directory"])
+        .arg(&api)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(stub) = stub else {
+        eprintln!("skipping: python3 is needed for the Mycelium API stub");
+        return;
+    };
+    net.children.push(stub);
+    std::thread::sleep(Duration::from_millis(800));
+
+    let master = format!("[{master_ip}]:7400");
+    let by_key = format!("{key_hex}:7400");
+    let (a1, a2) = ("[400::2]:7401", "[400::3]:7402");
+    let mycelium = ["--mycelium-api", "http://127.0.0.1:8989"];
+    let mdata = d("m");
+    let margs = [
         &[
             "master",
             "--data",
-            &d("m"),
+            &mdata,
             "--listen",
-            master,
+            ":7400",
             "--cluster",
             cl,
-        ],
-        &tmp.path().join("m.log"),
-    );
-    net.spawn(
-        &w1,
-        &[
+        ][..],
+        &mycelium,
+    ]
+    .concat();
+    net.spawn(&m, &margs, &tmp.path().join("m.log"));
+    for (ns, name, addr) in [(&w1, "w1", a1), (&w2, "w2", a2)] {
+        let data = d(name);
+        let args = [
             "worker",
             "--data",
-            &d("w1"),
+            &data,
             "--listen",
-            a1,
+            addr,
             "--master",
-            master,
+            &by_key,
             "--cluster",
             cl,
-        ],
-        &tmp.path().join("w1.log"),
-    );
-    net.spawn(
-        &w2,
-        &[
-            "worker",
-            "--data",
-            &d("w2"),
-            "--listen",
-            a2,
-            "--master",
-            master,
-            "--cluster",
-            cl,
-        ],
-        &tmp.path().join("w2.log"),
-    );
+        ];
+        net.spawn(ns, &args, &tmp.path().join(format!("{name}.log")));
+    }
+    let master = master.as_str();
 
     net.client(
         &m,

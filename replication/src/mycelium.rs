@@ -1,0 +1,230 @@
+//! Mycelium addressing: a node's overlay address from the local Mycelium API,
+//! and a peer's address from its public key.
+//!
+//! A Mycelium address is derived from the node's 32-byte public key: the
+//! first 16 bytes of the blake3 extendable output of the key, with byte 0
+//! replaced by `0x04 | (number of one bits in byte 0 mod 2)`, so every
+//! address lies in 400::/7.
+
+use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+
+/// The overlay address of a public key.
+pub fn address_of(pubkey: &[u8; 32]) -> Ipv6Addr {
+    let mut out = [0u8; 16];
+    blake3::Hasher::new()
+        .update(pubkey)
+        .finalize_xof()
+        .fill(&mut out);
+    out[0] = 0x04 | (out[0].count_ones() % 2) as u8;
+    Ipv6Addr::from(out)
+}
+
+/// True for addresses in Mycelium's 400::/7.
+pub fn is_overlay(ip: &Ipv6Addr) -> bool {
+    ip.octets()[0] & 0xFE == 0x04
+}
+
+/// A 64-hex-digit public key.
+pub fn parse_pubkey(hex: &str) -> Result<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Address(format!(
+            "{hex:?} is not a 64-digit hex public key"
+        )));
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
+    }
+    Ok(key)
+}
+
+/// `HOST:PORT`, where HOST is an IP address, a name, or a Mycelium public key
+/// (64 hex digits, standing for its overlay address).
+pub fn resolve_peer(s: &str) -> Result<SocketAddr> {
+    if let Some((host, port)) = s.rsplit_once(':') {
+        if host.len() == 64 && host.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| Error::Address(format!("bad port in {s:?}")))?;
+            return Ok(SocketAddr::new(
+                address_of(&parse_pubkey(host)?).into(),
+                port,
+            ));
+        }
+    }
+    s.to_socket_addrs()
+        .map_err(|e| Error::Address(format!("{s:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Address(format!("{s:?} resolves to nothing")))
+}
+
+/// What the local Mycelium API says about this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub subnet: String,
+    pub ip: Ipv6Addr,
+    pub pubkey: String,
+}
+
+/// Asks the Mycelium API at `api` (`http://HOST:PORT`) for this node's
+/// address: `GET /api/v1/admin`.
+pub async fn node_info(api: &str) -> Result<NodeInfo> {
+    let rest = api.strip_prefix("http://").ok_or_else(|| {
+        Error::Address(format!("{api:?}: only http:// API addresses are supported"))
+    })?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let addr = resolve_peer(host)?;
+    let fetch = async {
+        let mut conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))?;
+        let req = format!("GET /api/v1/admin HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes())
+            .await
+            .map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))?;
+        let mut resp = Vec::new();
+        conn.take(1 << 20)
+            .read_to_end(&mut resp)
+            .await
+            .map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))?;
+        Ok::<_, Error>(resp)
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| Error::Timeout(format!("Mycelium API {api}")))??;
+    parse_admin_response(&resp).map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))
+}
+
+fn parse_admin_response(resp: &[u8]) -> std::result::Result<NodeInfo, String> {
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&resp[..split]);
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("answered {status:?}"));
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err("chunked responses are not supported".into());
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp[split + 4..]).map_err(|e| format!("body is not JSON: {e}"))?;
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or(format!("no {k} in the answer"))
+    };
+    let ip: Ipv6Addr = field("nodeIp")?
+        .parse()
+        .map_err(|_| "nodeIp is not an IPv6 address".to_string())?;
+    if !is_overlay(&ip) {
+        return Err(format!("nodeIp {ip} is not in 400::/7"));
+    }
+    Ok(NodeInfo {
+        subnet: field("nodeSubnet")?,
+        ip,
+        pubkey: field("nodePubkey")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_rule() {
+        for seed in 0u8..64 {
+            let key = [seed; 32];
+            let ip = address_of(&key);
+            assert!(is_overlay(&ip), "{ip}");
+            let mut raw = [0u8; 16];
+            blake3::Hasher::new()
+                .update(&key)
+                .finalize_xof()
+                .fill(&mut raw);
+            let o = ip.octets();
+            assert_eq!(o[0], 0x04 | (raw[0].count_ones() % 2) as u8);
+            assert_eq!(o[1..], raw[1..]);
+            assert_eq!(address_of(&key), ip, "deterministic");
+        }
+        // Both 400::/8 and 500::/8 occur.
+        let firsts: std::collections::BTreeSet<u8> = (0u8..64)
+            .map(|s| address_of(&[s; 32]).octets()[0])
+            .collect();
+        assert_eq!(firsts, [4u8, 5].into());
+    }
+
+    #[test]
+    fn peers_by_key_or_address() {
+        let hex: String = (0..32).map(|i| format!("{:02x}", i * 7)).collect();
+        let key = parse_pubkey(&hex).unwrap();
+        assert_eq!(key[1], 7);
+        let a = resolve_peer(&format!("{hex}:7000")).unwrap();
+        assert_eq!(a, SocketAddr::new(address_of(&key).into(), 7000));
+        assert_eq!(resolve_peer("[400::1]:9").unwrap().port(), 9);
+        assert!(parse_pubkey("abc").is_err());
+        assert!(resolve_peer(&format!("{hex}:notaport")).is_err());
+    }
+
+    #[tokio::test]
+    async fn admin_api_client_against_a_stub() {
+        let key: [u8; 32] = [42; 32];
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let ip = address_of(&key);
+        let body = format!(
+            r#"{{"nodeSubnet":"{}/64","nodeIp":"{ip}","nodePubkey":"{hex}"}}"#,
+            ip
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve = |status: &'static str, body: String| {
+            let l = &listener;
+            async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut req = vec![0u8; 1024];
+                let n = s.read(&mut req).await.unwrap();
+                let req = String::from_utf8_lossy(&req[..n]).to_string();
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).await.unwrap();
+                req
+            }
+        };
+        let api = format!("http://{addr}");
+        let (info, req) = tokio::join!(node_info(&api), serve("200 OK", body));
+        assert!(req.starts_with("GET /api/v1/admin HTTP/1.1\r\n"), "{req}");
+        let info = info.unwrap();
+        assert_eq!(info.ip, ip);
+        assert_eq!(info.pubkey, hex);
+        assert_eq!(address_of(&parse_pubkey(&info.pubkey).unwrap()), info.ip);
+
+        let (info, _) = tokio::join!(
+            node_info(&api),
+            serve("500 Internal Server Error", "{}".into())
+        );
+        assert!(info.is_err());
+        let (info, _) = tokio::join!(node_info(&api), serve("200 OK", "not json".into()));
+        assert!(info.is_err());
+        let (info, _) = tokio::join!(
+            node_info(&api),
+            serve(
+                "200 OK",
+                r#"{"nodeSubnet":"x","nodeIp":"::1","nodePubkey":"y"}"#.into()
+            )
+        );
+        assert!(info.unwrap_err().to_string().contains("400::/7"));
+    }
+}
