@@ -2,7 +2,7 @@
 //! get loops on redb and fjall, read scaling, group commit under 64 writers,
 //! and reopen of a million records. Prints markdown tables.
 //!
-//! `cargo run --release -p ourdb-bench -- [all|v|engines|scaling|group|reopen]`
+//! `cargo run --release -p ourdb-bench -- [all|v|engines|scaling|group|reopen|repl]`
 
 use std::path::Path;
 use std::sync::Arc;
@@ -397,7 +397,129 @@ fn bench_reopen() {
     println!();
 }
 
+/// Replication on loopback, master and worker in this process over real QUIC
+/// with mutual TLS: catch-up of a worker 1 GiB behind, then the lag of
+/// records written at a steady 10,000 writes/s.
+fn bench_repl() {
+    use ourdb::keyed::KeyedStore;
+    println!(
+        "## Replication (loopback QUIC, mutual TLS, one master and one worker in one process)\n"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = tmp.path().join("cluster");
+        replication::init_cluster(&cluster).expect("cluster");
+        let id = replication::Identity::load(&cluster).expect("identity");
+        let store = |name: &str, sync| {
+            let db = OpenOptions::new()
+                .config(Config::default())
+                .sync(sync)
+                .open(tmp.path().join(name))
+                .expect("open");
+            KeyedStore::new(db).expect("store")
+        };
+        // 1 GiB of 1000-byte values behind.
+        let master_store = store("m", SyncPolicy::Never);
+        let mut v = Vec::new();
+        let n = 1u64 << 20;
+        for k in 0..n {
+            value(k, 1000, &mut v);
+            master_store.put(&format!("key/{k}"), &v).expect("put");
+        }
+        master_store.db().flush().expect("flush");
+        let bytes: u64 = ourdb::files::list_data_files(&tmp.path().join("m"))
+            .expect("list")
+            .iter()
+            .map(|nr| std::fs::metadata(ourdb::files::data_path(&tmp.path().join("m"), *nr)).map_or(0, |m| m.len()))
+            .sum();
+        let master = replication::Master::new(master_store, replication::MasterOptions::default());
+        let mep = replication::endpoint(&id, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let maddr = mep.local_addr().expect("addr");
+        tokio::spawn(master.clone().serve(mep));
+        let worker = replication::Worker::new(store("w", SyncPolicy::Flush), maddr);
+        let wep = replication::endpoint(&id, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let target = master.store().db().end();
+        let mut applied = worker.watch_applied();
+        let t = Instant::now();
+        tokio::spawn(worker.clone().run(wep));
+        applied.wait_for(|a| *a >= target).await.expect("caught up");
+        let took = t.elapsed();
+        println!("| measure | value |");
+        println!("|---|---|");
+        println!(
+            "| catch-up of {:.2} GiB ({n} records of 1000 B) | {:.2} s: {:.0} MB/s, {} records/s |",
+            bytes as f64 / (1u64 << 30) as f64,
+            took.as_secs_f64(),
+            bytes as f64 / 1e6 / took.as_secs_f64(),
+            rate(n, took)
+        );
+
+        // Steady writes: 10 records every millisecond for 3 s (100 B values,
+        // master policy flush); lag = from the master's acknowledgement to the
+        // worker having applied the record.
+        let pending = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<(ourdb::Location, Instant)>::new()));
+        let lags = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+        let watcher = {
+            let (pending, lags) = (pending.clone(), lags.clone());
+            let mut applied = worker.watch_applied();
+            tokio::spawn(async move {
+                while applied.changed().await.is_ok() {
+                    let a = *applied.borrow_and_update();
+                    let now = Instant::now();
+                    let mut p = pending.lock().expect("lock");
+                    while p.front().is_some_and(|(c, _)| *c <= a) {
+                        let (_, at) = p.pop_front().expect("front");
+                        lags.lock().expect("lock").push(now - at);
+                    }
+                }
+            })
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let start = Instant::now();
+        let mut written = 0u64;
+        while start.elapsed() < Duration::from_secs(3) {
+            tick.tick().await;
+            for _ in 0..10 {
+                value(written, 100, &mut v);
+                let c = master
+                    .put(format!("steady/{written}"), v.clone(), replication::Ack::Master)
+                    .await
+                    .expect("put");
+                pending.lock().expect("lock").push_back((c, Instant::now()));
+                written += 1;
+            }
+        }
+        let rate_done = written as f64 / start.elapsed().as_secs_f64();
+        let end = master.store().db().end();
+        applied.wait_for(|a| *a >= end).await.expect("caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        watcher.abort();
+        let mut l = lags.lock().expect("lock").clone();
+        l.sort_unstable();
+        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e3;
+        println!(
+            "| lag at {:.0} writes/s ({} writes, 100 B) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+            rate_done,
+            l.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    });
+    println!();
+}
+
 fn main() {
+    if std::env::var("RUST_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     selfcheck();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -424,6 +546,9 @@ fn main() {
     }
     if all || what == "reopen" {
         bench_reopen();
+    }
+    if all || what == "repl" {
+        bench_repl();
     }
 }
 

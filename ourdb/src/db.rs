@@ -909,14 +909,14 @@ impl OurDb {
     /// at most `max_bytes` of them but at least one if any follow: what a
     /// master ships to a replica. Only records handed to the OS are read.
     pub fn read_records(&self, from: Location, max_bytes: usize) -> Result<Segment> {
-        self.flush_if_writer()?;
         let mut from = from;
         let (f, len) = loop {
             let f = self.file(from.file_nr).ok_or_else(|| Error::BadCursor {
                 cursor: from,
                 detail: format!("no data file {}", from.file_nr),
             })?;
-            let len = self.data_end(&f)?;
+            // Only bytes handed to the OS: writers keep appending meanwhile.
+            let len = self.flushed_end(&f)?;
             if (from.position as u64) < len || from.position == 0 {
                 break (f, len);
             }
@@ -990,11 +990,20 @@ impl OurDb {
         Ok(out)
     }
 
-    fn flush_if_writer(&self) -> Result<()> {
-        match &self.writer {
-            Some(_) => self.flush(),
-            None => Ok(()),
+    /// Flushes the writer's buffer if `f` is the active file; the length of
+    /// `f` that is in the file.
+    fn flushed_end(&self, f: &DataFile) -> Result<u64> {
+        if let Some(m) = &self.writer {
+            let mut w = m.lock().unwrap_or_else(|e| e.into_inner());
+            if w.active.nr == f.nr {
+                if w.poisoned {
+                    return Err(Error::Poisoned);
+                }
+                self.flush_locked(&mut w)?;
+                return Ok(w.buf_start);
+            }
         }
+        f.len()
     }
 
     /// Appends records shipped by a master, byte for byte, at `at`, which must
@@ -1168,16 +1177,22 @@ impl OurDb {
         }
         if let Some(m) = &self.writer {
             let w = m.lock().unwrap_or_else(|e| e.into_inner());
-            if w.active.nr == f.nr && pos >= w.buf_start {
-                let off = (pos - w.buf_start) as usize;
-                let src = w
-                    .buf
-                    .get(off..off + out.len())
-                    .ok_or_else(|| Error::Corrupt {
-                        path: f.path().to_path_buf(),
-                        detail: format!("record at {pos} runs past the end of the data"),
-                    })?;
-                out.copy_from_slice(src);
+            let end = pos + out.len() as u64;
+            if w.active.nr == f.nr && end > w.buf_start {
+                // Part (or all) of the range is still in the writer's buffer.
+                let split = w.buf_start.saturating_sub(pos) as usize;
+                if split > 0 {
+                    f.read_at(pos, &mut out[..split])?;
+                }
+                let off = (pos + split as u64 - w.buf_start) as usize;
+                let src =
+                    w.buf
+                        .get(off..off + out.len() - split)
+                        .ok_or_else(|| Error::Corrupt {
+                            path: f.path().to_path_buf(),
+                            detail: format!("record at {pos} runs past the end of the data"),
+                        })?;
+                out[split..].copy_from_slice(src);
                 return Ok(());
             }
         }

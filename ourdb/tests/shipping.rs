@@ -133,3 +133,59 @@ fn a_replica_that_diverged_is_told_so() {
     assert!(replica.apply_shipped(end, &[1, 2, 3]).is_err());
     assert_eq!(replica.db().end(), end);
 }
+
+/// Shipping while the master keeps writing into its in-process buffer
+/// (policy never): segments only hold records already handed to the OS, and
+/// never fail on records still being buffered.
+#[test]
+fn shipping_while_writes_are_buffered() {
+    let mdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let open = |dir: &Path, sync| {
+        let db = OpenOptions::new()
+            .config(Config {
+                record_nr_max: 1_000_000,
+                record_size_max: 2048,
+                ..Config::default()
+            })
+            .sync(sync)
+            .open(dir)
+            .unwrap();
+        KeyedStore::new(db).unwrap()
+    };
+    let master = std::sync::Arc::new(open(mdir.path(), SyncPolicy::Never));
+    let replica = open(rdir.path(), SyncPolicy::Never);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (master, done) = (master.clone(), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..40_000u32 {
+                master
+                    .put(
+                        &format!("k{}", i % 5000),
+                        &vec![i as u8; 1 + (i as usize % 300)],
+                    )
+                    .unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut cursor = Location::new(0, 1);
+    let mut segments = 0;
+    loop {
+        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+        let seg = master.db().read_records(cursor, 4096).unwrap();
+        if !seg.bytes.is_empty() {
+            segments += 1;
+            cursor = replica.apply_shipped(seg.start, &seg.bytes).unwrap();
+        } else if finished && cursor == master.db().end() {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(segments > 10);
+    replica.db().flush().unwrap();
+    master.db().flush().unwrap();
+    assert_eq!(files_of(rdir.path()), files_of(mdir.path()));
+    assert_eq!(replica.len(), master.len());
+}

@@ -226,6 +226,39 @@ impl Master {
         }
     }
 
+    /// Stores `value` under `key`, wakes the shipping streams, and returns
+    /// the end cursor once the write is acknowledged per `ack`.
+    pub async fn put(&self, key: String, value: Vec<u8>, ack: Ack) -> Result<Location> {
+        let store = self.store.clone();
+        let r = blocking(move || {
+            store.put(&key, &value)?;
+            Ok(store.db().end())
+        })
+        .await;
+        self.changed.send_modify(|v| *v += 1);
+        let cursor = r?;
+        if ack == Ack::All {
+            self.wait_all(cursor).await;
+        }
+        Ok(cursor)
+    }
+
+    /// Deletes `key` (whether it existed, and the end cursor), acknowledged per `ack`.
+    pub async fn delete(&self, key: String, ack: Ack) -> Result<(bool, Location)> {
+        let store = self.store.clone();
+        let r = blocking(move || {
+            let existed = store.delete(&key)?;
+            Ok((existed, store.db().end()))
+        })
+        .await;
+        self.changed.send_modify(|v| *v += 1);
+        let (existed, cursor) = r?;
+        if ack == Ack::All {
+            self.wait_all(cursor).await;
+        }
+        Ok((existed, cursor))
+    }
+
     /// Serves until the endpoint closes.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
         accept_loop(endpoint, move |send, recv, peer| {
@@ -251,43 +284,17 @@ impl Master {
                 cursor,
                 tail,
             } => return self.ship(send, recv, peer, epoch, cursor, tail).await,
-            Frame::Set { key, value, ack } => {
-                let r = blocking(move || {
-                    store.put(&key, &value)?;
-                    Ok(store.db().end())
-                })
-                .await;
-                self.changed.send_modify(|v| *v += 1);
-                match r {
-                    Ok(cursor) => {
-                        if ack == Ack::All {
-                            self.wait_all(cursor).await;
-                        }
-                        Frame::Written {
-                            cursor,
-                            existed: true,
-                        }
-                    }
-                    Err(e) => failed("write_failed", e),
-                }
-            }
-            Frame::Delete { key, ack } => {
-                let r = blocking(move || {
-                    let existed = store.delete(&key)?;
-                    Ok((existed, store.db().end()))
-                })
-                .await;
-                self.changed.send_modify(|v| *v += 1);
-                match r {
-                    Ok((existed, cursor)) => {
-                        if ack == Ack::All {
-                            self.wait_all(cursor).await;
-                        }
-                        Frame::Written { cursor, existed }
-                    }
-                    Err(e) => failed("write_failed", e),
-                }
-            }
+            Frame::Set { key, value, ack } => match self.put(key, value, ack).await {
+                Ok(cursor) => Frame::Written {
+                    cursor,
+                    existed: true,
+                },
+                Err(e) => failed("write_failed", e),
+            },
+            Frame::Delete { key, ack } => match self.delete(key, ack).await {
+                Ok((existed, cursor)) => Frame::Written { cursor, existed },
+                Err(e) => failed("write_failed", e),
+            },
             Frame::Snapshot => return self.send_snapshot(send, peer).await,
             Frame::Status => Frame::StatusIs {
                 cursor: store.db().end(),
@@ -480,6 +487,11 @@ impl Worker {
     /// The cursor up to which records are applied.
     pub fn applied(&self) -> Location {
         *self.applied.borrow()
+    }
+
+    /// Follows the applied cursor as it moves.
+    pub fn watch_applied(&self) -> watch::Receiver<Location> {
+        self.applied.subscribe()
     }
 
     /// Follows the master and serves reads until the endpoint closes.
