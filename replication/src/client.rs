@@ -15,6 +15,7 @@ fn quic(e: impl std::fmt::Display) -> Error {
 }
 
 pub struct Client {
+    identity: Identity,
     config: quinn::ClientConfig,
     v4: quinn::Endpoint,
     v6: Mutex<Option<quinn::Endpoint>>,
@@ -29,6 +30,7 @@ impl Client {
             .map_err(|e| Error::Quic(format!("bind: {e}")))?;
         v4.set_default_client_config(config.clone());
         Ok(Client {
+            identity: identity.clone(),
             config,
             v4,
             v6: Mutex::new(None),
@@ -37,6 +39,7 @@ impl Client {
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
+        self.identity.check_peer(addr)?;
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(&addr) {
             if c.close_reason().is_none() {

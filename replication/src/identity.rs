@@ -80,7 +80,8 @@ pub fn init_cluster(out: &Path) -> Result<()> {
 /// A node's view of its cluster: the CA to trust and its own certificate.
 #[derive(Clone)]
 pub struct Identity {
-    ca: CertificateDer<'static>,
+    /// `None` for the loopback-only mode without a cluster.
+    ca: Option<CertificateDer<'static>>,
     cert: CertificateDer<'static>,
     key: Arc<PrivateKeyDer<'static>>,
 }
@@ -107,30 +108,69 @@ impl Identity {
         let key = PrivateKeyDer::from_pem_file(&kp)
             .map_err(|e| Error::Tls(format!("{}: {e}", kp.display())))?;
         Ok(Identity {
-            ca: cert(CA_CERT)?,
+            ca: Some(cert(CA_CERT)?),
             cert: cert(NODE_CERT)?,
             key: Arc::new(key),
         })
     }
 
+    /// Without a cluster: a throwaway self-signed certificate. TLS then
+    /// encrypts but authenticates no one, so such nodes and clients only
+    /// listen on and talk to loopback addresses (see `check_peer`).
+    pub fn loopback() -> Result<Identity> {
+        let key = rcgen::KeyPair::generate().map_err(tls)?;
+        let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+            .map_err(tls)?
+            .self_signed(&key)
+            .map_err(tls)?;
+        let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(tls)?;
+        Ok(Identity {
+            ca: None,
+            cert: cert.der().clone(),
+            key: Arc::new(key),
+        })
+    }
+
+    /// True for the loopback-only identity.
+    pub fn is_loopback_only(&self) -> bool {
+        self.ca.is_none()
+    }
+
+    /// Refuses a non-loopback address in the loopback-only mode.
+    pub fn check_peer(&self, addr: std::net::SocketAddr) -> Result<()> {
+        if self.is_loopback_only() && !addr.ip().is_loopback() {
+            return Err(Error::Address(format!(
+                "{addr} is not a loopback address: without --cluster (mutual TLS) nodes only use loopback"
+            )));
+        }
+        Ok(())
+    }
+
     fn roots(&self) -> Result<rustls::RootCertStore> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).map_err(tls)?;
+        if let Some(ca) = &self.ca {
+            roots.add(ca.clone()).map_err(tls)?;
+        }
         Ok(roots)
     }
 
     /// QUIC server side: only clients with a certificate of this cluster get in.
     pub fn server_config(&self) -> Result<quinn::ServerConfig> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
-            provider(),
-        )
-        .build()
-        .map_err(tls)?;
-        let mut tls_cfg = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_client_cert_verifier(verifier)
+            .map_err(tls)?;
+        let builder = if self.ca.is_some() {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(self.roots()?),
+                provider(),
+            )
+            .build()
+            .map_err(tls)?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut tls_cfg = builder
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(tls)?;
         tls_cfg.alpn_protocols = vec![ALPN.to_vec()];
@@ -142,17 +182,75 @@ impl Identity {
 
     /// QUIC client side: the server must show a certificate of this cluster.
     pub fn client_config(&self) -> Result<quinn::ClientConfig> {
-        let mut tls_cfg = rustls::ClientConfig::builder_with_provider(provider())
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(tls)?;
+        let mut tls_cfg = if self.ca.is_some() {
+            builder
+                .with_root_certificates(self.roots()?)
+                .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
+                .map_err(tls)?
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyLoopbackServer(provider())))
+                .with_no_client_auth()
+        };
         tls_cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg).map_err(tls)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         cfg.transport_config(transport());
         Ok(cfg)
+    }
+}
+
+/// The loopback-only mode's server check: any certificate, but the handshake
+/// signatures are still verified. Only used towards loopback addresses.
+#[derive(Debug)]
+struct AnyLoopbackServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyLoopbackServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -24,6 +24,7 @@ pub use node::{digest, Master, MasterOptions, Worker};
 /// A QUIC endpoint listening on `addr` with this cluster's identity, able to
 /// connect out with it too.
 pub fn endpoint(identity: &Identity, addr: std::net::SocketAddr) -> Result<quinn::Endpoint> {
+    identity.check_peer(addr)?;
     let mut e = quinn::Endpoint::server(identity.server_config()?, addr)
         .map_err(|e| Error::Quic(format!("listen on {addr}: {e}")))?;
     e.set_default_client_config(identity.client_config()?);

@@ -47,8 +47,9 @@ enum Cmd {
     },
     /// Talk to a running node.
     Client {
+        /// Cluster directory; without it only loopback nodes can be reached.
         #[arg(long, value_name = "DIR")]
-        cluster: PathBuf,
+        cluster: Option<PathBuf>,
         #[command(subcommand)]
         cmd: ClientCmd,
     },
@@ -75,9 +76,10 @@ struct NodeArgs {
     /// overlay address.
     #[arg(long, value_name = "URL")]
     mycelium_api: Option<String>,
-    /// Cluster directory from `ourkv cluster init`.
+    /// Cluster directory from `ourkv cluster init`. Without it a node runs
+    /// only on loopback, with encryption but no authentication.
     #[arg(long, value_name = "DIR")]
-    cluster: PathBuf,
+    cluster: Option<PathBuf>,
     /// Data file size; every node of a cluster must use the same.
     #[arg(long, value_name = "BYTES")]
     file_size: Option<u32>,
@@ -429,8 +431,25 @@ enum Role {
 }
 
 /// Runs a node until SIGINT or SIGTERM, then checkpoints its store.
+fn identity(cluster: Option<&Path>) -> Result<replication::Identity> {
+    Ok(match cluster {
+        Some(dir) => replication::Identity::load(dir)
+            .with_context(|| format!("cluster directory {}", dir.display()))?,
+        None => replication::Identity::loopback()?,
+    })
+}
+
 fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
-    let identity = replication::Identity::load(&node.cluster)?;
+    let identity = identity(node.cluster.as_deref())?;
+    // Check the master's address before anything is opened or sent.
+    let master_addr = match &role {
+        Role::Worker(addr) => {
+            let a = resolve(addr)?;
+            identity.check_peer(a)?;
+            Some(a)
+        }
+        Role::Master(_) => None,
+    };
     let rt = runtime()?;
     rt.block_on(async {
         let listen = match &node.mycelium_api {
@@ -464,8 +483,9 @@ fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 }
                 m.store().clone()
             }
-            Role::Worker(addr) => {
-                let w = replication::Worker::new(store, resolve(&addr)?);
+            Role::Worker(_) => {
+                let master = master_addr.expect("resolved above");
+                let w = replication::Worker::new(store, master);
                 println!("worker listening on {}", endpoint.local_addr()?);
                 tokio::select! {
                     _ = w.clone().run(endpoint.clone()) => {}
@@ -491,8 +511,8 @@ async fn shutdown() {
     }
 }
 
-fn client(cluster: &Path, cmd: ClientCmd) -> Result<ExitCode> {
-    let identity = replication::Identity::load(cluster)?;
+fn client(cluster: Option<&Path>, cmd: ClientCmd) -> Result<ExitCode> {
+    let identity = identity(cluster)?;
     runtime()?.block_on(async {
         let c = replication::Client::new(&identity)?;
         match cmd {
@@ -627,7 +647,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return run_node(&node, Role::Master(options));
         }
         Cmd::Worker { node, master } => return run_node(&node, Role::Worker(master)),
-        Cmd::Client { cluster, cmd } => return client(&cluster, cmd),
+        Cmd::Client { cluster, cmd } => return client(cluster.as_deref(), cmd),
     };
     match cmd {
         DbCmd::Dump {

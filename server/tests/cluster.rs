@@ -491,3 +491,71 @@ fn snapshots_after_compaction_and_divergence() {
         "{log}"
     );
 }
+
+/// Without `--cluster`, nodes run on loopback only (encrypted, not
+/// authenticated) and refuse any other address before touching the network.
+#[test]
+fn loopback_mode_without_a_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let maddr = free_addr("127.0.0.1");
+    let waddr = free_addr("127.0.0.1");
+    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let _m = Node::start(
+        &["master", "--data", &d("m"), "--listen", &maddr.to_string()],
+        tmp.path().join("master.log"),
+    );
+    let _w = Node::start(
+        &[
+            "worker",
+            "--data",
+            &d("w"),
+            "--listen",
+            &waddr.to_string(),
+            "--master",
+            &maddr.to_string(),
+        ],
+        tmp.path().join("worker.log"),
+    );
+    let run = |args: &[&str]| ourkv().args(args).output().unwrap();
+    let out = run(&["client", "set", &maddr.to_string(), "k", "loopback"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cursor = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = run(&["client", "get", &waddr.to_string(), "k", "--at", &cursor]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "loopback");
+
+    // Not loopback: refused with a message, nothing sent.
+    let out = run(&["master", "--data", &d("x"), "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+    assert!(
+        !tmp.path().join("x").exists(),
+        "a refused node created its data directory"
+    );
+    let out = run(&[
+        "worker",
+        "--data",
+        &d("y"),
+        "--listen",
+        "127.0.0.1:0",
+        "--master",
+        "192.0.2.1:7000",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+    assert!(
+        !tmp.path().join("y").exists(),
+        "a refused worker created its data directory"
+    );
+    let out = run(&["client", "get", "192.0.2.1:7000", "k"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+}
