@@ -462,6 +462,11 @@ fn snapshots_after_compaction_and_divergence() {
         store.put("loc/14", b"XXXXXX").unwrap();
         store.close().unwrap();
     }
+    // What a transfer cut short by a crash leaves: a partial temporary copy.
+    // The worker's own data stays usable, and the next snapshot replaces it.
+    let stale = tmp.path().join(".w1.snapshot-tmp");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("0.db"), b"\0partial").unwrap();
     let _w = worker(tmp.path(), "w1", &cluster, waddr, maddr);
     rt.block_on(async {
         let c = Client::new(&Identity::load(&cluster).unwrap()).unwrap();
