@@ -159,6 +159,47 @@ impl Client {
         }
     }
 
+    /// Keys with `prefix` after `after`, at most `limit`, from a node that has
+    /// applied `min_cursor`.
+    pub async fn list(
+        &self,
+        node: SocketAddr,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+        min_cursor: Location,
+    ) -> Result<Vec<String>> {
+        let req = Frame::List {
+            prefix: prefix.into(),
+            after: after.unwrap_or_default().into(),
+            limit,
+            min_cursor,
+        };
+        match self.call(node, &req).await? {
+            Frame::Keys { keys, .. } => Ok(keys),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Up to `depth` values of `key`, newest first.
+    pub async fn history(
+        &self,
+        node: SocketAddr,
+        key: &str,
+        depth: u32,
+        min_cursor: Location,
+    ) -> Result<Vec<Vec<u8>>> {
+        let req = Frame::History {
+            key: key.into(),
+            depth,
+            min_cursor,
+        };
+        match self.call(node, &req).await? {
+            Frame::Values { values, .. } => Ok(values),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// A node's data file digest.
     pub async fn digest(&self, node: SocketAddr) -> Result<String> {
         match self.call(node, &Frame::Digest).await? {

@@ -66,6 +66,27 @@ pub enum Frame {
     },
     /// Master -> worker: the copy is complete; it ends at `end`, at `epoch`.
     SnapshotDone { epoch: u64, end: Location },
+    /// Client -> node: keys starting with `prefix`, after `after` (empty:
+    /// from the start), at most `limit`, once `min_cursor` is applied.
+    List {
+        prefix: String,
+        after: String,
+        limit: u32,
+        min_cursor: Location,
+    },
+    /// Node -> client: keys, ascending.
+    Keys { keys: Vec<String>, cursor: Location },
+    /// Client -> node: up to `depth` values of `key`, newest first.
+    History {
+        key: String,
+        depth: u32,
+        min_cursor: Location,
+    },
+    /// Node -> client: values, newest first.
+    Values {
+        values: Vec<Vec<u8>>,
+        cursor: Location,
+    },
     /// Client -> master: the cluster as the master sees it.
     Status,
     /// Master -> client: the commit cursor and each worker's state.
@@ -158,6 +179,11 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String> {
         String::from_utf8(self.bytes()?.to_vec())
             .map_err(|_| Error::Protocol("string is not UTF-8".into()))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn ack(&mut self) -> Result<Ack> {
         match self.u8()? {
@@ -255,6 +281,44 @@ impl Frame {
                 w.bytes(message.as_bytes());
             }
             Frame::Status => w.u8(14),
+            Frame::List {
+                prefix,
+                after,
+                limit,
+                min_cursor,
+            } => {
+                w.u8(19);
+                w.bytes(prefix.as_bytes());
+                w.bytes(after.as_bytes());
+                w.0.extend_from_slice(&limit.to_be_bytes());
+                w.loc(*min_cursor);
+            }
+            Frame::Keys { keys, cursor } => {
+                w.u8(20);
+                w.loc(*cursor);
+                w.0.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+                for k in keys {
+                    w.bytes(k.as_bytes());
+                }
+            }
+            Frame::History {
+                key,
+                depth,
+                min_cursor,
+            } => {
+                w.u8(21);
+                w.bytes(key.as_bytes());
+                w.0.extend_from_slice(&depth.to_be_bytes());
+                w.loc(*min_cursor);
+            }
+            Frame::Values { values, cursor } => {
+                w.u8(22);
+                w.loc(*cursor);
+                w.0.extend_from_slice(&(values.len() as u32).to_be_bytes());
+                for v in values {
+                    w.bytes(v);
+                }
+            }
             Frame::Snapshot => w.u8(16),
             Frame::SnapshotChunk {
                 file_nr,
@@ -337,6 +401,35 @@ impl Frame {
                 message: r.string()?,
             },
             14 => Frame::Status,
+            19 => Frame::List {
+                prefix: r.string()?,
+                after: r.string()?,
+                limit: r.u32()?,
+                min_cursor: r.loc()?,
+            },
+            20 => {
+                let cursor = r.loc()?;
+                let n = r.u32()? as usize;
+                let mut keys = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    keys.push(r.string()?);
+                }
+                Frame::Keys { keys, cursor }
+            }
+            21 => Frame::History {
+                key: r.string()?,
+                depth: r.u32()?,
+                min_cursor: r.loc()?,
+            },
+            22 => {
+                let cursor = r.loc()?;
+                let n = r.u32()? as usize;
+                let mut values = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    values.push(r.bytes()?.to_vec());
+                }
+                Frame::Values { values, cursor }
+            }
             16 => Frame::Snapshot,
             17 => Frame::SnapshotChunk {
                 file_nr: u16::from_be_bytes(r.take(2)?.try_into().expect("2 bytes")),
@@ -422,6 +515,25 @@ mod tests {
                 ack: Ack::Master,
             },
             Frame::Status,
+            Frame::List {
+                prefix: "a/".into(),
+                after: "a/b".into(),
+                limit: 10,
+                min_cursor: l,
+            },
+            Frame::Keys {
+                keys: vec!["a/c".into(), "a/d".into()],
+                cursor: l,
+            },
+            Frame::History {
+                key: "k".into(),
+                depth: 3,
+                min_cursor: l,
+            },
+            Frame::Values {
+                values: vec![vec![1], vec![]],
+                cursor: l,
+            },
             Frame::Snapshot,
             Frame::SnapshotChunk {
                 file_nr: 2,

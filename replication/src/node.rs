@@ -38,6 +38,29 @@ fn failed(code: &str, e: impl std::fmt::Display) -> Frame {
     }
 }
 
+/// Answers a List or History request from `store`.
+async fn read_query(store: Arc<KeyedStore>, req: Frame, cursor: Location) -> Frame {
+    match req {
+        Frame::List {
+            prefix,
+            after,
+            limit,
+            ..
+        } => {
+            let after = (!after.is_empty()).then_some(after);
+            let keys = store.list(&prefix, after.as_deref(), limit as usize);
+            Frame::Keys { keys, cursor }
+        }
+        Frame::History { key, depth, .. } => {
+            match blocking(move || Ok(store.history(&key, depth as usize)?)).await {
+                Ok(values) => Frame::Values { values, cursor },
+                Err(e) => failed("read_failed", e),
+            }
+        }
+        other => failed("bad_request", format!("{other:?} is no query")),
+    }
+}
+
 /// A digest of a node's data files, to compare replicas.
 pub fn digest(store: &KeyedStore) -> Result<String> {
     let db = store.db();
@@ -314,6 +337,10 @@ impl Master {
                 Ok(text) => Frame::DigestIs { text },
                 Err(e) => failed("digest_failed", e),
             },
+            req @ (Frame::List { .. } | Frame::History { .. }) => {
+                let cursor = store.db().end();
+                read_query(store, req, cursor).await
+            }
             other => failed("bad_request", format!("a master does not take {other:?}")),
         };
         frame::write(&mut send, &reply).await?;
@@ -582,6 +609,18 @@ impl Worker {
         }
     }
 
+    /// Waits (up to `READ_WAIT`) until `min_cursor` is applied.
+    async fn wait_applied(&self, min_cursor: Location) -> bool {
+        let mut rx = self.applied.subscribe();
+        // The guard `wait_for` returns must not live across an await.
+        matches!(
+            tokio::time::timeout(READ_WAIT, rx.wait_for(|applied| *applied >= min_cursor))
+                .await
+                .map(|r| r.map(|_| ())),
+            Ok(Ok(()))
+        )
+    }
+
     /// Receives a full copy of the master's data files into a sibling
     /// directory, rebuilds its id map from the envelopes, and swaps it in with
     /// one atomic exchange. A crash before the exchange leaves the old data.
@@ -682,29 +721,19 @@ impl Worker {
         };
         let store = self.store();
         let reply = match first {
-            Frame::Get { key, min_cursor } => {
-                let mut rx = self.applied.subscribe();
-                // The guard `wait_for` returns must not live across an await.
-                let caught_up = matches!(
-                    tokio::time::timeout(READ_WAIT, rx.wait_for(|applied| *applied >= min_cursor))
-                        .await
-                        .map(|r| r.map(|_| ())),
-                    Ok(Ok(()))
-                );
-                match caught_up {
-                    true => match blocking(move || Ok(store.get(&key)?)).await {
-                        Ok(value) => Frame::Value {
-                            value,
-                            cursor: self.applied(),
-                        },
-                        Err(e) => failed("read_failed", e),
+            Frame::Get { key, min_cursor } => match self.wait_applied(min_cursor).await {
+                true => match blocking(move || Ok(store.get(&key)?)).await {
+                    Ok(value) => Frame::Value {
+                        value,
+                        cursor: self.applied(),
                     },
-                    false => failed(
-                        "lagging",
-                        format!("applied {} has not reached {min_cursor}", self.applied()),
-                    ),
-                }
-            }
+                    Err(e) => failed("read_failed", e),
+                },
+                false => failed(
+                    "lagging",
+                    format!("applied {} has not reached {min_cursor}", self.applied()),
+                ),
+            },
             Frame::Digest => match blocking(move || digest(&store)).await {
                 Ok(text) => Frame::DigestIs { text },
                 Err(e) => failed("digest_failed", e),
@@ -712,6 +741,16 @@ impl Worker {
             Frame::ReadIndex => Frame::Cursor {
                 cursor: self.applied(),
             },
+            req @ (Frame::List { min_cursor, .. } | Frame::History { min_cursor, .. }) => {
+                if self.wait_applied(min_cursor).await {
+                    read_query(store, req, self.applied()).await
+                } else {
+                    failed(
+                        "lagging",
+                        format!("applied {} has not reached {min_cursor}", self.applied()),
+                    )
+                }
+            }
             other => failed("not_master", format!("a worker does not take {other:?}")),
         };
         frame::write(&mut send, &reply).await?;
