@@ -6,6 +6,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod gateway;
+
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
@@ -20,6 +22,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Master, workers and gateway in one process, on loopback.
+    Dev {
+        #[arg(long, value_name = "DIR", default_value = "./ourkv-data")]
+        data: PathBuf,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        http: String,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// The HTTP gateway in front of a running master and workers.
+    Gateway {
+        #[arg(long, value_name = "ADDR")]
+        http: String,
+        #[arg(long)]
+        master: String,
+        #[arg(long = "worker")]
+        workers: Vec<String>,
+        #[arg(long, value_name = "DIR")]
+        cluster: Option<PathBuf>,
+    },
     /// Work on one OurDB directory (V's or ourkv's).
     #[command(subcommand)]
     Db(DbCmd),
@@ -624,9 +646,112 @@ fn client(cluster: Option<&Path>, cmd: ClientCmd) -> Result<ExitCode> {
     })
 }
 
+/// Serves the gateway on `http` until SIGINT or SIGTERM.
+async fn serve_http(
+    gw: std::sync::Arc<gateway::Gateway>,
+    http: std::net::SocketAddr,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(http)
+        .await
+        .with_context(|| format!("listen on {http}"))?;
+    axum::serve(listener, gw.router())
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+fn run_gateway(
+    http: &str,
+    master: &str,
+    workers: &[String],
+    cluster: Option<&Path>,
+) -> Result<ExitCode> {
+    let identity = identity(cluster)?;
+    let master = resolve(master)?;
+    identity.check_peer(master)?;
+    let workers = workers
+        .iter()
+        .map(|w| resolve(w))
+        .collect::<Result<Vec<_>>>()?;
+    for w in &workers {
+        identity.check_peer(*w)?;
+    }
+    let http = resolve(http)?;
+    runtime()?.block_on(async {
+        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, master, workers);
+        println!("gateway listening on http://{http}");
+        serve_http(gw, http).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ourkv dev`: a master, `n` workers and the gateway in this process, talking
+/// QUIC over loopback (no cluster certificates needed there).
+fn run_dev(data: &Path, http: &str, n: usize) -> Result<ExitCode> {
+    let http = resolve(http)?;
+    if !http.ip().is_loopback() {
+        bail!("ourkv dev serves loopback only; {http} is not a loopback address");
+    }
+    let identity = replication::Identity::loopback()?;
+    let open = |name: &str, sync| -> Result<ourdb::keyed::KeyedStore> {
+        let dir = data.join(name);
+        let db = OpenOptions::new()
+            .config(Config::default())
+            .sync(sync)
+            .open(&dir)
+            .with_context(|| format!("open {}", dir.display()))?;
+        Ok(ourdb::keyed::KeyedStore::new(db)?)
+    };
+    let local: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    runtime()?.block_on(async {
+        let master = replication::Master::new(
+            open("master", ourdb::SyncPolicy::Group)?,
+            replication::MasterOptions::default(),
+        );
+        let mep = replication::endpoint(&identity, local)?;
+        let maddr = mep.local_addr()?;
+        tokio::spawn(master.clone().serve(mep));
+        let mut workers = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 1..=n {
+            let w = replication::Worker::new(
+                open(&format!("worker-{i}"), ourdb::SyncPolicy::Flush)?,
+                maddr,
+            );
+            let wep = replication::endpoint(&identity, local)?;
+            addrs.push(wep.local_addr()?);
+            tokio::spawn(w.clone().run(wep));
+            workers.push(w);
+        }
+        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, maddr, addrs);
+        println!(
+            "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
+            data.display()
+        );
+        serve_http(gw, http).await?;
+        master.store().db().checkpoint()?;
+        for w in &workers {
+            w.store().db().checkpoint()?;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let cmd = match cli.cmd {
         Cmd::Db(cmd) => cmd,
+        Cmd::Dev {
+            data,
+            http,
+            workers,
+        } => return run_dev(&data, &http, workers),
+        Cmd::Gateway {
+            http,
+            master,
+            workers,
+            cluster,
+        } => return run_gateway(&http, &master, &workers, cluster.as_deref()),
         Cmd::Cluster(ClusterCmd::Init { out }) => {
             replication::init_cluster(&out)?;
             println!(

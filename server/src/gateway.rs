@@ -1,0 +1,520 @@
+//! The HTTP gateway: writes go to the master, reads to a worker (the master
+//! only when no worker answers), at the consistency level the request asks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use ourdb::Location;
+use replication::{Ack, Client};
+use serde_json::json;
+
+/// Largest request body read; larger values are refused with 413 anyway.
+const BODY_LIMIT: usize = 1 << 20;
+pub const CURSOR_HEADER: &str = "x-ourkv-cursor";
+
+pub struct Gateway {
+    client: Client,
+    master: SocketAddr,
+    workers: Vec<SocketAddr>,
+    next: AtomicUsize,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(client: Client, master: SocketAddr, workers: Vec<SocketAddr>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            client,
+            master,
+            workers,
+            next: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(status_page))
+            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .route("/v1/cluster", get(cluster))
+            .route("/set", post(seed_set))
+            .route("/get", get(seed_get))
+            .route("/delete", post(seed_delete))
+            .route("/v1/kv", get(list))
+            .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(self)
+    }
+
+    /// Runs `f` on a worker (round robin, the next one on failure), then on
+    /// the master if no worker answered.
+    async fn read<T, F, Fut>(&self, min: Location, f: F) -> Result<T, ApiError>
+    where
+        F: Fn(SocketAddr, Location) -> Fut,
+        Fut: std::future::Future<Output = replication::Result<T>>,
+    {
+        let n = self.workers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            match f(self.workers[(start + i) % n], min).await {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        match f(self.master, min).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(ApiError::from_replication(last.unwrap_or(e))),
+        }
+    }
+
+    /// The cursor a read must see, by consistency level.
+    async fn min_cursor(
+        &self,
+        params: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> Result<Location, ApiError> {
+        match params
+            .get("consistency")
+            .map(String::as_str)
+            .unwrap_or("strong")
+        {
+            // Read-index: the master's commit cursor now.
+            "strong" => self
+                .client
+                .read_index(self.master)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("no master for a strong read: {e}"))),
+            "session" => match headers.get(CURSOR_HEADER) {
+                Some(v) => parse_cursor(v.to_str().unwrap_or_default())
+                    .ok_or_else(|| ApiError::bad_request("X-OurKV-Cursor must be file:offset")),
+                None => Ok(Location::NONE),
+            },
+            "stale" => Ok(Location::NONE),
+            other => Err(ApiError::bad_request(format!(
+                "consistency must be strong, session or stale, not {other:?}"
+            ))),
+        }
+    }
+
+    async fn write(&self, key: &str, value: &[u8], ack: Ack) -> Result<Location, ApiError> {
+        check_key(key)?;
+        let max = ourdb::keyed::max_value_len(key);
+        if value.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "value of {} bytes; at most {max} with this key",
+                    value.len()
+                ),
+            ));
+        }
+        self.client
+            .set_with(self.master, key, value, ack)
+            .await
+            .map_err(ApiError::from_write)
+    }
+}
+
+fn parse_cursor(s: &str) -> Option<Location> {
+    let (f, p) = s.split_once(':')?;
+    Some(Location::new(f.parse().ok()?, p.parse().ok()?))
+}
+
+fn cursor_text(c: Location) -> String {
+    format!("{}:{}", c.file_nr, c.position)
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    ourdb::keyed::check_key(key).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn ack_of(params: &HashMap<String, String>) -> Result<Ack, ApiError> {
+    params
+        .get("ack")
+        .map(|a| a.parse::<Ack>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+        .map(Option::unwrap_or_default)
+}
+
+/// An error answer: status and `{"error":{"code","message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+    }
+    fn not_found(key: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("key {key:?} not found"),
+        )
+    }
+    fn unavailable(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+    }
+    fn from_replication(e: replication::Error) -> ApiError {
+        match e {
+            replication::Error::Remote { code, message } if code == "lagging" => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
+            }
+            replication::Error::Remote { message, .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+            e => ApiError::unavailable(format!("no node answered: {e}")),
+        }
+    }
+    fn from_write(e: replication::Error) -> ApiError {
+        match e {
+            replication::Error::Remote { message, .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
+            }
+            e => ApiError::unavailable(format!("the master is unreachable: {e}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut r = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+type Gw = State<Arc<Gateway>>;
+
+fn counted<T: IntoResponse>(gw: &Gateway, r: Result<T, ApiError>) -> Response {
+    gw.requests.fetch_add(1, Ordering::Relaxed);
+    match r {
+        Ok(v) => v.into_response(),
+        Err(e) => {
+            gw.errors.fetch_add(1, Ordering::Relaxed);
+            e.into_response()
+        }
+    }
+}
+
+fn with_cursor(mut r: Response, c: Location) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&cursor_text(c)) {
+        r.headers_mut().insert(CURSOR_HEADER, v);
+    }
+    r
+}
+
+fn form_field(
+    form: &Result<Form<HashMap<String, String>>, FormRejection>,
+    name: &str,
+) -> Result<String, ApiError> {
+    match form {
+        Ok(Form(f)) => f
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request(format!("missing form field {name:?}"))),
+        Err(e) => Err(ApiError::bad_request(format!("bad form: {e}"))),
+    }
+}
+
+fn query(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
+}
+
+async fn seed_set(
+    State(gw): Gw,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let r = async {
+        let key = form_field(&form, "key")?;
+        let value = form_field(&form, "value")?;
+        let c = gw.write(&key, value.as_bytes(), Ack::Master).await?;
+        Ok(with_cursor(
+            Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
+            c,
+        ))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn seed_get(
+    State(gw): Gw,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let q = query(q)?;
+        let key = q
+            .get("key")
+            .ok_or_else(|| ApiError::bad_request("missing query parameter \"key\""))?;
+        get_value(&gw, key, &q, &headers).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn seed_delete(
+    State(gw): Gw,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let r = async {
+        let key = form_field(&form, "key")?;
+        delete_key(&gw, &key, Ack::Master).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn get_value(
+    gw: &Gateway,
+    key: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    check_key(key)?;
+    let min = gw.min_cursor(q, headers).await?;
+    if let Some(depth) = q.get("history") {
+        let depth: u32 = depth
+            .parse()
+            .map_err(|_| ApiError::bad_request("history must be a number"))?;
+        let values = gw
+            .read(min, |n, c| gw.client.history(n, key, depth.min(1000), c))
+            .await?;
+        if values.is_empty() {
+            return Err(ApiError::not_found(key));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
+        return Ok(Json(json!({"key": key, "history": history})).into_response());
+    }
+    match gw.read(min, |n, c| gw.client.get(n, key, c)).await? {
+        Some(v) => Ok(with_cursor(
+            ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
+            min,
+        )),
+        None => Err(ApiError::not_found(key)),
+    }
+}
+
+async fn delete_key(gw: &Gateway, key: &str, ack: Ack) -> Result<Response, ApiError> {
+    check_key(key)?;
+    let (existed, c) = gw
+        .client
+        .delete_with(gw.master, key, ack)
+        .await
+        .map_err(ApiError::from_write)?;
+    if !existed {
+        return Err(ApiError::not_found(key));
+    }
+    Ok(with_cursor(
+        Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
+        c,
+    ))
+}
+
+async fn kv_get(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let q = query(q)?;
+        get_value(&gw, &key, &q, &headers).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn kv_put(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let q = query(q)?;
+        let c = gw.write(&key, &body, ack_of(&q)?).await?;
+        Ok(with_cursor(
+            Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
+            c,
+        ))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn kv_delete(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let q = query(q)?;
+        delete_key(&gw, &key, ack_of(&q)?).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn list(
+    State(gw): Gw,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let q = query(q)?;
+        let prefix = q.get("prefix").cloned().unwrap_or_default();
+        let limit: u32 = match q.get("limit") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+            None => 100,
+        };
+        let limit = limit.clamp(1, 1000);
+        let after = q.get("after").cloned();
+        let min = gw.min_cursor(&q, &headers).await?;
+        let keys = gw
+            .read(min, |n, c| {
+                gw.client.list(n, &prefix, after.as_deref(), limit, c)
+            })
+            .await?;
+        let next = (keys.len() == limit as usize)
+            .then(|| keys.last().cloned())
+            .flatten();
+        Ok(Json(json!({"keys": keys, "next": next})).into_response())
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiError> {
+    let (cursor, workers) = gw
+        .client
+        .status(gw.master)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
+    let workers: Vec<_> = workers
+        .iter()
+        .map(|w| json!({"addr": w.addr, "acked": cursor_text(w.acked), "in_sync": w.in_sync}))
+        .collect();
+    Ok(json!({
+        "master": {"addr": gw.master.to_string(), "cursor": cursor_text(cursor)},
+        "workers": workers,
+    }))
+}
+
+async fn cluster(State(gw): Gw) -> Response {
+    let r = cluster_json(&gw).await.map(Json);
+    counted(&gw, r)
+}
+
+async fn ready(State(gw): Gw) -> Response {
+    let r = async {
+        gw.client
+            .read_index(gw.master)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
+        Ok(Json(json!({"ready": true})))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn metrics(State(gw): Gw) -> Response {
+    let mut out = String::new();
+    out.push_str("# TYPE ourkv_http_requests_total counter\n");
+    out.push_str(&format!(
+        "ourkv_http_requests_total {}\n",
+        gw.requests.load(Ordering::Relaxed)
+    ));
+    out.push_str("# TYPE ourkv_http_errors_total counter\n");
+    out.push_str(&format!(
+        "ourkv_http_errors_total {}\n",
+        gw.errors.load(Ordering::Relaxed)
+    ));
+    if let Ok((cursor, workers)) = gw.client.status(gw.master).await {
+        out.push_str("# TYPE ourkv_worker_in_sync gauge\n");
+        for w in &workers {
+            out.push_str(&format!(
+                "ourkv_worker_in_sync{{worker=\"{}\"}} {}\n",
+                w.addr, w.in_sync as u8
+            ));
+        }
+        out.push_str("# TYPE ourkv_worker_lag_bytes gauge\n");
+        for w in &workers {
+            let lag = if w.acked.file_nr == cursor.file_nr {
+                cursor.position.saturating_sub(w.acked.position) as u64
+            } else {
+                u64::MAX
+            };
+            out.push_str(&format!(
+                "ourkv_worker_lag_bytes{{worker=\"{}\"}} {lag}\n",
+                w.addr
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn status_page(State(gw): Gw) -> Response {
+    let body = match cluster_json(&gw).await {
+        Ok(c) => {
+            let mut rows = format!(
+                "<tr><td>master</td><td>{}</td><td>{}</td><td>-</td></tr>",
+                c["master"]["addr"].as_str().unwrap_or_default(),
+                c["master"]["cursor"].as_str().unwrap_or_default()
+            );
+            for w in c["workers"].as_array().into_iter().flatten() {
+                rows.push_str(&format!(
+                    "<tr><td>worker</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    w["addr"].as_str().unwrap_or_default(),
+                    w["acked"].as_str().unwrap_or_default(),
+                    if w["in_sync"].as_bool().unwrap_or(false) {
+                        "in sync"
+                    } else {
+                        "behind"
+                    }
+                ));
+            }
+            format!("<table><tr><th>role</th><th>address</th><th>cursor</th><th>state</th></tr>{rows}</table>")
+        }
+        Err(e) => format!("<p>master unreachable: {}</p>", e.message),
+    };
+    let html = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>ourkv</title></head><body><h1>ourkv</h1>{body}</body></html>");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
