@@ -14,6 +14,11 @@ fn quic(e: impl std::fmt::Display) -> Error {
     Error::Quic(e.to_string())
 }
 
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long one request may take, reads waiting for a cursor included.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
 pub struct Client {
     identity: Identity,
     config: quinn::ClientConfig,
@@ -58,10 +63,11 @@ impl Client {
         } else {
             self.v4.clone()
         };
-        let c = endpoint
-            .connect(addr, SERVER_NAME)
-            .map_err(quic)?
+        // A node that is down does not answer at all: give up quickly.
+        let connecting = endpoint.connect(addr, SERVER_NAME).map_err(quic)?;
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| Error::Quic(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")))?
             .map_err(quic)?;
         conns.insert(addr, c.clone());
         Ok(c)
@@ -69,6 +75,19 @@ impl Client {
 
     /// Sends one request and reads its reply.
     pub async fn call(&self, addr: SocketAddr, request: &Frame) -> Result<Frame> {
+        match tokio::time::timeout(CALL_TIMEOUT, self.call_once(addr, request)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The peer may be gone without a word: do not reuse the connection.
+                self.conns.lock().await.remove(&addr);
+                Err(Error::Timeout(format!(
+                    "no reply from {addr} within {CALL_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
+    async fn call_once(&self, addr: SocketAddr, request: &Frame) -> Result<Frame> {
         let conn = self.connection(addr).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
         frame::write(&mut send, request).await?;

@@ -257,9 +257,9 @@ impl rustls::client::danger::ServerCertVerifier for AnyLoopbackServer {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Dead peers are noticed within seconds; live idle ones are kept.
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10)).expect("10 s fits"),
+        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(5)).expect("5 s fits"),
     ));
     Arc::new(t)
 }

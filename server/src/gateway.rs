@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -234,33 +233,48 @@ fn with_cursor(mut r: Response, c: Location) -> Response {
     r
 }
 
-fn form_field(
-    form: &Result<Form<HashMap<String, String>>, FormRejection>,
-    name: &str,
-) -> Result<String, ApiError> {
-    match form {
-        Ok(Form(f)) => f
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::bad_request(format!("missing form field {name:?}"))),
-        Err(e) => Err(ApiError::bad_request(format!("bad form: {e}"))),
+/// `application/x-www-form-urlencoded` pairs, refusing malformed percent
+/// escapes (which lenient parsers keep as literal text).
+fn parse_pairs(raw: &[u8]) -> Result<HashMap<String, String>, ApiError> {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let ok = raw.len() > i + 2
+                && raw[i + 1].is_ascii_hexdigit()
+                && raw[i + 2].is_ascii_hexdigit();
+            if !ok {
+                return Err(ApiError::bad_request(format!(
+                    "invalid percent-encoding at byte {i}"
+                )));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
     }
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw) {
+        out.insert(k.into_owned(), v.into_owned());
+    }
+    Ok(out)
 }
 
-fn query(
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<HashMap<String, String>, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
+fn query(q: &RawQuery) -> Result<HashMap<String, String>, ApiError> {
+    parse_pairs(q.0.as_deref().unwrap_or_default().as_bytes())
 }
 
-async fn seed_set(
-    State(gw): Gw,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
+fn field(pairs: &HashMap<String, String>, name: &str) -> Result<String, ApiError> {
+    pairs
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request(format!("missing form field {name:?}")))
+}
+
+async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
-        let key = form_field(&form, "key")?;
-        let value = form_field(&form, "value")?;
+        let form = parse_pairs(&body)?;
+        let key = field(&form, "key")?;
+        let value = field(&form, "value")?;
         let c = gw.write(&key, value.as_bytes(), Ack::Master).await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
@@ -271,13 +285,9 @@ async fn seed_set(
     counted(&gw, r)
 }
 
-async fn seed_get(
-    State(gw): Gw,
-    headers: HeaderMap,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Response {
+async fn seed_get(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
     let r = async {
-        let q = query(q)?;
+        let q = query(&q)?;
         let key = q
             .get("key")
             .ok_or_else(|| ApiError::bad_request("missing query parameter \"key\""))?;
@@ -287,12 +297,9 @@ async fn seed_get(
     counted(&gw, r)
 }
 
-async fn seed_delete(
-    State(gw): Gw,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
+async fn seed_delete(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
-        let key = form_field(&form, "key")?;
+        let key = field(&parse_pairs(&body)?, "key")?;
         delete_key(&gw, &key, Ack::Master).await
     }
     .await;
@@ -350,24 +357,19 @@ async fn kv_get(
     State(gw): Gw,
     Path(key): Path<String>,
     headers: HeaderMap,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: RawQuery,
 ) -> Response {
     let r = async {
-        let q = query(q)?;
+        let q = query(&q)?;
         get_value(&gw, &key, &q, &headers).await
     }
     .await;
     counted(&gw, r)
 }
 
-async fn kv_put(
-    State(gw): Gw,
-    Path(key): Path<String>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-    body: Bytes,
-) -> Response {
+async fn kv_put(State(gw): Gw, Path(key): Path<String>, q: RawQuery, body: Bytes) -> Response {
     let r = async {
-        let q = query(q)?;
+        let q = query(&q)?;
         let c = gw.write(&key, &body, ack_of(&q)?).await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
@@ -378,26 +380,18 @@ async fn kv_put(
     counted(&gw, r)
 }
 
-async fn kv_delete(
-    State(gw): Gw,
-    Path(key): Path<String>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Response {
+async fn kv_delete(State(gw): Gw, Path(key): Path<String>, q: RawQuery) -> Response {
     let r = async {
-        let q = query(q)?;
+        let q = query(&q)?;
         delete_key(&gw, &key, ack_of(&q)?).await
     }
     .await;
     counted(&gw, r)
 }
 
-async fn list(
-    State(gw): Gw,
-    headers: HeaderMap,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Response {
+async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
     let r = async {
-        let q = query(q)?;
+        let q = query(&q)?;
         let prefix = q.get("prefix").cloned().unwrap_or_default();
         let limit: u32 = match q.get("limit") {
             Some(l) => l

@@ -1,0 +1,296 @@
+//! The HTTP gateway as users reach it: `ourkv dev` and the README's curl
+//! examples verbatim, bad input, and a master that goes away.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ourkv ARGS` and waits for its "listening" line.
+fn start(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "did not start: {line:?}");
+    Proc(child)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sh(line: &str) -> String {
+    let out = Command::new("sh").args(["-c", line]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `curl` with the status code appended on a last line.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is needed for these tests");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+fn readme_curl_lines() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let section = &readme[readme
+        .find("## With curl")
+        .expect("README has a curl section")..];
+    let block = &section[section.find("```sh").unwrap() + 5..];
+    let block = &block[..block.find("```").unwrap()];
+    block
+        .lines()
+        .filter(|l| l.starts_with("curl "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn readme_curl_examples_run_against_ourkv_dev() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ourkv-data");
+    // The README's port, as a user runs it.
+    let _dev = start(&["dev", "--data", data.to_str().unwrap()]);
+    let lines = readme_curl_lines();
+    assert!(lines.len() >= 8, "{lines:?}");
+    let out: Vec<String> = lines.iter().map(|l| sh(l)).collect();
+    let find = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap();
+    assert_eq!(out[find("/get?key=mykey")], "myvalue");
+    assert!(out[find("/set")].contains("\"ok\":true"), "{}", out[0]);
+    let get = lines
+        .iter()
+        .position(|l| l == "curl http://localhost:8080/v1/kv/greeting")
+        .unwrap();
+    assert_eq!(out[get], "hello again");
+    let h: serde_json::Value = serde_json::from_str(&out[find("history=5")]).unwrap();
+    assert_eq!(h["history"].as_array().unwrap().len(), 2);
+    let l: serde_json::Value = serde_json::from_str(&out[find("prefix=gr")]).unwrap();
+    assert_eq!(l["keys"], serde_json::json!(["greeting"]));
+    assert!(out[find("/delete")].contains("\"ok\":true"));
+    assert!(out[find("-X DELETE")].contains("\"ok\":true"));
+    let c: serde_json::Value = serde_json::from_str(&out[find("/v1/cluster")]).unwrap();
+    assert_eq!(c["workers"].as_array().unwrap().len(), 2);
+    // Everything deleted is gone.
+    let (code, body) = curl(&["http://localhost:8080/get?key=mykey"]);
+    assert_eq!(code, 404, "{body}");
+    assert!(data.join("master").join("0.db").is_file());
+    assert!(data.join("worker-2").join("0.db").is_file());
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let _dev = start(&[
+        "dev",
+        "--data",
+        tmp.path().join("d").to_str().unwrap(),
+        "--http",
+        &http,
+        "--workers",
+        "1",
+    ]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/keep"), "-d", "kept"]);
+    assert_eq!(code, 200);
+    let big_key = "k".repeat(2000);
+    let big_value = "v".repeat(70_000);
+    let cases: Vec<(Vec<String>, u16, &str)> = vec![
+        (
+            vec![
+                "-X".into(),
+                "POST".into(),
+                url("/set"),
+                "-d".into(),
+                "value=x".into(),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "POST".into(),
+                url("/set"),
+                "-d".into(),
+                "key=&value=x".into(),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "POST".into(),
+                url("/set"),
+                "-d".into(),
+                format!("key={big_key}&value=x"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "POST".into(),
+                url("/set"),
+                "-d".into(),
+                "key=%zz&value=x".into(),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                url("/v1/kv/big"),
+                "-d".into(),
+                big_value.clone(),
+            ],
+            413,
+            "too_large",
+        ),
+        (vec![url("/get")], 400, "bad_request"),
+        (vec![url("/get?key=missing")], 404, "not_found"),
+        (
+            vec![url("/v1/kv/keep?consistency=sometimes")],
+            400,
+            "bad_request",
+        ),
+        (vec![url("/v1/kv/keep?history=x")], 400, "bad_request"),
+        (vec![url("/v1/kv?limit=many")], 400, "bad_request"),
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                url("/v1/kv/keep?ack=maybe"),
+                "-d".into(),
+                "x".into(),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![
+                "-H".into(),
+                "X-OurKV-Cursor: nonsense".into(),
+                url("/v1/kv/keep?consistency=session"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec!["-X".into(), "DELETE".into(), url("/v1/kv/never-there")],
+            404,
+            "not_found",
+        ),
+    ];
+    for (args, want, code_name) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, body) = curl(&args);
+        assert_eq!(code, *want, "{args:?}: {body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        assert_eq!(v["error"]["code"], *code_name, "{args:?}: {body}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // A wrong method is refused too.
+    let (code, _) = curl(&["-X", "DELETE", &url("/set")]);
+    assert_eq!(code, 405);
+    // Nothing but the one good key was stored, and the node is still up.
+    let (code, body) = curl(&[&url("/v1/kv?prefix=")]);
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["keys"], serde_json::json!(["keep"]));
+    let (_, body) = curl(&[&url("/v1/kv/keep")]);
+    assert_eq!(body, "kept");
+}
+
+#[test]
+fn master_down_writes_503_reads_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = |p: u16| format!("127.0.0.1:{p}");
+    let (mport, wport, hport) = (free_port(), free_port(), free_port());
+    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let master = start(&["master", "--data", &d("m"), "--listen", &q(mport)]);
+    let _worker = start(&[
+        "worker",
+        "--data",
+        &d("w"),
+        "--listen",
+        &q(wport),
+        "--master",
+        &q(mport),
+    ]);
+    let _gw = start(&[
+        "gateway",
+        "--http",
+        &q(hport),
+        "--master",
+        &q(mport),
+        "--worker",
+        &q(wport),
+    ]);
+    let url = |p: &str| format!("http://{}{p}", q(hport));
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
+    assert_eq!(code, 200, "{body}");
+    // Session reads with the write's cursor see it.
+    let cursor: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let header = format!("X-OurKV-Cursor: {}", cursor["cursor"].as_str().unwrap());
+    let (code, body) = curl(&["-H", &header, &url("/v1/kv/a?consistency=session")]);
+    assert_eq!((code, body.as_str()), (200, "1"));
+    drop(master);
+    let t = Instant::now();
+    let out = Command::new("curl")
+        .args(["-s", "-i", "-X", "PUT", &url("/v1/kv/b"), "-d", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let (code, body) = curl(&[&url("/v1/kv/a?consistency=stale")]);
+    assert_eq!((code, body.as_str()), (200, "1"));
+    let (code, _) = curl(&[&url("/v1/kv/a")]);
+    assert_eq!(code, 503, "a strong read needs the master's read-index");
+    let (code, _) = curl(&[&url("/ready")]);
+    assert_eq!(code, 503);
+    let (code, _) = curl(&[&url("/health")]);
+    assert_eq!(code, 200);
+}
