@@ -494,6 +494,8 @@ pub struct Worker {
     store: std::sync::RwLock<Arc<KeyedStore>>,
     master: SocketAddr,
     applied: watch::Sender<Location>,
+    /// Testing aid: a pause before each segment is applied (lagging replica).
+    apply_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Worker {
@@ -503,12 +505,20 @@ impl Worker {
             store: std::sync::RwLock::new(Arc::new(store)),
             master,
             applied: watch::channel(end).0,
+            apply_delay_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// The store as it is now (a snapshot replaces it).
     pub fn store(&self) -> Arc<KeyedStore> {
         self.store.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes this worker lag: it waits this long before applying each
+    /// segment (for tests of read consistency).
+    pub fn set_apply_delay(&self, d: Duration) {
+        self.apply_delay_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The cursor up to which records are applied.
@@ -578,6 +588,12 @@ impl Worker {
                     next,
                     records,
                 }) => {
+                    let delay = self
+                        .apply_delay_ms
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
                     let store = self.store();
                     let end = match blocking(move || Ok(store.apply_shipped(start, &records)?))
                         .await

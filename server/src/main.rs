@@ -66,6 +66,9 @@ enum Cmd {
         /// The master's QUIC address.
         #[arg(long)]
         master: String,
+        /// Testing aid: wait this long before applying each batch of records.
+        #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+        apply_delay_ms: u64,
     },
     /// Talk to a running node.
     Client {
@@ -448,8 +451,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 enum Role {
     Master(replication::MasterOptions),
-    /// A worker of the master at this address.
-    Worker(String),
+    /// A worker of the master at this address, with an apply delay in ms.
+    Worker(String, u64),
 }
 
 /// Runs a node until SIGINT or SIGTERM, then checkpoints its store.
@@ -465,7 +468,7 @@ fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     let identity = identity(node.cluster.as_deref())?;
     // Check the master's address before anything is opened or sent.
     let master_addr = match &role {
-        Role::Worker(addr) => {
+        Role::Worker(addr, _) => {
             let a = resolve(addr)?;
             identity.check_peer(a)?;
             Some(a)
@@ -491,7 +494,7 @@ fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         let default_sync = match role {
             Role::Master(_) => ourdb::SyncPolicy::Group,
             // A worker can always fetch again what a power cut took.
-            Role::Worker(_) => ourdb::SyncPolicy::Flush,
+            Role::Worker(..) => ourdb::SyncPolicy::Flush,
         };
         let store = open_store(node, default_sync)?;
         let store = match role {
@@ -505,9 +508,10 @@ fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 }
                 m.store().clone()
             }
-            Role::Worker(_) => {
+            Role::Worker(_, delay) => {
                 let master = master_addr.expect("resolved above");
                 let w = replication::Worker::new(store, master);
+                w.set_apply_delay(std::time::Duration::from_millis(delay));
                 println!("worker listening on {}", endpoint.local_addr()?);
                 tokio::select! {
                     _ = w.clone().run(endpoint.clone()) => {}
@@ -771,7 +775,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             return run_node(&node, Role::Master(options));
         }
-        Cmd::Worker { node, master } => return run_node(&node, Role::Worker(master)),
+        Cmd::Worker {
+            node,
+            master,
+            apply_delay_ms,
+        } => return run_node(&node, Role::Worker(master, apply_delay_ms)),
         Cmd::Client { cluster, cmd } => return client(cluster.as_deref(), cmd),
     };
     match cmd {
