@@ -486,9 +486,11 @@ fn bench_repl() {
             for _ in 0..10 {
                 value(written, 100, &mut v);
                 let c = master
-                    .put(format!("steady/{written}"), v.clone(), replication::Ack::Master)
+                    .put(format!("steady/{written}"), v.clone(), replication::Ack::Master, replication::Expect::Any)
                     .await
-                    .expect("put");
+                    .expect("put")
+                    .expect("no condition")
+                    .0;
                 pending.lock().expect("lock").push_back((c, Instant::now()));
                 written += 1;
             }

@@ -126,6 +126,17 @@ pub fn max_value_len(key: &str) -> usize {
     MAX_VALUE_LEN.saturating_sub(ENVELOPE_HEADER + key.len())
 }
 
+/// What a conditional write expects of a key's current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No condition.
+    Any,
+    /// The key must not exist (`If-None-Match: *`).
+    Absent,
+    /// The key's current record must be this one (`If-Match`).
+    Version(Location),
+}
+
 /// What open found while rebuilding the index.
 #[derive(Debug, Default, Clone)]
 pub struct IndexReport {
@@ -219,6 +230,24 @@ impl KeyedStore {
 
     /// Stores `value` under `key`; returns the key's id.
     pub fn put(&self, key: &str, value: &[u8]) -> Result<u32> {
+        let (id, _) = self
+            .put_inner(key, value, Expect::Any)?
+            .expect("no precondition");
+        Ok(id)
+    }
+
+    /// Stores `value` under `key` if the key's current version is what
+    /// `expect` says (compare-and-swap); the new version, or `None` if not.
+    pub fn put_if(&self, key: &str, value: &[u8], expect: Expect) -> Result<Option<Location>> {
+        Ok(self.put_inner(key, value, expect)?.map(|(_, v)| v))
+    }
+
+    fn put_inner(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<Option<(u32, Location)>> {
         check_key(key)?;
         if value.len() > max_value_len(key) {
             return Err(Error::ValueTooLarge {
@@ -227,6 +256,9 @@ impl KeyedStore {
             });
         }
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.expected(key, expect) {
+            return Ok(None);
+        }
         let existing = self.id_of(key);
         let id = match existing {
             Some(id) => id,
@@ -252,7 +284,37 @@ impl KeyedStore {
                     .insert(key.to_string(), id);
             }
         }
-        Ok(id)
+        let version = self.db.raw_location(id).unwrap_or(Location::NONE);
+        Ok(Some((id, version)))
+    }
+
+    /// The location of `key`'s current record: it names the version (records
+    /// are never rewritten), so it serves as an ETag.
+    pub fn version(&self, key: &str) -> Option<Location> {
+        self.id_of(key).and_then(|id| self.db.raw_location(id))
+    }
+
+    fn expected(&self, key: &str, expect: Expect) -> bool {
+        match expect {
+            Expect::Any => true,
+            Expect::Absent => self.id_of(key).is_none(),
+            Expect::Version(v) => self.version(key) == Some(v),
+        }
+    }
+
+    /// The current value of `key` with its version.
+    pub fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Location)>> {
+        // A write between reading the version and the value is seen by the
+        // second look at the version; then read again.
+        loop {
+            let Some(before) = self.version(key) else {
+                return Ok(None);
+            };
+            let value = self.get(key)?;
+            if self.version(key) == Some(before) {
+                return Ok(value.map(|v| (v, before)));
+            }
+        }
     }
 
     /// The current value of `key`.
@@ -288,10 +350,19 @@ impl KeyedStore {
 
     /// Deletes `key`; false when it did not exist.
     pub fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self.delete_if(key, Expect::Any)?.expect("no precondition"))
+    }
+
+    /// Deletes `key` if its current version is what `expect` says: whether
+    /// it existed, or `None` if the precondition failed.
+    pub fn delete_if(&self, key: &str, expect: Expect) -> Result<Option<bool>> {
         check_key(key)?;
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.expected(key, expect) {
+            return Ok(None);
+        }
         let Some(id) = self.id_of(key) else {
-            return Ok(false);
+            return Ok(Some(false));
         };
         let tomb = Envelope {
             kind: Kind::Tombstone,
@@ -306,7 +377,7 @@ impl KeyedStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
-        Ok(true)
+        Ok(Some(true))
     }
 
     /// Keys starting with `prefix`, ascending, after `start_after`, at most `limit`.
@@ -441,6 +512,40 @@ pub fn rebuild_from_envelopes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compare_and_swap_by_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            KeyedStore::new(OurDb::open(dir.path(), crate::Config::default()).unwrap()).unwrap();
+        let v1 = store
+            .put_if("k", b"one", Expect::Absent)
+            .unwrap()
+            .expect("absent");
+        assert_eq!(store.put_if("k", b"again", Expect::Absent).unwrap(), None);
+        assert_eq!(
+            store.get_versioned("k").unwrap(),
+            Some((b"one".to_vec(), v1))
+        );
+        let v2 = store
+            .put_if("k", b"two", Expect::Version(v1))
+            .unwrap()
+            .expect("current");
+        assert_ne!(v1, v2);
+        // The old version no longer matches: nothing changes.
+        assert_eq!(
+            store.put_if("k", b"lost", Expect::Version(v1)).unwrap(),
+            None
+        );
+        assert_eq!(store.delete_if("k", Expect::Version(v1)).unwrap(), None);
+        assert_eq!(store.get("k").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(
+            store.delete_if("k", Expect::Version(v2)).unwrap(),
+            Some(true)
+        );
+        assert_eq!(store.get_versioned("k").unwrap(), None);
+        assert_eq!(store.delete_if("k", Expect::Any).unwrap(), Some(false));
+    }
 
     #[test]
     fn envelope_roundtrip_and_rejects() {

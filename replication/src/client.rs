@@ -7,7 +7,7 @@ use ourdb::Location;
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Ack, Frame, WorkerStatus};
+use crate::frame::{self, Ack, Expect, Frame, Version, WorkerStatus};
 use crate::identity::{Identity, SERVER_NAME};
 
 fn quic(e: impl std::fmt::Display) -> Error {
@@ -112,13 +112,30 @@ impl Client {
         value: &[u8],
         ack: Ack,
     ) -> Result<Location> {
+        Ok(self.set_if(master, key, value, ack, Expect::Any).await?.0)
+    }
+
+    /// Stores a value if the key's version is as expected (a failed
+    /// expectation is `Error::Remote` with code `precondition`); the cursor
+    /// after the write and the new version.
+    pub async fn set_if(
+        &self,
+        master: SocketAddr,
+        key: &str,
+        value: &[u8],
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<(Location, Version)> {
         let req = Frame::Set {
             key: key.into(),
             value: value.to_vec(),
             ack,
+            expect,
         };
         match self.call(master, &req).await? {
-            Frame::Written { cursor, .. } => Ok(cursor),
+            Frame::Written {
+                cursor, version, ..
+            } => Ok((cursor, version)),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
     }
@@ -135,12 +152,26 @@ impl Client {
         key: &str,
         ack: Ack,
     ) -> Result<(bool, Location)> {
+        self.delete_if(master, key, ack, Expect::Any).await
+    }
+
+    /// Deletes a key if its version is as expected.
+    pub async fn delete_if(
+        &self,
+        master: SocketAddr,
+        key: &str,
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<(bool, Location)> {
         let req = Frame::Delete {
             key: key.into(),
             ack,
+            expect,
         };
         match self.call(master, &req).await? {
-            Frame::Written { cursor, existed } => Ok((existed, cursor)),
+            Frame::Written {
+                cursor, existed, ..
+            } => Ok((existed, cursor)),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
     }
@@ -168,12 +199,25 @@ impl Client {
         key: &str,
         min_cursor: Location,
     ) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get_versioned(node, key, min_cursor)
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    /// A key's value and version from a node that has applied `min_cursor`.
+    pub async fn get_versioned(
+        &self,
+        node: SocketAddr,
+        key: &str,
+        min_cursor: Location,
+    ) -> Result<Option<(Vec<u8>, Version)>> {
         let req = Frame::Get {
             key: key.into(),
             min_cursor,
         };
         match self.call(node, &req).await? {
-            Frame::Value { value, .. } => Ok(value),
+            Frame::Value { value, version, .. } => Ok(value.map(|v| (v, version))),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
     }

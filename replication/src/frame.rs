@@ -33,12 +33,21 @@ pub enum Frame {
         key: String,
         value: Vec<u8>,
         ack: Ack,
+        expect: Expect,
     },
     /// Client -> master: delete `key`, acknowledged per `ack`.
-    Delete { key: String, ack: Ack },
+    Delete {
+        key: String,
+        ack: Ack,
+        expect: Expect,
+    },
     /// Master -> client: a write is applied and durable on the master; its
-    /// end cursor, and for a delete whether the key existed.
-    Written { cursor: Location, existed: bool },
+    /// end cursor, for a delete whether the key existed, and the new version.
+    Written {
+        cursor: Location,
+        existed: bool,
+        version: Version,
+    },
     /// Client -> master: the master's commit cursor (read-index).
     ReadIndex,
     /// Master -> client: a cursor.
@@ -49,6 +58,7 @@ pub enum Frame {
     Value {
         value: Option<Vec<u8>>,
         cursor: Location,
+        version: Version,
     },
     /// Client -> any node: a digest of its data files.
     Digest,
@@ -96,6 +106,46 @@ pub enum Frame {
     },
 }
 
+/// A key's version: the epoch and the location of its current record
+/// (records are never rewritten, so a location names one version).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Version {
+    pub epoch: u64,
+    pub at: Location,
+}
+
+impl Version {
+    /// As an HTTP entity tag, quotes included.
+    pub fn etag(&self) -> String {
+        format!(
+            "\"{}-{}-{}\"",
+            self.epoch, self.at.file_nr, self.at.position
+        )
+    }
+
+    /// Parses an entity tag made by `etag`.
+    pub fn from_etag(s: &str) -> Option<Version> {
+        let s = s.trim().strip_prefix('"')?.strip_suffix('"')?;
+        let mut it = s.split('-');
+        let v = Version {
+            epoch: it.next()?.parse().ok()?,
+            at: Location::new(it.next()?.parse().ok()?, it.next()?.parse().ok()?),
+        };
+        it.next().is_none().then_some(v)
+    }
+}
+
+/// What a conditional write expects of the key's current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Expect {
+    #[default]
+    Any,
+    /// The key must not exist.
+    Absent,
+    /// The key's current version must be this one.
+    Version(Version),
+}
+
 /// When the master acknowledges a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Ack {
@@ -140,6 +190,20 @@ impl Writer {
         self.0.extend_from_slice(&l.file_nr.to_be_bytes());
         self.0.extend_from_slice(&l.position.to_be_bytes());
     }
+    fn version(&mut self, v: Version) {
+        self.u64(v.epoch);
+        self.loc(v.at);
+    }
+    fn expect(&mut self, e: Expect) {
+        match e {
+            Expect::Any => self.u8(0),
+            Expect::Absent => self.u8(1),
+            Expect::Version(v) => {
+                self.u8(2);
+                self.version(v);
+            }
+        }
+    }
     fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
         self.0.extend_from_slice(b);
@@ -179,6 +243,20 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String> {
         String::from_utf8(self.bytes()?.to_vec())
             .map_err(|_| Error::Protocol("string is not UTF-8".into()))
+    }
+    fn version(&mut self) -> Result<Version> {
+        Ok(Version {
+            epoch: self.u64()?,
+            at: self.loc()?,
+        })
+    }
+    fn expect(&mut self) -> Result<Expect> {
+        match self.u8()? {
+            0 => Ok(Expect::Any),
+            1 => Ok(Expect::Absent),
+            2 => Ok(Expect::Version(self.version()?)),
+            t => Err(Error::Protocol(format!("unknown expectation {t}"))),
+        }
     }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(
@@ -233,21 +311,33 @@ impl Frame {
                 w.u8(3);
                 w.loc(*cursor);
             }
-            Frame::Set { key, value, ack } => {
+            Frame::Set {
+                key,
+                value,
+                ack,
+                expect,
+            } => {
                 w.u8(4);
                 w.bytes(key.as_bytes());
                 w.bytes(value);
                 w.u8(*ack as u8);
+                w.expect(*expect);
             }
-            Frame::Delete { key, ack } => {
+            Frame::Delete { key, ack, expect } => {
                 w.u8(5);
                 w.bytes(key.as_bytes());
                 w.u8(*ack as u8);
+                w.expect(*expect);
             }
-            Frame::Written { cursor, existed } => {
+            Frame::Written {
+                cursor,
+                existed,
+                version,
+            } => {
                 w.u8(6);
                 w.loc(*cursor);
                 w.u8(*existed as u8);
+                w.version(*version);
             }
             Frame::ReadIndex => w.u8(7),
             Frame::Cursor { cursor } => {
@@ -259,9 +349,14 @@ impl Frame {
                 w.bytes(key.as_bytes());
                 w.loc(*min_cursor);
             }
-            Frame::Value { value, cursor } => {
+            Frame::Value {
+                value,
+                cursor,
+                version,
+            } => {
                 w.u8(10);
                 w.loc(*cursor);
+                w.version(*version);
                 match value {
                     Some(v) => {
                         w.u8(1);
@@ -370,14 +465,17 @@ impl Frame {
                 key: r.string()?,
                 value: r.bytes()?.to_vec(),
                 ack: r.ack()?,
+                expect: r.expect()?,
             },
             5 => Frame::Delete {
                 key: r.string()?,
                 ack: r.ack()?,
+                expect: r.expect()?,
             },
             6 => Frame::Written {
                 cursor: r.loc()?,
                 existed: r.u8()? != 0,
+                version: r.version()?,
             },
             7 => Frame::ReadIndex,
             8 => Frame::Cursor { cursor: r.loc()? },
@@ -387,12 +485,17 @@ impl Frame {
             },
             10 => {
                 let cursor = r.loc()?;
+                let version = r.version()?;
                 let value = match r.u8()? {
                     0 => None,
                     1 => Some(r.bytes()?.to_vec()),
                     b => return Err(Error::Protocol(format!("bad option tag {b}"))),
                 };
-                Frame::Value { value, cursor }
+                Frame::Value {
+                    value,
+                    cursor,
+                    version,
+                }
             }
             11 => Frame::Digest,
             12 => Frame::DigestIs { text: r.string()? },
@@ -509,10 +612,18 @@ mod tests {
                 key: "k/é".into(),
                 value: vec![0, 255],
                 ack: Ack::All,
+                expect: Expect::Version(Version { epoch: 2, at: l }),
+            },
+            Frame::Set {
+                key: "k".into(),
+                value: vec![],
+                ack: Ack::Master,
+                expect: Expect::Absent,
             },
             Frame::Delete {
                 key: "k".into(),
                 ack: Ack::Master,
+                expect: Expect::Any,
             },
             Frame::Status,
             Frame::List {
@@ -552,6 +663,7 @@ mod tests {
             Frame::Written {
                 cursor: l,
                 existed: true,
+                version: Version { epoch: 1, at: l },
             },
             Frame::ReadIndex,
             Frame::Cursor { cursor: l },
@@ -562,10 +674,12 @@ mod tests {
             Frame::Value {
                 value: Some(vec![]),
                 cursor: l,
+                version: Version { epoch: 1, at: l },
             },
             Frame::Value {
                 value: None,
                 cursor: l,
+                version: Version::default(),
             },
             Frame::Digest,
             Frame::DigestIs { text: "x".into() },
@@ -588,5 +702,13 @@ mod tests {
             assert!(Frame::decode(&long).is_err());
         }
         assert!(Frame::decode(&[99]).is_err());
+        let v = Version {
+            epoch: 3,
+            at: Location::new(1, 99),
+        };
+        assert_eq!(v.etag(), "\"3-1-99\"");
+        assert_eq!(Version::from_etag(&v.etag()), Some(v));
+        assert_eq!(Version::from_etag("\"3-1\""), None);
+        assert_eq!(Version::from_etag("3-1-99"), None);
     }
 }

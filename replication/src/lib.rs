@@ -17,7 +17,7 @@ pub mod node;
 
 pub use client::Client;
 pub use error::{Error, Result};
-pub use frame::{Ack, WorkerStatus};
+pub use frame::{Ack, Expect, Version, WorkerStatus};
 pub use identity::{init_cluster, Identity};
 pub use node::{digest, Master, MasterOptions, Worker};
 

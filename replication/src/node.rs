@@ -10,7 +10,7 @@ use ourdb::Location;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Ack, Frame, WorkerStatus};
+use crate::frame::{self, Ack, Expect, Frame, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
 
 /// Records per shipped segment, at most (whole records; at least one).
@@ -35,6 +35,24 @@ fn failed(code: &str, e: impl std::fmt::Display) -> Frame {
     Frame::Failed {
         code: code.into(),
         message: e.to_string(),
+    }
+}
+
+/// Answers a Get from `store`: the value with its version.
+async fn versioned_value(store: Arc<KeyedStore>, key: String, cursor: Location) -> Frame {
+    let epoch = store.db().meta().epoch;
+    match blocking(move || Ok(store.get_versioned(&key)?)).await {
+        Ok(Some((value, at))) => Frame::Value {
+            value: Some(value),
+            cursor,
+            version: Version { epoch, at },
+        },
+        Ok(None) => Frame::Value {
+            value: None,
+            cursor,
+            version: Version::default(),
+        },
+        Err(e) => failed("read_failed", e),
     }
 }
 
@@ -249,37 +267,74 @@ impl Master {
         }
     }
 
-    /// Stores `value` under `key`, wakes the shipping streams, and returns
-    /// the end cursor once the write is acknowledged per `ack`.
-    pub async fn put(&self, key: String, value: Vec<u8>, ack: Ack) -> Result<Location> {
-        let store = self.store.clone();
-        let r = blocking(move || {
-            store.put(&key, &value)?;
-            Ok(store.db().end())
-        })
-        .await;
-        self.changed.send_modify(|v| *v += 1);
-        let cursor = r?;
-        if ack == Ack::All {
-            self.wait_all(cursor).await;
+    /// The store's view of a wire expectation; `None` when it cannot hold
+    /// (a version of another epoch).
+    fn expectation(&self, e: Expect) -> Option<ourdb::keyed::Expect> {
+        match e {
+            Expect::Any => Some(ourdb::keyed::Expect::Any),
+            Expect::Absent => Some(ourdb::keyed::Expect::Absent),
+            Expect::Version(v) if v.epoch == self.store.db().meta().epoch => {
+                Some(ourdb::keyed::Expect::Version(v.at))
+            }
+            Expect::Version(_) => None,
         }
-        Ok(cursor)
     }
 
-    /// Deletes `key` (whether it existed, and the end cursor), acknowledged per `ack`.
-    pub async fn delete(&self, key: String, ack: Ack) -> Result<(bool, Location)> {
+    /// Stores `value` under `key` if `expect` holds, wakes the shipping
+    /// streams, and returns the end cursor and the new version once the write
+    /// is acknowledged per `ack`; `None` if the expectation failed.
+    pub async fn put(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<Option<(Location, Version)>> {
+        let Some(expect) = self.expectation(expect) else {
+            return Ok(None);
+        };
         let store = self.store.clone();
         let r = blocking(move || {
-            let existed = store.delete(&key)?;
-            Ok((existed, store.db().end()))
+            let v = store.put_if(&key, &value, expect)?;
+            Ok(v.map(|v| (store.db().end(), v)))
         })
         .await;
         self.changed.send_modify(|v| *v += 1);
-        let (existed, cursor) = r?;
+        let Some((cursor, at)) = r? else {
+            return Ok(None);
+        };
         if ack == Ack::All {
             self.wait_all(cursor).await;
         }
-        Ok((existed, cursor))
+        let epoch = self.store.db().meta().epoch;
+        Ok(Some((cursor, Version { epoch, at })))
+    }
+
+    /// Deletes `key` if `expect` holds: whether it existed and the end
+    /// cursor, acknowledged per `ack`; `None` if the expectation failed.
+    pub async fn delete(
+        &self,
+        key: String,
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<Option<(bool, Location)>> {
+        let Some(expect) = self.expectation(expect) else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        let r = blocking(move || {
+            let existed = store.delete_if(&key, expect)?;
+            Ok(existed.map(|e| (e, store.db().end())))
+        })
+        .await;
+        self.changed.send_modify(|v| *v += 1);
+        let Some((existed, cursor)) = r? else {
+            return Ok(None);
+        };
+        if ack == Ack::All {
+            self.wait_all(cursor).await;
+        }
+        Ok(Some((existed, cursor)))
     }
 
     /// Serves until the endpoint closes.
@@ -307,15 +362,33 @@ impl Master {
                 cursor,
                 tail,
             } => return self.ship(send, recv, peer, epoch, cursor, tail).await,
-            Frame::Set { key, value, ack } => match self.put(key, value, ack).await {
-                Ok(cursor) => Frame::Written {
+            Frame::Set {
+                key,
+                value,
+                ack,
+                expect,
+            } => match self.put(key, value, ack, expect).await {
+                Ok(Some((cursor, version))) => Frame::Written {
                     cursor,
                     existed: true,
+                    version,
                 },
+                Ok(None) => failed(
+                    "precondition",
+                    "the key's current version is not the one expected",
+                ),
                 Err(e) => failed("write_failed", e),
             },
-            Frame::Delete { key, ack } => match self.delete(key, ack).await {
-                Ok((existed, cursor)) => Frame::Written { cursor, existed },
+            Frame::Delete { key, ack, expect } => match self.delete(key, ack, expect).await {
+                Ok(Some((existed, cursor))) => Frame::Written {
+                    cursor,
+                    existed,
+                    version: Version::default(),
+                },
+                Ok(None) => failed(
+                    "precondition",
+                    "the key's current version is not the one expected",
+                ),
                 Err(e) => failed("write_failed", e),
             },
             Frame::Snapshot => return self.send_snapshot(send, peer).await,
@@ -326,13 +399,10 @@ impl Master {
             Frame::ReadIndex => Frame::Cursor {
                 cursor: store.db().end(),
             },
-            Frame::Get { key, .. } => match blocking(move || Ok(store.get(&key)?)).await {
-                Ok(value) => Frame::Value {
-                    value,
-                    cursor: self.store.db().end(),
-                },
-                Err(e) => failed("read_failed", e),
-            },
+            Frame::Get { key, .. } => {
+                let cursor = store.db().end();
+                versioned_value(store, key, cursor).await
+            }
             Frame::Digest => match blocking(move || digest(&store)).await {
                 Ok(text) => Frame::DigestIs { text },
                 Err(e) => failed("digest_failed", e),
@@ -738,13 +808,7 @@ impl Worker {
         let store = self.store();
         let reply = match first {
             Frame::Get { key, min_cursor } => match self.wait_applied(min_cursor).await {
-                true => match blocking(move || Ok(store.get(&key)?)).await {
-                    Ok(value) => Frame::Value {
-                        value,
-                        cursor: self.applied(),
-                    },
-                    Err(e) => failed("read_failed", e),
-                },
+                true => versioned_value(store, key, self.applied()).await,
                 false => failed(
                     "lagging",
                     format!("applied {} has not reached {min_cursor}", self.applied()),

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use ourdb::Location;
-use replication::{Ack, Client};
+use replication::{Ack, Client, Expect, Version};
 use serde_json::json;
 
 /// Largest request body read; larger values are refused with 413 anyway.
@@ -109,7 +109,13 @@ impl Gateway {
         }
     }
 
-    async fn write(&self, key: &str, value: &[u8], ack: Ack) -> Result<Location, ApiError> {
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<(Location, Version), ApiError> {
         check_key(key)?;
         let max = ourdb::keyed::max_value_len(key);
         if value.len() > max {
@@ -123,7 +129,7 @@ impl Gateway {
             ));
         }
         self.client
-            .set_with(self.master, key, value, ack)
+            .set_if(self.master, key, value, ack, expect)
             .await
             .map_err(ApiError::from_write)
     }
@@ -193,6 +199,13 @@ impl ApiError {
     }
     fn from_write(e: replication::Error) -> ApiError {
         match e {
+            replication::Error::Remote { code, message } if code == "precondition" => {
+                ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    message,
+                )
+            }
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
             }
@@ -222,6 +235,36 @@ fn counted<T: IntoResponse>(gw: &Gateway, r: Result<T, ApiError>) -> Response {
         Err(e) => {
             gw.errors.fetch_add(1, Ordering::Relaxed);
             e.into_response()
+        }
+    }
+}
+
+fn with_etag(mut r: Response, v: Version) -> Response {
+    if let Ok(h) = HeaderValue::from_str(&v.etag()) {
+        r.headers_mut().insert(header::ETAG, h);
+    }
+    r
+}
+
+/// `If-Match: "etag"` or `If-None-Match: *` as a write condition. An entity
+/// tag this gateway did not make can match nothing.
+fn expectation(headers: &HeaderMap) -> Result<Expect, ApiError> {
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        return match v.to_str().map(str::trim) {
+            Ok("*") => Ok(Expect::Absent),
+            _ => Err(ApiError::bad_request("If-None-Match supports only *")),
+        };
+    }
+    match headers.get(header::IF_MATCH) {
+        None => Ok(Expect::Any),
+        Some(v) => {
+            let tag = v.to_str().unwrap_or_default();
+            Ok(Expect::Version(Version::from_etag(tag).unwrap_or(
+                Version {
+                    epoch: u64::MAX,
+                    at: Location::NONE,
+                },
+            )))
         }
     }
 }
@@ -275,7 +318,9 @@ async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
         let form = parse_pairs(&body)?;
         let key = field(&form, "key")?;
         let value = field(&form, "value")?;
-        let c = gw.write(&key, value.as_bytes(), Ack::Master).await?;
+        let (c, _) = gw
+            .write(&key, value.as_bytes(), Ack::Master, Expect::Any)
+            .await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
             c,
@@ -300,7 +345,7 @@ async fn seed_get(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
 async fn seed_delete(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
         let key = field(&parse_pairs(&body)?, "key")?;
-        delete_key(&gw, &key, Ack::Master).await
+        delete_key(&gw, &key, Ack::Master, Expect::Any).await
     }
     .await;
     counted(&gw, r)
@@ -328,20 +373,31 @@ async fn get_value(
         let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
         return Ok(Json(json!({"key": key, "history": history})).into_response());
     }
-    match gw.read(min, |n, c| gw.client.get(n, key, c)).await? {
-        Some(v) => Ok(with_cursor(
-            ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
-            min,
+    match gw
+        .read(min, |n, c| gw.client.get_versioned(n, key, c))
+        .await?
+    {
+        Some((v, version)) => Ok(with_etag(
+            with_cursor(
+                ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
+                min,
+            ),
+            version,
         )),
         None => Err(ApiError::not_found(key)),
     }
 }
 
-async fn delete_key(gw: &Gateway, key: &str, ack: Ack) -> Result<Response, ApiError> {
+async fn delete_key(
+    gw: &Gateway,
+    key: &str,
+    ack: Ack,
+    expect: Expect,
+) -> Result<Response, ApiError> {
     check_key(key)?;
     let (existed, c) = gw
         .client
-        .delete_with(gw.master, key, ack)
+        .delete_if(gw.master, key, ack, expect)
         .await
         .map_err(ApiError::from_write)?;
     if !existed {
@@ -367,23 +423,37 @@ async fn kv_get(
     counted(&gw, r)
 }
 
-async fn kv_put(State(gw): Gw, Path(key): Path<String>, q: RawQuery, body: Bytes) -> Response {
+async fn kv_put(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> Response {
     let r = async {
         let q = query(&q)?;
-        let c = gw.write(&key, &body, ack_of(&q)?).await?;
-        Ok(with_cursor(
-            Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
-            c,
+        let (c, version) = gw.write(&key, &body, ack_of(&q)?, expectation(&headers)?).await?;
+        Ok(with_etag(
+            with_cursor(
+                Json(json!({"ok": true, "key": key, "cursor": cursor_text(c), "etag": version.etag()})).into_response(),
+                c,
+            ),
+            version,
         ))
     }
     .await;
     counted(&gw, r)
 }
 
-async fn kv_delete(State(gw): Gw, Path(key): Path<String>, q: RawQuery) -> Response {
+async fn kv_delete(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> Response {
     let r = async {
         let q = query(&q)?;
-        delete_key(&gw, &key, ack_of(&q)?).await
+        delete_key(&gw, &key, ack_of(&q)?, expectation(&headers)?).await
     }
     .await;
     counted(&gw, r)

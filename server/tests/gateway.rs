@@ -370,3 +370,88 @@ fn strong_reads_are_never_stale_with_lagging_workers() {
         "the workers did not lag; the test shows nothing"
     );
 }
+
+/// Compare-and-swap: every version has an ETag; If-Match and
+/// If-None-Match: * on PUT and DELETE give 412 when they do not hold.
+#[test]
+fn etags_and_conditional_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let _dev = start(&[
+        "dev",
+        "--data",
+        tmp.path().join("d").to_str().unwrap(),
+        "--http",
+        &http,
+        "--workers",
+        "1",
+    ]);
+    let url = format!("http://{http}/v1/kv/cfg");
+    let etag_of = |args: &[&str]| -> (u16, String, Option<String>) {
+        let out = Command::new("curl")
+            .args(["-s", "-i"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let etag = text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("etag:"))
+            .map(|l| l[5..].trim().to_string());
+        let body = text
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        (code, body, etag)
+    };
+    // Create only if absent.
+    let (code, _, e1) = etag_of(&["-X", "PUT", "-H", "If-None-Match: *", &url, "-d", "v1"]);
+    assert_eq!(code, 200);
+    let e1 = e1.expect("PUT returns an ETag");
+    let (code, body, _) = etag_of(&["-X", "PUT", "-H", "If-None-Match: *", &url, "-d", "again"]);
+    assert_eq!(code, 412, "{body}");
+    assert!(body.contains("precondition_failed"));
+    // GET shows the same ETag.
+    let (code, body, e) = etag_of(&[&url]);
+    assert_eq!(
+        (code, body.as_str(), e.as_deref()),
+        (200, "v1", Some(e1.as_str()))
+    );
+    // Update only from the version read.
+    let (code, _, e2) = etag_of(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("If-Match: {e1}"),
+        &url,
+        "-d",
+        "v2",
+    ]);
+    assert_eq!(code, 200);
+    let e2 = e2.unwrap();
+    assert_ne!(e1, e2);
+    // A second writer holding the old ETag loses, and changes nothing.
+    let (code, _, _) = etag_of(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("If-Match: {e1}"),
+        &url,
+        "-d",
+        "lost",
+    ]);
+    assert_eq!(code, 412);
+    let (code, _, _) = etag_of(&["-X", "DELETE", "-H", &format!("If-Match: {e1}"), &url]);
+    assert_eq!(code, 412);
+    let (code, _, _) = etag_of(&["-X", "PUT", "-H", "If-Match: \"garbage\"", &url, "-d", "x"]);
+    assert_eq!(code, 412);
+    let (_, body, _) = etag_of(&[&url]);
+    assert_eq!(body, "v2");
+    let (code, _, _) = etag_of(&["-X", "DELETE", "-H", &format!("If-Match: {e2}"), &url]);
+    assert_eq!(code, 200);
+    let (code, _, _) = etag_of(&[&url]);
+    assert_eq!(code, 404);
+}
