@@ -332,6 +332,17 @@ impl KeyedStore {
         Ok((env.kind == Kind::Put && env.key == key).then(|| env.value.to_vec()))
     }
 
+    /// The key and current value stored under record id `id`.
+    pub fn get_by_id(&self, id: u32) -> Result<Option<(String, Vec<u8>)>> {
+        let rec = match self.db.get(id) {
+            Ok(r) => r,
+            Err(Error::NotFound(_) | Error::IdOutOfRange { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let env = Envelope::decode(&rec)?;
+        Ok((env.kind == Kind::Put).then(|| (env.key.to_string(), env.value.to_vec())))
+    }
+
     /// Up to `depth` values of `key`, newest first.
     pub fn history(&self, key: &str, depth: usize) -> Result<Vec<Vec<u8>>> {
         let Some(id) = self.id_of(key) else {

@@ -244,6 +244,19 @@ impl Client {
         }
     }
 
+    /// The key and value of record `id`.
+    pub async fn by_id(
+        &self,
+        node: SocketAddr,
+        id: u32,
+        min_cursor: Location,
+    ) -> Result<Option<(String, Vec<u8>)>> {
+        match self.call(node, &Frame::ById { id, min_cursor }).await? {
+            Frame::Record { entry, .. } => Ok(entry),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// Up to `depth` values of `key`, newest first.
     pub async fn history(
         &self,

@@ -97,6 +97,13 @@ pub enum Frame {
         values: Vec<Vec<u8>>,
         cursor: Location,
     },
+    /// Client -> node: the record with this id, once `min_cursor` is applied.
+    ById { id: u32, min_cursor: Location },
+    /// Node -> client: its key and value, if the id is live.
+    Record {
+        entry: Option<(String, Vec<u8>)>,
+        cursor: Location,
+    },
     /// Client -> master: the cluster as the master sees it.
     Status,
     /// Master -> client: the commit cursor and each worker's state.
@@ -376,6 +383,23 @@ impl Frame {
                 w.bytes(message.as_bytes());
             }
             Frame::Status => w.u8(14),
+            Frame::ById { id, min_cursor } => {
+                w.u8(23);
+                w.0.extend_from_slice(&id.to_be_bytes());
+                w.loc(*min_cursor);
+            }
+            Frame::Record { entry, cursor } => {
+                w.u8(24);
+                w.loc(*cursor);
+                match entry {
+                    Some((k, v)) => {
+                        w.u8(1);
+                        w.bytes(k.as_bytes());
+                        w.bytes(v);
+                    }
+                    None => w.u8(0),
+                }
+            }
             Frame::List {
                 prefix,
                 after,
@@ -504,6 +528,19 @@ impl Frame {
                 message: r.string()?,
             },
             14 => Frame::Status,
+            23 => Frame::ById {
+                id: r.u32()?,
+                min_cursor: r.loc()?,
+            },
+            24 => {
+                let cursor = r.loc()?;
+                let entry = match r.u8()? {
+                    0 => None,
+                    1 => Some((r.string()?, r.bytes()?.to_vec())),
+                    b => return Err(Error::Protocol(format!("bad option tag {b}"))),
+                };
+                Frame::Record { entry, cursor }
+            }
             19 => Frame::List {
                 prefix: r.string()?,
                 after: r.string()?,
@@ -626,6 +663,18 @@ mod tests {
                 expect: Expect::Any,
             },
             Frame::Status,
+            Frame::ById {
+                id: 7,
+                min_cursor: l,
+            },
+            Frame::Record {
+                entry: Some(("k".into(), vec![1, 2])),
+                cursor: l,
+            },
+            Frame::Record {
+                entry: None,
+                cursor: l,
+            },
             Frame::List {
                 prefix: "a/".into(),
                 after: "a/b".into(),

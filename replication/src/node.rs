@@ -69,6 +69,10 @@ async fn read_query(store: Arc<KeyedStore>, req: Frame, cursor: Location) -> Fra
             let keys = store.list(&prefix, after.as_deref(), limit as usize);
             Frame::Keys { keys, cursor }
         }
+        Frame::ById { id, .. } => match blocking(move || Ok(store.get_by_id(id)?)).await {
+            Ok(entry) => Frame::Record { entry, cursor },
+            Err(e) => failed("read_failed", e),
+        },
         Frame::History { key, depth, .. } => {
             match blocking(move || Ok(store.history(&key, depth as usize)?)).await {
                 Ok(values) => Frame::Values { values, cursor },
@@ -407,7 +411,7 @@ impl Master {
                 Ok(text) => Frame::DigestIs { text },
                 Err(e) => failed("digest_failed", e),
             },
-            req @ (Frame::List { .. } | Frame::History { .. }) => {
+            req @ (Frame::List { .. } | Frame::History { .. } | Frame::ById { .. }) => {
                 let cursor = store.db().end();
                 read_query(store, req, cursor).await
             }
@@ -821,7 +825,9 @@ impl Worker {
             Frame::ReadIndex => Frame::Cursor {
                 cursor: self.applied(),
             },
-            req @ (Frame::List { min_cursor, .. } | Frame::History { min_cursor, .. }) => {
+            req @ (Frame::List { min_cursor, .. }
+            | Frame::History { min_cursor, .. }
+            | Frame::ById { min_cursor, .. }) => {
                 if self.wait_applied(min_cursor).await {
                     read_query(store, req, self.applied()).await
                 } else {

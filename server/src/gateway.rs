@@ -28,11 +28,19 @@ pub struct Gateway {
     next: AtomicUsize,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Bearer token every request but /health must carry, if set.
+    token: Option<String>,
 }
 
 impl Gateway {
-    pub fn new(client: Client, master: SocketAddr, workers: Vec<SocketAddr>) -> Arc<Gateway> {
+    pub fn new(
+        client: Client,
+        master: SocketAddr,
+        workers: Vec<SocketAddr>,
+        token: Option<String>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
+            token,
             client,
             master,
             workers,
@@ -54,7 +62,12 @@ impl Gateway {
             .route("/delete", post(seed_delete))
             .route("/v1/kv", get(list))
             .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+            .route("/v1/records/{id}", get(by_id))
             .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                authorize,
+            ))
             .with_state(self)
     }
 
@@ -133,6 +146,42 @@ impl Gateway {
             .await
             .map_err(ApiError::from_write)
     }
+}
+
+/// With `--api-token`, every request but `/health` needs
+/// `Authorization: Bearer <token>`.
+async fn authorize(
+    State(gw): Gw,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &gw.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compare without an early exit, so timing tells nothing.
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok && req.uri().path() != "/health" {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 fn parse_cursor(s: &str) -> Option<Location> {
@@ -481,6 +530,31 @@ async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
             .then(|| keys.last().cloned())
             .flatten();
         Ok(Json(json!({"keys": keys, "next": next})).into_response())
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn by_id(State(gw): Gw, Path(id): Path<String>, headers: HeaderMap, q: RawQuery) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let id: u32 = id
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("record id {id:?} is not a number")))?;
+        let min = gw.min_cursor(&q, &headers).await?;
+        match gw.read(min, |n, c| gw.client.by_id(n, id, c)).await? {
+            Some((key, value)) => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                Ok(Json(
+                    json!({"id": id, "key": key, "value": b64.encode(value)}),
+                ))
+            }
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("record {id} not found"),
+            )),
+        }
     }
     .await;
     counted(&gw, r)

@@ -30,6 +30,9 @@ enum Cmd {
         http: String,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Require `Authorization: Bearer TOKEN` on the HTTP API.
+        #[arg(long, env = "OURKV_API_TOKEN", value_name = "TOKEN")]
+        api_token: Option<String>,
     },
     /// The HTTP gateway in front of a running master and workers.
     Gateway {
@@ -41,6 +44,9 @@ enum Cmd {
         workers: Vec<String>,
         #[arg(long, value_name = "DIR")]
         cluster: Option<PathBuf>,
+        /// Require `Authorization: Bearer TOKEN` on the HTTP API.
+        #[arg(long, env = "OURKV_API_TOKEN", value_name = "TOKEN")]
+        api_token: Option<String>,
     },
     /// Work on one OurDB directory (V's or ourkv's).
     #[command(subcommand)]
@@ -669,6 +675,7 @@ fn run_gateway(
     master: &str,
     workers: &[String],
     cluster: Option<&Path>,
+    token: Option<String>,
 ) -> Result<ExitCode> {
     let identity = identity(cluster)?;
     let master = resolve(master)?;
@@ -682,7 +689,8 @@ fn run_gateway(
     }
     let http = resolve(http)?;
     runtime()?.block_on(async {
-        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, master, workers);
+        let gw =
+            gateway::Gateway::new(replication::Client::new(&identity)?, master, workers, token);
         println!("gateway listening on http://{http}");
         serve_http(gw, http).await
     })?;
@@ -691,7 +699,7 @@ fn run_gateway(
 
 /// `ourkv dev`: a master, `n` workers and the gateway in this process, talking
 /// QUIC over loopback (no cluster certificates needed there).
-fn run_dev(data: &Path, http: &str, n: usize) -> Result<ExitCode> {
+fn run_dev(data: &Path, http: &str, n: usize, token: Option<String>) -> Result<ExitCode> {
     let http = resolve(http)?;
     if !http.ip().is_loopback() {
         bail!("ourkv dev serves loopback only; {http} is not a loopback address");
@@ -727,7 +735,7 @@ fn run_dev(data: &Path, http: &str, n: usize) -> Result<ExitCode> {
             tokio::spawn(w.clone().run(wep));
             workers.push(w);
         }
-        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, maddr, addrs);
+        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, maddr, addrs, token);
         println!(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()
@@ -749,13 +757,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             data,
             http,
             workers,
-        } => return run_dev(&data, &http, workers),
+            api_token,
+        } => return run_dev(&data, &http, workers, api_token),
         Cmd::Gateway {
             http,
             master,
             workers,
             cluster,
-        } => return run_gateway(&http, &master, &workers, cluster.as_deref()),
+            api_token,
+        } => return run_gateway(&http, &master, &workers, cluster.as_deref(), api_token),
         Cmd::Cluster(ClusterCmd::Init { out }) => {
             replication::init_cluster(&out)?;
             println!(

@@ -455,3 +455,44 @@ fn etags_and_conditional_writes() {
     let (code, _, _) = etag_of(&[&url]);
     assert_eq!(code, 404);
 }
+
+/// Records by id, and the optional bearer token.
+#[test]
+fn records_by_id_and_api_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let dir = tmp.path().join("d");
+    let _dev = start(&[
+        "dev",
+        "--data",
+        dir.to_str().unwrap(),
+        "--http",
+        &http,
+        "--workers",
+        "1",
+        "--api-token",
+        "s3cret",
+    ]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let auth = "Authorization: Bearer s3cret";
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "x"]);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("unauthorized"));
+    let (code, _) = curl(&["-H", "Authorization: Bearer wrong", &url("/v1/kv/a")]);
+    assert_eq!(code, 401);
+    let (code, _) = curl(&[&url("/health")]);
+    assert_eq!(code, 200, "health stays open for probes");
+    let (code, _) = curl(&["-H", auth, "-X", "PUT", &url("/v1/kv/a"), "-d", "first"]);
+    assert_eq!(code, 200);
+    // The first key of a fresh store is record 1.
+    let (code, body) = curl(&["-H", auth, &url("/v1/records/1")]);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["key"], "a");
+    assert_eq!(v["value"], "Zmlyc3Q="); // base64 of "first"
+    let (code, _) = curl(&["-H", auth, &url("/v1/records/999")]);
+    assert_eq!(code, 404);
+    let (code, _) = curl(&["-H", auth, &url("/v1/records/x")]);
+    assert_eq!(code, 400);
+}
