@@ -276,11 +276,55 @@ impl Client {
         }
     }
 
+    /// Changes to keys with `prefix` from `cursor` on, from a worker.
+    pub async fn watch(&self, node: SocketAddr, prefix: &str, cursor: Location) -> Result<Watch> {
+        let conn = self.connection(node).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Quic(e.to_string()))?;
+        let req = Frame::Watch {
+            prefix: prefix.into(),
+            cursor,
+        };
+        frame::write(&mut send, &req).await?;
+        let _ = send.finish();
+        Ok(Watch { recv, _send: send })
+    }
+
     /// A node's data file digest.
     pub async fn digest(&self, node: SocketAddr) -> Result<String> {
         match self.call(node, &Frame::Digest).await? {
             Frame::DigestIs { text } => Ok(text),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+/// One change seen by a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Resume after this change from here.
+    pub cursor: Location,
+    pub key: String,
+    /// `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A running watch.
+pub struct Watch {
+    recv: quinn::RecvStream,
+    _send: quinn::SendStream,
+}
+
+impl Watch {
+    /// The next change; `None` when the node ends the stream.
+    pub async fn next(&mut self) -> Result<Option<Change>> {
+        match frame::read(&mut self.recv).await? {
+            Some(Frame::Change { cursor, key, value }) => Ok(Some(Change { cursor, key, value })),
+            Some(Frame::Failed { code, message }) => Err(Error::Remote { code, message }),
+            Some(other) => Err(Error::Protocol(format!("unexpected {other:?}"))),
+            None => Ok(None),
         }
     }
 }

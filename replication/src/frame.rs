@@ -104,6 +104,16 @@ pub enum Frame {
         entry: Option<(String, Vec<u8>)>,
         cursor: Location,
     },
+    /// Client -> worker: stream the changes to keys with `prefix` from
+    /// `cursor` on, then as they are applied.
+    Watch { prefix: String, cursor: Location },
+    /// Worker -> client: `key` was set to `value` (or deleted, `None`); the
+    /// stream resumes after this change from `cursor`.
+    Change {
+        cursor: Location,
+        key: String,
+        value: Option<Vec<u8>>,
+    },
     /// Client -> master: the cluster as the master sees it.
     Status,
     /// Master -> client: the commit cursor and each worker's state.
@@ -383,6 +393,23 @@ impl Frame {
                 w.bytes(message.as_bytes());
             }
             Frame::Status => w.u8(14),
+            Frame::Watch { prefix, cursor } => {
+                w.u8(25);
+                w.bytes(prefix.as_bytes());
+                w.loc(*cursor);
+            }
+            Frame::Change { cursor, key, value } => {
+                w.u8(26);
+                w.loc(*cursor);
+                w.bytes(key.as_bytes());
+                match value {
+                    Some(v) => {
+                        w.u8(1);
+                        w.bytes(v);
+                    }
+                    None => w.u8(0),
+                }
+            }
             Frame::ById { id, min_cursor } => {
                 w.u8(23);
                 w.0.extend_from_slice(&id.to_be_bytes());
@@ -528,6 +555,20 @@ impl Frame {
                 message: r.string()?,
             },
             14 => Frame::Status,
+            25 => Frame::Watch {
+                prefix: r.string()?,
+                cursor: r.loc()?,
+            },
+            26 => {
+                let cursor = r.loc()?;
+                let key = r.string()?;
+                let value = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.bytes()?.to_vec()),
+                    b => return Err(Error::Protocol(format!("bad option tag {b}"))),
+                };
+                Frame::Change { cursor, key, value }
+            }
             23 => Frame::ById {
                 id: r.u32()?,
                 min_cursor: r.loc()?,
@@ -663,6 +704,20 @@ mod tests {
                 expect: Expect::Any,
             },
             Frame::Status,
+            Frame::Watch {
+                prefix: "w/".into(),
+                cursor: l,
+            },
+            Frame::Change {
+                cursor: l,
+                key: "w/1".into(),
+                value: Some(vec![3]),
+            },
+            Frame::Change {
+                cursor: l,
+                key: "w/1".into(),
+                value: None,
+            },
             Frame::ById {
                 id: 7,
                 min_cursor: l,

@@ -15,7 +15,7 @@ pub mod identity;
 pub mod mycelium;
 pub mod node;
 
-pub use client::Client;
+pub use client::{Change, Client, Watch};
 pub use error::{Error, Result};
 pub use frame::{Ack, Expect, Version, WorkerStatus};
 pub use identity::{init_cluster, Identity};

@@ -699,6 +699,62 @@ impl Worker {
         }
     }
 
+    /// Streams the changes to keys with `prefix` from `cursor` on: first
+    /// what is already applied, then each change as it is applied.
+    async fn watch(
+        &self,
+        mut send: quinn::SendStream,
+        prefix: String,
+        mut cursor: Location,
+    ) -> Result<()> {
+        if cursor.is_none() {
+            cursor = Location::new(0, 1);
+        }
+        let mut applied = self.applied.subscribe();
+        loop {
+            applied.borrow_and_update();
+            let store = self.store();
+            let seg =
+                match blocking(move || Ok(store.db().read_records(cursor, SEGMENT_BYTES)?)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = frame::write(&mut send, &failed("cursor", &e)).await;
+                        return Err(e);
+                    }
+                };
+            if seg.bytes.is_empty() {
+                cursor = seg.next;
+                // A client that went away is noticed at the next write at the latest.
+                if tokio::time::timeout(Duration::from_secs(15), applied.changed())
+                    .await
+                    .is_ok_and(|r| r.is_err())
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut pos = 0usize;
+            while let Some(h) = ourdb::scan::record_at(&seg.bytes, pos) {
+                let end = pos + h.record_len() as usize;
+                let after = Location::new(seg.start.file_nr, seg.start.position + end as u32);
+                let value = &seg.bytes[pos + ourdb::HEADER_LEN..end];
+                if let Ok(env) = ourdb::keyed::Envelope::decode(value) {
+                    if env.key.starts_with(&prefix) {
+                        let change = Frame::Change {
+                            cursor: after,
+                            key: env.key.to_string(),
+                            value: (env.kind == ourdb::keyed::Kind::Put)
+                                .then(|| env.value.to_vec()),
+                        };
+                        frame::write(&mut send, &change).await?;
+                    }
+                }
+                pos = end;
+            }
+            cursor = seg.next;
+        }
+    }
+
     /// Waits (up to `READ_WAIT`) until `min_cursor` is applied.
     async fn wait_applied(&self, min_cursor: Location) -> bool {
         let mut rx = self.applied.subscribe();
@@ -811,6 +867,7 @@ impl Worker {
         };
         let store = self.store();
         let reply = match first {
+            Frame::Watch { prefix, cursor } => return self.watch(send, prefix, cursor).await,
             Frame::Get { key, min_cursor } => match self.wait_applied(min_cursor).await {
                 true => versioned_value(store, key, self.applied()).await,
                 false => failed(

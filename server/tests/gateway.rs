@@ -496,3 +496,84 @@ fn records_by_id_and_api_token() {
     let (code, _) = curl(&["-H", auth, &url("/v1/records/x")]);
     assert_eq!(code, 400);
 }
+
+/// Watch: server-sent events for a prefix, resumable from the last event id
+/// without gaps or repeats.
+#[test]
+fn watch_streams_changes_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let _dev = start(&[
+        "dev",
+        "--data",
+        tmp.path().join("d").to_str().unwrap(),
+        "--http",
+        &http,
+        "--workers",
+        "1",
+    ]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let watcher = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "4", &url("/v1/watch?prefix=w/")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    for (method, path, body) in [
+        ("PUT", "/v1/kv/w/1", "one"),
+        ("PUT", "/v1/kv/x/2", "not watched"),
+        ("PUT", "/v1/kv/w/3", "three"),
+        ("DELETE", "/v1/kv/w/1", ""),
+    ] {
+        let mut args = vec!["-X", method];
+        let u = url(path);
+        args.push(&u);
+        if !body.is_empty() {
+            args.extend(["-d", body]);
+        }
+        let (code, _) = curl(&args);
+        assert_eq!(code, 200, "{method} {path}");
+    }
+    let out = String::from_utf8(watcher.wait_with_output().unwrap().stdout).unwrap();
+    let events: Vec<(String, String, String)> = out
+        .split("\n\n")
+        .filter(|e| e.contains("data:"))
+        .map(|e| {
+            let field = |name: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            (field("id:"), field("event:"), field("data:"))
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(kinds, ["put", "put", "delete"], "{out}");
+    assert!(
+        events[0].2.contains("\"w/1\"") && events[0].2.contains("b25l"),
+        "{out}"
+    );
+    assert!(events[1].2.contains("\"w/3\""));
+    assert!(!out.contains("x/2"));
+    // Resuming after the first event gives exactly the rest.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-N",
+            "--max-time",
+            "1",
+            "-H",
+            &format!("Last-Event-ID: {}", events[0].0),
+        ])
+        .arg(url("/v1/watch?prefix=w/"))
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(again.matches("data:").count(), 2, "{again}");
+    assert!(
+        again.contains(&format!("id: {}", events[1].0))
+            && again.contains(&format!("id: {}", events[2].0))
+    );
+}
