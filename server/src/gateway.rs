@@ -64,6 +64,15 @@ impl Gateway {
             .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
             .route("/v1/records/{id}", get(by_id))
             .route("/v1/watch", get(watch))
+            .route(
+                "/openapi.json",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        include_str!("openapi.json"),
+                    )
+                }),
+            )
             .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
@@ -649,12 +658,27 @@ async fn cluster(State(gw): Gw) -> Response {
     counted(&gw, r)
 }
 
-async fn ready(State(gw): Gw) -> Response {
+async fn ready(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {
-        gw.client
-            .read_index(gw.master)
+        let q = query(&q)?;
+        let (cursor, workers) = gw
+            .client
+            .status(gw.master)
             .await
             .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
+        // ?sync: every worker this gateway uses has caught up with the master.
+        if q.contains_key("sync") {
+            for w in &gw.workers {
+                let caught_up = workers
+                    .iter()
+                    .any(|s| s.addr == w.to_string() && s.in_sync && s.acked >= cursor);
+                if !caught_up {
+                    return Err(ApiError::unavailable(format!(
+                        "worker {w} is not caught up"
+                    )));
+                }
+            }
+        }
         Ok(Json(json!({"ready": true})))
     }
     .await;

@@ -240,6 +240,35 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(v["keys"], serde_json::json!(["keep"]));
     let (_, body) = curl(&[&url("/v1/kv/keep")]);
     assert_eq!(body, "kept");
+    // The API describes itself, route by route.
+    let (code, body) = curl(&[&url("/openapi.json")]);
+    assert_eq!(code, 200);
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for path in [
+        "/set",
+        "/get",
+        "/delete",
+        "/v1/kv/{key}",
+        "/v1/kv",
+        "/v1/records/{id}",
+        "/v1/watch",
+        "/v1/cluster",
+    ] {
+        assert!(
+            api["paths"].get(path).is_some(),
+            "{path} missing from openapi.json"
+        );
+    }
+    // Ready, and with ?sync the worker has caught up.
+    let t = Instant::now();
+    loop {
+        let (code, _) = curl(&[&url("/ready?sync")]);
+        if code == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready?sync");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
