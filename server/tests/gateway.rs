@@ -606,3 +606,65 @@ fn watch_streams_changes_and_resumes() {
             && again.contains(&format!("id: {}", events[2].0))
     );
 }
+
+/// The status page, loaded in headless Chromium: it shows the master and
+/// each worker with its cursor and state.
+#[test]
+fn status_page_in_headless_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let _dev = start(&[
+        "dev",
+        "--data",
+        tmp.path().join("d").to_str().unwrap(),
+        "--http",
+        &http,
+        "--workers",
+        "2",
+    ]);
+    let (code, _) = curl(&["-X", "PUT", &format!("http://{http}/v1/kv/page"), "-d", "x"]);
+    assert_eq!(code, 200);
+    // Wait until both workers report in sync, then look with a browser.
+    let t = Instant::now();
+    while curl(&[&format!("http://{http}/")])
+        .1
+        .matches("in sync")
+        .count()
+        != 2
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "workers never in sync"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = tmp.path().join("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://{http}/"))
+        .output()
+        .expect("chromium (Debian package chromium) is needed for this test");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<h1>ourkv</h1>"), "{dom}");
+    let rows: Vec<&str> = dom.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 3, "master and two workers: {dom}");
+    assert!(rows[0].contains("<td>master</td>"));
+    assert_eq!(dom.matches("<td>worker</td>").count(), 2);
+    assert_eq!(dom.matches("in sync").count(), 2, "{dom}");
+    // Every node shows a file:offset cursor.
+    for r in &rows {
+        assert!(r.contains("0:"), "{r}");
+    }
+}
