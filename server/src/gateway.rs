@@ -30,6 +30,47 @@ pub struct Gateway {
     errors: AtomicU64,
     /// Bearer token every request but /health must carry, if set.
     token: Option<String>,
+    load: Vec<Load>,
+    batch: std::sync::Mutex<Batch>,
+    read_index_rounds: AtomicU64,
+}
+
+/// A worker's load as the gateway sees it.
+#[derive(Default)]
+struct Load {
+    in_flight: AtomicU64,
+    /// Exponentially weighted latency, microseconds.
+    ewma_us: AtomicU64,
+}
+
+impl Load {
+    fn observe(&self, took: std::time::Duration, ok: bool) {
+        // A failure weighs like a one-second answer, so the worker is avoided
+        // until it answers well again.
+        let sample = if ok {
+            took.as_micros() as u64
+        } else {
+            1_000_000
+        };
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    fn score(&self) -> u64 {
+        (self.in_flight.load(Ordering::Relaxed) + 1) * self.ewma_us.load(Ordering::Relaxed).max(1)
+    }
+}
+
+/// Strong reads waiting for the next read-index round.
+#[derive(Default)]
+struct Batch {
+    running: bool,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<Location, String>>>,
 }
 
 impl Gateway {
@@ -41,6 +82,9 @@ impl Gateway {
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             token,
+            load: workers.iter().map(|_| Load::default()).collect(),
+            batch: std::sync::Mutex::new(Batch::default()),
+            read_index_rounds: AtomicU64::new(0),
             client,
             master,
             workers,
@@ -81,18 +125,68 @@ impl Gateway {
             .with_state(self)
     }
 
-    /// Runs `f` on a worker (round robin, the next one on failure), then on
+    /// Worker indexes, least loaded first: fewest requests in flight,
+    /// weighted by recent latency (failures count as slow).
+    fn by_load(&self) -> Vec<usize> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.workers.len();
+        // Rotating the start breaks ties evenly.
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        order.sort_by_key(|&i| self.load[i].score());
+        order
+    }
+
+    /// The master's commit cursor for a strong read. Concurrent strong reads
+    /// share one request, but only one sent after they arrived: a read never
+    /// takes an index older than itself.
+    async fn read_index(&self) -> Result<Location, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            b.waiters.push(tx);
+            !std::mem::replace(&mut b.running, true)
+        };
+        if lead {
+            loop {
+                let batch = {
+                    let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+                    if b.waiters.is_empty() {
+                        b.running = false;
+                        break;
+                    }
+                    std::mem::take(&mut b.waiters)
+                };
+                let r = self
+                    .client
+                    .read_index(self.master)
+                    .await
+                    .map_err(|e| e.to_string());
+                self.read_index_rounds.fetch_add(1, Ordering::Relaxed);
+                for w in batch {
+                    let _ = w.send(r.clone());
+                }
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("read-index leader went away".into()))
+    }
+
+    /// Runs `f` on the least loaded worker (the next one on failure), then on
     /// the master if no worker answered.
     async fn read<T, F, Fut>(&self, min: Location, f: F) -> Result<T, ApiError>
     where
         F: Fn(SocketAddr, Location) -> Fut,
         Fut: std::future::Future<Output = replication::Result<T>>,
     {
-        let n = self.workers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for i in 0..n {
-            match f(self.workers[(start + i) % n], min).await {
+        for i in self.by_load() {
+            let load = &self.load[i];
+            load.in_flight.fetch_add(1, Ordering::Relaxed);
+            let t = std::time::Instant::now();
+            let r = f(self.workers[i], min).await;
+            load.in_flight.fetch_sub(1, Ordering::Relaxed);
+            load.observe(t.elapsed(), r.is_ok());
+            match r {
                 Ok(v) => return Ok(v),
                 Err(e) => last = Some(e),
             }
@@ -116,8 +210,7 @@ impl Gateway {
         {
             // Read-index: the master's commit cursor now.
             "strong" => self
-                .client
-                .read_index(self.master)
+                .read_index()
                 .await
                 .map_err(|e| ApiError::unavailable(format!("no master for a strong read: {e}"))),
             "session" => match headers.get(CURSOR_HEADER) {
@@ -691,6 +784,11 @@ async fn metrics(State(gw): Gw) -> Response {
     out.push_str(&format!(
         "ourkv_http_requests_total {}\n",
         gw.requests.load(Ordering::Relaxed)
+    ));
+    out.push_str("# TYPE ourkv_read_index_rounds_total counter\n");
+    out.push_str(&format!(
+        "ourkv_read_index_rounds_total {}\n",
+        gw.read_index_rounds.load(Ordering::Relaxed)
     ));
     out.push_str("# TYPE ourkv_http_errors_total counter\n");
     out.push_str(&format!(

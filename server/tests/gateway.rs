@@ -398,6 +398,27 @@ fn strong_reads_are_never_stale_with_lagging_workers() {
         stale_seen > 0,
         "the workers did not lag; the test shows nothing"
     );
+
+    // Concurrent strong reads share read-index rounds, and all see the last write.
+    let rounds = |body: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix("ourkv_read_index_rounds_total "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = rounds(&curl(&[&url("/metrics")]).1);
+    let script = format!(
+        "for i in $(seq 60); do curl -s {} & done; wait",
+        url("/v1/kv/hot")
+    );
+    let all = sh(&script);
+    assert_eq!(all, "v39".repeat(60), "a concurrent strong read was stale");
+    let used = rounds(&curl(&[&url("/metrics")]).1) - before;
+    assert!(
+        used < 60,
+        "60 concurrent strong reads took {used} read-index rounds"
+    );
 }
 
 /// Compare-and-swap: every version has an ETag; If-Match and
