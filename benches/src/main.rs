@@ -533,6 +533,23 @@ fn main() {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("machine: {cores} cores, {cpu}\n");
+    if what == "noop-http" {
+        // The ceiling for the service bench: an HTTP server that does nothing.
+        let addr = std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| "127.0.0.1:8099".into());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            let l = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+            println!("noop listening on {addr}");
+            axum::serve(l, app).await.expect("serve");
+        });
+        return;
+    }
     let all = what == "all";
     if all || what == "v" {
         bench_v();

@@ -150,6 +150,11 @@ pub struct OurDb {
     ro_end: Location,
 }
 
+/// A write appended but, under group commit, not yet known durable.
+#[must_use = "wait on it to make the write durable"]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending(u64);
+
 /// Whole records read for shipping: they start at `start`; the next read
 /// continues at `next`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -546,6 +551,15 @@ impl OurDb {
     /// Writes `value`: a new id when `id` is `None` (incremental mode), else a
     /// new version of `id`. Returns the id.
     pub fn set(&self, id: Option<u32>, value: &[u8]) -> Result<u32> {
+        let (id, pending) = self.set_pending(id, value)?;
+        self.wait(pending)?;
+        Ok(id)
+    }
+
+    /// `set` without waiting for group commit: the write is appended (and
+    /// visible), and `wait` makes it durable. Lets callers that serialise
+    /// writes under their own lock wait outside it, so writers share fsyncs.
+    pub fn set_pending(&self, id: Option<u32>, value: &[u8]) -> Result<(u32, Pending)> {
         self.check_value(value)?;
         let mut w = self.writer()?;
         let id = match (id, self.meta.config.incremental) {
@@ -569,8 +583,17 @@ impl OurDb {
             }
         };
         let seq = self.append_locked(&mut w, id, value)?;
-        self.finish_write(w, seq)?;
-        Ok(id)
+        self.finish_write(w)?;
+        Ok((id, Pending(seq)))
+    }
+
+    /// Waits until a pending write is durable under the sync policy (only
+    /// group commit defers anything).
+    pub fn wait(&self, p: Pending) -> Result<()> {
+        if self.sync == SyncPolicy::Group {
+            self.group_sync(p.0)?;
+        }
+        Ok(())
     }
 
     /// Appends a new record for id (incremental mode).
@@ -585,7 +608,8 @@ impl OurDb {
         self.check_range(id)?;
         let mut w = self.writer()?;
         let seq = self.append_locked(&mut w, id, value)?;
-        self.finish_write(w, seq)
+        self.finish_write(w)?;
+        self.wait(Pending(seq))
     }
 
     /// Never hand out ids below `next_id` again (restore and compact keep the
@@ -622,6 +646,12 @@ impl OurDb {
     /// Deletes `id`. Records are never rewritten: the lookup entry is cleared (and
     /// journaled); the bytes go at the next compaction.
     pub fn delete(&self, id: u32) -> Result<()> {
+        let p = self.delete_pending(id)?;
+        self.wait(p)
+    }
+
+    /// `delete` without waiting for group commit (see `set_pending`).
+    pub fn delete_pending(&self, id: u32) -> Result<Pending> {
         self.check_range(id)?;
         let mut w = self.writer()?;
         if self.lookup.get(id).is_none() {
@@ -632,7 +662,8 @@ impl OurDb {
         self.lookup.set(id, Location::NONE);
         w.seq += 1;
         let seq = w.seq;
-        self.finish_write(w, seq)
+        self.finish_write(w)?;
+        Ok(Pending(seq))
     }
 
     /// Appends one record under the writer lock; returns its sequence number.
@@ -742,7 +773,7 @@ impl OurDb {
     }
 
     /// Applies the sync policy after a write, then checkpoints if due.
-    fn finish_write(&self, mut w: MutexGuard<'_, Writer>, seq: u64) -> Result<()> {
+    fn finish_write(&self, mut w: MutexGuard<'_, Writer>) -> Result<()> {
         match self.sync {
             SyncPolicy::Never => {
                 if w.buf.len() >= WRITE_BUFFER || w.wal_buf.len() >= WRITE_BUFFER / 8 {
@@ -755,10 +786,6 @@ impl OurDb {
         }
         if w.bytes_since_checkpoint >= self.checkpoint_bytes {
             self.checkpoint_locked(&mut w)?;
-        }
-        drop(w);
-        if self.sync == SyncPolicy::Group {
-            self.group_sync(seq)?;
         }
         Ok(())
     }
@@ -1067,7 +1094,8 @@ impl OurDb {
         w.bytes_since_checkpoint += bytes.len() as u64;
         let seq = w.seq;
         let end = Location::new(w.active.nr, w.end as u32);
-        self.finish_write(w, seq)?;
+        self.finish_write(w)?;
+        self.wait(Pending(seq))?;
         Ok(end)
     }
 

@@ -255,7 +255,7 @@ impl KeyedStore {
                 max: max_value_len(key),
             });
         }
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         if !self.expected(key, expect) {
             return Ok(None);
         }
@@ -271,20 +271,23 @@ impl KeyedStore {
             value,
         }
         .encode();
-        match existing {
-            Some(id) => {
-                self.db.set(Some(id), &rec)?;
-            }
+        let pending = match existing {
+            Some(id) => self.db.set_pending(Some(id), &rec)?.1,
             None => {
-                let got = self.db.insert(&rec)?;
+                let (got, pending) = self.db.set_pending(None, &rec)?;
                 debug_assert_eq!(got, id);
                 self.index
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(key.to_string(), id);
+                pending
             }
-        }
+        };
         let version = self.db.raw_location(id).unwrap_or(Location::NONE);
+        // Wait for durability outside the lock, so concurrent writers share
+        // one group commit.
+        drop(w);
+        self.db.wait(pending)?;
         Ok(Some((id, version)))
     }
 
@@ -368,7 +371,7 @@ impl KeyedStore {
     /// it existed, or `None` if the precondition failed.
     pub fn delete_if(&self, key: &str, expect: Expect) -> Result<Option<bool>> {
         check_key(key)?;
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         if !self.expected(key, expect) {
             return Ok(None);
         }
@@ -382,12 +385,15 @@ impl KeyedStore {
             value: &[],
         }
         .encode();
-        self.db.set(Some(id), &tomb)?;
-        self.db.delete(id)?;
+        let _ = self.db.set_pending(Some(id), &tomb)?;
+        let pending = self.db.delete_pending(id)?;
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        drop(w);
+        // The delete's sequence number covers the tombstone before it.
+        self.db.wait(pending)?;
         Ok(Some(true))
     }
 

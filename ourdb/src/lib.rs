@@ -32,7 +32,7 @@ pub use config::{
     derive_keysize, Config, SyncPolicy, DEFAULT_FILE_SIZE, DEFAULT_RECORD_NR_MAX,
     DEFAULT_RECORD_SIZE_MAX,
 };
-pub use db::{OpenOptions, OpenReport, OurDb, Segment, LOCK_FILE};
+pub use db::{OpenOptions, OpenReport, OurDb, Pending, Segment, LOCK_FILE};
 pub use error::{Error, Result};
 pub use location::Location;
 pub use lookup::LookupTable;
