@@ -41,7 +41,9 @@ fn failed(code: &str, e: impl std::fmt::Display) -> Frame {
 /// Answers a Get from `store`: the value with its version.
 async fn versioned_value(store: Arc<KeyedStore>, key: String, cursor: Location) -> Frame {
     let epoch = store.db().meta().epoch;
-    match blocking(move || Ok(store.get_versioned(&key)?)).await {
+    // A get is a map lookup and a copy: cheaper in place than a hop to the
+    // blocking pool (a record outside the maps falls back to one pread).
+    match store.get_versioned(&key) {
         Ok(Some((value, at))) => Frame::Value {
             value: Some(value),
             cursor,
