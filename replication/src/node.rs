@@ -757,8 +757,8 @@ impl Worker {
         }
     }
 
-    /// Waits (up to `READ_WAIT`) until `min_cursor` is applied.
-    async fn wait_applied(&self, min_cursor: Location) -> bool {
+    /// Waits (up to 5 s) until `min_cursor` is applied; false if it was not.
+    pub async fn wait_applied(&self, min_cursor: Location) -> bool {
         let mut rx = self.applied.subscribe();
         // The guard `wait_for` returns must not live across an await.
         matches!(

@@ -32,7 +32,16 @@ pub struct Gateway {
     token: Option<String>,
     load: Vec<Load>,
     batch: std::sync::Mutex<Batch>,
+    /// The nodes, when they live in this process (`ourkv dev`).
+    local: Option<Local>,
     read_index_rounds: AtomicU64,
+}
+
+/// Master and workers in this process: requests skip the network. The
+/// workers are in the same order as the gateway's worker addresses.
+pub struct Local {
+    pub master: Arc<replication::Master>,
+    pub workers: Vec<Arc<replication::Worker>>,
 }
 
 /// A worker's load as the gateway sees it.
@@ -84,6 +93,7 @@ impl Gateway {
             token,
             load: workers.iter().map(|_| Load::default()).collect(),
             batch: std::sync::Mutex::new(Batch::default()),
+            local: None,
             read_index_rounds: AtomicU64::new(0),
             client,
             master,
@@ -92,6 +102,12 @@ impl Gateway {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
+    }
+
+    /// Serves from nodes in this process instead of over the network.
+    pub fn with_local(mut self: Arc<Self>, local: Local) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("not yet shared").local = Some(local);
+        self
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -171,13 +187,50 @@ impl Gateway {
             .unwrap_or_else(|_| Err("read-index leader went away".into()))
     }
 
-    /// Runs `f` on the least loaded worker (the next one on failure), then on
-    /// the master if no worker answered.
-    async fn read<T, F, Fut>(&self, min: Location, f: F) -> Result<T, ApiError>
+    /// Runs the read on the least loaded worker that has applied `min` (the
+    /// next one on failure), then on the master if no worker answered:
+    /// `remote` over QUIC, or `local` on the store when the nodes live in
+    /// this process (`ourkv dev`).
+    async fn read<T, F, Fut, L>(&self, min: Location, remote: F, local: L) -> Result<T, ApiError>
     where
         F: Fn(SocketAddr, Location) -> Fut,
         Fut: std::future::Future<Output = replication::Result<T>>,
+        L: Fn(&ourdb::keyed::KeyedStore) -> ourdb::Result<T>,
     {
+        if let Some(nodes) = &self.local {
+            let mut lagging = None;
+            for i in self.by_load() {
+                let w = &nodes.workers[i];
+                if !w.wait_applied(min).await {
+                    lagging = Some(w.applied());
+                    continue;
+                }
+                let load = &self.load[i];
+                let t = std::time::Instant::now();
+                let r = local(&w.store());
+                load.observe(t.elapsed(), r.is_ok());
+                if let Ok(v) = r {
+                    return Ok(v);
+                }
+            }
+            // The master has applied everything; it answers when no worker can.
+            return match local(nodes.master.store()) {
+                Ok(v) => Ok(v),
+                Err(e) => Err(match lagging {
+                    Some(a) => ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "timeout",
+                        format!("no worker reached {min} (one is at {a}); the master failed: {e}"),
+                    ),
+                    None => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "read_failed",
+                        e.to_string(),
+                    ),
+                }),
+            };
+        }
+        let f = remote;
         let mut last = None;
         for i in self.by_load() {
             let load = &self.load[i];
@@ -209,6 +262,14 @@ impl Gateway {
             .unwrap_or("strong")
         {
             // Read-index: the master's commit cursor now.
+            "strong" if self.local.is_some() => Ok(self
+                .local
+                .as_ref()
+                .expect("checked")
+                .master
+                .store()
+                .db()
+                .end()),
             "strong" => self
                 .read_index()
                 .await
@@ -244,8 +305,46 @@ impl Gateway {
                 ),
             ));
         }
+        if let Some(nodes) = &self.local {
+            return match nodes
+                .master
+                .put(key.into(), value.to_vec(), ack, expect)
+                .await
+            {
+                Ok(Some(w)) => Ok(w),
+                Ok(None) => Err(precondition_failed()),
+                Err(e) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "write_failed",
+                    e.to_string(),
+                )),
+            };
+        }
         self.client
             .set_if(self.master, key, value, ack, expect)
+            .await
+            .map_err(ApiError::from_write)
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<(bool, Location), ApiError> {
+        if let Some(nodes) = &self.local {
+            return match nodes.master.delete(key.into(), ack, expect).await {
+                Ok(Some(d)) => Ok(d),
+                Ok(None) => Err(precondition_failed()),
+                Err(e) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "write_failed",
+                    e.to_string(),
+                )),
+            };
+        }
+        self.client
+            .delete_if(self.master, key, ack, expect)
             .await
             .map_err(ApiError::from_write)
     }
@@ -285,6 +384,14 @@ async fn authorize(
         }
     }
     next.run(req).await
+}
+
+fn precondition_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        "the key's current version is not the one expected",
+    )
 }
 
 fn parse_cursor(s: &str) -> Option<Location> {
@@ -515,8 +622,13 @@ async fn get_value(
         let depth: u32 = depth
             .parse()
             .map_err(|_| ApiError::bad_request("history must be a number"))?;
+        let depth = depth.min(1000);
         let values = gw
-            .read(min, |n, c| gw.client.history(n, key, depth.min(1000), c))
+            .read(
+                min,
+                |n, c| gw.client.history(n, key, depth, c),
+                |s| s.history(key, depth as usize),
+            )
             .await?;
         if values.is_empty() {
             return Err(ApiError::not_found(key));
@@ -525,8 +637,13 @@ async fn get_value(
         let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
         return Ok(Json(json!({"key": key, "history": history})).into_response());
     }
+    let local = |s: &ourdb::keyed::KeyedStore| {
+        let epoch = s.db().meta().epoch;
+        Ok(s.get_versioned(key)?
+            .map(|(v, at)| (v, Version { epoch, at })))
+    };
     match gw
-        .read(min, |n, c| gw.client.get_versioned(n, key, c))
+        .read(min, |n, c| gw.client.get_versioned(n, key, c), local)
         .await?
     {
         Some((v, version)) => Ok(with_etag(
@@ -547,11 +664,7 @@ async fn delete_key(
     expect: Expect,
 ) -> Result<Response, ApiError> {
     check_key(key)?;
-    let (existed, c) = gw
-        .client
-        .delete_if(gw.master, key, ack, expect)
-        .await
-        .map_err(ApiError::from_write)?;
+    let (existed, c) = gw.delete(key, ack, expect).await?;
     if !existed {
         return Err(ApiError::not_found(key));
     }
@@ -625,9 +738,11 @@ async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
         let after = q.get("after").cloned();
         let min = gw.min_cursor(&q, &headers).await?;
         let keys = gw
-            .read(min, |n, c| {
-                gw.client.list(n, &prefix, after.as_deref(), limit, c)
-            })
+            .read(
+                min,
+                |n, c| gw.client.list(n, &prefix, after.as_deref(), limit, c),
+                |s| Ok(s.list(&prefix, after.as_deref(), limit as usize)),
+            )
             .await?;
         let next = (keys.len() == limit as usize)
             .then(|| keys.last().cloned())
@@ -645,7 +760,10 @@ async fn by_id(State(gw): Gw, Path(id): Path<String>, headers: HeaderMap, q: Raw
             .parse()
             .map_err(|_| ApiError::bad_request(format!("record id {id:?} is not a number")))?;
         let min = gw.min_cursor(&q, &headers).await?;
-        match gw.read(min, |n, c| gw.client.by_id(n, id, c)).await? {
+        match gw
+            .read(min, |n, c| gw.client.by_id(n, id, c), |s| s.get_by_id(id))
+            .await?
+        {
             Some((key, value)) => {
                 let b64 = base64::engine::general_purpose::STANDARD;
                 Ok(Json(

@@ -30,6 +30,9 @@ enum Cmd {
         http: String,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Testing aid: workers wait this long before applying each batch.
+        #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+        apply_delay_ms: u64,
         /// Require `Authorization: Bearer TOKEN` on the HTTP API.
         #[arg(long, env = "OURKV_API_TOKEN", value_name = "TOKEN")]
         api_token: Option<String>,
@@ -699,7 +702,13 @@ fn run_gateway(
 
 /// `ourkv dev`: a master, `n` workers and the gateway in this process, talking
 /// QUIC over loopback (no cluster certificates needed there).
-fn run_dev(data: &Path, http: &str, n: usize, token: Option<String>) -> Result<ExitCode> {
+fn run_dev(
+    data: &Path,
+    http: &str,
+    n: usize,
+    apply_delay_ms: u64,
+    token: Option<String>,
+) -> Result<ExitCode> {
     let http = resolve(http)?;
     if !http.ip().is_loopback() {
         bail!("ourkv dev serves loopback only; {http} is not a loopback address");
@@ -730,12 +739,17 @@ fn run_dev(data: &Path, http: &str, n: usize, token: Option<String>) -> Result<E
                 open(&format!("worker-{i}"), ourdb::SyncPolicy::Flush)?,
                 maddr,
             );
+            w.set_apply_delay(std::time::Duration::from_millis(apply_delay_ms));
             let wep = replication::endpoint(&identity, local)?;
             addrs.push(wep.local_addr()?);
             tokio::spawn(w.clone().run(wep));
             workers.push(w);
         }
-        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, maddr, addrs, token);
+        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, maddr, addrs, token)
+            .with_local(gateway::Local {
+                master: master.clone(),
+                workers: workers.clone(),
+            });
         println!(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()
@@ -757,8 +771,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             data,
             http,
             workers,
+            apply_delay_ms,
             api_token,
-        } => return run_dev(&data, &http, workers, api_token),
+        } => return run_dev(&data, &http, workers, apply_delay_ms, api_token),
         Cmd::Gateway {
             http,
             master,
