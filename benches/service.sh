@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Service benchmark: wrk against the ourkv gateway (1 master + 2 workers, each
-# its own process, loopback), beside a no-op HTTP server (the ceiling) and
-# etcd 3.4's JSON gateway, same connections and duration, in one run.
-# Needs: wrk, etcd (Debian packages wrk, etcd-server). Bounded: 4 runs of
+# Service benchmark: wrk against the ourkv gateway in front of 1 master + 2
+# workers, both as four processes on loopback and as `ourkv dev` (one
+# process), beside a no-op HTTP server (the ceiling) and etcd 3.4's JSON
+# gateway, same connections and duration, in one run.
+# Needs: wrk, etcd (Debian packages wrk, etcd-server). Bounded: 8 runs of
 # DURATION each plus start-up; everything it starts it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,12 +28,16 @@ start master $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601
 start w1 $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601
 start w2 $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601
 start gw $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
+start dev $BIN/ourkv dev --data "$tmp/dev" --http 127.0.0.1:7681 --workers 2
 start noop $BIN/ourdb-bench noop-http 127.0.0.1:7699
 etcd --data-dir "$tmp/etcd" --listen-client-urls http://127.0.0.1:7379 --advertise-client-urls http://127.0.0.1:7379 \
   --listen-peer-urls http://127.0.0.1:7380 > "$tmp/etcd.out" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -s http://127.0.0.1:7379/health | grep -q true && break; sleep 0.1; done
 
-for i in $(seq 0 99); do curl -s -X PUT "http://127.0.0.1:7680/v1/kv/k$i" -d "value-$i" > /dev/null; done
+for i in $(seq 0 99); do
+  curl -s -X PUT "http://127.0.0.1:7680/v1/kv/k$i" -d "value-$i" > /dev/null
+  curl -s -X PUT "http://127.0.0.1:7681/v1/kv/k$i" -d "value-$i" > /dev/null
+done
 cat > "$tmp/put.lua" <<'LUA'
 counter = 0
 request = function()
@@ -76,7 +81,10 @@ run() { # label, wrk args...
 echo "| workload ($CONNS connections, $DURATION) | requests/s | p99 |"
 echo "|---|---|---|"
 run "no-op HTTP server (ceiling)" http://127.0.0.1:7699/
-run "GET stale" "http://127.0.0.1:7680/v1/kv/k7?consistency=stale"
-run "GET strong" "http://127.0.0.1:7680/v1/kv/k7"
-run "PUT ack=all (2 workers)" -s "$tmp/put.lua" http://127.0.0.1:7680
+run "GET stale (4 processes)" "http://127.0.0.1:7680/v1/kv/k7?consistency=stale"
+run "GET strong (4 processes)" "http://127.0.0.1:7680/v1/kv/k7"
+run "PUT ack=all, 2 workers (4 processes)" -s "$tmp/put.lua" http://127.0.0.1:7680
+run "GET stale (ourkv dev)" "http://127.0.0.1:7681/v1/kv/k7?consistency=stale"
+run "GET strong (ourkv dev)" "http://127.0.0.1:7681/v1/kv/k7"
+run "PUT ack=all, 2 workers (ourkv dev)" -s "$tmp/put.lua" http://127.0.0.1:7681
 run "etcd 3.4 put (JSON gateway)" -s "$tmp/etcdput.lua" http://127.0.0.1:7379
