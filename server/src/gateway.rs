@@ -148,7 +148,11 @@ impl Gateway {
         let n = self.workers.len();
         // Rotating the start breaks ties evenly.
         let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
-        order.sort_by_key(|&i| self.load[i].score());
+        // Every 64th read goes round-robin, so a worker that failed once is
+        // tried again and its score can recover.
+        if !start.is_multiple_of(64) {
+            order.sort_by_key(|&i| self.load[i].score());
+        }
         order
     }
 
