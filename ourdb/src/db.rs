@@ -152,8 +152,16 @@ pub struct OurDb {
 
 /// A write appended but, under group commit, not yet known durable.
 #[must_use = "wait on it to make the write durable"]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pending(u64);
+
+impl Pending {
+    /// The write's sequence number: it is durable once `commit` (or `wait`)
+    /// returned a number at least this high.
+    pub fn seq(self) -> u64 {
+        self.0
+    }
+}
 
 /// Whole records read for shipping: they start at `start`; the next read
 /// continues at `next`.
@@ -782,7 +790,13 @@ impl OurDb {
             }
             SyncPolicy::Flush => self.flush_locked(&mut w)?,
             SyncPolicy::Always => self.sync_locked(&mut w)?,
-            SyncPolicy::Group => self.flush_locked(&mut w)?,
+            // The group-commit leader flushes the whole group at once: one
+            // write(2) per group instead of one per record.
+            SyncPolicy::Group => {
+                if w.buf.len() >= WRITE_BUFFER || w.wal_buf.len() >= WRITE_BUFFER / 8 {
+                    self.flush_locked(&mut w)?;
+                }
+            }
         }
         if w.bytes_since_checkpoint >= self.checkpoint_bytes {
             self.checkpoint_locked(&mut w)?;
@@ -808,6 +822,38 @@ impl OurDb {
         }
         g.leader = true;
         drop(g);
+        self.lead_group(|| ()).map(|_| ())
+    }
+
+    /// One group commit: flushes every write so far, calls `flushed` (the
+    /// group is now readable by `read_records`, so it can be shipped while
+    /// it syncs), then fdatasyncs it (after any group commit already
+    /// running). Returns the sequence number now durable. A syncer thread
+    /// can call this in a loop, so that writers never block on the fsync.
+    pub fn commit(&self, flushed: impl FnOnce()) -> Result<u64> {
+        {
+            let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+            while g.leader {
+                g = self.group_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            if g.failed {
+                return Err(Error::Poisoned);
+            }
+            g.leader = true;
+        }
+        self.lead_group(flushed)
+    }
+
+    /// The sequence number of the last write accepted (durable or not).
+    pub fn written_seq(&self) -> u64 {
+        match &self.writer {
+            Some(m) => m.lock().unwrap_or_else(|e| e.into_inner()).seq,
+            None => 0,
+        }
+    }
+
+    /// The leader's part of a group commit (`group.leader` is set).
+    fn lead_group(&self, flushed: impl FnOnce()) -> Result<u64> {
         // Everything flushed up to `target` is covered by this sync. The fsyncs
         // run outside the writer lock, so the next group gathers meanwhile.
         let plan = self.writer().and_then(|mut w| {
@@ -819,6 +865,9 @@ impl OurDb {
                 .collect();
             Ok((w.seq, dirty, w.wal.clone()))
         });
+        if plan.is_ok() {
+            flushed();
+        }
         let result = plan.and_then(|(target, dirty, wal)| {
             for f in dirty {
                 f.sync_data()?;
@@ -837,7 +886,7 @@ impl OurDb {
         let out = match result {
             Ok(target) => {
                 g.synced_seq = g.synced_seq.max(target);
-                Ok(())
+                Ok(g.synced_seq)
             }
             Err(e) => {
                 g.failed = true;

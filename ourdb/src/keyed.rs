@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, RwLock};
 
-use crate::db::OurDb;
+use crate::db::{OurDb, Pending};
 use crate::error::{Error, Result};
 use crate::location::Location;
 use crate::record::MAX_VALUE_LEN;
@@ -230,16 +230,38 @@ impl KeyedStore {
 
     /// Stores `value` under `key`; returns the key's id.
     pub fn put(&self, key: &str, value: &[u8]) -> Result<u32> {
-        let (id, _) = self
+        let (id, _, pending) = self
             .put_inner(key, value, Expect::Any)?
             .expect("no precondition");
+        self.db.wait(pending)?;
         Ok(id)
     }
 
     /// Stores `value` under `key` if the key's current version is what
     /// `expect` says (compare-and-swap); the new version, or `None` if not.
     pub fn put_if(&self, key: &str, value: &[u8], expect: Expect) -> Result<Option<Location>> {
-        Ok(self.put_inner(key, value, expect)?.map(|(_, v)| v))
+        let Some((_, version, pending)) = self.put_inner(key, value, expect)? else {
+            return Ok(None);
+        };
+        // Wait for durability outside the lock, so concurrent writers share
+        // one group commit.
+        self.db.wait(pending)?;
+        Ok(Some(version))
+    }
+
+    /// `put_if` without waiting for durability: the write is visible, and
+    /// durable once the database's `commit` (or `wait`) covers `Pending`.
+    /// Never blocks on I/O under group commit, so async callers can run it
+    /// in place and await a syncer instead.
+    pub fn put_if_pending(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<Option<(Location, Pending)>> {
+        Ok(self
+            .put_inner(key, value, expect)?
+            .map(|(_, version, pending)| (version, pending)))
     }
 
     fn put_inner(
@@ -247,7 +269,7 @@ impl KeyedStore {
         key: &str,
         value: &[u8],
         expect: Expect,
-    ) -> Result<Option<(u32, Location)>> {
+    ) -> Result<Option<(u32, Location, Pending)>> {
         check_key(key)?;
         if value.len() > max_value_len(key) {
             return Err(Error::ValueTooLarge {
@@ -255,7 +277,7 @@ impl KeyedStore {
                 max: max_value_len(key),
             });
         }
-        let w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         if !self.expected(key, expect) {
             return Ok(None);
         }
@@ -284,11 +306,7 @@ impl KeyedStore {
             }
         };
         let version = self.db.raw_location(id).unwrap_or(Location::NONE);
-        // Wait for durability outside the lock, so concurrent writers share
-        // one group commit.
-        drop(w);
-        self.db.wait(pending)?;
-        Ok(Some((id, version)))
+        Ok(Some((id, version, pending)))
     }
 
     /// The location of `key`'s current record: it names the version (records
@@ -370,13 +388,28 @@ impl KeyedStore {
     /// Deletes `key` if its current version is what `expect` says: whether
     /// it existed, or `None` if the precondition failed.
     pub fn delete_if(&self, key: &str, expect: Expect) -> Result<Option<bool>> {
+        Ok(match self.delete_if_pending(key, expect)? {
+            None => None,
+            Some(None) => Some(false),
+            Some(Some(pending)) => {
+                // Outside the lock, as for puts.
+                self.db.wait(pending)?;
+                Some(true)
+            }
+        })
+    }
+
+    /// `delete_if` without waiting for durability (see `put_if_pending`):
+    /// `None` if the precondition failed, `Some(None)` if the key did not
+    /// exist, else the delete to wait for.
+    pub fn delete_if_pending(&self, key: &str, expect: Expect) -> Result<Option<Option<Pending>>> {
         check_key(key)?;
-        let w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         if !self.expected(key, expect) {
             return Ok(None);
         }
         let Some(id) = self.id_of(key) else {
-            return Ok(Some(false));
+            return Ok(Some(None));
         };
         let tomb = Envelope {
             kind: Kind::Tombstone,
@@ -386,15 +419,13 @@ impl KeyedStore {
         }
         .encode();
         let _ = self.db.set_pending(Some(id), &tomb)?;
+        // The delete's sequence number covers the tombstone before it.
         let pending = self.db.delete_pending(id)?;
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
-        drop(w);
-        // The delete's sequence number covers the tombstone before it.
-        self.db.wait(pending)?;
-        Ok(Some(true))
+        Ok(Some(Some(pending)))
     }
 
     /// Keys starting with `prefix`, ascending, after `start_after`, at most `limit`.

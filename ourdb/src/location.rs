@@ -25,7 +25,7 @@ impl Location {
         position: 0,
     };
 
-    pub fn new(file_nr: u16, position: u32) -> Self {
+    pub const fn new(file_nr: u16, position: u32) -> Self {
         Location { file_nr, position }
     }
 

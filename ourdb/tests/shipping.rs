@@ -189,3 +189,63 @@ fn shipping_while_writes_are_buffered() {
     assert_eq!(files_of(rdir.path()), files_of(mdir.path()));
     assert_eq!(replica.len(), master.len());
 }
+
+/// Group commit led by a syncer (`OurDb::commit`): pending writes are not
+/// written out until a commit; the commit's callback sees the whole group
+/// readable for shipping before its fsync, and the sequence number it
+/// returns covers every write made before it. Committed writes survive a
+/// handle dropped without close.
+#[test]
+fn commit_ships_each_group_before_its_fsync() {
+    let m = tempfile::tempdir().unwrap();
+    let open = || {
+        let db = OpenOptions::new()
+            .sync(SyncPolicy::Group)
+            .open(m.path())
+            .unwrap();
+        KeyedStore::new(db).unwrap()
+    };
+    let master = open();
+    let mut cursor = Location::new(0, 1);
+    let mut last = None;
+    for round in 0..5u32 {
+        let mut pendings = Vec::new();
+        for i in 0..20u32 {
+            let key = format!("k{}", (round * 20 + i) % 30);
+            let value = format!("{round}-{i}");
+            let (_, p) = master
+                .put_if_pending(&key, value.as_bytes(), ourdb::keyed::Expect::Any)
+                .unwrap()
+                .unwrap();
+            pendings.push(p);
+        }
+        // Nothing of this group reached the file yet: the writer buffers it.
+        let on_disk = std::fs::metadata(ourdb::files::data_path(m.path(), 0))
+            .map(|md| md.len())
+            .unwrap_or(0);
+        assert!(on_disk <= cursor.position as u64, "round {round}");
+        let mut shipped = None;
+        let seq = master
+            .db()
+            .commit(|| shipped = Some(master.db().read_records(cursor, 1 << 20).unwrap()))
+            .unwrap();
+        let seg = shipped.expect("the callback ran");
+        assert_eq!(seg.next, master.db().end(), "the whole group is shippable");
+        assert!(pendings.iter().all(|p| p.seq() <= seq));
+        assert!(last.is_none_or(|l| l < seq));
+        last = Some(seq);
+        cursor = seg.next;
+    }
+    // The handle goes away without a checkpoint: what a crash leaves.
+    master.into_db().abandon();
+    let again = open();
+    assert_eq!(again.db().end(), cursor);
+    for i in 0..20u32 {
+        let key = format!("k{}", (80 + i) % 30);
+        assert_eq!(
+            again.get(&key).unwrap().unwrap(),
+            format!("4-{i}").as_bytes(),
+            "{key}"
+        );
+    }
+}

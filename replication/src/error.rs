@@ -23,6 +23,9 @@ pub enum Error {
     Remote { code: String, message: String },
     #[error("storage: {0}")]
     Db(#[from] ourdb::Error),
+    /// A group commit failed: the store takes no more writes until reopened.
+    #[error("group commit failed, writes refused: {0}")]
+    Poisoned(String),
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("invalid address: {0}")]

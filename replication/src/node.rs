@@ -172,26 +172,55 @@ struct WorkerState {
     in_sync: bool,
 }
 
+/// A worker this close to the master's end (in bytes of log) counts as
+/// caught up and rejoins the in-sync set: under a steady write load the end
+/// moves on while an acknowledgement travels, so "at the end" may never hold.
+const REJOIN_LAG_BYTES: u64 = 256 << 10;
+
+/// The cursor every in-sync worker has applied when none is in sync.
+const ALL: Location = Location::new(u16::MAX, u32::MAX);
+
 /// The master: the only node that takes writes; ships its records to workers.
 pub struct Master {
     store: Arc<KeyedStore>,
     options: MasterOptions,
-    /// Bumped after every write, to wake the shipping streams.
+    /// Bumped after each group commit is flushed, to wake the shipping streams.
     changed: watch::Sender<u64>,
-    /// Bumped after every worker acknowledgement, to wake `ack=all` writes.
-    acks: watch::Sender<u64>,
+    /// The lowest cursor applied by an in-sync worker (`ALL` if none is in
+    /// sync): `ack=all` writes wait for it to pass their cursor.
+    in_sync_applied: watch::Sender<Location>,
     workers: Mutex<BTreeMap<SocketAddr, WorkerState>>,
+    syncer: crate::syncer::Syncer,
 }
 
 impl Master {
     pub fn new(store: KeyedStore, options: MasterOptions) -> Arc<Master> {
+        let store = Arc::new(store);
+        let changed = watch::channel(0).0;
+        let wake = changed.clone();
         Arc::new(Master {
-            store: Arc::new(store),
+            syncer: crate::syncer::Syncer::start(&store, move || wake.send_modify(|v| *v += 1)),
+            store,
             options,
-            changed: watch::channel(0).0,
-            acks: watch::channel(0).0,
+            changed,
+            in_sync_applied: watch::channel(ALL).0,
             workers: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Recomputes what every in-sync worker has applied.
+    fn publish_in_sync(&self, workers: &BTreeMap<SocketAddr, WorkerState>) {
+        let low = workers
+            .values()
+            .filter(|w| w.in_sync)
+            .map(|w| w.acked)
+            .min()
+            .unwrap_or(ALL);
+        self.in_sync_applied.send_if_modified(|v| {
+            let changed = *v != low;
+            *v = low;
+            changed
+        });
     }
 
     pub fn store(&self) -> &Arc<KeyedStore> {
@@ -230,47 +259,37 @@ impl Master {
             in_sync: false,
         });
         w.acked = cursor;
-        if !w.in_sync && cursor >= end {
+        let lag = self.lag_bytes(cursor, end);
+        if !w.in_sync && lag <= REJOIN_LAG_BYTES {
             tracing::info!(%peer, %cursor, "worker caught up: in sync");
             w.in_sync = true;
-        } else if w.in_sync && self.lag_bytes(cursor, end) > self.options.max_lag_bytes {
+        } else if w.in_sync && lag > self.options.max_lag_bytes {
             tracing::warn!(%peer, %cursor, %end, "worker lags too far: out of sync");
             w.in_sync = false;
         }
-        drop(workers);
-        self.acks.send_modify(|v| *v += 1);
+        self.publish_in_sync(&workers);
     }
 
     /// Waits until every in-sync worker applied `target`; a worker that does
     /// not within the timeout leaves the in-sync set first.
     async fn wait_all(&self, target: Location) {
-        let deadline = tokio::time::Instant::now() + self.options.ack_timeout;
-        let mut acks = self.acks.subscribe();
-        loop {
-            acks.borrow_and_update();
-            let pending: Vec<SocketAddr> = self
-                .workers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter(|(_, w)| w.in_sync && w.acked < target)
-                .map(|(a, _)| *a)
-                .collect();
-            if pending.is_empty() {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-                for a in pending {
-                    if let Some(w) = workers.get_mut(&a) {
-                        tracing::warn!(worker = %a, %target, "no acknowledgement in time: out of sync");
-                        w.in_sync = false;
-                    }
-                }
-                return;
-            }
-            let _ = tokio::time::timeout_at(deadline, acks.changed()).await;
+        let mut applied = self.in_sync_applied.subscribe();
+        let reached = tokio::time::timeout(
+            self.options.ack_timeout,
+            applied.wait_for(|low| *low >= target),
+        )
+        .await;
+        if matches!(reached, Ok(Ok(_))) {
+            return;
         }
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for (a, w) in workers.iter_mut() {
+            if w.in_sync && w.acked < target {
+                tracing::warn!(worker = %a, %target, "no acknowledgement in time: out of sync");
+                w.in_sync = false;
+            }
+        }
+        self.publish_in_sync(&workers);
     }
 
     /// The store's view of a wire expectation; `None` when it cannot hold
@@ -299,16 +318,14 @@ impl Master {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        let store = self.store.clone();
-        let r = blocking(move || {
-            let v = store.put_if(&key, &value, expect)?;
-            Ok(v.map(|v| (store.db().end(), v)))
-        })
-        .await;
-        self.changed.send_modify(|v| *v += 1);
-        let Some((cursor, at)) = r? else {
+        // Under group commit an append is memory work: done in place, and
+        // the fsync is the syncer's (see syncer.rs).
+        let Some((at, pending)) = self.store.put_if_pending(&key, &value, expect)? else {
             return Ok(None);
         };
+        let cursor = self.store.db().end();
+        // The syncer ships the write with its group, then makes it durable.
+        self.syncer.wait(pending).await?;
         if ack == Ack::All {
             self.wait_all(cursor).await;
         }
@@ -327,16 +344,14 @@ impl Master {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        let store = self.store.clone();
-        let r = blocking(move || {
-            let existed = store.delete_if(&key, expect)?;
-            Ok(existed.map(|e| (e, store.db().end())))
-        })
-        .await;
-        self.changed.send_modify(|v| *v += 1);
-        let Some((existed, cursor)) = r? else {
+        let Some(pending) = self.store.delete_if_pending(&key, expect)? else {
             return Ok(None);
         };
+        let cursor = self.store.db().end();
+        let existed = pending.is_some();
+        if let Some(p) = pending {
+            self.syncer.wait(p).await?;
+        }
         if ack == Ack::All {
             self.wait_all(cursor).await;
         }
@@ -525,15 +540,20 @@ impl Master {
         let mut changed = self.changed.subscribe();
         let result = loop {
             changed.borrow_and_update();
-            let store = self.store.clone();
-            let seg =
-                match blocking(move || Ok(store.db().read_records(cursor, SEGMENT_BYTES)?)).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = frame::write(&mut send, &failed("cursor", &e)).await;
-                        break Err(e);
-                    }
-                };
+            // Records just written sit in the page cache (or the writer's
+            // buffer): a copy, cheaper in place than a hop to the blocking pool.
+            let seg = match self
+                .store
+                .db()
+                .read_records(cursor, SEGMENT_BYTES)
+                .map_err(Error::from)
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = frame::write(&mut send, &failed("cursor", &e)).await;
+                    break Err(e);
+                }
+            };
             if seg.bytes.is_empty() {
                 cursor = seg.next;
                 if acks.is_finished() {
@@ -554,11 +574,11 @@ impl Master {
             cursor = seg.next;
         };
         acks.abort();
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&peer);
-        self.acks.send_modify(|v| *v += 1);
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            workers.remove(&peer);
+            self.publish_in_sync(&workers);
+        }
         tracing::info!(%peer, "worker left");
         result
     }
@@ -670,9 +690,12 @@ impl Worker {
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                     }
-                    let store = self.store();
-                    let end = match blocking(move || Ok(store.apply_shipped(start, &records)?))
-                        .await
+                    // A worker's policy is flush (no fsync): applying is a
+                    // write(2), done in place rather than on the blocking pool.
+                    let end = match self
+                        .store()
+                        .apply_shipped(start, &records)
+                        .map_err(Error::from)
                     {
                         Err(Error::Db(ourdb::Error::Diverged { ours, theirs })) => {
                             tracing::warn!(%ours, %theirs, "diverged from the master: fetching a snapshot");

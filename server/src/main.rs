@@ -659,14 +659,17 @@ fn client(cluster: Option<&Path>, cmd: ClientCmd) -> Result<ExitCode> {
     })
 }
 
-/// Serves the gateway on `http` until SIGINT or SIGTERM.
+/// Serves the gateway on `http` until SIGINT or SIGTERM. `ready` is printed
+/// once the socket is bound, so whoever waits for it can connect at once.
 async fn serve_http(
     gw: std::sync::Arc<gateway::Gateway>,
     http: std::net::SocketAddr,
+    ready: String,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(http)
         .await
         .with_context(|| format!("listen on {http}"))?;
+    println!("{ready}");
     axum::serve(listener, gw.router())
         .with_graceful_shutdown(shutdown())
         .await?;
@@ -694,8 +697,7 @@ fn run_gateway(
     runtime()?.block_on(async {
         let gw =
             gateway::Gateway::new(replication::Client::new(&identity)?, master, workers, token);
-        println!("gateway listening on http://{http}");
-        serve_http(gw, http).await
+        serve_http(gw, http, format!("gateway listening on http://{http}")).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -750,11 +752,11 @@ fn run_dev(
                 master: master.clone(),
                 workers: workers.clone(),
             });
-        println!(
+        let ready = format!(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()
         );
-        serve_http(gw, http).await?;
+        serve_http(gw, http, ready).await?;
         master.store().db().checkpoint()?;
         for w in &workers {
             w.store().db().checkpoint()?;

@@ -1,0 +1,102 @@
+//! Group commit on a thread of its own, awaited by async writers.
+//!
+//! Writers append in place (under group commit an append is memory work
+//! only), wake the syncer and await its next durable sequence number. The
+//! syncer flushes and fdatasyncs everything written so far, over and over
+//! while writes keep coming, so each fsync covers every write that arrived
+//! during the one before. No writer blocks a runtime thread on the disk, and
+//! one fsync wakes its writers through one watch channel. Each group is
+//! shipped as one segment, between its flush and its fsync, so replication
+//! overlaps the disk and costs a few packets per group, not per write.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use ourdb::keyed::KeyedStore;
+use ourdb::Pending;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+
+/// How long the syncer sleeps without writes before it checks whether its
+/// store is still there.
+const IDLE: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Durable {
+    /// Writes up to this sequence number are durable.
+    Upto(u64),
+    /// A sync failed: the store is poisoned, nothing after it is durable.
+    Failed(String),
+}
+
+/// The handle writers use; the thread ends once its store is dropped.
+pub(crate) struct Syncer {
+    thread: std::thread::Thread,
+    durable: watch::Receiver<Durable>,
+}
+
+impl Syncer {
+    /// Starts the thread; `flushed` runs after each group is flushed, before
+    /// its fsync (the master wakes its shipping streams there).
+    pub(crate) fn start(store: &Arc<KeyedStore>, flushed: impl Fn() + Send + 'static) -> Syncer {
+        let (tx, rx) = watch::channel(Durable::Upto(0));
+        let weak = Arc::downgrade(store);
+        let handle = std::thread::Builder::new()
+            .name("ourkv-syncer".into())
+            .spawn(move || run(weak, tx, flushed))
+            .expect("spawn the syncer thread");
+        Syncer {
+            thread: handle.thread().clone(),
+            durable: rx,
+        }
+    }
+
+    /// Waits until `p` is durable.
+    pub(crate) async fn wait(&self, p: Pending) -> Result<()> {
+        let seq = p.seq();
+        let mut rx = self.durable.clone();
+        if matches!(&*rx.borrow(), Durable::Upto(s) if *s >= seq) {
+            return Ok(());
+        }
+        // unpark is an atomic store when the thread is awake: cheap per write.
+        self.thread.unpark();
+        let r = rx
+            .wait_for(|d| match d {
+                Durable::Upto(s) => *s >= seq,
+                Durable::Failed(_) => true,
+            })
+            .await
+            .map(|d| d.clone());
+        match r {
+            Ok(Durable::Upto(_)) => Ok(()),
+            Ok(Durable::Failed(m)) => Err(Error::Poisoned(m)),
+            Err(_) => Err(Error::Protocol("the syncer thread is gone".into())),
+        }
+    }
+}
+
+fn run(store: Weak<KeyedStore>, tx: watch::Sender<Durable>, flushed: impl Fn()) {
+    let mut synced = 0u64;
+    loop {
+        let Some(store) = store.upgrade() else { return };
+        let db = store.db();
+        if db.written_seq() <= synced {
+            drop(store);
+            // An unpark that came before this park makes it return at once.
+            std::thread::park_timeout(IDLE);
+            continue;
+        }
+        match db.commit(&flushed) {
+            Ok(s) => {
+                synced = s;
+                tx.send_replace(Durable::Upto(s));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed: the master takes no more writes");
+                tx.send_replace(Durable::Failed(e.to_string()));
+                return;
+            }
+        }
+    }
+}
