@@ -1,7 +1,9 @@
-//! A client of master and workers: one request per QUIC stream.
+//! A client of master and workers: requests pipelined on one QUIC stream
+//! per node (see pipeline.rs); a watch gets a stream of its own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use ourdb::Location;
 use tokio::sync::Mutex;
@@ -9,6 +11,7 @@ use tokio::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::frame::{self, Ack, Expect, Frame, Version, WorkerStatus};
 use crate::identity::{Identity, SERVER_NAME};
+use crate::pipeline::Pipe;
 
 fn quic(e: impl std::fmt::Display) -> Error {
     Error::Quic(e.to_string())
@@ -25,6 +28,9 @@ pub struct Client {
     v4: quinn::Endpoint,
     v6: Mutex<Option<quinn::Endpoint>>,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    pipes: std::sync::Mutex<HashMap<SocketAddr, Arc<Pipe>>>,
+    /// Held while a pipe is opened, so concurrent first calls share one.
+    opening: Mutex<()>,
 }
 
 impl Client {
@@ -40,6 +46,8 @@ impl Client {
             v4,
             v6: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
+            pipes: std::sync::Mutex::new(HashMap::new()),
+            opening: Mutex::new(()),
         })
     }
 
@@ -73,13 +81,18 @@ impl Client {
         Ok(c)
     }
 
-    /// Sends one request and reads its reply.
-    pub async fn call(&self, addr: SocketAddr, request: &Frame) -> Result<Frame> {
+    /// Sends one request and waits for its reply.
+    pub async fn call(&self, addr: SocketAddr, request: Frame) -> Result<Frame> {
         match tokio::time::timeout(CALL_TIMEOUT, self.call_once(addr, request)).await {
             Ok(r) => r,
             Err(_) => {
-                // The peer may be gone without a word: do not reuse the connection.
+                // The peer may be gone without a word: reuse neither the
+                // connection nor its pipeline.
                 self.conns.lock().await.remove(&addr);
+                self.pipes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr);
                 Err(Error::Timeout(format!(
                     "no reply from {addr} within {CALL_TIMEOUT:?}"
                 )))
@@ -87,16 +100,32 @@ impl Client {
         }
     }
 
-    async fn call_once(&self, addr: SocketAddr, request: &Frame) -> Result<Frame> {
-        let conn = self.connection(addr).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
-        frame::write(&mut send, request).await?;
-        let _ = send.finish();
-        match frame::read(&mut recv).await? {
-            Some(Frame::Failed { code, message }) => Err(Error::Remote { code, message }),
-            Some(f) => Ok(f),
-            None => Err(Error::Protocol("no reply".into())),
+    async fn call_once(&self, addr: SocketAddr, request: Frame) -> Result<Frame> {
+        match self.pipe(addr).await?.call(request).await? {
+            Frame::Failed { code, message } => Err(Error::Remote { code, message }),
+            f => Ok(f),
         }
+    }
+
+    /// The open pipeline to `addr`, opened if there is none.
+    async fn pipe(&self, addr: SocketAddr) -> Result<Arc<Pipe>> {
+        let open = |pipes: &HashMap<SocketAddr, Arc<Pipe>>| {
+            pipes.get(&addr).filter(|p| p.is_open()).cloned()
+        };
+        if let Some(p) = open(&self.pipes.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(p);
+        }
+        let _one = self.opening.lock().await;
+        if let Some(p) = open(&self.pipes.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(p);
+        }
+        let conn = self.connection(addr).await?;
+        let p = Arc::new(Pipe::open(&conn, addr).await?);
+        self.pipes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, p.clone());
+        Ok(p)
     }
 
     /// Stores a value on the master; returns the master's cursor after it.
@@ -132,7 +161,7 @@ impl Client {
             ack,
             expect,
         };
-        match self.call(master, &req).await? {
+        match self.call(master, req).await? {
             Frame::Written {
                 cursor, version, ..
             } => Ok((cursor, version)),
@@ -168,7 +197,7 @@ impl Client {
             ack,
             expect,
         };
-        match self.call(master, &req).await? {
+        match self.call(master, req).await? {
             Frame::Written {
                 cursor, existed, ..
             } => Ok((existed, cursor)),
@@ -178,7 +207,7 @@ impl Client {
 
     /// The master's cursor and its workers.
     pub async fn status(&self, master: SocketAddr) -> Result<(Location, Vec<WorkerStatus>)> {
-        match self.call(master, &Frame::Status).await? {
+        match self.call(master, Frame::Status).await? {
             Frame::StatusIs { cursor, workers } => Ok((cursor, workers)),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
@@ -186,7 +215,7 @@ impl Client {
 
     /// The master's commit cursor.
     pub async fn read_index(&self, master: SocketAddr) -> Result<Location> {
-        match self.call(master, &Frame::ReadIndex).await? {
+        match self.call(master, Frame::ReadIndex).await? {
             Frame::Cursor { cursor } => Ok(cursor),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
@@ -216,7 +245,7 @@ impl Client {
             key: key.into(),
             min_cursor,
         };
-        match self.call(node, &req).await? {
+        match self.call(node, req).await? {
             Frame::Value { value, version, .. } => Ok(value.map(|v| (v, version))),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
@@ -238,7 +267,7 @@ impl Client {
             limit,
             min_cursor,
         };
-        match self.call(node, &req).await? {
+        match self.call(node, req).await? {
             Frame::Keys { keys, .. } => Ok(keys),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
@@ -251,7 +280,7 @@ impl Client {
         id: u32,
         min_cursor: Location,
     ) -> Result<Option<(String, Vec<u8>)>> {
-        match self.call(node, &Frame::ById { id, min_cursor }).await? {
+        match self.call(node, Frame::ById { id, min_cursor }).await? {
             Frame::Record { entry, .. } => Ok(entry),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
@@ -270,7 +299,7 @@ impl Client {
             depth,
             min_cursor,
         };
-        match self.call(node, &req).await? {
+        match self.call(node, req).await? {
             Frame::Values { values, .. } => Ok(values),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
@@ -294,7 +323,7 @@ impl Client {
 
     /// A node's data file digest.
     pub async fn digest(&self, node: SocketAddr) -> Result<String> {
-        match self.call(node, &Frame::Digest).await? {
+        match self.call(node, Frame::Digest).await? {
             Frame::DigestIs { text } => Ok(text),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }

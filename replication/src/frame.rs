@@ -114,6 +114,12 @@ pub enum Frame {
         key: String,
         value: Option<Vec<u8>>,
     },
+    /// Client -> node, first on a stream: the stream carries many requests,
+    /// each a `Tagged` frame, answered by `Tagged` frames with the same id
+    /// in any order (pipelining: one stream and few packets for many calls).
+    Pipeline,
+    /// A request or its reply on a pipelined stream.
+    Tagged { id: u32, frame: Box<Frame> },
     /// Client -> master: the cluster as the master sees it.
     Status,
     /// Master -> client: the commit cursor and each worker's state.
@@ -194,9 +200,9 @@ pub struct WorkerStatus {
     pub in_sync: bool,
 }
 
-struct Writer(Vec<u8>);
+struct Writer<'a>(&'a mut Vec<u8>);
 
-impl Writer {
+impl Writer<'_> {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
@@ -302,7 +308,23 @@ impl<'a> Reader<'a> {
 impl Frame {
     /// The frame with its length prefix.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(vec![0; 4]);
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the frame with its length prefix to `out` (many frames can
+    /// share one buffer and go out in one write).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        self.body(&mut Writer(out));
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The type byte and the body.
+    fn body(&self, w: &mut Writer<'_>) {
         match self {
             Frame::Subscribe {
                 epoch,
@@ -491,10 +513,13 @@ impl Frame {
                     w.u8(ws.in_sync as u8);
                 }
             }
+            Frame::Pipeline => w.u8(30),
+            Frame::Tagged { id, frame } => {
+                w.u8(31);
+                w.0.extend_from_slice(&id.to_be_bytes());
+                frame.body(w);
+            }
         }
-        let len = (w.0.len() - 4) as u32;
-        w.0[..4].copy_from_slice(&len.to_be_bytes());
-        w.0
     }
 
     /// Decodes a frame body (type byte and what follows, no length prefix).
@@ -634,6 +659,21 @@ impl Frame {
                 }
                 Frame::StatusIs { cursor, workers }
             }
+            30 => Frame::Pipeline,
+            31 => {
+                let id = r.u32()?;
+                let inner = r.take(r.0.len())?;
+                // One level only: a tag inside a tag is no request.
+                if inner.first() == Some(&31) {
+                    return Err(Error::Protocol(
+                        "a tagged frame inside a tagged frame".into(),
+                    ));
+                }
+                Frame::Tagged {
+                    id,
+                    frame: Box::new(Frame::decode(inner)?),
+                }
+            }
             t => return Err(Error::Protocol(format!("unknown frame type {t}"))),
         };
         r.end()?;
@@ -647,6 +687,60 @@ pub async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<()> {
         .await
         .map_err(|e| Error::Quic(format!("send: {e}")))
 }
+
+/// Reads frames from a stream through a buffer: many frames per read call
+/// when they arrive together.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: Vec<u8>,
+    /// Where the unread bytes in `buf` start.
+    at: usize,
+}
+
+impl FrameReader {
+    pub fn new(recv: quinn::RecvStream) -> FrameReader {
+        FrameReader {
+            recv,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// The next frame; `None` at a clean end of the stream.
+    pub async fn next(&mut self) -> Result<Option<Frame>> {
+        loop {
+            let pending = &self.buf[self.at..];
+            if pending.len() >= 4 {
+                let len = u32::from_be_bytes(pending[..4].try_into().expect("4 bytes")) as usize;
+                if len == 0 || len > MAX_FRAME {
+                    return Err(Error::Protocol(format!("frame of {len} bytes")));
+                }
+                if pending.len() >= 4 + len {
+                    let f = Frame::decode(&pending[4..4 + len])?;
+                    self.at += 4 + len;
+                    return Ok(Some(f));
+                }
+            }
+            // Keep only the unread part, then read more after it.
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let have = self.buf.len();
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if have == 0 => return Ok(None),
+                Ok(None) => {
+                    return Err(Error::Protocol(format!(
+                        "the stream ended inside a frame ({have} bytes)"
+                    )))
+                }
+                Err(e) => return Err(Error::Quic(format!("receive: {e}"))),
+            }
+        }
+    }
+}
+
+/// How much a `FrameReader` asks for at once.
+const READ_CHUNK: usize = 64 << 10;
 
 /// Reads one frame; `None` at a clean end of the stream.
 pub async fn read(recv: &mut quinn::RecvStream) -> Result<Option<Frame>> {
@@ -791,6 +885,18 @@ mod tests {
                 code: "not_found".into(),
                 message: "m".into(),
             },
+            Frame::Pipeline,
+            Frame::Tagged {
+                id: 7,
+                frame: Box::new(Frame::Get {
+                    key: "k".into(),
+                    min_cursor: l,
+                }),
+            },
+            Frame::Tagged {
+                id: u32::MAX,
+                frame: Box::new(Frame::ReadIndex),
+            },
         ];
         for f in frames {
             let b = f.encode();
@@ -806,6 +912,15 @@ mod tests {
             assert!(Frame::decode(&long).is_err());
         }
         assert!(Frame::decode(&[99]).is_err());
+        // A tag inside a tag is refused (no recursion on untrusted input).
+        let inner = Frame::Tagged {
+            id: 1,
+            frame: Box::new(Frame::ReadIndex),
+        }
+        .encode();
+        let mut nested = vec![31, 0, 0, 0, 2];
+        nested.extend_from_slice(&inner[4..]);
+        assert!(Frame::decode(&nested).is_err());
         let v = Version {
             epoch: 3,
             at: Location::new(1, 99),
@@ -814,5 +929,19 @@ mod tests {
         assert_eq!(Version::from_etag(&v.etag()), Some(v));
         assert_eq!(Version::from_etag("\"3-1\""), None);
         assert_eq!(Version::from_etag("3-1-99"), None);
+    }
+
+    #[test]
+    fn frames_share_a_buffer() {
+        let a = Frame::Ack {
+            cursor: Location::new(0, 5),
+        };
+        let b = Frame::Digest;
+        let mut buf = Vec::new();
+        a.encode_into(&mut buf);
+        b.encode_into(&mut buf);
+        let mut one = a.encode();
+        one.extend_from_slice(&b.encode());
+        assert_eq!(buf, one);
     }
 }

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod identity;
 pub mod mycelium;
 pub mod node;
+mod pipeline;
 mod syncer;
 
 pub use client::{Change, Client, Watch};

@@ -10,7 +10,7 @@ use ourdb::Location;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Ack, Expect, Frame, Version, WorkerStatus};
+use crate::frame::{self, Ack, Expect, Frame, FrameReader, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
 
 /// Records per shipped segment, at most (whole records; at least one).
@@ -370,19 +370,34 @@ impl Master {
     async fn stream(
         self: Arc<Self>,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
         peer: SocketAddr,
     ) -> Result<()> {
-        let Some(first) = frame::read(&mut recv).await? else {
+        let mut frames = FrameReader::new(recv);
+        let Some(first) = frames.next().await? else {
             return Ok(());
         };
-        let store = self.store.clone();
-        let reply = match first {
+        match first {
             Frame::Subscribe {
                 epoch,
                 cursor,
                 tail,
-            } => return self.ship(send, recv, peer, epoch, cursor, tail).await,
+            } => self.ship(send, frames, peer, epoch, cursor, tail).await,
+            Frame::Snapshot => self.send_snapshot(send, peer).await,
+            Frame::Pipeline => crate::pipeline::serve(self, send, frames).await,
+            req => {
+                let reply = self.reply(req).await;
+                frame::write(&mut send, &reply).await?;
+                let _ = send.finish();
+                Ok(())
+            }
+        }
+    }
+
+    /// The reply to a one-reply request.
+    async fn reply(self: Arc<Self>, req: Frame) -> Frame {
+        let store = self.store.clone();
+        match req {
             Frame::Set {
                 key,
                 value,
@@ -412,7 +427,6 @@ impl Master {
                 ),
                 Err(e) => failed("write_failed", e),
             },
-            Frame::Snapshot => return self.send_snapshot(send, peer).await,
             Frame::Status => Frame::StatusIs {
                 cursor: store.db().end(),
                 workers: self.workers(),
@@ -433,10 +447,7 @@ impl Master {
                 read_query(store, req, cursor).await
             }
             other => failed("bad_request", format!("a master does not take {other:?}")),
-        };
-        frame::write(&mut send, &reply).await?;
-        let _ = send.finish();
-        Ok(())
+        }
     }
 
     /// Sends a copy of every data file up to the current end. Files are
@@ -501,7 +512,7 @@ impl Master {
     async fn ship(
         self: Arc<Self>,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        mut frames: FrameReader,
         peer: SocketAddr,
         epoch: u64,
         mut cursor: Location,
@@ -533,7 +544,7 @@ impl Master {
         self.on_ack(peer, cursor);
         let me = self.clone();
         let acks = tokio::spawn(async move {
-            while let Ok(Some(Frame::Ack { cursor })) = frame::read(&mut recv).await {
+            while let Ok(Some(Frame::Ack { cursor })) = frames.next().await {
                 me.on_ack(peer, cursor);
             }
         });
@@ -884,15 +895,29 @@ impl Worker {
     async fn stream(
         self: Arc<Self>,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
         _peer: SocketAddr,
     ) -> Result<()> {
-        let Some(first) = frame::read(&mut recv).await? else {
+        let mut frames = FrameReader::new(recv);
+        let Some(first) = frames.next().await? else {
             return Ok(());
         };
+        match first {
+            Frame::Watch { prefix, cursor } => self.watch(send, prefix, cursor).await,
+            Frame::Pipeline => crate::pipeline::serve(self, send, frames).await,
+            req => {
+                let reply = self.reply(req).await;
+                frame::write(&mut send, &reply).await?;
+                let _ = send.finish();
+                Ok(())
+            }
+        }
+    }
+
+    /// The reply to a one-reply request.
+    async fn reply(self: Arc<Self>, req: Frame) -> Frame {
         let store = self.store();
-        let reply = match first {
-            Frame::Watch { prefix, cursor } => return self.watch(send, prefix, cursor).await,
+        match req {
             Frame::Get { key, min_cursor } => match self.wait_applied(min_cursor).await {
                 true => versioned_value(store, key, self.applied()).await,
                 false => failed(
@@ -920,9 +945,24 @@ impl Worker {
                 }
             }
             other => failed("not_master", format!("a worker does not take {other:?}")),
-        };
-        frame::write(&mut send, &reply).await?;
-        let _ = send.finish();
-        Ok(())
+        }
+    }
+}
+
+impl crate::pipeline::Answer for Master {
+    fn answer(
+        self: Arc<Self>,
+        req: Frame,
+    ) -> impl std::future::Future<Output = Frame> + Send + 'static {
+        self.reply(req)
+    }
+}
+
+impl crate::pipeline::Answer for Worker {
+    fn answer(
+        self: Arc<Self>,
+        req: Frame,
+    ) -> impl std::future::Future<Output = Frame> + Send + 'static {
+        self.reply(req)
     }
 }

@@ -1,0 +1,128 @@
+//! Many calls on one pipelined stream: each gets its own reply, replies come
+//! back as they finish (a slow call does not hold up the ones behind it),
+//! and a node that goes away fails the calls in flight instead of leaving
+//! them waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ourdb::keyed::KeyedStore;
+use ourdb::{Location, OpenOptions, SyncPolicy};
+use replication::{Client, Identity, Master, MasterOptions, Worker};
+
+fn store(dir: &std::path::Path, sync: SyncPolicy) -> KeyedStore {
+    KeyedStore::new(OpenOptions::new().sync(sync).open(dir).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_calls_get_their_own_replies_in_any_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = Identity::loopback().unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let master = Master::new(
+        store(&tmp.path().join("m"), SyncPolicy::Group),
+        MasterOptions::default(),
+    );
+    let mep = replication::endpoint(&id, any).unwrap();
+    let maddr = mep.local_addr().unwrap();
+    tokio::spawn(master.clone().serve(mep));
+    let worker = Worker::new(store(&tmp.path().join("w"), SyncPolicy::Flush), maddr);
+    let wep = replication::endpoint(&id, any).unwrap();
+    let waddr = wep.local_addr().unwrap();
+    tokio::spawn(worker.clone().run(wep));
+    let client = Arc::new(Client::new(&id).unwrap());
+
+    // Concurrent writes of distinct keys, then concurrent reads of them:
+    // every reply belongs to its own request.
+    let mut calls = Vec::new();
+    for i in 0..300u32 {
+        let c = client.clone();
+        calls.push(tokio::spawn(async move {
+            let key = format!("key-{i}");
+            let value = format!("value-{i}-").repeat(1 + i as usize % 7);
+            c.set(maddr, &key, value.as_bytes()).await.unwrap();
+            (key, value)
+        }));
+    }
+    let mut written = Vec::new();
+    for c in calls {
+        written.push(c.await.unwrap());
+    }
+    let mut reads = Vec::new();
+    for (key, value) in written.clone() {
+        let c = client.clone();
+        reads.push(tokio::spawn(async move {
+            let got = c.get(maddr, &key, Location::NONE).await.unwrap();
+            assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key}");
+        }));
+    }
+    for r in reads {
+        r.await.unwrap();
+    }
+
+    // A read that has to wait for the worker (it lags on purpose) shares
+    // the stream with reads that do not: those come back first.
+    let (end, _) = client.status(maddr).await.unwrap();
+    let got = client.get(waddr, "key-1", end).await.unwrap();
+    assert_eq!(got.as_deref(), Some(written[1].1.as_bytes()));
+    worker.set_apply_delay(Duration::from_millis(400));
+    let at = client.set(maddr, "slow", b"late").await.unwrap();
+    let slow = {
+        let c = client.clone();
+        tokio::spawn(async move { c.get(waddr, "slow", at).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut fast = Vec::new();
+    for want in written.iter().take(100).cloned() {
+        let c = client.clone();
+        fast.push(tokio::spawn(async move {
+            let got = c.get(waddr, &want.0, Location::NONE).await.unwrap();
+            assert_eq!(got.as_deref(), Some(want.1.as_bytes()));
+        }));
+    }
+    for f in fast {
+        f.await.unwrap();
+    }
+    assert!(!slow.is_finished(), "the waiting read held up the others");
+    assert_eq!(slow.await.unwrap().as_deref(), Some(&b"late"[..]));
+    worker.set_apply_delay(Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_fail_when_the_node_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = Identity::loopback().unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let master = Master::new(
+        store(&tmp.path().join("m"), SyncPolicy::Group),
+        MasterOptions::default(),
+    );
+    let mep = replication::endpoint(&id, any).unwrap();
+    let maddr = mep.local_addr().unwrap();
+    tokio::spawn(master.clone().serve(mep.clone()));
+    let wdir = tmp.path().join("w");
+    let worker = Worker::new(store(&wdir, SyncPolicy::Flush), maddr);
+    let wep = replication::endpoint(&id, any).unwrap();
+    let waddr = wep.local_addr().unwrap();
+    let running = tokio::spawn(worker.clone().run(wep.clone()));
+    let client = Arc::new(Client::new(&id).unwrap());
+    client.set(maddr, "k", b"v").await.unwrap();
+    // Reads that wait for a cursor the worker will not reach in time.
+    worker.set_apply_delay(Duration::from_secs(30));
+    let at = client.set(maddr, "k", b"w").await.unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        let c = client.clone();
+        waiting.push(tokio::spawn(async move { c.get(waddr, "k", at).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wep.close(0u32.into(), b"gone");
+    running.abort();
+    for w in waiting {
+        // Failed when the connection closed, not by the call timeout.
+        match w.await.unwrap() {
+            Err(replication::Error::Quic(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
