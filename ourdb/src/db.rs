@@ -37,6 +37,11 @@ pub struct OpenOptions {
     /// Marks a new directory as holding V data (compaction and restore of a V
     /// directory): `record_size_max` is then not enforced, as V never did.
     pub origin: Option<Origin>,
+    /// Every record written is a keyed envelope (`keyed::KeyedStore`): group
+    /// commit then fdatasyncs only the data files, not the journal, as open
+    /// can redo any record after the journal's last entry from its envelope.
+    /// One fsync per group instead of two.
+    pub envelope_journal: bool,
 }
 
 impl Default for OpenOptions {
@@ -48,6 +53,7 @@ impl Default for OpenOptions {
             create: true,
             checkpoint_bytes: 256 << 20,
             origin: None,
+            envelope_journal: false,
         }
     }
 }
@@ -80,6 +86,10 @@ impl OpenOptions {
         self.origin = Some(o);
         self
     }
+    pub fn envelope_journal(mut self, e: bool) -> Self {
+        self.envelope_journal = e;
+        self
+    }
     pub fn open(self, dir: impl AsRef<Path>) -> Result<OurDb> {
         OurDb::open_with(dir.as_ref(), self)
     }
@@ -96,6 +106,9 @@ pub struct OpenReport {
     pub torn_journal_bytes: u64,
     /// Records found past a stale V dump and rolled forward.
     pub rolled_forward: Option<RebuildReport>,
+    /// Records past the journal's end redone from their envelopes (a
+    /// journal that group commit does not sync, see `envelope_journal`).
+    pub redone_from_envelopes: u64,
     /// True for a V directory seen for the first time.
     pub adopted_v_directory: bool,
 }
@@ -133,6 +146,7 @@ pub struct OurDb {
     sync: SyncPolicy,
     read_only: bool,
     checkpoint_bytes: u64,
+    envelope_journal: bool,
     /// Lookup entries of keysize < 6 lose the file number or high position bits
     /// in directories V wrote past what they address; reads then try each candidate.
     loose_addressing: bool,
@@ -291,6 +305,9 @@ impl OurDb {
         // Establish the lookup, the next id and the end of valid data.
         let mut next_id: u32 = 1;
         let mut cut_journal_to: Option<usize> = None;
+        // Journal entries for records redone from envelopes, appended (and
+        // synced) at open so that a later recovery starts after them.
+        let mut redo_entries: Vec<WalEntry> = Vec::new();
         let data_end: Location;
         if let Some(j) = &journal {
             if j.header.has_dump {
@@ -304,6 +321,7 @@ impl OurDb {
             next_id = next_id.max(j.header.next_id);
             data_end = scan_tail(&files, j.header.checkpoint, dir)?;
             let mut applied = 0usize;
+            let mut last_set = None;
             for e in &j.entries {
                 match *e {
                     WalEntry::Set { id, loc } => {
@@ -322,6 +340,9 @@ impl OurDb {
                         if incremental {
                             next_id = next_id.max(id.saturating_add(1));
                         }
+                        if loc >= j.header.checkpoint {
+                            last_set = Some(loc);
+                        }
                     }
                     WalEntry::Delete { id } => {
                         if id < meta.config.record_nr_max {
@@ -336,6 +357,34 @@ impl OurDb {
                 report.torn_journal_bytes =
                     j.torn_bytes + ((j.entries.len() - applied) * wal::ENTRY_LEN) as u64;
                 cut_journal_to = Some(applied);
+            }
+            if j.header.envelopes {
+                // Durable records the journal did not get to: redo them
+                // from their envelopes, from the last entry's record on.
+                let from = last_set.unwrap_or(j.header.checkpoint);
+                for (id, loc, deletes) in envelopes_between(&files, from, data_end, dir)? {
+                    if last_set == Some(loc) {
+                        continue;
+                    }
+                    if id >= meta.config.record_nr_max {
+                        return Err(Error::Corrupt {
+                            path: datafile::data_path(dir, loc.file_nr),
+                            detail: format!(
+                                "the record at {loc} names id {id}, beyond record_nr_max"
+                            ),
+                        });
+                    }
+                    lookup.set(id, loc);
+                    redo_entries.push(WalEntry::Set { id, loc });
+                    if deletes {
+                        lookup.set(id, Location::NONE);
+                        redo_entries.push(WalEntry::Delete { id });
+                    }
+                    if incremental {
+                        next_id = next_id.max(id.saturating_add(1));
+                    }
+                    report.redone_from_envelopes += 1;
+                }
             }
         } else {
             // No journal: a V directory (or one ourkv never wrote to).
@@ -438,7 +487,15 @@ impl OurDb {
             };
             let end = active.len()?;
             let wal_file = if journal.is_some() {
-                wal::open_append(dir)?
+                let mut f = wal::open_append(dir)?;
+                if !redo_entries.is_empty() {
+                    let bytes: Vec<u8> = redo_entries.iter().flat_map(|e| e.encode()).collect();
+                    let path = dir.join(wal::WAL_FILE);
+                    f.write_all(&bytes)
+                        .ctx(|| format!("append to {}", path.display()))?;
+                    f.sync_data().ctx(|| format!("fsync {}", path.display()))?;
+                }
+                f
             } else {
                 meta.store(dir)?;
                 // Adopting a V directory: checkpoint at once so that the state just
@@ -452,6 +509,7 @@ impl OurDb {
                         checkpoint: Location::new(active.nr, end as u32),
                         next_id,
                         has_dump: meta.origin == Origin::V,
+                        envelopes: opts.envelope_journal,
                     },
                 )?
             };
@@ -486,6 +544,7 @@ impl OurDb {
             sync: opts.sync,
             read_only: opts.read_only,
             checkpoint_bytes: opts.checkpoint_bytes,
+            envelope_journal: opts.envelope_journal,
             loose_addressing,
             lookup,
             files: RwLock::new(files),
@@ -872,8 +931,11 @@ impl OurDb {
             for f in dirty {
                 f.sync_data()?;
             }
-            wal.sync_data()
-                .ctx(|| format!("fsync {}", self.dir.join(wal::WAL_FILE).display()))?;
+            // With envelopes the journal may lag: open redoes from the data.
+            if !self.envelope_journal {
+                wal.sync_data()
+                    .ctx(|| format!("fsync {}", self.dir.join(wal::WAL_FILE).display()))?;
+            }
             Ok(target)
         });
         if result.is_err() {
@@ -915,6 +977,7 @@ impl OurDb {
                     checkpoint: Location::new(w.active.nr, w.end as u32),
                     next_id: w.next_id,
                     has_dump: true,
+                    envelopes: self.envelope_journal,
                 },
             )
         });
@@ -1564,6 +1627,52 @@ fn scan_tail(
         }
     }
     Ok(end)
+}
+
+/// The keyed envelopes of the records from `from` (a record boundary) to
+/// `end`: id, location, and whether the record is a tombstone.
+fn envelopes_between(
+    files: &[Option<Arc<DataFile>>],
+    from: Location,
+    end: Location,
+    dir: &Path,
+) -> Result<Vec<(u32, Location, bool)>> {
+    let mut out = Vec::new();
+    for f in files.iter().flatten() {
+        if f.nr < from.file_nr || f.nr > end.file_nr {
+            continue;
+        }
+        let start = if f.nr == from.file_nr {
+            from.position.max(1) as u64
+        } else {
+            1
+        };
+        let stop = if f.nr == end.file_nr {
+            end.position as u64
+        } else {
+            f.len()?
+        };
+        if stop <= start {
+            continue;
+        }
+        let bytes = f.read_range(start, stop - start)?;
+        let mut pos = 0usize;
+        while let Some(h) = scan::record_at(&bytes, pos) {
+            let next = pos + h.record_len() as usize;
+            let loc = Location::new(f.nr, (start + pos as u64) as u32);
+            let env = crate::keyed::Envelope::decode(&bytes[pos + HEADER_LEN..next]).map_err(
+                |e| Error::Corrupt {
+                    path: datafile::data_path(dir, f.nr),
+                    detail: format!(
+                        "the journal says records are envelopes, but the one at {loc} is not: {e}"
+                    ),
+                },
+            )?;
+            out.push((env.id, loc, env.kind == crate::keyed::Kind::Tombstone));
+            pos = next;
+        }
+    }
+    Ok(out)
 }
 
 /// Where the records covered by a V dump end: past the furthest record it names.

@@ -155,6 +155,12 @@ pub struct KeyedStore {
 }
 
 impl KeyedStore {
+    /// Opens `dir` as a keyed store: every record is an envelope, so the
+    /// journal need not be synced by group commit (`envelope_journal`).
+    pub fn open(dir: impl AsRef<std::path::Path>, opts: crate::OpenOptions) -> Result<KeyedStore> {
+        KeyedStore::new(opts.envelope_journal(true).open(dir)?)
+    }
+
     /// Wraps `db` and rebuilds the key index from the live records.
     pub fn new(db: OurDb) -> Result<KeyedStore> {
         if !db.config().incremental {
@@ -551,6 +557,7 @@ pub fn rebuild_from_envelopes(
             checkpoint: end,
             next_id,
             has_dump: true,
+            envelopes: false,
         },
     )?;
     crate::fsutil::sync_dir(dir)?;

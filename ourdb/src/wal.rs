@@ -29,6 +29,11 @@ pub struct WalHeader {
     pub next_id: u32,
     /// Whether `lookup_dump.db/data` is part of the checkpoint.
     pub has_dump: bool,
+    /// Every record of this generation is a keyed envelope and group commit
+    /// syncs only the data files, so the entries may end before the durable
+    /// records do: open redoes the records after the last entry from their
+    /// envelopes (see `OpenOptions::envelope_journal`).
+    pub envelopes: bool,
 }
 
 impl WalHeader {
@@ -40,6 +45,7 @@ impl WalHeader {
         b[14..18].copy_from_slice(&self.checkpoint.position.to_le_bytes());
         b[18..22].copy_from_slice(&self.next_id.to_le_bytes());
         b[22] = self.has_dump as u8;
+        b[23] = self.envelopes as u8;
         let crc = crc32fast::hash(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         b
@@ -67,6 +73,7 @@ impl WalHeader {
             ),
             next_id: u32::from_le_bytes(b[18..22].try_into().unwrap()),
             has_dump: b[22] != 0,
+            envelopes: b[23] != 0,
         })
     }
 }
@@ -219,6 +226,7 @@ mod tests {
             checkpoint: Location::new(0, 1),
             next_id: 1,
             has_dump: false,
+            envelopes: true,
         };
         let mut f = create(dir.path(), h).unwrap();
         f.write_all(&WalEntry::Delete { id: 4 }.encode()).unwrap();

@@ -871,8 +871,10 @@ impl Worker {
         })
         .await?;
         let fresh = blocking(move || {
-            let db = ourdb::OpenOptions::new().sync(sync).open(&data)?;
-            Ok(KeyedStore::new(db)?)
+            Ok(KeyedStore::open(
+                &data,
+                ourdb::OpenOptions::new().sync(sync),
+            )?)
         })
         .await?;
         let new_end = fresh.db().end();

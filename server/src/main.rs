@@ -444,12 +444,11 @@ fn open_store(
     if let Some(f) = node.file_size {
         config.file_size = f;
     }
-    let db = OpenOptions::new()
+    let opts = OpenOptions::new()
         .config(config)
-        .sync(node.sync.unwrap_or(default_sync))
-        .open(&node.data)
-        .with_context(|| format!("open {}", node.data.display()))?;
-    Ok(ourdb::keyed::KeyedStore::new(db)?)
+        .sync(node.sync.unwrap_or(default_sync));
+    ourdb::keyed::KeyedStore::open(&node.data, opts)
+        .with_context(|| format!("open {}", node.data.display()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -718,12 +717,9 @@ fn run_dev(
     let identity = replication::Identity::loopback()?;
     let open = |name: &str, sync| -> Result<ourdb::keyed::KeyedStore> {
         let dir = data.join(name);
-        let db = OpenOptions::new()
-            .config(Config::default())
-            .sync(sync)
-            .open(&dir)
-            .with_context(|| format!("open {}", dir.display()))?;
-        Ok(ourdb::keyed::KeyedStore::new(db)?)
+        let opts = OpenOptions::new().config(Config::default()).sync(sync);
+        ourdb::keyed::KeyedStore::open(&dir, opts)
+            .with_context(|| format!("open {}", dir.display()))
     };
     let local: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
     runtime()?.block_on(async {
