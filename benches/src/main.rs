@@ -584,6 +584,10 @@ fn main() {
             let app = axum::Router::new().fallback(|| async { "ok" });
             let l = tokio::net::TcpListener::bind(&addr).await.expect("bind");
             println!("noop listening on {addr}");
+            // As the gateway does: no Nagle delay.
+            let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(l, app).await.expect("serve");
         });
         return;

@@ -1660,14 +1660,15 @@ fn envelopes_between(
         while let Some(h) = scan::record_at(&bytes, pos) {
             let next = pos + h.record_len() as usize;
             let loc = Location::new(f.nr, (start + pos as u64) as u32);
-            let env = crate::keyed::Envelope::decode(&bytes[pos + HEADER_LEN..next]).map_err(
-                |e| Error::Corrupt {
-                    path: datafile::data_path(dir, f.nr),
-                    detail: format!(
+            let env =
+                crate::keyed::Envelope::decode(&bytes[pos + HEADER_LEN..next]).map_err(|e| {
+                    Error::Corrupt {
+                        path: datafile::data_path(dir, f.nr),
+                        detail: format!(
                         "the journal says records are envelopes, but the one at {loc} is not: {e}"
                     ),
-                },
-            )?;
+                    }
+                })?;
             out.push((env.id, loc, env.kind == crate::keyed::Kind::Tombstone));
             pos = next;
         }

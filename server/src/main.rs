@@ -669,6 +669,10 @@ async fn serve_http(
         .await
         .with_context(|| format!("listen on {http}"))?;
     println!("{ready}");
+    // Answers go out at once, not held back by Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, gw.router())
         .with_graceful_shutdown(shutdown())
         .await?;
