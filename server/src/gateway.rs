@@ -19,6 +19,8 @@ use serde_json::json;
 
 /// Largest request body read; larger values are refused with 413 anyway.
 const BODY_LIMIT: usize = 1 << 20;
+/// How long a client may take to send its headers, and then its body.
+pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const CURSOR_HEADER: &str = "x-ourkv-cursor";
 
 pub struct Gateway {
@@ -30,6 +32,9 @@ pub struct Gateway {
     errors: AtomicU64,
     /// Bearer token every request but /health must carry, if set.
     token: Option<String>,
+    /// How long a client may take to send its request headers (the
+    /// listener's limit) and then its body (408 after).
+    client_timeout: std::time::Duration,
     load: Vec<Load>,
     batch: std::sync::Mutex<Batch>,
     /// The nodes, when they live in this process (`ourkv dev`).
@@ -91,6 +96,7 @@ impl Gateway {
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             token,
+            client_timeout: DEFAULT_CLIENT_TIMEOUT,
             load: workers.iter().map(|_| Load::default()).collect(),
             batch: std::sync::Mutex::new(Batch::default()),
             local: None,
@@ -102,6 +108,19 @@ impl Gateway {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
+    }
+
+    /// Sets how long a client may take to send a request's headers, then
+    /// its body.
+    pub fn with_client_timeout(mut self: Arc<Self>, t: std::time::Duration) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("not yet shared")
+            .client_timeout = t;
+        self
+    }
+
+    pub fn client_timeout(&self) -> std::time::Duration {
+        self.client_timeout
     }
 
     /// Serves from nodes in this process instead of over the network.
@@ -133,7 +152,27 @@ impl Gateway {
                     )
                 }),
             )
-            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+            .fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    "no such endpoint (see /openapi.json)",
+                )
+            })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this endpoint does not take that method (see /openapi.json)",
+                )
+            })
+            // The body is read (bounded in size and time) before routing, so
+            // the handlers' own limit never applies.
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                read_body,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 authorize,
@@ -388,6 +427,59 @@ async fn authorize(
         }
     }
     next.run(req).await
+}
+
+/// Reads the whole body, at most `BODY_LIMIT` bytes and within the client
+/// timeout: a slow or endless upload gets 408 or 413 and costs no more.
+async fn read_body(
+    State(gw): Gw,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A GET or an empty body has nothing to wait for (watches stay open).
+    let empty = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    if empty || req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD
+    {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, BODY_LIMIT);
+    let bytes = match tokio::time::timeout(gw.client_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request bodies are limited to {BODY_LIMIT} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    gw.client_timeout
+                ),
+            )
+            .into_response()
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 fn precondition_failed() -> ApiError {

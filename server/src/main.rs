@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod gateway;
+mod http;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -33,9 +34,8 @@ enum Cmd {
         /// Testing aid: workers wait this long before applying each batch.
         #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
         apply_delay_ms: u64,
-        /// Require `Authorization: Bearer TOKEN` on the HTTP API.
-        #[arg(long, env = "OURKV_API_TOKEN", value_name = "TOKEN")]
-        api_token: Option<String>,
+        #[command(flatten)]
+        http_opts: HttpOpts,
     },
     /// The HTTP gateway in front of a running master and workers.
     Gateway {
@@ -47,9 +47,8 @@ enum Cmd {
         workers: Vec<String>,
         #[arg(long, value_name = "DIR")]
         cluster: Option<PathBuf>,
-        /// Require `Authorization: Bearer TOKEN` on the HTTP API.
-        #[arg(long, env = "OURKV_API_TOKEN", value_name = "TOKEN")]
-        api_token: Option<String>,
+        #[command(flatten)]
+        http_opts: HttpOpts,
     },
     /// Work on one OurDB directory (V's or ourkv's).
     #[command(subcommand)]
@@ -457,6 +456,24 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Options of the HTTP API (`dev` and `gateway`).
+#[derive(Args, Debug, Clone)]
+struct HttpOpts {
+    /// Require `Authorization: Bearer TOKEN` on the HTTP API.
+    #[arg(long, env = "OURKV_API_TOKEN", value_name = "TOKEN")]
+    api_token: Option<String>,
+    /// How long a client may take to send a request's headers (then the
+    /// connection is closed) and then its body (then 408).
+    #[arg(long, value_name = "MS", default_value_t = gateway::DEFAULT_CLIENT_TIMEOUT.as_millis() as u64)]
+    client_timeout_ms: u64,
+}
+
+impl HttpOpts {
+    fn client_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.client_timeout_ms.max(1))
+    }
+}
+
 enum Role {
     Master(replication::MasterOptions),
     /// A worker of the master at this address, with an apply delay in ms.
@@ -658,33 +675,12 @@ fn client(cluster: Option<&Path>, cmd: ClientCmd) -> Result<ExitCode> {
     })
 }
 
-/// Serves the gateway on `http` until SIGINT or SIGTERM. `ready` is printed
-/// once the socket is bound, so whoever waits for it can connect at once.
-async fn serve_http(
-    gw: std::sync::Arc<gateway::Gateway>,
-    http: std::net::SocketAddr,
-    ready: String,
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(http)
-        .await
-        .with_context(|| format!("listen on {http}"))?;
-    println!("{ready}");
-    // Answers go out at once, not held back by Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, gw.router())
-        .with_graceful_shutdown(shutdown())
-        .await?;
-    Ok(())
-}
-
 fn run_gateway(
     http: &str,
     master: &str,
     workers: &[String],
     cluster: Option<&Path>,
-    token: Option<String>,
+    opts: HttpOpts,
 ) -> Result<ExitCode> {
     let identity = identity(cluster)?;
     let master = resolve(master)?;
@@ -698,9 +694,14 @@ fn run_gateway(
     }
     let http = resolve(http)?;
     runtime()?.block_on(async {
-        let gw =
-            gateway::Gateway::new(replication::Client::new(&identity)?, master, workers, token);
-        serve_http(gw, http, format!("gateway listening on http://{http}")).await
+        let gw = gateway::Gateway::new(
+            replication::Client::new(&identity)?,
+            master,
+            workers,
+            opts.api_token.clone(),
+        )
+        .with_client_timeout(opts.client_timeout());
+        http::serve(gw, http, format!("gateway listening on http://{http}")).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -712,7 +713,7 @@ fn run_dev(
     http: &str,
     n: usize,
     apply_delay_ms: u64,
-    token: Option<String>,
+    opts: HttpOpts,
 ) -> Result<ExitCode> {
     let http = resolve(http)?;
     if !http.ip().is_loopback() {
@@ -747,16 +748,21 @@ fn run_dev(
             tokio::spawn(w.clone().run(wep));
             workers.push(w);
         }
-        let gw = gateway::Gateway::new(replication::Client::new(&identity)?, maddr, addrs, token)
-            .with_local(gateway::Local {
-                master: master.clone(),
-                workers: workers.clone(),
-            });
+        let gw = gateway::Gateway::new(
+            replication::Client::new(&identity)?,
+            maddr,
+            addrs,
+            opts.api_token.clone(),
+        )
+        .with_local(gateway::Local {
+            master: master.clone(),
+            workers: workers.clone(),
+        });
         let ready = format!(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()
         );
-        serve_http(gw, http, ready).await?;
+        http::serve(gw.with_client_timeout(opts.client_timeout()), http, ready).await?;
         master.store().db().checkpoint()?;
         for w in &workers {
             w.store().db().checkpoint()?;
@@ -774,15 +780,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             http,
             workers,
             apply_delay_ms,
-            api_token,
-        } => return run_dev(&data, &http, workers, apply_delay_ms, api_token),
+            http_opts,
+        } => return run_dev(&data, &http, workers, apply_delay_ms, http_opts),
         Cmd::Gateway {
             http,
             master,
             workers,
             cluster,
-            api_token,
-        } => return run_gateway(&http, &master, &workers, cluster.as_deref(), api_token),
+            http_opts,
+        } => return run_gateway(&http, &master, &workers, cluster.as_deref(), http_opts),
         Cmd::Cluster(ClusterCmd::Init { out }) => {
             replication::init_cluster(&out)?;
             println!(

@@ -127,6 +127,9 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/keep"), "-d", "kept"]);
     assert_eq!(code, 200);
     let big_key = "k".repeat(2000);
+    // More than the 1 MiB any request body may have.
+    let huge = tmp.path().join("huge.bin");
+    std::fs::write(&huge, vec![b'h'; 3 << 20]).unwrap();
     let big_value = "v".repeat(70_000);
     let cases: Vec<(Vec<String>, u16, &str)> = vec![
         (
@@ -218,6 +221,23 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
             404,
             "not_found",
         ),
+        (vec![url("/no/such/endpoint")], 404, "no_route"),
+        (
+            vec!["-X".into(), "DELETE".into(), url("/set")],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                url("/v1/kv/huge"),
+                "--data-binary".into(),
+                format!("@{}", huge.display()),
+            ],
+            413,
+            "too_large",
+        ),
     ];
     for (args, want, code_name) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -230,9 +250,6 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
             .as_str()
             .is_some_and(|m| !m.is_empty()));
     }
-    // A wrong method is refused too.
-    let (code, _) = curl(&["-X", "DELETE", &url("/set")]);
-    assert_eq!(code, 405);
     // Nothing but the one good key was stored, and the node is still up.
     let (code, body) = curl(&[&url("/v1/kv?prefix=")]);
     assert_eq!(code, 200);
@@ -709,4 +726,62 @@ fn status_page_in_headless_chromium() {
     for r in &rows {
         assert!(r.contains("0:"), "{r}");
     }
+}
+
+/// Slow clients: headers that never finish lose their connection, a body
+/// that never finishes gets 408, both after the client timeout; meanwhile
+/// other clients are served and nothing half-sent is stored.
+#[test]
+fn slow_clients_are_cut_off_while_others_are_served() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let _dev = start(&[
+        "dev",
+        "--data",
+        tmp.path().join("d").to_str().unwrap(),
+        "--http",
+        &http,
+        "--workers",
+        "1",
+        "--client-timeout-ms",
+        "600",
+    ]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let connect = || {
+        let s = std::net::TcpStream::connect(&http).unwrap();
+        // Far beyond the client timeout: the server must act first.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    };
+    let mut headers = connect();
+    headers
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut body = connect();
+    body.write_all(b"PUT /v1/kv/half HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    // Served while both hang.
+    let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/whole"), "-d", "fine"]);
+    assert_eq!(code, 200);
+    let (code, b) = curl(&[&url("/v1/kv/whole")]);
+    assert_eq!((code, b.as_str()), (200, "fine"));
+
+    let mut got = Vec::new();
+    let n = headers
+        .read_to_end(&mut got)
+        .expect("closed, not timed out");
+    assert_eq!(n, 0, "no answer to half a request: {got:?}");
+    let mut got = String::new();
+    body.read_to_string(&mut got)
+        .expect("answered, not timed out");
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    let json = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(json).expect(json);
+    assert_eq!(v["error"]["code"], "timeout");
+    let (code, _) = curl(&[&url("/v1/kv/half")]);
+    assert_eq!(code, 404, "nothing half-sent is stored");
+    let (code, _) = curl(&[&url("/health")]);
+    assert_eq!(code, 200);
 }
