@@ -32,6 +32,23 @@ pub fn envelope_decode(data: &[u8]) {
     }
 }
 
+/// Wire frame decoding (what a peer's bytes become): never panics, a tag
+/// never nests, and what decodes re-encodes to a frame that decodes the same.
+pub fn frame_decode(data: &[u8]) {
+    use replication::frame::Frame;
+    if let Ok(f) = Frame::decode(data) {
+        if let Frame::Tagged { frame, .. } = &f {
+            assert!(!matches!(**frame, Frame::Tagged { .. }));
+        }
+        let bytes = f.encode();
+        assert_eq!(
+            u32::from_be_bytes(bytes[..4].try_into().expect("prefix")) as usize,
+            bytes.len() - 4
+        );
+        assert_eq!(Frame::decode(&bytes[4..]).expect("re-decodes"), f);
+    }
+}
+
 fn take<'a>(data: &mut &'a [u8]) -> &'a [u8] {
     if data.len() < 2 {
         let all = *data;

@@ -32,6 +32,11 @@ fn envelope_decode_corpus() {
 }
 
 #[test]
+fn frame_decode_corpus() {
+    run_corpus("frame_decode", ourdb_fuzz::frame_decode);
+}
+
+#[test]
 fn open_dir_corpus() {
     run_corpus("open_dir", ourdb_fuzz::open_dir);
 }
