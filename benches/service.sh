@@ -3,11 +3,13 @@
 # workers, both as four processes on loopback and as `ourkv dev` (one
 # process), beside a no-op HTTP server (the ceiling) and etcd 3.4's JSON
 # gateway, same connections and duration, in one run.
-# Needs: wrk, etcd (Debian packages wrk, etcd-server). Bounded: 8 runs of
-# DURATION each plus start-up; everything it starts it stops.
+# Needs: wrk, etcd (Debian packages wrk, etcd-server). Bounded: 12 wrk runs
+# of DURATION per round, ROUNDS rounds, plus start-up; everything it starts
+# it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
 cargo build --release -q -p server -p ourdb-bench
@@ -68,23 +70,53 @@ request = function()
 end
 LUA
 
-run() { # label, wrk args...
-  local label=$1; shift
+# One wrk run: "requests/s p99" (p99 in ms).
+measure() {
   local out
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@")
   local rps p99
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  printf '| %s | %s | %s |\n' "$label" "$rps" "$p99"
+  p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}')
+  echo "$rps $p99"
 }
 
-echo "| workload ($CONNS connections, $DURATION) | requests/s | p99 |"
-echo "|---|---|---|"
-run "no-op HTTP server (ceiling)" http://127.0.0.1:7699/
-run "GET stale (4 processes)" "http://127.0.0.1:7680/v1/kv/k7?consistency=stale"
-run "GET strong (4 processes)" "http://127.0.0.1:7680/v1/kv/k7"
-run "PUT ack=all, 2 workers (4 processes)" -s "$tmp/put.lua" http://127.0.0.1:7680
-run "GET stale (ourkv dev)" "http://127.0.0.1:7681/v1/kv/k7?consistency=stale"
-run "GET strong (ourkv dev)" "http://127.0.0.1:7681/v1/kv/k7"
-run "PUT ack=all, 2 workers (ourkv dev)" -s "$tmp/put.lua" http://127.0.0.1:7681
-run "etcd 3.4 put (JSON gateway)" -s "$tmp/etcdput.lua" http://127.0.0.1:7379
+# The machine's speed drifts by tens of percent within a minute, so every
+# row is measured right after its reference (the no-op server for reads,
+# etcd for writes), and each ratio is taken within that pair. Rows are the
+# median over ROUNDS rounds.
+NOOP=(http://127.0.0.1:7699/)
+ETCD=(-s "$tmp/etcdput.lua" http://127.0.0.1:7379)
+rows=(
+  "GET stale (4 processes)|NOOP|http://127.0.0.1:7680/v1/kv/k7?consistency=stale"
+  "GET strong (4 processes)|NOOP|http://127.0.0.1:7680/v1/kv/k7"
+  "PUT ack=all, 2 workers (4 processes)|ETCD|-s $tmp/put.lua http://127.0.0.1:7680"
+  "GET stale (ourkv dev)|NOOP|http://127.0.0.1:7681/v1/kv/k7?consistency=stale"
+  "GET strong (ourkv dev)|NOOP|http://127.0.0.1:7681/v1/kv/k7"
+  "PUT ack=all, 2 workers (ourkv dev)|ETCD|-s $tmp/put.lua http://127.0.0.1:7681"
+)
+: > "$tmp/results"
+for round in $(seq "$ROUNDS"); do
+  for i in "${!rows[@]}"; do
+    IFS='|' read -r label ref args <<< "${rows[$i]}"
+    if [ "$ref" = NOOP ]; then r=$(measure "${NOOP[@]}"); else r=$(measure "${ETCD[@]}"); fi
+    # shellcheck disable=SC2086
+    w=$(measure $args)
+    echo "$i $round $r $w" >> "$tmp/results"
+  done
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+echo "| workload ($CONNS connections, $DURATION, median of $ROUNDS rounds) | requests/s | p99 ms | reference requests/s | reference p99 ms | ratio (rounds) |"
+echo "|---|---|---|---|---|---|"
+for i in "${!rows[@]}"; do
+  IFS='|' read -r label ref _ <<< "${rows[$i]}"
+  mine=$(awk -v i="$i" '$1==i' "$tmp/results")
+  rps=$(echo "$mine" | awk '{print $5}' | median)
+  p99=$(echo "$mine" | awk '{print $6}' | median)
+  rrps=$(echo "$mine" | awk '{print $3}' | median)
+  rp99=$(echo "$mine" | awk '{print $4}' | median)
+  ratios=$(echo "$mine" | awk '{printf "%.2f\n", $5/$3}')
+  med=$(echo "$ratios" | median)
+  name=$([ "$ref" = NOOP ] && echo "no-op" || echo "etcd")
+  printf '| %s | %.0f | %.2f | %s %.0f | %.2f | %.2f× %s (%s) |\n' "$label" "$rps" "$p99" "$name" "$rrps" "$rp99" "$med" "$name" "$(echo $ratios | tr ' ' ',')"
+done
