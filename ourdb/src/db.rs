@@ -1260,18 +1260,25 @@ impl OurDb {
 
     /// The current value of `id`.
     pub fn get(&self, id: u32) -> Result<Vec<u8>> {
+        Ok(self.get_located(id)?.1)
+    }
+
+    /// The current value of `id` and the lookup entry it was read through
+    /// (`raw_location`). Records are never rewritten, so the two always
+    /// belong together, whatever writers do meanwhile.
+    pub fn get_located(&self, id: u32) -> Result<(Location, Vec<u8>)> {
         self.check_range(id)?;
-        let loc = self.lookup.get(id);
-        if loc.is_none() {
+        let raw = self.lookup.get(id);
+        if raw.is_none() {
             return Err(Error::NotFound(id));
         }
         let loc = if self.loose_addressing {
-            self.resolve(id, loc)?
+            self.resolve(id, raw)?
         } else {
-            loc
+            raw
         };
         let (_, value) = self.read_record(loc)?;
-        Ok(value)
+        Ok((raw, value))
     }
 
     /// Up to `depth` values of `id`, newest first (the current value first).

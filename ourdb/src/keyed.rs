@@ -331,17 +331,19 @@ impl KeyedStore {
 
     /// The current value of `key` with its version.
     pub fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Location)>> {
-        // A write between reading the version and the value is seen by the
-        // second look at the version; then read again.
-        loop {
-            let Some(before) = self.version(key) else {
-                return Ok(None);
-            };
-            let value = self.get(key)?;
-            if self.version(key) == Some(before) {
-                return Ok(value.map(|v| (v, before)));
-            }
-        }
+        let Some(id) = self.id_of(key) else {
+            return Ok(None);
+        };
+        // One lookup: the record read is the version named (records are
+        // never rewritten), whatever writers do meanwhile.
+        let (at, rec) = match self.db.get_located(id) {
+            Ok(r) => r,
+            // Deleted between the index lookup and the read.
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let env = Envelope::decode(&rec)?;
+        Ok((env.kind == Kind::Put && env.key == key).then(|| (env.value.to_vec(), at)))
     }
 
     /// The current value of `key`.

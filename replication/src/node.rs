@@ -793,6 +793,9 @@ impl Worker {
 
     /// Waits (up to 5 s) until `min_cursor` is applied; false if it was not.
     pub async fn wait_applied(&self, min_cursor: Location) -> bool {
+        if *self.applied.borrow() >= min_cursor {
+            return true;
+        }
         let mut rx = self.applied.subscribe();
         // The guard `wait_for` returns must not live across an await.
         matches!(
