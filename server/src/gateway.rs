@@ -24,7 +24,7 @@ pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 pub const CURSOR_HEADER: &str = "x-ourkv-cursor";
 
 pub struct Gateway {
-    client: Client,
+    client: Arc<Client>,
     master: SocketAddr,
     workers: Vec<SocketAddr>,
     next: AtomicUsize,
@@ -36,10 +36,10 @@ pub struct Gateway {
     /// listener's limit) and then its body (408 after).
     client_timeout: std::time::Duration,
     load: Vec<Load>,
-    batch: std::sync::Mutex<Batch>,
+    batch: Arc<std::sync::Mutex<Batch>>,
     /// The nodes, when they live in this process (`ourkv dev`).
     local: Option<Local>,
-    read_index_rounds: AtomicU64,
+    read_index_rounds: Arc<AtomicU64>,
 }
 
 /// Master and workers in this process: requests skip the network. The
@@ -98,10 +98,10 @@ impl Gateway {
             token,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             load: workers.iter().map(|_| Load::default()).collect(),
-            batch: std::sync::Mutex::new(Batch::default()),
+            batch: Arc::default(),
             local: None,
-            read_index_rounds: AtomicU64::new(0),
-            client,
+            read_index_rounds: Arc::default(),
+            client: Arc::new(client),
             master,
             workers,
             next: AtomicUsize::new(0),
@@ -205,7 +205,9 @@ impl Gateway {
 
     /// The master's commit cursor for a strong read. Concurrent strong reads
     /// share one request, but only one sent after they arrived: a read never
-    /// takes an index older than itself.
+    /// takes an index older than itself. The rounds run in a task of their
+    /// own, so a client that goes away mid-round (its request dropped) never
+    /// stops them for the reads still waiting.
     async fn read_index(&self) -> Result<Location, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = {
@@ -214,28 +216,32 @@ impl Gateway {
             !std::mem::replace(&mut b.running, true)
         };
         if lead {
-            loop {
-                let batch = {
-                    let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
-                    if b.waiters.is_empty() {
-                        b.running = false;
-                        break;
+            let (client, batch, rounds, master) = (
+                self.client.clone(),
+                self.batch.clone(),
+                self.read_index_rounds.clone(),
+                self.master,
+            );
+            tokio::spawn(async move {
+                loop {
+                    let waiting = {
+                        let mut b = batch.lock().unwrap_or_else(|e| e.into_inner());
+                        if b.waiters.is_empty() {
+                            b.running = false;
+                            return;
+                        }
+                        std::mem::take(&mut b.waiters)
+                    };
+                    let r = client.read_index(master).await.map_err(|e| e.to_string());
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    for w in waiting {
+                        let _ = w.send(r.clone());
                     }
-                    std::mem::take(&mut b.waiters)
-                };
-                let r = self
-                    .client
-                    .read_index(self.master)
-                    .await
-                    .map_err(|e| e.to_string());
-                self.read_index_rounds.fetch_add(1, Ordering::Relaxed);
-                for w in batch {
-                    let _ = w.send(r.clone());
                 }
-            }
+            });
         }
         rx.await
-            .unwrap_or_else(|_| Err("read-index leader went away".into()))
+            .unwrap_or_else(|_| Err("read-index round went away".into()))
     }
 
     /// Runs the read on the least loaded worker that has applied `min` (the

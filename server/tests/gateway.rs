@@ -785,3 +785,52 @@ fn slow_clients_are_cut_off_while_others_are_served() {
     let (code, _) = curl(&[&url("/health")]);
     assert_eq!(code, 200);
 }
+
+/// A strong read whose client gives up while the read-index round is out
+/// (the master frozen) does not stop the rounds: once the master answers
+/// again, strong reads succeed.
+#[test]
+fn strong_reads_recover_after_a_client_gives_up_mid_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = |p: u16| format!("127.0.0.1:{p}");
+    let (mport, wport, hport) = (free_port(), free_port(), free_port());
+    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let master = start(&["master", "--data", &d("m"), "--listen", &q(mport)]);
+    let _worker = start(&[
+        "worker",
+        "--data",
+        &d("w"),
+        "--listen",
+        &q(wport),
+        "--master",
+        &q(mport),
+    ]);
+    let _gw = start(&[
+        "gateway",
+        "--http",
+        &q(hport),
+        "--master",
+        &q(mport),
+        "--worker",
+        &q(wport),
+    ]);
+    let url = |p: &str| format!("http://{}{p}", q(hport));
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&[&url("/v1/kv/a")]);
+    assert_eq!((code, body.as_str()), (200, "1"));
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &master.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    signal("-STOP");
+    // The client gives up after 0.5 s; the gateway drops its request.
+    let (code, _) = curl(&["-m", "0.5", &url("/v1/kv/a")]);
+    assert_eq!(code, 0, "no answer while the master is frozen");
+    signal("-CONT");
+    let (code, body) = curl(&["-m", "20", &url("/v1/kv/a")]);
+    assert_eq!((code, body.as_str()), (200, "1"), "strong reads work again");
+}
