@@ -37,6 +37,9 @@ pub(crate) async fn serve<N: Answer>(
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(first) = rx.recv().await {
+            // One turn of the scheduler lets the answers being computed
+            // right now join this write (fewer, fuller packets under load).
+            tokio::task::yield_now().await;
             buf.clear();
             tagged(first, &mut buf);
             while buf.len() < BATCH_BYTES {
@@ -152,6 +155,9 @@ impl Pipe {
             let mut next_id = 0u32;
             let mut buf = Vec::new();
             while let Some(first) = rx.recv().await {
+                // One turn of the scheduler lets the calls being made right
+                // now join this write (fewer, fuller packets under load).
+                tokio::task::yield_now().await;
                 buf.clear();
                 enqueue(&book, &mut next_id, &mut buf, first);
                 while buf.len() < BATCH_BYTES {
