@@ -184,13 +184,16 @@ const ALL: Location = Location::new(u16::MAX, u32::MAX);
 pub struct Master {
     store: Arc<KeyedStore>,
     options: MasterOptions,
-    /// Bumped after each group commit is flushed, to wake the shipping streams.
+    /// Bumped when writes can be shipped (after each group commit is
+    /// flushed, or after every write under the other sync policies).
     changed: watch::Sender<u64>,
     /// The lowest cursor applied by an in-sync worker (`ALL` if none is in
     /// sync): `ack=all` writes wait for it to pass their cursor.
     in_sync_applied: watch::Sender<Location>,
     workers: Mutex<BTreeMap<SocketAddr, WorkerState>>,
-    syncer: crate::syncer::Syncer,
+    /// Group commit's syncer thread; other sync policies make a write
+    /// durable (or not) as it is appended, and need none.
+    syncer: Option<crate::syncer::Syncer>,
 }
 
 impl Master {
@@ -199,7 +202,9 @@ impl Master {
         let changed = watch::channel(0).0;
         let wake = changed.clone();
         Arc::new(Master {
-            syncer: crate::syncer::Syncer::start(&store, move || wake.send_modify(|v| *v += 1)),
+            syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group).then(|| {
+                crate::syncer::Syncer::start(&store, move || wake.send_modify(|v| *v += 1))
+            }),
             store,
             options,
             changed,
@@ -318,19 +323,40 @@ impl Master {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        // Under group commit an append is memory work: done in place, and
-        // the fsync is the syncer's (see syncer.rs).
-        let Some((at, pending)) = self.store.put_if_pending(&key, &value, expect)? else {
+        let appended = match self.store.db().sync_policy() {
+            // An fsync per write: off the async threads.
+            ourdb::SyncPolicy::Always => {
+                let store = self.store.clone();
+                blocking(move || Ok(store.put_if_pending(&key, &value, expect)?)).await?
+            }
+            // Under group commit an append is memory work (the fsync is the
+            // syncer's, see syncer.rs); under flush one write(2): in place.
+            _ => self.store.put_if_pending(&key, &value, expect)?,
+        };
+        let Some((at, pending)) = appended else {
             return Ok(None);
         };
         let cursor = self.store.db().end();
-        // The syncer ships the write with its group, then makes it durable.
-        self.syncer.wait(pending).await?;
+        self.durable(pending).await?;
         if ack == Ack::All {
             self.wait_all(cursor).await;
         }
         let epoch = self.store.db().meta().epoch;
         Ok(Some((cursor, Version { epoch, at })))
+    }
+
+    /// Waits until an appended write is durable under the sync policy, and
+    /// wakes the shipping streams: under group commit the syncer does both
+    /// (it ships each group between its flush and its fsync); under the
+    /// other policies the append itself did what the policy asks.
+    async fn durable(&self, pending: ourdb::Pending) -> Result<()> {
+        match &self.syncer {
+            Some(s) => s.wait(pending).await,
+            None => {
+                self.changed.send_modify(|v| *v += 1);
+                Ok(())
+            }
+        }
     }
 
     /// Deletes `key` if `expect` holds: whether it existed and the end
@@ -344,13 +370,20 @@ impl Master {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        let Some(pending) = self.store.delete_if_pending(&key, expect)? else {
+        let deleted = match self.store.db().sync_policy() {
+            ourdb::SyncPolicy::Always => {
+                let store = self.store.clone();
+                blocking(move || Ok(store.delete_if_pending(&key, expect)?)).await?
+            }
+            _ => self.store.delete_if_pending(&key, expect)?,
+        };
+        let Some(pending) = deleted else {
             return Ok(None);
         };
         let cursor = self.store.db().end();
         let existed = pending.is_some();
         if let Some(p) = pending {
-            self.syncer.wait(p).await?;
+            self.durable(p).await?;
         }
         if ack == Ack::All {
             self.wait_all(cursor).await;
