@@ -343,7 +343,15 @@ impl KeyedStore {
             Err(e) => return Err(e),
         };
         let env = Envelope::decode(&rec)?;
-        Ok((env.kind == Kind::Put && env.key == key).then(|| (env.value.to_vec(), at)))
+        if env.kind != Kind::Put || env.key != key {
+            return Ok(None);
+        }
+        // The value is the record's tail: cut the envelope header off in
+        // place rather than copy the value into a new buffer.
+        let header = rec.len() - env.value.len();
+        let mut value = rec;
+        value.drain(..header);
+        Ok(Some((value, at)))
     }
 
     /// The current value of `key`.

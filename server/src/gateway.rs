@@ -1,7 +1,6 @@
 //! The HTTP gateway: writes go to the master, reads to a worker (the master
 //! only when no worker answers), at the consistency level the request asks.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -308,11 +307,7 @@ impl Gateway {
     }
 
     /// The cursor a read must see, by consistency level.
-    async fn min_cursor(
-        &self,
-        params: &HashMap<String, String>,
-        headers: &HeaderMap,
-    ) -> Result<Location, ApiError> {
+    async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Location, ApiError> {
         match params
             .get("consistency")
             .map(String::as_str)
@@ -517,7 +512,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     ourdb::keyed::check_key(key).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn ack_of(params: &HashMap<String, String>) -> Result<Ack, ApiError> {
+fn ack_of(params: &Params) -> Result<Ack, ApiError> {
     params
         .get("ack")
         .map(|a| a.parse::<Ack>())
@@ -647,7 +642,7 @@ fn with_cursor(mut r: Response, c: Location) -> Response {
 
 /// `application/x-www-form-urlencoded` pairs, refusing malformed percent
 /// escapes (which lenient parsers keep as literal text).
-fn parse_pairs(raw: &[u8]) -> Result<HashMap<String, String>, ApiError> {
+fn parse_pairs(raw: &[u8]) -> Result<Params, ApiError> {
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'%' {
@@ -664,18 +659,28 @@ fn parse_pairs(raw: &[u8]) -> Result<HashMap<String, String>, ApiError> {
             i += 1;
         }
     }
-    let mut out = HashMap::new();
-    for (k, v) in form_urlencoded::parse(raw) {
-        out.insert(k.into_owned(), v.into_owned());
-    }
-    Ok(out)
+    Ok(Params(
+        form_urlencoded::parse(raw)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    ))
 }
 
-fn query(q: &RawQuery) -> Result<HashMap<String, String>, ApiError> {
+/// Query or form parameters in order; a name given twice means its last
+/// value. A request has a handful: a list beats a hash map here.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn get(&self, name: &str) -> Option<&String> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+fn query(q: &RawQuery) -> Result<Params, ApiError> {
     parse_pairs(q.0.as_deref().unwrap_or_default().as_bytes())
 }
 
-fn field(pairs: &HashMap<String, String>, name: &str) -> Result<String, ApiError> {
+fn field(pairs: &Params, name: &str) -> Result<String, ApiError> {
     pairs
         .get(name)
         .cloned()
@@ -723,7 +728,7 @@ async fn seed_delete(State(gw): Gw, body: Bytes) -> Response {
 async fn get_value(
     gw: &Gateway,
     key: &str,
-    q: &HashMap<String, String>,
+    q: &Params,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     check_key(key)?;
@@ -988,7 +993,7 @@ async fn ready(State(gw): Gw, q: RawQuery) -> Response {
             .await
             .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
         // ?sync: every worker this gateway uses has caught up with the master.
-        if q.contains_key("sync") {
+        if q.get("sync").is_some() {
             for w in &gw.workers {
                 let caught_up = workers
                     .iter()
