@@ -323,16 +323,9 @@ impl Master {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        let appended = match self.store.db().sync_policy() {
-            // An fsync per write: off the async threads.
-            ourdb::SyncPolicy::Always => {
-                let store = self.store.clone();
-                blocking(move || Ok(store.put_if_pending(&key, &value, expect)?)).await?
-            }
-            // Under group commit an append is memory work (the fsync is the
-            // syncer's, see syncer.rs); under flush one write(2): in place.
-            _ => self.store.put_if_pending(&key, &value, expect)?,
-        };
+        let appended = self
+            .append(move |s| s.put_if_pending(&key, &value, expect))
+            .await?;
         let Some((at, pending)) = appended else {
             return Ok(None);
         };
@@ -343,6 +336,20 @@ impl Master {
         }
         let epoch = self.store.db().meta().epoch;
         Ok(Some((cursor, Version { epoch, at })))
+    }
+
+    /// Runs an append: in place, as under group commit it is memory work
+    /// (the fsync is the syncer's, see syncer.rs) and under flush one
+    /// write(2); under `always` its fsync goes to the blocking pool.
+    async fn append<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KeyedStore) -> ourdb::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.store.db().sync_policy() == ourdb::SyncPolicy::Always {
+            let store = self.store.clone();
+            return blocking(move || Ok(f(&store)?)).await;
+        }
+        Ok(f(&self.store)?)
     }
 
     /// Waits until an appended write is durable under the sync policy, and
@@ -370,13 +377,9 @@ impl Master {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        let deleted = match self.store.db().sync_policy() {
-            ourdb::SyncPolicy::Always => {
-                let store = self.store.clone();
-                blocking(move || Ok(store.delete_if_pending(&key, expect)?)).await?
-            }
-            _ => self.store.delete_if_pending(&key, expect)?,
-        };
+        let deleted = self
+            .append(move |s| s.delete_if_pending(&key, expect))
+            .await?;
         let Some(pending) = deleted else {
             return Ok(None);
         };

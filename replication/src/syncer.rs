@@ -4,10 +4,13 @@
 //! only), wake the syncer and await its next durable sequence number. The
 //! syncer flushes and fdatasyncs everything written so far, over and over
 //! while writes keep coming, so each fsync covers every write that arrived
-//! during the one before. No writer blocks a runtime thread on the disk, and
-//! one fsync wakes its writers through one watch channel. Each group is
+//! during the one before. No writer waits for an fsync on a runtime thread,
+//! and one fsync wakes its writers through one watch channel. Each group is
 //! shipped as one segment, between its flush and its fsync, so replication
 //! overlaps the disk and costs a few packets per group, not per write.
+//! (The write that crosses a checkpoint, every 256 MiB of records, or a data
+//! file's end, every 500 MiB, still does that work in place, holding the
+//! writer lock: a pause of milliseconds for the writes behind it.)
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
