@@ -158,6 +158,8 @@ pub struct OurDb {
     report: OpenReport,
     _lock: Option<File>,
     closed: std::sync::atomic::AtomicBool,
+    /// Set while a checkpoint or a file switch holds the writer lock.
+    busy: std::sync::atomic::AtomicBool,
     /// The next id and the end of the data as found at open (a read-only
     /// handle has no writer).
     ro_next_id: u32,
@@ -554,6 +556,7 @@ impl OurDb {
             report,
             _lock: lock,
             closed: std::sync::atomic::AtomicBool::new(false),
+            busy: std::sync::atomic::AtomicBool::new(false),
             ro_next_id: next_id,
             ro_end,
         };
@@ -772,6 +775,10 @@ impl OurDb {
 
     /// Closes the active file and starts the next one.
     fn roll_locked(&self, w: &mut Writer) -> Result<()> {
+        self.busy_with(|| self.roll_inner(w))
+    }
+
+    fn roll_inner(&self, w: &mut Writer) -> Result<()> {
         self.flush_locked(w)?;
         let nr = w.active.nr.checked_add(1).ok_or(Error::AddressSpaceFull {
             keysize: self.keysize,
@@ -857,10 +864,27 @@ impl OurDb {
                 }
             }
         }
-        if w.bytes_since_checkpoint >= self.checkpoint_bytes {
+        // Under group commit the leader checkpoints (`lead_group`): the
+        // write that crosses the mark may run on an async thread.
+        if self.sync != SyncPolicy::Group && w.bytes_since_checkpoint >= self.checkpoint_bytes {
             self.checkpoint_locked(&mut w)?;
         }
         Ok(())
+    }
+
+    /// Whether a checkpoint or a file switch holds the writer lock now (for
+    /// milliseconds): a caller on an async thread can send its write to a
+    /// blocking thread instead of waiting there.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` (a checkpoint, a file switch) with `busy` set.
+    fn busy_with<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.busy.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = f();
+        self.busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        r
     }
 
     /// Group commit: one writer (the leader) fdatasyncs for everyone whose
@@ -916,6 +940,9 @@ impl OurDb {
         // Everything flushed up to `target` is covered by this sync. The fsyncs
         // run outside the writer lock, so the next group gathers meanwhile.
         let plan = self.writer().and_then(|mut w| {
+            if w.bytes_since_checkpoint >= self.checkpoint_bytes {
+                self.busy_with(|| self.checkpoint_locked(&mut w))?;
+            }
             self.flush_locked(&mut w)?;
             let files = self.files.read().unwrap_or_else(|e| e.into_inner());
             let dirty: Vec<Arc<DataFile>> = std::mem::take(&mut w.dirty)

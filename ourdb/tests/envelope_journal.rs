@@ -155,3 +155,31 @@ fn redo_from_envelopes_is_reported() {
     assert_eq!(store.db().open_report().redone_from_envelopes, 1);
     assert_eq!(store.len(), 51);
 }
+
+/// Under group commit the leader takes the checkpoints (not the write that
+/// crossed the mark, which may run on an async thread), and `is_busy` is
+/// clear once it is done.
+#[test]
+fn group_commit_leader_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let store = open(dir);
+    let dump = dir
+        .join(ourdb::files::DUMP_DIR)
+        .join(ourdb::files::DUMP_DATA);
+    assert!(!dump.exists());
+    let value = vec![7u8; 500];
+    for i in 0..100u32 {
+        // 100 × ~520 bytes: past the 16 KiB checkpoint mark.
+        let _ = store
+            .put_if_pending(&format!("k{i}"), &value, Expect::Any)
+            .unwrap();
+    }
+    assert!(!dump.exists(), "no write checkpoints under group commit");
+    store.db().commit(|| ()).unwrap();
+    assert!(dump.exists(), "the leader checkpointed");
+    assert!(!store.db().is_busy());
+    store.into_db().abandon();
+    let store = open(dir);
+    assert_eq!(store.len(), 100);
+}

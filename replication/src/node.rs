@@ -340,12 +340,14 @@ impl Master {
 
     /// Runs an append: in place, as under group commit it is memory work
     /// (the fsync is the syncer's, see syncer.rs) and under flush one
-    /// write(2); under `always` its fsync goes to the blocking pool.
+    /// write(2); under `always` (an fsync each), or while a checkpoint or a
+    /// file switch holds the writer lock, on the blocking pool.
     async fn append<T: Send + 'static>(
         &self,
         f: impl FnOnce(&KeyedStore) -> ourdb::Result<T> + Send + 'static,
     ) -> Result<T> {
-        if self.store.db().sync_policy() == ourdb::SyncPolicy::Always {
+        let db = self.store.db();
+        if db.sync_policy() == ourdb::SyncPolicy::Always || db.is_busy() {
             let store = self.store.clone();
             return blocking(move || Ok(f(&store)?)).await;
         }

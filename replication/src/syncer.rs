@@ -8,9 +8,10 @@
 //! and one fsync wakes its writers through one watch channel. Each group is
 //! shipped as one segment, between its flush and its fsync, so replication
 //! overlaps the disk and costs a few packets per group, not per write.
-//! (The write that crosses a checkpoint, every 256 MiB of records, or a data
-//! file's end, every 500 MiB, still does that work in place, holding the
-//! writer lock: a pause of milliseconds for the writes behind it.)
+//! Checkpoints (every 256 MiB of records) run here too, holding the writer
+//! lock for milliseconds; meanwhile the master sends its writes to the
+//! blocking pool (`OurDb::is_busy`). A file switch (every 500 MiB) still runs
+//! in the write that crosses the file's end.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
