@@ -1,0 +1,217 @@
+//! The key-value routes: the seed API, `/v1/kv`, listing, records by id.
+
+use super::*;
+
+pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
+    let r = async {
+        let form = parse_pairs(&body)?;
+        let key = field(&form, "key")?;
+        let value = field(&form, "value")?;
+        let (c, _) = gw
+            .write(&key, value.as_bytes(), Ack::Master, Expect::Any)
+            .await?;
+        Ok(with_cursor(
+            Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
+            c,
+        ))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn seed_get(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let key = q
+            .get("key")
+            .ok_or_else(|| ApiError::bad_request("missing query parameter \"key\""))?;
+        get_value(&gw, key, &q, &headers).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn seed_delete(State(gw): Gw, body: Bytes) -> Response {
+    let r = async {
+        let key = field(&parse_pairs(&body)?, "key")?;
+        delete_key(&gw, &key, Ack::Master, Expect::Any).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn get_value(
+    gw: &Gateway,
+    key: &str,
+    q: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    check_key(key)?;
+    let min = gw.min_cursor(q, headers).await?;
+    if let Some(depth) = q.get("history") {
+        let depth: u32 = depth
+            .parse()
+            .map_err(|_| ApiError::bad_request("history must be a number"))?;
+        let depth = depth.min(1000);
+        let values = gw
+            .read(
+                min,
+                |n, c| gw.client.history(n, key, depth, c),
+                |s| s.history(key, depth as usize),
+            )
+            .await?;
+        if values.is_empty() {
+            return Err(ApiError::not_found(key));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
+        return Ok(Json(json!({"key": key, "history": history})).into_response());
+    }
+    let local = |s: &ourdb::keyed::KeyedStore| {
+        let epoch = s.db().meta().epoch;
+        Ok(s.get_versioned(key)?
+            .map(|(v, at)| (v, Version { epoch, at })))
+    };
+    match gw
+        .read(min, |n, c| gw.client.get_versioned(n, key, c), local)
+        .await?
+    {
+        Some((v, version)) => Ok(with_etag(
+            with_cursor(
+                ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
+                min,
+            ),
+            version,
+        )),
+        None => Err(ApiError::not_found(key)),
+    }
+}
+
+pub(super) async fn delete_key(
+    gw: &Gateway,
+    key: &str,
+    ack: Ack,
+    expect: Expect,
+) -> Result<Response, ApiError> {
+    check_key(key)?;
+    let (existed, c) = gw.delete(key, ack, expect).await?;
+    if !existed {
+        return Err(ApiError::not_found(key));
+    }
+    Ok(with_cursor(
+        Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
+        c,
+    ))
+}
+
+pub(super) async fn kv_get(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        get_value(&gw, &key, &q, &headers).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn kv_put(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let (c, version) = gw.write(&key, &body, ack_of(&q)?, expectation(&headers)?).await?;
+        Ok(with_etag(
+            with_cursor(
+                Json(json!({"ok": true, "key": key, "cursor": cursor_text(c), "etag": version.etag()})).into_response(),
+                c,
+            ),
+            version,
+        ))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn kv_delete(
+    State(gw): Gw,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        delete_key(&gw, &key, ack_of(&q)?, expectation(&headers)?).await
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let prefix = q.get("prefix").cloned().unwrap_or_default();
+        let limit: u32 = match q.get("limit") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+            None => 100,
+        };
+        let limit = limit.clamp(1, 1000);
+        let after = q.get("after").cloned();
+        let min = gw.min_cursor(&q, &headers).await?;
+        let keys = gw
+            .read(
+                min,
+                |n, c| gw.client.list(n, &prefix, after.as_deref(), limit, c),
+                |s| Ok(s.list(&prefix, after.as_deref(), limit as usize)),
+            )
+            .await?;
+        let next = (keys.len() == limit as usize)
+            .then(|| keys.last().cloned())
+            .flatten();
+        Ok(Json(json!({"keys": keys, "next": next})).into_response())
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn by_id(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let id: u32 = id
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("record id {id:?} is not a number")))?;
+        let min = gw.min_cursor(&q, &headers).await?;
+        match gw
+            .read(min, |n, c| gw.client.by_id(n, id, c), |s| s.get_by_id(id))
+            .await?
+        {
+            Some((key, value)) => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                Ok(Json(
+                    json!({"id": id, "key": key, "value": b64.encode(value)}),
+                ))
+            }
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("record {id} not found"),
+            )),
+        }
+    }
+    .await;
+    counted(&gw, r)
+}

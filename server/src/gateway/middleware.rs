@@ -1,0 +1,92 @@
+//! Per-request layers: the bearer token, and bodies read within bounds.
+
+use super::*;
+
+/// With `--api-token`, every request but `/health` needs
+/// `Authorization: Bearer <token>`.
+pub(super) async fn authorize(
+    State(gw): Gw,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &gw.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compare without an early exit, so timing tells nothing.
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok && req.uri().path() != "/health" {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// Reads the whole body, at most `BODY_LIMIT` bytes and within the client
+/// timeout: a slow or endless upload gets 408 or 413 and costs no more.
+pub(super) async fn read_body(
+    State(gw): Gw,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A GET or an empty body has nothing to wait for (watches stay open).
+    let empty = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    if empty || req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD
+    {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, BODY_LIMIT);
+    let bytes = match tokio::time::timeout(gw.client_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request bodies are limited to {BODY_LIMIT} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    gw.client_timeout
+                ),
+            )
+            .into_response()
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}

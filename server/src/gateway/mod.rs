@@ -1,0 +1,417 @@
+//! The HTTP gateway: writes go to the master, reads to a worker (the master
+//! only when no worker answers), at the consistency level the request asks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine;
+use ourdb::Location;
+use replication::{Ack, Client, Expect, Version};
+use serde_json::json;
+
+mod error;
+mod kv;
+mod middleware;
+mod ops;
+mod params;
+mod watch;
+
+use error::*;
+use kv::*;
+use middleware::*;
+use ops::*;
+use params::*;
+use watch::*;
+
+/// Largest request body read; larger values are refused with 413 anyway.
+const BODY_LIMIT: usize = 1 << 20;
+/// How long a client may take to send its headers, and then its body.
+pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const CURSOR_HEADER: &str = "x-ourkv-cursor";
+
+pub struct Gateway {
+    client: Arc<Client>,
+    master: SocketAddr,
+    workers: Vec<SocketAddr>,
+    next: AtomicUsize,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    /// Bearer token every request but /health must carry, if set.
+    token: Option<String>,
+    /// How long a client may take to send its request headers (the
+    /// listener's limit) and then its body (408 after).
+    client_timeout: std::time::Duration,
+    load: Vec<Load>,
+    batch: Arc<std::sync::Mutex<Batch>>,
+    /// The nodes, when they live in this process (`ourkv dev`).
+    local: Option<Local>,
+    read_index_rounds: Arc<AtomicU64>,
+}
+
+/// Master and workers in this process: requests skip the network. The
+/// workers are in the same order as the gateway's worker addresses.
+pub struct Local {
+    pub master: Arc<replication::Master>,
+    pub workers: Vec<Arc<replication::Worker>>,
+}
+
+/// A worker's load as the gateway sees it.
+#[derive(Default)]
+struct Load {
+    in_flight: AtomicU64,
+    /// Exponentially weighted latency, microseconds.
+    ewma_us: AtomicU64,
+}
+
+impl Load {
+    fn observe(&self, took: std::time::Duration, ok: bool) {
+        // A failure weighs like a one-second answer, so the worker is avoided
+        // until it answers well again.
+        let sample = if ok {
+            took.as_micros() as u64
+        } else {
+            1_000_000
+        };
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    fn score(&self) -> u64 {
+        (self.in_flight.load(Ordering::Relaxed) + 1) * self.ewma_us.load(Ordering::Relaxed).max(1)
+    }
+}
+
+/// Strong reads waiting for the next read-index round.
+#[derive(Default)]
+struct Batch {
+    running: bool,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<Location, String>>>,
+}
+
+impl Gateway {
+    pub fn new(
+        client: Client,
+        master: SocketAddr,
+        workers: Vec<SocketAddr>,
+        token: Option<String>,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            token,
+            client_timeout: DEFAULT_CLIENT_TIMEOUT,
+            load: workers.iter().map(|_| Load::default()).collect(),
+            batch: Arc::default(),
+            local: None,
+            read_index_rounds: Arc::default(),
+            client: Arc::new(client),
+            master,
+            workers,
+            next: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Sets how long a client may take to send a request's headers, then
+    /// its body.
+    pub fn with_client_timeout(mut self: Arc<Self>, t: std::time::Duration) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("not yet shared")
+            .client_timeout = t;
+        self
+    }
+
+    pub fn client_timeout(&self) -> std::time::Duration {
+        self.client_timeout
+    }
+
+    /// Serves from nodes in this process instead of over the network.
+    pub fn with_local(mut self: Arc<Self>, local: Local) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("not yet shared").local = Some(local);
+        self
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        // Bodies are read (bounded in size and time) before the handlers,
+        // which then never hit a limit of their own; only routes that take
+        // one pay for the layer.
+        let body = axum::middleware::from_fn_with_state(self.clone(), read_body);
+        let router = Router::new()
+            .route("/", get(status_page))
+            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .route("/v1/cluster", get(cluster))
+            .route("/set", post(seed_set).layer(body.clone()))
+            .route("/get", get(seed_get))
+            .route("/delete", post(seed_delete).layer(body.clone()))
+            .route("/v1/kv", get(list))
+            .route(
+                "/v1/kv/{*key}",
+                put(kv_put).delete(kv_delete).layer(body).get(kv_get),
+            )
+            .route("/v1/records/{id}", get(by_id))
+            .route("/v1/watch", get(watch))
+            .route(
+                "/openapi.json",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        include_str!("../openapi.json"),
+                    )
+                }),
+            )
+            .fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    "no such endpoint (see /openapi.json)",
+                )
+            })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this endpoint does not take that method (see /openapi.json)",
+                )
+            })
+            .layer(axum::extract::DefaultBodyLimit::disable());
+        // Without a token there is nothing to check: no layer at all.
+        let router = match self.token {
+            Some(_) => router.layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                authorize,
+            )),
+            None => router,
+        };
+        router.with_state(self)
+    }
+
+    /// Worker indexes, least loaded first: fewest requests in flight,
+    /// weighted by recent latency (failures count as slow).
+    fn by_load(&self) -> Vec<usize> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.workers.len();
+        // Rotating the start breaks ties evenly.
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        // Every 64th read goes round-robin, so a worker that failed once is
+        // tried again and its score can recover. Else the least loaded goes
+        // first; the others only matter if it fails.
+        if !start.is_multiple_of(64) {
+            if let Some(best) = (0..n).min_by_key(|&k| self.load[order[k]].score()) {
+                order.swap(0, best);
+            }
+        }
+        order
+    }
+
+    /// The master's commit cursor for a strong read. Concurrent strong reads
+    /// share one request, but only one sent after they arrived: a read never
+    /// takes an index older than itself. The rounds run in a task of their
+    /// own, so a client that goes away mid-round (its request dropped) never
+    /// stops them for the reads still waiting.
+    async fn read_index(&self) -> Result<Location, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            b.waiters.push(tx);
+            !std::mem::replace(&mut b.running, true)
+        };
+        if lead {
+            let (client, batch, rounds, master) = (
+                self.client.clone(),
+                self.batch.clone(),
+                self.read_index_rounds.clone(),
+                self.master,
+            );
+            tokio::spawn(async move {
+                loop {
+                    let waiting = {
+                        let mut b = batch.lock().unwrap_or_else(|e| e.into_inner());
+                        if b.waiters.is_empty() {
+                            b.running = false;
+                            return;
+                        }
+                        std::mem::take(&mut b.waiters)
+                    };
+                    let r = client.read_index(master).await.map_err(|e| e.to_string());
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    for w in waiting {
+                        let _ = w.send(r.clone());
+                    }
+                }
+            });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("read-index round went away".into()))
+    }
+
+    /// Runs the read on the least loaded worker that has applied `min` (the
+    /// next one on failure), then on the master if no worker answered:
+    /// `remote` over QUIC, or `local` on the store when the nodes live in
+    /// this process (`ourkv dev`).
+    async fn read<T, F, Fut, L>(&self, min: Location, remote: F, local: L) -> Result<T, ApiError>
+    where
+        F: Fn(SocketAddr, Location) -> Fut,
+        Fut: std::future::Future<Output = replication::Result<T>>,
+        L: Fn(&ourdb::keyed::KeyedStore) -> ourdb::Result<T>,
+    {
+        if let Some(nodes) = &self.local {
+            let mut lagging = None;
+            for i in self.by_load() {
+                let w = &nodes.workers[i];
+                if !w.wait_applied(min).await {
+                    lagging = Some(w.applied());
+                    continue;
+                }
+                let load = &self.load[i];
+                let t = std::time::Instant::now();
+                let r = local(&w.store());
+                load.observe(t.elapsed(), r.is_ok());
+                if let Ok(v) = r {
+                    return Ok(v);
+                }
+            }
+            // The master has applied everything; it answers when no worker can.
+            return match local(nodes.master.store()) {
+                Ok(v) => Ok(v),
+                Err(e) => Err(match lagging {
+                    Some(a) => ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "timeout",
+                        format!("no worker reached {min} (one is at {a}); the master failed: {e}"),
+                    ),
+                    None => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "read_failed",
+                        e.to_string(),
+                    ),
+                }),
+            };
+        }
+        let f = remote;
+        let mut last = None;
+        for i in self.by_load() {
+            let load = &self.load[i];
+            load.in_flight.fetch_add(1, Ordering::Relaxed);
+            let t = std::time::Instant::now();
+            let r = f(self.workers[i], min).await;
+            load.in_flight.fetch_sub(1, Ordering::Relaxed);
+            load.observe(t.elapsed(), r.is_ok());
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        match f(self.master, min).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(ApiError::from_replication(last.unwrap_or(e))),
+        }
+    }
+
+    /// The cursor a read must see, by consistency level.
+    async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Location, ApiError> {
+        match params
+            .get("consistency")
+            .map(String::as_str)
+            .unwrap_or("strong")
+        {
+            // Read-index: the master's commit cursor now.
+            "strong" if self.local.is_some() => Ok(self
+                .local
+                .as_ref()
+                .expect("checked")
+                .master
+                .store()
+                .db()
+                .end()),
+            "strong" => self
+                .read_index()
+                .await
+                .map_err(|e| ApiError::unavailable(format!("no master for a strong read: {e}"))),
+            "session" => match headers.get(CURSOR_HEADER) {
+                Some(v) => parse_cursor(v.to_str().unwrap_or_default())
+                    .ok_or_else(|| ApiError::bad_request("X-OurKV-Cursor must be file:offset")),
+                None => Ok(Location::NONE),
+            },
+            "stale" => Ok(Location::NONE),
+            other => Err(ApiError::bad_request(format!(
+                "consistency must be strong, session or stale, not {other:?}"
+            ))),
+        }
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<(Location, Version), ApiError> {
+        check_key(key)?;
+        let max = ourdb::keyed::max_value_len(key);
+        if value.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "value of {} bytes; at most {max} with this key",
+                    value.len()
+                ),
+            ));
+        }
+        if let Some(nodes) = &self.local {
+            return match nodes
+                .master
+                .put(key.into(), value.to_vec(), ack, expect)
+                .await
+            {
+                Ok(Some(w)) => Ok(w),
+                Ok(None) => Err(precondition_failed()),
+                Err(e) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "write_failed",
+                    e.to_string(),
+                )),
+            };
+        }
+        self.client
+            .set_if(self.master, key, value, ack, expect)
+            .await
+            .map_err(ApiError::from_write)
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        ack: Ack,
+        expect: Expect,
+    ) -> Result<(bool, Location), ApiError> {
+        if let Some(nodes) = &self.local {
+            return match nodes.master.delete(key.into(), ack, expect).await {
+                Ok(Some(d)) => Ok(d),
+                Ok(None) => Err(precondition_failed()),
+                Err(e) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "write_failed",
+                    e.to_string(),
+                )),
+            };
+        }
+        self.client
+            .delete_if(self.master, key, ack, expect)
+            .await
+            .map_err(ApiError::from_write)
+    }
+}

@@ -1,0 +1,120 @@
+//! Operations: readiness, metrics, the cluster view and the status page.
+
+use super::*;
+
+pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiError> {
+    let (cursor, workers) = gw
+        .client
+        .status(gw.master)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
+    let workers: Vec<_> = workers
+        .iter()
+        .map(|w| json!({"addr": w.addr, "acked": cursor_text(w.acked), "in_sync": w.in_sync}))
+        .collect();
+    Ok(json!({
+        "master": {"addr": gw.master.to_string(), "cursor": cursor_text(cursor)},
+        "workers": workers,
+    }))
+}
+
+pub(super) async fn cluster(State(gw): Gw) -> Response {
+    let r = cluster_json(&gw).await.map(Json);
+    counted(&gw, r)
+}
+
+pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let (cursor, workers) = gw
+            .client
+            .status(gw.master)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
+        // ?sync: every worker this gateway uses has caught up with the master.
+        if q.get("sync").is_some() {
+            for w in &gw.workers {
+                let caught_up = workers
+                    .iter()
+                    .any(|s| s.addr == w.to_string() && s.in_sync && s.acked >= cursor);
+                if !caught_up {
+                    return Err(ApiError::unavailable(format!(
+                        "worker {w} is not caught up"
+                    )));
+                }
+            }
+        }
+        Ok(Json(json!({"ready": true})))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn metrics(State(gw): Gw) -> Response {
+    let mut out = String::new();
+    out.push_str("# TYPE ourkv_http_requests_total counter\n");
+    out.push_str(&format!(
+        "ourkv_http_requests_total {}\n",
+        gw.requests.load(Ordering::Relaxed)
+    ));
+    out.push_str("# TYPE ourkv_read_index_rounds_total counter\n");
+    out.push_str(&format!(
+        "ourkv_read_index_rounds_total {}\n",
+        gw.read_index_rounds.load(Ordering::Relaxed)
+    ));
+    out.push_str("# TYPE ourkv_http_errors_total counter\n");
+    out.push_str(&format!(
+        "ourkv_http_errors_total {}\n",
+        gw.errors.load(Ordering::Relaxed)
+    ));
+    if let Ok((cursor, workers)) = gw.client.status(gw.master).await {
+        out.push_str("# TYPE ourkv_worker_in_sync gauge\n");
+        for w in &workers {
+            out.push_str(&format!(
+                "ourkv_worker_in_sync{{worker=\"{}\"}} {}\n",
+                w.addr, w.in_sync as u8
+            ));
+        }
+        out.push_str("# TYPE ourkv_worker_lag_bytes gauge\n");
+        for w in &workers {
+            let lag = if w.acked.file_nr == cursor.file_nr {
+                cursor.position.saturating_sub(w.acked.position) as u64
+            } else {
+                u64::MAX
+            };
+            out.push_str(&format!(
+                "ourkv_worker_lag_bytes{{worker=\"{}\"}} {lag}\n",
+                w.addr
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+pub(super) async fn status_page(State(gw): Gw) -> Response {
+    let body = match cluster_json(&gw).await {
+        Ok(c) => {
+            let mut rows = format!(
+                "<tr><td>master</td><td>{}</td><td>{}</td><td>-</td></tr>",
+                c["master"]["addr"].as_str().unwrap_or_default(),
+                c["master"]["cursor"].as_str().unwrap_or_default()
+            );
+            for w in c["workers"].as_array().into_iter().flatten() {
+                rows.push_str(&format!(
+                    "<tr><td>worker</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    w["addr"].as_str().unwrap_or_default(),
+                    w["acked"].as_str().unwrap_or_default(),
+                    if w["in_sync"].as_bool().unwrap_or(false) {
+                        "in sync"
+                    } else {
+                        "behind"
+                    }
+                ));
+            }
+            format!("<table><tr><th>role</th><th>address</th><th>cursor</th><th>state</th></tr>{rows}</table>")
+        }
+        Err(e) => format!("<p>master unreachable: {}</p>", e.message),
+    };
+    let html = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>ourkv</title></head><body><h1>ourkv</h1>{body}</body></html>");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
