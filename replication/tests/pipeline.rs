@@ -1,7 +1,8 @@
 //! Many calls on one pipelined stream: each gets its own reply, replies come
 //! back as they finish (a slow call does not hold up the ones behind it),
 //! and a node that goes away fails the calls in flight instead of leaving
-//! them waiting.
+//! them waiting. Under such a load of pipelined `ack=all` writes, each is on
+//! every worker when it is acknowledged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,4 +126,69 @@ async fn calls_in_flight_fail_when_the_node_goes() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// `ack=all` under load: hundreds of concurrent writes, each checked on
+/// both workers the moment it is acknowledged (group commit, shipping
+/// between flush and fsync, and the in-sync cursor all in play).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_all_writes_are_on_every_worker_when_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = Identity::loopback().unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let master = Master::new(
+        store(&tmp.path().join("m"), SyncPolicy::Group),
+        MasterOptions {
+            // Generous: a worker dropped from the set would make the check
+            // below meaningless, and the test says so instead of passing.
+            ack_timeout: Duration::from_secs(10),
+            ..MasterOptions::default()
+        },
+    );
+    let mep = replication::endpoint(&id, any).unwrap();
+    let maddr = mep.local_addr().unwrap();
+    tokio::spawn(master.clone().serve(mep));
+    let mut workers = Vec::new();
+    for name in ["w1", "w2"] {
+        let w = Worker::new(store(&tmp.path().join(name), SyncPolicy::Flush), maddr);
+        let wep = replication::endpoint(&id, any).unwrap();
+        tokio::spawn(w.clone().run(wep));
+        workers.push(w);
+    }
+    let client = Arc::new(Client::new(&id).unwrap());
+    for _ in 0..200 {
+        let (_, ws) = client.status(maddr).await.unwrap();
+        if ws.len() == 2 && ws.iter().all(|w| w.in_sync) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let workers = Arc::new(workers);
+    let mut tasks = Vec::new();
+    for i in 0..400u32 {
+        let (c, ws) = (client.clone(), workers.clone());
+        tasks.push(tokio::spawn(async move {
+            let key = format!("k{}", i % 150);
+            let value = format!("v{i}");
+            c.set_with(maddr, &key, value.as_bytes(), replication::Ack::All)
+                .await
+                .unwrap();
+            // Another write of the same key may have replaced it since, but
+            // the key is on every worker.
+            for w in ws.iter() {
+                let got = w.store().get(&key).unwrap();
+                let got = String::from_utf8(got.expect("applied on every worker")).unwrap();
+                let n: u32 = got[1..].parse().unwrap();
+                assert!(n % 150 == i % 150, "{key}: {got}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, ws) = client.status(maddr).await.unwrap();
+    assert!(
+        ws.iter().all(|w| w.in_sync),
+        "a worker left the set: {ws:?}"
+    );
 }
