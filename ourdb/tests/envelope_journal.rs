@@ -31,6 +31,16 @@ fn wal_len(dir: &Path) -> u64 {
         .len()
 }
 
+/// What a power cut leaves of a journal whose tail was never synced.
+fn cut_wal(dir: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(ourdb::files::WAL_FILE))
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Put(u8, Vec<u8>),
@@ -89,12 +99,7 @@ proptest! {
             // A checkpoint in the round started a new journal: all of it counts.
             let floor = if now < durable { 32 } else { durable };
             let keep = floor + ((now - floor) as f64 * cut) as u64;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join(ourdb::files::WAL_FILE))
-                .unwrap()
-                .set_len(keep)
-                .unwrap();
+            cut_wal(dir, keep);
             store = open(dir);
             prop_assert_eq!(store.len(), model.len());
             for (k, v) in &model {
@@ -126,12 +131,7 @@ fn redo_from_envelopes_is_reported() {
         store.put(&format!("k{i}"), &i.to_le_bytes()).unwrap();
     }
     store.into_db().abandon();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join(ourdb::files::WAL_FILE))
-        .unwrap()
-        .set_len(durable)
-        .unwrap();
+    cut_wal(dir, durable);
     let store = open(dir);
     assert_eq!(store.db().open_report().redone_from_envelopes, 50);
     for i in 0..50u32 {
@@ -145,12 +145,7 @@ fn redo_from_envelopes_is_reported() {
     let durable = wal_len(dir);
     store.put("k50", b"x").unwrap();
     store.into_db().abandon();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join(ourdb::files::WAL_FILE))
-        .unwrap()
-        .set_len(durable)
-        .unwrap();
+    cut_wal(dir, durable);
     let store = open(dir);
     assert_eq!(store.db().open_report().redone_from_envelopes, 1);
     assert_eq!(store.len(), 51);

@@ -407,7 +407,7 @@ impl Master {
 
     async fn stream(
         self: Arc<Self>,
-        mut send: quinn::SendStream,
+        send: quinn::SendStream,
         recv: quinn::RecvStream,
         peer: SocketAddr,
     ) -> Result<()> {
@@ -423,12 +423,7 @@ impl Master {
             } => self.ship(send, frames, peer, epoch, cursor, tail).await,
             Frame::Snapshot => self.send_snapshot(send, peer).await,
             Frame::Pipeline => crate::pipeline::serve(self, send, frames).await,
-            req => {
-                let reply = self.reply(req).await;
-                frame::write(&mut send, &reply).await?;
-                let _ = send.finish();
-                Ok(())
-            }
+            req => crate::pipeline::serve_one(self, send, req).await,
         }
     }
 
@@ -937,7 +932,7 @@ impl Worker {
 
     async fn stream(
         self: Arc<Self>,
-        mut send: quinn::SendStream,
+        send: quinn::SendStream,
         recv: quinn::RecvStream,
         _peer: SocketAddr,
     ) -> Result<()> {
@@ -948,12 +943,7 @@ impl Worker {
         match first {
             Frame::Watch { prefix, cursor } => self.watch(send, prefix, cursor).await,
             Frame::Pipeline => crate::pipeline::serve(self, send, frames).await,
-            req => {
-                let reply = self.reply(req).await;
-                frame::write(&mut send, &reply).await?;
-                let _ = send.finish();
-                Ok(())
-            }
+            req => crate::pipeline::serve_one(self, send, req).await,
         }
     }
 

@@ -27,6 +27,18 @@ pub(crate) trait Answer: Send + Sync + 'static {
     fn answer(self: Arc<Self>, req: Frame) -> impl Future<Output = Frame> + Send + 'static;
 }
 
+/// Answers a request that came alone on its stream, and ends the stream.
+pub(crate) async fn serve_one<N: Answer>(
+    node: Arc<N>,
+    mut send: quinn::SendStream,
+    req: Frame,
+) -> Result<()> {
+    let reply = node.answer(req).await;
+    crate::frame::write(&mut send, &reply).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
 /// Serves a pipelined stream until the client ends it.
 pub(crate) async fn serve<N: Answer>(
     node: Arc<N>,

@@ -7,31 +7,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ourdb::keyed::KeyedStore;
-use ourdb::{Location, OpenOptions, SyncPolicy};
-use replication::{Client, Identity, Master, MasterOptions, Worker};
+use ourdb::{Location, SyncPolicy};
+use replication::MasterOptions;
 
-fn store(dir: &std::path::Path, sync: SyncPolicy) -> KeyedStore {
-    KeyedStore::new(OpenOptions::new().sync(sync).open(dir).unwrap()).unwrap()
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_calls_get_their_own_replies_in_any_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let id = Identity::loopback().unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let master = Master::new(
-        store(&tmp.path().join("m"), SyncPolicy::Group),
-        MasterOptions::default(),
-    );
-    let mep = replication::endpoint(&id, any).unwrap();
-    let maddr = mep.local_addr().unwrap();
-    tokio::spawn(master.clone().serve(mep));
-    let worker = Worker::new(store(&tmp.path().join("w"), SyncPolicy::Flush), maddr);
-    let wep = replication::endpoint(&id, any).unwrap();
-    let waddr = wep.local_addr().unwrap();
-    tokio::spawn(worker.clone().run(wep));
-    let client = Arc::new(Client::new(&id).unwrap());
+    let nodes = common::start(tmp.path(), SyncPolicy::Group, MasterOptions::default(), 1);
+    let (maddr, client) = (nodes.maddr, nodes.client.clone());
+    let (worker, waddr) = (nodes.workers[0].node.clone(), nodes.workers[0].addr);
 
     // Concurrent writes of distinct keys, then concurrent reads of them:
     // every reply belongs to its own request.
@@ -92,21 +78,10 @@ async fn pipelined_calls_get_their_own_replies_in_any_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_in_flight_fail_when_the_node_goes() {
     let tmp = tempfile::tempdir().unwrap();
-    let id = Identity::loopback().unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let master = Master::new(
-        store(&tmp.path().join("m"), SyncPolicy::Group),
-        MasterOptions::default(),
-    );
-    let mep = replication::endpoint(&id, any).unwrap();
-    let maddr = mep.local_addr().unwrap();
-    tokio::spawn(master.clone().serve(mep.clone()));
-    let wdir = tmp.path().join("w");
-    let worker = Worker::new(store(&wdir, SyncPolicy::Flush), maddr);
-    let wep = replication::endpoint(&id, any).unwrap();
-    let waddr = wep.local_addr().unwrap();
-    let running = tokio::spawn(worker.clone().run(wep.clone()));
-    let client = Arc::new(Client::new(&id).unwrap());
+    let nodes = common::start(tmp.path(), SyncPolicy::Group, MasterOptions::default(), 1);
+    let (maddr, client) = (nodes.maddr, nodes.client.clone());
+    let w = &nodes.workers[0];
+    let (worker, waddr) = (w.node.clone(), w.addr);
     client.set(maddr, "k", b"v").await.unwrap();
     // Reads that wait for a cursor the worker will not reach in time.
     worker.set_apply_delay(Duration::from_secs(30));
@@ -117,8 +92,8 @@ async fn calls_in_flight_fail_when_the_node_goes() {
         waiting.push(tokio::spawn(async move { c.get(waddr, "k", at).await }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    wep.close(0u32.into(), b"gone");
-    running.abort();
+    w.endpoint.close(0u32.into(), b"gone");
+    w.task.abort();
     for w in waiting {
         // Failed when the connection closed, not by the call timeout.
         match w.await.unwrap() {
@@ -134,35 +109,16 @@ async fn calls_in_flight_fail_when_the_node_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_all_writes_are_on_every_worker_when_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
-    let id = Identity::loopback().unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let master = Master::new(
-        store(&tmp.path().join("m"), SyncPolicy::Group),
-        MasterOptions {
-            // Generous: a worker dropped from the set would make the check
-            // below meaningless, and the test says so instead of passing.
-            ack_timeout: Duration::from_secs(10),
-            ..MasterOptions::default()
-        },
-    );
-    let mep = replication::endpoint(&id, any).unwrap();
-    let maddr = mep.local_addr().unwrap();
-    tokio::spawn(master.clone().serve(mep));
-    let mut workers = Vec::new();
-    for name in ["w1", "w2"] {
-        let w = Worker::new(store(&tmp.path().join(name), SyncPolicy::Flush), maddr);
-        let wep = replication::endpoint(&id, any).unwrap();
-        tokio::spawn(w.clone().run(wep));
-        workers.push(w);
-    }
-    let client = Arc::new(Client::new(&id).unwrap());
-    for _ in 0..200 {
-        let (_, ws) = client.status(maddr).await.unwrap();
-        if ws.len() == 2 && ws.iter().all(|w| w.in_sync) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let options = MasterOptions {
+        // Generous: a worker dropped from the set would make the check
+        // below meaningless, and the test says so instead of passing.
+        ack_timeout: Duration::from_secs(10),
+        ..MasterOptions::default()
+    };
+    let nodes = common::start(tmp.path(), SyncPolicy::Group, options, 2);
+    let (maddr, client) = (nodes.maddr, nodes.client.clone());
+    common::in_sync(&nodes).await;
+    let workers: Vec<_> = nodes.workers.iter().map(|w| w.node.clone()).collect();
     let workers = Arc::new(workers);
     let mut tasks = Vec::new();
     for i in 0..400u32 {

@@ -4,40 +4,20 @@
 
 use std::time::Duration;
 
-use ourdb::keyed::KeyedStore;
-use ourdb::{OpenOptions, SyncPolicy};
-use replication::{Ack, Client, Identity, Master, MasterOptions, Worker};
+use ourdb::SyncPolicy;
+use replication::{Ack, MasterOptions};
+
+mod common;
 
 async fn ships_promptly(sync: SyncPolicy) {
     let tmp = tempfile::tempdir().unwrap();
-    let id = Identity::loopback().unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let open = |name: &str, sync| {
-        KeyedStore::open(tmp.path().join(name), OpenOptions::new().sync(sync)).unwrap()
+    let options = MasterOptions {
+        ack_timeout: Duration::from_millis(300),
+        ..MasterOptions::default()
     };
-    let master = Master::new(
-        open("m", sync),
-        MasterOptions {
-            ack_timeout: Duration::from_millis(300),
-            ..MasterOptions::default()
-        },
-    );
-    let mep = replication::endpoint(&id, any).unwrap();
-    let maddr = mep.local_addr().unwrap();
-    tokio::spawn(master.clone().serve(mep));
-    let worker = Worker::new(open("w", SyncPolicy::Flush), maddr);
-    let wep = replication::endpoint(&id, any).unwrap();
-    let waddr = wep.local_addr().unwrap();
-    tokio::spawn(worker.clone().run(wep));
-    let client = Client::new(&id).unwrap();
-    // Wait for the worker to join the in-sync set.
-    for _ in 0..100 {
-        let (_, ws) = client.status(maddr).await.unwrap();
-        if ws.iter().any(|w| w.in_sync) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let nodes = common::start(tmp.path(), sync, options, 1);
+    let (maddr, waddr, client) = (nodes.maddr, nodes.workers[0].addr, nodes.client.clone());
+    common::in_sync(&nodes).await;
     let mut last = None;
     for i in 0..30u32 {
         let c = client

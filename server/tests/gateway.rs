@@ -288,14 +288,14 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     }
 }
 
-#[test]
-fn master_down_writes_503_reads_go_on() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A master, a worker and a gateway as three processes on loopback; the
+/// gateway's HTTP address last.
+fn master_worker_gateway(dir: &Path) -> (Proc, Proc, Proc, String) {
     let q = |p: u16| format!("127.0.0.1:{p}");
     let (mport, wport, hport) = (free_port(), free_port(), free_port());
-    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let master = start(&["master", "--data", &d("m"), "--listen", &q(mport)]);
-    let _worker = start(&[
+    let worker = start(&[
         "worker",
         "--data",
         &d("w"),
@@ -304,7 +304,7 @@ fn master_down_writes_503_reads_go_on() {
         "--master",
         &q(mport),
     ]);
-    let _gw = start(&[
+    let gw = start(&[
         "gateway",
         "--http",
         &q(hport),
@@ -313,7 +313,14 @@ fn master_down_writes_503_reads_go_on() {
         "--worker",
         &q(wport),
     ]);
-    let url = |p: &str| format!("http://{}{p}", q(hport));
+    (master, worker, gw, q(hport))
+}
+
+#[test]
+fn master_down_writes_503_reads_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (master, _worker, _gw, http) = master_worker_gateway(tmp.path());
+    let url = |p: &str| format!("http://{http}{p}");
     let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
     assert_eq!(code, 200, "{body}");
     // Session reads with the write's cursor see it.
@@ -792,29 +799,8 @@ fn slow_clients_are_cut_off_while_others_are_served() {
 #[test]
 fn strong_reads_recover_after_a_client_gives_up_mid_round() {
     let tmp = tempfile::tempdir().unwrap();
-    let q = |p: u16| format!("127.0.0.1:{p}");
-    let (mport, wport, hport) = (free_port(), free_port(), free_port());
-    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
-    let master = start(&["master", "--data", &d("m"), "--listen", &q(mport)]);
-    let _worker = start(&[
-        "worker",
-        "--data",
-        &d("w"),
-        "--listen",
-        &q(wport),
-        "--master",
-        &q(mport),
-    ]);
-    let _gw = start(&[
-        "gateway",
-        "--http",
-        &q(hport),
-        "--master",
-        &q(mport),
-        "--worker",
-        &q(wport),
-    ]);
-    let url = |p: &str| format!("http://{}{p}", q(hport));
+    let (master, _worker, _gw, http) = master_worker_gateway(tmp.path());
+    let url = |p: &str| format!("http://{http}{p}");
     let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
     assert_eq!(code, 200, "{body}");
     let (code, body) = curl(&[&url("/v1/kv/a")]);
