@@ -372,19 +372,12 @@ impl Gateway {
             ));
         }
         if let Some(nodes) = &self.local {
-            return match nodes
-                .master
-                .put(key.into(), value.to_vec(), ack, expect)
-                .await
-            {
-                Ok(Some(w)) => Ok(w),
-                Ok(None) => Err(precondition_failed()),
-                Err(e) => Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "write_failed",
-                    e.to_string(),
-                )),
-            };
+            return local_write(
+                nodes
+                    .master
+                    .put(key.into(), value.to_vec(), ack, expect)
+                    .await,
+            );
         }
         self.client
             .set_if(self.master, key, value, ack, expect)
@@ -399,19 +392,25 @@ impl Gateway {
         expect: Expect,
     ) -> Result<(bool, Location), ApiError> {
         if let Some(nodes) = &self.local {
-            return match nodes.master.delete(key.into(), ack, expect).await {
-                Ok(Some(d)) => Ok(d),
-                Ok(None) => Err(precondition_failed()),
-                Err(e) => Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "write_failed",
-                    e.to_string(),
-                )),
-            };
+            return local_write(nodes.master.delete(key.into(), ack, expect).await);
         }
         self.client
             .delete_if(self.master, key, ack, expect)
             .await
             .map_err(ApiError::from_write)
+    }
+}
+
+/// A write on the master in this process, as the HTTP answer sees it
+/// (`None`: the expectation failed).
+fn local_write<T>(r: replication::Result<Option<T>>) -> Result<T, ApiError> {
+    match r {
+        Ok(Some(w)) => Ok(w),
+        Ok(None) => Err(precondition_failed()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "write_failed",
+            e.to_string(),
+        )),
     }
 }
