@@ -39,6 +39,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `ourkv dev` with its data in `data`, on a free loopback port, with more
+/// arguments; the process and its HTTP address.
+fn start_dev(data: &Path, args: &[&str]) -> (Proc, String) {
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut all = vec!["dev", "--data", data.to_str().unwrap(), "--http", &http];
+    all.extend_from_slice(args);
+    (start(&all), http)
+}
+
 fn sh(line: &str) -> String {
     let out = Command::new("sh").args(["-c", line]).output().expect("sh");
     assert!(
@@ -112,17 +121,7 @@ fn readme_curl_examples_run_against_ourkv_dev() {
 #[test]
 fn bad_input_gets_clear_errors_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let _dev = start(&[
-        "dev",
-        "--data",
-        tmp.path().join("d").to_str().unwrap(),
-        "--http",
-        &http,
-        "--workers",
-        "1",
-    ]);
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "1"]);
     let url = |p: &str| format!("http://{http}{p}");
     let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/keep"), "-d", "kept"]);
     assert_eq!(code, 200);
@@ -452,16 +451,7 @@ fn strong_reads_are_never_stale_with_lagging_workers() {
 #[test]
 fn strong_reads_are_never_stale_in_ourkv_dev() {
     let tmp = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let _dev = start(&[
-        "dev",
-        "--data",
-        tmp.path().join("d").to_str().unwrap(),
-        "--http",
-        &http,
-        "--apply-delay-ms",
-        "40",
-    ]);
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--apply-delay-ms", "40"]);
     let url = |p: &str| format!("http://{http}{p}");
     strong_reads_never_stale(&url);
 }
@@ -471,17 +461,7 @@ fn strong_reads_are_never_stale_in_ourkv_dev() {
 #[test]
 fn etags_and_conditional_writes() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let _dev = start(&[
-        "dev",
-        "--data",
-        tmp.path().join("d").to_str().unwrap(),
-        "--http",
-        &http,
-        "--workers",
-        "1",
-    ]);
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "1"]);
     let url = format!("http://{http}/v1/kv/cfg");
     let etag_of = |args: &[&str]| -> (u16, String, Option<String>) {
         let out = Command::new("curl")
@@ -555,20 +535,8 @@ fn etags_and_conditional_writes() {
 #[test]
 fn records_by_id_and_api_token() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
     let dir = tmp.path().join("d");
-    let _dev = start(&[
-        "dev",
-        "--data",
-        dir.to_str().unwrap(),
-        "--http",
-        &http,
-        "--workers",
-        "1",
-        "--api-token",
-        "s3cret",
-    ]);
+    let (_dev, http) = start_dev(&dir, &["--workers", "1", "--api-token", "s3cret"]);
     let url = |p: &str| format!("http://{http}{p}");
     let auth = "Authorization: Bearer s3cret";
     let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "x"]);
@@ -597,17 +565,7 @@ fn records_by_id_and_api_token() {
 #[test]
 fn watch_streams_changes_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let _dev = start(&[
-        "dev",
-        "--data",
-        tmp.path().join("d").to_str().unwrap(),
-        "--http",
-        &http,
-        "--workers",
-        "1",
-    ]);
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "1"]);
     let url = |p: &str| format!("http://{http}{p}");
     let watcher = Command::new("curl")
         .args(["-s", "-N", "--max-time", "4", &url("/v1/watch?prefix=w/")])
@@ -678,17 +636,7 @@ fn watch_streams_changes_and_resumes() {
 #[test]
 fn status_page_in_headless_chromium() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let _dev = start(&[
-        "dev",
-        "--data",
-        tmp.path().join("d").to_str().unwrap(),
-        "--http",
-        &http,
-        "--workers",
-        "2",
-    ]);
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "2"]);
     let (code, _) = curl(&["-X", "PUT", &format!("http://{http}/v1/kv/page"), "-d", "x"]);
     assert_eq!(code, 200);
     // Wait until both workers report in sync, then look with a browser.
@@ -742,19 +690,10 @@ fn status_page_in_headless_chromium() {
 fn slow_clients_are_cut_off_while_others_are_served() {
     use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let _dev = start(&[
-        "dev",
-        "--data",
-        tmp.path().join("d").to_str().unwrap(),
-        "--http",
-        &http,
-        "--workers",
-        "1",
-        "--client-timeout-ms",
-        "600",
-    ]);
+    let (_dev, http) = start_dev(
+        &tmp.path().join("d"),
+        &["--workers", "1", "--client-timeout-ms", "600"],
+    );
     let url = |p: &str| format!("http://{http}{p}");
     let connect = || {
         let s = std::net::TcpStream::connect(&http).unwrap();
