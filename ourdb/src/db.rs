@@ -134,6 +134,8 @@ struct Writer {
 #[derive(Default)]
 struct GroupState {
     synced_seq: u64,
+    /// The end of the data as of `synced_seq`: everything before is durable.
+    synced_end: Location,
     leader: bool,
     failed: bool,
 }
@@ -251,7 +253,7 @@ impl OurDb {
         let file_nrs = datafile::list(dir)?;
         let has_dump = dir.join(lookup::DUMP_DIR).join(lookup::DUMP_DATA).is_file();
         let meta = match stored {
-            Some(m) => {
+            Some(mut m) => {
                 if let Some(c) = &opts.config {
                     let ks = c.keysize()?;
                     if ks != m.keysize || c.incremental != m.config.incremental {
@@ -259,6 +261,16 @@ impl OurDb {
                             "{} was created with keysize {} and incremental={}; the given configuration has keysize {ks} and incremental={}",
                             dir.display(), m.keysize, m.config.incremental, c.incremental
                         )));
+                    }
+                    // An ourkv directory's record limit may be raised (never
+                    // lowered): every record already stored is smaller.
+                    let raise = c.record_size_max.min(MAX_VALUE_LEN as u32);
+                    if m.origin == Origin::Ourkv
+                        && raise > m.config.record_size_max
+                        && !opts.read_only
+                    {
+                        m.config.record_size_max = raise;
+                        m.store(dir)?;
                     }
                 }
                 m
@@ -539,6 +551,14 @@ impl OurDb {
         if report.redone > 0 || report.torn_data_bytes > 0 {
             tracing::info!(dir = %dir.display(), redone = report.redone, torn = report.torn_data_bytes, "recovered");
         }
+        // What open found (recovered, or written before) counts as durable.
+        let open_end = match &db_writer {
+            Some(m) => {
+                let w = m.lock().unwrap_or_else(|e| e.into_inner());
+                Location::new(w.active.nr, w.end as u32)
+            }
+            None => ro_end,
+        };
         let db = OurDb {
             dir: dir.to_path_buf(),
             meta,
@@ -551,7 +571,10 @@ impl OurDb {
             lookup,
             files: RwLock::new(files),
             writer: db_writer,
-            group: Mutex::new(GroupState::default()),
+            group: Mutex::new(GroupState {
+                synced_end: open_end,
+                ..GroupState::default()
+            }),
             group_cv: Condvar::new(),
             report,
             _lock: lock,
@@ -949,12 +972,17 @@ impl OurDb {
                 .into_iter()
                 .filter_map(|nr| files.get(nr as usize).cloned().flatten())
                 .collect();
-            Ok((w.seq, dirty, w.wal.clone()))
+            Ok((
+                w.seq,
+                Location::new(w.active.nr, w.end as u32),
+                dirty,
+                w.wal.clone(),
+            ))
         });
         if plan.is_ok() {
             flushed();
         }
-        let result = plan.and_then(|(target, dirty, wal)| {
+        let result = plan.and_then(|(target, end, dirty, wal)| {
             for f in dirty {
                 f.sync_data()?;
             }
@@ -963,7 +991,7 @@ impl OurDb {
                 wal.sync_data()
                     .ctx(|| format!("fsync {}", self.dir.join(wal::WAL_FILE).display()))?;
             }
-            Ok(target)
+            Ok((target, end))
         });
         if result.is_err() {
             if let Some(m) = &self.writer {
@@ -973,8 +1001,11 @@ impl OurDb {
         let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
         g.leader = false;
         let out = match result {
-            Ok(target) => {
-                g.synced_seq = g.synced_seq.max(target);
+            Ok((target, end)) => {
+                if target >= g.synced_seq {
+                    g.synced_seq = target;
+                    g.synced_end = g.synced_end.max(end);
+                }
                 Ok(g.synced_seq)
             }
             Err(e) => {
@@ -1060,6 +1091,22 @@ impl OurDb {
 
     // ---- log shipping ----
 
+    /// The end of what is durable under the sync policy: under group commit
+    /// the end as of the last group commit's fsync; under the other policies
+    /// the end (an `always` write syncs before its lock is released; `flush`
+    /// and `never` promise no more than what `end` holds).
+    pub fn durable_end(&self) -> Location {
+        match self.sync {
+            SyncPolicy::Group => {
+                self.group
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .synced_end
+            }
+            _ => self.end(),
+        }
+    }
+
     /// Where the next record will go (buffered records included).
     pub fn end(&self) -> Location {
         match &self.writer {
@@ -1075,33 +1122,51 @@ impl OurDb {
     /// at most `max_bytes` of them but at least one if any follow: what a
     /// master ships to a replica. Only records handed to the OS are read.
     pub fn read_records(&self, from: Location, max_bytes: usize) -> Result<Segment> {
+        self.read_records_upto(from, Location::new(u16::MAX, u32::MAX), max_bytes)
+    }
+
+    /// As `read_records`, but nothing at or after `until` (a record boundary,
+    /// such as the end of what is durable): an empty segment if `from` is there.
+    pub fn read_records_upto(
+        &self,
+        from: Location,
+        until: Location,
+        max_bytes: usize,
+    ) -> Result<Segment> {
         let mut from = from;
+        let empty = |at: Location| Segment {
+            start: at,
+            bytes: Vec::new(),
+            next: at,
+        };
         let (f, len) = loop {
+            if from >= until {
+                return Ok(empty(from));
+            }
             let f = self.file(from.file_nr).ok_or_else(|| Error::BadCursor {
                 cursor: from,
                 detail: format!("no data file {}", from.file_nr),
             })?;
             // Only bytes handed to the OS: writers keep appending meanwhile.
-            let len = self.flushed_end(&f)?;
-            if (from.position as u64) < len || from.position == 0 {
-                break (f, len);
-            }
-            if from.position as u64 > len {
+            let flushed = self.flushed_end(&f)?;
+            if from.position as u64 > flushed {
                 return Err(Error::BadCursor {
                     cursor: from,
-                    detail: format!("{}.db holds {len} bytes", from.file_nr),
+                    detail: format!("{}.db holds {flushed} bytes", from.file_nr),
                 });
+            }
+            let len = if from.file_nr == until.file_nr {
+                flushed.min(until.position as u64)
+            } else {
+                flushed
+            };
+            if (from.position as u64) < len || from.position == 0 {
+                break (f, len);
             }
             // At the end of a file: records go on in the next one, if any.
             match self.file(from.file_nr + 1) {
                 Some(_) => from = Location::new(from.file_nr + 1, 1),
-                None => {
-                    return Ok(Segment {
-                        start: from,
-                        bytes: Vec::new(),
-                        next: from,
-                    })
-                }
+                None => return Ok(empty(from)),
             }
         };
         if from.position == 0 {

@@ -6,8 +6,14 @@ use std::path::Path;
 
 use crate::error::{IoContext, Result};
 
-/// fsyncs a directory so that renames and creations in it are durable.
+/// fsyncs a directory so that renames and creations in it are durable. The
+/// empty path (the parent of a bare relative name) is the current directory.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(|| format!("fsync directory {}", dir.display()))
@@ -37,4 +43,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         sync_dir(parent)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_of_a_bare_name_is_the_current_directory() {
+        // `Path::new("db").parent()` is `Some("")`: compact and snapshot
+        // swaps of a relative directory fsync it.
+        let parent = Path::new("db").parent().unwrap();
+        assert_eq!(parent, Path::new(""));
+        sync_dir(parent).unwrap();
+    }
 }

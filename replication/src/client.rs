@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ourdb::Location;
+use crate::cursor::Cursor;
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -129,7 +129,7 @@ impl Client {
     }
 
     /// Stores a value on the master; returns the master's cursor after it.
-    pub async fn set(&self, master: SocketAddr, key: &str, value: &[u8]) -> Result<Location> {
+    pub async fn set(&self, master: SocketAddr, key: &str, value: &[u8]) -> Result<Cursor> {
         self.set_with(master, key, value, Ack::Master).await
     }
 
@@ -140,7 +140,7 @@ impl Client {
         key: &str,
         value: &[u8],
         ack: Ack,
-    ) -> Result<Location> {
+    ) -> Result<Cursor> {
         Ok(self.set_if(master, key, value, ack, Expect::Any).await?.0)
     }
 
@@ -154,7 +154,7 @@ impl Client {
         value: &[u8],
         ack: Ack,
         expect: Expect,
-    ) -> Result<(Location, Version)> {
+    ) -> Result<(Cursor, Version)> {
         let req = Frame::Set {
             key: key.into(),
             value: value.to_vec(),
@@ -170,7 +170,7 @@ impl Client {
     }
 
     /// Deletes a key on the master: whether it existed, and the cursor after.
-    pub async fn delete(&self, master: SocketAddr, key: &str) -> Result<(bool, Location)> {
+    pub async fn delete(&self, master: SocketAddr, key: &str) -> Result<(bool, Cursor)> {
         self.delete_with(master, key, Ack::Master).await
     }
 
@@ -180,7 +180,7 @@ impl Client {
         master: SocketAddr,
         key: &str,
         ack: Ack,
-    ) -> Result<(bool, Location)> {
+    ) -> Result<(bool, Cursor)> {
         self.delete_if(master, key, ack, Expect::Any).await
     }
 
@@ -191,7 +191,7 @@ impl Client {
         key: &str,
         ack: Ack,
         expect: Expect,
-    ) -> Result<(bool, Location)> {
+    ) -> Result<(bool, Cursor)> {
         let req = Frame::Delete {
             key: key.into(),
             ack,
@@ -206,7 +206,7 @@ impl Client {
     }
 
     /// The master's cursor and its workers.
-    pub async fn status(&self, master: SocketAddr) -> Result<(Location, Vec<WorkerStatus>)> {
+    pub async fn status(&self, master: SocketAddr) -> Result<(Cursor, Vec<WorkerStatus>)> {
         match self.call(master, Frame::Status).await? {
             Frame::StatusIs { cursor, workers } => Ok((cursor, workers)),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
@@ -214,7 +214,7 @@ impl Client {
     }
 
     /// The master's commit cursor.
-    pub async fn read_index(&self, master: SocketAddr) -> Result<Location> {
+    pub async fn read_index(&self, master: SocketAddr) -> Result<Cursor> {
         match self.call(master, Frame::ReadIndex).await? {
             Frame::Cursor { cursor } => Ok(cursor),
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
@@ -226,7 +226,7 @@ impl Client {
         &self,
         node: SocketAddr,
         key: &str,
-        min_cursor: Location,
+        min_cursor: Cursor,
     ) -> Result<Option<Vec<u8>>> {
         Ok(self
             .get_versioned(node, key, min_cursor)
@@ -239,7 +239,7 @@ impl Client {
         &self,
         node: SocketAddr,
         key: &str,
-        min_cursor: Location,
+        min_cursor: Cursor,
     ) -> Result<Option<(Vec<u8>, Version)>> {
         let req = Frame::Get {
             key: key.into(),
@@ -259,7 +259,7 @@ impl Client {
         prefix: &str,
         after: Option<&str>,
         limit: u32,
-        min_cursor: Location,
+        min_cursor: Cursor,
     ) -> Result<Vec<String>> {
         let req = Frame::List {
             prefix: prefix.into(),
@@ -278,7 +278,7 @@ impl Client {
         &self,
         node: SocketAddr,
         id: u32,
-        min_cursor: Location,
+        min_cursor: Cursor,
     ) -> Result<Option<(String, Vec<u8>)>> {
         match self.call(node, Frame::ById { id, min_cursor }).await? {
             Frame::Record { entry, .. } => Ok(entry),
@@ -292,7 +292,7 @@ impl Client {
         node: SocketAddr,
         key: &str,
         depth: u32,
-        min_cursor: Location,
+        min_cursor: Cursor,
     ) -> Result<Vec<Vec<u8>>> {
         let req = Frame::History {
             key: key.into(),
@@ -306,7 +306,7 @@ impl Client {
     }
 
     /// Changes to keys with `prefix` from `cursor` on, from a worker.
-    pub async fn watch(&self, node: SocketAddr, prefix: &str, cursor: Location) -> Result<Watch> {
+    pub async fn watch(&self, node: SocketAddr, prefix: &str, cursor: Cursor) -> Result<Watch> {
         let conn = self.connection(node).await?;
         let (mut send, recv) = conn
             .open_bi()
@@ -318,7 +318,21 @@ impl Client {
         };
         frame::write(&mut send, &req).await?;
         let _ = send.finish();
-        Ok(Watch { recv, _send: send })
+        let mut recv = recv;
+        // The worker accepts (its start cursor) or refuses the watch first.
+        let first = tokio::time::timeout(CALL_TIMEOUT, frame::read(&mut recv))
+            .await
+            .map_err(|_| Error::Timeout(format!("no answer to a watch from {node}")))??;
+        match first {
+            Some(Frame::Cursor { cursor }) => Ok(Watch {
+                recv,
+                _send: send,
+                start: cursor,
+            }),
+            Some(Frame::Failed { code, message }) => Err(Error::Remote { code, message }),
+            Some(other) => Err(Error::Protocol(format!("unexpected {other:?}"))),
+            None => Err(Error::Protocol("the watch stream ended at once".into())),
+        }
     }
 
     /// A node's data file digest.
@@ -334,7 +348,7 @@ impl Client {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// Resume after this change from here.
-    pub cursor: Location,
+    pub cursor: Cursor,
     pub key: String,
     /// `None` for a delete.
     pub value: Option<Vec<u8>>,
@@ -344,9 +358,15 @@ pub struct Change {
 pub struct Watch {
     recv: quinn::RecvStream,
     _send: quinn::SendStream,
+    start: Cursor,
 }
 
 impl Watch {
+    /// Where the watch started in the worker's log.
+    pub fn start(&self) -> Cursor {
+        self.start
+    }
+
     /// The next change; `None` when the node ends the stream.
     pub async fn next(&mut self) -> Result<Option<Change>> {
         match frame::read(&mut self.recv).await? {

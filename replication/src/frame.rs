@@ -1,10 +1,13 @@
 //! Length-prefixed frames on QUIC streams (see docs/PROTOCOL.md).
 //!
 //! A frame is `u32 BE length` (of what follows), `u8 type`, then the body.
-//! Locations are `u16 BE file_nr, u32 BE position`; byte strings are
+//! Locations are `u16 BE file_nr, u32 BE position`; cursors are `u64 BE
+//! epoch` then a location; byte strings are
 //! `u32 BE length` then the bytes. Shipped records travel as they are on disk.
 
 use ourdb::Location;
+
+pub use crate::cursor::Cursor;
 
 use crate::error::{Error, Result};
 
@@ -44,20 +47,20 @@ pub enum Frame {
     /// Master -> client: a write is applied and durable on the master; its
     /// end cursor, for a delete whether the key existed, and the new version.
     Written {
-        cursor: Location,
+        cursor: Cursor,
         existed: bool,
         version: Version,
     },
     /// Client -> master: the master's commit cursor (read-index).
     ReadIndex,
     /// Master -> client: a cursor.
-    Cursor { cursor: Location },
+    Cursor { cursor: Cursor },
     /// Client -> worker: `key`'s value once the worker applied `min_cursor`.
-    Get { key: String, min_cursor: Location },
+    Get { key: String, min_cursor: Cursor },
     /// Worker -> client: the value, if the key exists.
     Value {
         value: Option<Vec<u8>>,
-        cursor: Location,
+        cursor: Cursor,
         version: Version,
     },
     /// Client -> any node: a digest of its data files.
@@ -82,35 +85,35 @@ pub enum Frame {
         prefix: String,
         after: String,
         limit: u32,
-        min_cursor: Location,
+        min_cursor: Cursor,
     },
     /// Node -> client: keys, ascending.
-    Keys { keys: Vec<String>, cursor: Location },
+    Keys { keys: Vec<String>, cursor: Cursor },
     /// Client -> node: up to `depth` values of `key`, newest first.
     History {
         key: String,
         depth: u32,
-        min_cursor: Location,
+        min_cursor: Cursor,
     },
     /// Node -> client: values, newest first.
     Values {
         values: Vec<Vec<u8>>,
-        cursor: Location,
+        cursor: Cursor,
     },
     /// Client -> node: the record with this id, once `min_cursor` is applied.
-    ById { id: u32, min_cursor: Location },
+    ById { id: u32, min_cursor: Cursor },
     /// Node -> client: its key and value, if the id is live.
     Record {
         entry: Option<(String, Vec<u8>)>,
-        cursor: Location,
+        cursor: Cursor,
     },
     /// Client -> worker: stream the changes to keys with `prefix` from
     /// `cursor` on, then as they are applied.
-    Watch { prefix: String, cursor: Location },
+    Watch { prefix: String, cursor: Cursor },
     /// Worker -> client: `key` was set to `value` (or deleted, `None`); the
     /// stream resumes after this change from `cursor`.
     Change {
-        cursor: Location,
+        cursor: Cursor,
         key: String,
         value: Option<Vec<u8>>,
     },
@@ -124,7 +127,7 @@ pub enum Frame {
     Status,
     /// Master -> client: the commit cursor and each worker's state.
     StatusIs {
-        cursor: Location,
+        cursor: Cursor,
         workers: Vec<WorkerStatus>,
     },
 }
@@ -196,7 +199,7 @@ impl std::str::FromStr for Ack {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerStatus {
     pub addr: String,
-    pub acked: Location,
+    pub acked: Cursor,
     pub in_sync: bool,
 }
 
@@ -212,6 +215,10 @@ impl Writer<'_> {
     fn loc(&mut self, l: Location) {
         self.0.extend_from_slice(&l.file_nr.to_be_bytes());
         self.0.extend_from_slice(&l.position.to_be_bytes());
+    }
+    fn cursor(&mut self, c: Cursor) {
+        self.u64(c.epoch);
+        self.loc(c.at);
     }
     fn version(&mut self, v: Version) {
         self.u64(v.epoch);
@@ -266,6 +273,12 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String> {
         String::from_utf8(self.bytes()?.to_vec())
             .map_err(|_| Error::Protocol("string is not UTF-8".into()))
+    }
+    fn cursor(&mut self) -> Result<Cursor> {
+        Ok(Cursor {
+            epoch: self.u64()?,
+            at: self.loc()?,
+        })
     }
     fn version(&mut self) -> Result<Version> {
         Ok(Version {
@@ -374,19 +387,19 @@ impl Frame {
                 version,
             } => {
                 w.u8(6);
-                w.loc(*cursor);
+                w.cursor(*cursor);
                 w.u8(*existed as u8);
                 w.version(*version);
             }
             Frame::ReadIndex => w.u8(7),
             Frame::Cursor { cursor } => {
                 w.u8(8);
-                w.loc(*cursor);
+                w.cursor(*cursor);
             }
             Frame::Get { key, min_cursor } => {
                 w.u8(9);
                 w.bytes(key.as_bytes());
-                w.loc(*min_cursor);
+                w.cursor(*min_cursor);
             }
             Frame::Value {
                 value,
@@ -394,7 +407,7 @@ impl Frame {
                 version,
             } => {
                 w.u8(10);
-                w.loc(*cursor);
+                w.cursor(*cursor);
                 w.version(*version);
                 match value {
                     Some(v) => {
@@ -418,11 +431,11 @@ impl Frame {
             Frame::Watch { prefix, cursor } => {
                 w.u8(25);
                 w.bytes(prefix.as_bytes());
-                w.loc(*cursor);
+                w.cursor(*cursor);
             }
             Frame::Change { cursor, key, value } => {
                 w.u8(26);
-                w.loc(*cursor);
+                w.cursor(*cursor);
                 w.bytes(key.as_bytes());
                 match value {
                     Some(v) => {
@@ -435,11 +448,11 @@ impl Frame {
             Frame::ById { id, min_cursor } => {
                 w.u8(23);
                 w.0.extend_from_slice(&id.to_be_bytes());
-                w.loc(*min_cursor);
+                w.cursor(*min_cursor);
             }
             Frame::Record { entry, cursor } => {
                 w.u8(24);
-                w.loc(*cursor);
+                w.cursor(*cursor);
                 match entry {
                     Some((k, v)) => {
                         w.u8(1);
@@ -459,11 +472,11 @@ impl Frame {
                 w.bytes(prefix.as_bytes());
                 w.bytes(after.as_bytes());
                 w.0.extend_from_slice(&limit.to_be_bytes());
-                w.loc(*min_cursor);
+                w.cursor(*min_cursor);
             }
             Frame::Keys { keys, cursor } => {
                 w.u8(20);
-                w.loc(*cursor);
+                w.cursor(*cursor);
                 w.0.extend_from_slice(&(keys.len() as u32).to_be_bytes());
                 for k in keys {
                     w.bytes(k.as_bytes());
@@ -477,11 +490,11 @@ impl Frame {
                 w.u8(21);
                 w.bytes(key.as_bytes());
                 w.0.extend_from_slice(&depth.to_be_bytes());
-                w.loc(*min_cursor);
+                w.cursor(*min_cursor);
             }
             Frame::Values { values, cursor } => {
                 w.u8(22);
-                w.loc(*cursor);
+                w.cursor(*cursor);
                 w.0.extend_from_slice(&(values.len() as u32).to_be_bytes());
                 for v in values {
                     w.bytes(v);
@@ -505,11 +518,11 @@ impl Frame {
             }
             Frame::StatusIs { cursor, workers } => {
                 w.u8(15);
-                w.loc(*cursor);
+                w.cursor(*cursor);
                 w.0.extend_from_slice(&(workers.len() as u32).to_be_bytes());
                 for ws in workers {
                     w.bytes(ws.addr.as_bytes());
-                    w.loc(ws.acked);
+                    w.cursor(ws.acked);
                     w.u8(ws.in_sync as u8);
                 }
             }
@@ -549,18 +562,20 @@ impl Frame {
                 expect: r.expect()?,
             },
             6 => Frame::Written {
-                cursor: r.loc()?,
+                cursor: r.cursor()?,
                 existed: r.u8()? != 0,
                 version: r.version()?,
             },
             7 => Frame::ReadIndex,
-            8 => Frame::Cursor { cursor: r.loc()? },
+            8 => Frame::Cursor {
+                cursor: r.cursor()?,
+            },
             9 => Frame::Get {
                 key: r.string()?,
-                min_cursor: r.loc()?,
+                min_cursor: r.cursor()?,
             },
             10 => {
-                let cursor = r.loc()?;
+                let cursor = r.cursor()?;
                 let version = r.version()?;
                 let value = match r.u8()? {
                     0 => None,
@@ -582,10 +597,10 @@ impl Frame {
             14 => Frame::Status,
             25 => Frame::Watch {
                 prefix: r.string()?,
-                cursor: r.loc()?,
+                cursor: r.cursor()?,
             },
             26 => {
-                let cursor = r.loc()?;
+                let cursor = r.cursor()?;
                 let key = r.string()?;
                 let value = match r.u8()? {
                     0 => None,
@@ -596,10 +611,10 @@ impl Frame {
             }
             23 => Frame::ById {
                 id: r.u32()?,
-                min_cursor: r.loc()?,
+                min_cursor: r.cursor()?,
             },
             24 => {
-                let cursor = r.loc()?;
+                let cursor = r.cursor()?;
                 let entry = match r.u8()? {
                     0 => None,
                     1 => Some((r.string()?, r.bytes()?.to_vec())),
@@ -611,10 +626,10 @@ impl Frame {
                 prefix: r.string()?,
                 after: r.string()?,
                 limit: r.u32()?,
-                min_cursor: r.loc()?,
+                min_cursor: r.cursor()?,
             },
             20 => {
-                let cursor = r.loc()?;
+                let cursor = r.cursor()?;
                 let n = r.u32()? as usize;
                 let mut keys = Vec::with_capacity(n.min(4096));
                 for _ in 0..n {
@@ -625,10 +640,10 @@ impl Frame {
             21 => Frame::History {
                 key: r.string()?,
                 depth: r.u32()?,
-                min_cursor: r.loc()?,
+                min_cursor: r.cursor()?,
             },
             22 => {
-                let cursor = r.loc()?;
+                let cursor = r.cursor()?;
                 let n = r.u32()? as usize;
                 let mut values = Vec::with_capacity(n.min(4096));
                 for _ in 0..n {
@@ -647,13 +662,13 @@ impl Frame {
                 end: r.loc()?,
             },
             15 => {
-                let cursor = r.loc()?;
+                let cursor = r.cursor()?;
                 let n = u32::from_be_bytes(r.take(4)?.try_into().expect("4 bytes")) as usize;
                 let mut workers = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     workers.push(WorkerStatus {
                         addr: r.string()?,
-                        acked: r.loc()?,
+                        acked: r.cursor()?,
                         in_sync: r.u8()? != 0,
                     });
                 }
@@ -768,6 +783,7 @@ mod tests {
     #[test]
     fn every_frame_roundtrips() {
         let l = Location::new(3, 77);
+        let c = Cursor::new(2, l);
         let frames = vec![
             Frame::Subscribe {
                 epoch: 2,
@@ -800,48 +816,48 @@ mod tests {
             Frame::Status,
             Frame::Watch {
                 prefix: "w/".into(),
-                cursor: l,
+                cursor: c,
             },
             Frame::Change {
-                cursor: l,
+                cursor: c,
                 key: "w/1".into(),
                 value: Some(vec![3]),
             },
             Frame::Change {
-                cursor: l,
+                cursor: c,
                 key: "w/1".into(),
                 value: None,
             },
             Frame::ById {
                 id: 7,
-                min_cursor: l,
+                min_cursor: c,
             },
             Frame::Record {
                 entry: Some(("k".into(), vec![1, 2])),
-                cursor: l,
+                cursor: c,
             },
             Frame::Record {
                 entry: None,
-                cursor: l,
+                cursor: c,
             },
             Frame::List {
                 prefix: "a/".into(),
                 after: "a/b".into(),
                 limit: 10,
-                min_cursor: l,
+                min_cursor: c,
             },
             Frame::Keys {
                 keys: vec!["a/c".into(), "a/d".into()],
-                cursor: l,
+                cursor: c,
             },
             Frame::History {
                 key: "k".into(),
                 depth: 3,
-                min_cursor: l,
+                min_cursor: c,
             },
             Frame::Values {
                 values: vec![vec![1], vec![]],
-                cursor: l,
+                cursor: c,
             },
             Frame::Snapshot,
             Frame::SnapshotChunk {
@@ -851,32 +867,32 @@ mod tests {
             },
             Frame::SnapshotDone { epoch: 3, end: l },
             Frame::StatusIs {
-                cursor: l,
+                cursor: c,
                 workers: vec![WorkerStatus {
                     addr: "[::1]:7000".into(),
-                    acked: l,
+                    acked: c,
                     in_sync: true,
                 }],
             },
             Frame::Written {
-                cursor: l,
+                cursor: c,
                 existed: true,
                 version: Version { epoch: 1, at: l },
             },
             Frame::ReadIndex,
-            Frame::Cursor { cursor: l },
+            Frame::Cursor { cursor: c },
             Frame::Get {
                 key: "k".into(),
-                min_cursor: l,
+                min_cursor: c,
             },
             Frame::Value {
                 value: Some(vec![]),
-                cursor: l,
+                cursor: c,
                 version: Version { epoch: 1, at: l },
             },
             Frame::Value {
                 value: None,
-                cursor: l,
+                cursor: c,
                 version: Version::default(),
             },
             Frame::Digest,
@@ -890,7 +906,7 @@ mod tests {
                 id: 7,
                 frame: Box::new(Frame::Get {
                     key: "k".into(),
-                    min_cursor: l,
+                    min_cursor: c,
                 }),
             },
             Frame::Tagged {

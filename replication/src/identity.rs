@@ -24,16 +24,15 @@ fn tls(e: impl std::fmt::Display) -> Error {
     Error::Tls(e.to_string())
 }
 
-/// Writes a new cluster CA and a node certificate signed by it into `out`.
-/// Refuses to overwrite an existing CA.
-pub fn init_cluster(out: &Path) -> Result<()> {
-    if out.join(CA_CERT).exists() {
-        return Err(Error::Tls(format!(
-            "{} already holds a cluster CA; refusing to replace it",
-            out.display()
-        )));
-    }
-    std::fs::create_dir_all(out).ctx(|| format!("create {}", out.display()))?;
+/// A new cluster CA and a node certificate signed by it, as PEM text.
+struct ClusterPems {
+    ca: String,
+    ca_key: String,
+    node: String,
+    node_key: String,
+}
+
+fn new_cluster() -> Result<ClusterPems> {
     let ca_key = rcgen::KeyPair::generate().map_err(tls)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -59,8 +58,26 @@ pub fn init_cluster(out: &Path) -> Result<()> {
     let node = node_params
         .signed_by(&node_key, &ca, &ca_key)
         .map_err(tls)?;
+    Ok(ClusterPems {
+        ca: ca.pem(),
+        ca_key: ca_key.serialize_pem(),
+        node: node.pem(),
+        node_key: node_key.serialize_pem(),
+    })
+}
 
-    let write = |name: &str, text: String, secret: bool| -> Result<()> {
+/// Writes a new cluster CA and a node certificate signed by it into `out`.
+/// Refuses to overwrite an existing CA.
+pub fn init_cluster(out: &Path) -> Result<()> {
+    if out.join(CA_CERT).exists() {
+        return Err(Error::Tls(format!(
+            "{} already holds a cluster CA; refusing to replace it",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).ctx(|| format!("create {}", out.display()))?;
+    let pems = new_cluster()?;
+    let write = |name: &str, text: &str, secret: bool| -> Result<()> {
         let path = out.join(name);
         std::fs::write(&path, text).ctx(|| format!("write {}", path.display()))?;
         if secret {
@@ -70,10 +87,10 @@ pub fn init_cluster(out: &Path) -> Result<()> {
         }
         Ok(())
     };
-    write(CA_CERT, ca.pem(), false)?;
-    write(CA_KEY, ca_key.serialize_pem(), true)?;
-    write(NODE_CERT, node.pem(), false)?;
-    write(NODE_KEY, node_key.serialize_pem(), true)?;
+    write(CA_CERT, &pems.ca, false)?;
+    write(CA_KEY, &pems.ca_key, true)?;
+    write(NODE_CERT, &pems.node, false)?;
+    write(NODE_KEY, &pems.node_key, true)?;
     Ok(())
 }
 
@@ -110,6 +127,24 @@ impl Identity {
         Ok(Identity {
             ca: Some(cert(CA_CERT)?),
             cert: cert(NODE_CERT)?,
+            key: Arc::new(key),
+        })
+    }
+
+    /// A cluster of its own for this process alone (`ourkv dev`): a CA and
+    /// node certificate made in memory and never written anywhere, so no
+    /// other process can hold a certificate its nodes accept. Its nodes
+    /// refuse every client but the ones this process makes.
+    pub fn ephemeral() -> Result<Identity> {
+        let pems = new_cluster()?;
+        let cert = |pem: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Tls(e.to_string()))
+        };
+        let key = PrivateKeyDer::from_pem_slice(pems.node_key.as_bytes())
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Identity {
+            ca: Some(cert(&pems.ca)?),
+            cert: cert(&pems.node)?,
             key: Arc::new(key),
         })
     }

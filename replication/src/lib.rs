@@ -9,6 +9,7 @@
 //! travel on the same endpoints, one per stream. See docs/PROTOCOL.md.
 
 pub mod client;
+pub mod cursor;
 pub mod error;
 pub mod frame;
 pub mod identity;
@@ -18,6 +19,7 @@ mod pipeline;
 mod syncer;
 
 pub use client::{Change, Client, Watch};
+pub use cursor::Cursor;
 pub use error::{Error, Result};
 pub use frame::{Ack, Expect, Version, WorkerStatus};
 pub use identity::{init_cluster, Identity};

@@ -9,6 +9,7 @@ use ourdb::keyed::KeyedStore;
 use ourdb::Location;
 use tokio::sync::watch;
 
+use crate::cursor::Cursor;
 use crate::error::{Error, Result};
 use crate::frame::{self, Ack, Expect, Frame, FrameReader, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
@@ -17,8 +18,10 @@ use crate::identity::SERVER_NAME;
 const SEGMENT_BYTES: usize = 1 << 20;
 /// Bytes before its cursor a worker sends for the master to compare.
 const TAIL_CHECK: usize = 64;
-/// How long a read at a cursor waits for the worker to apply it.
-const READ_WAIT: Duration = Duration::from_secs(5);
+/// How long a read at a cursor waits for the node to reach it. A cursor the
+/// master has committed reaches a live worker in milliseconds; a node that
+/// has not reached it by then is lagging (the gateway asks another).
+const READ_WAIT: Duration = Duration::from_secs(2);
 
 fn quic(e: impl std::fmt::Display) -> Error {
     Error::Quic(e.to_string())
@@ -39,7 +42,7 @@ fn failed(code: &str, e: impl std::fmt::Display) -> Frame {
 }
 
 /// Answers a Get from `store`: the value with its version.
-async fn versioned_value(store: Arc<KeyedStore>, key: String, cursor: Location) -> Frame {
+async fn versioned_value(store: Arc<KeyedStore>, key: String, cursor: Cursor) -> Frame {
     let epoch = store.db().meta().epoch;
     // A get is a map lookup and a copy: cheaper in place than a hop to the
     // blocking pool (a record outside the maps falls back to one pread).
@@ -59,7 +62,7 @@ async fn versioned_value(store: Arc<KeyedStore>, key: String, cursor: Location) 
 }
 
 /// Answers a List or History request from `store`.
-async fn read_query(store: Arc<KeyedStore>, req: Frame, cursor: Location) -> Frame {
+async fn read_query(store: Arc<KeyedStore>, req: Frame, cursor: Cursor) -> Frame {
     match req {
         Frame::List {
             prefix,
@@ -184,9 +187,11 @@ const ALL: Location = Location::new(u16::MAX, u32::MAX);
 pub struct Master {
     store: Arc<KeyedStore>,
     options: MasterOptions,
-    /// Bumped when writes can be shipped (after each group commit is
-    /// flushed, or after every write under the other sync policies).
-    changed: watch::Sender<u64>,
+    /// The commit cursor's location (this master's epoch is fixed): the end
+    /// of what is durable under the sync policy. Only records before it are
+    /// shipped, so no worker applies, and no read or `ack=all` counts, a
+    /// record that a master crash could take back.
+    commit: watch::Sender<Location>,
     /// The lowest cursor applied by an in-sync worker (`ALL` if none is in
     /// sync): `ack=all` writes wait for it to pass their cursor.
     in_sync_applied: watch::Sender<Location>,
@@ -199,15 +204,14 @@ pub struct Master {
 impl Master {
     pub fn new(store: KeyedStore, options: MasterOptions) -> Arc<Master> {
         let store = Arc::new(store);
-        let changed = watch::channel(0).0;
-        let wake = changed.clone();
+        let commit = watch::channel(store.db().durable_end()).0;
+        let wake = commit.clone();
         Arc::new(Master {
-            syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group).then(|| {
-                crate::syncer::Syncer::start(&store, move || wake.send_modify(|v| *v += 1))
-            }),
+            syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group)
+                .then(|| crate::syncer::Syncer::start(&store, move |end| advance(&wake, end))),
             store,
             options,
-            changed,
+            commit,
             in_sync_applied: watch::channel(ALL).0,
             workers: Mutex::new(BTreeMap::new()),
         })
@@ -232,15 +236,42 @@ impl Master {
         &self.store
     }
 
+    /// The commit cursor: everything before it is durable under the sync
+    /// policy (the read index, and what `ack=all` and workers count).
+    pub fn commit_cursor(&self) -> Cursor {
+        Cursor::new(self.epoch(), *self.commit.borrow())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.store.db().meta().epoch
+    }
+
+    /// Waits (up to the read wait) until the commit cursor reaches `min`: a
+    /// read at a cursor of a write still in flight. False if it did not.
+    pub async fn wait_committed(&self, min: Cursor) -> bool {
+        if self.commit_cursor() >= min {
+            return true;
+        }
+        let epoch = self.epoch();
+        let mut rx = self.commit.subscribe();
+        matches!(
+            tokio::time::timeout(READ_WAIT, rx.wait_for(|c| Cursor::new(epoch, *c) >= min))
+                .await
+                .map(|r| r.map(|_| ())),
+            Ok(Ok(()))
+        )
+    }
+
     /// Each subscribed worker: address, acknowledged cursor, in sync or not.
     pub fn workers(&self) -> Vec<WorkerStatus> {
+        let epoch = self.epoch();
         self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(a, w)| WorkerStatus {
                 addr: a.to_string(),
-                acked: w.acked,
+                acked: Cursor::new(epoch, w.acked),
                 in_sync: w.in_sync,
             })
             .collect()
@@ -257,7 +288,7 @@ impl Master {
     }
 
     fn on_ack(&self, peer: SocketAddr, cursor: Location) {
-        let end = self.store.db().end();
+        let end = *self.commit.borrow();
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         let w = workers.entry(peer).or_insert(WorkerState {
             acked: cursor,
@@ -319,7 +350,7 @@ impl Master {
         value: Vec<u8>,
         ack: Ack,
         expect: Expect,
-    ) -> Result<Option<(Location, Version)>> {
+    ) -> Result<Option<(Cursor, Version)>> {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
@@ -334,8 +365,8 @@ impl Master {
         if ack == Ack::All {
             self.wait_all(cursor).await;
         }
-        let epoch = self.store.db().meta().epoch;
-        Ok(Some((cursor, Version { epoch, at })))
+        let epoch = self.epoch();
+        Ok(Some((Cursor::new(epoch, cursor), Version { epoch, at })))
     }
 
     /// Runs an append: in place, as under group commit it is memory work
@@ -355,14 +386,14 @@ impl Master {
     }
 
     /// Waits until an appended write is durable under the sync policy, and
-    /// wakes the shipping streams: under group commit the syncer does both
-    /// (it ships each group between its flush and its fsync); under the
-    /// other policies the append itself did what the policy asks.
+    /// moves the commit cursor (which wakes the shipping streams): under
+    /// group commit the syncer does both; under the other policies the
+    /// append itself did what the policy asks.
     async fn durable(&self, pending: ourdb::Pending) -> Result<()> {
         match &self.syncer {
             Some(s) => s.wait(pending).await,
             None => {
-                self.changed.send_modify(|v| *v += 1);
+                advance(&self.commit, self.store.db().durable_end());
                 Ok(())
             }
         }
@@ -375,7 +406,7 @@ impl Master {
         key: String,
         ack: Ack,
         expect: Expect,
-    ) -> Result<Option<(bool, Location)>> {
+    ) -> Result<Option<(bool, Cursor)>> {
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
@@ -393,7 +424,7 @@ impl Master {
         if ack == Ack::All {
             self.wait_all(cursor).await;
         }
-        Ok(Some((existed, cursor)))
+        Ok(Some((existed, Cursor::new(self.epoch(), cursor))))
     }
 
     /// Serves until the endpoint closes.
@@ -461,35 +492,54 @@ impl Master {
                 Err(e) => failed("write_failed", e),
             },
             Frame::Status => Frame::StatusIs {
-                cursor: store.db().end(),
+                cursor: self.commit_cursor(),
                 workers: self.workers(),
             },
             Frame::ReadIndex => Frame::Cursor {
-                cursor: store.db().end(),
+                cursor: self.commit_cursor(),
             },
-            Frame::Get { key, .. } => {
-                let cursor = store.db().end();
-                versioned_value(store, key, cursor).await
+            Frame::Get { key, min_cursor } => {
+                if !self.wait_committed(min_cursor).await {
+                    return self.not_reached(min_cursor);
+                }
+                versioned_value(store, key, self.commit_cursor()).await
             }
             Frame::Digest => match blocking(move || digest(&store)).await {
                 Ok(text) => Frame::DigestIs { text },
                 Err(e) => failed("digest_failed", e),
             },
-            req @ (Frame::List { .. } | Frame::History { .. } | Frame::ById { .. }) => {
-                let cursor = store.db().end();
-                read_query(store, req, cursor).await
+            req @ (Frame::List { min_cursor, .. }
+            | Frame::History { min_cursor, .. }
+            | Frame::ById { min_cursor, .. }) => {
+                if !self.wait_committed(min_cursor).await {
+                    return self.not_reached(min_cursor);
+                }
+                read_query(store, req, self.commit_cursor()).await
             }
             other => failed("bad_request", format!("a master does not take {other:?}")),
         }
+    }
+
+    /// The answer to a read at a cursor this master has not committed: in
+    /// another epoch, or past its end (no write made it).
+    fn not_reached(&self, min: Cursor) -> Frame {
+        failed(
+            "not_reached",
+            format!(
+                "no write made cursor {min}: the master's commit cursor is {}",
+                self.commit_cursor()
+            ),
+        )
     }
 
     /// Sends a copy of every data file up to the current end. Files are
     /// append-only, so the bytes before the end never change while they go.
     async fn send_snapshot(&self, mut send: quinn::SendStream, peer: SocketAddr) -> Result<()> {
         let store = self.store.clone();
+        let commit = *self.commit.borrow();
         let (end, epoch) = blocking(move || {
             store.db().flush()?;
-            Ok((store.db().end(), store.db().meta().epoch))
+            Ok((commit, store.db().meta().epoch))
         })
         .await?;
         tracing::info!(%peer, %end, epoch, "sending a snapshot");
@@ -581,15 +631,15 @@ impl Master {
                 me.on_ack(peer, cursor);
             }
         });
-        let mut changed = self.changed.subscribe();
+        let mut changed = self.commit.subscribe();
         let result = loop {
-            changed.borrow_and_update();
+            let commit = *changed.borrow_and_update();
             // Records just written sit in the page cache (or the writer's
             // buffer): a copy, cheaper in place than a hop to the blocking pool.
             let seg = match self
                 .store
                 .db()
-                .read_records(cursor, SEGMENT_BYTES)
+                .read_records_upto(cursor, commit, SEGMENT_BYTES)
                 .map_err(Error::from)
             {
                 Ok(s) => s,
@@ -633,14 +683,15 @@ pub struct Worker {
     /// Replaced whole when a snapshot arrives.
     store: std::sync::RwLock<Arc<KeyedStore>>,
     master: SocketAddr,
-    applied: watch::Sender<Location>,
+    /// What this worker has applied, in the epoch of its store.
+    applied: watch::Sender<Cursor>,
     /// Testing aid: a pause before each segment is applied (lagging replica).
     apply_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Worker {
     pub fn new(store: KeyedStore, master: SocketAddr) -> Arc<Worker> {
-        let end = store.db().end();
+        let end = Cursor::new(store.db().meta().epoch, store.db().end());
         Arc::new(Worker {
             store: std::sync::RwLock::new(Arc::new(store)),
             master,
@@ -662,12 +713,12 @@ impl Worker {
     }
 
     /// The cursor up to which records are applied.
-    pub fn applied(&self) -> Location {
+    pub fn applied(&self) -> Cursor {
         *self.applied.borrow()
     }
 
     /// Follows the applied cursor as it moves.
-    pub fn watch_applied(&self) -> watch::Receiver<Location> {
+    pub fn watch_applied(&self) -> watch::Receiver<Cursor> {
         self.applied.subscribe()
     }
 
@@ -752,7 +803,7 @@ impl Worker {
                             "applied up to {end}, the master said {next}"
                         )));
                     }
-                    self.applied.send_replace(end);
+                    self.applied.send_replace(Cursor::new(epoch, end));
                     frame::write(&mut send, &Frame::Ack { cursor: end }).await?;
                 }
                 Some(Frame::Failed { code, message }) if code == "epoch" || code == "cursor" => {
@@ -770,27 +821,48 @@ impl Worker {
 
     /// Streams the changes to keys with `prefix` from `cursor` on: first
     /// what is already applied, then each change as it is applied.
-    async fn watch(
-        &self,
-        mut send: quinn::SendStream,
-        prefix: String,
-        mut cursor: Location,
-    ) -> Result<()> {
-        if cursor.is_none() {
-            cursor = Location::new(0, 1);
-        }
+    async fn watch(&self, mut send: quinn::SendStream, prefix: String, from: Cursor) -> Result<()> {
+        let store = self.store();
+        let epoch = store.db().meta().epoch;
+        let mut cursor = match self.watch_start(&store, from).await {
+            Ok(c) => c,
+            Err(f) => {
+                frame::write(&mut send, &f).await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
+        // The watch is accepted: the client answers its caller only now, so
+        // a bad cursor is an error status, not an empty event stream.
+        frame::write(
+            &mut send,
+            &Frame::Cursor {
+                cursor: Cursor::new(epoch, cursor),
+            },
+        )
+        .await?;
         let mut applied = self.applied.subscribe();
         loop {
-            applied.borrow_and_update();
+            let now = *applied.borrow_and_update();
             let store = self.store();
-            let seg =
-                match blocking(move || Ok(store.db().read_records(cursor, SEGMENT_BYTES)?)).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = frame::write(&mut send, &failed("cursor", &e)).await;
-                        return Err(e);
-                    }
-                };
+            if now.epoch != epoch {
+                // A snapshot of a newer log replaced ours: positions changed.
+                let _ = frame::write(&mut send, &gone(Cursor::new(epoch, cursor), now.epoch)).await;
+                return Ok(());
+            }
+            let seg = match blocking(move || {
+                Ok(store
+                    .db()
+                    .read_records_upto(cursor, now.at, SEGMENT_BYTES)?)
+            })
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = frame::write(&mut send, &failed("cursor", &e)).await;
+                    return Err(e);
+                }
+            };
             if seg.bytes.is_empty() {
                 cursor = seg.next;
                 // A client that went away is noticed at the next write at the latest.
@@ -810,7 +882,7 @@ impl Worker {
                 if let Ok(env) = ourdb::keyed::Envelope::decode(value) {
                     if env.key.starts_with(&prefix) {
                         let change = Frame::Change {
-                            cursor: after,
+                            cursor: Cursor::new(epoch, after),
                             key: env.key.to_string(),
                             value: (env.kind == ourdb::keyed::Kind::Put)
                                 .then(|| env.value.to_vec()),
@@ -824,8 +896,42 @@ impl Worker {
         }
     }
 
-    /// Waits (up to 5 s) until `min_cursor` is applied; false if it was not.
-    pub async fn wait_applied(&self, min_cursor: Location) -> bool {
+    /// Where a watch from `from` starts in this worker's log, or the
+    /// answer that refuses it: a cursor of an older log (compacted since:
+    /// `gone`), of a newer one or past what is applied (`lagging`), or not
+    /// at a record boundary (`cursor`). A location of zero means the start.
+    async fn watch_start(
+        &self,
+        store: &Arc<KeyedStore>,
+        from: Cursor,
+    ) -> std::result::Result<Location, Frame> {
+        let epoch = store.db().meta().epoch;
+        if from.at.is_none() {
+            return Ok(Location::new(0, 1));
+        }
+        if from.epoch < epoch {
+            return Err(gone(from, epoch));
+        }
+        if !self.wait_applied(from).await || self.applied().epoch != epoch {
+            return Err(failed(
+                "lagging",
+                format!("applied {} has not reached {from}", self.applied()),
+            ));
+        }
+        let s = store.clone();
+        match blocking(move || Ok(s.db().read_records(from.at, ourdb::HEADER_LEN)?)).await {
+            Ok(_) => Ok(from.at),
+            Err(e) => Err(failed(
+                "cursor",
+                format!("cursor {from} is no record boundary: {e}"),
+            )),
+        }
+    }
+
+    /// Waits (up to the read wait) until `min_cursor` is applied; false if
+    /// it was not. A cursor of a newer epoch than this worker's store is
+    /// reached only once a snapshot of that epoch is installed.
+    pub async fn wait_applied(&self, min_cursor: Cursor) -> bool {
         if *self.applied.borrow() >= min_cursor {
             return true;
         }
@@ -920,7 +1026,7 @@ impl Worker {
             )));
         }
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
-        self.applied.send_replace(new_end);
+        self.applied.send_replace(Cursor::new(epoch, new_end));
         drop(old);
         // The old directory now sits at the temporary path.
         if let Err(e) = std::fs::remove_dir_all(&tmp) {
@@ -949,19 +1055,23 @@ impl Worker {
 
     /// The reply to a one-reply request.
     async fn reply(self: Arc<Self>, req: Frame) -> Frame {
-        let store = self.store();
         match req {
+            // The store is taken after the wait: a snapshot installed
+            // meanwhile replaced it, and the old one must not answer.
             Frame::Get { key, min_cursor } => match self.wait_applied(min_cursor).await {
-                true => versioned_value(store, key, self.applied()).await,
+                true => versioned_value(self.store(), key, self.applied()).await,
                 false => failed(
                     "lagging",
                     format!("applied {} has not reached {min_cursor}", self.applied()),
                 ),
             },
-            Frame::Digest => match blocking(move || digest(&store)).await {
-                Ok(text) => Frame::DigestIs { text },
-                Err(e) => failed("digest_failed", e),
-            },
+            Frame::Digest => {
+                let store = self.store();
+                match blocking(move || digest(&store)).await {
+                    Ok(text) => Frame::DigestIs { text },
+                    Err(e) => failed("digest_failed", e),
+                }
+            }
             Frame::ReadIndex => Frame::Cursor {
                 cursor: self.applied(),
             },
@@ -969,7 +1079,7 @@ impl Worker {
             | Frame::History { min_cursor, .. }
             | Frame::ById { min_cursor, .. }) => {
                 if self.wait_applied(min_cursor).await {
-                    read_query(store, req, self.applied()).await
+                    read_query(self.store(), req, self.applied()).await
                 } else {
                     failed(
                         "lagging",
@@ -998,4 +1108,27 @@ impl crate::pipeline::Answer for Worker {
     ) -> impl std::future::Future<Output = Frame> + Send + 'static {
         self.reply(req)
     }
+}
+
+/// The refusal of a watch cursor whose log was replaced by a compaction.
+fn gone(from: Cursor, epoch: u64) -> Frame {
+    failed(
+        "gone",
+        format!(
+            "cursor {from} is from log epoch {}, which a compaction replaced (epoch {epoch}): \
+             read the keys again and watch from the cursor of that read",
+            from.epoch
+        ),
+    )
+}
+
+/// Moves a commit cursor forward (never back), waking its watchers.
+fn advance(commit: &watch::Sender<Location>, end: Location) {
+    commit.send_if_modified(|c| {
+        let moved = end > *c;
+        if moved {
+            *c = end;
+        }
+        moved
+    });
 }

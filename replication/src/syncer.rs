@@ -6,8 +6,9 @@
 //! while writes keep coming, so each fsync covers every write that arrived
 //! during the one before. No writer waits for an fsync on a runtime thread,
 //! and one fsync wakes its writers through one watch channel. Each group is
-//! shipped as one segment, between its flush and its fsync, so replication
-//! overlaps the disk and costs a few packets per group, not per write.
+//! shipped as one segment once its fsync is done (workers never hold a
+//! record that a master crash could take back), a few packets per group, not
+//! per write.
 //! Checkpoints (every 256 MiB of records) run here too, holding the writer
 //! lock for milliseconds; meanwhile the master sends its writes to the
 //! blocking pool (`OurDb::is_busy`). A file switch (every 500 MiB) still runs
@@ -41,14 +42,17 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the thread; `flushed` runs after each group is flushed, before
-    /// its fsync (the master wakes its shipping streams there).
-    pub(crate) fn start(store: &Arc<KeyedStore>, flushed: impl Fn() + Send + 'static) -> Syncer {
+    /// Starts the thread; `committed` runs after each group commit with the
+    /// end of what is now durable (the master ships up to there).
+    pub(crate) fn start(
+        store: &Arc<KeyedStore>,
+        committed: impl Fn(ourdb::Location) + Send + 'static,
+    ) -> Syncer {
         let (tx, rx) = watch::channel(Durable::Upto(0));
         let weak = Arc::downgrade(store);
         let handle = std::thread::Builder::new()
             .name("ourkv-syncer".into())
-            .spawn(move || run(weak, tx, flushed))
+            .spawn(move || run(weak, tx, committed))
             .expect("spawn the syncer thread");
         Syncer {
             thread: handle.thread().clone(),
@@ -80,7 +84,7 @@ impl Syncer {
     }
 }
 
-fn run(store: Weak<KeyedStore>, tx: watch::Sender<Durable>, flushed: impl Fn()) {
+fn run(store: Weak<KeyedStore>, tx: watch::Sender<Durable>, committed: impl Fn(ourdb::Location)) {
     let mut synced = 0u64;
     loop {
         let Some(store) = store.upgrade() else { return };
@@ -91,9 +95,10 @@ fn run(store: Weak<KeyedStore>, tx: watch::Sender<Durable>, flushed: impl Fn()) 
             std::thread::park_timeout(IDLE);
             continue;
         }
-        match db.commit(&flushed) {
+        match db.commit(|| ()) {
             Ok(s) => {
                 synced = s;
+                committed(db.durable_end());
                 tx.send_replace(Durable::Upto(s));
             }
             Err(e) => {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ourdb::{Location, SyncPolicy};
+use ourdb::SyncPolicy;
 use replication::MasterOptions;
 
 mod common;
@@ -39,7 +39,7 @@ async fn pipelined_calls_get_their_own_replies_in_any_order() {
     for (key, value) in written.clone() {
         let c = client.clone();
         reads.push(tokio::spawn(async move {
-            let got = c.get(maddr, &key, Location::NONE).await.unwrap();
+            let got = c.get(maddr, &key, replication::Cursor::ZERO).await.unwrap();
             assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key}");
         }));
     }
@@ -63,7 +63,10 @@ async fn pipelined_calls_get_their_own_replies_in_any_order() {
     for want in written.iter().take(100).cloned() {
         let c = client.clone();
         fast.push(tokio::spawn(async move {
-            let got = c.get(waddr, &want.0, Location::NONE).await.unwrap();
+            let got = c
+                .get(waddr, &want.0, replication::Cursor::ZERO)
+                .await
+                .unwrap();
             assert_eq!(got.as_deref(), Some(want.1.as_bytes()));
         }));
     }

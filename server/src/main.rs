@@ -425,29 +425,33 @@ fn resolve(addr: &str) -> Result<std::net::SocketAddr> {
     Ok(replication::mycelium::resolve_peer(addr)?)
 }
 
-fn parse_cursor(s: &str) -> Result<ourdb::Location> {
-    let (f, p) = s
-        .split_once(':')
-        .with_context(|| format!("cursor {s:?} is not file:offset"))?;
-    Ok(ourdb::Location::new(
-        f.parse().with_context(|| format!("cursor {s:?}"))?,
-        p.parse().with_context(|| format!("cursor {s:?}"))?,
-    ))
+fn parse_cursor(s: &str) -> Result<replication::Cursor> {
+    replication::Cursor::parse(s).with_context(|| format!("cursor {s:?} is not epoch:file:offset"))
 }
 
 fn open_store(
     node: &NodeArgs,
     default_sync: ourdb::SyncPolicy,
 ) -> Result<ourdb::keyed::KeyedStore> {
-    let mut config = Config::default();
-    if let Some(f) = node.file_size {
-        config.file_size = f;
-    }
     let opts = OpenOptions::new()
-        .config(config)
+        .config(service_config(node.file_size))
         .sync(node.sync.unwrap_or(default_sync));
     ourdb::keyed::KeyedStore::open(&node.data, opts)
         .with_context(|| format!("open {}", node.data.display()))
+}
+
+/// The configuration of a node's store. Values go up to what one record
+/// holds (less the envelope), as the API documents; V's default record limit
+/// of 4096 bytes would cut them short.
+fn service_config(file_size: Option<u32>) -> Config {
+    let mut config = Config {
+        record_size_max: ourdb::MAX_VALUE_LEN as u32,
+        ..Config::default()
+    };
+    if let Some(f) = file_size {
+        config.file_size = f;
+    }
+    config
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -576,36 +580,30 @@ fn client(cluster: Option<&Path>, cmd: ClientCmd) -> Result<ExitCode> {
                 let cursor = c
                     .set_with(resolve(&node)?, &key, value.as_bytes(), ack)
                     .await?;
-                println!("{}:{}", cursor.file_nr, cursor.position);
+                println!("{cursor}");
             }
             ClientCmd::Status { node } => {
                 let (cursor, workers) = c.status(resolve(&node)?).await?;
-                println!("master cursor {}:{}", cursor.file_nr, cursor.position);
+                println!("master cursor {cursor}");
                 for w in workers {
                     println!(
-                        "worker {} acked {}:{} {}",
+                        "worker {} acked {} {}",
                         w.addr,
-                        w.acked.file_nr,
-                        w.acked.position,
+                        w.acked,
                         if w.in_sync { "in-sync" } else { "out-of-sync" }
                     );
                 }
             }
             ClientCmd::Delete { node, key, ack } => {
                 let (existed, cursor) = c.delete_with(resolve(&node)?, &key, ack).await?;
-                println!(
-                    "{}:{} {}",
-                    cursor.file_nr,
-                    cursor.position,
-                    if existed { "deleted" } else { "absent" }
-                );
+                println!("{cursor} {}", if existed { "deleted" } else { "absent" });
             }
             ClientCmd::Get { node, key, at } => {
                 let at = at
                     .as_deref()
                     .map(parse_cursor)
                     .transpose()?
-                    .unwrap_or(ourdb::Location::NONE);
+                    .unwrap_or(replication::Cursor::ZERO);
                 match c.get(resolve(&node)?, &key, at).await? {
                     Some(v) => {
                         std::io::stdout().write_all(&v)?;
@@ -619,7 +617,7 @@ fn client(cluster: Option<&Path>, cmd: ClientCmd) -> Result<ExitCode> {
             }
             ClientCmd::ReadIndex { node } => {
                 let cursor = c.read_index(resolve(&node)?).await?;
-                println!("{}:{}", cursor.file_nr, cursor.position);
+                println!("{cursor}");
             }
             ClientCmd::Digest { node } => println!("{}", c.digest(resolve(&node)?).await?),
             ClientCmd::Load {
@@ -719,10 +717,13 @@ fn run_dev(
     if !http.ip().is_loopback() {
         bail!("ourkv dev serves loopback only; {http} is not a loopback address");
     }
-    let identity = replication::Identity::loopback()?;
+    // A cluster identity of this run alone: the nodes listen on loopback
+    // but accept only this process's gateway, never a local `ourkv client`
+    // (which would bypass --api-token).
+    let identity = replication::Identity::ephemeral()?;
     let open = |name: &str, sync| -> Result<ourdb::keyed::KeyedStore> {
         let dir = data.join(name);
-        let opts = OpenOptions::new().config(Config::default()).sync(sync);
+        let opts = OpenOptions::new().config(service_config(None)).sync(sync);
         ourdb::keyed::KeyedStore::open(&dir, opts)
             .with_context(|| format!("open {}", dir.display()))
     };

@@ -195,6 +195,33 @@ fn verify_finds_a_flipped_byte_and_compact_keeps_values() {
     assert!(text(&out.stdout).contains("problem:"));
 }
 
+/// `ourkv db compact mydir`, a bare relative name, as a user types it: the
+/// swap fsyncs the parent, which is the empty path there.
+#[test]
+fn compact_a_bare_relative_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    fixture("g_random_incr_ks6", tmp.path());
+    let shape = ["--record-nr-max", "100000", "--record-size-max", "4096"];
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let before = run(&[&["db", "dump", "g_random_incr_ks6"][..], &shape].concat());
+    assert!(before.status.success(), "{}", text(&before.stderr));
+    let out = run(&[&["db", "compact", "g_random_incr_ks6"][..], &shape].concat());
+    assert!(
+        out.status.success(),
+        "compact of a relative name: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("epoch: 2"));
+    let after = run(&["db", "dump", "g_random_incr_ks6"]);
+    assert_eq!(text(&before.stdout), text(&after.stdout));
+}
+
 #[test]
 fn recover_rebuilds_a_v_directory_without_dump() {
     let tmp = tempfile::tempdir().unwrap();

@@ -268,7 +268,7 @@ fn peers_of_another_cluster_are_refused() {
             ),
             other => panic!("a client of another cluster got {other:?}"),
         }
-        match theirs.get(maddr, "secret", ourdb::Location::NONE).await {
+        match theirs.get(maddr, "secret", replication::Cursor::ZERO).await {
             Err(replication::Error::Quic(_)) => {}
             other => panic!("a client of another cluster read {other:?}"),
         }
@@ -277,7 +277,7 @@ fn peers_of_another_cluster_are_refused() {
         let d = theirs.digest(waddr).await.unwrap();
         assert!(d.contains("bytes=1 "), "{d}");
         assert_eq!(
-            ours.get(maddr, "evil", ourdb::Location::NONE)
+            ours.get(maddr, "evil", replication::Cursor::ZERO)
                 .await
                 .unwrap(),
             None
@@ -341,7 +341,7 @@ fn ack_all_and_the_in_sync_set() {
             // No waiting: both workers must already have it.
             for w in [w1addr, w2addr] {
                 assert_eq!(
-                    c.get(w, &key, ourdb::Location::NONE).await.unwrap(),
+                    c.get(w, &key, replication::Cursor::ZERO).await.unwrap(),
                     Some(value.clone()),
                     "{key} on {w}"
                 );
@@ -353,7 +353,10 @@ fn ack_all_and_the_in_sync_set() {
                     .unwrap();
                 assert!(existed);
                 for w in [w1addr, w2addr] {
-                    assert_eq!(c.get(w, &key, ourdb::Location::NONE).await.unwrap(), None);
+                    assert_eq!(
+                        c.get(w, &key, replication::Cursor::ZERO).await.unwrap(),
+                        None
+                    );
                 }
             }
         }
@@ -380,7 +383,9 @@ fn ack_all_and_the_in_sync_set() {
                 .await
                 .unwrap();
             assert_eq!(
-                c.get(w1addr, &key, ourdb::Location::NONE).await.unwrap(),
+                c.get(w1addr, &key, replication::Cursor::ZERO)
+                    .await
+                    .unwrap(),
                 Some(b"y".to_vec())
             );
         }

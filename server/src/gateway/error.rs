@@ -45,13 +45,22 @@ impl ApiError {
     }
     pub(super) fn from_replication(e: replication::Error) -> ApiError {
         match e {
-            replication::Error::Remote { code, message } if code == "lagging" => {
+            replication::Error::Remote { code, message }
+                if code == "lagging" || code == "not_reached" =>
+            {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
+            }
+            replication::Error::Remote { code, message } if code == "bad_request" => {
+                ApiError::bad_request(message)
             }
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
-            e => ApiError::unavailable(format!("no node answered: {e}")),
+            e => {
+                // Transport details (TLS, QUIC) go to the log, not to clients.
+                tracing::warn!(error = %e, "read: no node answered");
+                ApiError::unavailable("no node answered the read; retry shortly")
+            }
         }
     }
     pub(super) fn from_write(e: replication::Error) -> ApiError {
@@ -66,9 +75,28 @@ impl ApiError {
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
             }
-            e => ApiError::unavailable(format!("the master is unreachable: {e}")),
+            e => {
+                tracing::warn!(error = %e, "write: the master is unreachable");
+                ApiError::unavailable("the master is unreachable; retry shortly")
+            }
         }
     }
+}
+
+/// The master did not answer a status or read-index request.
+pub(super) fn master_unreachable(e: replication::Error) -> ApiError {
+    tracing::warn!(error = %e, "the master is unreachable");
+    ApiError::unavailable("the master is unreachable; retry shortly")
+}
+
+/// A read at a cursor that the master has not committed within the wait:
+/// a cursor of a write still in flight, or one no write made.
+pub(super) fn not_reached(min: Cursor, commit: Cursor) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!("no node reached cursor {min} in time (the master's commit cursor is {commit})"),
+    )
 }
 
 impl IntoResponse for ApiError {

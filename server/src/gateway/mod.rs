@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
-use ourdb::Location;
+use replication::Cursor;
 use replication::{Ack, Client, Expect, Version};
 use serde_json::json;
 
@@ -93,11 +93,45 @@ impl Load {
     }
 }
 
+/// One read in flight on a worker: counted while it runs; one dropped
+/// unanswered (another worker answered first) counts as a failure, so a
+/// paused worker is avoided until it answers well again.
+struct Attempt<'a> {
+    load: &'a Load,
+    start: std::time::Instant,
+    finished: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(load: &'a Load) -> Attempt<'a> {
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            load,
+            start: std::time::Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn done(mut self, ok: bool) {
+        self.finished = true;
+        self.load.observe(self.start.elapsed(), ok);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            self.load.observe(self.start.elapsed(), false);
+        }
+    }
+}
+
 /// Strong reads waiting for the next read-index round.
 #[derive(Default)]
 struct Batch {
     running: bool,
-    waiters: Vec<tokio::sync::oneshot::Sender<Result<Location, String>>>,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<Cursor, String>>>,
 }
 
 impl Gateway {
@@ -221,7 +255,7 @@ impl Gateway {
     /// takes an index older than itself. The rounds run in a task of their
     /// own, so a client that goes away mid-round (its request dropped) never
     /// stops them for the reads still waiting.
-    async fn read_index(&self) -> Result<Location, String> {
+    async fn read_index(&self) -> Result<Cursor, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = {
             let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,95 +291,133 @@ impl Gateway {
             .unwrap_or_else(|_| Err("read-index round went away".into()))
     }
 
-    /// Runs the read on the least loaded worker that has applied `min` (the
-    /// next one on failure), then on the master if no worker answered:
-    /// `remote` over QUIC, or `local` on the store when the nodes live in
-    /// this process (`ourkv dev`).
-    async fn read<T, F, Fut, L>(&self, min: Location, remote: F, local: L) -> Result<T, ApiError>
+    /// Runs the read on the least loaded worker that has applied `min`, then
+    /// on the master if no worker answered: `remote` over QUIC, or `local` on
+    /// the store when the nodes live in this process (`ourkv dev`). A worker
+    /// that has not answered within a small budget over its usual latency (a
+    /// paused or dead one) gets company: the read goes to the next worker
+    /// too, and the first answer wins.
+    async fn read<T, F, Fut, L>(&self, min: Cursor, remote: F, local: L) -> Result<T, ApiError>
     where
-        F: Fn(SocketAddr, Location) -> Fut,
+        F: Fn(SocketAddr, Cursor) -> Fut,
         Fut: std::future::Future<Output = replication::Result<T>>,
         L: Fn(&ourdb::keyed::KeyedStore) -> ourdb::Result<T>,
     {
         if let Some(nodes) = &self.local {
-            let mut lagging = None;
-            for i in self.by_load() {
-                let w = &nodes.workers[i];
-                if !w.wait_applied(min).await {
-                    lagging = Some(w.applied());
-                    continue;
+            let order = self.by_load();
+            // A worker that has the cursor answers at once; else the master
+            // must have committed it (a cursor no write made is refused), and
+            // the least loaded worker gets the read wait to catch up.
+            let ready = order
+                .iter()
+                .copied()
+                .find(|&i| nodes.workers[i].applied() >= min);
+            let chosen = match ready {
+                Some(i) => Some(i),
+                None => {
+                    if !nodes.master.wait_committed(min).await {
+                        return Err(not_reached(min, nodes.master.commit_cursor()));
+                    }
+                    let first = order.first().copied();
+                    match first {
+                        Some(i) if nodes.workers[i].wait_applied(min).await => Some(i),
+                        _ => None,
+                    }
                 }
+            };
+            if let Some(i) = chosen {
                 let load = &self.load[i];
                 let t = std::time::Instant::now();
-                let r = local(&w.store());
+                let r = local(&nodes.workers[i].store());
                 load.observe(t.elapsed(), r.is_ok());
                 if let Ok(v) = r {
                     return Ok(v);
                 }
             }
-            // The master has applied everything; it answers when no worker can.
-            return match local(nodes.master.store()) {
-                Ok(v) => Ok(v),
-                Err(e) => Err(match lagging {
-                    Some(a) => ApiError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "timeout",
-                        format!("no worker reached {min} (one is at {a}); the master failed: {e}"),
-                    ),
-                    None => ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "read_failed",
-                        e.to_string(),
-                    ),
-                }),
-            };
+            // The master has every committed write: it answers when no
+            // worker can.
+            return local(nodes.master.store()).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "read_failed",
+                    e.to_string(),
+                )
+            });
         }
-        let f = remote;
+        let order = self.by_load();
+        let mut tried = 0;
+        let mut running = futures_util::stream::FuturesUnordered::new();
         let mut last = None;
-        for i in self.by_load() {
-            let load = &self.load[i];
-            load.in_flight.fetch_add(1, Ordering::Relaxed);
-            let t = std::time::Instant::now();
-            let r = f(self.workers[i], min).await;
-            load.in_flight.fetch_sub(1, Ordering::Relaxed);
-            load.observe(t.elapsed(), r.is_ok());
-            match r {
-                Ok(v) => return Ok(v),
-                Err(e) => last = Some(e),
+        let launch = |i: usize| {
+            let attempt = Attempt::start(&self.load[i]);
+            let call = remote(self.workers[i], min);
+            async move {
+                let r = call.await;
+                attempt.done(r.is_ok());
+                r
+            }
+        };
+        loop {
+            if running.is_empty() {
+                if tried == order.len() {
+                    break;
+                }
+                running.push(launch(order[tried]));
+                tried += 1;
+            }
+            let budget = self.hedge_budget(order.get(tried.wrapping_sub(1)).copied());
+            tokio::select! {
+                r = futures_util::StreamExt::next(&mut running) => match r {
+                    Some(Ok(v)) => return Ok(v),
+                    Some(Err(e)) => last = Some(e),
+                    None => {}
+                },
+                _ = tokio::time::sleep(budget), if tried < order.len() => {
+                    running.push(launch(order[tried]));
+                    tried += 1;
+                }
             }
         }
-        match f(self.master, min).await {
+        match remote(self.master, min).await {
             Ok(v) => Ok(v),
+            // The master's word on a cursor it has not committed is final.
+            Err(e @ replication::Error::Remote { .. }) => Err(ApiError::from_replication(e)),
             Err(e) => Err(ApiError::from_replication(last.unwrap_or(e))),
         }
     }
 
+    /// How long a read waits on a worker before asking the next one too:
+    /// four times its recent latency, within 20 ms to 500 ms.
+    fn hedge_budget(&self, worker: Option<usize>) -> std::time::Duration {
+        let ewma = worker
+            .and_then(|i| self.load.get(i))
+            .map(|l| l.ewma_us.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        std::time::Duration::from_micros((ewma * 4).clamp(20_000, 500_000))
+    }
+
     /// The cursor a read must see, by consistency level.
-    async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Location, ApiError> {
+    async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Cursor, ApiError> {
         match params
             .get("consistency")
             .map(String::as_str)
             .unwrap_or("strong")
         {
             // Read-index: the master's commit cursor now.
-            "strong" if self.local.is_some() => Ok(self
-                .local
-                .as_ref()
-                .expect("checked")
-                .master
-                .store()
-                .db()
-                .end()),
-            "strong" => self
-                .read_index()
-                .await
-                .map_err(|e| ApiError::unavailable(format!("no master for a strong read: {e}"))),
+            "strong" if self.local.is_some() => {
+                Ok(self.local.as_ref().expect("checked").master.commit_cursor())
+            }
+            "strong" => self.read_index().await.map_err(|e| {
+                tracing::warn!(error = %e, "strong read: no read index");
+                ApiError::unavailable("no master answered for a strong read; retry shortly")
+            }),
             "session" => match headers.get(CURSOR_HEADER) {
-                Some(v) => parse_cursor(v.to_str().unwrap_or_default())
-                    .ok_or_else(|| ApiError::bad_request("X-OurKV-Cursor must be file:offset")),
-                None => Ok(Location::NONE),
+                Some(v) => parse_cursor(v.to_str().unwrap_or_default()).ok_or_else(|| {
+                    ApiError::bad_request("X-OurKV-Cursor must be epoch:file:offset")
+                }),
+                None => Ok(Cursor::ZERO),
             },
-            "stale" => Ok(Location::NONE),
+            "stale" => Ok(Cursor::ZERO),
             other => Err(ApiError::bad_request(format!(
                 "consistency must be strong, session or stale, not {other:?}"
             ))),
@@ -358,7 +430,7 @@ impl Gateway {
         value: &[u8],
         ack: Ack,
         expect: Expect,
-    ) -> Result<(Location, Version), ApiError> {
+    ) -> Result<(Cursor, Version), ApiError> {
         check_key(key)?;
         let max = ourdb::keyed::max_value_len(key);
         if value.len() > max {
@@ -390,7 +462,7 @@ impl Gateway {
         key: &str,
         ack: Ack,
         expect: Expect,
-    ) -> Result<(bool, Location), ApiError> {
+    ) -> Result<(bool, Cursor), ApiError> {
         if let Some(nodes) = &self.local {
             return local_write(nodes.master.delete(key.into(), ack, expect).await);
         }

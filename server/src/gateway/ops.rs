@@ -7,7 +7,7 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
         .client
         .status(gw.master)
         .await
-        .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
+        .map_err(master_unreachable)?;
     let workers: Vec<_> = workers
         .iter()
         .map(|w| json!({"addr": w.addr, "acked": cursor_text(w.acked), "in_sync": w.in_sync}))
@@ -30,7 +30,7 @@ pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
             .client
             .status(gw.master)
             .await
-            .map_err(|e| ApiError::unavailable(format!("the master is unreachable: {e}")))?;
+            .map_err(master_unreachable)?;
         // ?sync: every worker this gateway uses has caught up with the master.
         if q.get("sync").is_some() {
             for w in &gw.workers {
@@ -77,8 +77,8 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
         }
         out.push_str("# TYPE ourkv_worker_lag_bytes gauge\n");
         for w in &workers {
-            let lag = if w.acked.file_nr == cursor.file_nr {
-                cursor.position.saturating_sub(w.acked.position) as u64
+            let lag = if w.acked.epoch == cursor.epoch && w.acked.at.file_nr == cursor.at.file_nr {
+                cursor.at.position.saturating_sub(w.acked.at.position) as u64
             } else {
                 u64::MAX
             };

@@ -38,14 +38,14 @@ pub(super) fn expectation(headers: &HeaderMap) -> Result<Expect, ApiError> {
             Ok(Expect::Version(Version::from_etag(tag).unwrap_or(
                 Version {
                     epoch: u64::MAX,
-                    at: Location::NONE,
+                    at: ourdb::Location::NONE,
                 },
             )))
         }
     }
 }
 
-pub(super) fn with_cursor(mut r: Response, c: Location) -> Response {
+pub(super) fn with_cursor(mut r: Response, c: Cursor) -> Response {
     if let Ok(v) = HeaderValue::from_str(&cursor_text(c)) {
         r.headers_mut().insert(CURSOR_HEADER, v);
     }
@@ -99,13 +99,12 @@ pub(super) fn field(pairs: &Params, name: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("missing form field {name:?}")))
 }
 
-pub(super) fn parse_cursor(s: &str) -> Option<Location> {
-    let (f, p) = s.split_once(':')?;
-    Some(Location::new(f.parse().ok()?, p.parse().ok()?))
+pub(super) fn parse_cursor(s: &str) -> Option<Cursor> {
+    Cursor::parse(s)
 }
 
-pub(super) fn cursor_text(c: Location) -> String {
-    format!("{}:{}", c.file_nr, c.position)
+pub(super) fn cursor_text(c: Cursor) -> String {
+    c.to_string()
 }
 
 pub(super) fn check_key(key: &str) -> Result<(), ApiError> {

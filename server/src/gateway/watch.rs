@@ -17,8 +17,8 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
             .or_else(|| q.get("cursor").cloned());
         let cursor = match from {
             Some(c) => parse_cursor(&c)
-                .ok_or_else(|| ApiError::bad_request("cursor must be file:offset"))?,
-            None => Location::NONE,
+                .ok_or_else(|| ApiError::bad_request("cursor must be epoch:file:offset"))?,
+            None => Cursor::ZERO,
         };
         let mut last = None;
         let mut stream = None;
@@ -34,15 +34,25 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
                     stream = Some(w);
                     break;
                 }
+                // The worker's word on the cursor itself holds for every worker.
+                Err(replication::Error::Remote { code, message }) if code == "gone" => {
+                    return Err(ApiError::new(StatusCode::GONE, "gone", message));
+                }
+                Err(replication::Error::Remote { code, message }) if code == "cursor" => {
+                    return Err(ApiError::bad_request(message));
+                }
                 Err(e) => last = Some(e),
             }
         }
         let Some(w) = stream else {
-            return Err(ApiError::unavailable(format!(
-                "no worker to watch from: {}",
-                last.map(|e| e.to_string())
-                    .unwrap_or_else(|| "none configured".into())
-            )));
+            return Err(match last {
+                Some(e @ replication::Error::Remote { .. }) => ApiError::from_replication(e),
+                Some(e) => {
+                    tracing::warn!(error = %e, "watch: no worker answered");
+                    ApiError::unavailable("no worker to watch from; retry shortly")
+                }
+                None => ApiError::unavailable("no worker to watch from"),
+            });
         };
         let events = futures_util::stream::unfold(w, |mut w| async move {
             let b64 = base64::engine::general_purpose::STANDARD;

@@ -1,0 +1,363 @@
+//! Promises kept at the edges, tried as a user and a hostile client would:
+//! consistency across a compaction, values up to the documented limit, the
+//! nodes of `ourkv dev` closed to other local processes, cursors no node
+//! reaches. Real processes, real sockets.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// `curl -i`-style: status, headers (lower-cased names) and body.
+fn curl_headers(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_lowercase(), body.to_string())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+/// Waits until `ok()` holds, for up to `secs` seconds.
+fn eventually(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every value from just above V's 4096-byte default record up to the
+/// documented limit (65,535 − 9 − key length) is stored and replicated; one
+/// byte more is 413 with the limit in user terms.
+#[test]
+fn values_up_to_the_documented_limit_are_stored_and_replicated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &[]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let key = "big";
+    let limit = 65_535 - 9 - key.len();
+    let file = tmp.path().join("v.bin");
+    for len in [4_087, 4_096, 5_000, 40_000, limit] {
+        let value: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&file, &value).unwrap();
+        let at = format!("@{}", file.display());
+        let (code, body) = curl(&[
+            "-X",
+            "PUT",
+            &url(&format!("/v1/kv/{key}?ack=all")),
+            "--data-binary",
+            &at,
+        ]);
+        assert_eq!(code, 200, "PUT of {len} bytes: {body}");
+        // Read back from a worker at each level, byte for byte.
+        for level in ["strong", "stale"] {
+            let out = Command::new("curl")
+                .args(["-s", &url(&format!("/v1/kv/{key}?consistency={level}"))])
+                .output()
+                .unwrap();
+            assert_eq!(out.stdout.len(), len, "{level} read of {len} bytes");
+            assert!(out.stdout == value, "{level} read of {len} bytes differs");
+        }
+    }
+    // The seed API takes the same values (form-encoded).
+    let v = "s".repeat(10_000);
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &url("/set"),
+        "--data-urlencode",
+        "key=seed",
+        "--data-urlencode",
+        &format!("value={v}"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&[&url("/get?key=seed")]);
+    assert_eq!((code, body.len()), (200, 10_000));
+
+    std::fs::write(&file, vec![b'x'; limit + 1]).unwrap();
+    let (code, body) = curl(&[
+        "-X",
+        "PUT",
+        &url(&format!("/v1/kv/{key}")),
+        "--data-binary",
+        &format!("@{}", file.display()),
+    ]);
+    assert_eq!(code, 413, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"]["code"], "too_large");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&limit.to_string()), "{msg}");
+}
+
+/// The master and workers of `ourkv dev` listen on loopback, but only the
+/// gateway of the same process gets in: a local `ourkv client` (which would
+/// bypass `--api-token`) is refused by the TLS handshake.
+#[test]
+fn ourkv_dev_nodes_refuse_other_local_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--api-token", "s3cret"]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let auth = "Authorization: Bearer s3cret";
+    let (code, _) = curl(&["-H", auth, "-X", "PUT", &url("/v1/kv/secret"), "-d", "x"]);
+    assert_eq!(code, 200);
+    let (code, body) = curl(&["-H", auth, &url("/v1/cluster")]);
+    assert_eq!(code, 200, "{body}");
+    let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut nodes = vec![c["master"]["addr"].as_str().unwrap().to_string()];
+    for w in c["workers"].as_array().unwrap() {
+        nodes.push(w["addr"].as_str().unwrap().to_string());
+    }
+    assert_eq!(nodes.len(), 3, "{body}");
+    for node in &nodes {
+        for args in [
+            vec!["client", "get", node.as_str(), "secret"],
+            vec!["client", "set", node.as_str(), "evil", "1"],
+            vec!["client", "delete", node.as_str(), "secret"],
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "{args:?} got in: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(!String::from_utf8_lossy(&out.stdout).contains('x'));
+        }
+    }
+    // Nothing changed through the side door.
+    let (code, body) = curl(&["-H", auth, &url("/v1/kv/secret")]);
+    assert_eq!((code, body.as_str()), (200, "x"));
+    let (code, _) = curl(&["-H", auth, &url("/v1/kv/evil")]);
+    assert_eq!(code, 404);
+}
+
+/// A master, two workers and a gateway as four processes; the gateway's
+/// HTTP address last.
+fn master_two_workers_gateway(dir: &Path, mport: u16) -> (Proc, Proc, Proc, Proc, String) {
+    let q = |p: u16| format!("127.0.0.1:{p}");
+    let (w1, w2, hport) = (free_port(), free_port(), free_port());
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let master = start_master(dir, mport);
+    let worker = |name: &str, port: u16| {
+        start(&[
+            "worker",
+            "--data",
+            &d(name),
+            "--listen",
+            &q(port),
+            "--master",
+            &q(mport),
+        ])
+    };
+    let (a, b) = (worker("w1", w1), worker("w2", w2));
+    let gw = start(&[
+        "gateway",
+        "--http",
+        &q(hport),
+        "--master",
+        &q(mport),
+        "--worker",
+        &q(w1),
+        "--worker",
+        &q(w2),
+    ]);
+    (master, a, b, gw, q(hport))
+}
+
+fn start_master(dir: &Path, port: u16) -> Proc {
+    let data = dir.join("m");
+    start(&[
+        "master",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+}
+
+/// Stop the master, compact its directory, start it again while one worker
+/// is paused; write; resume the worker. Strong reads and session reads with
+/// the new write's cursor must never see the value from before: the
+/// compacted log is shorter, so a position of the old log "passes" a new
+/// cursor unless cursors carry their epoch. A session token from before the
+/// compaction gets a fast answer (the compacted log holds its write).
+#[test]
+fn reads_after_a_compaction_are_never_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let (master, w1, _w2, _gw, http) = master_two_workers_gateway(tmp.path(), mport);
+    let url = |p: &str| format!("http://{http}{p}");
+    // Dead records first, so that the compacted log is much shorter.
+    for i in 0..200 {
+        let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/pad"), "-d", &format!("{i:0>500}")]);
+        assert_eq!(code, 200);
+    }
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/k?ack=all"), "-d", "v1"]);
+    assert_eq!(code, 200, "{body}");
+    let old: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let old_cursor = old["cursor"].as_str().unwrap().to_string();
+    assert_eq!(old_cursor.split(':').count(), 3, "epoch:file:offset");
+    eventually(10, "workers caught up", || {
+        curl(&[&url("/ready?sync")]).0 == 200
+    });
+
+    signal(&master, "-TERM");
+    drop(master);
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args([
+            "db",
+            "compact",
+            tmp.path().join("m").to_str().unwrap(),
+            "--history",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("epoch: 2"));
+    signal(&w1, "-STOP");
+    let _master = start_master(tmp.path(), mport);
+    let (code, body) = eventually_ok(|| curl(&["-X", "PUT", &url("/v1/kv/k?ack=all"), "-d", "v2"]));
+    assert_eq!(code, 200, "{body}");
+    let new: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new_cursor = new["cursor"].as_str().unwrap().to_string();
+    assert!(new_cursor.starts_with("2:"), "{new_cursor}");
+    signal(&w1, "-CONT");
+
+    let session = format!("X-OurKV-Cursor: {new_cursor}");
+    for i in 0..60 {
+        let (code, body) = curl(&[&url("/v1/kv/k")]);
+        assert_eq!((code, body.as_str()), (200, "v2"), "strong read {i}");
+        let (code, body) = curl(&["-H", &session, &url("/v1/kv/k?consistency=session")]);
+        assert_eq!((code, body.as_str()), (200, "v2"), "session read {i}");
+    }
+    // A token from before the compaction: every node of the new log has
+    // its write, so the answer is immediate.
+    let t = Instant::now();
+    let (code, body) = curl(&[
+        "-H",
+        &format!("X-OurKV-Cursor: {old_cursor}"),
+        &url("/v1/kv/k?consistency=session"),
+    ]);
+    assert_eq!((code, body.as_str()), (200, "v2"));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The old log's cursors are gone for a watch: 410 with a JSON error.
+    let (code, head, body) = curl_headers(&[
+        "--max-time",
+        "5",
+        &url(&format!("/v1/watch?cursor={old_cursor}")),
+    ]);
+    assert_eq!(code, 410, "{head}{body}");
+    assert!(header(&head, "content-type").unwrap().contains("json"));
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"]["code"], "gone");
+    // An ETag from before the compaction names a version of the old log:
+    // a conditional write with it fails as a precondition.
+    let (code, _) = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "If-Match: \"1-0-1\"",
+        &url("/v1/kv/k"),
+        "-d",
+        "v3",
+    ]);
+    assert_eq!(code, 412);
+}
+
+/// Retries a request while the service comes up (503), for up to 10 s.
+fn eventually_ok(mut f: impl FnMut() -> (u16, String)) -> (u16, String) {
+    let t = Instant::now();
+    loop {
+        let r = f();
+        if r.0 != 503 || t.elapsed() > Duration::from_secs(10) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A session read at a cursor that no write made answers 504 within the
+/// read wait (not a late 200 from the master), in dev and as processes; a
+/// watch at such a cursor or at no record boundary answers with an error
+/// status, not an empty event stream.
+#[test]
+fn cursors_no_node_reaches_get_clear_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dev, dev_http) = start_dev(&tmp.path().join("d"), &[]);
+    let (_m, _w, _g, http) = master_worker_gateway(tmp.path());
+    for http in [dev_http, http] {
+        let url = |p: &str| format!("http://{http}{p}");
+        let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
+        assert_eq!(code, 200, "{body}");
+        let w: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let cursor = w["cursor"].as_str().unwrap().to_string();
+        let parts: Vec<u64> = cursor.split(':').map(|p| p.parse().unwrap()).collect();
+        let far = format!("{}:{}:{}", parts[0], parts[1], parts[2] + 1_000_000);
+        let future_epoch = format!("{}:0:1", parts[0] + 1);
+        for c in [&far, &future_epoch] {
+            let t = Instant::now();
+            let (code, body) = curl(&[
+                "-H",
+                &format!("X-OurKV-Cursor: {c}"),
+                &url("/v1/kv/a?consistency=session"),
+            ]);
+            assert_eq!(code, 504, "{c}: {body}");
+            let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(e["error"]["code"], "timeout");
+            assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+        }
+        // Old text forms and garbage are refused as bad input.
+        for c in ["0:34", "x", "1:2:3:4"] {
+            let (code, _) = curl(&[
+                "-H",
+                &format!("X-OurKV-Cursor: {c}"),
+                &url("/v1/kv/a?consistency=session"),
+            ]);
+            assert_eq!(code, 400, "{c}");
+        }
+        // Inside a record: no boundary.
+        let inside = format!("{}:{}:{}", parts[0], parts[1], parts[2] - 1);
+        let (code, _, body) = curl_headers(&[
+            "--max-time",
+            "5",
+            &url(&format!("/v1/watch?cursor={inside}")),
+        ]);
+        assert_eq!(code, 400, "{body}");
+        let (code, _, body) =
+            curl_headers(&["--max-time", "8", &url(&format!("/v1/watch?cursor={far}"))]);
+        assert!(code == 504 || code == 503, "{code} {body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
+}
