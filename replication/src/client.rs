@@ -72,7 +72,10 @@ impl Client {
             self.v4.clone()
         };
         // A node that is down does not answer at all: give up quickly.
-        let connecting = endpoint.connect(addr, SERVER_NAME).map_err(quic)?;
+        let config = self.identity.client_config_to(addr.ip())?;
+        let connecting = endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(quic)?;
         let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| Error::Quic(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")))?

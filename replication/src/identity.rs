@@ -191,6 +191,12 @@ impl Identity {
 
     /// QUIC server side: only clients with a certificate of this cluster get in.
     pub fn server_config(&self) -> Result<quinn::ServerConfig> {
+        self.server_config_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// The server side for an endpoint listening on `ip` (the overlay's MTU
+    /// cap on a Mycelium address).
+    pub fn server_config_on(&self, ip: std::net::IpAddr) -> Result<quinn::ServerConfig> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?;
@@ -211,12 +217,17 @@ impl Identity {
         tls_cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls_cfg).map_err(tls)?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        cfg.transport_config(transport());
+        cfg.transport_config(Arc::new(transport_for(ip)));
         Ok(cfg)
     }
 
     /// QUIC client side: the server must show a certificate of this cluster.
     pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+        self.client_config_to(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// The client side towards a peer at `ip`.
+    pub fn client_config_to(&self, ip: std::net::IpAddr) -> Result<quinn::ClientConfig> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?;
@@ -234,7 +245,7 @@ impl Identity {
         tls_cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg).map_err(tls)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        cfg.transport_config(transport());
+        cfg.transport_config(Arc::new(transport_for(ip)));
         Ok(cfg)
     }
 }
@@ -289,12 +300,63 @@ impl rustls::client::danger::ServerCertVerifier for AnyLoopbackServer {
     }
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// The largest UDP payload a QUIC packet takes towards a Mycelium overlay
+/// address: over Mycelium's peer links a larger overlay packet is refused
+/// without a Packet Too Big, and the refusal drops the whole peer link.
+pub const OVERLAY_MTU: u16 = 1280;
+
+/// True for addresses of the Mycelium overlay (400::/7).
+pub fn is_overlay(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if (v6.octets()[0] & 0xFE) == 0x04)
+}
+
+/// The transport towards (or, on a server, on) `ip`: keep-alives every
+/// 250 ms and a 1 s idle timeout, so calls in flight to a peer that died
+/// (kill -9 sends no close) fail within about a second; towards the overlay
+/// the MTU is fixed at `OVERLAY_MTU` with path MTU discovery off, and a peer
+/// counts as dead after 3 s.
+pub fn transport_for(ip: std::net::IpAddr) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    // Dead peers are noticed within seconds; live idle ones are kept.
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    t.keep_alive_interval(Some(std::time::Duration::from_millis(250)));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(5)).expect("5 s fits"),
+        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(1)).expect("1 s fits"),
     ));
-    Arc::new(t)
+    if is_overlay(ip) || ip.is_unspecified() && ip.is_ipv6() {
+        // Routes to non-neighbours are found on demand: give the first
+        // packets (and a lossy link) more room before a peer counts as dead.
+        t.keep_alive_interval(Some(std::time::Duration::from_millis(500)));
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(std::time::Duration::from_secs(3)).expect("3 s fits"),
+        ));
+        t.mtu_discovery_config(None);
+        t.initial_mtu(OVERLAY_MTU);
+        t.min_mtu(OVERLAY_MTU);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_addresses_get_the_mtu_cap() {
+        for (ip, overlay) in [
+            ("400::1", true),
+            ("5ff:1::2", true),
+            ("::1", false),
+            ("600::1", false),
+            ("fe80::1", false),
+            ("127.0.0.1", false),
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(is_overlay(ip), overlay, "{ip}");
+        }
+        // The configs differ exactly in the MTU settings.
+        let capped = format!("{:?}", transport_for("400::1".parse().unwrap()));
+        let open = format!("{:?}", transport_for("::1".parse().unwrap()));
+        assert!(capped.contains("initial_mtu: 1280"), "{capped}");
+        assert!(capped.contains("mtu_discovery_config: None"), "{capped}");
+        assert!(!open.contains("mtu_discovery_config: None"), "{open}");
+    }
 }

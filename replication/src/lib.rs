@@ -29,8 +29,8 @@ pub use node::{digest, Master, MasterOptions, Worker};
 /// connect out with it too.
 pub fn endpoint(identity: &Identity, addr: std::net::SocketAddr) -> Result<quinn::Endpoint> {
     identity.check_peer(addr)?;
-    let mut e = quinn::Endpoint::server(identity.server_config()?, addr)
+    let mut e = quinn::Endpoint::server(identity.server_config_on(addr.ip())?, addr)
         .map_err(|e| Error::Quic(format!("listen on {addr}: {e}")))?;
-    e.set_default_client_config(identity.client_config()?);
+    e.set_default_client_config(identity.client_config_to(addr.ip())?);
     Ok(e)
 }

@@ -473,6 +473,22 @@ struct HttpOpts {
 }
 
 impl HttpOpts {
+    /// Refuses a token nobody could send (empty, or only blanks: a blank
+    /// `OURKV_API_TOKEN=` would start a node that answers every request 401),
+    /// and warns loudly when a non-loopback API has no token at all.
+    fn check(&self, http: std::net::SocketAddr) -> Result<()> {
+        if let Some(t) = &self.api_token {
+            if t.trim().is_empty() || t.chars().any(|c| c.is_ascii_control() || c == ' ') {
+                bail!("--api-token (or OURKV_API_TOKEN) is empty or holds spaces or control characters: give a usable token, or none");
+            }
+        }
+        if self.api_token.is_none() && !http.ip().is_loopback() {
+            tracing::warn!(%http, "the HTTP API listens beyond loopback without --api-token: anyone who reaches it can read and write, in plain text");
+            eprintln!("WARNING: the HTTP API on {http} has no --api-token: anyone who reaches it can read and write, in plain text");
+        }
+        Ok(())
+    }
+
     fn client_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.client_timeout_ms.max(1))
     }
@@ -691,6 +707,7 @@ fn run_gateway(
         identity.check_peer(*w)?;
     }
     let http = resolve(http)?;
+    opts.check(http)?;
     runtime()?.block_on(async {
         let gw = gateway::Gateway::new(
             replication::Client::new(&identity)?,
@@ -717,6 +734,7 @@ fn run_dev(
     if !http.ip().is_loopback() {
         bail!("ourkv dev serves loopback only; {http} is not a loopback address");
     }
+    opts.check(http)?;
     // A cluster identity of this run alone: the nodes listen on loopback
     // but accept only this process's gateway, never a local `ourkv client`
     // (which would bypass --api-token).

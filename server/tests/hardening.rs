@@ -361,3 +361,64 @@ fn cursors_no_node_reaches_get_clear_answers() {
         assert!(body.contains("\"error\""), "{body}");
     }
 }
+
+/// After a master kill -9, requests to it fail within about a second (its
+/// connection idles out; no 5 s hang), and reads go on from the worker.
+#[test]
+fn a_dead_master_is_noticed_within_about_a_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (master, _w, _g, http) = master_worker_gateway(tmp.path());
+    let url = |p: &str| format!("http://{http}{p}");
+    let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
+    assert_eq!(code, 200);
+    signal(&master, "-KILL");
+    let t = Instant::now();
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/b"), "-d", "2"]);
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // No transport internals in the answer.
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        !msg.contains("TLS") && !msg.contains("quic") && !msg.contains("protocol:"),
+        "{msg}"
+    );
+    let (code, body) = curl(&[&url("/v1/kv/a?consistency=stale")]);
+    assert_eq!((code, body.as_str()), (200, "1"));
+}
+
+/// An empty token is refused at start; `Bearer` is case-insensitive.
+#[test]
+fn api_token_edges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["dev", "--data", tmp.path().join("e").to_str().unwrap()])
+        .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .env("OURKV_API_TOKEN", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api-token"));
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--api-token", "t0k"]);
+    let url = format!("http://{http}/v1/kv/x");
+    for auth in ["Bearer t0k", "bearer t0k", "BEARER t0k"] {
+        let (code, _) = curl(&[
+            "-H",
+            &format!("Authorization: {auth}"),
+            "-X",
+            "PUT",
+            &url,
+            "-d",
+            "1",
+        ]);
+        assert_eq!(code, 200, "{auth}");
+    }
+    for auth in ["Bearer t0", "Basic t0k", "Bearer"] {
+        let (code, _) = curl(&["-H", &format!("Authorization: {auth}"), &url]);
+        assert_eq!(code, 401, "{auth}");
+    }
+}

@@ -14,7 +14,13 @@ pub(super) async fn authorize(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            // The scheme is case-insensitive (RFC 9110 11.1).
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| rest.trim_start())
+            });
         // Compare without an early exit, so timing tells nothing.
         let ok = given.is_some_and(|g| {
             g.len() == token.len()
