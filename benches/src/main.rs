@@ -476,7 +476,7 @@ fn bench_repl() {
         tokio::spawn(master.clone().serve(mep));
         let worker = replication::Worker::new(store("w", SyncPolicy::Flush), maddr);
         let wep = replication::endpoint(&id, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        let target = master.store().db().end();
+        let target = master.commit_cursor();
         let mut applied = worker.watch_applied();
         let t = Instant::now();
         tokio::spawn(worker.clone().run(wep));
@@ -495,7 +495,7 @@ fn bench_repl() {
         // Steady writes: 10 records every millisecond for 3 s (100 B values,
         // master policy flush); lag = from the master's acknowledgement to the
         // worker having applied the record.
-        let pending = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<(ourdb::Location, Instant)>::new()));
+        let pending = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<(replication::Cursor, Instant)>::new()));
         let lags = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
         let watcher = {
             let (pending, lags) = (pending.clone(), lags.clone());
@@ -530,7 +530,7 @@ fn bench_repl() {
             }
         }
         let rate_done = written as f64 / start.elapsed().as_secs_f64();
-        let end = master.store().db().end();
+        let end = master.commit_cursor();
         applied.wait_for(|a| *a >= end).await.expect("caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
         watcher.abort();

@@ -422,3 +422,103 @@ fn api_token_edges() {
         assert_eq!(code, 401, "{auth}");
     }
 }
+
+/// Keys and values are bytes: forms decode without loss (a value's bytes
+/// stay exact; a key that is not UTF-8 is refused, not folded into U+FFFD),
+/// one escape rule for forms and paths, and a parameter given twice is 400.
+#[test]
+fn forms_and_paths_keep_bytes_and_refuse_ambiguity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "1"]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &url("/set"),
+        "-d",
+        "key=bin&value=%FF%FE%00a+b",
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let out = Command::new("curl")
+        .args(["-s", &url("/get?key=bin")])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"\xff\xfe\x00a b");
+    for (form, what) in [
+        ("key=ff%FFkey&value=1", "a key that is not UTF-8"),
+        ("key=ff%FEkey&value=1", "a key that is not UTF-8"),
+        ("key=a%ZZ&value=1", "a malformed escape"),
+        ("key=a&key=b&value=1", "a repeated key"),
+        ("key=a&value=1&value=2", "a repeated value"),
+    ] {
+        let (code, body) = curl(&["-X", "POST", &url("/set"), "-d", form]);
+        assert_eq!(code, 400, "{what}: {body}");
+        assert!(body.contains("\"bad_request\""), "{body}");
+    }
+    let (code, _) = curl(&["-X", "POST", &url("/delete"), "-d", "key=bin&key=other"]);
+    assert_eq!(code, 400);
+    let (code, _) = curl(&[&url("/get?key=bin")]);
+    assert_eq!(code, 200, "a refused delete deleted nothing");
+    // The path takes the same rule: a malformed escape or a key that is
+    // not UTF-8 is 400 (JSON), a good escape is decoded.
+    for path in ["/v1/kv/a%ZZ", "/v1/kv/ff%FFkey"] {
+        let (code, head, body) = curl_headers(&["-X", "PUT", &url(path), "-d", "1"]);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(
+            header(&head, "content-type").unwrap().contains("json"),
+            "{head}"
+        );
+    }
+    let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/a%2Fb"), "-d", "slash"]);
+    assert_eq!(code, 200);
+    let (code, body) = curl(&[&url("/v1/kv/a/b")]);
+    assert_eq!((code, body.as_str()), (200, "slash"));
+    for q in [
+        "/v1/kv/a/b?consistency=strong&consistency=stale",
+        "/v1/kv?prefix=a&prefix=b",
+    ] {
+        let (code, _) = curl(&[&url(q)]);
+        assert_eq!(code, 400, "{q}");
+    }
+    let (code, _) = curl(&[
+        "-X",
+        "PUT",
+        &url("/v1/kv/a/b?ack=all&ack=master"),
+        "-d",
+        "2",
+    ]);
+    assert_eq!(code, 400);
+    let (code, body) = curl(&[&url("/v1/kv/a/b")]);
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "slash"),
+        "a refused write wrote nothing"
+    );
+}
+
+/// Counts out of range are refused, not silently changed; a path that is
+/// not UTF-8 gets the JSON error shape.
+#[test]
+fn counts_and_paths_get_json_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "1"]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
+    assert_eq!(code, 200);
+    for q in [
+        "/v1/kv?limit=0",
+        "/v1/kv?limit=1001",
+        "/v1/kv/a?history=0",
+        "/v1/kv/a?history=1001",
+        "/v1/records/%FF",
+    ] {
+        let (code, head, body) = curl_headers(&[&url(q)]);
+        assert_eq!(code, 400, "{q}: {body}");
+        assert!(
+            header(&head, "content-type").unwrap().contains("json"),
+            "{q}"
+        );
+    }
+    let (code, body) = curl(&[&url("/v1/kv?limit=1000")]);
+    assert_eq!(code, 200, "{body}");
+}

@@ -6,10 +6,11 @@ pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
         let form = parse_pairs(&body)?;
         let key = field(&form, "key")?;
-        let value = field(&form, "value")?;
-        let (c, _) = gw
-            .write(&key, value.as_bytes(), Ack::Master, Expect::Any)
-            .await?;
+        // The value is bytes, kept exactly as the form encodes them.
+        let value = form
+            .bytes("value")?
+            .ok_or_else(|| ApiError::bad_request("missing form field \"value\""))?;
+        let (c, _) = gw.write(&key, value, Ack::Master, Expect::Any).await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
             c,
@@ -23,7 +24,7 @@ pub(super) async fn seed_get(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> 
     let r = async {
         let q = query(&q)?;
         let key = q
-            .get("key")
+            .get("key")?
             .ok_or_else(|| ApiError::bad_request("missing query parameter \"key\""))?;
         get_value(&gw, key, &q, &headers).await
     }
@@ -48,11 +49,8 @@ pub(super) async fn get_value(
 ) -> Result<Response, ApiError> {
     check_key(key)?;
     let min = gw.min_cursor(q, headers).await?;
-    if let Some(depth) = q.get("history") {
-        let depth: u32 = depth
-            .parse()
-            .map_err(|_| ApiError::bad_request("history must be a number"))?;
-        let depth = depth.min(1000);
+    if let Some(depth) = q.get("history")? {
+        let depth = bounded(depth, "history")?;
         let values = gw
             .read(
                 min,
@@ -106,11 +104,12 @@ pub(super) async fn delete_key(
 
 pub(super) async fn kv_get(
     State(gw): Gw,
-    Path(key): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     q: RawQuery,
 ) -> Response {
     let r = async {
+        let key = path_key(&uri)?;
         let q = query(&q)?;
         get_value(&gw, &key, &q, &headers).await
     }
@@ -120,12 +119,13 @@ pub(super) async fn kv_get(
 
 pub(super) async fn kv_put(
     State(gw): Gw,
-    Path(key): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     q: RawQuery,
     body: Bytes,
 ) -> Response {
     let r = async {
+        let key = path_key(&uri)?;
         let q = query(&q)?;
         let (c, version) = gw.write(&key, &body, ack_of(&q)?, expectation(&headers)?).await?;
         Ok(with_etag(
@@ -142,11 +142,12 @@ pub(super) async fn kv_put(
 
 pub(super) async fn kv_delete(
     State(gw): Gw,
-    Path(key): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     q: RawQuery,
 ) -> Response {
     let r = async {
+        let key = path_key(&uri)?;
         let q = query(&q)?;
         delete_key(&gw, &key, ack_of(&q)?, expectation(&headers)?).await
     }
@@ -157,15 +158,12 @@ pub(super) async fn kv_delete(
 pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
-        let prefix = q.get("prefix").cloned().unwrap_or_default();
-        let limit: u32 = match q.get("limit") {
-            Some(l) => l
-                .parse()
-                .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+        let prefix = q.get("prefix")?.unwrap_or_default().to_string();
+        let limit = match q.get("limit")? {
+            Some(l) => bounded(l, "limit")?,
             None => 100,
         };
-        let limit = limit.clamp(1, 1000);
-        let after = q.get("after").cloned();
+        let after = q.get("after")?.map(str::to_string);
         let min = gw.min_cursor(&q, &headers).await?;
         let keys = gw
             .read(
@@ -183,14 +181,26 @@ pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Resp
     counted(&gw, r)
 }
 
+/// A count parameter (`limit`, `history`): 1 to 1000; anything else is
+/// refused rather than silently changed.
+fn bounded(v: &str, name: &str) -> Result<u32, ApiError> {
+    match v.parse::<u32>() {
+        Ok(n @ 1..=1000) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "{name} must be a number from 1 to 1000, not {v:?}"
+        ))),
+    }
+}
+
 pub(super) async fn by_id(
     State(gw): Gw,
-    Path(id): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     q: RawQuery,
 ) -> Response {
     let r = async {
         let q = query(&q)?;
+        let id = uri.path().strip_prefix("/v1/records/").unwrap_or_default();
         let id: u32 = id
             .parse()
             .map_err(|_| ApiError::bad_request(format!("record id {id:?} is not a number")))?;

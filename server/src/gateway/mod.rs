@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -398,11 +398,7 @@ impl Gateway {
 
     /// The cursor a read must see, by consistency level.
     async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Cursor, ApiError> {
-        match params
-            .get("consistency")
-            .map(String::as_str)
-            .unwrap_or("strong")
-        {
+        match params.get("consistency")?.unwrap_or("strong") {
             // Read-index: the master's commit cursor now.
             "strong" if self.local.is_some() => {
                 Ok(self.local.as_ref().expect("checked").master.commit_cursor())

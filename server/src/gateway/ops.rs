@@ -32,7 +32,7 @@ pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
             .await
             .map_err(master_unreachable)?;
         // ?sync: every worker this gateway uses has caught up with the master.
-        if q.get("sync").is_some() {
+        if q.bytes("sync")?.is_some() {
             for w in &gw.workers {
                 let caught_up = workers
                     .iter()

@@ -52,39 +52,85 @@ pub(super) fn with_cursor(mut r: Response, c: Cursor) -> Response {
     r
 }
 
-/// `application/x-www-form-urlencoded` pairs, refusing malformed percent
-/// escapes (which lenient parsers keep as literal text).
-pub(super) fn parse_pairs(raw: &[u8]) -> Result<Params, ApiError> {
+/// Percent-decodes `raw` to bytes, without loss (no U+FFFD for bytes that
+/// are not UTF-8), refusing malformed escapes (which lenient parsers keep as
+/// literal text). In forms and queries `+` is a space; in paths it is itself.
+pub(super) fn percent_decode(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
-        if raw[i] == b'%' {
-            let ok = raw.len() > i + 2
-                && raw[i + 1].is_ascii_hexdigit()
-                && raw[i + 2].is_ascii_hexdigit();
-            if !ok {
-                return Err(ApiError::bad_request(format!(
-                    "invalid percent-encoding at byte {i}"
-                )));
+        match raw[i] {
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (
+                    raw.get(i + 1).and_then(|&b| hex(b)),
+                    raw.get(i + 2).and_then(|&b| hex(b)),
+                ) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "invalid percent-encoding at byte {i}"
+                        )))
+                    }
+                }
+                i += 3;
             }
-            i += 3;
-        } else {
-            i += 1;
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
         }
     }
-    Ok(Params(
-        form_urlencoded::parse(raw)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect(),
-    ))
+    Ok(out)
 }
 
-/// Query or form parameters in order; a name given twice means its last
-/// value. A request has a handful: a list beats a hash map here.
-pub(super) struct Params(Vec<(String, String)>);
+/// `application/x-www-form-urlencoded` pairs (a form body or a query):
+/// names must be UTF-8, values are kept as the bytes they encode.
+pub(super) fn parse_pairs(raw: &[u8]) -> Result<Params, ApiError> {
+    let mut pairs = Vec::new();
+    for part in raw.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (name, value) = match part.iter().position(|&b| b == b'=') {
+            Some(at) => (&part[..at], &part[at + 1..]),
+            None => (part, &b""[..]),
+        };
+        let name = String::from_utf8(percent_decode(name, true)?)
+            .map_err(|_| ApiError::bad_request("a parameter name is not valid UTF-8"))?;
+        pairs.push((name, percent_decode(value, true)?));
+    }
+    Ok(Params(pairs))
+}
+
+/// Query or form parameters in order. A request has a handful: a list beats
+/// a hash map here.
+pub(super) struct Params(Vec<(String, Vec<u8>)>);
 
 impl Params {
-    pub(super) fn get(&self, name: &str) -> Option<&String> {
-        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+    /// The bytes of parameter `name`. A name given twice is refused: which
+    /// one was meant cannot be told (`key=a&key=b` on a delete).
+    pub(super) fn bytes(&self, name: &str) -> Result<Option<&[u8]>, ApiError> {
+        let mut it = self.0.iter().filter(|(k, _)| k == name);
+        let first = it.next();
+        if it.next().is_some() {
+            return Err(ApiError::bad_request(format!(
+                "parameter {name:?} is given more than once"
+            )));
+        }
+        Ok(first.map(|(_, v)| v.as_slice()))
+    }
+
+    /// Parameter `name` as text; bytes that are not UTF-8 are refused.
+    pub(super) fn get(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        self.bytes(name)?
+            .map(|b| {
+                std::str::from_utf8(b).map_err(|_| {
+                    ApiError::bad_request(format!("parameter {name:?} is not valid UTF-8"))
+                })
+            })
+            .transpose()
     }
 }
 
@@ -94,9 +140,17 @@ pub(super) fn query(q: &RawQuery) -> Result<Params, ApiError> {
 
 pub(super) fn field(pairs: &Params, name: &str) -> Result<String, ApiError> {
     pairs
-        .get(name)
-        .cloned()
+        .get(name)?
+        .map(str::to_string)
         .ok_or_else(|| ApiError::bad_request(format!("missing form field {name:?}")))
+}
+
+/// The key of a `/v1/kv/{key}` request, from the raw path by the same rule
+/// as forms (strict escapes, UTF-8), so `a%ZZ` is refused on both.
+pub(super) fn path_key(uri: &axum::http::Uri) -> Result<String, ApiError> {
+    let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or_default();
+    String::from_utf8(percent_decode(raw.as_bytes(), false)?)
+        .map_err(|_| ApiError::bad_request("the key is not valid UTF-8"))
 }
 
 pub(super) fn parse_cursor(s: &str) -> Option<Cursor> {
@@ -112,10 +166,11 @@ pub(super) fn check_key(key: &str) -> Result<(), ApiError> {
 }
 
 pub(super) fn ack_of(params: &Params) -> Result<Ack, ApiError> {
-    params
-        .get("ack")
-        .map(|a| a.parse::<Ack>())
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))
-        .map(Option::unwrap_or_default)
+    match params.get("ack")? {
+        None | Some("master") => Ok(Ack::Master),
+        Some("all") => Ok(Ack::All),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "ack must be master or all, not {other:?}"
+        ))),
+    }
 }

@@ -9,12 +9,12 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
     use axum::response::sse::{Event, KeepAlive, Sse};
     let r = async {
         let q = query(&q)?;
-        let prefix = q.get("prefix").cloned().unwrap_or_default();
+        let prefix = q.get("prefix")?.unwrap_or_default().to_string();
         let from = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .or_else(|| q.get("cursor").cloned());
+            .or(q.get("cursor")?.map(str::to_string));
         let cursor = match from {
             Some(c) => parse_cursor(&c)
                 .ok_or_else(|| ApiError::bad_request("cursor must be epoch:file:offset"))?,
