@@ -47,6 +47,22 @@ pub fn parse_pubkey(hex: &str) -> Result<[u8; 32]> {
 /// `HOST:PORT`, where HOST is an IP address, a name, or a Mycelium public key
 /// (64 hex digits, standing for its overlay address).
 pub fn resolve_peer(s: &str) -> Result<SocketAddr> {
+    let hexish = |h: &str| h.len() >= 32 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    // A bare public key, or a near miss of one: say what is wrong instead of
+    // "invalid socket address" or a DNS lookup of 63 hex digits.
+    if hexish(s) {
+        return Err(Error::Address(format!(
+            "{s:?} has no port: a peer named by its Mycelium public key is <64 hex digits>:PORT"
+        )));
+    }
+    if let Some((host, _)) = s.rsplit_once(':') {
+        if hexish(host) && host.len() != 64 {
+            return Err(Error::Address(format!(
+                "{host:?} has {} hex digits; a Mycelium public key has 64",
+                host.len()
+            )));
+        }
+    }
     if let Some((host, port)) = s.rsplit_once(':') {
         if host.len() == 64 && host.bytes().all(|b| b.is_ascii_hexdigit()) {
             let port: u16 = port
@@ -175,6 +191,13 @@ mod tests {
         assert_eq!(resolve_peer("[400::1]:9").unwrap().port(), 9);
         assert!(parse_pubkey("abc").is_err());
         assert!(resolve_peer(&format!("{hex}:notaport")).is_err());
+        // A key without a port, or one digit short, says so (no DNS lookup).
+        let e = resolve_peer(&hex).unwrap_err().to_string();
+        assert!(e.contains("no port"), "{e}");
+        let e = resolve_peer(&format!("{}:7000", &hex[1..]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("63 hex digits"), "{e}");
     }
 
     #[tokio::test]

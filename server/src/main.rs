@@ -39,12 +39,17 @@ enum Cmd {
     },
     /// The HTTP gateway in front of a running master and workers.
     Gateway {
+        /// Address the HTTP API listens on (host:port).
         #[arg(long, value_name = "ADDR")]
         http: String,
-        #[arg(long)]
+        /// The master node: host:port, or <64-hex Mycelium public key>:port.
+        #[arg(long, value_name = "ADDR")]
         master: String,
-        #[arg(long = "worker")]
+        /// A worker node to read from (repeat for each); same forms as --master.
+        #[arg(long = "worker", value_name = "ADDR")]
         workers: Vec<String>,
+        /// Cluster directory (`ourkv cluster init`); without it only
+        /// loopback nodes can be reached.
         #[arg(long, value_name = "DIR")]
         cluster: Option<PathBuf>,
         #[command(flatten)]
@@ -525,7 +530,20 @@ fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         let listen = match &node.mycelium_api {
             None => resolve(&node.listen)?,
             Some(api) => {
-                let info = replication::mycelium::node_info(api).await?;
+                if !api.starts_with("http://") {
+                    bail!("--mycelium-api {api:?}: only http:// API addresses are supported");
+                }
+                // Mycelium may still be starting: wait for its API, as a
+                // worker waits for a missing master.
+                let info = loop {
+                    match replication::mycelium::node_info(api).await {
+                        Ok(info) => break info,
+                        Err(e) => {
+                            tracing::warn!(api = %api, error = %e, "the Mycelium API does not answer yet; retrying in 1 s");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                };
                 let port: u16 = node
                     .listen
                     .rsplit_once(':')

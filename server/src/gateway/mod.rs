@@ -387,13 +387,14 @@ impl Gateway {
     }
 
     /// How long a read waits on a worker before asking the next one too:
-    /// four times its recent latency, within 20 ms to 500 ms.
+    /// four times its recent latency, within 100 ms to 500 ms (below that, a
+    /// loaded machine's scheduling tail alone would double the reads).
     fn hedge_budget(&self, worker: Option<usize>) -> std::time::Duration {
         let ewma = worker
             .and_then(|i| self.load.get(i))
             .map(|l| l.ewma_us.load(Ordering::Relaxed))
             .unwrap_or(0);
-        std::time::Duration::from_micros((ewma * 4).clamp(20_000, 500_000))
+        std::time::Duration::from_micros((ewma * 4).clamp(100_000, 500_000))
     }
 
     /// The cursor a read must see, by consistency level.
