@@ -3,7 +3,6 @@
 //! nodes of `ourkv dev` closed to other local processes, cursors no node
 //! reaches. Real processes, real sockets.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -158,50 +157,6 @@ fn ourkv_dev_nodes_refuse_other_local_processes() {
     assert_eq!(code, 404);
 }
 
-/// A master, two workers and a gateway as four processes; the gateway's
-/// HTTP address last.
-fn master_two_workers_gateway(dir: &Path, mport: u16) -> (Proc, Proc, Proc, Proc, String) {
-    let q = |p: u16| format!("127.0.0.1:{p}");
-    let (w1, w2, hport) = (free_port(), free_port(), free_port());
-    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    let master = start_master(dir, mport);
-    let worker = |name: &str, port: u16| {
-        start(&[
-            "worker",
-            "--data",
-            &d(name),
-            "--listen",
-            &q(port),
-            "--master",
-            &q(mport),
-        ])
-    };
-    let (a, b) = (worker("w1", w1), worker("w2", w2));
-    let gw = start(&[
-        "gateway",
-        "--http",
-        &q(hport),
-        "--master",
-        &q(mport),
-        "--worker",
-        &q(w1),
-        "--worker",
-        &q(w2),
-    ]);
-    (master, a, b, gw, q(hport))
-}
-
-fn start_master(dir: &Path, port: u16) -> Proc {
-    let data = dir.join("m");
-    start(&[
-        "master",
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
-}
-
 /// Stop the master, compact its directory, start it again while one worker
 /// is paused; write; resume the worker. Strong reads and session reads with
 /// the new write's cursor must never see the value from before: the
@@ -212,7 +167,8 @@ fn start_master(dir: &Path, port: u16) -> Proc {
 fn reads_after_a_compaction_are_never_stale() {
     let tmp = tempfile::tempdir().unwrap();
     let mport = free_port();
-    let (master, w1, _w2, _gw, http) = master_two_workers_gateway(tmp.path(), mport);
+    let (master, workers, _gw, http) = master_workers_gateway(tmp.path(), mport, 2);
+    let w1 = &workers[0];
     let url = |p: &str| format!("http://{http}{p}");
     // Dead records first, so that the compacted log is much shorter.
     for i in 0..200 {
@@ -246,14 +202,14 @@ fn reads_after_a_compaction_are_never_stale() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("epoch: 2"));
-    signal(&w1, "-STOP");
+    signal(w1, "-STOP");
     let _master = start_master(tmp.path(), mport);
     let (code, body) = eventually_ok(|| curl(&["-X", "PUT", &url("/v1/kv/k?ack=all"), "-d", "v2"]));
     assert_eq!(code, 200, "{body}");
     let new: serde_json::Value = serde_json::from_str(&body).unwrap();
     let new_cursor = new["cursor"].as_str().unwrap().to_string();
     assert!(new_cursor.starts_with("2:"), "{new_cursor}");
-    signal(&w1, "-CONT");
+    signal(w1, "-CONT");
 
     let session = format!("X-OurKV-Cursor: {new_cursor}");
     for i in 0..60 {

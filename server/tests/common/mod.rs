@@ -63,27 +63,52 @@ pub fn curl(args: &[&str]) -> (u16, String) {
 /// A master, a worker and a gateway as three processes on loopback; the
 /// gateway's HTTP address last.
 pub fn master_worker_gateway(dir: &Path) -> (Proc, Proc, Proc, String) {
-    let q = |p: u16| format!("127.0.0.1:{p}");
-    let (mport, wport, hport) = (free_port(), free_port(), free_port());
-    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    let master = start(&["master", "--data", &d("m"), "--listen", &q(mport)]);
-    let worker = start(&[
-        "worker",
+    let (master, mut workers, gw, http) = master_workers_gateway(dir, free_port(), 1);
+    (master, workers.remove(0), gw, http)
+}
+
+/// The master of `master_workers_gateway`: data in `dir/m`, on `port`.
+pub fn start_master(dir: &Path, port: u16) -> Proc {
+    let data = dir.join("m");
+    start(&[
+        "master",
         "--data",
-        &d("w"),
+        data.to_str().unwrap(),
         "--listen",
-        &q(wport),
-        "--master",
-        &q(mport),
-    ]);
-    let gw = start(&[
-        "gateway",
-        "--http",
-        &q(hport),
-        "--master",
-        &q(mport),
-        "--worker",
-        &q(wport),
-    ]);
-    (master, worker, gw, q(hport))
+        &format!("127.0.0.1:{port}"),
+    ])
+}
+
+/// A master on `mport`, `n` workers (data in `dir/w1`, `dir/w2`, …) and a
+/// gateway naming them all, as processes on loopback; the gateway's HTTP
+/// address last.
+pub fn master_workers_gateway(dir: &Path, mport: u16, n: usize) -> (Proc, Vec<Proc>, Proc, String) {
+    let q = |p: u16| format!("127.0.0.1:{p}");
+    let master = start_master(dir, mport);
+    let mut workers = Vec::new();
+    let mut gw_args = vec![
+        "gateway".to_string(),
+        "--http".into(),
+        String::new(),
+        "--master".into(),
+        q(mport),
+    ];
+    for i in 1..=n {
+        let port = free_port();
+        let data = dir.join(format!("w{i}"));
+        workers.push(start(&[
+            "worker",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &q(port),
+            "--master",
+            &q(mport),
+        ]));
+        gw_args.extend(["--worker".to_string(), q(port)]);
+    }
+    let http = q(free_port());
+    gw_args[2] = http.clone();
+    let args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
+    (master, workers, start(&args), http)
 }
