@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use replication::{Client, Identity};
 
 fn ourkv() -> Command {
@@ -416,22 +418,7 @@ fn snapshots_after_compaction_and_divergence() {
     });
     // Compact the master offline: its epoch goes to 2.
     drop(m);
-    let out = ourkv()
-        .args([
-            "db",
-            "compact",
-            tmp.path().join("m").to_str().unwrap(),
-            "--history",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("epoch: 2"));
+    common::compact_to_epoch_2(&tmp.path().join("m"));
     let _m = master(tmp.path(), &cluster, maddr);
     rt.block_on(async {
         let c = Client::new(&Identity::load(&cluster).unwrap()).unwrap();

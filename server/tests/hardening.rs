@@ -186,22 +186,7 @@ fn reads_after_a_compaction_are_never_stale() {
 
     signal(&master, "-TERM");
     drop(master);
-    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args([
-            "db",
-            "compact",
-            tmp.path().join("m").to_str().unwrap(),
-            "--history",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("epoch: 2"));
+    compact_to_epoch_2(&tmp.path().join("m"));
     signal(w1, "-STOP");
     let _master = start_master(tmp.path(), mport);
     let (code, body) = eventually_ok(|| curl(&["-X", "PUT", &url("/v1/kv/k?ack=all"), "-d", "v2"]));

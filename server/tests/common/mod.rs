@@ -112,3 +112,18 @@ pub fn master_workers_gateway(dir: &Path, mport: u16, n: usize) -> (Proc, Vec<Pr
     let args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
     (master, workers, start(&args), http)
 }
+
+/// `ourkv db compact DIR --history 1` on a stopped node's directory; checks
+/// that it succeeded and moved the log to epoch 2.
+pub fn compact_to_epoch_2(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["db", "compact", dir.to_str().unwrap(), "--history", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("epoch: 2"));
+}
