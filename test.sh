@@ -2,7 +2,7 @@
 # Runs every test. Installs what the tests need when it is missing (Debian
 # packages: the gateway tests load the status page in headless Chromium and
 # run the README's curl lines; the network-namespace test needs iproute2 and
-# python3), then runs the whole suite. `.ci/run` calls exactly this.
+# python3; the connection tests run a node under prlimit, from util-linux), then runs the whole suite. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +11,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     echo "test.sh: missing ${need[*]}; install them (Debian: apt-get install ${need[*]})" >&2

@@ -475,6 +475,11 @@ struct HttpOpts {
     /// connection is closed) and then its body (then 408).
     #[arg(long, value_name = "MS", default_value_t = gateway::DEFAULT_CLIENT_TIMEOUT.as_millis() as u64)]
     client_timeout_ms: u64,
+    /// The most HTTP connections open at once; past it, a connection that
+    /// has sent nothing for a second is closed to make room, else the new
+    /// one gets 503. Default: what the descriptor limit allows, at most 16,384.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 impl HttpOpts {
@@ -496,6 +501,10 @@ impl HttpOpts {
 
     fn client_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.client_timeout_ms.max(1))
+    }
+
+    fn limits(&self) -> http::Limits {
+        http::Limits::new(self.client_timeout(), self.max_connections)
     }
 }
 
@@ -734,7 +743,13 @@ fn run_gateway(
             opts.api_token.clone(),
         )
         .with_client_timeout(opts.client_timeout());
-        http::serve(gw, http, format!("gateway listening on http://{http}")).await
+        http::serve(
+            gw,
+            http,
+            opts.limits(),
+            format!("gateway listening on http://{http}"),
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -799,7 +814,8 @@ fn run_dev(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()
         );
-        http::serve(gw.with_client_timeout(opts.client_timeout()), http, ready).await?;
+        let gw = gw.with_client_timeout(opts.client_timeout());
+        http::serve(gw, http, opts.limits(), ready).await?;
         master.store().db().checkpoint()?;
         for w in &workers {
             w.store().db().checkpoint()?;

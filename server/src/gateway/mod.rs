@@ -166,10 +166,6 @@ impl Gateway {
         self
     }
 
-    pub fn client_timeout(&self) -> std::time::Duration {
-        self.client_timeout
-    }
-
     /// Serves from nodes in this process instead of over the network.
     pub fn with_local(mut self: Arc<Self>, local: Local) -> Arc<Self> {
         Arc::get_mut(&mut self).expect("not yet shared").local = Some(local);
