@@ -9,7 +9,7 @@ use crate::cursor::Cursor;
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Ack, Expect, Frame, Version, WorkerStatus};
+use crate::frame::{self, Ack, Change, Expect, Frame, Version, WorkerStatus};
 use crate::identity::{Identity, SERVER_NAME};
 use crate::pipeline::Pipe;
 
@@ -308,6 +308,33 @@ impl Client {
         }
     }
 
+    /// The changes to keys with `prefix` from `from` up to `until` (or what
+    /// the worker has applied), at most about `max_bytes` of records: the
+    /// changes, where to continue, and the worker's applied cursor.
+    pub async fn changes(
+        &self,
+        node: SocketAddr,
+        prefix: &str,
+        from: Cursor,
+        until: Cursor,
+        max_bytes: u32,
+    ) -> Result<(Vec<Change>, Cursor, Cursor)> {
+        let req = Frame::Changes {
+            prefix: prefix.into(),
+            from,
+            until,
+            max_bytes,
+        };
+        match self.call(node, req).await? {
+            Frame::ChangesAre {
+                changes,
+                next,
+                applied,
+            } => Ok((changes, next, applied)),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// Changes to keys with `prefix` from `cursor` on, from a worker.
     pub async fn watch(&self, node: SocketAddr, prefix: &str, cursor: Cursor) -> Result<Watch> {
         let conn = self.connection(node).await?;
@@ -345,16 +372,6 @@ impl Client {
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
     }
-}
-
-/// One change seen by a watch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// Resume after this change from here.
-    pub cursor: Cursor,
-    pub key: String,
-    /// `None` for a delete.
-    pub value: Option<Vec<u8>>,
 }
 
 /// A running watch.

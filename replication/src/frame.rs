@@ -117,6 +117,23 @@ pub enum Frame {
         key: String,
         value: Option<Vec<u8>>,
     },
+    /// Client -> worker: the changes to keys with `prefix` from `from` (the
+    /// start of the log if zero) up to `until` or what is applied, whichever
+    /// is first, at most about `max_bytes` of records. A one-reply request:
+    /// watches catch up with it, then follow a stream shared by many.
+    Changes {
+        prefix: String,
+        from: Cursor,
+        until: Cursor,
+        max_bytes: u32,
+    },
+    /// Worker -> client: those changes in log order, where to continue
+    /// (`next`), and what the worker has applied.
+    ChangesAre {
+        changes: Vec<Change>,
+        next: Cursor,
+        applied: Cursor,
+    },
     /// Client -> node, first on a stream: the stream carries many requests,
     /// each a `Tagged` frame, answered by `Tagged` frames with the same id
     /// in any order (pipelining: one stream and few packets for many calls).
@@ -193,6 +210,15 @@ impl std::str::FromStr for Ack {
             ))),
         }
     }
+}
+
+/// One change in a watch: `key` was set to `value` (or deleted, `None`);
+/// a watch resumes after it from `cursor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub cursor: Cursor,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
 }
 
 /// One worker as the master sees it.
@@ -445,6 +471,39 @@ impl Frame {
                     None => w.u8(0),
                 }
             }
+            Frame::Changes {
+                prefix,
+                from,
+                until,
+                max_bytes,
+            } => {
+                w.u8(27);
+                w.bytes(prefix.as_bytes());
+                w.cursor(*from);
+                w.cursor(*until);
+                w.0.extend_from_slice(&max_bytes.to_be_bytes());
+            }
+            Frame::ChangesAre {
+                changes,
+                next,
+                applied,
+            } => {
+                w.u8(28);
+                w.cursor(*next);
+                w.cursor(*applied);
+                w.0.extend_from_slice(&(changes.len() as u32).to_be_bytes());
+                for c in changes {
+                    w.cursor(c.cursor);
+                    w.bytes(c.key.as_bytes());
+                    match &c.value {
+                        Some(v) => {
+                            w.u8(1);
+                            w.bytes(v);
+                        }
+                        None => w.u8(0),
+                    }
+                }
+            }
             Frame::ById { id, min_cursor } => {
                 w.u8(23);
                 w.0.extend_from_slice(&id.to_be_bytes());
@@ -608,6 +667,33 @@ impl Frame {
                     b => return Err(Error::Protocol(format!("bad option tag {b}"))),
                 };
                 Frame::Change { cursor, key, value }
+            }
+            27 => Frame::Changes {
+                prefix: r.string()?,
+                from: r.cursor()?,
+                until: r.cursor()?,
+                max_bytes: r.u32()?,
+            },
+            28 => {
+                let next = r.cursor()?;
+                let applied = r.cursor()?;
+                let n = r.u32()? as usize;
+                let mut changes = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    let cursor = r.cursor()?;
+                    let key = r.string()?;
+                    let value = match r.u8()? {
+                        0 => None,
+                        1 => Some(r.bytes()?.to_vec()),
+                        b => return Err(Error::Protocol(format!("bad option tag {b}"))),
+                    };
+                    changes.push(Change { cursor, key, value });
+                }
+                Frame::ChangesAre {
+                    changes,
+                    next,
+                    applied,
+                }
             }
             23 => Frame::ById {
                 id: r.u32()?,
@@ -827,6 +913,28 @@ mod tests {
                 cursor: c,
                 key: "w/1".into(),
                 value: None,
+            },
+            Frame::Changes {
+                prefix: "w/".into(),
+                from: c,
+                until: Cursor::new(2, Location::new(4, 1)),
+                max_bytes: 65536,
+            },
+            Frame::ChangesAre {
+                changes: vec![
+                    Change {
+                        cursor: c,
+                        key: "w/1".into(),
+                        value: Some(vec![1, 2]),
+                    },
+                    Change {
+                        cursor: Cursor::new(2, Location::new(3, 99)),
+                        key: "w/2".into(),
+                        value: None,
+                    },
+                ],
+                next: Cursor::new(2, Location::new(3, 99)),
+                applied: Cursor::new(2, Location::new(4, 1)),
             },
             Frame::ById {
                 id: 7,

@@ -18,10 +18,10 @@ pub mod node;
 mod pipeline;
 mod syncer;
 
-pub use client::{Change, Client, Watch};
+pub use client::{Client, Watch};
 pub use cursor::Cursor;
 pub use error::{Error, Result};
-pub use frame::{Ack, Expect, Version, WorkerStatus};
+pub use frame::{Ack, Change, Expect, Version, WorkerStatus};
 pub use identity::{init_cluster, Identity};
 pub use node::{digest, Master, MasterOptions, Worker};
 

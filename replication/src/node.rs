@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::cursor::Cursor;
 use crate::error::{Error, Result};
-use crate::frame::{self, Ack, Expect, Frame, FrameReader, Version, WorkerStatus};
+use crate::frame::{self, Ack, Change, Expect, Frame, FrameReader, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
 
 /// Records per shipped segment, at most (whole records; at least one).
@@ -874,25 +874,56 @@ impl Worker {
                 }
                 continue;
             }
-            let mut pos = 0usize;
-            while let Some(h) = ourdb::scan::record_at(&seg.bytes, pos) {
-                let end = pos + h.record_len() as usize;
-                let after = Location::new(seg.start.file_nr, seg.start.position + end as u32);
-                let value = &seg.bytes[pos + ourdb::HEADER_LEN..end];
-                if let Ok(env) = ourdb::keyed::Envelope::decode(value) {
-                    if env.key.starts_with(&prefix) {
-                        let change = Frame::Change {
-                            cursor: Cursor::new(epoch, after),
-                            key: env.key.to_string(),
-                            value: (env.kind == ourdb::keyed::Kind::Put)
-                                .then(|| env.value.to_vec()),
-                        };
-                        frame::write(&mut send, &change).await?;
-                    }
-                }
-                pos = end;
+            for change in changes_in(&seg, epoch, &prefix) {
+                frame::write(
+                    &mut send,
+                    &Frame::Change {
+                        cursor: change.cursor,
+                        key: change.key,
+                        value: change.value,
+                    },
+                )
+                .await?;
             }
             cursor = seg.next;
+        }
+    }
+
+    /// A bounded slice of the watch stream (`Frame::Changes`): the same
+    /// checks of `from`, then what is applied up to `until`. When nothing
+    /// past `from` is applied yet but more is asked for, it waits (up to the
+    /// read wait) for the next record, so a caller looping to catch up does
+    /// not spin.
+    async fn changes(&self, prefix: String, from: Cursor, until: Cursor, max_bytes: u32) -> Frame {
+        let store = self.store();
+        let start = match self.watch_start(&store, from).await {
+            Ok(l) => l,
+            Err(f) => return f,
+        };
+        let epoch = store.db().meta().epoch;
+        let start_cursor = Cursor::new(epoch, start);
+        let mut applied = self.applied();
+        if until > start_cursor && applied <= start_cursor {
+            let mut rx = self.applied.subscribe();
+            let _ = tokio::time::timeout(READ_WAIT, rx.wait_for(|a| *a > start_cursor)).await;
+            applied = self.applied();
+        }
+        if applied.epoch != epoch {
+            return gone(start_cursor, applied.epoch);
+        }
+        let upto = if until.epoch == epoch {
+            until.at.min(applied.at)
+        } else {
+            applied.at
+        };
+        let max = (max_bytes as usize).clamp(ourdb::HEADER_LEN, SEGMENT_BYTES);
+        match blocking(move || Ok(store.db().read_records_upto(start, upto, max)?)).await {
+            Ok(seg) => Frame::ChangesAre {
+                changes: changes_in(&seg, epoch, &prefix),
+                next: Cursor::new(epoch, seg.next),
+                applied,
+            },
+            Err(e) => failed("cursor", e),
         }
     }
 
@@ -1075,6 +1106,12 @@ impl Worker {
             Frame::ReadIndex => Frame::Cursor {
                 cursor: self.applied(),
             },
+            Frame::Changes {
+                prefix,
+                from,
+                until,
+                max_bytes,
+            } => self.changes(prefix, from, until, max_bytes).await,
             req @ (Frame::List { min_cursor, .. }
             | Frame::History { min_cursor, .. }
             | Frame::ById { min_cursor, .. }) => {
@@ -1108,6 +1145,28 @@ impl crate::pipeline::Answer for Worker {
     ) -> impl std::future::Future<Output = Frame> + Send + 'static {
         self.reply(req)
     }
+}
+
+/// The changes to keys with `prefix` in a segment of the log of `epoch`.
+fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Some(h) = ourdb::scan::record_at(&seg.bytes, pos) {
+        let end = pos + h.record_len() as usize;
+        let after = Location::new(seg.start.file_nr, seg.start.position + end as u32);
+        let value = &seg.bytes[pos + ourdb::HEADER_LEN..end];
+        if let Ok(env) = ourdb::keyed::Envelope::decode(value) {
+            if env.key.starts_with(prefix) {
+                out.push(Change {
+                    cursor: Cursor::new(epoch, after),
+                    key: env.key.to_string(),
+                    value: (env.kind == ourdb::keyed::Kind::Put).then(|| env.value.to_vec()),
+                });
+            }
+        }
+        pos = end;
+    }
+    out
 }
 
 /// The refusal of a watch cursor whose log was replaced by a compaction.

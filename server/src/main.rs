@@ -480,6 +480,9 @@ struct HttpOpts {
     /// one gets 503. Default: what the descriptor limit allows, at most 16,384.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// The most watches (`/v1/watch` streams) open at once; past it, 503.
+    #[arg(long, value_name = "N", default_value_t = gateway::DEFAULT_MAX_WATCHES)]
+    max_watches: usize,
 }
 
 impl HttpOpts {
@@ -742,7 +745,8 @@ fn run_gateway(
             workers,
             opts.api_token.clone(),
         )
-        .with_client_timeout(opts.client_timeout());
+        .with_client_timeout(opts.client_timeout())
+        .with_max_watches(opts.max_watches);
         http::serve(
             gw,
             http,
@@ -814,7 +818,9 @@ fn run_dev(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()
         );
-        let gw = gw.with_client_timeout(opts.client_timeout());
+        let gw = gw
+            .with_client_timeout(opts.client_timeout())
+            .with_max_watches(opts.max_watches);
         http::serve(gw, http, opts.limits(), ready).await?;
         master.store().db().checkpoint()?;
         for w in &workers {

@@ -252,3 +252,190 @@ fn what_hyper_refuses_by_itself_is_answered_as_json() {
     s.write_all(url.as_bytes()).unwrap();
     assert_json_error(&read_answer(&mut s, Duration::from_secs(3)), 431);
 }
+
+/// Sends a watch request on a new connection and reads its response head.
+fn open_watch(http: &str, query: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(s, "GET /v1/watch?{query} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).to_string())
+}
+
+/// Reads the event stream on `s` until `needle` appears; what was read.
+fn read_until(s: &mut TcpStream, needle: &str, within: Duration) -> String {
+    let end = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{needle:?} not seen in {within:?}");
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => panic!("stream ended before {needle:?}"),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{needle:?} not seen: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).to_string()
+}
+
+#[test]
+fn two_thousand_watches_on_one_worker_share_one_stream() {
+    raise_own_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    // One worker, as in the report where the next GET took 8 s.
+    let (_m, _w, _g, http) = master_worker_gateway(dir.path());
+    let mut watches: Vec<TcpStream> = (0..2000)
+        .map(|i| {
+            let prefix = if i % 100 == 0 { "other/" } else { "w/" };
+            let (s, head) = open_watch(&http, &format!("prefix={prefix}"));
+            assert!(head.starts_with("HTTP/1.1 200"), "watch {i}: {head}");
+            s
+        })
+        .collect();
+    // Other requests are served as usual meanwhile.
+    let t = Instant::now();
+    let (code, _) = curl(&["--max-time", "5", &format!("http://{http}/v1/kv/none")]);
+    assert_eq!(code, 404);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "GET took {:?}",
+        t.elapsed()
+    );
+    let put = |k: &str, v: &str| {
+        let (code, body) = curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            v,
+            &format!("http://{http}/v1/kv/{k}"),
+        ]);
+        assert_eq!(code, 200, "{body}");
+    };
+    put("w/1", "hello");
+    put("other/1", "there");
+    for (i, s) in watches.iter_mut().enumerate() {
+        if i % 100 == 0 {
+            // The first event of an other/ watch is other/1: w/1 was not for it.
+            let got = read_until(s, "\n\n", Duration::from_secs(10));
+            let got = got.trim_start_matches(":\n\n");
+            let first = got
+                .split("\n\n")
+                .find(|e| e.contains("data:"))
+                .unwrap_or(got);
+            assert!(first.contains("\"other/1\""), "watch {i}: {got}");
+        } else {
+            let got = read_until(s, "\"w/1\"", Duration::from_secs(10));
+            assert!(got.contains("event: put"), "watch {i}: {got}");
+            assert!(
+                got.contains(&format!("\"value\":\"{}\"", "aGVsbG8=")),
+                "{got}"
+            );
+        }
+    }
+}
+
+#[test]
+fn past_the_watch_limit_a_watch_gets_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, http) = start_dev(dir.path(), &["--max-watches", "5"]);
+    let open: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let (s, head) = open_watch(&http, "prefix=a/");
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            s
+        })
+        .collect();
+    let (code, body) = curl(&["--max-time", "3", &format!("http://{http}/v1/watch")]);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("too many watches"), "{body}");
+    drop(open);
+    // Closed watches give their places back (noticed at their next write).
+    let (code, _) = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "x",
+        &format!("http://{http}/v1/kv/a/1"),
+    ]);
+    assert_eq!(code, 200);
+    eventually_true(10, || {
+        let (code, _) = curl(&["--max-time", "1", &format!("http://{http}/v1/watch")]);
+        code != 503
+    });
+}
+
+#[test]
+fn a_watch_that_reads_slowly_still_gets_every_change_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, http) = start_dev(dir.path(), &[]);
+    // A small receive buffer, so the socket holds few events and the
+    // gateway's shared buffer (4,096 changes) overflows for this watch.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.connect(&http.parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    let mut slow: TcpStream = sock.into();
+    write!(slow, "GET /v1/watch?prefix=s/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let head = read_until(&mut slow, "\r\n\r\n", Duration::from_secs(5));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Events read with the head are kept.
+    let mut all = head.split_once("\r\n\r\n").unwrap().1.to_string();
+    // Far more than the socket and the shared buffer hold, while the watch
+    // reads nothing: 8,000 changes of 2 KB each (about 22 MB of events),
+    // from 30 writers at once (so group commit batches their fsyncs).
+    let n = 8000;
+    let writers = 30;
+    std::thread::scope(|t| {
+        for w in 0..writers {
+            let http = &http;
+            t.spawn(move || {
+                let value = "v".repeat(2000);
+                let mut c = TcpStream::connect(http).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = vec![0u8; 4096];
+                for i in (w..n).step_by(writers) {
+                    write!(
+                        c,
+                        "PUT /v1/kv/s/{i:05} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{value}",
+                        value.len()
+                    )
+                    .unwrap();
+                    let got = c.read(&mut buf).unwrap();
+                    let answer = String::from_utf8_lossy(&buf[..got]);
+                    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                }
+            });
+        }
+    });
+    // Every change once, in log order (ids strictly increasing).
+    let mut keys = std::collections::BTreeSet::new();
+    let mut last_id: Option<(u64, u64, u64)> = None;
+    let end = Instant::now() + Duration::from_secs(60);
+    while keys.len() < n {
+        assert!(Instant::now() < end, "saw {} of {n} changes", keys.len());
+        all.push_str(&read_until(&mut slow, "\n\n", Duration::from_secs(10)));
+        while let Some((event, rest)) = all.split_once("\n\n") {
+            let id = event.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = event.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                let p: Vec<u64> = id.split(':').map(|x| x.parse().unwrap()).collect();
+                let id = (p[0], p[1], p[2]);
+                assert!(
+                    last_id.is_none_or(|l| l < id),
+                    "ids out of order: {last_id:?} {id:?}"
+                );
+                last_id = Some(id);
+                let key = data.split('"').nth(3).unwrap().to_string();
+                assert!(keys.insert(key.clone()), "{key} seen twice");
+            }
+            all = rest.to_string();
+        }
+    }
+}

@@ -34,6 +34,7 @@ use watch::*;
 const BODY_LIMIT: usize = 1 << 20;
 /// How long a client may take to send its headers, and then its body.
 pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub use watch::DEFAULT_MAX_WATCHES;
 pub const CURSOR_HEADER: &str = "x-ourkv-cursor";
 
 pub struct Gateway {
@@ -53,6 +54,8 @@ pub struct Gateway {
     /// The nodes, when they live in this process (`ourkv dev`).
     local: Option<Local>,
     read_index_rounds: Arc<AtomicU64>,
+    /// The watches, fanned out from one stream.
+    hub: Arc<Hub>,
 }
 
 /// Master and workers in this process: requests skip the network. The
@@ -148,6 +151,7 @@ impl Gateway {
             batch: Arc::default(),
             local: None,
             read_index_rounds: Arc::default(),
+            hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
             client: Arc::new(client),
             master,
             workers,
@@ -163,6 +167,12 @@ impl Gateway {
         Arc::get_mut(&mut self)
             .expect("not yet shared")
             .client_timeout = t;
+        self
+    }
+
+    /// Sets how many watches may be open at once (503 past it).
+    pub fn with_max_watches(mut self: Arc<Self>, n: usize) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("not yet shared").hub = Arc::new(Hub::new(n));
         self
     }
 

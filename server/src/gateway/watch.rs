@@ -1,12 +1,302 @@
-//! `GET /v1/watch`: changes as server-sent events.
+//! `GET /v1/watch`: changes as server-sent events, fanned out.
+//!
+//! The gateway follows one change stream from a worker (every key, from the
+//! moment the first watch came) and hands each change to every watch whose
+//! prefix it matches: a thousand watches cost one QUIC stream, not a
+//! thousand. A watch that starts from an earlier cursor, or falls behind the
+//! shared stream, first catches up with bounded `Changes` calls (a few at a
+//! time), then joins the shared stream exactly where its catch-up ended, so
+//! nothing is lost or repeated.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use super::*;
+
+/// Changes the shared stream buffers for watches that read slowly; one
+/// that falls further behind catches up on its own.
+const FANOUT: usize = 4096;
+/// Records read per catch-up call.
+const CATCH_UP_BYTES: u32 = 256 * 1024;
+/// Catch-up calls in flight at once (more wait their turn).
+const CATCH_UPS: usize = 16;
+/// Watches open at once on one gateway, by default (503 past it).
+pub const DEFAULT_MAX_WATCHES: usize = 10_000;
+/// How long a watch waits for the shared stream to start (503 after).
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the shared stream hands out.
+enum Shared {
+    Change {
+        cursor: Cursor,
+        key: String,
+        kind: &'static str,
+        data: String,
+    },
+    /// The log was replaced (a compaction): every watch ends, and its
+    /// cursor is answered 410 on reconnect.
+    Gone,
+}
+
+struct State {
+    tx: broadcast::Sender<Arc<Shared>>,
+    /// The cursor after the last change sent on `tx`; `None` until the
+    /// shared stream has started (or after the log was replaced).
+    last: Option<Cursor>,
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    started: std::sync::atomic::AtomicBool,
+    watches: Arc<Semaphore>,
+    catch_ups: Semaphore,
+}
+
+impl Hub {
+    pub fn new(max_watches: usize) -> Hub {
+        Hub {
+            state: Mutex::new(State {
+                tx: broadcast::channel(FANOUT).0,
+                last: None,
+            }),
+            started: Default::default(),
+            watches: Arc::new(Semaphore::new(max_watches)),
+            catch_ups: Semaphore::new(CATCH_UPS),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver of the shared stream and the cursor it continues from
+    /// (every change it will carry is after it); `None` before it started.
+    fn subscribe(&self) -> Option<(broadcast::Receiver<Arc<Shared>>, Cursor)> {
+        let s = self.state();
+        s.last.map(|l| (s.tx.subscribe(), l))
+    }
+
+    fn publish(&self, change: replication::Change) {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (kind, data) = match &change.value {
+            Some(v) => ("put", json!({"key": change.key, "value": b64.encode(v)})),
+            None => ("delete", json!({"key": change.key})),
+        };
+        let ev = Arc::new(Shared::Change {
+            cursor: change.cursor,
+            key: change.key,
+            kind,
+            data: data.to_string(),
+        });
+        let mut s = self.state();
+        let _ = s.tx.send(ev);
+        s.last = Some(change.cursor);
+    }
+
+    fn gone(&self) {
+        let mut s = self.state();
+        let _ = s.tx.send(Arc::new(Shared::Gone));
+        s.last = None;
+    }
+
+    /// Starts following the workers, once.
+    fn start(self: &Arc<Self>, client: Arc<Client>, workers: Vec<SocketAddr>) {
+        if self.started.swap(true, Ordering::SeqCst) || workers.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move { hub.follow(client, workers).await });
+    }
+
+    /// The shared stream: from one worker, then the next when it fails.
+    async fn follow(self: Arc<Self>, client: Arc<Client>, workers: Vec<SocketAddr>) {
+        let pause = std::time::Duration::from_millis(200);
+        for i in 0.. {
+            let node = workers[i % workers.len()];
+            let last = self.state().last;
+            let from = match last {
+                Some(c) => c,
+                // Start where the worker is now: the shared stream is for
+                // what happens from here; earlier changes are catch-ups.
+                None => match client
+                    .changes(node, "", Cursor::ZERO, Cursor::ZERO, 0)
+                    .await
+                {
+                    Ok((_, _, applied)) => applied,
+                    Err(e) => {
+                        tracing::debug!(%node, error = %e, "watch stream: no start");
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                },
+            };
+            let mut w = match client.watch(node, "", from).await {
+                Ok(w) => w,
+                Err(replication::Error::Remote { code, .. }) if code == "gone" => {
+                    self.gone();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(%node, error = %e, "watch stream: not accepted");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            {
+                let mut s = self.state();
+                if s.last.is_none() {
+                    s.last = Some(from);
+                }
+            }
+            tracing::debug!(%node, %from, "watch stream: following");
+            loop {
+                match w.next().await {
+                    Ok(Some(c)) => self.publish(c),
+                    Ok(None) => break,
+                    Err(replication::Error::Remote { code, .. }) if code == "gone" => {
+                        self.gone();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::info!(%node, error = %e, "watch stream broke; following another worker");
+                        tokio::time::sleep(pause).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One call catching a watch up: from the first worker that answers.
+/// A worker's word on the cursor (gone, not a boundary, not reached) holds
+/// for every worker and is returned at once.
+async fn catch_up(
+    gw: &Gateway,
+    prefix: &str,
+    from: Cursor,
+    until: Cursor,
+) -> Result<(Vec<replication::Change>, Cursor), replication::Error> {
+    let _turn = gw.hub.catch_ups.acquire().await.expect("never closed");
+    let n = gw.workers.len();
+    let start = gw.next.fetch_add(1, Ordering::Relaxed);
+    let mut last = replication::Error::Protocol("no worker to watch from".into());
+    for i in 0..n {
+        let node = gw.workers[(start + i) % n];
+        match gw
+            .client
+            .changes(node, prefix, from, until, CATCH_UP_BYTES)
+            .await
+        {
+            Ok((changes, next, _)) => return Ok((changes, next)),
+            Err(e @ replication::Error::Remote { .. }) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// One HTTP watch: catching up (`at < until`), then on the shared stream.
+struct Follower {
+    gw: Arc<Gateway>,
+    prefix: String,
+    rx: broadcast::Receiver<Arc<Shared>>,
+    /// Everything up to here was handed out (or did not match).
+    at: Cursor,
+    /// Where the shared stream continues from.
+    until: Cursor,
+    pending: VecDeque<replication::Change>,
+    failures: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+type Event = axum::response::sse::Event;
+
+fn event(cursor: Cursor, kind: &str, data: &str) -> Event {
+    Event::default()
+        .id(cursor_text(cursor))
+        .event(kind)
+        .data(data)
+}
+
+impl Follower {
+    fn take(&mut self, changes: Vec<replication::Change>, next: Cursor) {
+        self.pending
+            .extend(changes.into_iter().filter(|c| c.cursor > self.at));
+        self.at = self.at.max(next);
+    }
+
+    /// The next event; `None` ends the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let (kind, data) = match &c.value {
+                    Some(v) => ("put", json!({"key": c.key, "value": b64.encode(v)})),
+                    None => ("delete", json!({"key": c.key})),
+                };
+                return Some(event(c.cursor, kind, &data.to_string()));
+            }
+            if self.at < self.until {
+                match catch_up(&self.gw, &self.prefix, self.at, self.until).await {
+                    Ok((changes, next)) => {
+                        self.failures = 0;
+                        self.take(changes, next);
+                    }
+                    Err(replication::Error::Remote { code, .. }) if code == "gone" => return None,
+                    Err(e) => {
+                        // Workers down for long: end, and let the client
+                        // reconnect with Last-Event-ID.
+                        self.failures += 1;
+                        if self.failures > 20 {
+                            tracing::info!(error = %e, "watch: cannot catch up; ended");
+                            return None;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(ev) => match &*ev {
+                    Shared::Change {
+                        cursor,
+                        key,
+                        kind,
+                        data,
+                    } if *cursor > self.at => {
+                        self.at = *cursor;
+                        if key.starts_with(&self.prefix) {
+                            return Some(event(*cursor, kind, data));
+                        }
+                    }
+                    Shared::Change { .. } => {}
+                    Shared::Gone => return None,
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow for the shared buffer: catch up from here.
+                    tracing::debug!(at = %self.at, "watch fell behind the shared stream; catching up");
+                    match self.gw.hub.subscribe() {
+                        Some((rx, until)) => {
+                            self.rx = rx;
+                            self.until = until;
+                        }
+                        None => return None,
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
 
 /// Server-sent events for changes under `prefix` from `cursor` (or the
 /// `Last-Event-ID` a reconnecting client sends): each event's id is the
 /// cursor to resume after it, so a reconnect loses and repeats nothing.
 pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::sse::{KeepAlive, Sse};
     let r = async {
         let q = query(&q)?;
         let prefix = q.get("prefix")?.unwrap_or_default().to_string();
@@ -20,56 +310,56 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
                 .ok_or_else(|| ApiError::bad_request("cursor must be epoch:file:offset"))?,
             None => Cursor::ZERO,
         };
-        let mut last = None;
-        let mut stream = None;
-        let n = gw.workers.len();
-        let start = gw.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            match gw
-                .client
-                .watch(gw.workers[(start + i) % n], &prefix, cursor)
-                .await
-            {
-                Ok(w) => {
-                    stream = Some(w);
-                    break;
-                }
-                // The worker's word on the cursor itself holds for every worker.
-                Err(replication::Error::Remote { code, message }) if code == "gone" => {
-                    return Err(ApiError::new(StatusCode::GONE, "gone", message));
-                }
-                Err(replication::Error::Remote { code, message }) if code == "cursor" => {
-                    return Err(ApiError::bad_request(message));
-                }
-                Err(e) => last = Some(e),
-            }
+        let permit = gw.hub.watches.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable("too many watches open on this gateway; retry shortly")
+        })?;
+        if gw.workers.is_empty() {
+            return Err(ApiError::unavailable("no worker to watch from"));
         }
-        let Some(w) = stream else {
-            return Err(match last {
-                Some(e @ replication::Error::Remote { .. }) => ApiError::from_replication(e),
-                Some(e) => {
+        gw.hub.start(gw.client.clone(), gw.workers.clone());
+        let mut shared = gw.hub.subscribe();
+        let waited = std::time::Instant::now();
+        while shared.is_none() && waited.elapsed() < START_WAIT {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            shared = gw.hub.subscribe();
+        }
+        let Some((rx, until)) = shared else {
+            return Err(ApiError::unavailable(
+                "no worker to watch from; retry shortly",
+            ));
+        };
+        // The first call also checks the cursor, so a bad one is an error
+        // status before any event, not an empty stream.
+        let (changes, next) = catch_up(&gw, &prefix, cursor, until.max(cursor))
+            .await
+            .map_err(|e| match e {
+                replication::Error::Remote { code, message } if code == "gone" => {
+                    ApiError::new(StatusCode::GONE, "gone", message)
+                }
+                replication::Error::Remote { code, message } if code == "cursor" => {
+                    ApiError::bad_request(message)
+                }
+                e @ replication::Error::Remote { .. } => ApiError::from_replication(e),
+                e => {
                     tracing::warn!(error = %e, "watch: no worker answered");
                     ApiError::unavailable("no worker to watch from; retry shortly")
                 }
-                None => ApiError::unavailable("no worker to watch from"),
-            });
+            })?;
+        let mut follower = Follower {
+            gw: gw.clone(),
+            prefix,
+            rx,
+            at: cursor,
+            until,
+            pending: VecDeque::new(),
+            failures: 0,
+            _permit: permit,
         };
-        let events = futures_util::stream::unfold(w, |mut w| async move {
-            let b64 = base64::engine::general_purpose::STANDARD;
-            match w.next().await {
-                Ok(Some(c)) => {
-                    let (kind, data) = match &c.value {
-                        Some(v) => ("put", json!({"key": c.key, "value": b64.encode(v)})),
-                        None => ("delete", json!({"key": c.key})),
-                    };
-                    let ev = Event::default()
-                        .id(cursor_text(c.cursor))
-                        .event(kind)
-                        .data(data.to_string());
-                    Some((Ok::<_, std::convert::Infallible>(ev), w))
-                }
-                _ => None,
-            }
+        follower.take(changes, next);
+        let events = futures_util::stream::unfold(follower, |mut f| async move {
+            f.next()
+                .await
+                .map(|ev| (Ok::<_, std::convert::Infallible>(ev), f))
         });
         Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())

@@ -31,12 +31,15 @@ pub fn start(args: &[&str]) -> Proc {
     Proc(child)
 }
 
+/// A loopback port free for TCP (HTTP) and UDP (QUIC) alike.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `ourkv dev` with its data in `data`, on a free loopback port, with more
