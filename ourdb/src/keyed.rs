@@ -127,14 +127,21 @@ pub fn max_value_len(key: &str) -> usize {
 }
 
 /// What a conditional write expects of a key's current version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
     /// No condition.
     Any,
     /// The key must not exist (`If-None-Match: *`).
     Absent,
+    /// The key must exist (`If-Match: *`).
+    Present,
     /// The key's current record must be this one (`If-Match`).
     Version(Location),
+    /// The key's current record must be one of these (`If-Match` with a list).
+    OneOf(Vec<Location>),
+    /// The key must not exist or its current record be none of these
+    /// (`If-None-Match` with entity tags).
+    NoneOf(Vec<Location>),
 }
 
 /// What open found while rebuilding the index.
@@ -284,7 +291,7 @@ impl KeyedStore {
             });
         }
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.expected(key, expect) {
+        if !self.expected(key, &expect) {
             return Ok(None);
         }
         let existing = self.id_of(key);
@@ -321,11 +328,14 @@ impl KeyedStore {
         self.id_of(key).and_then(|id| self.db.raw_location(id))
     }
 
-    fn expected(&self, key: &str, expect: Expect) -> bool {
+    fn expected(&self, key: &str, expect: &Expect) -> bool {
         match expect {
             Expect::Any => true,
             Expect::Absent => self.id_of(key).is_none(),
-            Expect::Version(v) => self.version(key) == Some(v),
+            Expect::Present => self.id_of(key).is_some(),
+            Expect::Version(v) => self.version(key) == Some(*v),
+            Expect::OneOf(vs) => self.version(key).is_some_and(|v| vs.contains(&v)),
+            Expect::NoneOf(vs) => self.version(key).is_none_or(|v| !vs.contains(&v)),
         }
     }
 
@@ -421,7 +431,7 @@ impl KeyedStore {
     pub fn delete_if_pending(&self, key: &str, expect: Expect) -> Result<Option<Option<Pending>>> {
         check_key(key)?;
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.expected(key, expect) {
+        if !self.expected(key, &expect) {
             return Ok(None);
         }
         let Some(id) = self.id_of(key) else {

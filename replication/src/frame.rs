@@ -179,14 +179,20 @@ impl Version {
 }
 
 /// What a conditional write expects of the key's current version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Expect {
     #[default]
     Any,
     /// The key must not exist.
     Absent,
+    /// The key must exist.
+    Present,
     /// The key's current version must be this one.
     Version(Version),
+    /// The key's current version must be one of these.
+    OneOf(Vec<Version>),
+    /// The key must not exist, or its current version be none of these.
+    NoneOf(Vec<Version>),
 }
 
 /// When the master acknowledges a write.
@@ -250,14 +256,24 @@ impl Writer<'_> {
         self.u64(v.epoch);
         self.loc(v.at);
     }
-    fn expect(&mut self, e: Expect) {
+    fn expect(&mut self, e: &Expect) {
+        let mut list = |tag: u8, vs: &[Version]| {
+            self.u8(tag);
+            self.0.extend_from_slice(&(vs.len() as u32).to_be_bytes());
+            for v in vs {
+                self.version(*v);
+            }
+        };
         match e {
             Expect::Any => self.u8(0),
             Expect::Absent => self.u8(1),
             Expect::Version(v) => {
                 self.u8(2);
-                self.version(v);
+                self.version(*v);
             }
+            Expect::Present => self.u8(3),
+            Expect::OneOf(vs) => list(4, vs),
+            Expect::NoneOf(vs) => list(5, vs),
         }
     }
     fn bytes(&mut self, b: &[u8]) {
@@ -317,6 +333,19 @@ impl<'a> Reader<'a> {
             0 => Ok(Expect::Any),
             1 => Ok(Expect::Absent),
             2 => Ok(Expect::Version(self.version()?)),
+            3 => Ok(Expect::Present),
+            t @ (4 | 5) => {
+                let n = self.u32()? as usize;
+                let mut vs = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    vs.push(self.version()?);
+                }
+                Ok(if t == 4 {
+                    Expect::OneOf(vs)
+                } else {
+                    Expect::NoneOf(vs)
+                })
+            }
             t => Err(Error::Protocol(format!("unknown expectation {t}"))),
         }
     }
@@ -399,13 +428,13 @@ impl Frame {
                 w.bytes(key.as_bytes());
                 w.bytes(value);
                 w.u8(*ack as u8);
-                w.expect(*expect);
+                w.expect(expect);
             }
             Frame::Delete { key, ack, expect } => {
                 w.u8(5);
                 w.bytes(key.as_bytes());
                 w.u8(*ack as u8);
-                w.expect(*expect);
+                w.expect(expect);
             }
             Frame::Written {
                 cursor,
@@ -898,6 +927,25 @@ mod tests {
                 key: "k".into(),
                 ack: Ack::Master,
                 expect: Expect::Any,
+            },
+            Frame::Delete {
+                key: "k".into(),
+                ack: Ack::Master,
+                expect: Expect::Present,
+            },
+            Frame::Delete {
+                key: "k".into(),
+                ack: Ack::All,
+                expect: Expect::OneOf(vec![
+                    Version { epoch: 2, at: l },
+                    Version { epoch: 3, at: l },
+                ]),
+            },
+            Frame::Set {
+                key: "k".into(),
+                value: vec![1],
+                ack: Ack::All,
+                expect: Expect::NoneOf(vec![Version { epoch: 2, at: l }]),
             },
             Frame::Status,
             Frame::Watch {

@@ -331,13 +331,23 @@ impl Master {
     /// The store's view of a wire expectation; `None` when it cannot hold
     /// (a version of another epoch).
     fn expectation(&self, e: Expect) -> Option<ourdb::keyed::Expect> {
+        use ourdb::keyed::Expect as E;
+        let epoch = self.store.db().meta().epoch;
+        // Versions of another epoch name no record of this log.
+        let ours = |vs: Vec<Version>| -> Vec<Location> {
+            vs.into_iter()
+                .filter(|v| v.epoch == epoch)
+                .map(|v| v.at)
+                .collect()
+        };
         match e {
-            Expect::Any => Some(ourdb::keyed::Expect::Any),
-            Expect::Absent => Some(ourdb::keyed::Expect::Absent),
-            Expect::Version(v) if v.epoch == self.store.db().meta().epoch => {
-                Some(ourdb::keyed::Expect::Version(v.at))
-            }
+            Expect::Any => Some(E::Any),
+            Expect::Absent => Some(E::Absent),
+            Expect::Present => Some(E::Present),
+            Expect::Version(v) if v.epoch == epoch => Some(E::Version(v.at)),
             Expect::Version(_) => None,
+            Expect::OneOf(vs) => Some(ours(vs)).filter(|l| !l.is_empty()).map(E::OneOf),
+            Expect::NoneOf(vs) => Some(E::NoneOf(ours(vs))),
         }
     }
 

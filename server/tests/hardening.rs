@@ -463,3 +463,86 @@ fn counts_and_paths_get_json_errors() {
     let (code, body) = curl(&[&url("/v1/kv?limit=1000")]);
     assert_eq!(code, 200, "{body}");
 }
+
+/// Preconditions as RFC 9110 defines them: `*`, entity-tag lists, weak tags
+/// (never in If-Match, like their strong twin in If-None-Match), and
+/// If-None-Match on GET answered 304.
+#[test]
+fn conditional_requests_follow_rfc_9110() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, http) = start_dev(dir.path(), &[]);
+    let url = format!("http://{http}/v1/kv/c");
+    let with = |method: &str, h: &str, body: Option<&str>| {
+        let mut args = vec!["-X", method, "-H", h, url.as_str()];
+        if let Some(b) = body {
+            args.extend(["--data-binary", b]);
+        }
+        curl_headers(&args)
+    };
+    let etag = |head: &str| header(head, "etag").unwrap().to_string();
+    // If-Match: * needs the key to exist.
+    let (code, _, body) = with("PUT", "If-Match: *", Some("v0"));
+    assert_eq!(code, 412, "{body}");
+    let (code, head, _) = with("PUT", "If-None-Match: *", Some("v1"));
+    assert_eq!(code, 200);
+    let e1 = etag(&head);
+    // GET: 304 for a matching tag, a weak twin, a list holding it, or *.
+    for h in [
+        format!("If-None-Match: {e1}"),
+        format!("If-None-Match: W/{e1}"),
+        format!("If-None-Match: \"x\", {e1}"),
+        "If-None-Match: *".to_string(),
+    ] {
+        let (code, head, body) = curl_headers(&["-H", &h, &url]);
+        assert_eq!(code, 304, "{h}");
+        assert_eq!(body, "", "{h}");
+        assert_eq!(header(&head, "etag"), Some(e1.as_str()), "{h}");
+    }
+    let (code, _, body) = curl_headers(&["-H", "If-None-Match: \"9-9-9\"", &url]);
+    assert_eq!((code, body.as_str()), (200, "v1"));
+    // GET with If-Match: 412 unless it matches.
+    let (code, _, _) = curl_headers(&["-H", "If-Match: \"9-9-9\"", &url]);
+    assert_eq!(code, 412);
+    let (code, _, body) = curl_headers(&["-H", &format!("If-Match: {e1}"), &url]);
+    assert_eq!((code, body.as_str()), (200, "v1"));
+    // PUT: If-Match * on an existing key, then a list holding the tag.
+    let (code, head, _) = with("PUT", "If-Match: *", Some("v2"));
+    assert_eq!(code, 200);
+    let e2 = etag(&head);
+    let (code, head, _) = with("PUT", &format!("If-Match: \"nope\", {e2}"), Some("v3"));
+    assert_eq!(code, 200);
+    let e3 = etag(&head);
+    // A weak tag never matches If-Match.
+    let (code, _, _) = with("PUT", &format!("If-Match: W/{e3}"), Some("x"));
+    assert_eq!(code, 412);
+    // If-None-Match with tags on a write: 412 if the current one is listed.
+    let (code, _, _) = with("PUT", &format!("If-None-Match: {e3}"), Some("x"));
+    assert_eq!(code, 412);
+    let (code, _, _) = with("PUT", &format!("If-None-Match: {e1}, {e2}"), Some("v4"));
+    assert_eq!(code, 200);
+    let (_, _, body) = curl_headers(&[&url]);
+    assert_eq!(body, "v4");
+    // Bad syntax and both headers at once: 400 with JSON.
+    for hs in [
+        vec!["If-Match: abc"],
+        vec!["If-Match: *, \"9-9-9\""],
+        vec!["If-Match: \"open"],
+        vec!["If-Match: *", "If-None-Match: *"],
+    ] {
+        let mut args = vec!["-X", "PUT", "--data-binary", "bad"];
+        for h in &hs {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        let (code, _, body) = curl_headers(&args);
+        assert_eq!(code, 400, "{hs:?}: {body}");
+        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["error"]["code"], "bad_request");
+    }
+    // DELETE with If-Match: * on a missing key is 412, not 404.
+    let missing = format!("http://{http}/v1/kv/missing");
+    let (code, _, _) = curl_headers(&["-X", "DELETE", "-H", "If-Match: *", &missing]);
+    assert_eq!(code, 412);
+    let (_, _, body) = curl_headers(&[&url]);
+    assert_eq!(body, "v4", "nothing refused changed the value");
+}

@@ -70,10 +70,26 @@ pub(super) async fn get_value(
         Ok(s.get_versioned(key)?
             .map(|(v, at)| (v, Version { epoch, at })))
     };
-    match gw
+    let (if_match, if_none_match) = conditions(headers)?;
+    let found = gw
         .read(min, |n, c| gw.client.get_versioned(n, key, c), local)
-        .await?
-    {
+        .await?;
+    let current = found.as_ref().map(|(_, v)| *v);
+    // RFC 9110 13.2.2: If-Match first (412), then If-None-Match (304).
+    if if_match.as_ref().is_some_and(|c| !meets(c, current)) {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the key's current version is not one If-Match names",
+        ));
+    }
+    match found {
+        Some((_, version)) if if_none_match.as_ref().is_some_and(|c| meets(c, current)) => {
+            Ok(with_etag(
+                with_cursor(StatusCode::NOT_MODIFIED.into_response(), min),
+                version,
+            ))
+        }
         Some((v, version)) => Ok(with_etag(
             with_cursor(
                 ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),

@@ -22,26 +22,91 @@ pub(super) fn with_etag(mut r: Response, v: Version) -> Response {
     r
 }
 
-/// `If-Match: "etag"` or `If-None-Match: *` as a write condition. An entity
-/// tag this gateway did not make can match nothing.
-pub(super) fn expectation(headers: &HeaderMap) -> Result<Expect, ApiError> {
-    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
-        return match v.to_str().map(str::trim) {
-            Ok("*") => Ok(Expect::Absent),
-            _ => Err(ApiError::bad_request("If-None-Match supports only *")),
-        };
+/// A precondition header (RFC 9110 13.1.1-2): `*`, or a list of entity
+/// tags. `W/` marks a weak tag: it never matches in `If-Match` (strong
+/// comparison) and matches like its strong twin in `If-None-Match` (weak
+/// comparison). Tags this API did not make match nothing.
+pub(super) enum Condition {
+    Star,
+    Tags(Vec<Version>),
+}
+
+fn condition(
+    headers: &HeaderMap,
+    name: header::HeaderName,
+    strong: bool,
+) -> Result<Option<Condition>, ApiError> {
+    let mut values = headers.get_all(&name).iter().peekable();
+    if values.peek().is_none() {
+        return Ok(None);
     }
-    match headers.get(header::IF_MATCH) {
-        None => Ok(Expect::Any),
-        Some(v) => {
-            let tag = v.to_str().unwrap_or_default();
-            Ok(Expect::Version(Version::from_etag(tag).unwrap_or(
-                Version {
-                    epoch: u64::MAX,
-                    at: ourdb::Location::NONE,
-                },
-            )))
+    let bad =
+        || ApiError::bad_request(format!("{name} must be * or a list of entity tags (\"…\")"));
+    let mut tags = Vec::new();
+    let mut star = false;
+    for v in values {
+        let mut rest = v.to_str().map_err(|_| bad())?;
+        loop {
+            rest = rest.trim_start_matches([' ', '\t', ',']);
+            if rest.is_empty() {
+                break;
+            }
+            if let Some(r) = rest.strip_prefix('*') {
+                star = true;
+                rest = r;
+                continue;
+            }
+            let (weak, r) = match rest.strip_prefix("W/") {
+                Some(r) => (true, r),
+                None => (false, rest),
+            };
+            let body = r.strip_prefix('"').ok_or_else(bad)?;
+            let end = body.find('"').ok_or_else(bad)?;
+            let tag = &r[..end + 2];
+            rest = &body[end + 1..];
+            if !(weak && strong) {
+                if let Some(v) = Version::from_etag(tag) {
+                    tags.push(v);
+                }
+            }
         }
+    }
+    match (star, tags.is_empty()) {
+        (true, true) => Ok(Some(Condition::Star)),
+        (true, false) => Err(bad()),
+        (false, _) => Ok(Some(Condition::Tags(tags))),
+    }
+}
+
+/// `If-Match` (strong comparison) and `If-None-Match` (weak comparison).
+pub(super) fn conditions(
+    headers: &HeaderMap,
+) -> Result<(Option<Condition>, Option<Condition>), ApiError> {
+    Ok((
+        condition(headers, header::IF_MATCH, true)?,
+        condition(headers, header::IF_NONE_MATCH, false)?,
+    ))
+}
+
+/// The write condition of `If-Match` or `If-None-Match`.
+pub(super) fn expectation(headers: &HeaderMap) -> Result<Expect, ApiError> {
+    match conditions(headers)? {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "send If-Match or If-None-Match, not both",
+        )),
+        (None, None) => Ok(Expect::Any),
+        (Some(Condition::Star), None) => Ok(Expect::Present),
+        (Some(Condition::Tags(tags)), None) => Ok(Expect::OneOf(tags)),
+        (None, Some(Condition::Star)) => Ok(Expect::Absent),
+        (None, Some(Condition::Tags(tags))) => Ok(Expect::NoneOf(tags)),
+    }
+}
+
+/// Whether a key at `current` (absent: `None`) meets a condition.
+pub(super) fn meets(c: &Condition, current: Option<Version>) -> bool {
+    match c {
+        Condition::Star => current.is_some(),
+        Condition::Tags(tags) => current.is_some_and(|v| tags.contains(&v)),
     }
 }
 
