@@ -51,6 +51,17 @@ impl Client {
         })
     }
 
+    /// Sends to IPv6 peers from `ip` (a Mycelium node's overlay address),
+    /// instead of whatever source the kernel picks.
+    pub fn with_v6_source(self, ip: std::net::Ipv6Addr) -> Result<Client> {
+        let bind = SocketAddr::new(ip.into(), 0);
+        let mut e =
+            quinn::Endpoint::client(bind).map_err(|e| Error::Quic(format!("bind {bind}: {e}")))?;
+        e.set_default_client_config(self.config.clone());
+        *self.v6.try_lock().expect("not yet shared") = Some(e);
+        Ok(self)
+    }
+
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
         self.identity.check_peer(addr)?;
         let mut conns = self.conns.lock().await;

@@ -52,6 +52,10 @@ enum Cmd {
         /// loopback nodes can be reached.
         #[arg(long, value_name = "DIR")]
         cluster: Option<PathBuf>,
+        /// Local Mycelium API (`http://127.0.0.1:8989`): wait for it at
+        /// start, and reach the nodes from this host's overlay address.
+        #[arg(long, value_name = "URL")]
+        mycelium_api: Option<String>,
         #[command(flatten)]
         http_opts: HttpOpts,
     },
@@ -542,26 +546,12 @@ fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         let listen = match &node.mycelium_api {
             None => resolve(&node.listen)?,
             Some(api) => {
-                if !api.starts_with("http://") {
-                    bail!("--mycelium-api {api:?}: only http:// API addresses are supported");
-                }
-                // Mycelium may still be starting: wait for its API, as a
-                // worker waits for a missing master.
-                let info = loop {
-                    match replication::mycelium::node_info(api).await {
-                        Ok(info) => break info,
-                        Err(e) => {
-                            tracing::warn!(api = %api, error = %e, "the Mycelium API does not answer yet; retrying in 1 s");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
-                    }
-                };
+                let info = mycelium_node(api).await?;
                 let port: u16 = node
                     .listen
                     .rsplit_once(':')
                     .and_then(|(_, p)| p.parse().ok())
                     .with_context(|| format!("--listen {:?} names no port", node.listen))?;
-                tracing::info!(ip = %info.ip, pubkey = %info.pubkey, "Mycelium overlay address");
                 std::net::SocketAddr::new(info.ip.into(), port)
             }
         };
@@ -719,17 +709,40 @@ fn client(cluster: Option<&Path>, cmd: ClientCmd) -> Result<ExitCode> {
     })
 }
 
-fn run_gateway(
-    http: &str,
-    master: &str,
-    workers: &[String],
-    cluster: Option<&Path>,
-    opts: HttpOpts,
-) -> Result<ExitCode> {
-    let identity = identity(cluster)?;
-    let master = resolve(master)?;
+/// The nodes a gateway talks to, and how.
+struct Nodes {
+    master: String,
+    workers: Vec<String>,
+    cluster: Option<PathBuf>,
+    mycelium_api: Option<String>,
+}
+
+/// Waits for the Mycelium API at `api` (Mycelium may still be starting,
+/// as a worker waits for a missing master) and returns this node's info.
+async fn mycelium_node(api: &str) -> Result<replication::mycelium::NodeInfo> {
+    if !api.starts_with("http://") {
+        bail!("--mycelium-api {api:?}: only http:// API addresses are supported");
+    }
+    loop {
+        match replication::mycelium::node_info(api).await {
+            Ok(info) => {
+                tracing::info!(ip = %info.ip, pubkey = %info.pubkey, "Mycelium overlay address");
+                return Ok(info);
+            }
+            Err(e) => {
+                tracing::warn!(api = %api, error = %e, "the Mycelium API does not answer yet; retrying in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn run_gateway(http: &str, nodes: Nodes, opts: HttpOpts) -> Result<ExitCode> {
+    let identity = identity(nodes.cluster.as_deref())?;
+    let master = resolve(&nodes.master)?;
     identity.check_peer(master)?;
-    let workers = workers
+    let workers = nodes
+        .workers
         .iter()
         .map(|w| resolve(w))
         .collect::<Result<Vec<_>>>()?;
@@ -739,8 +752,18 @@ fn run_gateway(
     let http = resolve(http)?;
     opts.check(http)?;
     runtime()?.block_on(async {
+        let mut client = replication::Client::new(&identity)?;
+        if let Some(api) = &nodes.mycelium_api {
+            let info = mycelium_node(api).await?;
+            for n in std::iter::once(&master).chain(&workers) {
+                if !replication::identity::is_overlay(n.ip()) {
+                    tracing::warn!(node = %n, "with --mycelium-api, this node is not on the overlay (400::/7)");
+                }
+            }
+            client = client.with_v6_source(info.ip)?;
+        }
         let gw = gateway::Gateway::new(
-            replication::Client::new(&identity)?,
+            client,
             master,
             workers,
             opts.api_token.clone(),
@@ -846,8 +869,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             master,
             workers,
             cluster,
+            mycelium_api,
             http_opts,
-        } => return run_gateway(&http, &master, &workers, cluster.as_deref(), http_opts),
+        } => {
+            let nodes = Nodes {
+                master,
+                workers,
+                cluster,
+                mycelium_api,
+            };
+            return run_gateway(&http, nodes, http_opts);
+        }
         Cmd::Cluster(ClusterCmd::Init { out }) => {
             replication::init_cluster(&out)?;
             println!(

@@ -250,6 +250,98 @@ fn cut_link_in_network_namespaces_then_converge() {
     // `load` writes key i as SIZE copies of b'a' + i % 26.
     let want = ((b'a' + (777 % 26) as u8) as char).to_string().repeat(700);
     assert_eq!(v, want, "a value written while the link was down");
+
+    // A gateway on worker 1's host, started before that host's Mycelium API
+    // is up: it waits for it, then reaches the nodes from the overlay
+    // address (the master named by its public key).
+    let gw_log = tmp.path().join("gw.log");
+    let mut gw = net
+        .exec(
+            &w1,
+            &[
+                "gateway",
+                "--http",
+                "127.0.0.1:8080",
+                "--master",
+                &by_key,
+                "--worker",
+                a1,
+                "--worker",
+                a2,
+                "--cluster",
+                cl,
+                "--mycelium-api",
+                "http://127.0.0.1:8989",
+            ],
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&gw_log).unwrap())
+        .spawn()
+        .unwrap();
+    let gw_out = gw.stdout.take().unwrap();
+    net.children.push(gw);
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = std::fs::read_to_string(&gw_log).unwrap();
+    assert!(log.contains("does not answer yet"), "{log}");
+    let api1 = tmp.path().join("api1");
+    std::fs::create_dir_all(api1.join("api/v1")).unwrap();
+    std::fs::write(
+        api1.join("api/v1/admin"),
+        format!(
+            r#"{{"nodeSubnet":"400::/64","nodeIp":"400::2","nodePubkey":"{}"}}"#,
+            "09".repeat(32)
+        ),
+    )
+    .unwrap();
+    let stub1 = Command::new("ip")
+        .args(["netns", "exec", &w1, "python3", "-m", "http.server", "8989"])
+        .args(["--bind", "127.0.0.1", "--directory"])
+        .arg(&api1)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    net.children.push(stub1);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(gw_out), &mut line).unwrap();
+    assert!(
+        line.contains("listening"),
+        "{line:?}: {}",
+        std::fs::read_to_string(&gw_log).unwrap_or_default()
+    );
+    let curl = |args: &[&str]| -> (String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &w1, "curl", "-s", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = curl(&["http://127.0.0.1:8080/v1/kv/during/777?consistency=strong"]);
+    assert_eq!((code.as_str(), body), ("200", want.clone()));
+    let (code, body) = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "via-overlay",
+        "http://127.0.0.1:8080/v1/kv/gw/1?ack=all",
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let v = net.client(
+        &m,
+        cl,
+        &[
+            "get",
+            a2,
+            "gw/1",
+            "--at",
+            &net.client(&m, cl, &["read-index", master]),
+        ],
+    );
+    assert_eq!(v, "via-overlay");
     for n in ["m", "w1", "w2"] {
         assert!(tmp.path().join(n).join("0.db").is_file());
     }
