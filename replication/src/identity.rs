@@ -321,6 +321,16 @@ pub fn transport_for(ip: std::net::IpAddr) -> quinn::TransportConfig {
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(std::time::Duration::from_secs(1)).expect("1 s fits"),
     ));
+    // Ask the peer (ACK frequency extension) not to acknowledge every
+    // second packet at once but within 5 ms: a worker's ACK of a two-packet
+    // segment then rides in the datagram of its application Ack instead of
+    // leaving just before it, and Mycelium 0.7.10 can merge two datagrams
+    // sent back to back into one that QUIC discards. A lost packet costs
+    // less, too: the probe timeout includes this delay (25 ms by default).
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(quinn::VarInt::from_u32(32))
+        .max_ack_delay(Some(std::time::Duration::from_millis(5)));
+    t.ack_frequency_config(Some(acks));
     if is_overlay(ip) || ip.is_unspecified() && ip.is_ipv6() {
         // Routes to non-neighbours are found on demand: give the first
         // packets (and a lossy link) more room before a peer counts as dead.
