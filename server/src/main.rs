@@ -150,7 +150,7 @@ enum ClientCmd {
     },
     /// The master's cursor and its workers (cursor, in sync or not).
     Status { node: String },
-    /// Read KEY from a node once it applied CURSOR (`file:offset`).
+    /// Read KEY from a node once it applied CURSOR (`epoch:file:offset`).
     Get {
         node: String,
         key: String,
@@ -972,13 +972,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let cli = Cli::parse();
+    // Every role holds sockets and files: the soft descriptor limit (often
+    // 1,024) is raised to the hard one, as servers commonly do.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(error = %e, "could not raise the descriptor limit");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

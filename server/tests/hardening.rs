@@ -332,6 +332,65 @@ fn a_dead_master_is_noticed_within_about_a_second() {
     assert_eq!((code, body.as_str()), (200, "1"));
 }
 
+/// A read sent to a worker that stopped answering (SIGSTOP: its sockets
+/// stay open, so nothing fails) is retried on the other worker within the
+/// hedge budget, instead of waiting for the paused one to resume.
+#[test]
+fn reads_avoid_a_paused_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_m, workers, _g, http) = master_workers_gateway(tmp.path(), free_port(), 2);
+    let url = |p: &str| format!("http://{http}{p}");
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/h?ack=all"), "-d", "v"]);
+    assert_eq!(code, 200, "{body}");
+    // Teach the gateway both workers' usual latency.
+    for _ in 0..20 {
+        assert_eq!(curl(&[&url("/v1/kv/h?consistency=stale")]).0, 200);
+    }
+    let hedges = || -> u64 {
+        let (_, m) = curl(&[&url("/metrics")]);
+        m.lines()
+            .find_map(|l| l.strip_prefix("ourkv_read_hedges_total "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = hedges();
+    signal(&workers[0], "-STOP");
+    // Reads four at a time, so both workers get some (each is scored by
+    // its reads in flight): the paused one is certainly tried.
+    let slowest = std::sync::Mutex::new(Duration::ZERO);
+    for level in ["stale", "strong"] {
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (url, slowest) = (&url, &slowest);
+                s.spawn(move || {
+                    for i in 0..5 {
+                        let start = Instant::now();
+                        let (code, body) = curl(&[
+                            "--max-time",
+                            "5",
+                            &url(&format!("/v1/kv/h?consistency={level}")),
+                        ]);
+                        assert_eq!((code, body.as_str()), (200, "v"), "{level} read {t}/{i}");
+                        let mut s = slowest.lock().unwrap();
+                        *s = (*s).max(start.elapsed());
+                    }
+                });
+            }
+        });
+    }
+    let hedged = hedges() - before;
+    signal(&workers[0], "-CONT");
+    let slowest = *slowest.lock().unwrap();
+    assert!(hedged >= 1, "no read was sent to the paused worker");
+    // The hedge budget is at most 500 ms; the paused worker would have held
+    // its reads until resumed (here: never, within the test).
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "slowest read {slowest:?}"
+    );
+}
+
 /// An empty token is refused at start; `Bearer` is case-insensitive.
 #[test]
 fn api_token_edges() {

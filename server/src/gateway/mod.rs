@@ -54,6 +54,8 @@ pub struct Gateway {
     /// The nodes, when they live in this process (`ourkv dev`).
     local: Option<Local>,
     read_index_rounds: Arc<AtomicU64>,
+    /// Reads also sent to another worker because the first was slow.
+    hedges: AtomicU64,
     /// The watches, fanned out from one stream.
     hub: Arc<Hub>,
 }
@@ -151,6 +153,7 @@ impl Gateway {
             batch: Arc::default(),
             local: None,
             read_index_rounds: Arc::default(),
+            hedges: AtomicU64::new(0),
             hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
             client: Arc::new(client),
             master,
@@ -379,6 +382,7 @@ impl Gateway {
                     None => {}
                 },
                 _ = tokio::time::sleep(budget), if tried < order.len() => {
+                    self.hedges.fetch_add(1, Ordering::Relaxed);
                     running.push(launch(order[tried]));
                     tried += 1;
                 }

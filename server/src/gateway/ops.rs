@@ -62,6 +62,11 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
         "ourkv_read_index_rounds_total {}\n",
         gw.read_index_rounds.load(Ordering::Relaxed)
     ));
+    out.push_str("# TYPE ourkv_read_hedges_total counter\n");
+    out.push_str(&format!(
+        "ourkv_read_hedges_total {}\n",
+        gw.hedges.load(Ordering::Relaxed)
+    ));
     out.push_str("# TYPE ourkv_http_errors_total counter\n");
     out.push_str(&format!(
         "ourkv_http_errors_total {}\n",
@@ -77,15 +82,15 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
         }
         out.push_str("# TYPE ourkv_worker_lag_bytes gauge\n");
         for w in &workers {
-            let lag = if w.acked.epoch == cursor.epoch && w.acked.at.file_nr == cursor.at.file_nr {
-                cursor.at.position.saturating_sub(w.acked.at.position) as u64
-            } else {
-                u64::MAX
-            };
-            out.push_str(&format!(
-                "ourkv_worker_lag_bytes{{worker=\"{}\"}} {lag}\n",
-                w.addr
-            ));
+            // Bytes are comparable within one data file of one log; a worker
+            // in another file or epoch has no sample (rather than a bogus one).
+            if w.acked.epoch == cursor.epoch && w.acked.at.file_nr == cursor.at.file_nr {
+                let lag = cursor.at.position.saturating_sub(w.acked.at.position);
+                out.push_str(&format!(
+                    "ourkv_worker_lag_bytes{{worker=\"{}\"}} {lag}\n",
+                    w.addr
+                ));
+            }
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
