@@ -19,6 +19,7 @@ pub struct RunningWorker {
 }
 
 pub struct Nodes {
+    pub master: Arc<Master>,
     pub maddr: SocketAddr,
     pub workers: Vec<RunningWorker>,
     pub client: Arc<Client>,
@@ -37,6 +38,7 @@ pub fn start(dir: &Path, sync: SyncPolicy, options: MasterOptions, workers: usiz
     let mep = replication::endpoint(&id, any).unwrap();
     let maddr = mep.local_addr().unwrap();
     tokio::spawn(master.clone().serve(mep));
+    let master_node = master.clone();
     let workers = (1..=workers)
         .map(|i| {
             let node = Worker::new(store(&dir.join(format!("w{i}")), SyncPolicy::Flush), maddr);
@@ -52,6 +54,7 @@ pub fn start(dir: &Path, sync: SyncPolicy, options: MasterOptions, workers: usiz
         })
         .collect();
     Nodes {
+        master: master_node,
         maddr,
         workers,
         client: Arc::new(Client::new(&id).unwrap()),
