@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -397,5 +397,31 @@ impl AsyncWrite for JsonErrors {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl crate::cli::HttpOpts {
+    /// Refuses a token nobody could send (empty, or only blanks: a blank
+    /// `OURKV_API_TOKEN=` would start a node that answers every request 401),
+    /// and warns loudly when a non-loopback API has no token at all.
+    pub(crate) fn check(&self, http: std::net::SocketAddr) -> Result<()> {
+        if let Some(t) = &self.api_token {
+            if t.trim().is_empty() || t.chars().any(|c| c.is_ascii_control() || c == ' ') {
+                bail!("--api-token (or OURKV_API_TOKEN) is empty or holds spaces or control characters: give a usable token, or none");
+            }
+        }
+        if self.api_token.is_none() && !http.ip().is_loopback() {
+            tracing::warn!(%http, "the HTTP API listens beyond loopback without --api-token: anyone who reaches it can read and write, in plain text");
+            eprintln!("WARNING: the HTTP API on {http} has no --api-token: anyone who reaches it can read and write, in plain text");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn client_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.client_timeout_ms.max(1))
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        Limits::new(self.client_timeout(), self.max_connections)
     }
 }

@@ -1,0 +1,257 @@
+//! The command line: clap types only (what each command and flag is).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::gateway;
+
+#[derive(Parser)]
+#[command(name = "ourkv", version, about = "Replicated key-value store on OurDB")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Master, workers and gateway in one process, on loopback.
+    Dev {
+        #[arg(long, value_name = "DIR", default_value = "./ourkv-data")]
+        data: PathBuf,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        http: String,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Testing aid: workers wait this long before applying each batch.
+        #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+        apply_delay_ms: u64,
+        #[command(flatten)]
+        http_opts: HttpOpts,
+    },
+    /// The HTTP gateway in front of a running master and workers.
+    Gateway {
+        /// Address the HTTP API listens on (host:port).
+        #[arg(long, value_name = "ADDR")]
+        http: String,
+        /// The master node: host:port, or <64-hex Mycelium public key>:port.
+        #[arg(long, value_name = "ADDR")]
+        master: String,
+        /// A worker node to read from (repeat for each); same forms as --master.
+        #[arg(long = "worker", value_name = "ADDR")]
+        workers: Vec<String>,
+        /// Cluster directory (`ourkv cluster init`); without it only
+        /// loopback nodes can be reached.
+        #[arg(long, value_name = "DIR")]
+        cluster: Option<PathBuf>,
+        /// Local Mycelium API (`http://127.0.0.1:8989`): wait for it at
+        /// start, and reach the nodes from this host's overlay address.
+        #[arg(long, value_name = "URL")]
+        mycelium_api: Option<String>,
+        #[command(flatten)]
+        http_opts: HttpOpts,
+    },
+    /// Work on one OurDB directory (V's or ourkv's).
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Cluster identity.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Run the master: takes writes, ships its log to workers.
+    Master {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// How long an ack=all write waits for a worker before dropping it from the in-sync set.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        ack_timeout_ms: u64,
+        /// A worker further behind than this leaves the in-sync set.
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        max_lag_bytes: u64,
+    },
+    /// Run a worker: follows the master, serves reads.
+    Worker {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The master's QUIC address.
+        #[arg(long)]
+        master: String,
+        /// Testing aid: wait this long before applying each batch of records.
+        #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+        apply_delay_ms: u64,
+    },
+    /// Talk to a running node.
+    Client {
+        /// Cluster directory; without it only loopback nodes can be reached.
+        #[arg(long, value_name = "DIR")]
+        cluster: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: ClientCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// Make a cluster CA and a node certificate signed by it.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct NodeArgs {
+    /// Data directory (an OurDB directory with the keyed layer).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data: PathBuf,
+    /// QUIC address to listen on. With --mycelium-api only its port counts.
+    #[arg(long)]
+    pub(crate) listen: String,
+    /// Local Mycelium API (`http://127.0.0.1:8989`): listen on this node's
+    /// overlay address.
+    #[arg(long, value_name = "URL")]
+    pub(crate) mycelium_api: Option<String>,
+    /// Cluster directory from `ourkv cluster init`. Without it a node runs
+    /// only on loopback, with encryption but no authentication.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cluster: Option<PathBuf>,
+    /// Data file size; every node of a cluster must use the same.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) file_size: Option<u32>,
+    /// never, flush, always or group (the master's default: group; workers: flush).
+    #[arg(long)]
+    pub(crate) sync: Option<ourdb::SyncPolicy>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClientCmd {
+    /// Store VALUE under KEY on the master; prints the cursor after the write.
+    Set {
+        node: String,
+        key: String,
+        value: String,
+        /// master (durable on the master) or all (applied by every in-sync worker).
+        #[arg(long, default_value = "master")]
+        ack: replication::Ack,
+    },
+    /// Delete KEY on the master.
+    Delete {
+        node: String,
+        key: String,
+        #[arg(long, default_value = "master")]
+        ack: replication::Ack,
+    },
+    /// The master's cursor and its workers (cursor, in sync or not).
+    Status { node: String },
+    /// Read KEY from a node once it applied CURSOR (`epoch:file:offset`).
+    Get {
+        node: String,
+        key: String,
+        #[arg(long, value_name = "CURSOR")]
+        at: Option<String>,
+    },
+    /// The master's commit cursor.
+    ReadIndex { node: String },
+    /// A digest of a node's data files.
+    Digest { node: String },
+    /// Write COUNT keys PREFIX0, PREFIX1, … with SIZE-byte values from
+    /// CONCURRENCY tasks; prints writes/s and latency percentiles.
+    Load {
+        node: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value = "load/")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: u64,
+        #[arg(long, default_value = "master")]
+        ack: replication::Ack,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DbCmd {
+    /// Print one JSON line per live id, ascending.
+    Dump {
+        dir: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+        /// Add up to D versions per id, newest first.
+        #[arg(long, value_name = "D")]
+        history: Option<usize>,
+    },
+    /// Read dump lines from stdin into a new directory.
+    Restore {
+        dir: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+    },
+    /// Check CRCs, history chains and framing; exit 1 on damage.
+    Verify {
+        dir: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+    },
+    /// Rebuild the lookup dump of a V directory that has none.
+    Recover {
+        dir: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+        /// Exit 2 if the rebuild had to assume or skip anything.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Rewrite without dead records, atomically.
+    Compact {
+        dir: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+        /// Keep at most D versions per id (all when absent).
+        #[arg(long, value_name = "D")]
+        history: Option<usize>,
+    },
+    /// Print the configuration and state of a directory.
+    Info {
+        dir: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+    },
+}
+
+/// The shape of a V directory, which stores no configuration of its own.
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct Shape {
+    /// Lookup entry width: 2, 3, 4 or 6.
+    #[arg(long, value_name = "K")]
+    pub(crate) keysize: Option<u8>,
+    #[arg(long, value_name = "N")]
+    pub(crate) record_nr_max: Option<u32>,
+    #[arg(long, value_name = "S")]
+    pub(crate) record_size_max: Option<u32>,
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) file_size: Option<u32>,
+    /// Key-value mode (ids given by the caller) instead of incremental.
+    #[arg(long)]
+    pub(crate) kv: bool,
+}
+
+/// Options of the HTTP API (`dev` and `gateway`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HttpOpts {
+    /// Require `Authorization: Bearer TOKEN` on the HTTP API.
+    #[arg(long, env = "OURKV_API_TOKEN", value_name = "TOKEN")]
+    pub(crate) api_token: Option<String>,
+    /// How long a client may take to send a request's headers (then the
+    /// connection is closed) and then its body (then 408).
+    #[arg(long, value_name = "MS", default_value_t = gateway::DEFAULT_CLIENT_TIMEOUT.as_millis() as u64)]
+    pub(crate) client_timeout_ms: u64,
+    /// The most HTTP connections open at once; past it, a connection that
+    /// has sent nothing for a second is closed to make room, else the new
+    /// one gets 503. Default: what the descriptor limit allows, at most 16,384.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// The most watches (`/v1/watch` streams) open at once; past it, 503.
+    #[arg(long, value_name = "N", default_value_t = gateway::DEFAULT_MAX_WATCHES)]
+    pub(crate) max_watches: usize,
+}

@@ -1,0 +1,84 @@
+//! `ourkv dev`: the whole service in one process, on loopback.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use ourdb::OpenOptions;
+
+use crate::cli::HttpOpts;
+use crate::cmd::node::service_config;
+use crate::{gateway, http, resolve, runtime};
+
+/// `ourkv dev`: a master, `n` workers and the gateway in this process, talking
+/// QUIC over loopback (no cluster certificates needed there).
+pub(crate) fn run_dev(
+    data: &Path,
+    http: &str,
+    n: usize,
+    apply_delay_ms: u64,
+    opts: HttpOpts,
+) -> Result<ExitCode> {
+    let http = resolve(http)?;
+    if !http.ip().is_loopback() {
+        bail!("ourkv dev serves loopback only; {http} is not a loopback address");
+    }
+    opts.check(http)?;
+    // A cluster identity of this run alone: the nodes listen on loopback
+    // but accept only this process's gateway, never a local `ourkv client`
+    // (which would bypass --api-token).
+    let identity = replication::Identity::ephemeral()?;
+    let open = |name: &str, sync| -> Result<ourdb::keyed::KeyedStore> {
+        let dir = data.join(name);
+        let opts = OpenOptions::new().config(service_config(None)).sync(sync);
+        ourdb::keyed::KeyedStore::open(&dir, opts)
+            .with_context(|| format!("open {}", dir.display()))
+    };
+    let local: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    runtime()?.block_on(async {
+        let master = replication::Master::new(
+            open("master", ourdb::SyncPolicy::Group)?,
+            replication::MasterOptions::default(),
+        );
+        let mep = replication::endpoint(&identity, local)?;
+        let maddr = mep.local_addr()?;
+        tokio::spawn(master.clone().serve(mep));
+        let mut workers = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 1..=n {
+            let w = replication::Worker::new(
+                open(&format!("worker-{i}"), ourdb::SyncPolicy::Flush)?,
+                maddr,
+            );
+            w.set_apply_delay(std::time::Duration::from_millis(apply_delay_ms));
+            let wep = replication::endpoint(&identity, local)?;
+            addrs.push(wep.local_addr()?);
+            tokio::spawn(w.clone().run(wep));
+            workers.push(w);
+        }
+        let gw = gateway::Gateway::new(
+            replication::Client::new(&identity)?,
+            maddr,
+            addrs,
+            opts.api_token.clone(),
+        )
+        .with_local(gateway::Local {
+            master: master.clone(),
+            workers: workers.clone(),
+        });
+        let ready = format!(
+            "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
+            data.display()
+        );
+        let gw = gw
+            .with_client_timeout(opts.client_timeout())
+            .with_max_watches(opts.max_watches);
+        http::serve(gw, http, opts.limits(), ready).await?;
+        master.store().db().checkpoint()?;
+        for w in &workers {
+            w.store().db().checkpoint()?;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub(crate) mod client;
+pub(crate) mod db;
+pub(crate) mod dev;
+pub(crate) mod gateway;
+pub(crate) mod node;

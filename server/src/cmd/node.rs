@@ -1,0 +1,135 @@
+//! `ourkv master` and `ourkv worker`: a node until SIGINT or SIGTERM.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use ourdb::{Config, OpenOptions};
+
+use crate::cli::NodeArgs;
+use crate::{resolve, runtime, shutdown};
+
+pub(crate) fn open_store(
+    node: &NodeArgs,
+    default_sync: ourdb::SyncPolicy,
+) -> Result<ourdb::keyed::KeyedStore> {
+    let opts = OpenOptions::new()
+        .config(service_config(node.file_size))
+        .sync(node.sync.unwrap_or(default_sync));
+    ourdb::keyed::KeyedStore::open(&node.data, opts)
+        .with_context(|| format!("open {}", node.data.display()))
+}
+
+/// The configuration of a node's store. Values go up to what one record
+/// holds (less the envelope), as the API documents; V's default record limit
+/// of 4096 bytes would cut them short.
+pub(crate) fn service_config(file_size: Option<u32>) -> Config {
+    let mut config = Config {
+        record_size_max: ourdb::MAX_VALUE_LEN as u32,
+        ..Config::default()
+    };
+    if let Some(f) = file_size {
+        config.file_size = f;
+    }
+    config
+}
+
+/// What a node is.
+pub(crate) enum Role {
+    Master(replication::MasterOptions),
+    /// A worker of the master at this address, with an apply delay in ms.
+    Worker(String, u64),
+}
+
+/// The cluster identity in `cluster`, or the loopback-only one.
+pub(crate) fn identity(cluster: Option<&Path>) -> Result<replication::Identity> {
+    Ok(match cluster {
+        Some(dir) => replication::Identity::load(dir)
+            .with_context(|| format!("cluster directory {}", dir.display()))?,
+        None => replication::Identity::loopback()?,
+    })
+}
+
+/// Runs a node until SIGINT or SIGTERM, then checkpoints its store.
+pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
+    let identity = identity(node.cluster.as_deref())?;
+    // Check the master's address before anything is opened or sent.
+    let master_addr = match &role {
+        Role::Worker(addr, _) => {
+            let a = resolve(addr)?;
+            identity.check_peer(a)?;
+            Some(a)
+        }
+        Role::Master(_) => None,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listen = match &node.mycelium_api {
+            None => resolve(&node.listen)?,
+            Some(api) => {
+                let info = mycelium_node(api).await?;
+                let port: u16 = node
+                    .listen
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .with_context(|| format!("--listen {:?} names no port", node.listen))?;
+                std::net::SocketAddr::new(info.ip.into(), port)
+            }
+        };
+        let endpoint = replication::endpoint(&identity, listen)?;
+        let default_sync = match role {
+            Role::Master(_) => ourdb::SyncPolicy::Group,
+            // A worker can always fetch again what a power cut took.
+            Role::Worker(..) => ourdb::SyncPolicy::Flush,
+        };
+        let store = open_store(node, default_sync)?;
+        let store = match role {
+            Role::Master(options) => {
+                let m = replication::Master::new(store, options);
+                tracing::info!(%listen, "master listening");
+                println!("master listening on {}", endpoint.local_addr()?);
+                tokio::select! {
+                    _ = m.clone().serve(endpoint.clone()) => {}
+                    _ = shutdown() => {}
+                }
+                m.store().clone()
+            }
+            Role::Worker(_, delay) => {
+                let master = master_addr.expect("resolved above");
+                let w = replication::Worker::new(store, master);
+                w.set_apply_delay(std::time::Duration::from_millis(delay));
+                println!("worker listening on {}", endpoint.local_addr()?);
+                tokio::select! {
+                    _ = w.clone().run(endpoint.clone()) => {}
+                    _ = shutdown() => {}
+                }
+                w.store().clone()
+            }
+        };
+        endpoint.close(0u32.into(), b"shutting down");
+        // Background tasks may still hold the store; checkpoint what we can.
+        store.db().checkpoint()?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for the Mycelium API at `api` (Mycelium may still be starting,
+/// as a worker waits for a missing master) and returns this node's info.
+pub(crate) async fn mycelium_node(api: &str) -> Result<replication::mycelium::NodeInfo> {
+    if !api.starts_with("http://") {
+        bail!("--mycelium-api {api:?}: only http:// API addresses are supported");
+    }
+    loop {
+        match replication::mycelium::node_info(api).await {
+            Ok(info) => {
+                tracing::info!(ip = %info.ip, pubkey = %info.pubkey, "Mycelium overlay address");
+                return Ok(info);
+            }
+            Err(e) => {
+                tracing::warn!(api = %api, error = %e, "the Mycelium API does not answer yet; retrying in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
