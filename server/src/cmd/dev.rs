@@ -56,16 +56,15 @@ pub(crate) fn run_dev(
             tokio::spawn(w.clone().run(wep));
             workers.push(w);
         }
-        let gw = gateway::Gateway::new(
-            replication::Client::new(&identity)?,
-            maddr,
-            addrs,
-            opts.api_token.clone(),
-        )
-        .with_local(gateway::Local {
-            master: master.clone(),
-            workers: workers.clone(),
-        });
+        // The gateway reaches these nodes in process (no network, no
+        // encoding) through the same client calls, and so the same gateway
+        // logic, as a cluster's; shipping and watches use QUIC on loopback.
+        let mut client =
+            replication::Client::new(&identity)?.with_local_master(maddr, master.clone());
+        for (addr, w) in addrs.iter().zip(&workers) {
+            client = client.with_local_worker(*addr, w.clone());
+        }
+        let gw = gateway::Gateway::new(client, maddr, addrs, opts.api_token.clone());
         let ready = format!(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()

@@ -2,14 +2,6 @@
 
 use super::*;
 
-pub(super) fn precondition_failed() -> ApiError {
-    ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
-        "the key's current version is not the one expected",
-    )
-}
-
 /// An error answer: status and `{"error":{"code","message"}}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -87,16 +79,6 @@ impl ApiError {
 pub(super) fn master_unreachable(e: replication::Error) -> ApiError {
     tracing::warn!(error = %e, "the master is unreachable");
     ApiError::unavailable("the master is unreachable; retry shortly")
-}
-
-/// A read at a cursor that the master has not committed within the wait:
-/// a cursor of a write still in flight, or one no write made.
-pub(super) fn not_reached(min: Cursor, commit: Cursor) -> ApiError {
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "timeout",
-        format!("no node reached cursor {min} in time (the master's commit cursor is {commit})"),
-    )
 }
 
 impl IntoResponse for ApiError {

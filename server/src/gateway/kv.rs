@@ -52,11 +52,7 @@ pub(super) async fn get_value(
     if let Some(depth) = q.get("history")? {
         let depth = bounded(depth, "history")?;
         let values = gw
-            .read(
-                min,
-                |n, c| gw.client.history(n, key, depth, c),
-                |s| s.history(key, depth as usize),
-            )
+            .read(min, |n, c| gw.client.history(n, key, depth, c))
             .await?;
         if values.is_empty() {
             return Err(ApiError::not_found(key));
@@ -65,14 +61,9 @@ pub(super) async fn get_value(
         let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
         return Ok(Json(json!({"key": key, "history": history})).into_response());
     }
-    let local = |s: &ourdb::keyed::KeyedStore| {
-        let epoch = s.db().meta().epoch;
-        Ok(s.get_versioned(key)?
-            .map(|(v, at)| (v, Version { epoch, at })))
-    };
     let (if_match, if_none_match) = conditions(headers)?;
     let found = gw
-        .read(min, |n, c| gw.client.get_versioned(n, key, c), local)
+        .read(min, |n, c| gw.client.get_versioned(n, key, c))
         .await?;
     let current = found.as_ref().map(|(_, v)| *v);
     // RFC 9110 13.2.2: If-Match first (412), then If-None-Match (304).
@@ -182,11 +173,9 @@ pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Resp
         let after = q.get("after")?.map(str::to_string);
         let min = gw.min_cursor(&q, &headers).await?;
         let keys = gw
-            .read(
-                min,
-                |n, c| gw.client.list(n, &prefix, after.as_deref(), limit, c),
-                |s| Ok(s.list(&prefix, after.as_deref(), limit as usize)),
-            )
+            .read(min, |n, c| {
+                gw.client.list(n, &prefix, after.as_deref(), limit, c)
+            })
             .await?;
         let next = (keys.len() == limit as usize)
             .then(|| keys.last().cloned())
@@ -221,10 +210,7 @@ pub(super) async fn by_id(
             .parse()
             .map_err(|_| ApiError::bad_request(format!("record id {id:?} is not a number")))?;
         let min = gw.min_cursor(&q, &headers).await?;
-        match gw
-            .read(min, |n, c| gw.client.by_id(n, id, c), |s| s.get_by_id(id))
-            .await?
-        {
+        match gw.read(min, |n, c| gw.client.by_id(n, id, c)).await? {
             Some((key, value)) => {
                 let b64 = base64::engine::general_purpose::STANDARD;
                 Ok(Json(

@@ -51,20 +51,11 @@ pub struct Gateway {
     client_timeout: std::time::Duration,
     load: Vec<Load>,
     batch: Arc<std::sync::Mutex<Batch>>,
-    /// The nodes, when they live in this process (`ourkv dev`).
-    local: Option<Local>,
     read_index_rounds: Arc<AtomicU64>,
     /// Reads also sent to another worker because the first was slow.
     hedges: AtomicU64,
     /// The watches, fanned out from one stream.
     hub: Arc<Hub>,
-}
-
-/// Master and workers in this process: requests skip the network. The
-/// workers are in the same order as the gateway's worker addresses.
-pub struct Local {
-    pub master: Arc<replication::Master>,
-    pub workers: Vec<Arc<replication::Worker>>,
 }
 
 /// A worker's load as the gateway sees it.
@@ -151,7 +142,6 @@ impl Gateway {
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             load: workers.iter().map(|_| Load::default()).collect(),
             batch: Arc::default(),
-            local: None,
             read_index_rounds: Arc::default(),
             hedges: AtomicU64::new(0),
             hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
@@ -176,12 +166,6 @@ impl Gateway {
     /// Sets how many watches may be open at once (503 past it).
     pub fn with_max_watches(mut self: Arc<Self>, n: usize) -> Arc<Self> {
         Arc::get_mut(&mut self).expect("not yet shared").hub = Arc::new(Hub::new(n));
-        self
-    }
-
-    /// Serves from nodes in this process instead of over the network.
-    pub fn with_local(mut self: Arc<Self>, local: Local) -> Arc<Self> {
-        Arc::get_mut(&mut self).expect("not yet shared").local = Some(local);
         self
     }
 
@@ -301,58 +285,16 @@ impl Gateway {
     }
 
     /// Runs the read on the least loaded worker that has applied `min`, then
-    /// on the master if no worker answered: `remote` over QUIC, or `local` on
-    /// the store when the nodes live in this process (`ourkv dev`). A worker
-    /// that has not answered within a small budget over its usual latency (a
-    /// paused or dead one) gets company: the read goes to the next worker
-    /// too, and the first answer wins.
-    async fn read<T, F, Fut, L>(&self, min: Cursor, remote: F, local: L) -> Result<T, ApiError>
+    /// on the master if no worker answered. A worker that has not answered
+    /// within a small budget over its usual latency (a paused or dead one)
+    /// gets company: the read goes to the next worker too, and the first
+    /// answer wins. The same code serves `ourkv dev`, whose nodes the client
+    /// reaches in process.
+    async fn read<T, F, Fut>(&self, min: Cursor, remote: F) -> Result<T, ApiError>
     where
         F: Fn(SocketAddr, Cursor) -> Fut,
         Fut: std::future::Future<Output = replication::Result<T>>,
-        L: Fn(&ourdb::keyed::KeyedStore) -> ourdb::Result<T>,
     {
-        if let Some(nodes) = &self.local {
-            let order = self.by_load();
-            // A worker that has the cursor answers at once; else the master
-            // must have committed it (a cursor no write made is refused), and
-            // the least loaded worker gets the read wait to catch up.
-            let ready = order
-                .iter()
-                .copied()
-                .find(|&i| nodes.workers[i].applied() >= min);
-            let chosen = match ready {
-                Some(i) => Some(i),
-                None => {
-                    if !nodes.master.wait_committed(min).await {
-                        return Err(not_reached(min, nodes.master.commit_cursor()));
-                    }
-                    let first = order.first().copied();
-                    match first {
-                        Some(i) if nodes.workers[i].wait_applied(min).await => Some(i),
-                        _ => None,
-                    }
-                }
-            };
-            if let Some(i) = chosen {
-                let load = &self.load[i];
-                let t = std::time::Instant::now();
-                let r = local(&nodes.workers[i].store());
-                load.observe(t.elapsed(), r.is_ok());
-                if let Ok(v) = r {
-                    return Ok(v);
-                }
-            }
-            // The master has every committed write: it answers when no
-            // worker can.
-            return local(nodes.master.store()).map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "read_failed",
-                    e.to_string(),
-                )
-            });
-        }
         let order = self.by_load();
         let mut tried = 0;
         let mut running = futures_util::stream::FuturesUnordered::new();
@@ -411,9 +353,6 @@ impl Gateway {
     async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Cursor, ApiError> {
         match params.get("consistency")?.unwrap_or("strong") {
             // Read-index: the master's commit cursor now.
-            "strong" if self.local.is_some() => {
-                Ok(self.local.as_ref().expect("checked").master.commit_cursor())
-            }
             "strong" => self.read_index().await.map_err(|e| {
                 tracing::warn!(error = %e, "strong read: no read index");
                 ApiError::unavailable("no master answered for a strong read; retry shortly")
@@ -450,14 +389,6 @@ impl Gateway {
                 ),
             ));
         }
-        if let Some(nodes) = &self.local {
-            return local_write(
-                nodes
-                    .master
-                    .put(key.into(), value.to_vec(), ack, expect)
-                    .await,
-            );
-        }
         self.client
             .set_if(self.master, key, value, ack, expect)
             .await
@@ -470,26 +401,9 @@ impl Gateway {
         ack: Ack,
         expect: Expect,
     ) -> Result<(bool, Cursor), ApiError> {
-        if let Some(nodes) = &self.local {
-            return local_write(nodes.master.delete(key.into(), ack, expect).await);
-        }
         self.client
             .delete_if(self.master, key, ack, expect)
             .await
             .map_err(ApiError::from_write)
-    }
-}
-
-/// A write on the master in this process, as the HTTP answer sees it
-/// (`None`: the expectation failed).
-fn local_write<T>(r: replication::Result<Option<T>>) -> Result<T, ApiError> {
-    match r {
-        Ok(Some(w)) => Ok(w),
-        Ok(None) => Err(precondition_failed()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "write_failed",
-            e.to_string(),
-        )),
     }
 }
