@@ -16,6 +16,7 @@ pub mod identity;
 pub mod mycelium;
 pub mod node;
 mod pipeline;
+pub mod proto;
 mod syncer;
 
 pub use client::{Client, Watch};

@@ -13,6 +13,8 @@ use crate::cursor::Cursor;
 use crate::error::{Error, Result};
 use crate::frame::{self, Ack, Change, Expect, Frame, FrameReader, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
+use crate::proto::followers::ALL;
+use crate::proto::{Followers, Transition};
 
 /// Records per shipped segment, at most (whole records; at least one).
 const SEGMENT_BYTES: usize = 1 << 20;
@@ -169,20 +171,6 @@ impl Default for MasterOptions {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct WorkerState {
-    acked: Location,
-    in_sync: bool,
-}
-
-/// A worker this close to the master's end (in bytes of log) counts as
-/// caught up and rejoins the in-sync set: under a steady write load the end
-/// moves on while an acknowledgement travels, so "at the end" may never hold.
-const REJOIN_LAG_BYTES: u64 = 256 << 10;
-
-/// The cursor every in-sync worker has applied when none is in sync.
-const ALL: Location = Location::new(u16::MAX, u32::MAX);
-
 /// The master: the only node that takes writes; ships its records to workers.
 pub struct Master {
     store: Arc<KeyedStore>,
@@ -195,7 +183,9 @@ pub struct Master {
     /// The lowest cursor applied by an in-sync worker (`ALL` if none is in
     /// sync): `ack=all` writes wait for it to pass their cursor.
     in_sync_applied: watch::Sender<Location>,
-    workers: Mutex<BTreeMap<SocketAddr, WorkerState>>,
+    /// Each worker's progress and the in-sync set (the decisions are in
+    /// `proto::followers`; here they are applied and logged).
+    workers: Mutex<Followers>,
     /// Group commit's syncer thread; other sync policies make a write
     /// durable (or not) as it is appended, and need none.
     syncer: Option<crate::syncer::Syncer>,
@@ -206,6 +196,7 @@ impl Master {
         let store = Arc::new(store);
         let commit = watch::channel(store.db().durable_end()).0;
         let wake = commit.clone();
+        let workers = Followers::new(options.max_lag_bytes, store.db().config().file_size as u64);
         Arc::new(Master {
             syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group)
                 .then(|| crate::syncer::Syncer::start(&store, move |end| advance(&wake, end))),
@@ -213,18 +204,27 @@ impl Master {
             options,
             commit,
             in_sync_applied: watch::channel(ALL).0,
-            workers: Mutex::new(BTreeMap::new()),
+            workers: Mutex::new(workers),
         })
     }
 
-    /// Recomputes what every in-sync worker has applied.
-    fn publish_in_sync(&self, workers: &BTreeMap<SocketAddr, WorkerState>) {
-        let low = workers
-            .values()
-            .filter(|w| w.in_sync)
-            .map(|w| w.acked)
-            .min()
-            .unwrap_or(ALL);
+    /// Publishes what every in-sync worker has applied (waking `ack=all`
+    /// writes), and logs the set's changes.
+    fn publish_in_sync(&self, workers: &Followers, changes: &[Transition]) {
+        for t in changes {
+            match t {
+                Transition::Joined { worker, acked } => {
+                    tracing::info!(%worker, cursor = %acked, "worker caught up: in sync")
+                }
+                Transition::Lagged { worker, acked } => {
+                    tracing::warn!(%worker, cursor = %acked, "worker lags too far: out of sync")
+                }
+                Transition::TimedOut { worker, acked } => {
+                    tracing::warn!(%worker, cursor = %acked, "no acknowledgement in time: out of sync")
+                }
+            }
+        }
+        let low = workers.in_sync_applied();
         self.in_sync_applied.send_if_modified(|v| {
             let changed = *v != low;
             *v = low;
@@ -277,33 +277,11 @@ impl Master {
             .collect()
     }
 
-    /// Bytes of log between `from` and `to` (files count as full).
-    fn lag_bytes(&self, from: Location, to: Location) -> u64 {
-        if from >= to {
-            return 0;
-        }
-        let file_size = self.store.db().config().file_size as u64;
-        let files = (to.file_nr - from.file_nr) as u64;
-        (files * file_size + to.position as u64).saturating_sub(from.position as u64)
-    }
-
     fn on_ack(&self, peer: SocketAddr, cursor: Location) {
-        let end = *self.commit.borrow();
+        let commit = *self.commit.borrow();
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        let w = workers.entry(peer).or_insert(WorkerState {
-            acked: cursor,
-            in_sync: false,
-        });
-        w.acked = cursor;
-        let lag = self.lag_bytes(cursor, end);
-        if !w.in_sync && lag <= REJOIN_LAG_BYTES {
-            tracing::info!(%peer, %cursor, "worker caught up: in sync");
-            w.in_sync = true;
-        } else if w.in_sync && lag > self.options.max_lag_bytes {
-            tracing::warn!(%peer, %cursor, %end, "worker lags too far: out of sync");
-            w.in_sync = false;
-        }
-        self.publish_in_sync(&workers);
+        let change = workers.on_ack(peer, cursor, commit);
+        self.publish_in_sync(&workers, change.as_slice());
     }
 
     /// Waits until every in-sync worker applied `target`; a worker that does
@@ -319,13 +297,8 @@ impl Master {
             return;
         }
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        for (a, w) in workers.iter_mut() {
-            if w.in_sync && w.acked < target {
-                tracing::warn!(worker = %a, %target, "no acknowledgement in time: out of sync");
-                w.in_sync = false;
-            }
-        }
-        self.publish_in_sync(&workers);
+        let dropped = workers.on_ack_timeout(target);
+        self.publish_in_sync(&workers, &dropped);
     }
 
     /// The store's view of a wire expectation; `None` when it cannot hold
@@ -680,8 +653,8 @@ impl Master {
         acks.abort();
         {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            workers.remove(&peer);
-            self.publish_in_sync(&workers);
+            workers.remove(peer);
+            self.publish_in_sync(&workers, &[]);
         }
         tracing::info!(%peer, "worker left");
         result
