@@ -4,8 +4,10 @@
 //! rules are tested without sockets, runtimes or directories.
 
 pub mod followers;
+pub mod read_index;
 
 pub use followers::{Followers, Progress, Transition};
+pub use read_index::ReadIndexBatch;
 
 #[cfg(test)]
 mod tests {
@@ -15,6 +17,7 @@ mod tests {
         for (name, src) in [
             ("mod.rs", include_str!("mod.rs")),
             ("followers.rs", include_str!("followers.rs")),
+            ("read_index.rs", include_str!("read_index.rs")),
         ] {
             // Split so that this test's own text does not match.
             for banned in [

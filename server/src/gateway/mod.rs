@@ -124,11 +124,8 @@ impl Drop for Attempt<'_> {
 }
 
 /// Strong reads waiting for the next read-index round.
-#[derive(Default)]
-struct Batch {
-    running: bool,
-    waiters: Vec<tokio::sync::oneshot::Sender<Result<Cursor, String>>>,
-}
+type Batch =
+    replication::proto::ReadIndexBatch<tokio::sync::oneshot::Sender<Result<Cursor, String>>>;
 
 impl Gateway {
     pub fn new(
@@ -250,11 +247,11 @@ impl Gateway {
     /// stops them for the reads still waiting.
     async fn read_index(&self) -> Result<Cursor, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let lead = {
-            let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
-            b.waiters.push(tx);
-            !std::mem::replace(&mut b.running, true)
-        };
+        let lead = self
+            .batch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join(tx);
         if lead {
             let (client, batch, rounds, master) = (
                 self.client.clone(),
@@ -264,13 +261,10 @@ impl Gateway {
             );
             tokio::spawn(async move {
                 loop {
-                    let waiting = {
-                        let mut b = batch.lock().unwrap_or_else(|e| e.into_inner());
-                        if b.waiters.is_empty() {
-                            b.running = false;
-                            return;
-                        }
-                        std::mem::take(&mut b.waiters)
+                    let Some(waiting) =
+                        batch.lock().unwrap_or_else(|e| e.into_inner()).next_round()
+                    else {
+                        return;
                     };
                     let r = client.read_index(master).await.map_err(|e| e.to_string());
                     rounds.fetch_add(1, Ordering::Relaxed);
