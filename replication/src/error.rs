@@ -20,7 +20,7 @@ pub enum Error {
     Protocol(String),
     /// The peer answered with an error.
     #[error("{code}: {message}")]
-    Remote { code: String, message: String },
+    Remote { code: Code, message: String },
     #[error("storage: {0}")]
     Db(#[from] ourdb::Error),
     /// A group commit failed: the store takes no more writes until reopened.
@@ -33,6 +33,78 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a node refused a request (`Frame::Failed`). On the wire it is a
+/// short text, so a code this build does not know arrives as `Other`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// A conditional write's expectation did not hold.
+    Precondition,
+    /// A subscriber's log is of another epoch: it needs a snapshot.
+    Epoch,
+    /// A cursor that is no record boundary of this log, or a log that
+    /// differs before it.
+    Cursor,
+    /// A worker did not reach the requested cursor within the read wait.
+    Lagging,
+    /// The master has not committed the requested cursor within the wait.
+    NotReached,
+    /// A watch cursor of a log that a compaction replaced.
+    Gone,
+    /// A write sent to a worker.
+    NotMaster,
+    BadRequest,
+    ReadFailed,
+    WriteFailed,
+    DigestFailed,
+    Other(String),
+}
+
+impl Code {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Code::Precondition => "precondition",
+            Code::Epoch => "epoch",
+            Code::Cursor => "cursor",
+            Code::Lagging => "lagging",
+            Code::NotReached => "not_reached",
+            Code::Gone => "gone",
+            Code::NotMaster => "not_master",
+            Code::BadRequest => "bad_request",
+            Code::ReadFailed => "read_failed",
+            Code::WriteFailed => "write_failed",
+            Code::DigestFailed => "digest_failed",
+            Code::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Code {
+    fn from(s: &str) -> Code {
+        [
+            Code::Precondition,
+            Code::Epoch,
+            Code::Cursor,
+            Code::Lagging,
+            Code::NotReached,
+            Code::Gone,
+            Code::NotMaster,
+            Code::BadRequest,
+            Code::ReadFailed,
+            Code::WriteFailed,
+            Code::DigestFailed,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .unwrap_or_else(|| Code::Other(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 pub(crate) trait IoContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;

@@ -8,8 +8,7 @@
 use ourdb::Location;
 
 pub use crate::cursor::Cursor;
-
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 
 /// Largest frame accepted: a segment of records plus its header.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -68,7 +67,7 @@ pub enum Frame {
     /// Node -> client: the digest, as text.
     DigestIs { text: String },
     /// Any error, with a short code.
-    Failed { code: String, message: String },
+    Failed { code: Code, message: String },
     /// Worker -> master: send a full copy of your data files.
     Snapshot,
     /// Master -> worker: bytes of data file `file_nr` at `offset`.
@@ -479,7 +478,7 @@ impl Frame {
             }
             Frame::Failed { code, message } => {
                 w.u8(13);
-                w.bytes(code.as_bytes());
+                w.bytes(code.as_str().as_bytes());
                 w.bytes(message.as_bytes());
             }
             Frame::Status => w.u8(14),
@@ -679,7 +678,7 @@ impl Frame {
             11 => Frame::Digest,
             12 => Frame::DigestIs { text: r.string()? },
             13 => Frame::Failed {
-                code: r.string()?,
+                code: Code::from(r.string()?.as_str()),
                 message: r.string()?,
             },
             14 => Frame::Status,
@@ -1054,7 +1053,11 @@ mod tests {
             Frame::Digest,
             Frame::DigestIs { text: "x".into() },
             Frame::Failed {
-                code: "not_found".into(),
+                code: Code::Gone,
+                message: "m".into(),
+            },
+            Frame::Failed {
+                code: Code::Other("from_a_newer_peer".into()),
                 message: "m".into(),
             },
             Frame::Pipeline,

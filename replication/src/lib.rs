@@ -21,7 +21,7 @@ mod syncer;
 
 pub use client::{Client, Watch};
 pub use cursor::Cursor;
-pub use error::{Error, Result};
+pub use error::{Code, Error, Result};
 pub use frame::{Ack, Change, Expect, Version, WorkerStatus};
 pub use identity::{init_cluster, Identity};
 pub use node::{digest, Master, MasterOptions, Worker};

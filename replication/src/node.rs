@@ -10,7 +10,7 @@ use ourdb::Location;
 use tokio::sync::watch;
 
 use crate::cursor::Cursor;
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 use crate::frame::{self, Ack, Change, Expect, Frame, FrameReader, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
 use crate::proto::followers::ALL;
@@ -36,9 +36,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Protocol(format!("storage task failed: {e}")))?
 }
 
-fn failed(code: &str, e: impl std::fmt::Display) -> Frame {
+fn failed(code: Code, e: impl std::fmt::Display) -> Frame {
     Frame::Failed {
-        code: code.into(),
+        code,
         message: e.to_string(),
     }
 }
@@ -59,7 +59,7 @@ async fn versioned_value(store: Arc<KeyedStore>, key: String, cursor: Cursor) ->
             cursor,
             version: Version::default(),
         },
-        Err(e) => failed("read_failed", e),
+        Err(e) => failed(Code::ReadFailed, e),
     }
 }
 
@@ -78,15 +78,15 @@ async fn read_query(store: Arc<KeyedStore>, req: Frame, cursor: Cursor) -> Frame
         }
         Frame::ById { id, .. } => match blocking(move || Ok(store.get_by_id(id)?)).await {
             Ok(entry) => Frame::Record { entry, cursor },
-            Err(e) => failed("read_failed", e),
+            Err(e) => failed(Code::ReadFailed, e),
         },
         Frame::History { key, depth, .. } => {
             match blocking(move || Ok(store.history(&key, depth as usize)?)).await {
                 Ok(values) => Frame::Values { values, cursor },
-                Err(e) => failed("read_failed", e),
+                Err(e) => failed(Code::ReadFailed, e),
             }
         }
-        other => failed("bad_request", format!("{other:?} is no query")),
+        other => failed(Code::BadRequest, format!("{other:?} is no query")),
     }
 }
 
@@ -457,10 +457,10 @@ impl Master {
                     version,
                 },
                 Ok(None) => failed(
-                    "precondition",
+                    Code::Precondition,
                     "the key's current version is not the one expected",
                 ),
-                Err(e) => failed("write_failed", e),
+                Err(e) => failed(Code::WriteFailed, e),
             },
             Frame::Delete { key, ack, expect } => match self.delete(key, ack, expect).await {
                 Ok(Some((existed, cursor))) => Frame::Written {
@@ -469,10 +469,10 @@ impl Master {
                     version: Version::default(),
                 },
                 Ok(None) => failed(
-                    "precondition",
+                    Code::Precondition,
                     "the key's current version is not the one expected",
                 ),
-                Err(e) => failed("write_failed", e),
+                Err(e) => failed(Code::WriteFailed, e),
             },
             Frame::Status => Frame::StatusIs {
                 cursor: self.commit_cursor(),
@@ -489,7 +489,7 @@ impl Master {
             }
             Frame::Digest => match blocking(move || digest(&store)).await {
                 Ok(text) => Frame::DigestIs { text },
-                Err(e) => failed("digest_failed", e),
+                Err(e) => failed(Code::DigestFailed, e),
             },
             req @ (Frame::List { min_cursor, .. }
             | Frame::History { min_cursor, .. }
@@ -499,7 +499,10 @@ impl Master {
                 }
                 read_query(store, req, self.commit_cursor()).await
             }
-            other => failed("bad_request", format!("a master does not take {other:?}")),
+            other => failed(
+                Code::BadRequest,
+                format!("a master does not take {other:?}"),
+            ),
         }
     }
 
@@ -507,7 +510,7 @@ impl Master {
     /// another epoch, or past its end (no write made it).
     fn not_reached(&self, min: Cursor) -> Frame {
         failed(
-            "not_reached",
+            Code::NotReached,
             format!(
                 "no write made cursor {min}: the master's commit cursor is {}",
                 self.commit_cursor()
@@ -592,7 +595,7 @@ impl Master {
         let same = blocking(move || Ok(store.db().bytes_before(cursor, n)?)).await;
         if epoch == ours && !matches!(&same, Ok(b) if *b == tail) {
             let f = failed(
-                "cursor",
+                Code::Cursor,
                 format!("worker log differs from ours before {cursor}"),
             );
             frame::write(&mut send, &f).await?;
@@ -600,7 +603,7 @@ impl Master {
         }
         if epoch != ours {
             let f = failed(
-                "epoch",
+                Code::Epoch,
                 format!("worker epoch {epoch}, master epoch {ours}: a snapshot is needed"),
             );
             frame::write(&mut send, &f).await?;
@@ -627,7 +630,7 @@ impl Master {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = frame::write(&mut send, &failed("cursor", &e)).await;
+                    let _ = frame::write(&mut send, &failed(Code::Cursor, &e)).await;
                     break Err(e);
                 }
             };
@@ -789,7 +792,9 @@ impl Worker {
                     self.applied.send_replace(Cursor::new(epoch, end));
                     frame::write(&mut send, &Frame::Ack { cursor: end }).await?;
                 }
-                Some(Frame::Failed { code, message }) if code == "epoch" || code == "cursor" => {
+                Some(Frame::Failed { code, message })
+                    if code == Code::Epoch || code == Code::Cursor =>
+                {
                     tracing::warn!(%code, %message, "the master cannot serve our cursor: fetching a snapshot");
                     return self.snapshot(&conn).await;
                 }
@@ -842,7 +847,7 @@ impl Worker {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = frame::write(&mut send, &failed("cursor", &e)).await;
+                    let _ = frame::write(&mut send, &failed(Code::Cursor, &e)).await;
                     return Err(e);
                 }
             };
@@ -906,7 +911,7 @@ impl Worker {
                 next: Cursor::new(epoch, seg.next),
                 applied,
             },
-            Err(e) => failed("cursor", e),
+            Err(e) => failed(Code::Cursor, e),
         }
     }
 
@@ -928,7 +933,7 @@ impl Worker {
         }
         if !self.wait_applied(from).await || self.applied().epoch != epoch {
             return Err(failed(
-                "lagging",
+                Code::Lagging,
                 format!("applied {} has not reached {from}", self.applied()),
             ));
         }
@@ -936,7 +941,7 @@ impl Worker {
         match blocking(move || Ok(s.db().read_records(from.at, ourdb::HEADER_LEN)?)).await {
             Ok(_) => Ok(from.at),
             Err(e) => Err(failed(
-                "cursor",
+                Code::Cursor,
                 format!("cursor {from} is no record boundary: {e}"),
             )),
         }
@@ -1075,7 +1080,7 @@ impl Worker {
             Frame::Get { key, min_cursor } => match self.wait_applied(min_cursor).await {
                 true => versioned_value(self.store(), key, self.applied()).await,
                 false => failed(
-                    "lagging",
+                    Code::Lagging,
                     format!("applied {} has not reached {min_cursor}", self.applied()),
                 ),
             },
@@ -1083,7 +1088,7 @@ impl Worker {
                 let store = self.store();
                 match blocking(move || digest(&store)).await {
                     Ok(text) => Frame::DigestIs { text },
-                    Err(e) => failed("digest_failed", e),
+                    Err(e) => failed(Code::DigestFailed, e),
                 }
             }
             Frame::ReadIndex => Frame::Cursor {
@@ -1102,12 +1107,12 @@ impl Worker {
                     read_query(self.store(), req, self.applied()).await
                 } else {
                     failed(
-                        "lagging",
+                        Code::Lagging,
                         format!("applied {} has not reached {min_cursor}", self.applied()),
                     )
                 }
             }
-            other => failed("not_master", format!("a worker does not take {other:?}")),
+            other => failed(Code::NotMaster, format!("a worker does not take {other:?}")),
         }
     }
 }
@@ -1155,7 +1160,7 @@ fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> Vec<Change> {
 /// The refusal of a watch cursor whose log was replaced by a compaction.
 fn gone(from: Cursor, epoch: u64) -> Frame {
     failed(
-        "gone",
+        Code::Gone,
         format!(
             "cursor {from} is from log epoch {}, which a compaction replaced (epoch {epoch}): \
              read the keys again and watch from the cursor of that read",

@@ -1,6 +1,7 @@
 //! Error answers: a status, a short code and a message, as JSON.
 
 use super::*;
+use replication::Code;
 
 /// An error answer: status and `{"error":{"code","message"}}`.
 #[derive(Debug)]
@@ -37,14 +38,14 @@ impl ApiError {
     }
     pub(super) fn from_replication(e: replication::Error) -> ApiError {
         match e {
-            replication::Error::Remote { code, message }
-                if code == "lagging" || code == "not_reached" =>
-            {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
-            }
-            replication::Error::Remote { code, message } if code == "bad_request" => {
-                ApiError::bad_request(message)
-            }
+            replication::Error::Remote {
+                code: Code::Lagging | Code::NotReached,
+                message,
+            } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+            replication::Error::Remote {
+                code: Code::BadRequest,
+                message,
+            } => ApiError::bad_request(message),
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
@@ -57,13 +58,14 @@ impl ApiError {
     }
     pub(super) fn from_write(e: replication::Error) -> ApiError {
         match e {
-            replication::Error::Remote { code, message } if code == "precondition" => {
-                ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    "precondition_failed",
-                    message,
-                )
-            }
+            replication::Error::Remote {
+                code: Code::Precondition,
+                message,
+            } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                message,
+            ),
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
             }

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use super::*;
+use replication::Code;
 
 /// Changes the shared stream buffers for watches that read slowly; one
 /// that falls further behind catches up on its own.
@@ -134,7 +135,9 @@ impl Hub {
             };
             let mut w = match client.watch(node, "", from).await {
                 Ok(w) => w,
-                Err(replication::Error::Remote { code, .. }) if code == "gone" => {
+                Err(replication::Error::Remote {
+                    code: Code::Gone, ..
+                }) => {
                     self.gone();
                     continue;
                 }
@@ -155,7 +158,9 @@ impl Hub {
                 match w.next().await {
                     Ok(Some(c)) => self.publish(c),
                     Ok(None) => break,
-                    Err(replication::Error::Remote { code, .. }) if code == "gone" => {
+                    Err(replication::Error::Remote {
+                        code: Code::Gone, ..
+                    }) => {
                         self.gone();
                         break;
                     }
@@ -245,7 +250,9 @@ impl Follower {
                         self.failures = 0;
                         self.take(changes, next);
                     }
-                    Err(replication::Error::Remote { code, .. }) if code == "gone" => return None,
+                    Err(replication::Error::Remote {
+                        code: Code::Gone, ..
+                    }) => return None,
                     Err(e) => {
                         // Workers down for long: end, and let the client
                         // reconnect with Last-Event-ID.
@@ -333,12 +340,14 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
         let (changes, next) = catch_up(&gw, &prefix, cursor, until.max(cursor))
             .await
             .map_err(|e| match e {
-                replication::Error::Remote { code, message } if code == "gone" => {
-                    ApiError::new(StatusCode::GONE, "gone", message)
-                }
-                replication::Error::Remote { code, message } if code == "cursor" => {
-                    ApiError::bad_request(message)
-                }
+                replication::Error::Remote {
+                    code: Code::Gone,
+                    message,
+                } => ApiError::new(StatusCode::GONE, "gone", message),
+                replication::Error::Remote {
+                    code: Code::Cursor,
+                    message,
+                } => ApiError::bad_request(message),
                 e @ replication::Error::Remote { .. } => ApiError::from_replication(e),
                 e => {
                     tracing::warn!(error = %e, "watch: no worker answered");
