@@ -186,6 +186,10 @@ pub(crate) enum DbCmd {
         dir: PathBuf,
         #[command(flatten)]
         shape: Shape,
+        /// In incremental mode, accept ids with gaps (ourkv reads the
+        /// result; V cannot open it: it needs ids 1, 2, 3, … there).
+        #[arg(long)]
+        allow_gaps: bool,
     },
     /// Check CRCs, history chains and framing; exit 1 on damage.
     Verify {

@@ -105,20 +105,37 @@ pub(crate) struct DumpLine {
     history: Option<Vec<String>>,
 }
 
-pub(crate) fn restore(dir: &Path, shape: &Shape) -> Result<ExitCode> {
+pub(crate) fn restore(dir: &Path, shape: &Shape, allow_gaps: bool) -> Result<ExitCode> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!(
             "{} exists and is not empty: restore writes a new directory",
             dir.display()
         );
     }
+    let existed = dir.exists();
+    let r = restore_into(dir, shape, allow_gaps);
+    if r.is_err() {
+        // The directory was new (or empty): a refused restore leaves nothing
+        // half-written behind.
+        let _ = std::fs::remove_dir_all(dir);
+        if existed {
+            let _ = std::fs::create_dir(dir);
+        }
+    }
+    r
+}
+
+fn restore_into(dir: &Path, shape: &Shape, allow_gaps: bool) -> Result<ExitCode> {
+    let config = shape.config();
+    let incremental = config.incremental;
     let db = OpenOptions::new()
-        .config(shape.config())
+        .config(config)
         .sync(ourdb::SyncPolicy::Never)
         .open(dir)
         .with_context(|| format!("create {}", dir.display()))?;
     let dec = base64::engine::general_purpose::STANDARD;
     let mut n = 0u64;
+    let mut last_id = 0u32;
     for (i, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.context("read stdin")?;
         if line.trim().is_empty() {
@@ -126,6 +143,16 @@ pub(crate) fn restore(dir: &Path, shape: &Shape) -> Result<ExitCode> {
         }
         let l: DumpLine = serde_json::from_str(&line)
             .with_context(|| format!("line {}: not a dump line", i + 1))?;
+        if incremental && !allow_gaps && Some(l.id) != last_id.checked_add(1) {
+            bail!(
+                "line {}: id {} after id {last_id}: in incremental mode V needs ids 1, 2, 3, … \
+                 in order, without gaps. Restore with --kv (key-value mode: V opens it with \
+                 incremental off), or pass --allow-gaps (ourkv reads the result; V cannot open it)",
+                i + 1,
+                l.id
+            );
+        }
+        last_id = l.id;
         let current = dec
             .decode(&l.value)
             .with_context(|| format!("line {}: value is not base64", i + 1))?;
@@ -203,7 +230,11 @@ pub(crate) fn run(cmd: DbCmd) -> Result<ExitCode> {
             shape,
             history,
         } => dump(&dir, &shape, history),
-        DbCmd::Restore { dir, shape } => restore(&dir, &shape),
+        DbCmd::Restore {
+            dir,
+            shape,
+            allow_gaps,
+        } => restore(&dir, &shape, allow_gaps),
         DbCmd::Info { dir, shape } => info(&dir, &shape),
         DbCmd::Verify { dir, shape } => {
             let r = ourdb::tools::verify(&dir, shape.for_existing(&dir)?)?;
