@@ -134,11 +134,18 @@ impl<'a> Rebuilder<'a> {
             let loc = Location::new(file_nr, pos as u32);
             match piece {
                 Piece::Record(h) => self.apply(loc, &h),
-                Piece::ZeroRun(HEADER_LEN) => {
-                    // Exactly an empty value with no previous version.
-                    self.apply(loc, &Header::decode(&[0; HEADER_LEN]));
+                Piece::ZeroRun(run) if run % HEADER_LEN == 0 => {
+                    // Whole headers of zeros: empty values with no previous
+                    // version, back to back (V writes an empty value as 12
+                    // zero bytes). A deleted record whose value is a
+                    // multiple of 12 bytes long looks the same.
+                    let n = run / HEADER_LEN;
+                    for i in 0..n {
+                        let at = Location::new(file_nr, (pos + i * HEADER_LEN) as u32);
+                        self.apply(at, &Header::decode(&[0; HEADER_LEN]));
+                    }
                     self.report.assumptions.push(format!(
-                        "12 zero bytes at {loc}: taken as a live empty value (a deleted empty value looks the same)"
+                        "{run} zero bytes at {loc}: taken as {n} live empty value(s) (deleted records can look the same)"
                     ));
                 }
                 Piece::ZeroRun(run) => {
@@ -258,6 +265,29 @@ mod tests {
         assert_eq!(t.get(3), Location::NONE);
         assert_eq!(r.report.assumptions.len(), 1);
         assert!(r.report.undecided.is_empty());
+    }
+
+    /// V writes an empty value as 12 zero bytes: two in a row are 24 zero
+    /// bytes, two ids, not one deleted record.
+    #[test]
+    fn consecutive_empty_values_keep_their_ids() {
+        let mut f = vec![0u8];
+        encode_record(b"", Location::NONE, &mut f); // id 1
+        encode_record(b"", Location::NONE, &mut f); // id 2
+        let abc = f.len();
+        encode_record(b"abc", Location::NONE, &mut f); // id 3
+        f.extend_from_slice(&[0u8; 12 + 7]); // a deleted first version: id 4
+        encode_record(b"def", Location::NONE, &mut f); // id 5
+        let t = LookupTable::new(100);
+        let mut r = Rebuilder::new(&t, true, 1);
+        r.scan_file(0, &f, 1);
+        assert_eq!(t.get(1), Location::new(0, 1));
+        assert_eq!(t.get(2), Location::new(0, 13));
+        assert_eq!(t.get(3), Location::new(0, abc as u32));
+        assert_eq!(t.get(4), Location::NONE);
+        assert_ne!(t.get(5), Location::NONE);
+        assert_eq!(r.next_id, 6);
+        assert!(r.report.undecided.is_empty(), "{:?}", r.report);
     }
 
     #[test]
