@@ -424,13 +424,36 @@ impl OurDb {
                     // after it are rolled forward where the data decides their ids.
                     if let Some(boundary) = dump_boundary(&files, &dump.entries, keysize)? {
                         if boundary < data_end {
-                            let mut rb = Rebuilder::new(&lookup, incremental, next_id);
+                            // Zero runs past the boundary are records deleted
+                            // before the dump was written (V writes it at close,
+                            // and a delete's zeros reach the disk only then or at
+                            // a file switch): everything up to the last of them
+                            // predates the dump, old versions of deleted ids
+                            // included, and only what follows is rolled forward.
+                            // So no deleted id comes back and no id is invented.
+                            let mut from = boundary;
                             for f in files.iter().flatten() {
                                 if f.nr < boundary.file_nr {
                                     continue;
                                 }
                                 let start = if f.nr == boundary.file_nr {
                                     boundary.position as usize
+                                } else {
+                                    1
+                                };
+                                scan::walk(&f.read_all()?, start, |pos, piece| {
+                                    if let scan::Piece::ZeroRun(run) = piece {
+                                        from = Location::new(f.nr, (pos + run) as u32);
+                                    }
+                                });
+                            }
+                            let mut rb = Rebuilder::new(&lookup, incremental, next_id);
+                            for f in files.iter().flatten() {
+                                if f.nr < from.file_nr {
+                                    continue;
+                                }
+                                let start = if f.nr == from.file_nr {
+                                    from.position as usize
                                 } else {
                                     1
                                 };
@@ -1494,8 +1517,9 @@ impl OurDb {
     }
 
     /// An empty value is 12 zero bytes; so is the start of a record V's delete
-    /// zeroed (12 + len zeros). Empty values come in whole 12-byte steps, so a
-    /// zero run whose length is no multiple of 12 holds a zeroed record.
+    /// zeroed (12 + len zeros). A zero run of whole 12-byte steps is empty
+    /// values; any other run is an empty value beside deleted records, or a
+    /// live record V's misdirected delete zeroed (told apart below).
     fn zeroed_by_v_delete(&self, f: &DataFile, loc: Location) -> Result<bool> {
         let start = loc.position as u64;
         let end = self.data_end(f)?;
@@ -1512,7 +1536,34 @@ impl OurDb {
                 None => return Ok(true),
             }
         };
-        Ok(run % HEADER_LEN != 0)
+        if run % HEADER_LEN == 0 {
+            return Ok(false);
+        }
+        // V's misdirected delete zeroes a record in the wrong file at the
+        // deleted record's position, and leaves that record intact: without
+        // a CRC-valid record at this position in another file, the zeros
+        // after this empty value are a record deleted where it was.
+        let files: Vec<Arc<DataFile>> = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .filter(|o| o.nr != f.nr)
+            .cloned()
+            .collect();
+        for other in files {
+            let mut hb = [0u8; HEADER_LEN];
+            if other.read_at(start, &mut hb).is_err() || hb == [0u8; HEADER_LEN] {
+                continue;
+            }
+            let h = Header::decode(&hb);
+            let mut value = vec![0u8; h.len as usize];
+            if other.read_at(start + HEADER_LEN as u64, &mut value).is_ok() && h.check(&value) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Bytes of data in `f`, buffered writes included.

@@ -315,15 +315,12 @@ fn recover_keeps_consecutive_empty_values() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
     std::fs::create_dir(&dir).unwrap();
-    // The data file as V writes it (docs/FORMAT.md): one zero byte, then
-    // records: u16 LE length, u32 LE CRC-32 of the value, 6-byte previous
-    // pointer, the value. An empty value is 12 zero bytes.
+    // The data file as V writes it: one zero byte, then the records.
     let mut f = vec![0u8];
-    f.extend_from_slice(&[0u8; 24]);
-    f.extend_from_slice(&3u16.to_le_bytes());
-    f.extend_from_slice(&crc32(b"abc").to_le_bytes());
-    f.extend_from_slice(&[0u8; 6]);
-    f.extend_from_slice(b"abc");
+    f.extend(v_record(b"", (0, 0)));
+    f.extend(v_record(b"", (0, 0)));
+    assert_eq!(f, [0u8; 25], "an empty value is 12 zero bytes");
+    f.extend(v_record(b"abc", (0, 0)));
     std::fs::write(dir.join("0.db"), &f).unwrap();
     let d = dir.to_str().unwrap();
     let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
@@ -360,4 +357,109 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !c
+}
+
+/// V: `set('')` → 1, `set('abcdefghij')` → 2, `delete(2)`, close. One data
+/// file, so V's delete zeroed the right record: id 1 is a valid empty value
+/// beside a deleted record, not damage.
+#[test]
+fn an_empty_value_beside_a_deleted_record_is_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
+    // One zero byte, id 1's empty value (12 zero bytes), id 2's record
+    // zeroed by its delete (12 + 10 zero bytes).
+    let mut f = vec![0u8];
+    f.extend_from_slice(&[0u8; 12 + 22]);
+    std::fs::write(dir.join("0.db"), &f).unwrap();
+    // Lookup dump (keysize 2 for record_nr_max 1000): u32 LE id, then the
+    // position as u16 BE; only live ids. Next id 3.
+    let mut dump = 1u32.to_le_bytes().to_vec();
+    dump.extend_from_slice(&1u16.to_be_bytes());
+    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
+    std::fs::write(dir.join("lookup_dump.db/.inc"), "3").unwrap();
+    let d = dir.to_str().unwrap();
+    let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
+    let run = |cmd: &[&str]| ourkv(&[cmd, &shape].concat(), None);
+    let out = run(&["db", "dump", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}\n", serde_json::json!({"id": 1, "value": ""}))
+    );
+    let out = run(&["db", "verify", d]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = run(&["db", "info", d]);
+    assert!(
+        text(&out.stdout).contains("next_id: 3"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&["db", "compact", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A V record as FORMAT.md describes it: u16 LE length, u32 LE CRC-32,
+/// the previous version as u16 BE file and u32 BE position, the value.
+fn v_record(value: &[u8], prev: (u16, u32)) -> Vec<u8> {
+    let mut r = (value.len() as u16).to_le_bytes().to_vec();
+    r.extend_from_slice(&crc32(value).to_le_bytes());
+    r.extend_from_slice(&prev.0.to_be_bytes());
+    r.extend_from_slice(&prev.1.to_be_bytes());
+    r.extend_from_slice(value);
+    r
+}
+
+/// V: `set('first')` → 1, `set('second-v1')` → 2, `set(2, 'second-v2')`,
+/// `delete(2)`, close. The dump names id 1 only; the old version of id 2
+/// is still on disk after it. Opening must not roll it forward as a new id.
+#[test]
+fn a_deleted_id_does_not_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
+    let mut f = vec![0u8];
+    f.extend(v_record(b"first", (0, 0)));
+    let v1 = f.len() as u32;
+    f.extend(v_record(b"second-v1", (0, 0)));
+    // second-v2 (prev: second-v1), zeroed by delete(2).
+    f.extend(vec![0u8; v_record(b"second-v2", (0, v1)).len()]);
+    std::fs::write(dir.join("0.db"), &f).unwrap();
+    let mut dump = 1u32.to_le_bytes().to_vec();
+    dump.extend_from_slice(&1u16.to_be_bytes());
+    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
+    std::fs::write(dir.join("lookup_dump.db/.inc"), "3").unwrap();
+    let d = dir.to_str().unwrap();
+    let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
+    let run = |cmd: &[&str]| ourkv(&[cmd, &shape].concat(), None);
+    let only_first = format!("{}\n", serde_json::json!({"id": 1, "value": b64(b"first")}));
+    let out = run(&["db", "dump", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), only_first);
+    assert!(
+        !text(&out.stderr).contains("rolled"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["db", "info", d]);
+    assert!(
+        text(&out.stdout).contains("next_id: 3"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&["db", "compact", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["db", "dump", d]);
+    assert_eq!(text(&out.stdout), only_first);
+    let out = run(&["db", "info", d]);
+    assert!(
+        text(&out.stdout).contains("next_id: 3"),
+        "{}",
+        text(&out.stdout)
+    );
 }
