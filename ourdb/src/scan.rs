@@ -20,13 +20,28 @@ pub fn record_at(bytes: &[u8], pos: usize) -> Option<Header> {
 /// Where the record that ends a zero run starts. Its header may begin with
 /// zero bytes of its own, so it starts up to 11 bytes before `first_nonzero`,
 /// but not before `min`. A run of zeros followed by a few header bytes can
-/// itself parse as an empty value with a previous pointer; a record with a
-/// value is preferred over such a phantom.
+/// itself parse as an empty value with a previous pointer (an update to an
+/// empty value begins with eight zero bytes). So a start after which the
+/// file goes on (the end, another record, or more zeros) is preferred, then
+/// a record with a value over such a phantom.
 pub fn record_after_zeros(bytes: &[u8], min: usize, first_nonzero: usize) -> Option<usize> {
     let range = first_nonzero.saturating_sub(HEADER_LEN - 1).max(min)..=first_nonzero;
+    let goes_on = |p: usize| {
+        record_at(bytes, p).is_some_and(|h| {
+            let next = p + h.record_len() as usize;
+            next >= bytes.len()
+                || record_at(bytes, next).is_some()
+                || bytes[next..bytes.len().min(next + HEADER_LEN)]
+                    .iter()
+                    .all(|&b| b == 0)
+        })
+    };
+    let with_value = |p: usize| record_at(bytes, p).is_some_and(|h| h.len > 0);
     range
         .clone()
-        .find(|&p| record_at(bytes, p).is_some_and(|h| h.len > 0))
+        .find(|&p| goes_on(p) && with_value(p))
+        .or_else(|| range.clone().find(|&p| goes_on(p)))
+        .or_else(|| range.clone().find(|&p| with_value(p)))
         .or_else(|| range.clone().find(|&p| record_at(bytes, p).is_some()))
 }
 
