@@ -401,3 +401,6 @@ impl Gateway {
             .map_err(ApiError::from_write)
     }
 }
+
+#[cfg(test)]
+mod router_tests;

@@ -1,0 +1,129 @@
+//! The router driven request by request (`tower::ServiceExt::oneshot`),
+//! over the in-process nodes of `ourkv dev`: the gateway's logic without
+//! an HTTP listener, beside the process-level tests.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::Gateway;
+use crate::cmd::dev::InProcess;
+
+async fn call(
+    app: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let r = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = r.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
+    (parts.status, parts.headers, bytes)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn error_code(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("a JSON error body");
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reads_and_errors_through_the_router() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = InProcess::start(tmp.path(), 2, 0).unwrap();
+    let app = Gateway::new(nodes.client, nodes.maddr, nodes.addrs, None).router();
+
+    let put = Request::put("/v1/kv/app/x?ack=all")
+        .body(Body::from("v1"))
+        .unwrap();
+    let (status, headers, body) = call(&app, put).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let etag = headers["etag"].to_str().unwrap().to_string();
+    let cursor = headers["x-ourkv-cursor"].to_str().unwrap().to_string();
+
+    // Every consistency level sees an acknowledged ack=all write.
+    for level in ["strong", "stale"] {
+        let (status, headers, body) =
+            call(&app, get(&format!("/v1/kv/app/x?consistency={level}"))).await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (StatusCode::OK, &b"v1"[..]),
+            "{level}"
+        );
+        assert_eq!(headers["etag"], etag.as_str());
+    }
+    let session = Request::get("/v1/kv/app/x?consistency=session")
+        .header("x-ourkv-cursor", &cursor)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, session).await.2, b"v1");
+
+    // Preconditions: 304 for the current tag, 412 for a stale one.
+    let cond = Request::get("/v1/kv/app/x")
+        .header("if-none-match", &etag)
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = call(&app, cond).await;
+    assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    let put2 = Request::put("/v1/kv/app/x").body(Body::from("v2")).unwrap();
+    assert_eq!(call(&app, put2).await.0, StatusCode::OK);
+    let stale_cas = Request::put("/v1/kv/app/x")
+        .header("if-match", &etag)
+        .body(Body::from("lost"))
+        .unwrap();
+    let (status, _, body) = call(&app, stale_cas).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(error_code(&body), "precondition_failed");
+
+    // Listing, history, and the errors a careless client gets.
+    let (status, _, body) = call(&app, get("/v1/kv?prefix=app/")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["keys"], serde_json::json!(["app/x"]));
+    let (_, _, body) = call(&app, get("/v1/kv/app/x?history=5")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["history"].as_array().unwrap().len(), 2);
+    for (uri, status, code) in [
+        ("/v1/kv/missing", StatusCode::NOT_FOUND, "not_found"),
+        (
+            "/v1/kv/app/x?consistency=sometimes",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/kv/app/x?consistency=strong&consistency=stale",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        ("/v1/kv?limit=0", StatusCode::BAD_REQUEST, "bad_request"),
+        ("/nowhere", StatusCode::NOT_FOUND, "no_route"),
+    ] {
+        let (got, _, body) = call(&app, get(uri)).await;
+        assert_eq!(got, status, "{uri}");
+        assert_eq!(error_code(&body), code, "{uri}");
+    }
+    // A session cursor that no write made: 504 after the read wait, not a
+    // stale answer.
+    let ahead = Request::get("/v1/kv/app/x?consistency=session")
+        .header("x-ourkv-cursor", "1:0:999999")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = call(&app, ahead).await;
+    assert_eq!(
+        status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Deletes, then the key is gone at every level.
+    let del = Request::delete("/v1/kv/app/x?ack=all")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, del).await.0, StatusCode::OK);
+    for level in ["strong", "stale"] {
+        let (status, _, _) = call(&app, get(&format!("/v1/kv/app/x?consistency={level}"))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{level}");
+    }
+}
