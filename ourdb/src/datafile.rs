@@ -60,7 +60,7 @@ pub fn list(dir: &Path) -> Result<Vec<u16>> {
 }
 
 /// One open data file.
-pub struct DataFile {
+pub(crate) struct DataFile {
     pub nr: u16,
     path: PathBuf,
     file: File,
@@ -75,7 +75,7 @@ const MAP_RESERVE: u64 = 1 << 30;
 
 impl DataFile {
     /// Opens an existing data file.
-    pub fn open(dir: &Path, nr: u16, writable: bool) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, nr: u16, writable: bool) -> Result<Self> {
         let path = data_path(dir, nr);
         let file = OpenOptions::new()
             .read(true)
@@ -97,7 +97,7 @@ impl DataFile {
 
     /// Creates a new data file holding the single leading zero byte (V's layout).
     /// Refuses to touch an existing file: reopening never truncates.
-    pub fn create(dir: &Path, nr: u16) -> Result<Self> {
+    pub(crate) fn create(dir: &Path, nr: u16) -> Result<Self> {
         let path = data_path(dir, nr);
         let file = OpenOptions::new()
             .read(true)
@@ -116,11 +116,11 @@ impl DataFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn len(&self) -> Result<u64> {
+    pub(crate) fn len(&self) -> Result<u64> {
         self.file
             .metadata()
             .map(|m| m.len())
@@ -128,7 +128,7 @@ impl DataFile {
     }
 
     /// Makes sure the map covers the first `len` bytes, reserving room to grow.
-    pub fn ensure_mapped(&self, len: u64) -> Result<()> {
+    pub(crate) fn ensure_mapped(&self, len: u64) -> Result<()> {
         if len == 0 || self.mapped_len() >= len {
             return Ok(());
         }
@@ -136,7 +136,7 @@ impl DataFile {
     }
 
     /// Maps exactly the first `len` bytes: for files that no longer grow.
-    pub fn map_exact(&self, len: u64) -> Result<()> {
+    pub(crate) fn map_exact(&self, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -171,7 +171,7 @@ impl DataFile {
 
     /// Runs `f` over the mapped, written bytes, if there is a map.
     #[inline]
-    pub fn with_map<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    pub(crate) fn with_map<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let guard = self.map.read().unwrap_or_else(|e| e.into_inner());
         let flushed = self.flushed.load(Ordering::Acquire) as usize;
         guard.as_ref().map(|m| f(&m[..flushed.min(m.len())]))
@@ -179,7 +179,7 @@ impl DataFile {
 
     /// Copies `out.len()` bytes at `pos` from the map; false if the map does not cover them.
     #[inline]
-    pub fn read_mapped(&self, pos: u64, out: &mut [u8]) -> bool {
+    pub(crate) fn read_mapped(&self, pos: u64, out: &mut [u8]) -> bool {
         self.with_map(|m| match m.get(pos as usize..pos as usize + out.len()) {
             Some(src) => {
                 out.copy_from_slice(src);
@@ -191,7 +191,7 @@ impl DataFile {
     }
 
     /// Reads through the map when it covers the range, else with `pread`.
-    pub fn read_at(&self, pos: u64, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_at(&self, pos: u64, out: &mut [u8]) -> Result<()> {
         if self.read_mapped(pos, out) {
             return Ok(());
         }
@@ -201,7 +201,7 @@ impl DataFile {
     }
 
     /// Writes at `pos` (the writer's flush).
-    pub fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<()> {
         self.file.write_all_at(bytes, pos).ctx(|| {
             format!(
                 "write {} bytes at {}:{pos}",
@@ -215,14 +215,14 @@ impl DataFile {
         Ok(())
     }
 
-    pub fn sync_data(&self) -> Result<()> {
+    pub(crate) fn sync_data(&self) -> Result<()> {
         self.file
             .sync_data()
             .ctx(|| format!("fsync {}", self.path.display()))
     }
 
     /// Cuts the file to `len` bytes. Only called by `open` before any map exists.
-    pub fn truncate(&self, len: u64) -> Result<()> {
+    pub(crate) fn truncate(&self, len: u64) -> Result<()> {
         debug_assert!(self.mapped_len() == 0);
         self.file
             .set_len(len)
@@ -232,12 +232,12 @@ impl DataFile {
     }
 
     /// Reads the whole file (tools and recovery scans).
-    pub fn read_all(&self) -> Result<Vec<u8>> {
+    pub(crate) fn read_all(&self) -> Result<Vec<u8>> {
         self.read_range(0, self.len()?)
     }
 
     /// Reads `len` bytes from `pos` with `pread`.
-    pub fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
+    pub(crate) fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len as usize];
         self.file
             .read_exact_at(&mut buf, pos)

@@ -8,7 +8,7 @@ use crate::error::{IoContext, Result};
 
 /// fsyncs a directory so that renames and creations in it are durable. The
 /// empty path (the parent of a bare relative name) is the current directory.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -21,7 +21,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new
 /// contents: write a temp file beside it, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -85,7 +85,7 @@ impl LookupTable {
 }
 
 /// The V dump of a table: `u32 LE id` + `keysize` bytes big-endian location, ascending.
-pub fn encode_dump(table: &LookupTable, keysize: u8) -> Vec<u8> {
+pub(crate) fn encode_dump(table: &LookupTable, keysize: u8) -> Vec<u8> {
     let mut out = Vec::new();
     let mut entry = [0u8; 6];
     for (id, loc) in table.iter() {
@@ -97,7 +97,7 @@ pub fn encode_dump(table: &LookupTable, keysize: u8) -> Vec<u8> {
 }
 
 /// Parses a V dump into `(id, location)` pairs.
-pub fn decode_dump(bytes: &[u8], keysize: u8, path: &Path) -> Result<Vec<(u32, Location)>> {
+pub(crate) fn decode_dump(bytes: &[u8], keysize: u8, path: &Path) -> Result<Vec<(u32, Location)>> {
     let w = 4 + keysize as usize;
     if !bytes.len().is_multiple_of(w) {
         return Err(Error::Corrupt {
@@ -118,7 +118,7 @@ pub fn decode_dump(bytes: &[u8], keysize: u8, path: &Path) -> Result<Vec<(u32, L
 }
 
 /// What a dump directory holds.
-pub struct Dump {
+pub(crate) struct Dump {
     pub entries: Vec<(u32, Location)>,
     /// `.inc`, when present.
     pub next_id: Option<u32>,
@@ -129,7 +129,7 @@ fn dump_dir(dir: &Path) -> PathBuf {
 }
 
 /// Reads `lookup_dump.db/`; `Ok(None)` when `data` is absent.
-pub fn read_dump(dir: &Path, keysize: u8) -> Result<Option<Dump>> {
+pub(crate) fn read_dump(dir: &Path, keysize: u8) -> Result<Option<Dump>> {
     let data_path = dump_dir(dir).join(DUMP_DATA);
     let bytes = match fs::read(&data_path) {
         Ok(b) => b,
@@ -151,7 +151,7 @@ pub fn read_dump(dir: &Path, keysize: u8) -> Result<Option<Dump>> {
 
 /// Writes the dump atomically (V writes it in place; a crash then loses it).
 /// `.inc` is written only in incremental mode, as V does.
-pub fn write_dump(
+pub(crate) fn write_dump(
     dir: &Path,
     table: &LookupTable,
     keysize: u8,

@@ -17,12 +17,12 @@ use crate::location::Location;
 pub const WAL_FILE: &str = "ourkv.wal";
 const MAGIC: &[u8; 8] = b"OURKVWAL";
 const VERSION: u32 = 1;
-pub const HEADER_LEN: usize = 32;
-pub const ENTRY_LEN: usize = 16;
+pub(crate) const HEADER_LEN: usize = 32;
+pub(crate) const ENTRY_LEN: usize = 16;
 
 /// The checkpoint a journal starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WalHeader {
+pub(crate) struct WalHeader {
     /// End of the data log when the checkpoint was taken: recovery scans from here.
     pub checkpoint: Location,
     /// Next incremental id at the checkpoint.
@@ -37,7 +37,7 @@ pub struct WalHeader {
 }
 
 impl WalHeader {
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -51,7 +51,7 @@ impl WalHeader {
         b
     }
 
-    pub fn decode(b: &[u8]) -> std::result::Result<Self, String> {
+    pub(crate) fn decode(b: &[u8]) -> std::result::Result<Self, String> {
         if b.len() < HEADER_LEN {
             return Err("journal header is short".into());
         }
@@ -80,13 +80,13 @@ impl WalHeader {
 
 /// One lookup change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WalEntry {
+pub(crate) enum WalEntry {
     Set { id: u32, loc: Location },
     Delete { id: u32 },
 }
 
 impl WalEntry {
-    pub fn encode(&self) -> [u8; ENTRY_LEN] {
+    pub(crate) fn encode(&self) -> [u8; ENTRY_LEN] {
         let mut b = [0u8; ENTRY_LEN];
         let (kind, id, loc) = match *self {
             WalEntry::Set { id, loc } => (1u8, id, loc),
@@ -102,7 +102,7 @@ impl WalEntry {
     }
 
     /// `None` for a torn or garbage entry.
-    pub fn decode(b: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
         if b.len() < ENTRY_LEN {
             return None;
         }
@@ -124,7 +124,7 @@ impl WalEntry {
 }
 
 /// A journal read from disk: its header and the entries up to the first bad one.
-pub struct WalContents {
+pub(crate) struct WalContents {
     pub header: WalHeader,
     pub entries: Vec<WalEntry>,
     /// Bytes after the last good entry (a torn tail), cut on a writable open.
@@ -132,7 +132,7 @@ pub struct WalContents {
 }
 
 /// Reads `ourkv.wal`; `Ok(None)` if there is none.
-pub fn read(dir: &Path) -> Result<Option<WalContents>> {
+pub(crate) fn read(dir: &Path) -> Result<Option<WalContents>> {
     let path = dir.join(WAL_FILE);
     let mut f = match File::open(&path) {
         Ok(f) => f,
@@ -165,7 +165,7 @@ pub fn read(dir: &Path) -> Result<Option<WalContents>> {
 }
 
 /// Creates a fresh journal holding only `header` (temp + rename, durable).
-pub fn create(dir: &Path, header: WalHeader) -> Result<File> {
+pub(crate) fn create(dir: &Path, header: WalHeader) -> Result<File> {
     let path = dir.join(WAL_FILE);
     let tmp = dir.join(format!("{WAL_FILE}.tmp"));
     {
@@ -180,7 +180,7 @@ pub fn create(dir: &Path, header: WalHeader) -> Result<File> {
 }
 
 /// Opens the journal for appending.
-pub fn open_append(dir: &Path) -> Result<File> {
+pub(crate) fn open_append(dir: &Path) -> Result<File> {
     let path = dir.join(WAL_FILE);
     OpenOptions::new()
         .append(true)
@@ -189,7 +189,7 @@ pub fn open_append(dir: &Path) -> Result<File> {
 }
 
 /// Cuts a torn tail so that new entries follow the last good one.
-pub fn truncate_to(dir: &Path, entries: usize) -> Result<()> {
+pub(crate) fn truncate_to(dir: &Path, entries: usize) -> Result<()> {
     let path = dir.join(WAL_FILE);
     let f = OpenOptions::new()
         .write(true)

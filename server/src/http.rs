@@ -41,7 +41,7 @@ use crate::gateway::Gateway;
 const DRAIN: Duration = Duration::from_secs(3);
 /// The most request head (request line and headers) one connection buffers.
 /// Keys are at most 1 KiB (3 KiB percent-encoded), so this leaves room.
-pub const HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const HEADER_BYTES: usize = 16 * 1024;
 /// Descriptors kept free for QUIC sockets, data files and logs (besides
 /// those of the 503 answers).
 const RESERVED_FDS: u64 = 128;
@@ -55,7 +55,7 @@ const REFUSING: usize = 64;
 
 /// The listener's limits.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Time from accept to the first request's complete headers.
     pub header_timeout: Duration,
     pub max_connections: usize,
@@ -64,7 +64,7 @@ pub struct Limits {
 impl Limits {
     /// Raises the descriptor limit to its hard maximum and sizes the
     /// connection cap to fit under it (unless `max_connections` is given).
-    pub fn new(header_timeout: Duration, max_connections: Option<usize>) -> Limits {
+    pub(crate) fn new(header_timeout: Duration, max_connections: Option<usize>) -> Limits {
         let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
         let fit = fds.saturating_sub(RESERVED_FDS + REFUSING as u64).max(16) as usize;
         let max_connections = match max_connections {
@@ -131,7 +131,7 @@ impl Waiting {
 
 /// Serves the gateway on `http` until SIGINT or SIGTERM. `ready` is printed
 /// once the socket is bound, so whoever waits for it can connect at once.
-pub async fn serve(
+pub(crate) async fn serve(
     gw: Arc<Gateway>,
     http: SocketAddr,
     limits: Limits,

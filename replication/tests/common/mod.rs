@@ -11,27 +11,27 @@ use ourdb::keyed::KeyedStore;
 use ourdb::{OpenOptions, SyncPolicy};
 use replication::{Client, Identity, Master, MasterOptions, Worker};
 
-pub struct RunningWorker {
+pub(crate) struct RunningWorker {
     pub node: Arc<Worker>,
     pub addr: SocketAddr,
     pub endpoint: quinn::Endpoint,
     pub task: tokio::task::JoinHandle<()>,
 }
 
-pub struct Nodes {
+pub(crate) struct Nodes {
     pub master: Arc<Master>,
     pub maddr: SocketAddr,
     pub workers: Vec<RunningWorker>,
     pub client: Arc<Client>,
 }
 
-pub fn store(dir: &Path, sync: SyncPolicy) -> KeyedStore {
+pub(crate) fn store(dir: &Path, sync: SyncPolicy) -> KeyedStore {
     KeyedStore::open(dir, OpenOptions::new().sync(sync)).unwrap()
 }
 
 /// A master with policy `sync` in `dir/m` and `workers` workers (policy
 /// flush) in `dir/w1`..., serving; and a client. Call inside a runtime.
-pub fn start(dir: &Path, sync: SyncPolicy, options: MasterOptions, workers: usize) -> Nodes {
+pub(crate) fn start(dir: &Path, sync: SyncPolicy, options: MasterOptions, workers: usize) -> Nodes {
     let id = Identity::loopback().unwrap();
     let any = "127.0.0.1:0".parse().unwrap();
     let master = Master::new(store(&dir.join("m"), sync), options);
@@ -62,7 +62,7 @@ pub fn start(dir: &Path, sync: SyncPolicy, options: MasterOptions, workers: usiz
 }
 
 /// Waits (up to 4 s) until every worker is in the master's in-sync set.
-pub async fn in_sync(nodes: &Nodes) {
+pub(crate) async fn in_sync(nodes: &Nodes) {
     for _ in 0..200 {
         let (_, ws) = nodes.client.status(nodes.maddr).await.unwrap();
         if ws.len() == nodes.workers.len() && ws.iter().all(|w| w.in_sync) {

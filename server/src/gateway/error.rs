@@ -5,7 +5,7 @@ use replication::Code;
 
 /// An error answer: status and `{"error":{"code","message"}}`.
 #[derive(Debug)]
-pub struct ApiError {
+pub(super) struct ApiError {
     status: StatusCode,
     code: &'static str,
     pub(super) message: String,

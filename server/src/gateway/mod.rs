@@ -33,11 +33,11 @@ use watch::*;
 /// Largest request body read; larger values are refused with 413 anyway.
 const BODY_LIMIT: usize = 1 << 20;
 /// How long a client may take to send its headers, and then its body.
-pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-pub use watch::DEFAULT_MAX_WATCHES;
-pub const CURSOR_HEADER: &str = "x-ourkv-cursor";
+pub(crate) const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) use watch::DEFAULT_MAX_WATCHES;
+pub(crate) const CURSOR_HEADER: &str = "x-ourkv-cursor";
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     client: Arc<Client>,
     master: SocketAddr,
     workers: Vec<SocketAddr>,
@@ -128,7 +128,7 @@ type Batch =
     replication::proto::ReadIndexBatch<tokio::sync::oneshot::Sender<Result<Cursor, String>>>;
 
 impl Gateway {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         master: SocketAddr,
         workers: Vec<SocketAddr>,
@@ -153,7 +153,7 @@ impl Gateway {
 
     /// Sets how long a client may take to send a request's headers, then
     /// its body.
-    pub fn with_client_timeout(mut self: Arc<Self>, t: std::time::Duration) -> Arc<Self> {
+    pub(crate) fn with_client_timeout(mut self: Arc<Self>, t: std::time::Duration) -> Arc<Self> {
         Arc::get_mut(&mut self)
             .expect("not yet shared")
             .client_timeout = t;
@@ -161,12 +161,12 @@ impl Gateway {
     }
 
     /// Sets how many watches may be open at once (503 past it).
-    pub fn with_max_watches(mut self: Arc<Self>, n: usize) -> Arc<Self> {
+    pub(crate) fn with_max_watches(mut self: Arc<Self>, n: usize) -> Arc<Self> {
         Arc::get_mut(&mut self).expect("not yet shared").hub = Arc::new(Hub::new(n));
         self
     }
 
-    pub fn router(self: Arc<Self>) -> Router {
+    pub(crate) fn router(self: Arc<Self>) -> Router {
         // Bodies are read (bounded in size and time) before the handlers,
         // which then never hit a limit of their own; only routes that take
         // one pay for the layer.

@@ -24,7 +24,7 @@ const CATCH_UP_BYTES: u32 = 256 * 1024;
 /// Catch-up calls in flight at once (more wait their turn).
 const CATCH_UPS: usize = 16;
 /// Watches open at once on one gateway, by default (503 past it).
-pub const DEFAULT_MAX_WATCHES: usize = 10_000;
+pub(crate) const DEFAULT_MAX_WATCHES: usize = 10_000;
 /// How long a watch waits for the shared stream to start (503 after).
 const START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -48,7 +48,7 @@ struct State {
     last: Option<Cursor>,
 }
 
-pub struct Hub {
+pub(super) struct Hub {
     state: Mutex<State>,
     started: std::sync::atomic::AtomicBool,
     watches: Arc<Semaphore>,
@@ -56,7 +56,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(max_watches: usize) -> Hub {
+    pub(super) fn new(max_watches: usize) -> Hub {
         Hub {
             state: Mutex::new(State {
                 tx: broadcast::channel(FANOUT).0,

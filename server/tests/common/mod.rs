@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-pub struct Proc(pub Child);
+pub(crate) struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -16,7 +16,7 @@ impl Drop for Proc {
 }
 
 /// Starts `ourkv ARGS` and waits for its "listening" line.
-pub fn start(args: &[&str]) -> Proc {
+pub(crate) fn start(args: &[&str]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
         .args(args)
         .stdout(Stdio::piped())
@@ -32,7 +32,7 @@ pub fn start(args: &[&str]) -> Proc {
 }
 
 /// A loopback port free for TCP (HTTP) and UDP (QUIC) alike.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
@@ -44,7 +44,7 @@ pub fn free_port() -> u16 {
 
 /// `ourkv dev` with its data in `data`, on a free loopback port, with more
 /// arguments; the process and its HTTP address.
-pub fn start_dev(data: &Path, args: &[&str]) -> (Proc, String) {
+pub(crate) fn start_dev(data: &Path, args: &[&str]) -> (Proc, String) {
     let http = format!("127.0.0.1:{}", free_port());
     let mut all = vec!["dev", "--data", data.to_str().unwrap(), "--http", &http];
     all.extend_from_slice(args);
@@ -52,7 +52,7 @@ pub fn start_dev(data: &Path, args: &[&str]) -> (Proc, String) {
 }
 
 /// `curl` with the status code appended on a last line.
-pub fn curl(args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}"])
         .args(args)
@@ -65,13 +65,13 @@ pub fn curl(args: &[&str]) -> (u16, String) {
 
 /// A master, a worker and a gateway as three processes on loopback; the
 /// gateway's HTTP address last.
-pub fn master_worker_gateway(dir: &Path) -> (Proc, Proc, Proc, String) {
+pub(crate) fn master_worker_gateway(dir: &Path) -> (Proc, Proc, Proc, String) {
     let (master, mut workers, gw, http) = master_workers_gateway(dir, free_port(), 1);
     (master, workers.remove(0), gw, http)
 }
 
 /// The master of `master_workers_gateway`: data in `dir/m`, on `port`.
-pub fn start_master(dir: &Path, port: u16) -> Proc {
+pub(crate) fn start_master(dir: &Path, port: u16) -> Proc {
     let data = dir.join("m");
     start(&[
         "master",
@@ -85,7 +85,11 @@ pub fn start_master(dir: &Path, port: u16) -> Proc {
 /// A master on `mport`, `n` workers (data in `dir/w1`, `dir/w2`, …) and a
 /// gateway naming them all, as processes on loopback; the gateway's HTTP
 /// address last.
-pub fn master_workers_gateway(dir: &Path, mport: u16, n: usize) -> (Proc, Vec<Proc>, Proc, String) {
+pub(crate) fn master_workers_gateway(
+    dir: &Path,
+    mport: u16,
+    n: usize,
+) -> (Proc, Vec<Proc>, Proc, String) {
     let q = |p: u16| format!("127.0.0.1:{p}");
     let master = start_master(dir, mport);
     let mut workers = Vec::new();
@@ -118,7 +122,7 @@ pub fn master_workers_gateway(dir: &Path, mport: u16, n: usize) -> (Proc, Vec<Pr
 
 /// `ourkv db compact DIR --history 1` on a stopped node's directory; checks
 /// that it succeeded and moved the log to epoch 2.
-pub fn compact_to_epoch_2(dir: &Path) {
+pub(crate) fn compact_to_epoch_2(dir: &Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
         .args(["db", "compact", dir.to_str().unwrap(), "--history", "1"])
         .output()
