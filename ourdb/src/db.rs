@@ -152,6 +152,10 @@ pub struct OurDb {
     /// Lookup entries of keysize < 6 lose the file number or high position bits
     /// in directories V wrote past what they address; reads then try each candidate.
     loose_addressing: bool,
+    /// With loose addressing: where records start in each data file (and
+    /// the file length the walk saw), so a candidate inside another
+    /// record's value, which can parse as a record too, is no candidate.
+    record_starts: Mutex<std::collections::HashMap<u16, (u64, Arc<RecordStarts>)>>,
     lookup: LookupTable,
     files: RwLock<Vec<Option<Arc<DataFile>>>>,
     writer: Option<Mutex<Writer>>,
@@ -591,6 +595,7 @@ impl OurDb {
             checkpoint_bytes: opts.checkpoint_bytes,
             envelope_journal: opts.envelope_journal,
             loose_addressing,
+            record_starts: Mutex::default(),
             lookup,
             files: RwLock::new(files),
             writer: db_writer,
@@ -1577,6 +1582,51 @@ impl OurDb {
         f.len()
     }
 
+    /// Where records (and empty values in zero runs) start in `f`, from one
+    /// framed walk of the file, kept until the file grows.
+    fn record_starts(&self, f: &DataFile, len: u64) -> Result<Arc<RecordStarts>> {
+        if let Some((seen, starts)) = self
+            .record_starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&f.nr)
+        {
+            if *seen == len {
+                return Ok(starts.clone());
+            }
+        }
+        let bytes = f.read_all()?;
+        let mut starts = std::collections::HashSet::new();
+        let mut unframed_from = u32::MAX;
+        scan::walk(&bytes, 1, |pos, piece| match piece {
+            scan::Piece::Record(_) => {
+                starts.insert(pos as u32);
+            }
+            scan::Piece::ZeroRun(run) => {
+                // Empty values back to back, or one beside deleted records.
+                let n = if run % HEADER_LEN == 0 {
+                    run / HEADER_LEN
+                } else {
+                    1
+                };
+                for i in 0..n {
+                    starts.insert((pos + i * HEADER_LEN) as u32);
+                }
+            }
+            // Past damage the walk cannot frame: every position may start one.
+            scan::Piece::Bad(_) => unframed_from = pos as u32,
+        });
+        let starts = Arc::new(RecordStarts {
+            starts,
+            unframed_from,
+        });
+        self.record_starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(f.nr, (len, starts.clone()));
+        Ok(starts)
+    }
+
     /// Where a short (keysize < 6) entry really points, in a directory whose
     /// files outgrew what the keysize addresses: every file and every position
     /// with the same low bytes is tried; exactly one CRC-valid record must match.
@@ -1593,10 +1643,11 @@ impl OurDb {
         let mut found = Vec::new();
         for f in &files {
             let len = f.len().unwrap_or(0);
+            let starts = self.record_starts(f, len)?;
             let mut pos = loc.position as u64;
             while pos < len && pos <= u32::MAX as u64 {
                 let cand = Location::new(f.nr, pos as u32);
-                if pos > 0 && self.read_record(cand).is_ok() {
+                if pos > 0 && starts.may_start(pos as u32) && self.read_record(cand).is_ok() {
                     found.push(cand);
                 }
                 pos += step;
@@ -1622,6 +1673,19 @@ impl OurDb {
                 })
             }
         }
+    }
+}
+
+/// Record starts found by a framed walk of one data file.
+struct RecordStarts {
+    starts: std::collections::HashSet<u32>,
+    /// Where the walk met bytes it could not frame.
+    unframed_from: u32,
+}
+
+impl RecordStarts {
+    fn may_start(&self, pos: u32) -> bool {
+        pos >= self.unframed_from || self.starts.contains(&pos)
     }
 }
 

@@ -519,3 +519,50 @@ fn a_header_starting_with_zeros_after_a_deleted_record_is_framed_right() {
     let out = run(&["db", "dump", d]);
     assert_eq!(text(&out.stdout), want);
 }
+
+/// Keysize 2 (record_nr_max 1000, record_size_max 1024) and one data file
+/// past 64 KiB: the lookup keeps only the low 16 bits of a position. Id 1
+/// is at position 1; a value of another id holds, at position 65537, bytes
+/// that parse as a CRC-valid record. That is no record start, so id 1 is
+/// not ambiguous; and the ids past 64 KiB are found at their real places.
+#[test]
+fn keysize_2_past_64_kib_reads_real_records_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
+    let mut f = vec![0u8];
+    let mut ids = vec![(1u32, f.len() as u32, b"A".to_vec())];
+    f.extend(v_record(b"A", (0, 0)));
+    let phantom = v_record(b"ghost", (0, 0));
+    for id in 2..=70u32 {
+        let at = f.len();
+        let mut value = vec![b'x'; 1000];
+        // The phantom sits at 65537 (65536 + 1, id 1's low bits), inside
+        // a value.
+        let off = 65537usize.wrapping_sub(at + 12);
+        if off + phantom.len() <= value.len() {
+            value[off..off + phantom.len()].copy_from_slice(&phantom);
+        }
+        ids.push((id, at as u32, value.clone()));
+        f.extend(v_record(&value, (0, 0)));
+    }
+    assert!(f.len() > 69_000, "four ids start past 64 KiB");
+    assert_eq!(&f[65537..65537 + phantom.len()], &phantom[..]);
+    std::fs::write(dir.join("0.db"), &f).unwrap();
+    let mut dump = Vec::new();
+    for (id, pos, _) in &ids {
+        dump.extend_from_slice(&id.to_le_bytes());
+        dump.extend_from_slice(&(*pos as u16).to_be_bytes());
+    }
+    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
+    std::fs::write(dir.join("lookup_dump.db/.inc"), "71").unwrap();
+    let d = dir.to_str().unwrap();
+    let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
+    let out = ourkv(&[&["db", "dump", d][..], &shape].concat(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want: String = ids
+        .iter()
+        .map(|(id, _, v)| format!("{}\n", serde_json::json!({"id": id, "value": b64(v)})))
+        .collect();
+    assert_eq!(text(&out.stdout), want);
+}
