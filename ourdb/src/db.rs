@@ -152,10 +152,10 @@ pub struct OurDb {
     /// Lookup entries of keysize < 6 lose the file number or high position bits
     /// in directories V wrote past what they address; reads then try each candidate.
     loose_addressing: bool,
-    /// With loose addressing: where records start in each data file (and
-    /// the file length the walk saw), so a candidate inside another
-    /// record's value, which can parse as a record too, is no candidate.
-    record_starts: Mutex<std::collections::HashMap<u16, (u64, Arc<RecordStarts>)>>,
+    /// With loose addressing: where records start in each data file, from
+    /// one walk per file, so a candidate inside another record's value,
+    /// which can parse as a record too, is no candidate.
+    record_starts: Mutex<std::collections::HashMap<u16, Arc<RecordStarts>>>,
     lookup: LookupTable,
     files: RwLock<Vec<Option<Arc<DataFile>>>>,
     writer: Option<Mutex<Writer>>,
@@ -1583,21 +1583,20 @@ impl OurDb {
     }
 
     /// Where records (and empty values in zero runs) start in `f`, from one
-    /// framed walk of the file, kept until the file grows.
-    fn record_starts(&self, f: &DataFile, len: u64) -> Result<Arc<RecordStarts>> {
-        if let Some((seen, starts)) = self
+    /// framed walk of the file. Records are never moved, so the walk stays
+    /// true for the bytes it saw; what was appended since counts as unframed.
+    fn record_starts(&self, f: &DataFile) -> Result<Arc<RecordStarts>> {
+        if let Some(starts) = self
             .record_starts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&f.nr)
         {
-            if *seen == len {
-                return Ok(starts.clone());
-            }
+            return Ok(starts.clone());
         }
         let bytes = f.read_all()?;
         let mut starts = std::collections::HashSet::new();
-        let mut unframed_from = u32::MAX;
+        let mut unframed_from = bytes.len() as u32;
         scan::walk(&bytes, 1, |pos, piece| match piece {
             scan::Piece::Record(_) => {
                 starts.insert(pos as u32);
@@ -1623,7 +1622,7 @@ impl OurDb {
         self.record_starts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(f.nr, (len, starts.clone()));
+            .insert(f.nr, starts.clone());
         Ok(starts)
     }
 
@@ -1643,7 +1642,7 @@ impl OurDb {
         let mut found = Vec::new();
         for f in &files {
             let len = f.len().unwrap_or(0);
-            let starts = self.record_starts(f, len)?;
+            let starts = self.record_starts(f)?;
             let mut pos = loc.position as u64;
             while pos < len && pos <= u32::MAX as u64 {
                 let cand = Location::new(f.nr, pos as u32);
@@ -1679,7 +1678,7 @@ impl OurDb {
 /// Record starts found by a framed walk of one data file.
 struct RecordStarts {
     starts: std::collections::HashSet<u32>,
-    /// Where the walk met bytes it could not frame.
+    /// Where the walk met bytes it could not frame, or the end it saw.
     unframed_from: u32,
 }
 
