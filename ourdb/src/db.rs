@@ -436,15 +436,7 @@ impl OurDb {
                             // included, and only what follows is rolled forward.
                             // So no deleted id comes back and no id is invented.
                             let mut from = boundary;
-                            for f in files.iter().flatten() {
-                                if f.nr < boundary.file_nr {
-                                    continue;
-                                }
-                                let start = if f.nr == boundary.file_nr {
-                                    boundary.position as usize
-                                } else {
-                                    1
-                                };
+                            for (f, start) in files_from(&files, boundary) {
                                 scan::walk(&f.read_all()?, start, |pos, piece| {
                                     if let scan::Piece::ZeroRun(run) = piece {
                                         from = Location::new(f.nr, (pos + run) as u32);
@@ -452,15 +444,7 @@ impl OurDb {
                                 });
                             }
                             let mut rb = Rebuilder::new(&lookup, incremental, next_id);
-                            for f in files.iter().flatten() {
-                                if f.nr < from.file_nr {
-                                    continue;
-                                }
-                                let start = if f.nr == from.file_nr {
-                                    from.position as usize
-                                } else {
-                                    1
-                                };
+                            for (f, start) in files_from(&files, from) {
                                 rb.scan_file(f.nr, &f.read_all()?, start);
                             }
                             if incremental {
@@ -1891,6 +1875,25 @@ fn envelopes_between(
 
 /// Where the records covered by a V dump end: past the furthest record it names.
 /// `None` when the keysize cannot tell files apart.
+/// The data files from `at` on, each with the offset to start reading at.
+fn files_from(
+    files: &[Option<Arc<DataFile>>],
+    at: Location,
+) -> impl Iterator<Item = (&Arc<DataFile>, usize)> {
+    files
+        .iter()
+        .flatten()
+        .filter(move |f| f.nr >= at.file_nr)
+        .map(move |f| {
+            let start = if f.nr == at.file_nr {
+                at.position as usize
+            } else {
+                1
+            };
+            (f, start)
+        })
+}
+
 fn dump_boundary(
     files: &[Option<Arc<DataFile>>],
     entries: &[(u32, Location)],

@@ -348,6 +348,17 @@ impl<'a> Reader<'a> {
             t => Err(Error::Protocol(format!("unknown expectation {t}"))),
         }
     }
+    /// A cursor, a key, and an optional value (absent: a delete).
+    fn change(&mut self) -> Result<Change> {
+        let cursor = self.cursor()?;
+        let key = self.string()?;
+        let value = match self.u8()? {
+            0 => None,
+            1 => Some(self.bytes()?.to_vec()),
+            b => return Err(Error::Protocol(format!("bad option tag {b}"))),
+        };
+        Ok(Change { cursor, key, value })
+    }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
@@ -687,13 +698,7 @@ impl Frame {
                 cursor: r.cursor()?,
             },
             26 => {
-                let cursor = r.cursor()?;
-                let key = r.string()?;
-                let value = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.bytes()?.to_vec()),
-                    b => return Err(Error::Protocol(format!("bad option tag {b}"))),
-                };
+                let Change { cursor, key, value } = r.change()?;
                 Frame::Change { cursor, key, value }
             }
             27 => Frame::Changes {
@@ -708,14 +713,7 @@ impl Frame {
                 let n = r.u32()? as usize;
                 let mut changes = Vec::with_capacity(n.min(4096));
                 for _ in 0..n {
-                    let cursor = r.cursor()?;
-                    let key = r.string()?;
-                    let value = match r.u8()? {
-                        0 => None,
-                        1 => Some(r.bytes()?.to_vec()),
-                        b => return Err(Error::Protocol(format!("bad option tag {b}"))),
-                    };
-                    changes.push(Change { cursor, key, value });
+                    changes.push(r.change()?);
                 }
                 Frame::ChangesAre {
                     changes,
