@@ -1412,6 +1412,17 @@ impl OurDb {
         Ok(out)
     }
 
+    /// The open data files, in file number order.
+    fn data_files(&self) -> Vec<Arc<DataFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     fn file(&self, nr: u16) -> Option<Arc<DataFile>> {
         self.files
             .read()
@@ -1532,16 +1543,7 @@ impl OurDb {
         // deleted record's position, and leaves that record intact: without
         // a CRC-valid record at this position in another file, the zeros
         // after this empty value are a record deleted where it was.
-        let files: Vec<Arc<DataFile>> = self
-            .files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .flatten()
-            .filter(|o| o.nr != f.nr)
-            .cloned()
-            .collect();
-        for other in files {
+        for other in self.data_files().into_iter().filter(|o| o.nr != f.nr) {
             let mut hb = [0u8; HEADER_LEN];
             if other.read_at(start, &mut hb).is_err() || hb == [0u8; HEADER_LEN] {
                 continue;
@@ -1615,14 +1617,7 @@ impl OurDb {
     /// with the same low bytes is tried; exactly one CRC-valid record must match.
     fn resolve(&self, id: u32, loc: Location) -> Result<Location> {
         let step = 1u64 << (8 * self.keysize as u32);
-        let files: Vec<Arc<DataFile>> = self
-            .files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let files = self.data_files();
         let mut found = Vec::new();
         for f in &files {
             let len = f.len().unwrap_or(0);

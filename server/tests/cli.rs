@@ -366,18 +366,12 @@ fn crc32(data: &[u8]) -> u32 {
 fn an_empty_value_beside_a_deleted_record_is_intact() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
-    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
     // One zero byte, id 1's empty value (12 zero bytes), id 2's record
-    // zeroed by its delete (12 + 10 zero bytes).
+    // zeroed by its delete (12 + 10 zero bytes); keysize 2 for
+    // record_nr_max 1000; next id 3.
     let mut f = vec![0u8];
     f.extend_from_slice(&[0u8; 12 + 22]);
-    std::fs::write(dir.join("0.db"), &f).unwrap();
-    // Lookup dump (keysize 2 for record_nr_max 1000): u32 LE id, then the
-    // position as u16 BE; only live ids. Next id 3.
-    let mut dump = 1u32.to_le_bytes().to_vec();
-    dump.extend_from_slice(&1u16.to_be_bytes());
-    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
-    std::fs::write(dir.join("lookup_dump.db/.inc"), "3").unwrap();
+    write_v_dir(&dir, &f, 2, &[(1, 1)], 3);
     let d = dir.to_str().unwrap();
     let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
     let run = |cmd: &[&str]| ourkv(&[cmd, &shape].concat(), None);
@@ -404,6 +398,22 @@ fn an_empty_value_beside_a_deleted_record_is_intact() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// A V directory as FORMAT.md describes it: `0.db` holding `data`, and a
+/// lookup dump of the live `(id, position)` entries (u32 LE id, then the
+/// position big-endian in `keysize` bytes: 2, 3, 4, or 6 with a file
+/// number of 0) with the next id in `.inc`.
+fn write_v_dir(dir: &Path, data: &[u8], keysize: usize, live: &[(u32, u32)], next_id: u32) {
+    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
+    std::fs::write(dir.join("0.db"), data).unwrap();
+    let mut dump = Vec::new();
+    for &(id, pos) in live {
+        dump.extend_from_slice(&id.to_le_bytes());
+        dump.extend_from_slice(&(pos as u64).to_be_bytes()[8 - keysize..]);
+    }
+    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
+    std::fs::write(dir.join("lookup_dump.db/.inc"), next_id.to_string()).unwrap();
+}
+
 /// A V record as FORMAT.md describes it: u16 LE length, u32 LE CRC-32,
 /// the previous version as u16 BE file and u32 BE position, the value.
 fn v_record(value: &[u8], prev: (u16, u32)) -> Vec<u8> {
@@ -422,18 +432,13 @@ fn v_record(value: &[u8], prev: (u16, u32)) -> Vec<u8> {
 fn a_deleted_id_does_not_come_back() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
-    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
     let mut f = vec![0u8];
     f.extend(v_record(b"first", (0, 0)));
     let v1 = f.len() as u32;
     f.extend(v_record(b"second-v1", (0, 0)));
     // second-v2 (prev: second-v1), zeroed by delete(2).
     f.extend(vec![0u8; v_record(b"second-v2", (0, v1)).len()]);
-    std::fs::write(dir.join("0.db"), &f).unwrap();
-    let mut dump = 1u32.to_le_bytes().to_vec();
-    dump.extend_from_slice(&1u16.to_be_bytes());
-    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
-    std::fs::write(dir.join("lookup_dump.db/.inc"), "3").unwrap();
+    write_v_dir(&dir, &f, 2, &[(1, 1)], 3);
     let d = dir.to_str().unwrap();
     let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
     let run = |cmd: &[&str]| ourkv(&[cmd, &shape].concat(), None);
@@ -473,7 +478,6 @@ fn a_deleted_id_does_not_come_back() {
 fn a_header_starting_with_zeros_after_a_deleted_record_is_framed_right() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
-    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
     let mut f = vec![0u8];
     f.extend(v_record(&[b'f'; 300], (0, 0)));
     let p = f.len() as u32;
@@ -483,17 +487,8 @@ fn a_header_starting_with_zeros_after_a_deleted_record_is_framed_right() {
     f.extend(v_record(b"", (0, p)));
     let z = f.len() as u32;
     f.extend(v_record(&[b'Z'; 5], (0, 0)));
-    std::fs::write(dir.join("0.db"), &f).unwrap();
-    // Keysize 6 for this shape (100000 × 4096 bytes > 20 MB): file u16 BE,
-    // position u32 BE.
-    let mut dump = Vec::new();
-    for (id, pos) in [(1u32, 1u32), (2, p2), (4, z)] {
-        dump.extend_from_slice(&id.to_le_bytes());
-        dump.extend_from_slice(&0u16.to_be_bytes());
-        dump.extend_from_slice(&pos.to_be_bytes());
-    }
-    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
-    std::fs::write(dir.join("lookup_dump.db/.inc"), "5").unwrap();
+    // Keysize 6 for this shape (100000 × 4096 bytes > 20 MB).
+    write_v_dir(&dir, &f, 6, &[(1, 1), (2, p2), (4, z)], 5);
     let d = dir.to_str().unwrap();
     let shape = ["--record-nr-max", "100000", "--record-size-max", "4096"];
     let run = |cmd: &[&str]| ourkv(&[cmd, &shape].concat(), None);
@@ -529,7 +524,6 @@ fn a_header_starting_with_zeros_after_a_deleted_record_is_framed_right() {
 fn keysize_2_past_64_kib_reads_real_records_only() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
-    std::fs::create_dir_all(dir.join("lookup_dump.db")).unwrap();
     let mut f = vec![0u8];
     let mut ids = vec![(1u32, f.len() as u32, b"A".to_vec())];
     f.extend(v_record(b"A", (0, 0)));
@@ -548,14 +542,8 @@ fn keysize_2_past_64_kib_reads_real_records_only() {
     }
     assert!(f.len() > 69_000, "four ids start past 64 KiB");
     assert_eq!(&f[65537..65537 + phantom.len()], &phantom[..]);
-    std::fs::write(dir.join("0.db"), &f).unwrap();
-    let mut dump = Vec::new();
-    for (id, pos, _) in &ids {
-        dump.extend_from_slice(&id.to_le_bytes());
-        dump.extend_from_slice(&(*pos as u16).to_be_bytes());
-    }
-    std::fs::write(dir.join("lookup_dump.db/data"), dump).unwrap();
-    std::fs::write(dir.join("lookup_dump.db/.inc"), "71").unwrap();
+    let entries: Vec<(u32, u32)> = ids.iter().map(|(id, pos, _)| (*id, *pos)).collect();
+    write_v_dir(&dir, &f, 2, &entries, 71);
     let d = dir.to_str().unwrap();
     let shape = ["--record-nr-max", "1000", "--record-size-max", "1024"];
     let out = ourkv(&[&["db", "dump", d][..], &shape].concat(), None);

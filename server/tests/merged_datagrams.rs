@@ -11,7 +11,7 @@
 //! datagram is merged and lost, quinn-proto 0.11.19 does not send it again
 //! (`poll_transmit` overwrites the retransmission flag), so the worker keeps
 //! acknowledging every second packet at once, and QUIC's probes after a loss
-//! go out in pairs too. Measured: 2.6 s for these 60 writes (6.5 s without
+//! go out in pairs too. Measured: 2.5–2.7 s for these 60 writes (5.8–7.3 s without
 //! the ACK frequency request, 0.8 s without merging).
 
 mod common;
