@@ -34,6 +34,16 @@ async fn writes_reads_and_errors_through_the_router() {
     let tmp = tempfile::tempdir().unwrap();
     let nodes = InProcess::start(tmp.path(), 2, 0).unwrap();
     let app = Gateway::new(nodes.client, nodes.maddr, nodes.addrs, None).router();
+    // ack=all waits for the in-sync workers: first let both join the set
+    // (before that, it is ack=master, and a stale read may miss the write).
+    let start = std::time::Instant::now();
+    while call(&app, get("/ready?sync")).await.0 != StatusCode::OK {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "workers never in sync"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let put = Request::put("/v1/kv/app/x?ack=all")
         .body(Body::from("v1"))
