@@ -1,6 +1,7 @@
 //! `OurDb`: one database directory, opened for reading by many threads and
 //! writing by one at a time.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions as FsOpenOptions};
 use std::io::Write;
@@ -436,8 +437,14 @@ impl OurDb {
                             // included, and only what follows is rolled forward.
                             // So no deleted id comes back and no id is invented.
                             let mut from = boundary;
+                            let lens = file_lens(files.iter().flatten())?;
                             for (f, start) in files_from(&files, boundary) {
-                                scan::walk(&f.read_all()?, start, |pos, piece| {
+                                let place = scan::Place {
+                                    file_nr: f.nr,
+                                    base: 0,
+                                    lens: &lens,
+                                };
+                                scan::walk(place, &f.read_all()?, start, |pos, piece| {
                                     if let scan::Piece::ZeroRun(run) = piece {
                                         from = Location::new(f.nr, (pos + run) as u32);
                                     }
@@ -445,7 +452,7 @@ impl OurDb {
                             }
                             let mut rb = Rebuilder::new(&lookup, incremental, next_id);
                             for (f, start) in files_from(&files, from) {
-                                rb.scan_file(f.nr, &f.read_all()?, start);
+                                rb.scan_file(f.nr, &lens, &f.read_all()?, start);
                             }
                             if incremental {
                                 next_id = rb.next_id;
@@ -1531,7 +1538,13 @@ impl OurDb {
             z
         } else {
             // The next record may start with zero bytes of its own.
-            match scan::record_after_zeros(&bytes, HEADER_LEN, z) {
+            let lens = self.file_lens()?;
+            let place = scan::Place {
+                file_nr: f.nr,
+                base: start as usize,
+                lens: &lens,
+            };
+            match scan::record_after_zeros(place, &bytes, HEADER_LEN, z) {
                 Some(p) => p,
                 None => return Ok(true),
             }
@@ -1550,11 +1563,54 @@ impl OurDb {
             }
             let h = Header::decode(&hb);
             let mut value = vec![0u8; h.len as usize];
-            if other.read_at(start + HEADER_LEN as u64, &mut value).is_ok() && h.check(&value) {
+            // The record the delete meant is left intact as the last version
+            // of an id that is gone: no live id's record, and no record's
+            // previous version. Anything else at the same position in
+            // another file (a live value, an old version) is no evidence.
+            let there = Location::new(other.nr, loc.position);
+            if other.read_at(start + HEADER_LEN as u64, &mut value).is_ok()
+                && h.check(&value)
+                && self.record_starts(&other)?.may_start(loc.position)
+                && !self.lookup.iter().any(|(_, l)| l == there)
+                && !self.is_previous_version(there)?
+            {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// Whether any record names `loc` as its previous version. One walk
+    /// over every file: only the rare V-damage check above asks.
+    fn is_previous_version(&self, loc: Location) -> Result<bool> {
+        let lens = self.file_lens()?;
+        for f in self.data_files() {
+            let mut bytes = vec![0u8; self.data_end(&f)? as usize];
+            self.read_bytes(&f, 0, &mut bytes)?;
+            let mut found = false;
+            let place = scan::Place {
+                file_nr: f.nr,
+                base: 0,
+                lens: &lens,
+            };
+            scan::walk(place, &bytes, 1, |_, piece| {
+                if let scan::Piece::Record(h) = piece {
+                    found |= h.prev == loc;
+                }
+            });
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The length of every data file, buffered writes included.
+    fn file_lens(&self) -> Result<BTreeMap<u16, u64>> {
+        self.data_files()
+            .iter()
+            .map(|f| Ok((f.nr, self.data_end(f)?)))
+            .collect()
     }
 
     /// Bytes of data in `f`, buffered writes included.
@@ -1583,7 +1639,13 @@ impl OurDb {
         let bytes = f.read_all()?;
         let mut starts = std::collections::HashSet::new();
         let mut unframed_from = bytes.len() as u32;
-        scan::walk(&bytes, 1, |pos, piece| match piece {
+        let lens = self.file_lens()?;
+        let place = scan::Place {
+            file_nr: f.nr,
+            base: 0,
+            lens: &lens,
+        };
+        scan::walk(place, &bytes, 1, |pos, piece| match piece {
             scan::Piece::Record(_) => {
                 starts.insert(pos as u32);
             }
@@ -1871,6 +1933,11 @@ fn envelopes_between(
 /// Where the records covered by a V dump end: past the furthest record it names.
 /// `None` when the keysize cannot tell files apart.
 /// The data files from `at` on, each with the offset to start reading at.
+/// The length of each data file.
+fn file_lens<'a>(files: impl IntoIterator<Item = &'a Arc<DataFile>>) -> Result<BTreeMap<u16, u64>> {
+    files.into_iter().map(|f| Ok((f.nr, f.len()?))).collect()
+}
+
 fn files_from(
     files: &[Option<Arc<DataFile>>],
     at: Location,

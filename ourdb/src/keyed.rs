@@ -512,11 +512,20 @@ pub fn rebuild_from_envelopes(
     let mut next_id = 1u32;
     let mut records = 0u64;
     let mut end = Location::new(0, 1);
+    let mut lens = std::collections::BTreeMap::new();
+    for nr in datafile::list(dir)? {
+        lens.insert(nr, DataFile::open(dir, nr, false)?.len()?);
+    }
     for nr in datafile::list(dir)? {
         let f = DataFile::open(dir, nr, true)?;
         let bytes = f.read_all()?;
         let mut bad = None;
-        walk(&bytes, 1, |pos, piece| match piece {
+        let place = crate::scan::Place {
+            file_nr: nr,
+            base: 0,
+            lens: &lens,
+        };
+        walk(place, &bytes, 1, |pos, piece| match piece {
             Piece::Record(h) => {
                 let loc = Location::new(nr, pos as u32);
                 let value = &bytes[pos + crate::HEADER_LEN..pos + h.record_len() as usize];

@@ -2,11 +2,47 @@
 //! rebuild of an id map from V data files (`recover`, and rolling a stale V
 //! dump forward).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::location::Location;
 use crate::lookup::LookupTable;
 use crate::record::{Header, HEADER_LEN};
+
+/// Where the bytes a walk reads lie: their data file, the file offset of
+/// their first byte, and the length of every data file. Any 12 bytes that
+/// begin with six zeros read as a CRC-valid empty value, so after a zero
+/// run a start is only believed if its previous-version pointer could be
+/// one: none, earlier in its own file, or inside another data file.
+#[derive(Clone, Copy, Debug)]
+pub struct Place<'a> {
+    pub file_nr: u16,
+    pub base: usize,
+    pub lens: &'a BTreeMap<u16, u64>,
+}
+
+impl Place<'_> {
+    fn plausible(&self, pos: usize, h: &Header) -> bool {
+        let prev = h.prev;
+        if prev.is_none() {
+            return true;
+        }
+        if prev.position == 0 {
+            return false;
+        }
+        if prev.file_nr == self.file_nr {
+            (prev.position as usize) < self.base + pos
+        } else {
+            self.lens
+                .get(&prev.file_nr)
+                .is_some_and(|&len| (prev.position as u64) < len)
+        }
+    }
+
+    /// A believable record at `pos`.
+    fn record_at(&self, bytes: &[u8], pos: usize) -> Option<Header> {
+        record_at(bytes, pos).filter(|h| self.plausible(pos, h))
+    }
+}
 
 /// The header of a whole, CRC-valid record at `pos` in `bytes`.
 pub fn record_at(bytes: &[u8], pos: usize) -> Option<Header> {
@@ -17,32 +53,75 @@ pub fn record_at(bytes: &[u8], pos: usize) -> Option<Header> {
     h.check(value).then_some(h)
 }
 
+/// Pieces a candidate framing is followed for before it counts as good.
+const LOOKAHEAD: usize = 32;
+
 /// Where the record that ends a zero run starts. Its header may begin with
 /// zero bytes of its own, so it starts up to 11 bytes before `first_nonzero`,
-/// but not before `min`. A run of zeros followed by a few header bytes can
-/// itself parse as an empty value with a previous pointer (an update to an
-/// empty value begins with eight zero bytes). So a start after which the
-/// file goes on (the end, another record, or more zeros) is preferred, then
-/// a record with a value over such a phantom.
-pub fn record_after_zeros(bytes: &[u8], min: usize, first_nonzero: usize) -> Option<usize> {
+/// but not before `min`. Any 12 bytes that begin with six zeros read as a
+/// CRC-valid empty value (an update to an empty value begins with ten
+/// zeros), so a zero run is followed by phantom starts beside the real one.
+/// The start whose framing goes on (to the end, or `LOOKAHEAD` pieces
+/// without bytes that frame nothing) wins, then the one that frames more
+/// pieces, then one with a value, then the earliest.
+pub fn record_after_zeros(
+    place: Place<'_>,
+    bytes: &[u8],
+    min: usize,
+    first_nonzero: usize,
+) -> Option<usize> {
+    after_zeros(place, bytes, min, first_nonzero, 1)
+}
+
+fn after_zeros(
+    place: Place<'_>,
+    bytes: &[u8],
+    min: usize,
+    first_nonzero: usize,
+    depth: u8,
+) -> Option<usize> {
     let range = first_nonzero.saturating_sub(HEADER_LEN - 1).max(min)..=first_nonzero;
-    let goes_on = |p: usize| {
-        record_at(bytes, p).is_some_and(|h| {
-            let next = p + h.record_len() as usize;
-            next >= bytes.len()
-                || record_at(bytes, next).is_some()
-                || bytes[next..bytes.len().min(next + HEADER_LEN)]
-                    .iter()
-                    .all(|&b| b == 0)
-        })
-    };
-    let with_value = |p: usize| record_at(bytes, p).is_some_and(|h| h.len > 0);
     range
-        .clone()
-        .find(|&p| goes_on(p) && with_value(p))
-        .or_else(|| range.clone().find(|&p| goes_on(p)))
-        .or_else(|| range.clone().find(|&p| with_value(p)))
-        .or_else(|| range.clone().find(|&p| record_at(bytes, p).is_some()))
+        .filter_map(|p| {
+            let h = place.record_at(bytes, p)?;
+            Some((
+                (frames_on(place, bytes, p, depth), h.len > 0),
+                std::cmp::Reverse(p),
+            ))
+        })
+        .max()
+        .map(|(_, std::cmp::Reverse(p))| p)
+}
+
+/// How a framed walk from `p` goes: (it ends well, pieces framed). At depth
+/// 0 it follows records only, and a zero header also ends well.
+fn frames_on(place: Place<'_>, bytes: &[u8], p: usize, depth: u8) -> (bool, usize) {
+    if depth == 0 {
+        let mut at = p;
+        let mut n = 0;
+        while n < LOOKAHEAD {
+            match place.record_at(bytes, at) {
+                Some(h) => at += h.record_len() as usize,
+                None => break,
+            }
+            n += 1;
+        }
+        let zeros = bytes[at.min(bytes.len())..bytes.len().min(at + HEADER_LEN)]
+            .iter()
+            .all(|&b| b == 0);
+        return (n == LOOKAHEAD || zeros, n);
+    }
+    let mut n = 0;
+    let mut good = true;
+    walk_at_depth(place, bytes, p, depth - 1, true, |_, piece| {
+        if let Piece::Bad(_) = piece {
+            good = false;
+            return false;
+        }
+        n += 1;
+        n < LOOKAHEAD
+    });
+    (good, n)
 }
 
 /// End of the run of valid records that starts at `pos` (the first byte that
@@ -143,9 +222,21 @@ impl<'a> Rebuilder<'a> {
         }
     }
 
-    /// Scans `bytes` (all of data file `file_nr`) from `start`.
-    pub fn scan_file(&mut self, file_nr: u16, bytes: &[u8], start: usize) {
-        walk(bytes, start, |pos, piece| {
+    /// Scans `bytes` (all of data file `file_nr`) from `start`; `lens`
+    /// holds the length of every data file.
+    pub fn scan_file(
+        &mut self,
+        file_nr: u16,
+        lens: &BTreeMap<u16, u64>,
+        bytes: &[u8],
+        start: usize,
+    ) {
+        let place = Place {
+            file_nr,
+            base: 0,
+            lens,
+        };
+        walk(place, bytes, start, |pos, piece| {
             let loc = Location::new(file_nr, pos as u32);
             match piece {
                 Piece::Record(h) => self.apply(loc, &h),
@@ -204,7 +295,23 @@ pub enum Piece {
 
 /// Walks `bytes` from `start` (at least 1, past the leading zero byte), calling
 /// `f` with each piece's offset.
-pub fn walk(bytes: &[u8], start: usize, mut f: impl FnMut(usize, Piece)) {
+pub fn walk(place: Place<'_>, bytes: &[u8], start: usize, mut f: impl FnMut(usize, Piece)) {
+    walk_at_depth(place, bytes, start, 1, false, |pos, piece| {
+        f(pos, piece);
+        true
+    });
+}
+
+/// The walk, with the lookahead depth for zero runs; `f` returns whether
+/// to go on. A lookahead (`strict`) believes only plausible records.
+fn walk_at_depth(
+    place: Place<'_>,
+    bytes: &[u8],
+    start: usize,
+    depth: u8,
+    strict: bool,
+    mut f: impl FnMut(usize, Piece) -> bool,
+) {
     let mut pos = start.max(1);
     while pos < bytes.len() {
         let zero_header = bytes[pos..bytes.len().min(pos + HEADER_LEN)]
@@ -218,41 +325,53 @@ pub fn walk(bytes: &[u8], start: usize, mut f: impl FnMut(usize, Piece)) {
             let end = if z == bytes.len() {
                 Some(z)
             } else {
-                record_after_zeros(bytes, pos + HEADER_LEN, z)
+                after_zeros(place, bytes, pos + HEADER_LEN, z, depth)
             };
             match end {
                 Some(end) if end - pos >= HEADER_LEN => {
-                    f(pos, Piece::ZeroRun(end - pos));
+                    if !f(pos, Piece::ZeroRun(end - pos)) {
+                        return;
+                    }
                     pos = end;
                 }
                 Some(end) => {
-                    return f(pos, Piece::Bad(format!("{} stray zero bytes", end - pos)));
+                    f(pos, Piece::Bad(format!("{} stray zero bytes", end - pos)));
+                    return;
                 }
                 None => {
-                    return f(
+                    f(
                         pos,
                         Piece::Bad(format!(
                             "{} zero bytes followed by bytes that are no valid record",
                             z - pos
                         )),
                     );
+                    return;
                 }
             }
             continue;
         }
-        match record_at(bytes, pos) {
+        let record = if strict {
+            place.record_at(bytes, pos)
+        } else {
+            record_at(bytes, pos)
+        };
+        match record {
             Some(h) => {
                 pos += h.record_len() as usize;
-                f(pos - h.record_len() as usize, Piece::Record(h));
+                if !f(pos - h.record_len() as usize, Piece::Record(h)) {
+                    return;
+                }
             }
             None => {
-                return f(
+                f(
                     pos,
                     Piece::Bad(format!(
                         "{} bytes that form no valid record",
                         bytes.len() - pos
                     )),
                 );
+                return;
             }
         }
     }
@@ -262,6 +381,10 @@ pub fn walk(bytes: &[u8], start: usize, mut f: impl FnMut(usize, Piece)) {
 mod tests {
     use super::*;
     use crate::record::encode_record;
+
+    fn one_file(f: &[u8]) -> BTreeMap<u16, u64> {
+        [(0, f.len() as u64)].into()
+    }
 
     #[test]
     fn rebuild_follows_updates_and_zero_runs() {
@@ -273,7 +396,7 @@ mod tests {
         encode_record(b"one-b", Location::new(0, 1), &mut f); // update of id 1
         let t = LookupTable::new(100);
         let mut r = Rebuilder::new(&t, true, 1);
-        r.scan_file(0, &f, 1);
+        r.scan_file(0, &one_file(&f), &f, 1);
         assert_eq!(r.next_id, 4);
         assert_eq!(t.get(2), Location::new(0, second as u32));
         assert_ne!(t.get(1), Location::new(0, 1));
@@ -295,7 +418,7 @@ mod tests {
         encode_record(b"def", Location::NONE, &mut f); // id 5
         let t = LookupTable::new(100);
         let mut r = Rebuilder::new(&t, true, 1);
-        r.scan_file(0, &f, 1);
+        r.scan_file(0, &one_file(&f), &f, 1);
         assert_eq!(t.get(1), Location::new(0, 1));
         assert_eq!(t.get(2), Location::new(0, 13));
         assert_eq!(t.get(3), Location::new(0, abc as u32));

@@ -52,6 +52,7 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
         }
     }
     // Framing: ourkv writes records back to back; V also leaves zero runs.
+    let lens = file_lens(dir)?;
     for nr in datafile::list(dir)? {
         let f = DataFile::open(dir, nr, false)?;
         let bytes = f.read_all()?;
@@ -70,7 +71,12 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
                 ));
             }
         } else {
-            scan::walk(&bytes, 1, |pos, piece| {
+            let place = scan::Place {
+                file_nr: nr,
+                base: 0,
+                lens: &lens,
+            };
+            scan::walk(place, &bytes, 1, |pos, piece| {
                 if let scan::Piece::Bad(what) = piece {
                     report.problems.push(format!("{nr}.db:{pos}: {what}"));
                 }
@@ -94,9 +100,10 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
     let _lock = crate::db::lock_dir(dir, true)?;
     let table = LookupTable::new(config.record_nr_max);
     let mut rb = Rebuilder::new(&table, config.incremental, 1);
+    let lens = file_lens(dir)?;
     for nr in datafile::list(dir)? {
         let f = DataFile::open(dir, nr, false)?;
-        rb.scan_file(nr, &f.read_all()?, 1);
+        rb.scan_file(nr, &lens, &f.read_all()?, 1);
     }
     let next_id = rb.next_id;
     let mut report = rb.report;
@@ -120,6 +127,18 @@ pub struct CompactReport {
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub epoch: u64,
+}
+
+fn file_lens(dir: &Path) -> Result<std::collections::BTreeMap<u16, u64>> {
+    datafile::list(dir)?
+        .into_iter()
+        .map(|nr| {
+            let len = std::fs::metadata(datafile::data_path(dir, nr))
+                .ctx(|| format!("stat {nr}.db"))?
+                .len();
+            Ok((nr, len))
+        })
+        .collect()
 }
 
 fn dir_data_bytes(dir: &Path) -> Result<u64> {
