@@ -18,7 +18,8 @@ pub fn record_parse(data: &[u8]) {
     // The rebuild `recover` runs over each data file, in memory.
     let table = ourdb::LookupTable::new(1000);
     let mut rb = ourdb::scan::Rebuilder::new(&table, true, 1);
-    rb.scan_file(0, data, 1);
+    let lens = [(0, data.len() as u64), (1, 4096)].into();
+    rb.scan_file(0, &lens, data, 1);
     assert!(rb.next_id <= 1000);
     for (_, loc) in table.iter() {
         assert!((loc.position as usize) < data.len());

@@ -1638,6 +1638,7 @@ impl OurDb {
         }
         let bytes = f.read_all()?;
         let mut starts = std::collections::HashSet::new();
+        let mut zero_runs = Vec::new();
         let mut unframed_from = bytes.len() as u32;
         let lens = self.file_lens()?;
         let place = scan::Place {
@@ -1650,21 +1651,16 @@ impl OurDb {
                 starts.insert(pos as u32);
             }
             scan::Piece::ZeroRun(run) => {
-                // Empty values back to back, or one beside deleted records.
-                let n = if run % HEADER_LEN == 0 {
-                    run / HEADER_LEN
-                } else {
-                    1
-                };
-                for i in 0..n {
-                    starts.insert((pos + i * HEADER_LEN) as u32);
-                }
+                // Empty values and deleted records in any order: an empty
+                // value may start anywhere in the run.
+                zero_runs.push((pos as u32, (pos + run) as u32));
             }
             // Past damage the walk cannot frame: every position may start one.
             scan::Piece::Bad(_) => unframed_from = pos as u32,
         });
         let starts = Arc::new(RecordStarts {
             starts,
+            zero_runs,
             unframed_from,
         });
         self.record_starts
@@ -1719,13 +1715,22 @@ impl OurDb {
 /// Record starts found by a framed walk of one data file.
 struct RecordStarts {
     starts: std::collections::HashSet<u32>,
+    /// Zero runs, `[start, end)` in ascending order.
+    zero_runs: Vec<(u32, u32)>,
     /// Where the walk met bytes it could not frame, or the end it saw.
     unframed_from: u32,
 }
 
 impl RecordStarts {
     fn may_start(&self, pos: u32) -> bool {
-        pos >= self.unframed_from || self.starts.contains(&pos)
+        if pos >= self.unframed_from || self.starts.contains(&pos) {
+            return true;
+        }
+        // An empty value inside a zero run: 12 of its zero bytes.
+        let i = self.zero_runs.partition_point(|r| r.1 <= pos);
+        self.zero_runs
+            .get(i)
+            .is_some_and(|&(start, end)| start <= pos && pos + HEADER_LEN as u32 <= end)
     }
 }
 
