@@ -13,8 +13,10 @@ use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 use crate::frame::{self, Ack, Change, Expect, Frame, FrameReader, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
+use crate::proto::follower::{Recovery, Segment};
 use crate::proto::followers::ALL;
-use crate::proto::{Followers, Transition};
+use crate::proto::shipping::{ReadAt, Subscription};
+use crate::proto::{self, Follower, Followers, Transition};
 
 /// Records per shipped segment, at most (whole records; at least one).
 const SEGMENT_BYTES: usize = 1 << 20;
@@ -249,13 +251,14 @@ impl Master {
     /// Waits (up to the read wait) until the commit cursor reaches `min`: a
     /// read at a cursor of a write still in flight. False if it did not.
     pub async fn wait_committed(&self, min: Cursor) -> bool {
-        if self.commit_cursor() >= min {
+        let now = |c: Cursor| proto::shipping::read_at(c, min) == ReadAt::Now;
+        if now(self.commit_cursor()) {
             return true;
         }
         let epoch = self.epoch();
         let mut rx = self.commit.subscribe();
         matches!(
-            tokio::time::timeout(READ_WAIT, rx.wait_for(|c| Cursor::new(epoch, *c) >= min))
+            tokio::time::timeout(READ_WAIT, rx.wait_for(|c| now(Cursor::new(epoch, *c))))
                 .await
                 .map(|r| r.map(|_| ())),
             Ok(Ok(()))
@@ -485,7 +488,8 @@ impl Master {
                 if !self.wait_committed(min_cursor).await {
                     return self.not_reached(min_cursor);
                 }
-                versioned_value(store, key, self.commit_cursor()).await
+                let answer = versioned_value(store, key, self.commit_cursor()).await;
+                self.after_read(answer).await
             }
             Frame::Digest => match blocking(move || digest(&store)).await {
                 Ok(text) => Frame::DigestIs { text },
@@ -497,13 +501,34 @@ impl Master {
                 if !self.wait_committed(min_cursor).await {
                     return self.not_reached(min_cursor);
                 }
-                read_query(store, req, self.commit_cursor()).await
+                let answer = read_query(store, req, self.commit_cursor()).await;
+                self.after_read(answer).await
             }
             other => failed(
                 Code::BadRequest,
                 format!("a master does not take {other:?}"),
             ),
         }
+    }
+
+    /// Holds a read's answer until everything the read could have seen is
+    /// durable (`proto::shipping::master_may_answer`): a master's store
+    /// holds appended records before the syncer has made them durable, and
+    /// a value a crash can take back must not be answered.
+    async fn after_read(&self, answer: Frame) -> Frame {
+        let seen = Cursor::new(self.epoch(), self.store.db().end());
+        if proto::shipping::master_may_answer(self.commit_cursor().at, seen.at)
+            || self.wait_committed(seen).await
+        {
+            return answer;
+        }
+        failed(
+            Code::NotReached,
+            format!(
+                "the records this read saw are not durable yet: commit cursor {}, end {seen}",
+                self.commit_cursor()
+            ),
+        )
     }
 
     /// The answer to a read at a cursor this master has not committed: in
@@ -588,26 +613,16 @@ impl Master {
         tail: Vec<u8>,
     ) -> Result<()> {
         let ours = self.store.db().meta().epoch;
-        // The bytes before the cursor must be ours: a worker that wrote on its
-        // own can end at one of our record boundaries and still differ.
         let store = self.store.clone();
         let n = tail.len();
-        let same = blocking(move || Ok(store.db().bytes_before(cursor, n)?)).await;
-        if epoch == ours && !matches!(&same, Ok(b) if *b == tail) {
-            let f = failed(
-                Code::Cursor,
-                format!("worker log differs from ours before {cursor}"),
-            );
-            frame::write(&mut send, &f).await?;
-            return Ok(());
-        }
-        if epoch != ours {
-            let f = failed(
-                Code::Epoch,
-                format!("worker epoch {epoch}, master epoch {ours}: a snapshot is needed"),
-            );
-            frame::write(&mut send, &f).await?;
-            return Ok(());
+        let before = blocking(move || Ok(store.db().bytes_before(cursor, n)?)).await;
+        let tail_same = matches!(&before, Ok(b) if *b == tail);
+        match proto::shipping::subscribe(ours, Cursor::new(epoch, cursor), tail_same) {
+            Subscription::Ship(from) => cursor = from,
+            Subscription::Refuse(code, message) => {
+                frame::write(&mut send, &failed(code, message)).await?;
+                return Ok(());
+            }
         }
         tracing::info!(%peer, %cursor, "worker subscribed");
         self.on_ack(peer, cursor);
@@ -743,67 +758,89 @@ impl Worker {
             .await
             .map_err(quic)?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
+        // The store is the truth at each subscription (a crash or a
+        // snapshot may have moved it).
         let store = self.store();
-        let cursor = store.db().end();
         let epoch = store.db().meta().epoch;
-        let s2 = store.clone();
-        let tail = blocking(move || Ok(s2.db().bytes_before(cursor, TAIL_CHECK)?)).await?;
+        let mut follower = Follower::new(epoch, store.db().end());
+        let cursor = follower.subscribe();
+        let tail = blocking(move || Ok(store.db().bytes_before(cursor.at, TAIL_CHECK)?)).await?;
         frame::write(
             &mut send,
             &Frame::Subscribe {
                 epoch,
-                cursor,
+                cursor: cursor.at,
                 tail,
             },
         )
         .await?;
         tracing::info!(master = %self.master, %cursor, "subscribed");
         loop {
-            match frame::read(&mut recv).await? {
+            let recovery = match frame::read(&mut recv).await? {
                 Some(Frame::Segment {
                     start,
                     next,
                     records,
-                }) => {
-                    let delay = self
-                        .apply_delay_ms
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                    }
-                    // A worker's policy is flush (no fsync): applying is a
-                    // write(2), done in place rather than on the blocking pool.
-                    let end = match self
-                        .store()
-                        .apply_shipped(start, &records)
-                        .map_err(Error::from)
-                    {
-                        Err(Error::Db(ourdb::Error::Diverged { ours, theirs })) => {
-                            tracing::warn!(%ours, %theirs, "diverged from the master: fetching a snapshot");
-                            return self.snapshot(&conn).await;
+                }) => match follower.on_segment(epoch, start, next) {
+                    Segment::Apply => {
+                        let delay = self
+                            .apply_delay_ms
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
                         }
-                        r => r?,
-                    };
-                    if end != next {
-                        return Err(Error::Protocol(format!(
-                            "applied up to {end}, the master said {next}"
-                        )));
+                        // A worker's policy is flush (no fsync): applying is a
+                        // write(2), done in place rather than on the blocking pool.
+                        match self.store().apply_shipped(start, &records) {
+                            Err(ourdb::Error::Diverged { ours, theirs }) => {
+                                tracing::warn!(%ours, %theirs, "diverged from the master");
+                                follower.on_diverged()
+                            }
+                            Err(e) => return Err(e.into()),
+                            Ok(end) => match follower.on_applied(end, next) {
+                                Ok(acked) => {
+                                    self.applied.send_replace(acked);
+                                    frame::write(&mut send, &Frame::Ack { cursor: acked.at })
+                                        .await?;
+                                    continue;
+                                }
+                                Err(r) => {
+                                    tracing::warn!(%end, %next, "applied up to another end than the master's");
+                                    r
+                                }
+                            },
+                        }
                     }
-                    self.applied.send_replace(Cursor::new(epoch, end));
-                    frame::write(&mut send, &Frame::Ack { cursor: end }).await?;
-                }
-                Some(Frame::Failed { code, message })
-                    if code == Code::Epoch || code == Code::Cursor =>
-                {
-                    tracing::warn!(%code, %message, "the master cannot serve our cursor: fetching a snapshot");
-                    return self.snapshot(&conn).await;
-                }
-                Some(Frame::Failed { code, message }) => {
-                    return Err(Error::Remote { code, message })
-                }
+                    Segment::Duplicate(acked) => {
+                        frame::write(&mut send, &Frame::Ack { cursor: acked.at }).await?;
+                        continue;
+                    }
+                    Segment::Resubscribe(from) => Recovery::Resubscribe(from),
+                    Segment::Ignore => continue,
+                },
+                Some(Frame::Failed { code, message }) => match follower.on_refused(&code) {
+                    Recovery::FetchSnapshot => {
+                        tracing::warn!(%code, %message, "the master cannot serve our cursor");
+                        Recovery::FetchSnapshot
+                    }
+                    Recovery::Resubscribe(_) => return Err(Error::Remote { code, message }),
+                },
                 Some(other) => return Err(Error::Protocol(format!("unexpected {other:?}"))),
-                None => return Ok(()),
-            }
+                None => {
+                    follower.on_disconnected();
+                    return Ok(());
+                }
+            };
+            return match recovery {
+                Recovery::FetchSnapshot => {
+                    tracing::warn!("fetching a snapshot");
+                    self.snapshot(&conn).await
+                }
+                // The follow loop subscribes again from the store's end.
+                Recovery::Resubscribe(from) => Err(Error::Protocol(format!(
+                    "a segment out of order: subscribing again from {from}"
+                ))),
+            };
         }
     }
 
@@ -951,13 +988,14 @@ impl Worker {
     /// it was not. A cursor of a newer epoch than this worker's store is
     /// reached only once a snapshot of that epoch is installed.
     pub async fn wait_applied(&self, min_cursor: Cursor) -> bool {
-        if *self.applied.borrow() >= min_cursor {
+        let now = |c: Cursor| proto::shipping::read_at(c, min_cursor) == ReadAt::Now;
+        if now(*self.applied.borrow()) {
             return true;
         }
         let mut rx = self.applied.subscribe();
         // The guard `wait_for` returns must not live across an await.
         matches!(
-            tokio::time::timeout(READ_WAIT, rx.wait_for(|applied| *applied >= min_cursor))
+            tokio::time::timeout(READ_WAIT, rx.wait_for(|applied| now(*applied)))
                 .await
                 .map(|r| r.map(|_| ())),
             Ok(Ok(()))

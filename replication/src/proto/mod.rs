@@ -3,9 +3,12 @@
 //! `node.rs` only move bytes and timers and apply what these decide, so the
 //! rules are tested without sockets, runtimes or directories.
 
+pub mod follower;
 pub mod followers;
 pub mod read_index;
+pub mod shipping;
 
+pub use follower::Follower;
 pub use followers::{Followers, Progress, Transition};
 pub use read_index::ReadIndexBatch;
 
@@ -18,6 +21,8 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("followers.rs", include_str!("followers.rs")),
             ("read_index.rs", include_str!("read_index.rs")),
+            ("follower.rs", include_str!("follower.rs")),
+            ("shipping.rs", include_str!("shipping.rs")),
         ] {
             // Split so that this test's own text does not match.
             for banned in [
