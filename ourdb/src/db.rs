@@ -18,6 +18,9 @@ use crate::record::{Header, HEADER_LEN, MAX_VALUE_LEN};
 use crate::scan::{self, RebuildReport, Rebuilder};
 use crate::wal::{self, WalEntry, WalHeader};
 
+mod log;
+pub use log::{Digest, LogRecord, SnapshotChunk, SnapshotPos};
+
 pub const LOCK_FILE: &str = "ourkv.lock";
 /// Writes are buffered up to this size before they are handed to the OS.
 const WRITE_BUFFER: usize = 1 << 20;

@@ -78,6 +78,11 @@ pub enum Error {
     /// A keyed-layer envelope could not be decoded.
     #[error("bad envelope: {0}")]
     Envelope(String),
+
+    /// A snapshot being installed breaks its own rules (chunks out of order,
+    /// an end that is not where the data ends).
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// A key that the keyed layer cannot store.
     #[error("invalid key: {0}")]
     InvalidKey(String),

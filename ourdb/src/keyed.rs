@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 use crate::location::Location;
 use crate::record::MAX_VALUE_LEN;
 
+mod snapshot;
+pub use snapshot::{Installed, SnapshotInstall};
+
 pub const MAGIC: u8 = 0xE7;
 pub const VERSION: u8 = 1;
 pub const ENVELOPE_HEADER: usize = 9;
@@ -494,103 +497,6 @@ impl KeyedStore {
     pub fn close(self) -> Result<()> {
         self.db.close()
     }
-}
-
-/// Builds the id map of a directory holding only data files written through
-/// the keyed layer (a snapshot received from a master), from the envelopes:
-/// then it opens like any ourkv directory, at `epoch`. Returns the records read.
-pub fn rebuild_from_envelopes(
-    dir: &std::path::Path,
-    config: &crate::Config,
-    epoch: u64,
-) -> Result<u64> {
-    use crate::datafile::{self, DataFile};
-    use crate::scan::{walk, Piece};
-    config.validate()?;
-    let keysize = config.keysize()?;
-    let table = crate::lookup::LookupTable::new(config.record_nr_max);
-    let mut next_id = 1u32;
-    let mut records = 0u64;
-    let mut end = Location::new(0, 1);
-    let mut lens = std::collections::BTreeMap::new();
-    for nr in datafile::list(dir)? {
-        lens.insert(nr, DataFile::open(dir, nr, false)?.len()?);
-    }
-    for nr in datafile::list(dir)? {
-        let f = DataFile::open(dir, nr, true)?;
-        let bytes = f.read_all()?;
-        let mut bad = None;
-        let place = crate::scan::Place {
-            file_nr: nr,
-            base: 0,
-            lens: &lens,
-        };
-        walk(place, &bytes, 1, |pos, piece| match piece {
-            Piece::Record(h) => {
-                let loc = Location::new(nr, pos as u32);
-                let value = &bytes[pos + crate::HEADER_LEN..pos + h.record_len() as usize];
-                match Envelope::decode(value) {
-                    Ok(env) if env.id < config.record_nr_max => {
-                        records += 1;
-                        table.set(
-                            env.id,
-                            if env.kind == Kind::Put {
-                                loc
-                            } else {
-                                Location::NONE
-                            },
-                        );
-                        next_id = next_id.max(env.id + 1);
-                    }
-                    Ok(env) => {
-                        bad.get_or_insert(format!(
-                            "record at {loc} names id {} beyond record_nr_max",
-                            env.id
-                        ));
-                    }
-                    Err(e) => {
-                        bad.get_or_insert(format!("record at {loc}: {e}"));
-                    }
-                }
-            }
-            Piece::ZeroRun(n) => {
-                bad.get_or_insert(format!("{n} zero bytes at {nr}.db:{pos}"));
-            }
-            Piece::Bad(what) => {
-                bad.get_or_insert(format!("{what} at {nr}.db:{pos}"));
-            }
-        });
-        if let Some(detail) = bad {
-            return Err(Error::Corrupt {
-                path: datafile::data_path(dir, nr),
-                detail,
-            });
-        }
-        f.sync_data()?;
-        end = Location::new(nr, bytes.len() as u32);
-    }
-    crate::lookup::write_dump(dir, &table, keysize, config.incremental.then_some(next_id))?;
-    crate::meta::Meta {
-        keysize,
-        config: crate::Config {
-            keysize: Some(keysize),
-            ..config.clone()
-        },
-        origin: crate::meta::Origin::Ourkv,
-        epoch,
-    }
-    .store(dir)?;
-    crate::wal::create(
-        dir,
-        crate::wal::WalHeader {
-            checkpoint: end,
-            next_id,
-            has_dump: true,
-            envelopes: false,
-        },
-    )?;
-    crate::fsutil::sync_dir(dir)?;
-    Ok(records)
 }
 
 #[cfg(test)]

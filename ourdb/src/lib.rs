@@ -32,7 +32,10 @@ pub use config::{
     derive_keysize, Config, SyncPolicy, DEFAULT_FILE_SIZE, DEFAULT_RECORD_NR_MAX,
     DEFAULT_RECORD_SIZE_MAX,
 };
-pub use db::{OpenOptions, OpenReport, OurDb, Pending, Segment, LOCK_FILE};
+pub use db::{
+    Digest, LogRecord, OpenOptions, OpenReport, OurDb, Pending, Segment, SnapshotChunk,
+    SnapshotPos, LOCK_FILE,
+};
 pub use error::{Error, Result};
 pub use location::Location;
 pub use lookup::LookupTable;

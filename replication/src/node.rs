@@ -1,11 +1,10 @@
 //! The master and worker roles: log shipping and the RPCs on one QUIC endpoint.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ourdb::keyed::KeyedStore;
+use ourdb::keyed::{KeyedStore, SnapshotInstall};
 use ourdb::Location;
 use tokio::sync::watch;
 
@@ -94,29 +93,7 @@ async fn read_query(store: Arc<KeyedStore>, req: Frame, cursor: Cursor) -> Frame
 
 /// A digest of a node's data files, to compare replicas.
 pub fn digest(store: &KeyedStore) -> Result<String> {
-    let db = store.db();
-    if !db.is_read_only() {
-        db.flush()?;
-    }
-    let dir = db.dir();
-    let mut h = crc32fast::Hasher::new();
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for nr in ourdb::files::list_data_files(dir)? {
-        let p = ourdb::files::data_path(dir, nr);
-        let data = std::fs::read(&p).map_err(|source| Error::Io {
-            context: format!("read {}", p.display()),
-            source,
-        })?;
-        h.update(&nr.to_be_bytes());
-        h.update(&data);
-        files += 1;
-        bytes += data.len() as u64;
-    }
-    Ok(format!(
-        "end={} files={files} bytes={bytes} crc32={:08x}",
-        db.end(),
-        h.finalize()
-    ))
+    Ok(store.db().digest()?.to_string())
 }
 
 /// Accepts connections and hands each stream to `handle`.
@@ -554,48 +531,19 @@ impl Master {
         })
         .await?;
         tracing::info!(%peer, %end, epoch, "sending a snapshot");
-        let dir = self.store.db().dir().to_path_buf();
-        for nr in ourdb::files::list_data_files(&dir)? {
-            if nr > end.file_nr {
-                break;
-            }
-            let path = ourdb::files::data_path(&dir, nr);
-            let file = std::fs::File::open(&path).map_err(|source| Error::Io {
-                context: format!("open {}", path.display()),
-                source,
-            })?;
-            let len = if nr == end.file_nr {
-                end.position as u64
-            } else {
-                file.metadata().map(|m| m.len()).unwrap_or(0)
+        let mut pos = ourdb::SnapshotPos::default();
+        loop {
+            let store = self.store.clone();
+            let chunk =
+                blocking(move || Ok(store.db().snapshot_chunk(end, pos, SEGMENT_BYTES)?)).await?;
+            let Some(chunk) = chunk else { break };
+            pos = chunk.next_pos();
+            let f = Frame::SnapshotChunk {
+                file_nr: chunk.file_nr,
+                offset: chunk.offset,
+                bytes: chunk.bytes,
             };
-            let file = Arc::new(file);
-            let mut offset = 0u64;
-            while offset < len {
-                let n = (len - offset).min(SEGMENT_BYTES as u64) as usize;
-                let f = file.clone();
-                let bytes = blocking(move || {
-                    let mut buf = vec![0u8; n];
-                    std::os::unix::fs::FileExt::read_exact_at(&*f, &mut buf, offset).map_err(
-                        |source| Error::Io {
-                            context: format!("read data file {nr}"),
-                            source,
-                        },
-                    )?;
-                    Ok(buf)
-                })
-                .await?;
-                frame::write(
-                    &mut send,
-                    &Frame::SnapshotChunk {
-                        file_nr: nr,
-                        offset,
-                        bytes,
-                    },
-                )
-                .await?;
-                offset += n as u64;
-            }
+            frame::write(&mut send, &f).await?;
         }
         frame::write(&mut send, &Frame::SnapshotDone { epoch, end }).await?;
         let _ = send.finish();
@@ -1007,28 +955,11 @@ impl Worker {
     /// one atomic exchange. A crash before the exchange leaves the old data.
     async fn snapshot(&self, conn: &quinn::Connection) -> Result<()> {
         let old = self.store();
-        let data = old.db().dir().to_path_buf();
-        let mut config = old.db().config().clone();
-        config.keysize = Some(old.db().keysize());
-        let sync = old.db().sync_policy();
-        let tmp = data.with_file_name(format!(
-            ".{}.snapshot-tmp",
-            data.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        let io = |what: &str, p: &std::path::Path, source: std::io::Error| Error::Io {
-            context: format!("{what} {}", p.display()),
-            source,
-        };
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| io("remove", &tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| io("create", &tmp, e))?;
+        let o = old.clone();
+        let mut install = blocking(move || Ok(SnapshotInstall::begin(&o)?)).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
         frame::write(&mut send, &Frame::Snapshot).await?;
         let _ = send.finish();
-        let mut files: BTreeMap<u16, std::fs::File> = BTreeMap::new();
         let (epoch, end) = loop {
             match frame::read(&mut recv).await? {
                 Some(Frame::SnapshotChunk {
@@ -1036,18 +967,16 @@ impl Worker {
                     offset,
                     bytes,
                 }) => {
-                    let path = ourdb::files::data_path(&tmp, file_nr);
-                    if let std::collections::btree_map::Entry::Vacant(e) = files.entry(file_nr) {
-                        let f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .truncate(false)
-                            .write(true)
-                            .open(&path)
-                            .map_err(|e| io("create", &path, e))?;
-                        e.insert(f);
-                    }
-                    std::os::unix::fs::FileExt::write_all_at(&files[&file_nr], &bytes, offset)
-                        .map_err(|e| io("write", &path, e))?;
+                    let chunk = ourdb::SnapshotChunk {
+                        file_nr,
+                        offset,
+                        bytes,
+                    };
+                    install = blocking(move || {
+                        install.write(&chunk)?;
+                        Ok(install)
+                    })
+                    .await?;
                 }
                 Some(Frame::SnapshotDone { epoch, end }) => break (epoch, end),
                 Some(Frame::Failed { code, message }) => {
@@ -1061,35 +990,12 @@ impl Worker {
                 None => return Err(Error::Protocol("the snapshot was cut short".into())),
             }
         };
-        drop(files);
-        let (tmp2, data2) = (tmp.clone(), data.clone());
-        let records = blocking(move || {
-            let n = ourdb::keyed::rebuild_from_envelopes(&tmp2, &config, epoch)?;
-            ourdb::tools::exchange(&tmp2, &data2)?;
-            Ok(n)
-        })
-        .await?;
-        let fresh = blocking(move || {
-            Ok(KeyedStore::open(
-                &data,
-                ourdb::OpenOptions::new().sync(sync),
-            )?)
-        })
-        .await?;
-        let new_end = fresh.db().end();
-        if new_end != end {
-            return Err(Error::Protocol(format!(
-                "snapshot ends at {new_end}, the master said {end}"
-            )));
-        }
-        *self.store.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        let done = blocking(move || Ok(install.finish(epoch, end)?)).await?;
+        let new_end = done.store.db().end();
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(done.store);
         self.applied.send_replace(Cursor::new(epoch, new_end));
         drop(old);
-        // The old directory now sits at the temporary path.
-        if let Err(e) = std::fs::remove_dir_all(&tmp) {
-            tracing::warn!(path = %tmp.display(), error = %e, "could not remove the replaced data");
-        }
-        tracing::info!(%end, epoch, records, "snapshot installed");
+        tracing::info!(%end, epoch, records = done.records, "snapshot installed");
         Ok(())
     }
 
@@ -1175,24 +1081,16 @@ impl crate::pipeline::Answer for Worker {
 
 /// The changes to keys with `prefix` in a segment of the log of `epoch`.
 fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> Vec<Change> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while let Some(h) = ourdb::scan::record_at(&seg.bytes, pos) {
-        let end = pos + h.record_len() as usize;
-        let after = Location::new(seg.start.file_nr, seg.start.position + end as u32);
-        let value = &seg.bytes[pos + ourdb::HEADER_LEN..end];
-        if let Ok(env) = ourdb::keyed::Envelope::decode(value) {
-            if env.key.starts_with(prefix) {
-                out.push(Change {
-                    cursor: Cursor::new(epoch, after),
-                    key: env.key.to_string(),
-                    value: (env.kind == ourdb::keyed::Kind::Put).then(|| env.value.to_vec()),
-                });
-            }
-        }
-        pos = end;
-    }
-    out
+    seg.records()
+        .filter_map(|r| {
+            let env = ourdb::keyed::Envelope::decode(r.value).ok()?;
+            env.key.starts_with(prefix).then(|| Change {
+                cursor: Cursor::new(epoch, r.after),
+                key: env.key.to_string(),
+                value: (env.kind == ourdb::keyed::Kind::Put).then(|| env.value.to_vec()),
+            })
+        })
+        .collect()
 }
 
 /// The refusal of a watch cursor whose log was replaced by a compaction.
