@@ -17,8 +17,6 @@
 //! pointing at the old (unlinked, still intact) inodes.
 //! The plain `pread` path is the reference; maps are only an accelerator.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -26,6 +24,7 @@ use std::sync::{Arc, RwLock};
 use memmap2::Mmap;
 
 use crate::error::{IoContext, Result};
+use crate::storage::{Open, Storage, StorageFile};
 
 /// Path of data file `nr` in `dir`.
 pub fn data_path(dir: &Path, nr: u16) -> PathBuf {
@@ -63,7 +62,7 @@ pub fn list(dir: &Path) -> Result<Vec<u16>> {
 pub(crate) struct DataFile {
     pub nr: u16,
     path: PathBuf,
-    file: File,
+    file: Box<dyn StorageFile>,
     map: RwLock<Option<Arc<Mmap>>>,
     /// Bytes written to the file (handed to the OS); reads stay below it.
     flushed: AtomicU64,
@@ -75,17 +74,13 @@ const MAP_RESERVE: u64 = 1 << 30;
 
 impl DataFile {
     /// Opens an existing data file.
-    pub(crate) fn open(dir: &Path, nr: u16, writable: bool) -> Result<Self> {
+    pub(crate) fn open(io: &dyn Storage, dir: &Path, nr: u16, writable: bool) -> Result<Self> {
         let path = data_path(dir, nr);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&path)
+        let how = if writable { Open::Write } else { Open::Read };
+        let file = io
+            .open(&path, how)
             .ctx(|| format!("open {}", path.display()))?;
-        let len = file
-            .metadata()
-            .ctx(|| format!("stat {}", path.display()))?
-            .len();
+        let len = file.len().ctx(|| format!("stat {}", path.display()))?;
         Ok(DataFile {
             nr,
             path,
@@ -97,15 +92,12 @@ impl DataFile {
 
     /// Creates a new data file holding the single leading zero byte (V's layout).
     /// Refuses to touch an existing file: reopening never truncates.
-    pub(crate) fn create(dir: &Path, nr: u16) -> Result<Self> {
+    pub(crate) fn create(io: &dyn Storage, dir: &Path, nr: u16) -> Result<Self> {
         let path = data_path(dir, nr);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = io
+            .open(&path, Open::CreateNew)
             .ctx(|| format!("create {}", path.display()))?;
-        file.write_all_at(&[0], 0)
+        file.write_at(&[0], 0)
             .ctx(|| format!("write {}", path.display()))?;
         Ok(DataFile {
             nr,
@@ -122,8 +114,7 @@ impl DataFile {
 
     pub(crate) fn len(&self) -> Result<u64> {
         self.file
-            .metadata()
-            .map(|m| m.len())
+            .len()
             .ctx(|| format!("stat {}", self.path.display()))
     }
 
@@ -150,7 +141,7 @@ impl DataFile {
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .len(size as usize)
-                .map(&self.file)
+                .map(self.file.file())
         }
         .ctx(|| format!("mmap {}", self.path.display()))?;
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(map));
@@ -196,13 +187,13 @@ impl DataFile {
             return Ok(());
         }
         self.file
-            .read_exact_at(out, pos)
+            .read_at(out, pos)
             .ctx(|| format!("read {} bytes at {}:{pos}", out.len(), self.path.display()))
     }
 
     /// Writes at `pos` (the writer's flush).
     pub(crate) fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<()> {
-        self.file.write_all_at(bytes, pos).ctx(|| {
+        self.file.write_at(bytes, pos).ctx(|| {
             format!(
                 "write {} bytes at {}:{pos}",
                 bytes.len(),
@@ -240,7 +231,7 @@ impl DataFile {
     pub(crate) fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len as usize];
         self.file
-            .read_exact_at(&mut buf, pos)
+            .read_at(&mut buf, pos)
             .ctx(|| format!("read {}", self.path.display()))?;
         Ok(buf)
     }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions as FsOpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
@@ -16,6 +15,7 @@ use crate::lookup::{self, LookupTable};
 use crate::meta::{Meta, Origin};
 use crate::record::{Header, HEADER_LEN, MAX_VALUE_LEN};
 use crate::scan::{self, RebuildReport, Rebuilder};
+use crate::storage::Storage;
 use crate::wal::{self, WalEntry, WalHeader};
 
 mod log;
@@ -46,6 +46,9 @@ pub struct OpenOptions {
     /// can redo any record after the journal's last entry from its envelope.
     /// One fsync per group instead of two.
     pub envelope_journal: bool,
+    /// Where the directory's bytes go: the plain file system, or in tests a
+    /// [`crate::storage::faults::FaultyStorage`].
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for OpenOptions {
@@ -58,6 +61,7 @@ impl Default for OpenOptions {
             checkpoint_bytes: 256 << 20,
             origin: None,
             envelope_journal: false,
+            storage: crate::storage::real(),
         }
     }
 }
@@ -94,6 +98,10 @@ impl OpenOptions {
         self.envelope_journal = e;
         self
     }
+    pub fn storage(mut self, s: Arc<dyn Storage>) -> Self {
+        self.storage = s;
+        self
+    }
     pub fn open(self, dir: impl AsRef<Path>) -> Result<OurDb> {
         OurDb::open_with(dir.as_ref(), self)
     }
@@ -125,7 +133,7 @@ struct Writer {
     buf: Vec<u8>,
     buf_start: u64,
     /// Shared so that a group-commit leader can fsync it outside the lock.
-    wal: Arc<File>,
+    wal: Arc<wal::Journal>,
     wal_buf: Vec<u8>,
     next_id: u32,
     /// Count of writes accepted; group commit waits on it.
@@ -147,6 +155,7 @@ struct GroupState {
 /// One open OurDB directory. `Send + Sync`: share it behind an `Arc`.
 pub struct OurDb {
     dir: PathBuf,
+    io: Arc<dyn Storage>,
     meta: Meta,
     keysize: u8,
     sync: SyncPolicy,
@@ -257,6 +266,8 @@ impl OurDb {
             }
         }
         let lock = lock_dir(dir, !opts.read_only)?;
+        let io = opts.storage.clone();
+        let io: &dyn Storage = &*io;
         let stored = Meta::load(dir)?;
         let file_nrs = datafile::list(dir)?;
         let has_dump = dir.join(lookup::DUMP_DIR).join(lookup::DUMP_DATA).is_file();
@@ -278,7 +289,7 @@ impl OurDb {
                         && !opts.read_only
                     {
                         m.config.record_size_max = raise;
-                        m.store(dir)?;
+                        m.store_with(io, dir)?;
                     }
                 }
                 m
@@ -311,7 +322,7 @@ impl OurDb {
             if files.len() <= nr as usize {
                 files.resize(nr as usize + 1, None);
             }
-            let f = DataFile::open(dir, nr, writable)?;
+            let f = DataFile::open(io, dir, nr, writable)?;
             if writable && f.len()? == 0 {
                 // A file switch cut short before the leading zero byte.
                 f.write_at(0, &[0])?;
@@ -509,36 +520,37 @@ impl OurDb {
                 }
             }
             if let Some(n) = cut_journal_to {
-                wal::truncate_to(dir, n)?;
+                wal::truncate_to(io, dir, n)?;
             }
             let active = match file_nrs.last() {
                 Some(&nr) => files[nr as usize].clone().unwrap(),
                 None => {
-                    let f = Arc::new(DataFile::create(dir, 0)?);
-                    crate::fsutil::sync_dir(dir)?;
+                    let f = Arc::new(DataFile::create(io, dir, 0)?);
+                    crate::fsutil::sync_dir(io, dir)?;
                     files.push(Some(f.clone()));
                     f
                 }
             };
             let end = active.len()?;
             let wal_file = if journal.is_some() {
-                let mut f = wal::open_append(dir)?;
+                let f = wal::open_append(io, dir)?;
                 if !redo_entries.is_empty() {
                     let bytes: Vec<u8> = redo_entries.iter().flat_map(|e| e.encode()).collect();
                     let path = dir.join(wal::WAL_FILE);
-                    f.write_all(&bytes)
+                    f.append(&bytes)
                         .ctx(|| format!("append to {}", path.display()))?;
                     f.sync_data().ctx(|| format!("fsync {}", path.display()))?;
                 }
                 f
             } else {
-                meta.store(dir)?;
+                meta.store_with(io, dir)?;
                 // Adopting a V directory: checkpoint at once so that the state just
                 // derived (dump, rolled-forward records) is durable before any write.
                 if meta.origin == Origin::V {
-                    lookup::write_dump(dir, &lookup, keysize, incremental.then_some(next_id))?;
+                    lookup::write_dump(io, dir, &lookup, keysize, incremental.then_some(next_id))?;
                 }
                 wal::create(
+                    io,
                     dir,
                     WalHeader {
                         checkpoint: Location::new(active.nr, end as u32),
@@ -582,6 +594,7 @@ impl OurDb {
         };
         let db = OurDb {
             dir: dir.to_path_buf(),
+            io: opts.storage.clone(),
             meta,
             keysize,
             sync: opts.sync,
@@ -833,8 +846,10 @@ impl OurDb {
         // recovery only ever cuts the tail of the last file.
         w.active.sync_data().inspect_err(|_| w.poisoned = true)?;
         w.dirty.remove(&w.active.nr);
-        let f = Arc::new(DataFile::create(&self.dir, nr).inspect_err(|_| w.poisoned = true)?);
-        crate::fsutil::sync_dir(&self.dir).inspect_err(|_| w.poisoned = true)?;
+        let f = Arc::new(
+            DataFile::create(&*self.io, &self.dir, nr).inspect_err(|_| w.poisoned = true)?,
+        );
+        crate::fsutil::sync_dir(&*self.io, &self.dir).inspect_err(|_| w.poisoned = true)?;
         {
             let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
             if files.len() <= nr as usize {
@@ -863,7 +878,7 @@ impl OurDb {
         }
         if !w.wal_buf.is_empty() {
             let Writer { wal, wal_buf, .. } = &mut *w;
-            if let Err(e) = (&**wal).write_all(wal_buf) {
+            if let Err(e) = wal.append(wal_buf) {
                 w.poisoned = true;
                 return Err(Error::Io {
                     context: format!("append to {}", self.dir.join(wal::WAL_FILE).display()),
@@ -1045,6 +1060,7 @@ impl OurDb {
         self.sync_locked(w)?;
         let incremental = self.meta.config.incremental;
         let r = lookup::write_dump(
+            &*self.io,
             &self.dir,
             &self.lookup,
             self.keysize,
@@ -1052,6 +1068,7 @@ impl OurDb {
         )
         .and_then(|_| {
             wal::create(
+                &*self.io,
                 &self.dir,
                 WalHeader {
                     checkpoint: Location::new(w.active.nr, w.end as u32),

@@ -1,46 +1,37 @@
-//! Small file-system helpers shared by the engine's writers.
+//! Small file-system helpers shared by the engine's writers, over [`Storage`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
+use crate::storage::{Open, Storage};
 
 /// fsyncs a directory so that renames and creations in it are durable. The
 /// empty path (the parent of a bare relative name) is the current directory.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub(crate) fn sync_dir(io: &dyn Storage, dir: &Path) -> Result<()> {
+    io.sync_dir(dir)
         .ctx(|| format!("fsync directory {}", dir.display()))
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new
 /// contents: write a temp file beside it, fsync, rename, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(io: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!("{name}.tmp"));
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let f = io
+            .open(&tmp, Open::CreateTruncate)
             .ctx(|| format!("create {}", tmp.display()))?;
-        f.write_all(bytes)
+        f.write_at(bytes, 0)
             .ctx(|| format!("write {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        f.sync_data().ctx(|| format!("fsync {}", tmp.display()))?;
     }
-    fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    io.rename(&tmp, path)
+        .ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
     if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
+        sync_dir(io, parent)?;
     }
     Ok(())
 }
@@ -48,6 +39,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::RealStorage;
 
     #[test]
     fn parent_of_a_bare_name_is_the_current_directory() {
@@ -55,6 +47,6 @@ mod tests {
         // swaps of a relative directory fsync it.
         let parent = Path::new("db").parent().unwrap();
         assert_eq!(parent, Path::new(""));
-        sync_dir(parent).unwrap();
+        sync_dir(&RealStorage, parent).unwrap();
     }
 }

@@ -25,6 +25,7 @@ mod lookup;
 mod meta;
 mod record;
 pub mod scan;
+pub mod storage;
 pub mod tools;
 mod wal;
 

@@ -152,6 +152,7 @@ pub(crate) fn read_dump(dir: &Path, keysize: u8) -> Result<Option<Dump>> {
 /// Writes the dump atomically (V writes it in place; a crash then loses it).
 /// `.inc` is written only in incremental mode, as V does.
 pub(crate) fn write_dump(
+    io: &dyn crate::storage::Storage,
     dir: &Path,
     table: &LookupTable,
     keysize: u8,
@@ -160,11 +161,11 @@ pub(crate) fn write_dump(
     let d = dump_dir(dir);
     if !d.is_dir() {
         fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
-        sync_dir(dir)?;
+        sync_dir(io, dir)?;
     }
-    write_atomic(&d.join(DUMP_DATA), &encode_dump(table, keysize))?;
+    write_atomic(io, &d.join(DUMP_DATA), &encode_dump(table, keysize))?;
     if let Some(n) = next_id {
-        write_atomic(&d.join(DUMP_INC), n.to_string().as_bytes())?;
+        write_atomic(io, &d.join(DUMP_INC), n.to_string().as_bytes())?;
     }
     Ok(())
 }

@@ -53,7 +53,12 @@ impl Meta {
 
     /// Writes the file atomically (temp file, fsync, rename, fsync directory).
     pub fn store(&self, dir: &Path) -> Result<()> {
-        write_atomic(&dir.join(META_FILE), self.render().as_bytes())
+        self.store_with(&crate::storage::RealStorage, dir)
+    }
+
+    /// [`Meta::store`] through `io`.
+    pub(crate) fn store_with(&self, io: &dyn crate::storage::Storage, dir: &Path) -> Result<()> {
+        write_atomic(io, &dir.join(META_FILE), self.render().as_bytes())
     }
 
     /// Reads the file, `None` if the directory has none.

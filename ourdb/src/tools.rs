@@ -54,7 +54,7 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
     // Framing: ourkv writes records back to back; V also leaves zero runs.
     let lens = file_lens(dir)?;
     for nr in datafile::list(dir)? {
-        let f = DataFile::open(dir, nr, false)?;
+        let f = DataFile::open(&crate::storage::RealStorage, dir, nr, false)?;
         let bytes = f.read_all()?;
         report.bytes_scanned += bytes.len() as u64;
         if bytes.first().is_some_and(|&b| b != 0) {
@@ -102,7 +102,7 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
     let mut rb = Rebuilder::new(&table, config.incremental, 1);
     let lens = file_lens(dir)?;
     for nr in datafile::list(dir)? {
-        let f = DataFile::open(dir, nr, false)?;
+        let f = DataFile::open(&crate::storage::RealStorage, dir, nr, false)?;
         rb.scan_file(nr, &lens, &f.read_all()?, 1);
     }
     let next_id = rb.next_id;
@@ -115,7 +115,13 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
             table.set(id, Location::NONE);
         }
     }
-    lookup::write_dump(dir, &table, keysize, config.incremental.then_some(next_id))?;
+    lookup::write_dump(
+        &crate::storage::RealStorage,
+        dir,
+        &table,
+        keysize,
+        config.incremental.then_some(next_id),
+    )?;
     Ok(report)
 }
 
@@ -209,7 +215,10 @@ pub fn compact(
     meta.store(&tmp)?;
     report.bytes_after = dir_data_bytes(&tmp)?;
     exchange(&tmp, dir)?;
-    crate::fsutil::sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+    crate::fsutil::sync_dir(
+        &crate::storage::RealStorage,
+        dir.parent().unwrap_or(Path::new(".")),
+    )?;
     drop(src);
     std::fs::remove_dir_all(&tmp).ctx(|| format!("remove {}", tmp.display()))?;
     Ok(report)

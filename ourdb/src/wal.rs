@@ -6,13 +6,15 @@
 //! A checkpoint writes a new file (temp + rename), so entries of an older
 //! generation never follow a newer header.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::sync_dir;
 use crate::location::Location;
+use crate::storage::{Open, Storage, StorageFile};
 
 pub const WAL_FILE: &str = "ourkv.wal";
 const MAGIC: &[u8; 8] = b"OURKVWAL";
@@ -164,40 +166,66 @@ pub(crate) fn read(dir: &Path) -> Result<Option<WalContents>> {
     }))
 }
 
+/// The journal open for appending. Only the writer appends (under its lock).
+pub(crate) struct Journal {
+    file: Box<dyn StorageFile>,
+    end: AtomicU64,
+}
+
+impl Journal {
+    /// Appends `bytes` at the end.
+    pub(crate) fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let end = self.end.load(Ordering::Acquire);
+        self.file.write_at(bytes, end)?;
+        self.end.store(end + bytes.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
 /// Creates a fresh journal holding only `header` (temp + rename, durable).
-pub(crate) fn create(dir: &Path, header: WalHeader) -> Result<File> {
+pub(crate) fn create(io: &dyn Storage, dir: &Path, header: WalHeader) -> Result<Journal> {
     let path = dir.join(WAL_FILE);
     let tmp = dir.join(format!("{WAL_FILE}.tmp"));
     {
-        let mut f = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-        f.write_all(&header.encode())
+        let f = io
+            .open(&tmp, Open::CreateTruncate)
+            .ctx(|| format!("create {}", tmp.display()))?;
+        f.write_at(&header.encode(), 0)
             .ctx(|| format!("write {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        f.sync_data().ctx(|| format!("fsync {}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, &path).ctx(|| format!("rename {}", tmp.display()))?;
-    sync_dir(dir)?;
-    open_append(dir)
+    io.rename(&tmp, &path)
+        .ctx(|| format!("rename {}", tmp.display()))?;
+    sync_dir(io, dir)?;
+    open_append(io, dir)
 }
 
 /// Opens the journal for appending.
-pub(crate) fn open_append(dir: &Path) -> Result<File> {
+pub(crate) fn open_append(io: &dyn Storage, dir: &Path) -> Result<Journal> {
     let path = dir.join(WAL_FILE);
-    OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .ctx(|| format!("open {}", path.display()))
+    let file = io
+        .open(&path, Open::Write)
+        .ctx(|| format!("open {}", path.display()))?;
+    let end = file.len().ctx(|| format!("stat {}", path.display()))?;
+    Ok(Journal {
+        file,
+        end: AtomicU64::new(end),
+    })
 }
 
 /// Cuts a torn tail so that new entries follow the last good one.
-pub(crate) fn truncate_to(dir: &Path, entries: usize) -> Result<()> {
+pub(crate) fn truncate_to(io: &dyn Storage, dir: &Path, entries: usize) -> Result<()> {
     let path = dir.join(WAL_FILE);
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&path)
+    let f = io
+        .open(&path, Open::Write)
         .ctx(|| format!("open {}", path.display()))?;
     f.set_len((HEADER_LEN + entries * ENTRY_LEN) as u64)
         .ctx(|| format!("truncate {}", path.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", path.display()))
+    f.sync_data().ctx(|| format!("fsync {}", path.display()))
 }
 
 #[cfg(test)]
@@ -228,9 +256,9 @@ mod tests {
             has_dump: false,
             envelopes: true,
         };
-        let mut f = create(dir.path(), h).unwrap();
-        f.write_all(&WalEntry::Delete { id: 4 }.encode()).unwrap();
-        f.write_all(&[1, 2, 3]).unwrap();
+        let f = create(&crate::storage::RealStorage, dir.path(), h).unwrap();
+        f.append(&WalEntry::Delete { id: 4 }.encode()).unwrap();
+        f.append(&[1, 2, 3]).unwrap();
         let c = read(dir.path()).unwrap().unwrap();
         assert_eq!(c.header, h);
         assert_eq!(c.entries, vec![WalEntry::Delete { id: 4 }]);

@@ -157,10 +157,13 @@ fn rebuild_from_envelopes(
     let mut end = Location::new(0, 1);
     let mut lens = std::collections::BTreeMap::new();
     for nr in datafile::list(dir)? {
-        lens.insert(nr, DataFile::open(dir, nr, false)?.len()?);
+        lens.insert(
+            nr,
+            DataFile::open(&crate::storage::RealStorage, dir, nr, false)?.len()?,
+        );
     }
     for nr in datafile::list(dir)? {
-        let f = DataFile::open(dir, nr, true)?;
+        let f = DataFile::open(&crate::storage::RealStorage, dir, nr, true)?;
         let bytes = f.read_all()?;
         let mut bad = None;
         let place = crate::scan::Place {
@@ -212,7 +215,13 @@ fn rebuild_from_envelopes(
         f.sync_data()?;
         end = Location::new(nr, bytes.len() as u32);
     }
-    crate::lookup::write_dump(dir, &table, keysize, config.incremental.then_some(next_id))?;
+    crate::lookup::write_dump(
+        &crate::storage::RealStorage,
+        dir,
+        &table,
+        keysize,
+        config.incremental.then_some(next_id),
+    )?;
     crate::meta::Meta {
         keysize,
         config: crate::Config {
@@ -224,6 +233,7 @@ fn rebuild_from_envelopes(
     }
     .store(dir)?;
     crate::wal::create(
+        &crate::storage::RealStorage,
         dir,
         crate::wal::WalHeader {
             checkpoint: end,
@@ -232,7 +242,7 @@ fn rebuild_from_envelopes(
             envelopes: false,
         },
     )?;
-    crate::fsutil::sync_dir(dir)?;
+    crate::fsutil::sync_dir(&crate::storage::RealStorage, dir)?;
     Ok((records, end))
 }
 
