@@ -51,6 +51,10 @@ pub trait StorageFile: Send + Sync {
     fn sync_data(&self) -> io::Result<()>;
     /// The current length.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file holds no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// The descriptor underneath, for memory maps; reads through a map see
     /// what `write_at` handed to the OS.
     fn file(&self) -> &File;
