@@ -41,14 +41,26 @@ pub struct OpenOptions {
     /// Marks a new directory as holding V data (compaction and restore of a V
     /// directory): `record_size_max` is then not enforced, as V never did.
     pub origin: Option<Origin>,
-    /// Every record written is a keyed envelope (`keyed::KeyedStore`): group
-    /// commit then fdatasyncs only the data files, not the journal, as open
-    /// can redo any record after the journal's last entry from its envelope.
+    /// Every record written names its own id (`keyed::KeyedStore`'s
+    /// envelopes): group commit then fdatasyncs only the data files, not the
+    /// journal, as open can redo any record after the journal's last entry
+    /// (through `record_ids`).
     /// One fsync per group instead of two.
     pub envelope_journal: bool,
     /// Where the directory's bytes go: the plain file system, or in tests a
     /// [`crate::storage::faults::FaultyStorage`].
     pub storage: Arc<dyn Storage>,
+    /// Reads a record's id from its value, for a journal whose records carry
+    /// their ids (`envelope_journal`): the layer above knows the value format,
+    /// the db does not. Needed only when such records follow the journal.
+    pub record_ids: Option<Arc<dyn RecordIds>>,
+}
+
+/// What a value says about itself, for redoing records the journal missed.
+pub trait RecordIds: Send + Sync + std::fmt::Debug {
+    /// The id the record sets and whether it deletes it; an error text when
+    /// the value is not of the expected format.
+    fn record_ids(&self, value: &[u8]) -> std::result::Result<(u32, bool), String>;
 }
 
 impl Default for OpenOptions {
@@ -62,6 +74,7 @@ impl Default for OpenOptions {
             origin: None,
             envelope_journal: false,
             storage: crate::storage::real(),
+            record_ids: None,
         }
     }
 }
@@ -96,6 +109,10 @@ impl OpenOptions {
     }
     pub fn envelope_journal(mut self, e: bool) -> Self {
         self.envelope_journal = e;
+        self
+    }
+    pub fn record_ids(mut self, r: Arc<dyn RecordIds>) -> Self {
+        self.record_ids = Some(r);
         self
     }
     pub fn storage(mut self, s: Arc<dyn Storage>) -> Self {
@@ -395,7 +412,9 @@ impl OurDb {
                 // Durable records the journal did not get to: redo them
                 // from their envelopes, from the last entry's record on.
                 let from = last_set.unwrap_or(j.header.checkpoint);
-                for (id, loc, deletes) in envelopes_between(&files, from, data_end, dir)? {
+                for (id, loc, deletes) in
+                    records_between(&files, from, data_end, dir, opts.record_ids.as_deref())?
+                {
                     if last_set == Some(loc) {
                         continue;
                     }
@@ -1908,13 +1927,14 @@ fn scan_tail(
     Ok(end)
 }
 
-/// The keyed envelopes of the records from `from` (a record boundary) to
-/// `end`: id, location, and whether the record is a tombstone.
-fn envelopes_between(
+/// The records from `from` (a record boundary) to `end`: the id each sets,
+/// its location, and whether it deletes, as `ids` reads them from the values.
+fn records_between(
     files: &[Option<Arc<DataFile>>],
     from: Location,
     end: Location,
     dir: &Path,
+    ids: Option<&dyn RecordIds>,
 ) -> Result<Vec<(u32, Location, bool)>> {
     let mut out = Vec::new();
     for f in files.iter().flatten() {
@@ -1939,16 +1959,20 @@ fn envelopes_between(
         while let Some(h) = scan::record_at(&bytes, pos) {
             let next = pos + h.record_len() as usize;
             let loc = Location::new(f.nr, (start + pos as u64) as u32);
-            let env =
-                crate::keyed::Envelope::decode(&bytes[pos + HEADER_LEN..next]).map_err(|e| {
-                    Error::Corrupt {
-                        path: datafile::data_path(dir, f.nr),
-                        detail: format!(
-                        "the journal says records are envelopes, but the one at {loc} is not: {e}"
+            let Some(ids) = ids else {
+                return Err(Error::Config(format!(
+                    "{}: records past the journal carry their ids in a format the keyed layer knows; open it as a keyed store",
+                    dir.display()
+                )));
+            };
+            let (id, deletes) =
+                ids.record_ids(&bytes[pos + HEADER_LEN..next]).map_err(|e| Error::Corrupt {
+                    path: datafile::data_path(dir, f.nr),
+                    detail: format!(
+                        "the journal says records carry their ids, but the one at {loc} does not: {e}"
                     ),
-                    }
                 })?;
-            out.push((env.id, loc, env.kind == crate::keyed::Kind::Tombstone));
+            out.push((id, loc, deletes));
             pos = next;
         }
     }

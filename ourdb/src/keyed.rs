@@ -168,7 +168,11 @@ impl KeyedStore {
     /// Opens `dir` as a keyed store: every record is an envelope, so the
     /// journal need not be synced by group commit (`envelope_journal`).
     pub fn open(dir: impl AsRef<std::path::Path>, opts: crate::OpenOptions) -> Result<KeyedStore> {
-        KeyedStore::new(opts.envelope_journal(true).open(dir)?)
+        KeyedStore::new(
+            opts.envelope_journal(true)
+                .record_ids(std::sync::Arc::new(EnvelopeIds))
+                .open(dir)?,
+        )
     }
 
     /// Wraps `db` and rebuilds the key index from the live records.
@@ -496,6 +500,19 @@ impl KeyedStore {
 
     pub fn close(self) -> Result<()> {
         self.db.close()
+    }
+}
+
+/// Reads ids from envelopes, for an open that redoes records past the
+/// journal (`OpenOptions::record_ids`): pass it when opening a keyed store's
+/// directory as a plain `OurDb`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvelopeIds;
+
+impl crate::RecordIds for EnvelopeIds {
+    fn record_ids(&self, value: &[u8]) -> std::result::Result<(u32, bool), String> {
+        let env = Envelope::decode(value).map_err(|e| e.to_string())?;
+        Ok((env.id, env.kind == Kind::Tombstone))
     }
 }
 

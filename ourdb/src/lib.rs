@@ -34,7 +34,7 @@ pub use config::{
     DEFAULT_RECORD_SIZE_MAX,
 };
 pub use db::{
-    Digest, LogRecord, OpenOptions, OpenReport, OurDb, Pending, Segment, SnapshotChunk,
+    Digest, LogRecord, OpenOptions, OpenReport, OurDb, Pending, RecordIds, Segment, SnapshotChunk,
     SnapshotPos, LOCK_FILE,
 };
 pub use error::{Error, Result};

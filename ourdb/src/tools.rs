@@ -32,7 +32,10 @@ impl VerifyReport {
 /// Checks a directory without changing it: every live id's whole history
 /// (CRCs, chains), shared locations, and the framing of the data files.
 pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
-    let mut opts = OpenOptions::new().read_only(true).create(false);
+    let mut opts = OpenOptions::new()
+        .read_only(true)
+        .create(false)
+        .record_ids(std::sync::Arc::new(crate::keyed::EnvelopeIds));
     opts.config = config;
     let db = opts.open(dir)?;
     let mut report = VerifyReport::default();
@@ -165,7 +168,9 @@ pub fn compact(
     config: Option<Config>,
     history: Option<usize>,
 ) -> Result<CompactReport> {
-    let mut opts = OpenOptions::new().create(false);
+    let mut opts = OpenOptions::new()
+        .create(false)
+        .record_ids(std::sync::Arc::new(crate::keyed::EnvelopeIds));
     opts.config = config;
     let src = opts.open(dir)?;
     src.flush()?;

@@ -132,6 +132,15 @@ fn redo_from_envelopes_is_reported() {
     }
     store.into_db().abandon();
     cut_wal(dir, durable);
+    // The db alone does not know the envelope format: a plain open refuses
+    // rather than dropping the records, and leaves the directory as it was.
+    let plain = OpenOptions::new().read_only(true).create(false).open(dir);
+    assert!(
+        matches!(&plain, Err(ourdb::Error::Config(m)) if m.contains("keyed store")),
+        "{:?}",
+        plain.err()
+    );
+    assert_eq!(wal_len(dir), durable);
     let store = open(dir);
     assert_eq!(store.db().open_report().redone_from_envelopes, 50);
     for i in 0..50u32 {

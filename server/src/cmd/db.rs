@@ -56,7 +56,10 @@ pub(crate) fn b64(v: &[u8]) -> String {
 }
 
 pub(crate) fn open_read_only(dir: &Path, shape: &Shape) -> Result<OurDb> {
-    let mut opts = OpenOptions::new().read_only(true).create(false);
+    let mut opts = OpenOptions::new()
+        .read_only(true)
+        .create(false)
+        .record_ids(std::sync::Arc::new(ourdb::keyed::EnvelopeIds));
     opts.config = shape.for_existing(dir)?;
     opts.open(dir)
         .with_context(|| format!("open {}", dir.display()))
