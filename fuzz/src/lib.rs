@@ -205,35 +205,107 @@ impl Model {
     }
 }
 
-fn read_all(db: &ourdb::OurDb) -> std::collections::BTreeMap<u32, Vec<u8>> {
-    let ids: Vec<u32> = db.ids().collect();
-    ids.into_iter()
-        .map(|id| {
-            let v = db
-                .get(id)
-                .unwrap_or_else(|e| panic!("id {id} is listed but does not read: {e}"));
-            (id, v)
-        })
-        .collect()
+/// The engine under test: the plain db (ids) or the keyed store over it
+/// (keys `k0`, `k1`, ...; the service's path, whose journal group commit
+/// does not sync). Both are addressed by a number: the id, or the key's.
+enum Handle {
+    Plain(ourdb::OurDb),
+    Keyed(ourdb::keyed::KeyedStore),
+}
+
+impl Handle {
+    fn db(&self) -> &ourdb::OurDb {
+        match self {
+            Handle::Plain(db) => db,
+            Handle::Keyed(s) => s.db(),
+        }
+    }
+
+    /// Writes `v` under `n` (`None`: a new id, incremental plain db only).
+    fn put(&self, n: Option<u32>, v: &[u8]) -> ourdb::Result<u32> {
+        match (self, n) {
+            (Handle::Plain(db), n) => db.set(n, v),
+            (Handle::Keyed(s), Some(n)) => s.put(&format!("k{n}"), v).map(|_| n),
+            (Handle::Keyed(_), None) => unreachable!("keyed writes name their key"),
+        }
+    }
+
+    fn delete(&self, n: u32) -> ourdb::Result<()> {
+        match self {
+            Handle::Plain(db) => db.delete(n),
+            Handle::Keyed(s) => s.delete(&format!("k{n}")).map(|found| {
+                assert!(
+                    found,
+                    "k{n} is live in the model but delete did not find it"
+                );
+            }),
+        }
+    }
+
+    fn get(&self, n: u32) -> ourdb::Result<Option<Vec<u8>>> {
+        match self {
+            Handle::Plain(db) => match db.get(n) {
+                Ok(v) => Ok(Some(v)),
+                Err(ourdb::Error::NotFound(_)) => Ok(None),
+                Err(ourdb::Error::IdOutOfRange { .. }) if n == 0 => Ok(None),
+                Err(e) => Err(e),
+            },
+            Handle::Keyed(s) => s.get(&format!("k{n}")),
+        }
+    }
+
+    fn close(self) -> ourdb::Result<()> {
+        match self {
+            Handle::Plain(db) => db.close(),
+            Handle::Keyed(s) => s.close(),
+        }
+    }
+
+    fn abandon(self) {
+        match self {
+            Handle::Plain(db) => db.abandon(),
+            Handle::Keyed(s) => s.into_db().abandon(),
+        }
+    }
+
+    /// Everything the handle holds; every listed entry must read.
+    fn read_all(&self) -> std::collections::BTreeMap<u32, Vec<u8>> {
+        let numbers: Vec<u32> = match self {
+            Handle::Plain(db) => db.ids().collect(),
+            Handle::Keyed(s) => s
+                .list("", None, usize::MAX)
+                .into_iter()
+                .map(|k| k[1..].parse().expect("a key this target wrote"))
+                .collect(),
+        };
+        numbers
+            .into_iter()
+            .map(|n| match self.get(n) {
+                Ok(Some(v)) => (n, v),
+                other => panic!("{n} is listed but does not read: {other:?}"),
+            })
+            .collect()
+    }
 }
 
 /// Whole engine operations under injected I/O faults and power loss, against
 /// a model (in the manner of redb's `fuzz_redb`).
 ///
-/// Input: `[config][8 bytes: fault seed][op]...`. The config byte picks the
-/// sync policy, incremental or key-value ids, and how often checkpoints and
-/// file switches come. Ops: insert, set, delete, get, sync, checkpoint, arm a
-/// fault at the n-th mutating I/O call, crash (power off, undo what is not
-/// durable, reopen; sometimes with a fault during recovery, then again), and
-/// close/reopen.
+/// Input: `[config][8 bytes: fault seed][op, arg]...`. The config byte picks
+/// the sync policy, the plain db (incremental or key-value ids) or the keyed
+/// store, and how often checkpoints and file switches come. Ops: insert/put,
+/// update, delete, get, sync or checkpoint, arm a fault at the n-th mutating
+/// I/O call, crash (power off, undo what is not durable, reopen; sometimes
+/// with a fault during recovery, then again), and close/reopen.
 ///
 /// Checked: an operation fails only when a fault fired in it or the handle
 /// is already poisoned, and every write after a failure is refused; reads of
 /// a healthy handle match the model; after a crash the directory holds the
 /// durable state plus a prefix of the writes since (never a later write
-/// without an earlier one, never a torn value), every listed id reads, and
-/// after a clean close nothing is lost.
+/// without an earlier one, never a torn value), every listed entry reads,
+/// and after a clean close nothing is lost.
 pub fn db_ops(data: &[u8]) {
+    use ourdb::keyed::KeyedStore;
     use ourdb::storage::faults::FaultyStorage;
     use ourdb::{Error, SyncPolicy};
     use std::sync::Arc;
@@ -250,10 +322,12 @@ pub fn db_ops(data: &[u8]) {
         2 => SyncPolicy::Flush,
         _ => SyncPolicy::Never,
     };
-    let incremental = sel & 4 == 0;
+    let keyed = sel & 32 != 0;
+    // The keyed store needs incremental ids.
+    let incremental = keyed || sel & 4 == 0;
     let config = Config {
         record_nr_max: 64,
-        record_size_max: 300,
+        record_size_max: 320,
         file_size: if sel & 8 != 0 { 700 } else { 1 << 20 },
         incremental,
         // Only keysize 6 addresses more than one data file.
@@ -262,18 +336,24 @@ pub fn db_ops(data: &[u8]) {
     let checkpoint_bytes = if sel & 16 != 0 { 900 } else { 1 << 30 };
     let storage = FaultyStorage::new(u64::from_le_bytes(seed));
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = || {
-        OpenOptions::new()
+    let open = || -> ourdb::Result<Handle> {
+        let opts = OpenOptions::new()
             .config(config.clone())
             .sync(sync)
             .checkpoint_bytes(checkpoint_bytes)
-            .storage(Arc::new(storage.clone()))
-            .open(dir.path())
+            .storage(Arc::new(storage.clone()));
+        Ok(if keyed {
+            Handle::Keyed(KeyedStore::open(dir.path(), opts)?)
+        } else {
+            Handle::Plain(opts.open(dir.path())?)
+        })
     };
     let mut db = Some(open().expect("a new directory opens"));
     let mut model = Model::default();
     let mut poisoned = false;
     let mut counter = 0u32;
+    // `DB_OPS_TRACE=1` prints each operation (for replaying a failure).
+    let trace = std::env::var_os("DB_OPS_TRACE").is_some();
 
     // Runs one engine call, checking when it may fail.
     macro_rules! call {
@@ -317,92 +397,87 @@ pub fn db_ops(data: &[u8]) {
         };
         let durable_each = matches!(sync, SyncPolicy::Always | SyncPolicy::Group);
         let live: Vec<u32> = model.current.keys().copied().collect();
+        if trace {
+            eprintln!(
+                "op {} arg {arg} (len {len}); poisoned {poisoned}; live {live:?}; since {}",
+                op % 9,
+                model.since.len()
+            );
+        }
         match op % 9 {
             0 | 1 => {
-                // A new id (incremental) or any id (key-value).
+                // A new id (incremental db), any id (key-value db), any key.
                 let v = value(counter);
-                let next = if incremental && !poisoned {
-                    h.next_id().expect("next_id")
+                let (target, next) = if keyed {
+                    (Some(u32::from(arg % 24)), 0)
+                } else if incremental {
+                    let next = if poisoned {
+                        0
+                    } else {
+                        h.db().next_id().expect("next_id")
+                    };
+                    (None, next)
                 } else {
-                    0
+                    (Some(u32::from(arg) % config.record_nr_max), 0)
                 };
-                let r = if incremental {
-                    call!(h.insert(&v))
-                } else {
-                    let id = arg as u32 % config.record_nr_max;
-                    call!(h.set(Some(id), &v))
-                };
-                match r {
-                    Ok(id) => {
-                        if incremental {
-                            assert!(
-                                !model.current.contains_key(&id),
-                                "insert reused live id {id}"
-                            );
+                match call!(h.put(target, &v)) {
+                    Ok(n) => {
+                        if target.is_none() {
+                            assert!(!model.current.contains_key(&n), "insert reused live id {n}");
                         }
-                        model.write(id, Some(v));
+                        model.write(n, Some(v));
                         if durable_each {
                             model.made_durable();
                         }
                     }
                     Err(Error::TableFull(_)) => {}
+                    // Refused on a poisoned handle: nothing landed.
+                    Err(_) if target.is_none() && next == 0 => {}
                     // It may have landed, under the id it was to get.
-                    Err(_) if incremental && next == 0 => {}
-                    Err(_) => {
-                        let id = if incremental {
-                            next
-                        } else {
-                            arg as u32 % config.record_nr_max
-                        };
-                        model.since.push((id, Some(v)));
-                    }
+                    Err(_) => model.since.push((target.unwrap_or(next), Some(v))),
                 }
             }
             2 => {
-                let Some(&id) = live.get(arg as usize % live.len().max(1)) else {
+                let Some(&n) = live.get(arg as usize % live.len().max(1)) else {
                     continue;
                 };
                 let v = value(counter);
-                match call!(h.set(Some(id), &v)) {
+                match call!(h.put(Some(n), &v)) {
                     Ok(_) => {
-                        model.write(id, Some(v));
+                        model.write(n, Some(v));
                         if durable_each {
                             model.made_durable();
                         }
                     }
-                    Err(_) => model.since.push((id, Some(v))),
+                    Err(_) => model.since.push((n, Some(v))),
                 }
             }
             3 => {
-                let Some(&id) = live.get(arg as usize % live.len().max(1)) else {
+                let Some(&n) = live.get(arg as usize % live.len().max(1)) else {
                     continue;
                 };
-                match call!(h.delete(id)) {
+                match call!(h.delete(n)) {
                     Ok(()) => {
-                        model.write(id, None);
+                        model.write(n, None);
                         if durable_each {
                             model.made_durable();
                         }
                     }
-                    Err(_) => model.since.push((id, None)),
+                    Err(_) => model.since.push((n, None)),
                 }
             }
             4 => {
                 if !poisoned {
-                    let id = arg as u32 % config.record_nr_max;
-                    match (h.get(id), model.current.get(&id)) {
-                        (Ok(got), Some(want)) => assert_eq!(&got, want, "get({id})"),
-                        (Err(Error::NotFound(_)), None) => {}
-                        (Err(Error::IdOutOfRange { .. }), None) if id == 0 => {}
-                        (got, want) => panic!("get({id}): {got:?}, model {want:?}"),
-                    }
+                    let n = u32::from(arg) % config.record_nr_max;
+                    let got = h.get(n).unwrap_or_else(|e| panic!("get({n}): {e}"));
+                    assert_eq!(got.as_ref(), model.current.get(&n), "get({n})");
                 }
             }
             5 => {
                 let r = if arg & 1 == 0 {
-                    call!(h.sync())
+                    call!(h.db().sync())
                 } else {
-                    call!(h.checkpoint())
+                    call!(h.db().checkpoint())
                 };
                 if r.is_ok() {
                     model.made_durable();
@@ -423,7 +498,7 @@ pub fn db_ops(data: &[u8]) {
                     storage.crash().expect("crash");
                 }
                 let h = open().unwrap_or_else(|e| panic!("reopen after a crash: {e}"));
-                model.recovered(read_all(&h), "after a crash");
+                model.recovered(h.read_all(), "after a crash");
                 db = Some(h);
                 poisoned = false;
             }
@@ -444,7 +519,7 @@ pub fn db_ops(data: &[u8]) {
                     storage.crash().expect("crash");
                 }
                 let h = open().unwrap_or_else(|e| panic!("reopen after close: {e}"));
-                model.recovered(read_all(&h), "after close");
+                model.recovered(h.read_all(), "after close");
                 db = Some(h);
                 poisoned = false;
             }
@@ -452,8 +527,11 @@ pub fn db_ops(data: &[u8]) {
     }
     if let Some(h) = db {
         if !poisoned {
-            let found = read_all(&h);
-            assert_eq!(found, model.current, "the open handle reads the model");
+            assert_eq!(
+                h.read_all(),
+                model.current,
+                "the open handle reads the model"
+            );
         }
         h.abandon();
     }

@@ -684,6 +684,14 @@ impl OurDb {
         Ok(())
     }
 
+    /// Whether writes would be taken: `ReadOnly` for a read-only handle,
+    /// `Poisoned` once a write or fsync failed. Layers that answer some writes
+    /// from their own state (a key that is not there, a precondition) check
+    /// this first, so that a failed handle never answers as if it were healthy.
+    pub fn check_writable(&self) -> Result<()> {
+        self.writer().map(|_| ())
+    }
+
     fn writer(&self) -> Result<MutexGuard<'_, Writer>> {
         let m = self.writer.as_ref().ok_or(Error::ReadOnly)?;
         let w = m.lock().unwrap_or_else(|e| e.into_inner());

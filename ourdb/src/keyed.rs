@@ -298,6 +298,7 @@ impl KeyedStore {
             });
         }
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.db.check_writable()?;
         if !self.expected(key, &expect) {
             return Ok(None);
         }
@@ -438,6 +439,8 @@ impl KeyedStore {
     pub fn delete_if_pending(&self, key: &str, expect: Expect) -> Result<Option<Option<Pending>>> {
         check_key(key)?;
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        // A failed handle has no say on whether the key exists on disk.
+        self.db.check_writable()?;
         if !self.expected(key, &expect) {
             return Ok(None);
         }
@@ -519,6 +522,32 @@ impl crate::RecordIds for EnvelopeIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a failed fsync the store refuses every write, including those
+    /// it could answer from its index (a missing key, a precondition): the
+    /// index may show a change the disk never got.
+    #[test]
+    fn a_failed_store_refuses_writes_it_could_answer_from_memory() {
+        use crate::storage::faults::FaultyStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FaultyStorage::new(3);
+        let opts = crate::OpenOptions::new()
+            .sync(crate::SyncPolicy::Always)
+            .storage(std::sync::Arc::new(storage.clone()));
+        let store = KeyedStore::open(dir.path(), opts).unwrap();
+        store.put("a", b"1").unwrap();
+        store.put("b", b"2").unwrap();
+        storage.fail_op(1);
+        assert!(store.delete("a").is_err());
+        assert_eq!(storage.injected(), 1);
+        assert!(matches!(store.delete("a"), Err(Error::Poisoned)));
+        assert!(matches!(store.delete("nope"), Err(Error::Poisoned)));
+        assert!(matches!(
+            store.put_if("b", b"3", Expect::Absent),
+            Err(Error::Poisoned)
+        ));
+        assert!(matches!(store.put("c", b"4"), Err(Error::Poisoned)));
+    }
 
     #[test]
     fn compare_and_swap_by_version() {
