@@ -4,7 +4,9 @@ use crate::error::{Error, Result};
 
 /// V's `OurDBConfig` defaults.
 pub const DEFAULT_RECORD_NR_MAX: u32 = 16_777_215;
+/// V's default largest value, in bytes.
 pub const DEFAULT_RECORD_SIZE_MAX: u32 = 4096;
+/// V's default data file size (500 MiB) before the next file starts.
 pub const DEFAULT_FILE_SIZE: u32 = 524_288_000;
 
 /// The shape of a database: V's `new()` arguments, plus an optional keysize override.

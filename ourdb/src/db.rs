@@ -21,6 +21,7 @@ use crate::wal::{self, WalEntry, WalHeader};
 mod log;
 pub use log::{Digest, LogRecord, SnapshotChunk, SnapshotPos};
 
+/// The lock file in every directory an ourkv process opens (`flock`).
 pub const LOCK_FILE: &str = "ourkv.lock";
 /// Writes are buffered up to this size before they are handed to the OS.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -31,7 +32,9 @@ pub struct OpenOptions {
     /// The configuration for a new or V directory. A directory created by ourkv
     /// uses the configuration in its metadata; a given one must agree with it.
     pub config: Option<Config>,
+    /// When writes are made durable.
     pub sync: SyncPolicy,
+    /// Open without a writer (a shared lock; nothing is changed).
     pub read_only: bool,
     /// Create the directory if it does not exist.
     pub create: bool,
@@ -80,45 +83,56 @@ impl Default for OpenOptions {
 }
 
 impl OpenOptions {
+    /// The defaults: create if missing, group commit, 256 MiB between checkpoints.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Sets [`OpenOptions::config`].
     pub fn config(mut self, c: Config) -> Self {
         self.config = Some(c);
         self
     }
+    /// Sets [`OpenOptions::sync`].
     pub fn sync(mut self, s: SyncPolicy) -> Self {
         self.sync = s;
         self
     }
+    /// Sets [`OpenOptions::read_only`].
     pub fn read_only(mut self, r: bool) -> Self {
         self.read_only = r;
         self
     }
+    /// Sets [`OpenOptions::create`].
     pub fn create(mut self, c: bool) -> Self {
         self.create = c;
         self
     }
+    /// Sets [`OpenOptions::checkpoint_bytes`].
     pub fn checkpoint_bytes(mut self, b: u64) -> Self {
         self.checkpoint_bytes = b;
         self
     }
+    /// Sets [`OpenOptions::origin`].
     pub fn origin(mut self, o: Origin) -> Self {
         self.origin = Some(o);
         self
     }
+    /// Sets [`OpenOptions::envelope_journal`].
     pub fn envelope_journal(mut self, e: bool) -> Self {
         self.envelope_journal = e;
         self
     }
+    /// Sets [`OpenOptions::record_ids`].
     pub fn record_ids(mut self, r: Arc<dyn RecordIds>) -> Self {
         self.record_ids = Some(r);
         self
     }
+    /// Sets [`OpenOptions::storage`].
     pub fn storage(mut self, s: Arc<dyn Storage>) -> Self {
         self.storage = s;
         self
     }
+    /// Opens (or creates) `dir`, recovering from a crash if needed.
     pub fn open(self, dir: impl AsRef<Path>) -> Result<OurDb> {
         OurDb::open_with(dir.as_ref(), self)
     }
@@ -219,8 +233,11 @@ impl Pending {
 /// continues at `next`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
+    /// Where the first record starts.
     pub start: Location,
+    /// Whole raw records, as on disk.
     pub bytes: Vec<u8>,
+    /// Where the record after the last one starts (the next read's start).
     pub next: Location,
 }
 
@@ -650,10 +667,12 @@ impl OurDb {
         &self.meta.config
     }
 
+    /// The keysize of the lookup entries (2, 3, 4 or 6).
     pub fn keysize(&self) -> u8 {
         self.keysize
     }
 
+    /// The directory's `ourkv.meta`.
     pub fn meta(&self) -> &Meta {
         &self.meta
     }
@@ -663,10 +682,12 @@ impl OurDb {
         &self.report
     }
 
+    /// Whether this handle takes no writes.
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
 
+    /// The sync policy the handle was opened with.
     pub fn sync_policy(&self) -> SyncPolicy {
         self.sync
     }
@@ -1412,6 +1433,7 @@ impl OurDb {
         self.lookup.iter().count()
     }
 
+    /// Whether no id is live.
     pub fn is_empty(&self) -> bool {
         self.lookup.iter().next().is_none()
     }

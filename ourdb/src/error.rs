@@ -10,7 +10,9 @@ pub enum Error {
     /// An I/O call failed; `context` says which file or step.
     #[error("{context}: {source}")]
     Io {
+        /// The file or step.
         context: String,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
@@ -19,7 +21,12 @@ pub enum Error {
     NotFound(u32),
     /// The id lies outside `0..record_nr_max` (or is 0 in incremental mode).
     #[error("id {id} is out of range (record_nr_max is {max})")]
-    IdOutOfRange { id: u32, max: u32 },
+    IdOutOfRange {
+        /// The id asked for.
+        id: u32,
+        /// The directory's `record_nr_max`.
+        max: u32,
+    },
     /// Incremental mode only hands out ids itself; an explicit id must already be live.
     #[error(
         "id {0} was never issued or is deleted: in incremental mode only live ids can be updated"
@@ -36,19 +43,38 @@ pub enum Error {
     TableFull(u32),
     /// A value longer than a record can hold.
     #[error("value of {len} bytes is too large: a record holds at most {max} bytes")]
-    ValueTooLarge { len: usize, max: usize },
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The largest value a record holds here.
+        max: usize,
+    },
     /// The keysize of this directory cannot address the next write position.
     #[error("keysize {keysize} cannot address {location}: the database is full (compact or restore into keysize 6)")]
-    AddressSpaceFull { keysize: u8, location: Location },
+    AddressSpaceFull {
+        /// The directory's keysize.
+        keysize: u8,
+        /// The position that does not fit.
+        location: Location,
+    },
     /// Stored bytes fail their check.
     #[error("corrupt data in {path}: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, where.
+        detail: String,
+    },
     /// A lookup entry fits records in more than one data file (keysize < 6 with several files).
     #[error("record {id}: position {position} matches valid records in data files {files:?}; keysize {keysize} stores no file number")]
     Ambiguous {
+        /// The id read.
         id: u32,
+        /// The position its lookup entry holds.
         position: u32,
+        /// The directory's keysize.
         keysize: u8,
+        /// The data files with a valid record there.
         files: Vec<u16>,
     },
     /// The configuration is unusable or disagrees with the directory.
@@ -70,11 +96,21 @@ pub enum Error {
     Poisoned,
     /// A replication cursor that names no record boundary of this database.
     #[error("cursor {cursor} is not a record boundary here ({detail})")]
-    BadCursor { cursor: Location, detail: String },
+    BadCursor {
+        /// The cursor given.
+        cursor: Location,
+        /// Why it is no boundary.
+        detail: String,
+    },
     /// Shipped records do not continue this database where it ends: the
     /// replica diverged (or the master was compacted) and needs a snapshot.
     #[error("shipped records start at {theirs} but this database ends at {ours}")]
-    Diverged { ours: Location, theirs: Location },
+    Diverged {
+        /// Where this database ends.
+        ours: Location,
+        /// Where the shipped records start.
+        theirs: Location,
+    },
     /// A keyed-layer envelope could not be decoded.
     #[error("bad envelope: {0}")]
     Envelope(String),

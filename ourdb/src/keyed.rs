@@ -29,28 +29,39 @@ use crate::record::MAX_VALUE_LEN;
 mod snapshot;
 pub use snapshot::{Installed, SnapshotInstall};
 
+/// The first byte of every envelope.
 pub const MAGIC: u8 = 0xE7;
+/// The envelope format version.
 pub const VERSION: u8 = 1;
+/// Bytes of an envelope before the key: magic, version, kind, id, key length.
 pub const ENVELOPE_HEADER: usize = 9;
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// What a record does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Sets the key to the value.
     Put,
+    /// Deletes the key (the value is empty).
     Tombstone,
 }
 
 /// A decoded envelope borrowing from the record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope<'a> {
+    /// Put or tombstone.
     pub kind: Kind,
+    /// The record's id in the db below.
     pub id: u32,
+    /// The key (UTF-8, 1 to 1,024 bytes).
     pub key: &'a str,
+    /// The value.
     pub value: &'a [u8],
 }
 
 impl<'a> Envelope<'a> {
+    /// The envelope's bytes (a record's value).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ENVELOPE_HEADER + self.key.len() + self.value.len());
         out.push(MAGIC);
@@ -66,6 +77,7 @@ impl<'a> Envelope<'a> {
         out
     }
 
+    /// Parses an envelope; an `Envelope` error for anything else.
     pub fn decode(b: &'a [u8]) -> Result<Envelope<'a>> {
         if b.len() < ENVELOPE_HEADER {
             return Err(Error::Envelope(format!(
@@ -150,6 +162,7 @@ pub enum Expect {
 /// What open found while rebuilding the index.
 #[derive(Debug, Default, Clone)]
 pub struct IndexReport {
+    /// Live keys indexed.
     pub keys: u64,
     /// Ids whose current version was a tombstone (a delete cut short by a crash).
     pub finished_deletes: u64,
@@ -219,22 +232,27 @@ impl KeyedStore {
         })
     }
 
+    /// The db below.
     pub fn db(&self) -> &OurDb {
         &self.db
     }
 
+    /// Gives up the keyed layer and returns the db.
     pub fn into_db(self) -> OurDb {
         self.db
     }
 
+    /// What rebuilding the key index found.
     pub fn index_report(&self) -> &IndexReport {
         &self.report
     }
 
+    /// Live keys.
     pub fn len(&self) -> usize {
         self.index.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Whether no key is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -501,6 +519,7 @@ impl KeyedStore {
         Ok(end)
     }
 
+    /// Checkpoints and releases the directory (see [`OurDb::close`]).
     pub fn close(self) -> Result<()> {
         self.db.close()
     }

@@ -14,6 +14,8 @@
 //! db.close().unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 mod datafile;
 mod db;

@@ -8,7 +8,9 @@ use std::fmt;
 /// byte), so `Location::NONE` (0, 0) means "no record".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
+    /// The data file number.
     pub file_nr: u16,
+    /// The byte offset in it.
     pub position: u32,
 }
 
@@ -25,10 +27,12 @@ impl Location {
         position: 0,
     };
 
+    /// The location `position` in file `file_nr`.
     pub const fn new(file_nr: u16, position: u32) -> Self {
         Location { file_nr, position }
     }
 
+    /// Whether this is [`Location::NONE`] (no record).
     pub fn is_none(self) -> bool {
         self == Self::NONE
     }
@@ -38,6 +42,7 @@ impl Location {
         ((self.file_nr as u64) << 32) | self.position as u64
     }
 
+    /// The location [`Location::pack`] made `v` from.
     pub fn unpack(v: u64) -> Self {
         Location {
             file_nr: (v >> 32) as u16,

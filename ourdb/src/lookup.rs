@@ -18,7 +18,9 @@ const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 
 /// Directory (not file) that V keeps the dump in.
 pub const DUMP_DIR: &str = "lookup_dump.db";
+/// The lookup dump's table file inside `lookup_dump.db/`.
 pub const DUMP_DATA: &str = "data";
+/// The lookup dump's next-id file inside `lookup_dump.db/` (incremental mode).
 pub const DUMP_INC: &str = ".inc";
 
 /// The in-memory lookup table: one slot per id below `record_nr_max`.
@@ -28,6 +30,7 @@ pub struct LookupTable {
 }
 
 impl LookupTable {
+    /// An empty table for ids below `record_nr_max`.
     pub fn new(record_nr_max: u32) -> Self {
         let n = (record_nr_max as usize).div_ceil(CHUNK_LEN);
         LookupTable {
@@ -36,6 +39,7 @@ impl LookupTable {
         }
     }
 
+    /// The table's id limit.
     pub fn record_nr_max(&self) -> u32 {
         self.max
     }

@@ -8,8 +8,10 @@ use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
 
+/// The metadata file of a directory ourkv wrote.
 pub const META_FILE: &str = "ourkv.meta";
 const MAGIC: &str = "ourkv-ourdb-meta";
+/// The version of `ourkv.meta` this build writes.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Where the directory came from.
@@ -24,8 +26,11 @@ pub enum Origin {
 /// The contents of `ourkv.meta`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
+    /// The keysize of the lookup entries.
     pub keysize: u8,
+    /// The configuration the directory was created with.
     pub config: Config,
+    /// Who wrote the data: ourkv, or V (adopted).
     pub origin: Origin,
     /// Bumped by compaction: replicas use it to tell rewritten logs apart.
     pub epoch: u64,

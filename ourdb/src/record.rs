@@ -19,6 +19,7 @@ pub struct Header {
 }
 
 impl Header {
+    /// The header of a record holding `value` whose previous version is at `prev`.
     pub fn for_value(value: &[u8], prev: Location) -> Self {
         debug_assert!(value.len() <= MAX_VALUE_LEN);
         Header {
@@ -37,6 +38,7 @@ impl Header {
         b
     }
 
+    /// Reads a header (the CRC is checked against the value separately).
     pub fn decode(b: &[u8; HEADER_LEN]) -> Self {
         Header {
             len: u16::from_le_bytes([b[0], b[1]]),

@@ -15,8 +15,11 @@ use crate::record::{Header, HEADER_LEN};
 /// one: none, earlier in its own file, or inside another data file.
 #[derive(Clone, Copy, Debug)]
 pub struct Place<'a> {
+    /// The data file being scanned.
     pub file_nr: u16,
+    /// The file offset of the first byte of the buffer.
     pub base: usize,
+    /// Every data file's length.
     pub lens: &'a BTreeMap<u16, u64>,
 }
 
@@ -151,6 +154,7 @@ pub struct RebuildReport {
 }
 
 impl RebuildReport {
+    /// Whether the rebuild found nothing it had to guess.
     pub fn is_certain(&self) -> bool {
         self.assumptions.is_empty() && self.undecided.is_empty()
     }
@@ -167,12 +171,15 @@ impl RebuildReport {
 pub struct Rebuilder<'a> {
     table: &'a LookupTable,
     incremental: bool,
+    /// The next id, past every id seen.
     pub next_id: u32,
     by_location: HashMap<Location, u32>,
+    /// What the rebuild found.
     pub report: RebuildReport,
 }
 
 impl<'a> Rebuilder<'a> {
+    /// A rebuild into `table`, with ids from `next_id` on.
     pub fn new(table: &'a LookupTable, incremental: bool, next_id: u32) -> Self {
         let by_location = table.iter().map(|(id, loc)| (loc, id)).collect();
         Rebuilder {

@@ -15,15 +15,18 @@ use crate::scan::{self, RebuildReport, Rebuilder};
 /// What `verify` checked and found.
 #[derive(Debug, Default, Clone)]
 pub struct VerifyReport {
+    /// Live ids checked.
     pub live_ids: u64,
     /// Record versions read and CRC-checked through the history chains.
     pub versions_checked: u64,
     /// Data file bytes scanned front to back.
     pub bytes_scanned: u64,
+    /// Each problem found, in words; empty for a sound directory.
     pub problems: Vec<String>,
 }
 
 impl VerifyReport {
+    /// Whether no problem was found.
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -131,10 +134,15 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
 /// What `compact` did.
 #[derive(Debug, Clone)]
 pub struct CompactReport {
+    /// Live ids copied.
     pub live_ids: u64,
+    /// Record versions copied (history included).
     pub versions_kept: u64,
+    /// Data file bytes before.
     pub bytes_before: u64,
+    /// Data file bytes after.
     pub bytes_after: u64,
+    /// The new epoch (one more than before).
     pub epoch: u64,
 }
 

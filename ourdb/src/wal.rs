@@ -16,6 +16,7 @@ use crate::fsutil::sync_dir;
 use crate::location::Location;
 use crate::storage::{Open, Storage, StorageFile};
 
+/// The journal file.
 pub const WAL_FILE: &str = "ourkv.wal";
 const MAGIC: &[u8; 8] = b"OURKVWAL";
 const VERSION: u32 = 1;

@@ -12,15 +12,20 @@ use crate::HEADER_LEN;
 /// A piece of a data file, as a snapshot sends it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotChunk {
+    /// The data file.
     pub file_nr: u16,
+    /// The byte offset in that file.
     pub offset: u64,
+    /// The file's bytes from `offset` on.
     pub bytes: Vec<u8>,
 }
 
 /// Where a snapshot read goes on: the next chunk starts here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SnapshotPos {
+    /// The data file.
     pub file_nr: u16,
+    /// The byte offset in that file.
     pub offset: u64,
 }
 
@@ -37,9 +42,13 @@ impl SnapshotChunk {
 /// A summary of every data byte, equal on byte-identical replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Digest {
+    /// The end of the log the digest covers.
     pub end: Location,
+    /// Data files covered.
     pub files: u64,
+    /// Bytes covered.
     pub bytes: u64,
+    /// CRC-32 of those bytes, file after file.
     pub crc32: u32,
 }
 
@@ -57,8 +66,11 @@ impl std::fmt::Display for Digest {
 /// its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogRecord<'a> {
+    /// Where the record starts.
     pub at: Location,
+    /// Where the next record starts.
     pub after: Location,
+    /// The record's value.
     pub value: &'a [u8],
 }
 
