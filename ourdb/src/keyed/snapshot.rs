@@ -89,15 +89,17 @@ impl SnapshotInstall {
             )));
         }
         let path = crate::datafile::data_path(&self.tmp, chunk.file_nr);
-        if !self.files.contains_key(&chunk.file_nr) {
-            let f = std::fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .open(&path)
-                .ctx(|| format!("create {}", path.display()))?;
-            self.files.insert(chunk.file_nr, (f, 0));
-        }
-        let entry = self.files.get_mut(&chunk.file_nr).expect("just inserted");
+        let entry = match self.files.entry(chunk.file_nr) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let f = std::fs::OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .open(&path)
+                    .ctx(|| format!("create {}", path.display()))?;
+                e.insert((f, 0))
+            }
+        };
         entry
             .0
             .write_all_at(&chunk.bytes, chunk.offset)
@@ -167,6 +169,7 @@ fn rebuild_from_envelopes(
             file_nr: nr,
             base: 0,
             lens: &lens,
+            keysize,
         };
         walk(place, &bytes, 1, |pos, piece| match piece {
             Piece::Record(h) => {
