@@ -19,7 +19,9 @@ pub fn record_parse(data: &[u8]) {
     let table = ourdb::LookupTable::new(1000);
     let mut rb = ourdb::scan::Rebuilder::new(&table, true, 1);
     let lens = [(0, data.len() as u64), (1, 4096)].into();
-    rb.scan_file(0, &lens, data, 1);
+    // Every keysize: below 6, previous pointers are truncated as V writes them.
+    let keysize = [2, 3, 4, 6][data.first().map_or(3, |&b| b as usize % 4)];
+    rb.scan_file(0, keysize, &lens, data, 1);
     assert!(rb.next_id <= 1000);
     for (_, loc) in table.iter() {
         assert!((loc.position as usize) < data.len());

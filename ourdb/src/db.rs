@@ -199,7 +199,7 @@ pub struct OurDb {
     /// With loose addressing: where records start in each data file, from
     /// one walk per file, so a candidate inside another record's value,
     /// which can parse as a record too, is no candidate.
-    record_starts: Mutex<std::collections::HashMap<u16, Arc<RecordStarts>>>,
+    record_starts: Mutex<std::collections::HashMap<u16, Arc<scan::Framing>>>,
     lookup: LookupTable,
     files: RwLock<Vec<Option<Arc<DataFile>>>>,
     writer: Option<Mutex<Writer>>,
@@ -493,6 +493,7 @@ impl OurDb {
                                     file_nr: f.nr,
                                     base: 0,
                                     lens: &lens,
+                                    keysize,
                                 };
                                 scan::walk(place, &f.read_all()?, start, |pos, piece| {
                                     if let scan::Piece::ZeroRun(run) = piece {
@@ -502,7 +503,7 @@ impl OurDb {
                             }
                             let mut rb = Rebuilder::new(&lookup, incremental, next_id);
                             for (f, start) in files_from(&files, from) {
-                                rb.scan_file(f.nr, &lens, &f.read_all()?, start);
+                                rb.scan_file(f.nr, keysize, &lens, &f.read_all()?, start);
                             }
                             if incremental {
                                 next_id = rb.next_id;
@@ -1477,13 +1478,19 @@ impl OurDb {
             loc
         };
         let mut out = Vec::new();
-        while out.len() < depth {
+        loop {
             let (h, value) = self.read_record(loc)?;
             out.push(value);
-            if h.prev.is_none() {
+            if h.prev.is_none() || out.len() >= depth {
                 break;
             }
-            loc = h.prev;
+            // A short previous pointer is truncated like the lookup entry
+            // V held when it wrote the record.
+            loc = if self.loose_addressing {
+                self.resolve_prev(id, h.prev, loc)?
+            } else {
+                h.prev
+            };
         }
         Ok(out)
     }
@@ -1612,6 +1619,7 @@ impl OurDb {
                 file_nr: f.nr,
                 base: start as usize,
                 lens: &lens,
+                keysize: self.keysize,
             };
             match scan::record_after_zeros(place, &bytes, HEADER_LEN, z) {
                 Some(p) => p,
@@ -1639,7 +1647,7 @@ impl OurDb {
             let there = Location::new(other.nr, loc.position);
             if other.read_at(start + HEADER_LEN as u64, &mut value).is_ok()
                 && h.check(&value)
-                && self.record_starts(&other)?.may_start(loc.position)
+                && self.record_starts(&other)?.may_start(loc.position as usize)
                 && !self.lookup.iter().any(|(_, l)| l == there)
                 && !self.is_previous_version(there)?
             {
@@ -1661,6 +1669,7 @@ impl OurDb {
                 file_nr: f.nr,
                 base: 0,
                 lens: &lens,
+                keysize: self.keysize,
             };
             scan::walk(place, &bytes, 1, |_, piece| {
                 if let scan::Piece::Record(h) = piece {
@@ -1693,10 +1702,11 @@ impl OurDb {
         f.len()
     }
 
-    /// Where records (and empty values in zero runs) start in `f`, from one
-    /// framed walk of the file. Records are never moved, so the walk stays
-    /// true for the bytes it saw; what was appended since counts as unframed.
-    fn record_starts(&self, f: &DataFile) -> Result<Arc<RecordStarts>> {
+    /// Where records (and empty values in zero runs) may start in `f`, from
+    /// one framed walk of the file (`scan::Framing`). Records are never
+    /// moved, so the walk stays true for the bytes it saw; what was appended
+    /// since counts as unframed.
+    fn record_starts(&self, f: &DataFile) -> Result<Arc<scan::Framing>> {
         if let Some(starts) = self
             .record_starts
             .lock()
@@ -1706,32 +1716,14 @@ impl OurDb {
             return Ok(starts.clone());
         }
         let bytes = f.read_all()?;
-        let mut starts = std::collections::HashSet::new();
-        let mut zero_runs = Vec::new();
-        let mut unframed_from = bytes.len() as u32;
         let lens = self.file_lens()?;
         let place = scan::Place {
             file_nr: f.nr,
             base: 0,
             lens: &lens,
+            keysize: self.keysize,
         };
-        scan::walk(place, &bytes, 1, |pos, piece| match piece {
-            scan::Piece::Record(_) => {
-                starts.insert(pos as u32);
-            }
-            scan::Piece::ZeroRun(run) => {
-                // Empty values and deleted records in any order: an empty
-                // value may start anywhere in the run.
-                zero_runs.push((pos as u32, (pos + run) as u32));
-            }
-            // Past damage the walk cannot frame: every position may start one.
-            scan::Piece::Bad(_) => unframed_from = pos as u32,
-        });
-        let starts = Arc::new(RecordStarts {
-            starts,
-            zero_runs,
-            unframed_from,
-        });
+        let starts = Arc::new(scan::walk_framed(place, &bytes, 1, |_, _| {}));
         self.record_starts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1739,33 +1731,80 @@ impl OurDb {
         Ok(starts)
     }
 
-    /// Where a short (keysize < 6) entry really points, in a directory whose
-    /// files outgrew what the keysize addresses: every file and every position
-    /// with the same low bytes is tried; exactly one CRC-valid record must match.
+    /// Where a short (keysize < 6) lookup entry really points, in a
+    /// directory whose files outgrew what the keysize addresses.
     fn resolve(&self, id: u32, loc: Location) -> Result<Location> {
+        self.resolve_among(id, loc, None)
+    }
+
+    /// Where a record's short previous-version pointer really points: V
+    /// wrote it as it held the lookup entry, low bytes only, and it names
+    /// an earlier record, so in the record's own file only positions
+    /// before the record are candidates.
+    fn resolve_prev(&self, id: u32, prev: Location, of: Location) -> Result<Location> {
+        self.resolve_among(id, prev, Some(of))
+    }
+
+    /// The candidates for a short location are every file and every
+    /// position with the same low bytes (before `of` in its file, for a
+    /// previous pointer); a candidate must be a place where the framed
+    /// walk of its file allows a record to start (not inside another
+    /// record's value, not inside a zero run where no whole empty value
+    /// fits), and hold a CRC-valid record. Exactly one must remain;
+    /// several give `Ambiguous`.
+    fn resolve_among(&self, id: u32, loc: Location, of: Option<Location>) -> Result<Location> {
         let step = 1u64 << (8 * self.keysize as u32);
         let files = self.data_files();
         let mut found = Vec::new();
+        // 12 zero bytes past bytes the walk could not frame: an empty value
+        // or zeros V's delete left, which nothing tells apart.
+        let mut doubtful = Vec::new();
         for f in &files {
-            let len = f.len().unwrap_or(0);
+            let mut len = f.len().unwrap_or(0);
+            if let Some(of) = of.filter(|of| of.file_nr == f.nr) {
+                len = len.min(of.position as u64);
+            }
             let starts = self.record_starts(f)?;
             let mut pos = loc.position as u64;
             while pos < len && pos <= u32::MAX as u64 {
                 let cand = Location::new(f.nr, pos as u32);
-                if pos > 0 && starts.may_start(pos as u32) && self.read_record(cand).is_ok() {
-                    found.push(cand);
+                if pos > 0 && starts.may_start(pos as usize) {
+                    if let Ok((h, _)) = self.read_record(cand) {
+                        let zeros = h.len == 0 && h.crc == 0 && h.prev.is_none();
+                        if zeros && starts.damaged_from().is_some_and(|d| pos as usize >= d) {
+                            doubtful.push(cand);
+                        } else {
+                            found.push(cand);
+                        }
+                    }
                 }
                 pos += step;
             }
         }
+        if found.is_empty() && !doubtful.is_empty() {
+            return Err(Error::Corrupt {
+                path: self.dir.clone(),
+                detail: format!(
+                    "id {id}: 12 zero bytes at {} lie past bytes no framing explains: an empty value cannot be told from zeros V's delete left",
+                    doubtful[0]
+                ),
+            });
+        }
+        found.extend(doubtful);
         match found.len() {
             1 => Ok(found[0]),
             0 => Err(Error::Corrupt {
                 path: self.dir.clone(),
-                detail: format!(
-                    "no valid record for id {id} at position {} in any data file",
-                    loc.position
-                ),
+                detail: match of {
+                    None => format!(
+                        "no valid record for id {id} at position {} in any data file",
+                        loc.position
+                    ),
+                    Some(of) => format!(
+                        "no valid record for id {id} at position {} before {of}: the previous version of {of} is lost",
+                        loc.position
+                    ),
+                },
             }),
             _ => {
                 let mut nrs: Vec<u16> = found.iter().map(|l| l.file_nr).collect();
@@ -1778,28 +1817,6 @@ impl OurDb {
                 })
             }
         }
-    }
-}
-
-/// Record starts found by a framed walk of one data file.
-struct RecordStarts {
-    starts: std::collections::HashSet<u32>,
-    /// Zero runs, `[start, end)` in ascending order.
-    zero_runs: Vec<(u32, u32)>,
-    /// Where the walk met bytes it could not frame, or the end it saw.
-    unframed_from: u32,
-}
-
-impl RecordStarts {
-    fn may_start(&self, pos: u32) -> bool {
-        if pos >= self.unframed_from || self.starts.contains(&pos) {
-            return true;
-        }
-        // An empty value inside a zero run: 12 of its zero bytes.
-        let i = self.zero_runs.partition_point(|r| r.1 <= pos);
-        self.zero_runs
-            .get(i)
-            .is_some_and(|&(start, end)| start <= pos && pos + HEADER_LEN as u32 <= end)
     }
 }
 

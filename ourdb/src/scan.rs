@@ -21,9 +21,44 @@ pub struct Place<'a> {
     pub base: usize,
     /// Every data file's length.
     pub lens: &'a BTreeMap<u16, u64>,
+    /// The directory's keysize: with 2, 3 or 4, V stored previous pointers
+    /// as it stored lookup entries, keeping only the low bytes of the
+    /// position and no file number.
+    pub keysize: u8,
 }
 
 impl Place<'_> {
+    /// Whether the previous pointer of a record at `pos` names a place
+    /// where, as far as the walk has framed the file, a record may start.
+    /// A truncated pointer (keysize 2, 3, 4) may name any position with
+    /// the same low bytes before the record; with several files it may
+    /// name any of them, and is not checked.
+    fn prev_known(&self, known: &Framing, pos: usize, h: &Header) -> bool {
+        let prev = h.prev;
+        if prev.is_none() {
+            return true;
+        }
+        let here = (self.base + pos) as u64;
+        if self.keysize < 6 {
+            if self.lens.len() > 1 {
+                return true;
+            }
+            let step = 1u64 << (8 * self.keysize as u32);
+            let mut q = prev.position as u64;
+            while q < here {
+                if known.may_start(q as usize) {
+                    return true;
+                }
+                q += step;
+            }
+            false
+        } else if prev.file_nr != self.file_nr {
+            true
+        } else {
+            known.may_start(prev.position as usize)
+        }
+    }
+
     fn plausible(&self, pos: usize, h: &Header) -> bool {
         let prev = h.prev;
         if prev.is_none() {
@@ -73,32 +108,149 @@ pub fn record_after_zeros(
     min: usize,
     first_nonzero: usize,
 ) -> Option<usize> {
-    after_zeros(place, bytes, min, first_nonzero, 1)
+    after_zeros(place, bytes, min, first_nonzero, 1, &Framing::unknown()).map(|(p, _)| p)
 }
 
+/// The start `record_after_zeros` takes, and every start in the window
+/// whose framing goes on and whose previous pointer names a possible start
+/// (the zero run may end at any of them). Between starts that frame on
+/// equally well, one whose
+/// previous pointer names a possible start wins: a phantom start reads its
+/// pointer from the real header's last bytes.
 fn after_zeros(
     place: Place<'_>,
     bytes: &[u8],
     min: usize,
     first_nonzero: usize,
     depth: u8,
-) -> Option<usize> {
+    known: &Framing,
+) -> Option<(usize, Vec<usize>)> {
     let range = first_nonzero.saturating_sub(HEADER_LEN - 1).max(min)..=first_nonzero;
-    range
+    let mut alts = Vec::new();
+    let best = range
         .filter_map(|p| {
             let h = place.record_at(bytes, p)?;
-            Some((
-                (frames_on(place, bytes, p, depth), h.len > 0),
-                std::cmp::Reverse(p),
-            ))
+            let (good, n) = frames_on(place, bytes, p, depth, known);
+            let prev_known = place.prev_known(known, p, &h);
+            if good && prev_known {
+                alts.push(p);
+            }
+            Some(((good, prev_known, n, h.len > 0), std::cmp::Reverse(p)))
         })
         .max()
-        .map(|(_, std::cmp::Reverse(p))| p)
+        .map(|(_, std::cmp::Reverse(p))| p)?;
+    if !alts.contains(&best) {
+        alts.push(best);
+        alts.sort_unstable();
+    }
+    Some((best, alts))
+}
+
+/// Where records may start in one data file, as a framed walk saw it.
+/// Inside a run of zero bytes (deleted records and empty values, which
+/// look the same) only the starts of whole pieces are possible: every
+/// piece is at least a header long, so a 12-byte empty value starts at
+/// the run's start or a header or more after it, and ends at the run's
+/// end or a header or more before it (the "12-byte rule"). Where the run
+/// ends is known only up to the starts `after_zeros` could not rule out.
+#[derive(Clone, Debug)]
+pub struct Framing {
+    /// Nothing is known before this offset: every position may start one.
+    from: usize,
+    starts: std::collections::HashSet<usize>,
+    /// Zero runs in ascending order.
+    runs: Vec<ZeroSpan>,
+    /// Offsets from here on were not framed (damage, or not walked yet).
+    frontier: usize,
+    /// Where the walk met bytes it could not frame, if it did.
+    damaged_from: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct ZeroSpan {
+    start: usize,
+    /// Where the run may end, ascending: the next record may start at any.
+    ends: Vec<usize>,
+}
+
+impl Framing {
+    /// Knows nothing: every position may start a record.
+    pub fn unknown() -> Framing {
+        Framing::from(usize::MAX)
+    }
+
+    fn from(from: usize) -> Framing {
+        Framing {
+            from,
+            starts: Default::default(),
+            runs: Vec::new(),
+            frontier: from,
+            damaged_from: None,
+        }
+    }
+
+    /// Whether a record may start at file offset `pos`.
+    pub fn may_start(&self, pos: usize) -> bool {
+        if pos < self.from || pos >= self.frontier || self.starts.contains(&pos) {
+            return true;
+        }
+        let i = self.runs.partition_point(|r| r.start <= pos);
+        let Some(run) = i.checked_sub(1).map(|i| &self.runs[i]) else {
+            return false;
+        };
+        if run.ends.contains(&pos) {
+            return true;
+        }
+        (pos == run.start || pos >= run.start + HEADER_LEN)
+            && run
+                .ends
+                .iter()
+                .any(|&e| pos + HEADER_LEN == e || pos + 2 * HEADER_LEN <= e)
+    }
+
+    /// Where the walk met bytes it could not frame (or the end it saw):
+    /// every position from there on may start a record.
+    pub fn unframed_from(&self) -> usize {
+        self.frontier
+    }
+
+    /// Where the walk met bytes it could not frame (damage), if it did:
+    /// past it, 12 zero bytes may be an empty value, a deleted record, or
+    /// zeros inside a value.
+    pub fn damaged_from(&self) -> Option<usize> {
+        self.damaged_from
+    }
+}
+
+/// A walk either builds the framing of the file or reads what is known.
+enum Frame<'a> {
+    Read(&'a Framing),
+    Build(&'a mut Framing),
+}
+
+impl Frame<'_> {
+    fn known(&self) -> &Framing {
+        match self {
+            Frame::Read(k) => k,
+            Frame::Build(k) => k,
+        }
+    }
+    fn note(&mut self, f: impl FnOnce(&mut Framing)) {
+        if let Frame::Build(k) = self {
+            f(k)
+        }
+    }
 }
 
 /// How a framed walk from `p` goes: (it ends well, pieces framed). At depth
 /// 0 it follows records only, and a zero header also ends well.
-fn frames_on(place: Place<'_>, bytes: &[u8], p: usize, depth: u8) -> (bool, usize) {
+fn frames_on(
+    place: Place<'_>,
+    bytes: &[u8],
+    p: usize,
+    depth: u8,
+    known: &Framing,
+) -> (bool, usize) {
     if depth == 0 {
         let mut at = p;
         let mut n = 0;
@@ -116,14 +268,22 @@ fn frames_on(place: Place<'_>, bytes: &[u8], p: usize, depth: u8) -> (bool, usiz
     }
     let mut n = 0;
     let mut good = true;
-    walk_at_depth(place, bytes, p, depth - 1, true, |_, piece| {
-        if let Piece::Bad(_) = piece {
-            good = false;
-            return false;
-        }
-        n += 1;
-        n < LOOKAHEAD
-    });
+    walk_at_depth(
+        place,
+        bytes,
+        p,
+        depth - 1,
+        true,
+        Frame::Read(known),
+        |_, piece| {
+            if let Piece::Bad(_) = piece {
+                good = false;
+                return false;
+            }
+            n += 1;
+            n < LOOKAHEAD
+        },
+    );
     (good, n)
 }
 
@@ -234,6 +394,7 @@ impl<'a> Rebuilder<'a> {
     pub fn scan_file(
         &mut self,
         file_nr: u16,
+        keysize: u8,
         lens: &BTreeMap<u16, u64>,
         bytes: &[u8],
         start: usize,
@@ -242,6 +403,7 @@ impl<'a> Rebuilder<'a> {
             file_nr,
             base: 0,
             lens,
+            keysize,
         };
         walk(place, bytes, start, |pos, piece| {
             let loc = Location::new(file_nr, pos as u32);
@@ -302,11 +464,38 @@ pub enum Piece {
 
 /// Walks `bytes` from `start` (at least 1, past the leading zero byte), calling
 /// `f` with each piece's offset.
-pub fn walk(place: Place<'_>, bytes: &[u8], start: usize, mut f: impl FnMut(usize, Piece)) {
-    walk_at_depth(place, bytes, start, 1, false, |pos, piece| {
-        f(pos, piece);
-        true
-    });
+pub fn walk(place: Place<'_>, bytes: &[u8], start: usize, f: impl FnMut(usize, Piece)) {
+    walk_framed(place, bytes, start, f);
+}
+
+/// `walk`, returning where records may start in the bytes walked (file
+/// offsets).
+pub fn walk_framed(
+    place: Place<'_>,
+    bytes: &[u8],
+    start: usize,
+    mut f: impl FnMut(usize, Piece),
+) -> Framing {
+    let start = start.max(1);
+    let mut framing = Framing::from(place.base + start);
+    let mut bad = None;
+    walk_at_depth(
+        place,
+        bytes,
+        start,
+        1,
+        false,
+        Frame::Build(&mut framing),
+        |pos, piece| {
+            if let Piece::Bad(_) = piece {
+                bad = Some(place.base + pos);
+            }
+            f(pos, piece);
+            true
+        },
+    );
+    framing.damaged_from = bad;
+    framing
 }
 
 /// The walk, with the lookahead depth for zero runs; `f` returns whether
@@ -317,9 +506,12 @@ fn walk_at_depth(
     start: usize,
     depth: u8,
     strict: bool,
+    mut frame: Frame<'_>,
     mut f: impl FnMut(usize, Piece) -> bool,
 ) {
+    let base = place.base;
     let mut pos = start.max(1);
+    frame.note(|k| k.frontier = base + pos);
     while pos < bytes.len() {
         let zero_header = bytes[pos..bytes.len().min(pos + HEADER_LEN)]
             .iter()
@@ -330,18 +522,25 @@ fn walk_at_depth(
                 .position(|&b| b != 0)
                 .map_or(bytes.len(), |i| pos + i);
             let end = if z == bytes.len() {
-                Some(z)
+                Some((z, vec![z]))
             } else {
-                after_zeros(place, bytes, pos + HEADER_LEN, z, depth)
+                after_zeros(place, bytes, pos + HEADER_LEN, z, depth, frame.known())
             };
             match end {
-                Some(end) if end - pos >= HEADER_LEN => {
+                Some((end, ends)) if end - pos >= HEADER_LEN => {
+                    frame.note(|k| {
+                        k.runs.push(ZeroSpan {
+                            start: base + pos,
+                            ends: ends.iter().map(|e| base + e).collect(),
+                        });
+                        k.frontier = base + end;
+                    });
                     if !f(pos, Piece::ZeroRun(end - pos)) {
                         return;
                     }
                     pos = end;
                 }
-                Some(end) => {
+                Some((end, _)) => {
                     f(pos, Piece::Bad(format!("{} stray zero bytes", end - pos)));
                     return;
                 }
@@ -365,8 +564,13 @@ fn walk_at_depth(
         };
         match record {
             Some(h) => {
+                let at = pos;
                 pos += h.record_len() as usize;
-                if !f(pos - h.record_len() as usize, Piece::Record(h)) {
+                frame.note(|k| {
+                    k.starts.insert(base + at);
+                    k.frontier = base + pos;
+                });
+                if !f(at, Piece::Record(h)) {
                     return;
                 }
             }
@@ -403,7 +607,7 @@ mod tests {
         encode_record(b"one-b", Location::new(0, 1), &mut f); // update of id 1
         let t = LookupTable::new(100);
         let mut r = Rebuilder::new(&t, true, 1);
-        r.scan_file(0, &one_file(&f), &f, 1);
+        r.scan_file(0, 6, &one_file(&f), &f, 1);
         assert_eq!(r.next_id, 4);
         assert_eq!(t.get(2), Location::new(0, second as u32));
         assert_ne!(t.get(1), Location::new(0, 1));
@@ -425,7 +629,7 @@ mod tests {
         encode_record(b"def", Location::NONE, &mut f); // id 5
         let t = LookupTable::new(100);
         let mut r = Rebuilder::new(&t, true, 1);
-        r.scan_file(0, &one_file(&f), &f, 1);
+        r.scan_file(0, 6, &one_file(&f), &f, 1);
         assert_eq!(t.get(1), Location::new(0, 1));
         assert_eq!(t.get(2), Location::new(0, 13));
         assert_eq!(t.get(3), Location::new(0, abc as u32));

@@ -81,6 +81,7 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
                 file_nr: nr,
                 base: 0,
                 lens: &lens,
+                keysize: db.keysize(),
             };
             scan::walk(place, &bytes, 1, |pos, piece| {
                 if let scan::Piece::Bad(what) = piece {
@@ -109,7 +110,7 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
     let lens = file_lens(dir)?;
     for nr in datafile::list(dir)? {
         let f = DataFile::open(&crate::storage::RealStorage, dir, nr, false)?;
-        rb.scan_file(nr, &lens, &f.read_all()?, 1);
+        rb.scan_file(nr, keysize, &lens, &f.read_all()?, 1);
     }
     let next_id = rb.next_id;
     let mut report = rb.report;

@@ -172,6 +172,7 @@ fn rebuild_from_envelopes(
             file_nr: nr,
             base: 0,
             lens: &lens,
+            keysize,
         };
         walk(place, &bytes, 1, |pos, piece| match piece {
             Piece::Record(h) => {
