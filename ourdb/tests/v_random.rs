@@ -665,7 +665,11 @@ fn run_session(class: usize, incremental: bool, ops: &[Op]) -> Result<(), TestCa
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+    // 160 cases in the test command; `PROPTEST_CASES=n` for a longer run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(160),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_v_sessions_read_as_v_meant((class, incremental, ops) in session()) {
