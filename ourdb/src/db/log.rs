@@ -1,10 +1,10 @@
 //! The database seen as a log: what replication reads and writes, so that it
 //! never opens a data file itself. Segments of whole records go from a master
-//! to a replica (`read_records_upto`, `append_shipped` in the parent module);
+//! to a replica (`read_records_upto`, `append_shipped` below);
 //! snapshot chunks copy every data file byte for byte; a digest compares
 //! replicas.
 
-use super::{OurDb, Segment};
+use super::*;
 use crate::error::Result;
 use crate::location::Location;
 use crate::HEADER_LEN;
@@ -151,6 +151,223 @@ impl OurDb {
         }
         Ok(None)
     }
+}
+
+// Shipping: what a master reads for its workers and a worker appends.
+impl OurDb {
+    /// The end of what is durable under the sync policy: under group commit
+    /// the end as of the last group commit's fsync; under the other policies
+    /// the end (an `always` write syncs before its lock is released; `flush`
+    /// and `never` promise no more than what `end` holds).
+    pub fn durable_end(&self) -> Location {
+        match self.sync {
+            SyncPolicy::Group => {
+                self.group
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .synced_end
+            }
+            _ => self.end(),
+        }
+    }
+
+    /// Where the next record will go (buffered records included).
+    pub fn end(&self) -> Location {
+        match &self.writer {
+            Some(m) => {
+                let w = m.lock().unwrap_or_else(|e| e.into_inner());
+                Location::new(w.active.nr, w.end as u32)
+            }
+            None => self.ro_end,
+        }
+    }
+
+    /// Whole records from `from` (a record boundary, or the end of a file),
+    /// at most `max_bytes` of them but at least one if any follow: what a
+    /// master ships to a replica. Only records handed to the OS are read.
+    pub fn read_records(&self, from: Location, max_bytes: usize) -> Result<Segment> {
+        self.read_records_upto(from, Location::new(u16::MAX, u32::MAX), max_bytes)
+    }
+
+    /// As `read_records`, but nothing at or after `until` (a record boundary,
+    /// such as the end of what is durable): an empty segment if `from` is there.
+    pub fn read_records_upto(
+        &self,
+        from: Location,
+        until: Location,
+        max_bytes: usize,
+    ) -> Result<Segment> {
+        let mut from = from;
+        let empty = |at: Location| Segment {
+            start: at,
+            bytes: Vec::new(),
+            next: at,
+        };
+        let (f, len) = loop {
+            if from >= until {
+                return Ok(empty(from));
+            }
+            let f = self.file(from.file_nr).ok_or_else(|| Error::BadCursor {
+                cursor: from,
+                detail: format!("no data file {}", from.file_nr),
+            })?;
+            // Only bytes handed to the OS: writers keep appending meanwhile.
+            let flushed = self.flushed_end(&f)?;
+            if from.position as u64 > flushed {
+                return Err(Error::BadCursor {
+                    cursor: from,
+                    detail: format!("{}.db holds {flushed} bytes", from.file_nr),
+                });
+            }
+            let len = if from.file_nr == until.file_nr {
+                flushed.min(until.position as u64)
+            } else {
+                flushed
+            };
+            if (from.position as u64) < len || from.position == 0 {
+                break (f, len);
+            }
+            // At the end of a file: records go on in the next one, if any.
+            match self.file(from.file_nr + 1) {
+                Some(_) => from = Location::new(from.file_nr + 1, 1),
+                None => return Ok(empty(from)),
+            }
+        };
+        if from.position == 0 {
+            from.position = 1;
+        }
+        let want =
+            (len - from.position as u64).min(max_bytes.max(HEADER_LEN + MAX_VALUE_LEN) as u64);
+        let mut bytes = vec![0u8; want as usize];
+        self.read_bytes(&f, from.position as u64, &mut bytes)?;
+        // Cut at the last whole record within `max_bytes` (at least one).
+        let mut end = 0usize;
+        while let Some(h) = crate::scan::record_at(&bytes, end) {
+            let next = end + h.record_len() as usize;
+            if end > 0 && next > max_bytes {
+                break;
+            }
+            end = next;
+        }
+        if end == 0 && !bytes.is_empty() {
+            return Err(Error::BadCursor {
+                cursor: from,
+                detail: "no valid record starts there".into(),
+            });
+        }
+        bytes.truncate(end);
+        Ok(Segment {
+            start: from,
+            next: Location::new(from.file_nr, from.position + end as u32),
+            bytes,
+        })
+    }
+
+    /// Up to `max` bytes just before `at` in its file (after the leading
+    /// zero byte): replicas compare them to tell a shared log from a diverged
+    /// one that merely ends at a record boundary of the other.
+    pub fn bytes_before(&self, at: Location, max: usize) -> Result<Vec<u8>> {
+        let Some(f) = self.file(at.file_nr) else {
+            return Err(Error::BadCursor {
+                cursor: at,
+                detail: format!("no data file {}", at.file_nr),
+            });
+        };
+        if at.position as u64 > self.data_end(&f)? {
+            return Err(Error::BadCursor {
+                cursor: at,
+                detail: "past the end of the data".into(),
+            });
+        }
+        let start = (at.position as u64).saturating_sub(max as u64).max(1);
+        let mut out = vec![0u8; (at.position as u64).saturating_sub(start) as usize];
+        self.read_bytes(&f, start, &mut out)?;
+        Ok(out)
+    }
+
+    /// Flushes the writer's buffer if `f` is the active file; the length of
+    /// `f` that is in the file.
+    pub(super) fn flushed_end(&self, f: &DataFile) -> Result<u64> {
+        if let Some(m) = &self.writer {
+            let mut w = m.lock().unwrap_or_else(|e| e.into_inner());
+            if w.active.nr == f.nr {
+                if w.poisoned {
+                    return Err(Error::Poisoned);
+                }
+                self.flush_locked(&mut w)?;
+                return Ok(w.buf_start);
+            }
+        }
+        f.len()
+    }
+
+    /// Appends records shipped by a master, byte for byte, at `at`, which must
+    /// be where this database ends (or the start of its next file). `id_of`
+    /// names each record's id and whether the record deletes it (a tombstone).
+    /// Returns the new end. The sync policy applies to the whole batch.
+    pub fn append_shipped(
+        &self,
+        at: Location,
+        bytes: &[u8],
+        mut id_of: impl FnMut(&[u8]) -> Result<(u32, bool)>,
+    ) -> Result<Location> {
+        let mut w = self.writer()?;
+        if at.file_nr == w.active.nr + 1 && at.position == 1 {
+            self.roll_locked(&mut w)?;
+        }
+        let ours = Location::new(w.active.nr, w.end as u32);
+        if at != ours {
+            return Err(Error::Diverged { ours, theirs: at });
+        }
+        // Check everything before anything is applied.
+        let mut pos = 0usize;
+        let mut plan = Vec::new();
+        while pos < bytes.len() {
+            let h = crate::scan::record_at(bytes, pos).ok_or_else(|| Error::Corrupt {
+                path: self.dir.clone(),
+                detail: format!("shipped bytes at {at}+{pos} are no valid record"),
+            })?;
+            let value = &bytes[pos + HEADER_LEN..pos + h.record_len() as usize];
+            let (id, deletes) = id_of(value)?;
+            self.check_range(id)?;
+            plan.push((pos, id, deletes));
+            pos += h.record_len() as usize;
+        }
+        let base = w.end;
+        let last = plan.last().map_or(0, |p| p.0);
+        let last_loc = Location::new(w.active.nr, (base + last as u64) as u32);
+        if base + bytes.len() as u64 > u32::MAX as u64 || !last_loc.fits(self.keysize) {
+            return Err(Error::AddressSpaceFull {
+                keysize: self.keysize,
+                location: last_loc,
+            });
+        }
+        for (off, id, deletes) in plan {
+            let loc = Location::new(w.active.nr, (base + off as u64) as u32);
+            w.wal_buf
+                .extend_from_slice(&WalEntry::Set { id, loc }.encode());
+            self.lookup.set(id, loc);
+            if deletes {
+                w.wal_buf
+                    .extend_from_slice(&WalEntry::Delete { id }.encode());
+                self.lookup.set(id, Location::NONE);
+            }
+            if self.meta.config.incremental && id >= w.next_id {
+                w.next_id = id + 1;
+            }
+            w.seq += 1;
+        }
+        w.buf.extend_from_slice(bytes);
+        w.end += bytes.len() as u64;
+        w.bytes_since_checkpoint += bytes.len() as u64;
+        let seq = w.seq;
+        let end = Location::new(w.active.nr, w.end as u32);
+        self.finish_write(w)?;
+        self.wait(Pending(seq))?;
+        Ok(end)
+    }
+
+    // ---- reads ----
 }
 
 #[cfg(test)]
