@@ -15,7 +15,9 @@ use ourdb::Location;
 /// three decimal numbers, e.g. `1:0:4096`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor {
+    /// The log's epoch (`ourkv.meta`; compaction adds one).
     pub epoch: u64,
+    /// Where the next record goes in that log.
     pub at: Location,
 }
 
@@ -26,6 +28,7 @@ impl Cursor {
         at: Location::NONE,
     };
 
+    /// The cursor `at` in the log of `epoch`.
     pub const fn new(epoch: u64, at: Location) -> Cursor {
         Cursor { epoch, at }
     }

@@ -15,9 +15,13 @@ pub const SERVER_NAME: &str = "ourkv.node";
 /// The ALPN protocol of this wire format.
 pub const ALPN: &[u8] = b"ourkv/1";
 
+/// The cluster CA's certificate in an identity directory.
 pub const CA_CERT: &str = "ca.crt";
+/// The cluster CA's private key (only where new nodes are signed).
 pub const CA_KEY: &str = "ca.key";
+/// This node's certificate, signed by the CA.
 pub const NODE_CERT: &str = "node.crt";
+/// This node's private key.
 pub const NODE_KEY: &str = "node.key";
 
 fn tls(e: impl std::fmt::Display) -> Error {

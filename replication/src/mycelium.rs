@@ -83,8 +83,11 @@ pub fn resolve_peer(s: &str) -> Result<SocketAddr> {
 /// What the local Mycelium API says about this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// The node's /64 subnet in the overlay.
     pub subnet: String,
+    /// The node's overlay address (in 400::/7).
     pub ip: Ipv6Addr,
+    /// The node's public key, hex.
     pub pubkey: String,
 }
 

@@ -80,10 +80,12 @@ impl Follower {
         }
     }
 
+    /// The end of what the worker has applied.
     pub fn applied(&self) -> Cursor {
         self.applied
     }
 
+    /// Following, waiting for a snapshot, or installing one.
     pub fn phase(&self) -> Phase {
         self.phase
     }

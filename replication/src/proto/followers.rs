@@ -22,7 +22,9 @@ pub const ALL: Location = Location::new(u16::MAX, u32::MAX);
 /// One worker's progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
+    /// The end the worker last acknowledged.
     pub acked: Location,
+    /// Whether `ack=all` writes wait for it.
     pub in_sync: bool,
 }
 
@@ -30,11 +32,26 @@ pub struct Progress {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
     /// Caught up to within `JOIN_LAG_BYTES`: now counted by `ack=all`.
-    Joined { worker: SocketAddr, acked: Location },
+    Joined {
+        /// The worker.
+        worker: SocketAddr,
+        /// Its acknowledged end.
+        acked: Location,
+    },
     /// Fell more than the maximum lag behind.
-    Lagged { worker: SocketAddr, acked: Location },
+    Lagged {
+        /// The worker.
+        worker: SocketAddr,
+        /// Its acknowledged end.
+        acked: Location,
+    },
     /// Did not acknowledge an `ack=all` write in time.
-    TimedOut { worker: SocketAddr, acked: Location },
+    TimedOut {
+        /// The worker.
+        worker: SocketAddr,
+        /// Its acknowledged end.
+        acked: Location,
+    },
 }
 
 /// The workers of one master (one log: locations of one epoch).
@@ -57,6 +74,8 @@ pub fn lag_bytes(from: Location, to: Location, file_size: u64) -> u64 {
 }
 
 impl Followers {
+    /// No workers yet; a worker more than `max_lag_bytes` behind leaves the
+    /// in-sync set (`file_size` converts locations into byte distances).
     pub fn new(max_lag_bytes: u64, file_size: u64) -> Followers {
         Followers {
             workers: BTreeMap::new(),

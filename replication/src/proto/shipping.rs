@@ -49,6 +49,7 @@ pub enum ReadAt {
     Wait,
 }
 
+/// Whether a node that has `reached` can answer a read that must see `min`.
 pub fn read_at(reached: Cursor, min: Cursor) -> ReadAt {
     if reached >= min {
         ReadAt::Now
