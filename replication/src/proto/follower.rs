@@ -85,7 +85,7 @@ impl Follower {
         self.applied
     }
 
-    /// Following, waiting for a snapshot, or installing one.
+    /// Idle, following, or fetching a snapshot.
     pub fn phase(&self) -> Phase {
         self.phase
     }
