@@ -18,6 +18,8 @@
 //! | [`snapshot`] | `Snapshot` → `Chunk`*, `Done` |
 //! | [`shipping`] | `Subscribe` → `Segment`*, answered by `Ack`s |
 
+#![warn(missing_docs)]
+
 use crate::error::{Code, Error, Result};
 use crate::frame::Frame;
 
