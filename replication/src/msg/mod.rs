@@ -106,8 +106,8 @@ pub fn expect<T>(
     }
 }
 
-/// Defines a message struct for one frame variant (of the same name but
-/// for replies, see each module): its conversion into the frame, an inherent
+/// Defines a message struct for one frame variant (`Name = Variant`;
+/// most share the variant's name): its conversion into the frame, an inherent
 /// `from_frame` that gives the frame back if it is another, and its
 /// `TryFrom<Frame>` (through [`expect`]).
 macro_rules! message {
