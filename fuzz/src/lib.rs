@@ -36,7 +36,8 @@ pub fn envelope_decode(data: &[u8]) {
 }
 
 /// Wire frame decoding (what a peer's bytes become): never panics, a tag
-/// never nests, and what decodes re-encodes to a frame that decodes the same.
+/// never nests, what decodes re-encodes to a frame that decodes the same,
+/// and its typed view (`replication::msg`) gives the same frame back.
 pub fn frame_decode(data: &[u8]) {
     use replication::frame::Frame;
     if let Ok(f) = Frame::decode(data) {
@@ -49,6 +50,13 @@ pub fn frame_decode(data: &[u8]) {
             bytes.len() - 4
         );
         assert_eq!(Frame::decode(&bytes[4..]).expect("re-decodes"), f);
+        // Its typed view (a request by sub-protocol, or a stream's opening,
+        // or neither) converts back to the same frame.
+        let typed = match replication::msg::Call::from_frame(f.clone()) {
+            Ok(call) => Frame::from(call),
+            Err(other) => Frame::from(replication::msg::Opening::from(other)),
+        };
+        assert_eq!(typed, f);
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::frame::{self, Ack, Change, Expect, Frame, Version, WorkerStatus};
 use crate::identity::{Identity, SERVER_NAME};
+use crate::msg::{reads, status, watch, writes, Request, Streamed};
 use crate::pipeline::Pipe;
 
 fn quic(e: impl std::fmt::Display) -> Error {
@@ -122,8 +123,15 @@ impl Client {
         Ok(c)
     }
 
-    /// Sends one request and waits for its reply.
-    pub async fn call(&self, addr: SocketAddr, request: Frame) -> Result<Frame> {
+    /// Sends one request and waits for its reply: a `Failed` reply is
+    /// `Error::Remote` with its code, a reply of another type than the
+    /// request's `Error::Protocol`.
+    pub async fn call<R: Request>(&self, addr: SocketAddr, request: R) -> Result<R::Reply> {
+        R::Reply::try_from(self.call_frame(addr, request.into()).await?)
+    }
+
+    /// Sends one request frame and waits for the reply frame, whatever it is.
+    async fn call_frame(&self, addr: SocketAddr, request: Frame) -> Result<Frame> {
         match tokio::time::timeout(CALL_TIMEOUT, self.call_once(addr, request)).await {
             Ok(r) => r,
             Err(_) => {
@@ -142,13 +150,9 @@ impl Client {
     }
 
     async fn call_once(&self, addr: SocketAddr, request: Frame) -> Result<Frame> {
-        let reply = match self.local.get(&addr) {
-            Some(node) => node(request).await,
-            None => self.pipe(addr).await?.call(request).await?,
-        };
-        match reply {
-            Frame::Failed { code, message } => Err(Error::Remote { code, message }),
-            f => Ok(f),
+        match self.local.get(&addr) {
+            Some(node) => Ok(node(request).await),
+            None => self.pipe(addr).await?.call(request).await,
         }
     }
 
@@ -200,18 +204,14 @@ impl Client {
         ack: Ack,
         expect: Expect,
     ) -> Result<(Cursor, Version)> {
-        let req = Frame::Set {
+        let req = writes::Set {
             key: key.into(),
             value: value.to_vec(),
             ack,
             expect,
         };
-        match self.call(master, req).await? {
-            Frame::Written {
-                cursor, version, ..
-            } => Ok((cursor, version)),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        let written = self.call(master, req).await?;
+        Ok((written.cursor, written.version))
     }
 
     /// Deletes a key on the master: whether it existed, and the cursor after.
@@ -237,33 +237,24 @@ impl Client {
         ack: Ack,
         expect: Expect,
     ) -> Result<(bool, Cursor)> {
-        let req = Frame::Delete {
+        let req = writes::Delete {
             key: key.into(),
             ack,
             expect,
         };
-        match self.call(master, req).await? {
-            Frame::Written {
-                cursor, existed, ..
-            } => Ok((existed, cursor)),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        let written = self.call(master, req).await?;
+        Ok((written.existed, written.cursor))
     }
 
     /// The master's cursor and its workers.
     pub async fn status(&self, master: SocketAddr) -> Result<(Cursor, Vec<WorkerStatus>)> {
-        match self.call(master, Frame::Status).await? {
-            Frame::StatusIs { cursor, workers } => Ok((cursor, workers)),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        let s = self.call(master, status::Status).await?;
+        Ok((s.cursor, s.workers))
     }
 
     /// The master's commit cursor.
     pub async fn read_index(&self, master: SocketAddr) -> Result<Cursor> {
-        match self.call(master, Frame::ReadIndex).await? {
-            Frame::Cursor { cursor } => Ok(cursor),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        Ok(self.call(master, reads::ReadIndex).await?.cursor)
     }
 
     /// A key's value from a node that has applied `min_cursor`.
@@ -286,14 +277,12 @@ impl Client {
         key: &str,
         min_cursor: Cursor,
     ) -> Result<Option<(Vec<u8>, Version)>> {
-        let req = Frame::Get {
+        let req = reads::Get {
             key: key.into(),
             min_cursor,
         };
-        match self.call(node, req).await? {
-            Frame::Value { value, version, .. } => Ok(value.map(|v| (v, version))),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        let reads::Value { value, version, .. } = self.call(node, req).await?;
+        Ok(value.map(|v| (v, version)))
     }
 
     /// Keys with `prefix` after `after`, at most `limit`, from a node that has
@@ -306,16 +295,13 @@ impl Client {
         limit: u32,
         min_cursor: Cursor,
     ) -> Result<Vec<String>> {
-        let req = Frame::List {
+        let req = reads::List {
             prefix: prefix.into(),
             after: after.unwrap_or_default().into(),
             limit,
             min_cursor,
         };
-        match self.call(node, req).await? {
-            Frame::Keys { keys, .. } => Ok(keys),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        Ok(self.call(node, req).await?.keys)
     }
 
     /// The key and value of record `id`.
@@ -325,10 +311,8 @@ impl Client {
         id: u32,
         min_cursor: Cursor,
     ) -> Result<Option<(String, Vec<u8>)>> {
-        match self.call(node, Frame::ById { id, min_cursor }).await? {
-            Frame::Record { entry, .. } => Ok(entry),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        let req = reads::ById { id, min_cursor };
+        Ok(self.call(node, req).await?.entry)
     }
 
     /// Up to `depth` values of `key`, newest first.
@@ -339,15 +323,12 @@ impl Client {
         depth: u32,
         min_cursor: Cursor,
     ) -> Result<Vec<Vec<u8>>> {
-        let req = Frame::History {
+        let req = reads::History {
             key: key.into(),
             depth,
             min_cursor,
         };
-        match self.call(node, req).await? {
-            Frame::Values { values, .. } => Ok(values),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        Ok(self.call(node, req).await?.values)
     }
 
     /// The changes to keys with `prefix` from `from` up to `until` (or what
@@ -361,20 +342,14 @@ impl Client {
         until: Cursor,
         max_bytes: u32,
     ) -> Result<(Vec<Change>, Cursor, Cursor)> {
-        let req = Frame::Changes {
+        let req = watch::Changes {
             prefix: prefix.into(),
             from,
             until,
             max_bytes,
         };
-        match self.call(node, req).await? {
-            Frame::ChangesAre {
-                changes,
-                next,
-                applied,
-            } => Ok((changes, next, applied)),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        let r = self.call(node, req).await?;
+        Ok((r.changes, r.next, r.applied))
     }
 
     /// Changes to keys with `prefix` from `cursor` on, from a worker.
@@ -384,35 +359,31 @@ impl Client {
             .open_bi()
             .await
             .map_err(|e| Error::Quic(e.to_string()))?;
-        let req = Frame::Watch {
+        let req = watch::Watch {
             prefix: prefix.into(),
             cursor,
         };
-        frame::write(&mut send, &req).await?;
+        frame::write(&mut send, &req.into()).await?;
         let _ = send.finish();
         let mut recv = recv;
         // The worker accepts (its start cursor) or refuses the watch first.
         let first = tokio::time::timeout(CALL_TIMEOUT, frame::read(&mut recv))
             .await
             .map_err(|_| Error::Timeout(format!("no answer to a watch from {node}")))??;
-        match first {
-            Some(Frame::Cursor { cursor }) => Ok(Watch {
-                recv,
-                _send: send,
-                start: cursor,
-            }),
-            Some(Frame::Failed { code, message }) => Err(Error::Remote { code, message }),
-            Some(other) => Err(Error::Protocol(format!("unexpected {other:?}"))),
-            None => Err(Error::Protocol("the watch stream ended at once".into())),
-        }
+        let Some(first) = first else {
+            return Err(Error::Protocol("the watch stream ended at once".into()));
+        };
+        let start = reads::CursorIs::try_from(first)?.cursor;
+        Ok(Watch {
+            recv,
+            _send: send,
+            start,
+        })
     }
 
     /// A node's data file digest.
     pub async fn digest(&self, node: SocketAddr) -> Result<String> {
-        match self.call(node, Frame::Digest).await? {
-            Frame::DigestIs { text } => Ok(text),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        Ok(self.call(node, status::Digest).await?.text)
     }
 }
 
@@ -431,11 +402,70 @@ impl Watch {
 
     /// The next change; `None` when the node ends the stream.
     pub async fn next(&mut self) -> Result<Option<Change>> {
-        match frame::read(&mut self.recv).await? {
-            Some(Frame::Change { cursor, key, value }) => Ok(Some(Change { cursor, key, value })),
-            Some(Frame::Failed { code, message }) => Err(Error::Remote { code, message }),
-            Some(other) => Err(Error::Protocol(format!("unexpected {other:?}"))),
-            None => Ok(None),
+        frame::read(&mut self.recv)
+            .await?
+            .map(<watch::Watch as Streamed>::Item::try_from)
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+    use crate::msg::Failed;
+
+    /// A client whose calls to the returned address go to `node`.
+    fn client_of(node: impl Fn(Frame) -> Frame + Send + Sync + 'static) -> (Client, SocketAddr) {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut client = Client::new(&Identity::loopback().unwrap()).unwrap();
+        let node = Arc::new(node);
+        client.local.insert(
+            addr,
+            Arc::new(move |req| {
+                let reply = node(req);
+                Box::pin(async move { reply })
+            }),
+        );
+        (client, addr)
+    }
+
+    #[tokio::test]
+    async fn a_call_gets_its_reply_type_or_an_error() {
+        let cursor = Cursor::new(1, ourdb::Location::new(0, 40));
+        let (client, addr) = client_of(move |req| match req {
+            Frame::ReadIndex => reads::CursorIs { cursor }.into(),
+            // A reply of another request's type.
+            Frame::Get { .. } => reads::Keys {
+                keys: vec![],
+                cursor,
+            }
+            .into(),
+            Frame::Digest => Failed::new(Code::DigestFailed, "disk").into(),
+            other => Failed::new(Code::BadRequest, format!("{other:?}")).into(),
+        });
+        assert_eq!(client.read_index(addr).await.unwrap(), cursor);
+        assert_eq!(
+            client.call(addr, reads::ReadIndex).await.unwrap(),
+            reads::CursorIs { cursor }
+        );
+        match client.get(addr, "k", Cursor::ZERO).await {
+            Err(Error::Protocol(m)) => assert!(m.contains("Keys"), "{m}"),
+            r => panic!("{r:?}"),
+        }
+        match client.digest(addr).await {
+            Err(Error::Remote { code, message }) => {
+                assert_eq!(code, Code::DigestFailed);
+                assert_eq!(message, "disk");
+            }
+            r => panic!("{r:?}"),
+        }
+        match client.status(addr).await {
+            Err(Error::Remote { code, message }) => {
+                assert_eq!(code, Code::BadRequest);
+                assert_eq!(message, "Status");
+            }
+            r => panic!("{r:?}"),
         }
     }
 }

@@ -4,6 +4,11 @@
 //! Locations are `u16 BE file_nr, u32 BE position`; cursors are `u64 BE
 //! epoch` then a location; byte strings are
 //! `u32 BE length` then the bytes. Shipped records travel as they are on disk.
+//!
+//! [`Frame`] is the codec; the typed messages of each sub-protocol, and the
+//! pairing of requests with replies, are in [`crate::msg`].
+
+#![warn(missing_docs)]
 
 use ourdb::Location;
 
@@ -13,107 +18,186 @@ use crate::error::{Code, Error, Result};
 /// Largest frame accepted: a segment of records plus its header.
 pub const MAX_FRAME: usize = 16 << 20;
 
+/// One frame: every message of every sub-protocol, as it is on the wire
+/// (the type byte of each is in docs/PROTOCOL.md). Code that sends or
+/// answers requests uses the typed messages in [`crate::msg`], which convert
+/// into and out of frames; `Frame` is the codec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// Worker -> master: stream records from `cursor` on (the worker's end);
     /// `tail` is the worker's last bytes before it, which must match.
     Subscribe {
+        /// The worker's epoch.
         epoch: u64,
+        /// The worker's end.
         cursor: Location,
+        /// Up to 64 bytes before `cursor`.
         tail: Vec<u8>,
     },
     /// Master -> worker: whole records starting at `start`; the next start.
     Segment {
+        /// Where the records start.
         start: Location,
+        /// Where the next segment starts.
         next: Location,
+        /// The records, as they are on disk.
         records: Vec<u8>,
     },
     /// Worker -> master: everything before `cursor` is applied.
-    Ack { cursor: Location },
+    Ack {
+        /// The worker's applied end.
+        cursor: Location,
+    },
     /// Client -> master: store `value` under `key`, acknowledged per `ack`.
     Set {
+        /// The key.
         key: String,
+        /// The new value.
         value: Vec<u8>,
+        /// When the master answers.
         ack: Ack,
+        /// What the key's current version must be.
         expect: Expect,
     },
     /// Client -> master: delete `key`, acknowledged per `ack`.
     Delete {
+        /// The key.
         key: String,
+        /// When the master answers.
         ack: Ack,
+        /// What the key's current version must be.
         expect: Expect,
     },
     /// Master -> client: a write is applied and durable on the master; its
     /// end cursor, for a delete whether the key existed, and the new version.
     Written {
+        /// The master's end after the write.
         cursor: Cursor,
+        /// For a delete, whether the key existed (true for a set).
         existed: bool,
+        /// The key's new version (all zero for a delete).
         version: Version,
     },
     /// Client -> master: the master's commit cursor (read-index).
     ReadIndex,
     /// Master -> client: a cursor.
-    Cursor { cursor: Cursor },
+    Cursor {
+        /// The cursor.
+        cursor: Cursor,
+    },
     /// Client -> worker: `key`'s value once the worker applied `min_cursor`.
-    Get { key: String, min_cursor: Cursor },
+    Get {
+        /// The key.
+        key: String,
+        /// The cursor the node must have reached first.
+        min_cursor: Cursor,
+    },
     /// Worker -> client: the value, if the key exists.
     Value {
+        /// The value; `None` if the key does not exist.
         value: Option<Vec<u8>>,
+        /// The node's cursor when it read.
         cursor: Cursor,
+        /// The key's version (all zero if it does not exist).
         version: Version,
     },
     /// Client -> any node: a digest of its data files.
     Digest,
     /// Node -> client: the digest, as text.
-    DigestIs { text: String },
+    DigestIs {
+        /// The digest.
+        text: String,
+    },
     /// Any error, with a short code.
-    Failed { code: Code, message: String },
+    Failed {
+        /// Why, as a code the receiver can act on.
+        code: Code,
+        /// Why, for people.
+        message: String,
+    },
     /// Worker -> master: send a full copy of your data files.
     Snapshot,
     /// Master -> worker: bytes of data file `file_nr` at `offset`.
     SnapshotChunk {
+        /// The data file.
         file_nr: u16,
+        /// Where in it.
         offset: u64,
+        /// The bytes.
         bytes: Vec<u8>,
     },
     /// Master -> worker: the copy is complete; it ends at `end`, at `epoch`.
-    SnapshotDone { epoch: u64, end: Location },
+    SnapshotDone {
+        /// The log's epoch.
+        epoch: u64,
+        /// Where the copy ends.
+        end: Location,
+    },
     /// Client -> node: keys starting with `prefix`, after `after` (empty:
     /// from the start), at most `limit`, once `min_cursor` is applied.
     List {
+        /// What the keys start with.
         prefix: String,
+        /// The key to list after; empty: from the first.
         after: String,
+        /// At most this many keys.
         limit: u32,
+        /// The cursor the node must have reached first.
         min_cursor: Cursor,
     },
     /// Node -> client: keys, ascending.
-    Keys { keys: Vec<String>, cursor: Cursor },
+    Keys {
+        /// The keys.
+        keys: Vec<String>,
+        /// The node's cursor when it read.
+        cursor: Cursor,
+    },
     /// Client -> node: up to `depth` values of `key`, newest first.
     History {
+        /// The key.
         key: String,
+        /// At most this many values.
         depth: u32,
+        /// The cursor the node must have reached first.
         min_cursor: Cursor,
     },
     /// Node -> client: values, newest first.
     Values {
+        /// The values.
         values: Vec<Vec<u8>>,
+        /// The node's cursor when it read.
         cursor: Cursor,
     },
     /// Client -> node: the record with this id, once `min_cursor` is applied.
-    ById { id: u32, min_cursor: Cursor },
+    ById {
+        /// The record id.
+        id: u32,
+        /// The cursor the node must have reached first.
+        min_cursor: Cursor,
+    },
     /// Node -> client: its key and value, if the id is live.
     Record {
+        /// Key and value; `None` if the id is not live.
         entry: Option<(String, Vec<u8>)>,
+        /// The node's cursor when it read.
         cursor: Cursor,
     },
     /// Client -> worker: stream the changes to keys with `prefix` from
     /// `cursor` on, then as they are applied.
-    Watch { prefix: String, cursor: Cursor },
+    Watch {
+        /// What the keys start with.
+        prefix: String,
+        /// Where to start; location zero: from the start of the log.
+        cursor: Cursor,
+    },
     /// Worker -> client: `key` was set to `value` (or deleted, `None`); the
     /// stream resumes after this change from `cursor`.
     Change {
+        /// Where a watch resumes after this change.
         cursor: Cursor,
+        /// The key.
         key: String,
+        /// The new value; `None`: deleted.
         value: Option<Vec<u8>>,
     },
     /// Client -> worker: the changes to keys with `prefix` from `from` (the
@@ -121,16 +205,23 @@ pub enum Frame {
     /// is first, at most about `max_bytes` of records. A one-reply request:
     /// watches catch up with it, then follow a stream shared by many.
     Changes {
+        /// What the keys start with.
         prefix: String,
+        /// Where to start; location zero: from the start of the log.
         from: Cursor,
+        /// Where to stop at the latest.
         until: Cursor,
+        /// About this many bytes of records at most.
         max_bytes: u32,
     },
     /// Worker -> client: those changes in log order, where to continue
     /// (`next`), and what the worker has applied.
     ChangesAre {
+        /// The changes.
         changes: Vec<Change>,
+        /// Where to continue.
         next: Cursor,
+        /// The worker's applied cursor.
         applied: Cursor,
     },
     /// Client -> node, first on a stream: the stream carries many requests,
@@ -138,12 +229,19 @@ pub enum Frame {
     /// in any order (pipelining: one stream and few packets for many calls).
     Pipeline,
     /// A request or its reply on a pipelined stream.
-    Tagged { id: u32, frame: Box<Frame> },
+    Tagged {
+        /// The sender's id of the request, repeated in its reply.
+        id: u32,
+        /// The request or the reply (never `Tagged` itself).
+        frame: Box<Frame>,
+    },
     /// Client -> master: the cluster as the master sees it.
     Status,
     /// Master -> client: the commit cursor and each worker's state.
     StatusIs {
+        /// The commit cursor.
         cursor: Cursor,
+        /// Each subscribed worker.
         workers: Vec<WorkerStatus>,
     },
 }
@@ -152,7 +250,9 @@ pub enum Frame {
 /// (records are never rewritten, so a location names one version).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Version {
+    /// The epoch of the log the record is in.
     pub epoch: u64,
+    /// Where the record is.
     pub at: Location,
 }
 
@@ -180,6 +280,7 @@ impl Version {
 /// What a conditional write expects of the key's current version.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Expect {
+    /// Nothing: an unconditional write.
     #[default]
     Any,
     /// The key must not exist.
@@ -221,16 +322,22 @@ impl std::str::FromStr for Ack {
 /// a watch resumes after it from `cursor`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
+    /// Where a watch resumes after this change.
     pub cursor: Cursor,
+    /// The key.
     pub key: String,
+    /// The new value; `None`: deleted.
     pub value: Option<Vec<u8>>,
 }
 
 /// One worker as the master sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerStatus {
+    /// The worker's address, as the master sees it.
     pub addr: String,
+    /// What the worker last acknowledged.
     pub acked: Cursor,
+    /// Whether `ack=all` writes wait for it.
     pub in_sync: bool,
 }
 
@@ -825,6 +932,7 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// Reads frames from `recv`.
     pub fn new(recv: quinn::RecvStream) -> FrameReader {
         FrameReader {
             recv,

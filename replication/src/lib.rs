@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod error;
 pub mod frame;
 pub mod identity;
+pub mod msg;
 pub mod mycelium;
 pub mod node;
 mod pipeline;

@@ -12,6 +12,9 @@ use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 use crate::frame::{self, Ack, Change, Expect, Frame, FrameReader, Version, WorkerStatus};
 use crate::identity::SERVER_NAME;
+use crate::msg::{
+    self, answer_frame, reads, shipping, snapshot, status, writes, Answer, Call, Failed, Opening,
+};
 use crate::proto::follower::{Recovery, Segment};
 use crate::proto::followers::ALL;
 use crate::proto::shipping::{ReadAt, Subscription};
@@ -37,57 +40,73 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Protocol(format!("storage task failed: {e}")))?
 }
 
-fn failed(code: Code, e: impl std::fmt::Display) -> Frame {
-    Frame::Failed {
-        code,
-        message: e.to_string(),
-    }
+fn failed(code: Code, e: impl std::fmt::Display) -> Failed {
+    Failed::new(code, e)
 }
 
 /// Answers a Get from `store`: the value with its version.
-async fn versioned_value(store: Arc<KeyedStore>, key: String, cursor: Cursor) -> Frame {
+async fn versioned_value(
+    store: Arc<KeyedStore>,
+    key: String,
+    cursor: Cursor,
+) -> Answer<reads::Get> {
     let epoch = store.db().meta().epoch;
     // A get is a map lookup and a copy: cheaper in place than a hop to the
     // blocking pool (a record outside the maps falls back to one pread).
     match store.get_versioned(&key) {
-        Ok(Some((value, at))) => Frame::Value {
+        Ok(Some((value, at))) => Ok(reads::Value {
             value: Some(value),
             cursor,
             version: Version { epoch, at },
-        },
-        Ok(None) => Frame::Value {
+        }),
+        Ok(None) => Ok(reads::Value {
             value: None,
             cursor,
             version: Version::default(),
-        },
-        Err(e) => failed(Code::ReadFailed, e),
+        }),
+        Err(e) => Err(failed(Code::ReadFailed, e)),
     }
 }
 
-/// Answers a List or History request from `store`.
-async fn read_query(store: Arc<KeyedStore>, req: Frame, cursor: Cursor) -> Frame {
-    match req {
-        Frame::List {
-            prefix,
-            after,
-            limit,
-            ..
-        } => {
-            let after = (!after.is_empty()).then_some(after);
-            let keys = store.list(&prefix, after.as_deref(), limit as usize);
-            Frame::Keys { keys, cursor }
-        }
-        Frame::ById { id, .. } => match blocking(move || Ok(store.get_by_id(id)?)).await {
-            Ok(entry) => Frame::Record { entry, cursor },
-            Err(e) => failed(Code::ReadFailed, e),
-        },
-        Frame::History { key, depth, .. } => {
-            match blocking(move || Ok(store.history(&key, depth as usize)?)).await {
-                Ok(values) => Frame::Values { values, cursor },
-                Err(e) => failed(Code::ReadFailed, e),
-            }
-        }
-        other => failed(Code::BadRequest, format!("{other:?} is no query")),
+/// Answers a List from `store`.
+fn list(store: &KeyedStore, req: reads::List, cursor: Cursor) -> Answer<reads::List> {
+    let reads::List {
+        prefix,
+        after,
+        limit,
+        ..
+    } = req;
+    let after = (!after.is_empty()).then_some(after);
+    let keys = store.list(&prefix, after.as_deref(), limit as usize);
+    Ok(reads::Keys { keys, cursor })
+}
+
+/// Answers a ById from `store`.
+async fn by_id(store: Arc<KeyedStore>, req: reads::ById, cursor: Cursor) -> Answer<reads::ById> {
+    match blocking(move || Ok(store.get_by_id(req.id)?)).await {
+        Ok(entry) => Ok(reads::Record { entry, cursor }),
+        Err(e) => Err(failed(Code::ReadFailed, e)),
+    }
+}
+
+/// Answers a History from `store`.
+async fn history(
+    store: Arc<KeyedStore>,
+    req: reads::History,
+    cursor: Cursor,
+) -> Answer<reads::History> {
+    let reads::History { key, depth, .. } = req;
+    match blocking(move || Ok(store.history(&key, depth as usize)?)).await {
+        Ok(values) => Ok(reads::Values { values, cursor }),
+        Err(e) => Err(failed(Code::ReadFailed, e)),
+    }
+}
+
+/// Answers a Digest from `store`.
+async fn digest_of(store: Arc<KeyedStore>) -> Answer<status::Digest> {
+    match blocking(move || digest(&store)).await {
+        Ok(text) => Ok(status::DigestIs { text }),
+        Err(e) => Err(failed(Code::DigestFailed, e)),
     }
 }
 
@@ -409,82 +428,23 @@ impl Master {
         let Some(first) = frames.next().await? else {
             return Ok(());
         };
-        match first {
-            Frame::Subscribe {
-                epoch,
-                cursor,
-                tail,
-            } => self.ship(send, frames, peer, epoch, cursor, tail).await,
-            Frame::Snapshot => self.send_snapshot(send, peer).await,
-            Frame::Pipeline => crate::pipeline::serve(self, send, frames).await,
-            req => crate::pipeline::serve_one(self, send, req).await,
+        match Opening::from(first) {
+            Opening::Subscribe(sub) => self.ship(send, frames, peer, sub).await,
+            Opening::Snapshot(_) => self.send_snapshot(send, peer).await,
+            Opening::Pipeline => crate::pipeline::serve(self, send, frames).await,
+            other => crate::pipeline::serve_one(self, send, other.into()).await,
         }
     }
 
-    /// The reply to a one-reply request.
+    /// The reply to a one-reply request: by sub-protocol, each request
+    /// answered by its handler below.
     async fn reply(self: Arc<Self>, req: Frame) -> Frame {
-        let store = self.store.clone();
-        match req {
-            Frame::Set {
-                key,
-                value,
-                ack,
-                expect,
-            } => match self.put(key, value, ack, expect).await {
-                Ok(Some((cursor, version))) => Frame::Written {
-                    cursor,
-                    existed: true,
-                    version,
-                },
-                Ok(None) => failed(
-                    Code::Precondition,
-                    "the key's current version is not the one expected",
-                ),
-                Err(e) => failed(Code::WriteFailed, e),
-            },
-            Frame::Delete { key, ack, expect } => match self.delete(key, ack, expect).await {
-                Ok(Some((existed, cursor))) => Frame::Written {
-                    cursor,
-                    existed,
-                    version: Version::default(),
-                },
-                Ok(None) => failed(
-                    Code::Precondition,
-                    "the key's current version is not the one expected",
-                ),
-                Err(e) => failed(Code::WriteFailed, e),
-            },
-            Frame::Status => Frame::StatusIs {
-                cursor: self.commit_cursor(),
-                workers: self.workers(),
-            },
-            Frame::ReadIndex => Frame::Cursor {
-                cursor: self.commit_cursor(),
-            },
-            Frame::Get { key, min_cursor } => {
-                if !self.wait_committed(min_cursor).await {
-                    return self.not_reached(min_cursor);
-                }
-                let answer = versioned_value(store, key, self.commit_cursor()).await;
-                self.after_read(answer).await
-            }
-            Frame::Digest => match blocking(move || digest(&store)).await {
-                Ok(text) => Frame::DigestIs { text },
-                Err(e) => failed(Code::DigestFailed, e),
-            },
-            req @ (Frame::List { min_cursor, .. }
-            | Frame::History { min_cursor, .. }
-            | Frame::ById { min_cursor, .. }) => {
-                if !self.wait_committed(min_cursor).await {
-                    return self.not_reached(min_cursor);
-                }
-                let answer = read_query(store, req, self.commit_cursor()).await;
-                self.after_read(answer).await
-            }
-            other => failed(
-                Code::BadRequest,
-                format!("a master does not take {other:?}"),
-            ),
+        match Call::from_frame(req) {
+            Ok(Call::Write(w)) => w.answer(&*self).await,
+            Ok(Call::Read(r)) => r.answer(&*self).await,
+            Ok(Call::Status(s)) => s.answer(&*self).await,
+            Ok(other @ Call::Changes(_)) => refuse_on_master(other.into()),
+            Err(other) => refuse_on_master(other),
         }
     }
 
@@ -492,25 +452,25 @@ impl Master {
     /// durable (`proto::shipping::master_may_answer`): a master's store
     /// holds appended records before the syncer has made them durable, and
     /// a value a crash can take back must not be answered.
-    async fn after_read(&self, answer: Frame) -> Frame {
+    async fn after_read<T>(&self, answer: Result<T, Failed>) -> Result<T, Failed> {
         let seen = Cursor::new(self.epoch(), self.store.db().end());
         if proto::shipping::master_may_answer(self.commit_cursor().at, seen.at)
             || self.wait_committed(seen).await
         {
             return answer;
         }
-        failed(
+        Err(failed(
             Code::NotReached,
             format!(
                 "the records this read saw are not durable yet: commit cursor {}, end {seen}",
                 self.commit_cursor()
             ),
-        )
+        ))
     }
 
     /// The answer to a read at a cursor this master has not committed: in
     /// another epoch, or past its end (no write made it).
-    fn not_reached(&self, min: Cursor) -> Frame {
+    fn not_reached(&self, min: Cursor) -> Failed {
         failed(
             Code::NotReached,
             format!(
@@ -538,14 +498,14 @@ impl Master {
                 blocking(move || Ok(store.db().snapshot_chunk(end, pos, SEGMENT_BYTES)?)).await?;
             let Some(chunk) = chunk else { break };
             pos = chunk.next_pos();
-            let f = Frame::SnapshotChunk {
+            let f = snapshot::Chunk {
                 file_nr: chunk.file_nr,
                 offset: chunk.offset,
                 bytes: chunk.bytes,
             };
-            frame::write(&mut send, &f).await?;
+            frame::write(&mut send, &f.into()).await?;
         }
-        frame::write(&mut send, &Frame::SnapshotDone { epoch, end }).await?;
+        frame::write(&mut send, &snapshot::Done { epoch, end }.into()).await?;
         let _ = send.finish();
         Ok(())
     }
@@ -556,10 +516,13 @@ impl Master {
         mut send: quinn::SendStream,
         mut frames: FrameReader,
         peer: SocketAddr,
-        epoch: u64,
-        mut cursor: Location,
-        tail: Vec<u8>,
+        sub: shipping::Subscribe,
     ) -> Result<()> {
+        let shipping::Subscribe {
+            epoch,
+            mut cursor,
+            tail,
+        } = sub;
         let ours = self.store.db().meta().epoch;
         let store = self.store.clone();
         let n = tail.len();
@@ -568,7 +531,7 @@ impl Master {
         match proto::shipping::subscribe(ours, Cursor::new(epoch, cursor), tail_same) {
             Subscription::Ship(from) => cursor = from,
             Subscription::Refuse(code, message) => {
-                frame::write(&mut send, &failed(code, message)).await?;
+                frame::write(&mut send, &failed(code, message).into()).await?;
                 return Ok(());
             }
         }
@@ -576,7 +539,11 @@ impl Master {
         self.on_ack(peer, cursor);
         let me = self.clone();
         let acks = tokio::spawn(async move {
-            while let Ok(Some(Frame::Ack { cursor })) = frames.next().await {
+            // Anything but an acknowledgement ends the stream.
+            while let Ok(Some(f)) = frames.next().await {
+                let Ok(shipping::Ack { cursor }) = shipping::Ack::from_frame(f) else {
+                    break;
+                };
                 me.on_ack(peer, cursor);
             }
         });
@@ -593,7 +560,7 @@ impl Master {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = frame::write(&mut send, &failed(Code::Cursor, &e)).await;
+                    let _ = frame::write(&mut send, &failed(Code::Cursor, &e).into()).await;
                     break Err(e);
                 }
             };
@@ -606,12 +573,12 @@ impl Master {
                 let _ = tokio::time::timeout(Duration::from_millis(500), changed.changed()).await;
                 continue;
             }
-            let f = Frame::Segment {
+            let f = shipping::Segment {
                 start: seg.start,
                 next: seg.next,
                 records: seg.bytes,
             };
-            if let Err(e) = frame::write(&mut send, &f).await {
+            if let Err(e) = frame::write(&mut send, &f.into()).await {
                 break Err(e);
             }
             cursor = seg.next;
@@ -713,23 +680,23 @@ impl Worker {
         let mut follower = Follower::new(epoch, store.db().end());
         let cursor = follower.subscribe();
         let tail = blocking(move || Ok(store.db().bytes_before(cursor.at, TAIL_CHECK)?)).await?;
-        frame::write(
-            &mut send,
-            &Frame::Subscribe {
-                epoch,
-                cursor: cursor.at,
-                tail,
-            },
-        )
-        .await?;
+        let sub = shipping::Subscribe {
+            epoch,
+            cursor: cursor.at,
+            tail,
+        };
+        frame::write(&mut send, &sub.into()).await?;
         tracing::info!(master = %self.master, %cursor, "subscribed");
         loop {
-            let recovery = match frame::read(&mut recv).await? {
-                Some(Frame::Segment {
+            let segment = frame::read(&mut recv)
+                .await?
+                .map(<shipping::Subscribe as msg::Streamed>::Item::try_from);
+            let recovery = match segment {
+                Some(Ok(shipping::Segment {
                     start,
                     next,
                     records,
-                }) => match follower.on_segment(epoch, start, next) {
+                })) => match follower.on_segment(epoch, start, next) {
                     Segment::Apply => {
                         let delay = self
                             .apply_delay_ms
@@ -748,8 +715,8 @@ impl Worker {
                             Ok(end) => match follower.on_applied(end, next) {
                                 Ok(acked) => {
                                     self.applied.send_replace(acked);
-                                    frame::write(&mut send, &Frame::Ack { cursor: acked.at })
-                                        .await?;
+                                    let ack = shipping::Ack { cursor: acked.at };
+                                    frame::write(&mut send, &ack.into()).await?;
                                     continue;
                                 }
                                 Err(r) => {
@@ -760,20 +727,21 @@ impl Worker {
                         }
                     }
                     Segment::Duplicate(acked) => {
-                        frame::write(&mut send, &Frame::Ack { cursor: acked.at }).await?;
+                        let ack = shipping::Ack { cursor: acked.at };
+                        frame::write(&mut send, &ack.into()).await?;
                         continue;
                     }
                     Segment::Resubscribe(from) => Recovery::Resubscribe(from),
                     Segment::Ignore => continue,
                 },
-                Some(Frame::Failed { code, message }) => match follower.on_refused(&code) {
+                Some(Err(Error::Remote { code, message })) => match follower.on_refused(&code) {
                     Recovery::FetchSnapshot => {
                         tracing::warn!(%code, %message, "the master cannot serve our cursor");
                         Recovery::FetchSnapshot
                     }
                     Recovery::Resubscribe(_) => return Err(Error::Remote { code, message }),
                 },
-                Some(other) => return Err(Error::Protocol(format!("unexpected {other:?}"))),
+                Some(Err(e)) => return Err(e),
                 None => {
                     follower.on_disconnected();
                     return Ok(());
@@ -800,27 +768,25 @@ impl Worker {
         let mut cursor = match self.watch_start(&store, from).await {
             Ok(c) => c,
             Err(f) => {
-                frame::write(&mut send, &f).await?;
+                frame::write(&mut send, &f.into()).await?;
                 let _ = send.finish();
                 return Ok(());
             }
         };
         // The watch is accepted: the client answers its caller only now, so
         // a bad cursor is an error status, not an empty event stream.
-        frame::write(
-            &mut send,
-            &Frame::Cursor {
-                cursor: Cursor::new(epoch, cursor),
-            },
-        )
-        .await?;
+        let start = reads::CursorIs {
+            cursor: Cursor::new(epoch, cursor),
+        };
+        frame::write(&mut send, &start.into()).await?;
         let mut applied = self.applied.subscribe();
         loop {
             let now = *applied.borrow_and_update();
             let store = self.store();
             if now.epoch != epoch {
                 // A snapshot of a newer log replaced ours: positions changed.
-                let _ = frame::write(&mut send, &gone(Cursor::new(epoch, cursor), now.epoch)).await;
+                let gone = gone(Cursor::new(epoch, cursor), now.epoch);
+                let _ = frame::write(&mut send, &gone.into()).await;
                 return Ok(());
             }
             let seg = match blocking(move || {
@@ -832,7 +798,7 @@ impl Worker {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = frame::write(&mut send, &failed(Code::Cursor, &e)).await;
+                    let _ = frame::write(&mut send, &failed(Code::Cursor, &e).into()).await;
                     return Err(e);
                 }
             };
@@ -848,15 +814,7 @@ impl Worker {
                 continue;
             }
             for change in changes_in(&seg, epoch, &prefix) {
-                frame::write(
-                    &mut send,
-                    &Frame::Change {
-                        cursor: change.cursor,
-                        key: change.key,
-                        value: change.value,
-                    },
-                )
-                .await?;
+                frame::write(&mut send, &change.into()).await?;
             }
             cursor = seg.next;
         }
@@ -867,11 +825,17 @@ impl Worker {
     /// past `from` is applied yet but more is asked for, it waits (up to the
     /// read wait) for the next record, so a caller looping to catch up does
     /// not spin.
-    async fn changes(&self, prefix: String, from: Cursor, until: Cursor, max_bytes: u32) -> Frame {
+    async fn changes_upto(&self, req: msg::watch::Changes) -> Answer<msg::watch::Changes> {
+        let msg::watch::Changes {
+            prefix,
+            from,
+            until,
+            max_bytes,
+        } = req;
         let store = self.store();
         let start = match self.watch_start(&store, from).await {
             Ok(l) => l,
-            Err(f) => return f,
+            Err(f) => return Err(f),
         };
         let epoch = store.db().meta().epoch;
         let start_cursor = Cursor::new(epoch, start);
@@ -882,7 +846,7 @@ impl Worker {
             applied = self.applied();
         }
         if applied.epoch != epoch {
-            return gone(start_cursor, applied.epoch);
+            return Err(gone(start_cursor, applied.epoch));
         }
         let upto = if until.epoch == epoch {
             until.at.min(applied.at)
@@ -891,12 +855,12 @@ impl Worker {
         };
         let max = (max_bytes as usize).clamp(ourdb::HEADER_LEN, SEGMENT_BYTES);
         match blocking(move || Ok(store.db().read_records_upto(start, upto, max)?)).await {
-            Ok(seg) => Frame::ChangesAre {
+            Ok(seg) => Ok(msg::watch::ChangesAre {
                 changes: changes_in(&seg, epoch, &prefix),
                 next: Cursor::new(epoch, seg.next),
                 applied,
-            },
-            Err(e) => failed(Code::Cursor, e),
+            }),
+            Err(e) => Err(failed(Code::Cursor, e)),
         }
     }
 
@@ -908,7 +872,7 @@ impl Worker {
         &self,
         store: &Arc<KeyedStore>,
         from: Cursor,
-    ) -> std::result::Result<Location, Frame> {
+    ) -> std::result::Result<Location, Failed> {
         let epoch = store.db().meta().epoch;
         if from.at.is_none() {
             return Ok(Location::new(0, 1));
@@ -958,15 +922,18 @@ impl Worker {
         let o = old.clone();
         let mut install = blocking(move || Ok(SnapshotInstall::begin(&o)?)).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
-        frame::write(&mut send, &Frame::Snapshot).await?;
+        frame::write(&mut send, &snapshot::Snapshot.into()).await?;
         let _ = send.finish();
         let (epoch, end) = loop {
-            match frame::read(&mut recv).await? {
-                Some(Frame::SnapshotChunk {
+            let part = frame::read(&mut recv)
+                .await?
+                .map(<snapshot::Snapshot as msg::Streamed>::Item::try_from);
+            match part {
+                Some(Ok(snapshot::Part::Chunk(snapshot::Chunk {
                     file_nr,
                     offset,
                     bytes,
-                }) => {
+                }))) => {
                     let chunk = ourdb::SnapshotChunk {
                         file_nr,
                         offset,
@@ -978,15 +945,13 @@ impl Worker {
                     })
                     .await?;
                 }
-                Some(Frame::SnapshotDone { epoch, end }) => break (epoch, end),
-                Some(Frame::Failed { code, message }) => {
-                    return Err(Error::Remote { code, message })
+                Some(Ok(snapshot::Part::Done(snapshot::Done { epoch, end }))) => {
+                    break (epoch, end)
                 }
-                Some(other) => {
-                    return Err(Error::Protocol(format!(
-                        "unexpected {other:?} in a snapshot"
-                    )))
+                Some(Err(Error::Protocol(m))) => {
+                    return Err(Error::Protocol(format!("{m} in a snapshot")))
                 }
+                Some(Err(e)) => return Err(e),
                 None => return Err(Error::Protocol("the snapshot was cut short".into())),
             }
         };
@@ -1009,55 +974,197 @@ impl Worker {
         let Some(first) = frames.next().await? else {
             return Ok(());
         };
-        match first {
-            Frame::Watch { prefix, cursor } => self.watch(send, prefix, cursor).await,
-            Frame::Pipeline => crate::pipeline::serve(self, send, frames).await,
-            req => crate::pipeline::serve_one(self, send, req).await,
+        match Opening::from(first) {
+            Opening::Watch(w) => self.watch(send, w.prefix, w.cursor).await,
+            Opening::Pipeline => crate::pipeline::serve(self, send, frames).await,
+            other => crate::pipeline::serve_one(self, send, other.into()).await,
         }
     }
 
-    /// The reply to a one-reply request.
+    /// The reply to a one-reply request: by sub-protocol, each request
+    /// answered by its handler below.
     async fn reply(self: Arc<Self>, req: Frame) -> Frame {
-        match req {
-            // The store is taken after the wait: a snapshot installed
-            // meanwhile replaced it, and the old one must not answer.
-            Frame::Get { key, min_cursor } => match self.wait_applied(min_cursor).await {
-                true => versioned_value(self.store(), key, self.applied()).await,
-                false => failed(
-                    Code::Lagging,
-                    format!("applied {} has not reached {min_cursor}", self.applied()),
-                ),
-            },
-            Frame::Digest => {
-                let store = self.store();
-                match blocking(move || digest(&store)).await {
-                    Ok(text) => Frame::DigestIs { text },
-                    Err(e) => failed(Code::DigestFailed, e),
-                }
-            }
-            Frame::ReadIndex => Frame::Cursor {
-                cursor: self.applied(),
-            },
-            Frame::Changes {
-                prefix,
-                from,
-                until,
-                max_bytes,
-            } => self.changes(prefix, from, until, max_bytes).await,
-            req @ (Frame::List { min_cursor, .. }
-            | Frame::History { min_cursor, .. }
-            | Frame::ById { min_cursor, .. }) => {
-                if self.wait_applied(min_cursor).await {
-                    read_query(self.store(), req, self.applied()).await
-                } else {
-                    failed(
-                        Code::Lagging,
-                        format!("applied {} has not reached {min_cursor}", self.applied()),
-                    )
-                }
-            }
-            other => failed(Code::NotMaster, format!("a worker does not take {other:?}")),
+        match Call::from_frame(req) {
+            Ok(Call::Read(r)) => r.answer(&*self).await,
+            Ok(Call::Status(s)) => s.answer(&*self).await,
+            Ok(Call::Changes(c)) => answer_frame(msg::watch::Handler::changes(&*self, c).await),
+            Ok(other @ Call::Write(_)) => refuse_on_worker(other.into()),
+            Err(other) => refuse_on_worker(other),
         }
+    }
+
+    /// The refusal of a read at a cursor this worker has not reached.
+    fn lagging(&self, min_cursor: Cursor) -> Failed {
+        failed(
+            Code::Lagging,
+            format!("applied {} has not reached {min_cursor}", self.applied()),
+        )
+    }
+}
+
+/// A master's answer to a frame that is none of its requests.
+fn refuse_on_master(other: Frame) -> Frame {
+    failed(
+        Code::BadRequest,
+        format!("a master does not take {other:?}"),
+    )
+    .into()
+}
+
+/// A worker's answer to a frame that is none of its requests (a write, for one).
+fn refuse_on_worker(other: Frame) -> Frame {
+    failed(Code::NotMaster, format!("a worker does not take {other:?}")).into()
+}
+
+impl writes::Handler for Master {
+    async fn set(&self, req: writes::Set) -> Answer<writes::Set> {
+        let writes::Set {
+            key,
+            value,
+            ack,
+            expect,
+        } = req;
+        match self.put(key, value, ack, expect).await {
+            Ok(Some((cursor, version))) => Ok(writes::Written {
+                cursor,
+                existed: true,
+                version,
+            }),
+            Ok(None) => Err(failed(
+                Code::Precondition,
+                "the key's current version is not the one expected",
+            )),
+            Err(e) => Err(failed(Code::WriteFailed, e)),
+        }
+    }
+
+    async fn delete(&self, req: writes::Delete) -> Answer<writes::Delete> {
+        let writes::Delete { key, ack, expect } = req;
+        match Master::delete(self, key, ack, expect).await {
+            Ok(Some((existed, cursor))) => Ok(writes::Written {
+                cursor,
+                existed,
+                version: Version::default(),
+            }),
+            Ok(None) => Err(failed(
+                Code::Precondition,
+                "the key's current version is not the one expected",
+            )),
+            Err(e) => Err(failed(Code::WriteFailed, e)),
+        }
+    }
+}
+
+/// A master reads once its commit cursor reaches the request's cursor, and
+/// answers once what it read is durable (`after_read`).
+impl reads::Handler for Master {
+    async fn read_index(&self, _: reads::ReadIndex) -> Answer<reads::ReadIndex> {
+        Ok(reads::CursorIs {
+            cursor: self.commit_cursor(),
+        })
+    }
+
+    async fn get(&self, req: reads::Get) -> Answer<reads::Get> {
+        if !self.wait_committed(req.min_cursor).await {
+            return Err(self.not_reached(req.min_cursor));
+        }
+        let answer = versioned_value(self.store.clone(), req.key, self.commit_cursor()).await;
+        self.after_read(answer).await
+    }
+
+    async fn list(&self, req: reads::List) -> Answer<reads::List> {
+        if !self.wait_committed(req.min_cursor).await {
+            return Err(self.not_reached(req.min_cursor));
+        }
+        let answer = list(&self.store, req, self.commit_cursor());
+        self.after_read(answer).await
+    }
+
+    async fn history(&self, req: reads::History) -> Answer<reads::History> {
+        if !self.wait_committed(req.min_cursor).await {
+            return Err(self.not_reached(req.min_cursor));
+        }
+        let answer = history(self.store.clone(), req, self.commit_cursor()).await;
+        self.after_read(answer).await
+    }
+
+    async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
+        if !self.wait_committed(req.min_cursor).await {
+            return Err(self.not_reached(req.min_cursor));
+        }
+        let answer = by_id(self.store.clone(), req, self.commit_cursor()).await;
+        self.after_read(answer).await
+    }
+}
+
+impl status::Handler for Master {
+    async fn status(&self, _: status::Status) -> Answer<status::Status> {
+        Ok(status::StatusIs {
+            cursor: self.commit_cursor(),
+            workers: self.workers(),
+        })
+    }
+
+    async fn digest(&self, _: status::Digest) -> Answer<status::Digest> {
+        digest_of(self.store.clone()).await
+    }
+}
+
+/// A worker reads once it has applied the request's cursor, from its store
+/// as it is after the wait (a snapshot installed meanwhile replaced it, and
+/// the old one must not answer).
+impl reads::Handler for Worker {
+    async fn read_index(&self, _: reads::ReadIndex) -> Answer<reads::ReadIndex> {
+        Ok(reads::CursorIs {
+            cursor: self.applied(),
+        })
+    }
+
+    async fn get(&self, req: reads::Get) -> Answer<reads::Get> {
+        if !self.wait_applied(req.min_cursor).await {
+            return Err(self.lagging(req.min_cursor));
+        }
+        versioned_value(self.store(), req.key, self.applied()).await
+    }
+
+    async fn list(&self, req: reads::List) -> Answer<reads::List> {
+        if !self.wait_applied(req.min_cursor).await {
+            return Err(self.lagging(req.min_cursor));
+        }
+        list(&self.store(), req, self.applied())
+    }
+
+    async fn history(&self, req: reads::History) -> Answer<reads::History> {
+        if !self.wait_applied(req.min_cursor).await {
+            return Err(self.lagging(req.min_cursor));
+        }
+        history(self.store(), req, self.applied()).await
+    }
+
+    async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
+        if !self.wait_applied(req.min_cursor).await {
+            return Err(self.lagging(req.min_cursor));
+        }
+        by_id(self.store(), req, self.applied()).await
+    }
+}
+
+impl status::Handler for Worker {
+    async fn status(&self, req: status::Status) -> Answer<status::Status> {
+        Err(failed(
+            Code::NotMaster,
+            format!("a worker does not take {:?}", Frame::from(req)),
+        ))
+    }
+
+    async fn digest(&self, _: status::Digest) -> Answer<status::Digest> {
+        digest_of(self.store()).await
+    }
+}
+
+impl msg::watch::Handler for Worker {
+    async fn changes(&self, req: msg::watch::Changes) -> Answer<msg::watch::Changes> {
+        self.changes_upto(req).await
     }
 }
 
@@ -1094,7 +1201,7 @@ fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> Vec<Change> {
 }
 
 /// The refusal of a watch cursor whose log was replaced by a compaction.
-fn gone(from: Cursor, epoch: u64) -> Frame {
+fn gone(from: Cursor, epoch: u64) -> Failed {
     failed(
         Code::Gone,
         format!(

@@ -1,0 +1,66 @@
+//! Writes, client → master: `Set` and `Delete`, each answered by `Written`
+//! (or `Failed`: `precondition`, `write_failed`, `not_master` from a worker).
+
+use crate::cursor::Cursor;
+use crate::frame::{Ack, Expect, Version};
+use crate::msg::{dispatch, message, Request};
+
+message! {
+    /// Store `value` under `key`, acknowledged per `ack`, if `expect` holds.
+    Set = Set {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+        /// When the master answers.
+        ack: Ack,
+        /// What the key's current version must be.
+        expect: Expect,
+    }
+}
+
+message! {
+    /// Delete `key`, acknowledged per `ack`, if `expect` holds.
+    Delete = Delete {
+        /// The key.
+        key: String,
+        /// When the master answers.
+        ack: Ack,
+        /// What the key's current version must be.
+        expect: Expect,
+    }
+}
+
+message! {
+    /// A write is applied and durable on the master.
+    Written = Written {
+        /// The master's end after the write.
+        cursor: Cursor,
+        /// For a delete, whether the key existed (true for a set).
+        existed: bool,
+        /// The key's new version (all zero for a delete).
+        version: Version,
+    }
+}
+
+impl Request for Set {
+    type Reply = Written;
+}
+
+impl Request for Delete {
+    type Reply = Written;
+}
+
+dispatch! {
+    /// A write request.
+    Write answered by Handler {
+        /// Store a value.
+        Set => set,
+        /// Delete a key.
+        Delete => delete,
+    }
+}
+
+impl Request for Write {
+    type Reply = Written;
+}
