@@ -23,6 +23,8 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long one request may take, reads waiting for a cursor included.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 
+/// A node's client: one QUIC connection and one pipelined stream per node,
+/// and the calls the gateway and `ourkv client` make.
 pub struct Client {
     identity: Identity,
     config: quinn::ClientConfig,

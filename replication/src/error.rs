@@ -3,9 +3,12 @@
 /// What replication can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An I/O call failed; `context` says which.
     #[error("{context}: {source}")]
     Io {
+        /// The file, socket or step.
         context: String,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
@@ -20,18 +23,27 @@ pub enum Error {
     Protocol(String),
     /// The peer answered with an error.
     #[error("{code}: {message}")]
-    Remote { code: Code, message: String },
+    Remote {
+        /// Why, as a code.
+        code: Code,
+        /// The peer's words.
+        message: String,
+    },
+    /// The local store failed or refused.
     #[error("storage: {0}")]
     Db(#[from] ourdb::Error),
     /// A group commit failed: the store takes no more writes until reopened.
     #[error("group commit failed, writes refused: {0}")]
     Poisoned(String),
+    /// A connection or call took too long.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A node address or public key that cannot be used.
     #[error("invalid address: {0}")]
     Address(String),
 }
 
+/// Results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why a node refused a request (`Frame::Failed`). On the wire it is a
@@ -53,14 +65,20 @@ pub enum Code {
     Gone,
     /// A write sent to a worker.
     NotMaster,
+    /// A request the node cannot parse or does not take.
     BadRequest,
+    /// The node's store failed to read.
     ReadFailed,
+    /// The master's store failed to write (or is poisoned).
     WriteFailed,
+    /// The node could not compute its digest.
     DigestFailed,
+    /// A code this build does not know, as sent.
     Other(String),
 }
 
 impl Code {
+    /// The code's wire text.
     pub fn as_str(&self) -> &str {
         match self {
             Code::Precondition => "precondition",

@@ -8,8 +8,6 @@
 //! [`Frame`] is the codec; the typed messages of each sub-protocol, and the
 //! pairing of requests with replies, are in [`crate::msg`].
 
-#![warn(missing_docs)]
-
 use ourdb::Location;
 
 pub use crate::cursor::Cursor;

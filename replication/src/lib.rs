@@ -8,6 +8,8 @@
 //! applied cursor. Requests (set, delete, read-index, get at a cursor, digest)
 //! travel on the same endpoints, one per stream. See docs/PROTOCOL.md.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod cursor;
 pub mod error;

@@ -190,6 +190,7 @@ pub struct Master {
 }
 
 impl Master {
+    /// A master over `store`; its syncer thread starts under group commit.
     pub fn new(store: KeyedStore, options: MasterOptions) -> Arc<Master> {
         let store = Arc::new(store);
         let commit = watch::channel(store.db().durable_end()).0;
@@ -230,6 +231,7 @@ impl Master {
         });
     }
 
+    /// The master's store.
     pub fn store(&self) -> &Arc<KeyedStore> {
         &self.store
     }
@@ -606,6 +608,7 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker over `store` that follows the master at `master`.
     pub fn new(store: KeyedStore, master: SocketAddr) -> Arc<Worker> {
         let end = Cursor::new(store.db().meta().epoch, store.db().end());
         Arc::new(Worker {

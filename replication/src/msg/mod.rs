@@ -18,8 +18,6 @@
 //! | [`snapshot`] | `Snapshot` → `Chunk`*, `Done` |
 //! | [`shipping`] | `Subscribe` → `Segment`*, answered by `Ack`s |
 
-#![warn(missing_docs)]
-
 use crate::error::{Code, Error, Result};
 use crate::frame::Frame;
 
