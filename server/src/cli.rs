@@ -17,10 +17,13 @@ pub(crate) struct Cli {
 pub(crate) enum Cmd {
     /// Master, workers and gateway in one process, on loopback.
     Dev {
+        /// Where the master's and the workers' directories go.
         #[arg(long, value_name = "DIR", default_value = "./ourkv-data")]
         data: PathBuf,
+        /// HTTP address of the gateway.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http: String,
+        /// How many workers.
         #[arg(long, default_value_t = 2)]
         workers: usize,
         /// Testing aid: workers wait this long before applying each batch.
@@ -79,6 +82,18 @@ pub(crate) enum Cmd {
         #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
         apply_delay_ms: u64,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// to standard output, e.g. `ourkv completions bash > /etc/bash_completion.d/ourkv`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (`ourkv.1` and one per subcommand) into a directory.
+    Man {
+        /// Where the pages go (created if missing).
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Talk to a running node.
     Client {
         /// Cluster directory; without it only loopback nodes can be reached.
@@ -93,6 +108,7 @@ pub(crate) enum Cmd {
 pub(crate) enum ClusterCmd {
     /// Make a cluster CA and a node certificate signed by it.
     Init {
+        /// Where the CA and the node certificate go.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
@@ -126,8 +142,11 @@ pub(crate) struct NodeArgs {
 pub(crate) enum ClientCmd {
     /// Store VALUE under KEY on the master; prints the cursor after the write.
     Set {
+        /// The node's QUIC address (or Mycelium public key with a port).
         node: String,
+        /// The key.
         key: String,
+        /// The value (UTF-8 text).
         value: String,
         /// master (durable on the master) or all (applied by every in-sync worker).
         #[arg(long, default_value = "master")]
@@ -135,36 +154,57 @@ pub(crate) enum ClientCmd {
     },
     /// Delete KEY on the master.
     Delete {
+        /// The node's QUIC address (or Mycelium public key with a port).
         node: String,
+        /// The key.
         key: String,
+        /// master (durable on the master) or all (applied by every in-sync worker).
         #[arg(long, default_value = "master")]
         ack: replication::Ack,
     },
     /// The master's cursor and its workers (cursor, in sync or not).
-    Status { node: String },
+    Status {
+        /// The master's QUIC address (or Mycelium public key with a port).
+        node: String,
+    },
     /// Read KEY from a node once it applied CURSOR (`epoch:file:offset`).
     Get {
+        /// The node's QUIC address (or Mycelium public key with a port).
         node: String,
+        /// The key.
         key: String,
+        /// Answer only once the node has applied this cursor.
         #[arg(long, value_name = "CURSOR")]
         at: Option<String>,
     },
     /// The master's commit cursor.
-    ReadIndex { node: String },
+    ReadIndex {
+        /// The master's QUIC address (or Mycelium public key with a port).
+        node: String,
+    },
     /// A digest of a node's data files.
-    Digest { node: String },
+    Digest {
+        /// The node's QUIC address (or Mycelium public key with a port).
+        node: String,
+    },
     /// Write COUNT keys PREFIX0, PREFIX1, … with SIZE-byte values from
     /// CONCURRENCY tasks; prints writes/s and latency percentiles.
     Load {
+        /// The node's QUIC address (or Mycelium public key with a port).
         node: String,
+        /// How many keys.
         #[arg(long, default_value_t = 1000)]
         count: u64,
+        /// The keys' prefix.
         #[arg(long, default_value = "load/")]
         prefix: String,
+        /// Bytes per value.
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Writes in flight at once.
         #[arg(long, default_value_t = 16)]
         concurrency: u64,
+        /// master (durable on the master) or all (applied by every in-sync worker).
         #[arg(long, default_value = "master")]
         ack: replication::Ack,
     },
@@ -174,6 +214,7 @@ pub(crate) enum ClientCmd {
 pub(crate) enum DbCmd {
     /// Print one JSON line per live id, ascending.
     Dump {
+        /// The database directory.
         dir: PathBuf,
         #[command(flatten)]
         shape: Shape,
@@ -183,6 +224,7 @@ pub(crate) enum DbCmd {
     },
     /// Read dump lines from stdin into a new directory.
     Restore {
+        /// The database directory.
         dir: PathBuf,
         #[command(flatten)]
         shape: Shape,
@@ -193,12 +235,14 @@ pub(crate) enum DbCmd {
     },
     /// Check CRCs, history chains and framing; exit 1 on damage.
     Verify {
+        /// The database directory.
         dir: PathBuf,
         #[command(flatten)]
         shape: Shape,
     },
     /// Rebuild the lookup dump of a V directory that has none.
     Recover {
+        /// The database directory.
         dir: PathBuf,
         #[command(flatten)]
         shape: Shape,
@@ -208,6 +252,7 @@ pub(crate) enum DbCmd {
     },
     /// Rewrite without dead records, atomically.
     Compact {
+        /// The database directory.
         dir: PathBuf,
         #[command(flatten)]
         shape: Shape,
@@ -217,6 +262,7 @@ pub(crate) enum DbCmd {
     },
     /// Print the configuration and state of a directory.
     Info {
+        /// The database directory.
         dir: PathBuf,
         #[command(flatten)]
         shape: Shape,
@@ -229,10 +275,13 @@ pub(crate) struct Shape {
     /// Lookup entry width: 2, 3, 4 or 6.
     #[arg(long, value_name = "K")]
     pub(crate) keysize: Option<u8>,
+    /// V's record_nr_max: ids stay below it (sets the keysize with the next).
     #[arg(long, value_name = "N")]
     pub(crate) record_nr_max: Option<u32>,
+    /// V's record_size_max: the largest value, in bytes.
     #[arg(long, value_name = "S")]
     pub(crate) record_size_max: Option<u32>,
+    /// V's file_size: bytes per data file before the next one starts.
     #[arg(long, value_name = "BYTES")]
     pub(crate) file_size: Option<u32>,
     /// Key-value mode (ids given by the caller) instead of incremental.
@@ -258,4 +307,36 @@ pub(crate) struct HttpOpts {
     /// The most watches (`/v1/watch` streams) open at once; past it, 503.
     #[arg(long, value_name = "N", default_value_t = gateway::DEFAULT_MAX_WATCHES)]
     pub(crate) max_watches: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag says what it is (in `--help`, the man
+    /// pages and the completions).
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
 }

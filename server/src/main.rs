@@ -94,6 +94,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             apply_delay_ms,
         } => run_node(&node, Role::Worker(master, apply_delay_ms)),
         Cmd::Client { cluster, cmd } => client(cluster.as_deref(), cmd),
+        Cmd::Completions { shell } => {
+            cmd::docs::completions(shell);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { out } => {
+            let pages = cmd::docs::man_pages(&out)?;
+            println!("{pages} man pages written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -554,3 +554,62 @@ fn keysize_2_past_64_kib_reads_real_records_only() {
         .collect();
     assert_eq!(text(&out.stdout), want);
 }
+
+/// Completions and man pages come from the clap definitions: every command
+/// is in them, a shell clap does not know is a usage error (exit 2), and
+/// `bash -n` accepts the bash script.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let out = ourkv(&["completions", "bash"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "dev",
+        "gateway",
+        "master",
+        "worker",
+        "dump",
+        "compact",
+        "completions",
+    ] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ourkv.bash");
+    std::fs::write(&file, &script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = ourkv(&["completions", shell], None);
+        assert!(out.status.success() && out.stdout.len() > 1000, "{shell}");
+    }
+    let out = ourkv(&["completions", "tcsh"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tcsh"));
+
+    let man = dir.path().join("man");
+    let out = ourkv(&["man", man.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top = std::fs::read_to_string(man.join("ourkv.1")).unwrap();
+    assert!(
+        top.contains(".TH ourkv 1"),
+        "{}",
+        &top[..top.len().min(300)]
+    );
+    assert!(top.contains("gateway"));
+    let dump = std::fs::read_to_string(man.join("ourkv-db-dump.1")).unwrap();
+    assert!(dump.contains(".TH ourkv-db-dump 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("man pages written"));
+}

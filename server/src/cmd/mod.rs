@@ -3,5 +3,6 @@
 pub(crate) mod client;
 pub(crate) mod db;
 pub(crate) mod dev;
+pub(crate) mod docs;
 pub(crate) mod gateway;
 pub(crate) mod node;
