@@ -82,6 +82,10 @@ pub(crate) enum Cmd {
         #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
         apply_delay_ms: u64,
     },
+    /// Keys and values over the HTTP API (get, put, del, ls, history, watch).
+    /// Exit codes: 0 ok, 1 not found, 2 usage, 3 precondition failed,
+    /// 4 refused (other 4xx), 5 unavailable (5xx or no connection).
+    Kv(KvArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     /// to standard output, e.g. `ourkv completions bash > /etc/bash_completion.d/ourkv`.
     Completions {
@@ -307,6 +311,107 @@ pub(crate) struct HttpOpts {
     /// The most watches (`/v1/watch` streams) open at once; past it, 503.
     #[arg(long, value_name = "N", default_value_t = gateway::DEFAULT_MAX_WATCHES)]
     pub(crate) max_watches: usize,
+}
+
+/// `ourkv kv`: where the gateway is, and how to print.
+#[derive(Args)]
+pub(crate) struct KvArgs {
+    /// The gateway's HTTP address.
+    #[arg(long, env = "OURKV_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+    pub(crate) endpoint: String,
+    /// Bearer token, when the gateway runs with --api-token.
+    #[arg(long, env = "OURKV_API_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Output: raw (values as they are), table (text for people), json.
+    #[arg(short = 'o', long, value_enum)]
+    pub(crate) output: Option<Output>,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) cmd: KvCmd,
+}
+
+/// Output formats of `ourkv kv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Output {
+    /// Values byte for byte, keys one per line.
+    Raw,
+    /// Aligned text.
+    Table,
+    /// One JSON document (one per line for watch).
+    Json,
+}
+
+/// `ourkv kv` subcommands.
+#[derive(Subcommand)]
+pub(crate) enum KvCmd {
+    /// Print KEY's value (raw by default).
+    Get {
+        /// The key.
+        key: String,
+        /// strong (default), session or stale.
+        #[arg(long, value_name = "LEVEL")]
+        consistency: Option<String>,
+    },
+    /// Store a value under KEY: VALUE, or --file, or standard input.
+    Put {
+        /// The key.
+        key: String,
+        /// The value; without it, --file or standard input.
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// master (durable on the master) or all (applied by every in-sync worker).
+        #[arg(long, value_name = "ACK")]
+        ack: Option<String>,
+        /// Only if the current version is this ETag (or `*`: the key exists).
+        #[arg(long, value_name = "ETAG")]
+        if_match: Option<String>,
+        /// Only if the current version is not this ETag (`*`: the key does not exist).
+        #[arg(long, value_name = "ETAG", conflicts_with = "if_match")]
+        if_none_match: Option<String>,
+    },
+    /// Delete KEY.
+    Del {
+        /// The key.
+        key: String,
+        /// master (durable on the master) or all (applied by every in-sync worker).
+        #[arg(long, value_name = "ACK")]
+        ack: Option<String>,
+        /// Only if the current version is this ETag.
+        #[arg(long, value_name = "ETAG")]
+        if_match: Option<String>,
+    },
+    /// List keys starting with PREFIX, ascending.
+    Ls {
+        /// The prefix (all keys when absent).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// At most this many keys (all when absent).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// KEY's last versions, newest first.
+    History {
+        /// The key.
+        key: String,
+        /// How many versions (1 to 1000).
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        depth: u32,
+    },
+    /// Print changes under PREFIX as they happen; reconnects by itself and
+    /// resumes after the last change it printed.
+    Watch {
+        /// The prefix (all keys when absent).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start after this cursor (from a write or an earlier watch).
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
+        /// Stop after this many changes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
 }
 
 #[cfg(test)]

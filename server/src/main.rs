@@ -94,6 +94,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             apply_delay_ms,
         } => run_node(&node, Role::Worker(master, apply_delay_ms)),
         Cmd::Client { cluster, cmd } => client(cluster.as_deref(), cmd),
+        Cmd::Kv(args) => cmd::kv::run(args),
         Cmd::Completions { shell } => {
             cmd::docs::completions(shell);
             Ok(ExitCode::SUCCESS)

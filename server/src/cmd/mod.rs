@@ -5,4 +5,5 @@ pub(crate) mod db;
 pub(crate) mod dev;
 pub(crate) mod docs;
 pub(crate) mod gateway;
+pub(crate) mod kv;
 pub(crate) mod node;

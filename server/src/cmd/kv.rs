@@ -1,0 +1,601 @@
+//! `ourkv kv`: keys and values over the HTTP API, for people and scripts.
+//! Everything goes through the gateway's public routes (docs/API.md); exit
+//! codes say what happened so that scripts need not parse messages.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::{json, Value};
+
+use crate::cli::{KvArgs, KvCmd, Output};
+
+/// Exit codes (0 is success, 2 is clap's usage error).
+const NOT_FOUND: u8 = 1;
+const USAGE: u8 = 2;
+const PRECONDITION_FAILED: u8 = 3;
+const REFUSED: u8 = 4;
+const UNAVAILABLE: u8 = 5;
+
+/// Bytes left as they are in a key's path segments: RFC 3986's unreserved
+/// characters and the `/` that keys may hold.
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+/// Query values: unreserved characters only.
+const QUERY: &AsciiSet = &PATH.add(b'/');
+
+/// Runs `ourkv kv`.
+pub(crate) fn run(args: KvArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    rt.block_on(run_async(args))
+}
+
+/// How a call ended when it did not succeed: the exit code and what to say.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn exit(self) -> ExitCode {
+        eprintln!("error: {}", self.message);
+        ExitCode::from(self.code)
+    }
+}
+
+/// A successful answer.
+struct Answer {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+struct Api {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(endpoint: &str, token: Option<String>) -> Result<Api> {
+        let base = endpoint.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") {
+            bail!("--endpoint must be an http:// URL (the gateway speaks plain HTTP), not {endpoint:?}");
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Api {
+            client,
+            base,
+            token,
+        })
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Request<Full<Bytes>>, Failure> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        req.body(Full::new(Bytes::from(body))).map_err(|e| Failure {
+            code: USAGE,
+            message: format!("cannot make the request: {e}"),
+        })
+    }
+
+    /// One request; a non-2xx status becomes a `Failure` with its exit code
+    /// and the API's error message.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Answer, Failure> {
+        let req = self.request(method, path, headers, body)?;
+        let resp = self.client.request(req).await.map_err(|e| Failure {
+            code: UNAVAILABLE,
+            message: format!("cannot reach {}: {e}", self.base),
+        })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Failure {
+                code: UNAVAILABLE,
+                message: format!("{}: the answer broke off: {e}", self.base),
+            })?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(Answer { headers, body });
+        }
+        Err(failure(status, &body))
+    }
+}
+
+/// The exit code and message for an error answer.
+fn failure(status: StatusCode, body: &[u8]) -> Failure {
+    let code = match status.as_u16() {
+        404 => NOT_FOUND,
+        412 => PRECONDITION_FAILED,
+        400..=499 => REFUSED,
+        _ => UNAVAILABLE,
+    };
+    let detail = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!(
+                "{}: {}",
+                e.get("code")?.as_str()?,
+                e.get("message")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    Failure {
+        code,
+        message: format!("{} ({detail})", status.as_u16()),
+    }
+}
+
+fn key_path(key: &str) -> String {
+    format!("/v1/kv/{}", utf8_percent_encode(key, PATH))
+}
+
+/// `?a=b&c=d` from the pairs that are set.
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref()
+                .map(|v| format!("{k}={}", utf8_percent_encode(v, QUERY)))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// A value as JSON: text when it is UTF-8, else `{"base64": …}`.
+fn json_value(v: &[u8]) -> Value {
+    match std::str::from_utf8(v) {
+        Ok(s) => Value::String(s.to_string()),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(v) }),
+    }
+}
+
+fn out(bytes: &[u8]) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(bytes)?;
+    o.flush()?;
+    Ok(())
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    out(format!("{v}\n").as_bytes())
+}
+
+async fn run_async(args: KvArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.endpoint, args.token)?;
+    let r = match args.cmd {
+        KvCmd::Get { key, consistency } => {
+            get(&api, &key, consistency, args.output.unwrap_or(Output::Raw)).await
+        }
+        KvCmd::Put {
+            key,
+            value,
+            file,
+            ack,
+            if_match,
+            if_none_match,
+        } => {
+            let value = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(f)) => {
+                    std::fs::read(&f).with_context(|| format!("read {}", f.display()))?
+                }
+                (None, None) => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                        .context("read the value from standard input")?;
+                    v
+                }
+            };
+            let mut headers = Vec::new();
+            if let Some(t) = if_match {
+                headers.push(("if-match", t));
+            }
+            if let Some(t) = if_none_match {
+                headers.push(("if-none-match", t));
+            }
+            let path = format!("{}{}", key_path(&key), query(&[("ack", ack)]));
+            match api.call(Method::PUT, &path, &headers, value).await {
+                Ok(a) => {
+                    let etag = a.header("etag").unwrap_or_default();
+                    let cursor = a.header("x-ourkv-cursor").unwrap_or_default();
+                    match args.output.unwrap_or(Output::Table) {
+                        Output::Raw => out(format!("{etag}\n").as_bytes())?,
+                        Output::Table => {
+                            out(format!("OK {key} etag={etag} cursor={cursor}\n").as_bytes())?
+                        }
+                        Output::Json => {
+                            print_json(&json!({"key": key, "etag": etag, "cursor": cursor}))?
+                        }
+                    }
+                    Ok(())
+                }
+                Err(f) => Err(f),
+            }
+        }
+        KvCmd::Del { key, ack, if_match } => {
+            let headers: Vec<(&str, String)> =
+                if_match.map(|t| ("if-match", t)).into_iter().collect();
+            let path = format!("{}{}", key_path(&key), query(&[("ack", ack)]));
+            match api.call(Method::DELETE, &path, &headers, Vec::new()).await {
+                Ok(a) => {
+                    let cursor = a.header("x-ourkv-cursor").unwrap_or_default();
+                    match args.output.unwrap_or(Output::Table) {
+                        Output::Raw => {}
+                        Output::Table => {
+                            out(format!("deleted {key} cursor={cursor}\n").as_bytes())?
+                        }
+                        Output::Json => {
+                            print_json(&json!({"key": key, "deleted": true, "cursor": cursor}))?
+                        }
+                    }
+                    Ok(())
+                }
+                Err(f) => Err(f),
+            }
+        }
+        KvCmd::Ls { prefix, limit } => {
+            ls(&api, &prefix, limit, args.output.unwrap_or(Output::Table)).await
+        }
+        KvCmd::History { key, depth } => {
+            history(&api, &key, depth, args.output.unwrap_or(Output::Table)).await
+        }
+        KvCmd::Watch {
+            prefix,
+            cursor,
+            count,
+        } => {
+            watch(
+                &api,
+                &prefix,
+                cursor,
+                count,
+                args.output.unwrap_or(Output::Table),
+            )
+            .await
+        }
+    };
+    match r {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(f) => Ok(f.exit()),
+    }
+}
+
+async fn get(
+    api: &Api,
+    key: &str,
+    consistency: Option<String>,
+    output: Output,
+) -> Result<(), Failure> {
+    let path = format!(
+        "{}{}",
+        key_path(key),
+        query(&[("consistency", consistency)])
+    );
+    let a = api.call(Method::GET, &path, &[], Vec::new()).await?;
+    let etag = a.header("etag").unwrap_or_default();
+    let cursor = a.header("x-ourkv-cursor").unwrap_or_default();
+    let r = match output {
+        Output::Raw => out(&a.body),
+        Output::Table => {
+            out(format!("{key}\t{}\tetag={etag}\n", String::from_utf8_lossy(&a.body)).as_bytes())
+        }
+        Output::Json => print_json(&json!({
+            "key": key,
+            "value": json_value(&a.body),
+            "etag": etag,
+            "cursor": cursor,
+        })),
+    };
+    r.map_err(io_failure)
+}
+
+fn io_failure(e: anyhow::Error) -> Failure {
+    Failure {
+        code: REFUSED,
+        message: format!("cannot write the output: {e:#}"),
+    }
+}
+
+async fn ls(api: &Api, prefix: &str, limit: Option<usize>, output: Output) -> Result<(), Failure> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let want = limit.map_or(1000, |l| (l - keys.len()).min(1000));
+        if want == 0 {
+            break;
+        }
+        let path = format!(
+            "/v1/kv{}",
+            query(&[
+                ("prefix", Some(prefix.to_string())),
+                ("after", after.clone()),
+                ("limit", Some(want.to_string())),
+            ])
+        );
+        let a = api.call(Method::GET, &path, &[], Vec::new()).await?;
+        let page: Value = serde_json::from_slice(&a.body).map_err(|e| Failure {
+            code: UNAVAILABLE,
+            message: format!("the listing is not JSON: {e}"),
+        })?;
+        let page_keys = page["keys"].as_array().cloned().unwrap_or_default();
+        keys.extend(
+            page_keys
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_string)),
+        );
+        match page["next"].as_str() {
+            Some(next) if !page_keys.is_empty() => after = Some(next.to_string()),
+            _ => break,
+        }
+    }
+    let r = match output {
+        Output::Raw | Output::Table => {
+            let mut text = String::new();
+            for k in &keys {
+                text.push_str(k);
+                text.push('\n');
+            }
+            out(text.as_bytes())
+        }
+        Output::Json => print_json(&json!({ "keys": keys })),
+    };
+    r.map_err(io_failure)
+}
+
+async fn history(api: &Api, key: &str, depth: u32, output: Output) -> Result<(), Failure> {
+    let path = format!(
+        "{}{}",
+        key_path(key),
+        query(&[("history", Some(depth.to_string()))])
+    );
+    let a = api.call(Method::GET, &path, &[], Vec::new()).await?;
+    let doc: Value = serde_json::from_slice(&a.body).map_err(|e| Failure {
+        code: UNAVAILABLE,
+        message: format!("the history is not JSON: {e}"),
+    })?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let versions: Vec<Vec<u8>> = doc["history"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().and_then(|s| b64.decode(s).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let r = match output {
+        Output::Raw => {
+            let mut bytes = Vec::new();
+            for v in &versions {
+                bytes.extend_from_slice(v);
+                bytes.push(b'\n');
+            }
+            out(&bytes)
+        }
+        Output::Table => {
+            let mut text = String::new();
+            for (i, v) in versions.iter().enumerate() {
+                text.push_str(&format!("{i}\t{}\n", String::from_utf8_lossy(v)));
+            }
+            out(text.as_bytes())
+        }
+        Output::Json => print_json(&json!({
+            "key": key,
+            "history": versions.iter().map(|v| json_value(v)).collect::<Vec<_>>(),
+        })),
+    };
+    r.map_err(io_failure)
+}
+
+/// One server-sent event.
+#[derive(Default)]
+struct Event {
+    id: Option<String>,
+    kind: Option<String>,
+    data: String,
+}
+
+/// Follows `/v1/watch`, printing each change; after a broken connection it
+/// reconnects (backing off up to 5 s) with `Last-Event-ID`, so no change is
+/// printed twice or skipped. Refusals (bad or compacted cursor) end it.
+async fn watch(
+    api: &Api,
+    prefix: &str,
+    mut cursor: Option<String>,
+    count: Option<u64>,
+    output: Output,
+) -> Result<(), Failure> {
+    let mut printed = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let path = format!(
+            "/v1/watch{}",
+            query(&[("prefix", Some(prefix.to_string()))])
+        );
+        let headers: Vec<(&str, String)> = cursor
+            .clone()
+            .map(|c| ("last-event-id", c))
+            .into_iter()
+            .collect();
+        let req = api.request(Method::GET, &path, &headers, Vec::new())?;
+        let resp = match api.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("watch: cannot reach {}: {e}; retrying", api.base);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let f = failure(status, &body);
+            if f.code == UNAVAILABLE {
+                eprintln!("watch: {}; retrying", f.message);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            return Err(f);
+        }
+        backoff = Duration::from_millis(100);
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        let mut event = Event::default();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(chunk);
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    let ev = std::mem::take(&mut event);
+                    if ev.kind.is_none() && ev.data.is_empty() {
+                        continue;
+                    }
+                    print_change(&ev, output).map_err(io_failure)?;
+                    if ev.id.is_some() {
+                        cursor = ev.id;
+                    }
+                    printed += 1;
+                    if count.is_some_and(|c| printed >= c) {
+                        return Ok(());
+                    }
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    event.id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event.kind = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    event.data.push_str(v.trim_start());
+                }
+            }
+        }
+        eprintln!("watch: connection closed; resuming after {cursor:?}");
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+fn print_change(ev: &Event, output: Output) -> Result<()> {
+    let kind = ev.kind.as_deref().unwrap_or("message");
+    let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+    let key = data["key"].as_str().unwrap_or_default();
+    let value = data["value"]
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
+    let cursor = ev.id.as_deref().unwrap_or_default();
+    match output {
+        Output::Json => print_json(&json!({
+            "event": kind,
+            "key": key,
+            "value": value.as_deref().map(json_value),
+            "cursor": cursor,
+        })),
+        Output::Raw | Output::Table => {
+            let mut line = format!("{kind} {key}");
+            if let Some(v) = &value {
+                line.push(' ');
+                line.push_str(&String::from_utf8_lossy(v));
+            }
+            line.push('\n');
+            out(line.as_bytes())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_queries_are_escaped() {
+        assert_eq!(key_path("app/conf ig%"), "/v1/kv/app/conf%20ig%25");
+        assert_eq!(key_path("é"), "/v1/kv/%C3%A9");
+        assert_eq!(
+            query(&[("prefix", Some("a/b&c".into())), ("after", None)]),
+            "?prefix=a%2Fb%26c"
+        );
+        assert_eq!(query(&[("x", None)]), "");
+    }
+
+    #[test]
+    fn statuses_map_to_exit_codes() {
+        let body = br#"{"error":{"code":"not_found","message":"no such key"}}"#;
+        let f = failure(StatusCode::NOT_FOUND, body);
+        assert_eq!(f.code, NOT_FOUND);
+        assert!(f.message.contains("not_found: no such key"));
+        assert_eq!(
+            failure(StatusCode::PRECONDITION_FAILED, b"").code,
+            PRECONDITION_FAILED
+        );
+        assert_eq!(failure(StatusCode::UNAUTHORIZED, b"").code, REFUSED);
+        assert_eq!(
+            failure(StatusCode::SERVICE_UNAVAILABLE, b"x").code,
+            UNAVAILABLE
+        );
+        assert_eq!(failure(StatusCode::GATEWAY_TIMEOUT, b"x").code, UNAVAILABLE);
+    }
+}

@@ -1,0 +1,244 @@
+//! `ourkv kv` against a real `ourkv dev`: values byte for byte, exit codes
+//! scripts rely on, listing past one page, the token, JSON output, and a
+//! watch that resumes by itself when the server restarts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+mod common;
+use common::*;
+
+fn kv(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .arg("kv")
+        .args(["--endpoint", &format!("http://{endpoint}")])
+        .args(args)
+        .env_remove("OURKV_API_TOKEN")
+        .env_remove("OURKV_ENDPOINT")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// PUTs `n` keys over one keep-alive connection (faster than n processes).
+fn put_many(http: &str, n: usize) {
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    let mut reqs = Vec::new();
+    for i in 0..n {
+        reqs.extend_from_slice(
+            format!("PUT /v1/kv/page/{i:05} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv")
+                .as_bytes(),
+        );
+    }
+    s.write_all(&reqs).unwrap();
+    let mut seen = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut text = Vec::new();
+    while seen < n {
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "connection closed after {seen} answers");
+        text.extend_from_slice(&buf[..k]);
+        seen = text.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    }
+}
+
+#[test]
+fn put_get_ls_history_del_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&dir.path().join("d"), &[]);
+
+    // Values byte for byte: an argument, a file (not UTF-8), stdin.
+    assert!(ok(&kv(&http, &["put", "app/a", "hello"], None)).starts_with("OK app/a etag=\""));
+    assert_eq!(ok(&kv(&http, &["get", "app/a"], None)), "hello");
+    let bin = dir.path().join("bin");
+    std::fs::write(&bin, [0u8, 0xff, 0xfe, b'\n', 7]).unwrap();
+    ok(&kv(
+        &http,
+        &["put", "app/bin", "--file", bin.to_str().unwrap()],
+        None,
+    ));
+    let got = kv(&http, &["get", "app/bin"], None);
+    assert_eq!(got.stdout, [0u8, 0xff, 0xfe, b'\n', 7]);
+    ok(&kv(&http, &["put", "app/stdin"], Some(b"from stdin\n")));
+    assert_eq!(ok(&kv(&http, &["get", "app/stdin"], None)), "from stdin\n");
+
+    // JSON: text values as strings, others as base64.
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&kv(&http, &["-o", "json", "get", "app/bin"], None))).unwrap();
+    assert_eq!(j["value"]["base64"], "AP/+Cgc=");
+    assert!(j["etag"].as_str().unwrap().starts_with('"'));
+
+    // Exit codes: 1 not found, 3 precondition failed, 2 usage.
+    let missing = kv(&http, &["get", "nope"], None);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not_found"));
+    let etag = ok(&kv(&http, &["-o", "raw", "put", "app/a", "v2"], None));
+    let etag = etag.trim();
+    let stale = kv(
+        &http,
+        &["put", "app/a", "v3", "--if-match", "\"1-0-1\""],
+        None,
+    );
+    assert_eq!(stale.status.code(), Some(3));
+    assert_eq!(
+        kv(&http, &["put", "app/a", "v3", "--if-none-match", "*"], None)
+            .status
+            .code(),
+        Some(3)
+    );
+    ok(&kv(
+        &http,
+        &["put", "app/a", "v3", "--if-match", etag],
+        None,
+    ));
+    assert_eq!(ok(&kv(&http, &["get", "app/a"], None)), "v3");
+    assert_eq!(kv(&http, &["frobnicate"], None).status.code(), Some(2));
+
+    // History, newest first.
+    let h: serde_json::Value =
+        serde_json::from_str(&ok(&kv(&http, &["-o", "json", "history", "app/a"], None))).unwrap();
+    assert_eq!(h["history"], serde_json::json!(["v3", "v2", "hello"]));
+
+    // Listing past one page (the API gives at most 1000 keys a call).
+    put_many(&http, 1203);
+    let keys = ok(&kv(&http, &["ls", "page/"], None));
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1203);
+    assert_eq!(keys[0], "page/00000");
+    assert_eq!(keys[1202], "page/01202");
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        ok(&kv(&http, &["ls", "page/", "--limit", "3"], None))
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(
+        ok(&kv(&http, &["ls", "app/"], None)),
+        "app/a\napp/bin\napp/stdin\n"
+    );
+
+    // Delete, then again: not found.
+    ok(&kv(&http, &["del", "app/a"], None));
+    assert_eq!(kv(&http, &["del", "app/a"], None).status.code(), Some(1));
+    assert_eq!(kv(&http, &["get", "app/a"], None).status.code(), Some(1));
+}
+
+#[test]
+fn token_endpoint_and_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&dir.path().join("d"), &["--api-token", "s3cret"]);
+    let refused = kv(&http, &["put", "k", "v"], None);
+    assert_eq!(refused.status.code(), Some(4), "401 is a refusal");
+    // The token and the endpoint from the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["kv", "put", "k", "v"])
+        .env("OURKV_API_TOKEN", "s3cret")
+        .env("OURKV_ENDPOINT", format!("http://{http}"))
+        .output()
+        .unwrap();
+    ok(&out);
+    // Nothing listening: unavailable (5). An https URL is refused up front.
+    let port = free_port();
+    let gone = kv(&format!("127.0.0.1:{port}"), &["get", "k"], None);
+    assert_eq!(gone.status.code(), Some(5));
+    let https = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["kv", "--endpoint", "https://127.0.0.1:1", "get", "k"])
+        .output()
+        .unwrap();
+    assert!(!https.status.success());
+    assert!(String::from_utf8_lossy(&https.stderr).contains("http://"));
+}
+
+/// Reads the watch's lines on a thread, so the test can wait with a timeout.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn start_dev_at(data: &Path, http: &str) -> Proc {
+    start(&["dev", "--data", data.to_str().unwrap(), "--http", http])
+}
+
+#[test]
+fn watch_prints_changes_and_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (dev, http) = start_dev(&data, &[]);
+    ok(&kv(&http, &["put", "w/one", "1"], None));
+    ok(&kv(&http, &["put", "other", "x"], None));
+    let mut watch = Proc(
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(["kv", "--endpoint", &format!("http://{http}"), "watch", "w/"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rx = lines_of(&mut watch.0);
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no line for {what}"))
+    };
+    // From the start of the log, only the prefix.
+    assert_eq!(next("w/one"), "put w/one 1");
+    ok(&kv(&http, &["put", "w/two", "2"], None));
+    assert_eq!(next("w/two"), "put w/two 2");
+
+    // The server goes away and comes back on the same address and data: the
+    // watch reconnects and goes on after the last change it printed.
+    drop(dev);
+    let _dev = start_dev_at(&data, &http);
+    ok(&kv(&http, &["put", "w/three", "3"], None));
+    ok(&kv(&http, &["del", "w/one"], None));
+    assert_eq!(next("w/three"), "put w/three 3");
+    assert_eq!(next("the delete"), "delete w/one");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a change printed twice"
+    );
+
+    // --count stops by itself; JSON lines carry the cursor.
+    let out = kv(&http, &["-o", "json", "watch", "w/", "--count", "2"], None);
+    let lines: Vec<serde_json::Value> = ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["event"], "put");
+    assert_eq!(lines[0]["key"], "w/one");
+    assert_eq!(lines[0]["value"], "1");
+    assert!(lines[0]["cursor"].as_str().unwrap().starts_with("1:0:"));
+}
