@@ -116,6 +116,18 @@ pub(crate) enum ClusterCmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Every node as a gateway sees it: role, address, cursor, lag, in sync.
+    Status {
+        /// The gateway's HTTP address.
+        #[arg(long, env = "OURKV_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+        endpoint: String,
+        /// Bearer token, when the gateway runs with --api-token.
+        #[arg(long, env = "OURKV_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Output: table (default) or json.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
 }
 
 #[derive(Args)]

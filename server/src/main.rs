@@ -69,6 +69,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             run_gateway(&http, nodes, http_opts)
         }
+        Cmd::Cluster(ClusterCmd::Status {
+            endpoint,
+            token,
+            output,
+        }) => cmd::kv::cluster_status(&endpoint, token, output),
         Cmd::Cluster(ClusterCmd::Init { out }) => {
             replication::init_cluster(&out)?;
             println!(

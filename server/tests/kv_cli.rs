@@ -161,6 +161,19 @@ fn token_endpoint_and_unreachable() {
         .output()
         .unwrap();
     ok(&out);
+    // `ourkv cluster status` through the same gateway: master and two workers.
+    let status = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["cluster", "status"])
+        .env("OURKV_API_TOKEN", "s3cret")
+        .env("OURKV_ENDPOINT", format!("http://{http}"))
+        .output()
+        .unwrap();
+    let table = ok(&status);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(rows[0].starts_with("ROLE") && rows[0].contains("IN SYNC"));
+    assert!(rows[1].starts_with("master"));
+    assert!(rows[2].starts_with("worker") && rows[3].starts_with("worker"));
     // Nothing listening: unavailable (5). An https URL is refused up front.
     let port = free_port();
     let gone = kv(&format!("127.0.0.1:{port}"), &["get", "k"], None);

@@ -566,9 +566,110 @@ fn print_change(ev: &Event, output: Output) -> Result<()> {
     }
 }
 
+/// `ourkv cluster status`: `/v1/cluster` as a table (or its JSON).
+pub(crate) fn cluster_status(
+    endpoint: &str,
+    token: Option<String>,
+    output: Option<Output>,
+) -> Result<ExitCode> {
+    let api = Api::new(endpoint, token)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let answer = match rt.block_on(api.call(Method::GET, "/v1/cluster", &[], Vec::new())) {
+        Ok(a) => a,
+        Err(f) => return Ok(f.exit()),
+    };
+    let doc: Value = serde_json::from_slice(&answer.body).context("/v1/cluster is not JSON")?;
+    if output == Some(Output::Json) {
+        print_json(&doc)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    out(cluster_table(&doc).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The rows of `ourkv cluster status`. Lag is in bytes when the worker is in
+/// the master's epoch and data file, else `?`.
+fn cluster_table(doc: &Value) -> String {
+    let parse = |c: &str| -> Option<(u64, u64, u64)> {
+        let mut it = c.split(':').map(|p| p.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    };
+    let master_addr = doc["master"]["addr"].as_str().unwrap_or("?");
+    let master_cursor = doc["master"]["cursor"].as_str().unwrap_or("?");
+    let mut rows = vec![[
+        "ROLE".to_string(),
+        "ADDRESS".to_string(),
+        "CURSOR".to_string(),
+        "LAG".to_string(),
+        "IN SYNC".to_string(),
+    ]];
+    rows.push([
+        "master".into(),
+        master_addr.into(),
+        master_cursor.into(),
+        "-".into(),
+        "-".into(),
+    ]);
+    for w in doc["workers"].as_array().into_iter().flatten() {
+        let acked = w["acked"].as_str().unwrap_or("?");
+        let lag = match (parse(master_cursor), parse(acked)) {
+            (Some((me, mf, mo)), Some((we, wf, wo))) if me == we && mf == wf => {
+                format!("{} B", mo.saturating_sub(wo))
+            }
+            _ => "?".into(),
+        };
+        rows.push([
+            "worker".into(),
+            w["addr"].as_str().unwrap_or("?").into(),
+            acked.into(),
+            lag,
+            if w["in_sync"].as_bool() == Some(true) {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_table_shows_lag_within_one_file() {
+        let doc = json!({
+            "master": {"addr": "127.0.0.1:7000", "cursor": "2:0:5000"},
+            "workers": [
+                {"addr": "127.0.0.1:7001", "acked": "2:0:4000", "in_sync": true},
+                {"addr": "127.0.0.1:7002", "acked": "1:3:9", "in_sync": false},
+            ],
+        });
+        let t = cluster_table(&doc);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("ROLE"));
+        assert!(lines[1].starts_with("master  127.0.0.1:7000  2:0:5000"));
+        assert!(lines[2].contains("1000 B") && lines[2].ends_with("yes"));
+        assert!(lines[3].contains(" ? ") && lines[3].ends_with("no"));
+    }
 
     #[test]
     fn keys_and_queries_are_escaped() {
