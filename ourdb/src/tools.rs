@@ -12,6 +12,26 @@ use crate::lookup::{self, LookupTable};
 use crate::meta::{Meta, Origin};
 use crate::scan::{self, RebuildReport, Rebuilder};
 
+/// Told how far a long tool run has got (the CLI draws a progress bar on a
+/// terminal and writes log lines otherwise).
+pub trait Progress {
+    /// A new phase of `total` units (ids or bytes); 0 when unknown.
+    fn start(&self, phase: &str, total: u64);
+    /// `n` more units done.
+    fn advance(&self, n: u64);
+    /// The run is over.
+    fn finish(&self) {}
+}
+
+/// No progress reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+}
+
 /// What `verify` checked and found.
 #[derive(Debug, Default, Clone)]
 pub struct VerifyReport {
@@ -35,6 +55,15 @@ impl VerifyReport {
 /// Checks a directory without changing it: every live id's whole history
 /// (CRCs, chains), shared locations, and the framing of the data files.
 pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
+    verify_with(dir, config, &Quiet)
+}
+
+/// [`verify`], reporting progress: ids, then data file bytes.
+pub fn verify_with(
+    dir: &Path,
+    config: Option<Config>,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
     let mut opts = OpenOptions::new()
         .read_only(true)
         .create(false)
@@ -43,7 +72,10 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
     let db = opts.open(dir)?;
     let mut report = VerifyReport::default();
     let mut seen = std::collections::HashMap::new();
-    for id in db.ids().collect::<Vec<_>>() {
+    let ids: Vec<u32> = db.ids().collect();
+    progress.start("ids", ids.len() as u64);
+    for id in ids {
+        progress.advance(1);
         report.live_ids += 1;
         match db.get_history(id, usize::MAX) {
             Ok(h) => report.versions_checked += h.len() as u64,
@@ -59,9 +91,11 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
     }
     // Framing: ourkv writes records back to back; V also leaves zero runs.
     let lens = file_lens(dir)?;
+    progress.start("bytes", lens.values().sum());
     for nr in datafile::list(dir)? {
         let f = DataFile::open(&crate::storage::RealStorage, dir, nr, false)?;
         let bytes = f.read_all()?;
+        progress.advance(bytes.len() as u64);
         report.bytes_scanned += bytes.len() as u64;
         if bytes.first().is_some_and(|&b| b != 0) {
             report
@@ -96,6 +130,11 @@ pub fn verify(dir: &Path, config: Option<Config>) -> Result<VerifyReport> {
 /// Rebuilds the lookup dump (and `.inc`) of a V directory that has data files
 /// but no dump (V never closed it). Writes nothing else.
 pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
+    recover_with(dir, config, &Quiet)
+}
+
+/// [`recover`], reporting progress in data file bytes scanned.
+pub fn recover_with(dir: &Path, config: &Config, progress: &dyn Progress) -> Result<RebuildReport> {
     if Meta::load(dir)?.is_some() {
         return Err(Error::Config(format!(
             "{} was written by ourkv: its journal recovers it on open",
@@ -108,9 +147,12 @@ pub fn recover(dir: &Path, config: &Config) -> Result<RebuildReport> {
     let table = LookupTable::new(config.record_nr_max);
     let mut rb = Rebuilder::new(&table, config.incremental, 1);
     let lens = file_lens(dir)?;
+    progress.start("bytes", lens.values().sum());
     for nr in datafile::list(dir)? {
         let f = DataFile::open(&crate::storage::RealStorage, dir, nr, false)?;
-        rb.scan_file(nr, keysize, &lens, &f.read_all()?, 1);
+        let bytes = f.read_all()?;
+        rb.scan_file(nr, keysize, &lens, &bytes, 1);
+        progress.advance(bytes.len() as u64);
     }
     let next_id = rb.next_id;
     let mut report = rb.report;
@@ -177,6 +219,16 @@ pub fn compact(
     config: Option<Config>,
     history: Option<usize>,
 ) -> Result<CompactReport> {
+    compact_with(dir, config, history, &Quiet)
+}
+
+/// [`compact`], reporting progress in ids copied.
+pub fn compact_with(
+    dir: &Path,
+    config: Option<Config>,
+    history: Option<usize>,
+    progress: &dyn Progress,
+) -> Result<CompactReport> {
     let mut opts = OpenOptions::new()
         .create(false)
         .record_ids(std::sync::Arc::new(crate::keyed::EnvelopeIds));
@@ -204,7 +256,10 @@ pub fn compact(
         epoch: src.meta().epoch + 1,
     };
     let result = (|| {
-        for id in src.ids().collect::<Vec<_>>() {
+        let ids: Vec<u32> = src.ids().collect();
+        progress.start("ids", ids.len() as u64);
+        for id in ids {
+            progress.advance(1);
             let versions = src.get_history(id, depth)?;
             report.live_ids += 1;
             report.versions_kept += versions.len() as u64;
@@ -269,4 +324,56 @@ pub fn exchange(a: &Path, b: &Path) -> Result<()> {
             .ctx(|| format!("exchange {} and {}", a.display(), b.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Records every phase with its total and what was reported done.
+    #[derive(Default)]
+    struct Counting(RefCell<Vec<(String, u64, u64)>>);
+
+    impl Progress for Counting {
+        fn start(&self, phase: &str, total: u64) {
+            self.0.borrow_mut().push((phase.to_string(), total, 0));
+        }
+        fn advance(&self, n: u64) {
+            self.0.borrow_mut().last_mut().expect("a phase").2 += n;
+        }
+    }
+
+    #[test]
+    fn tools_report_each_phase_to_its_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("db");
+        let db = OpenOptions::new()
+            .config(Config {
+                file_size: 4096,
+                keysize: Some(6),
+                ..Config::default()
+            })
+            .open(&d)
+            .unwrap();
+        for i in 0..300u32 {
+            db.insert(&i.to_le_bytes().repeat(10)).unwrap();
+        }
+        db.close().unwrap();
+
+        let p = Counting::default();
+        let r = verify_with(&d, None, &p).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problems);
+        let phases = p.0.into_inner();
+        assert_eq!(phases.len(), 2);
+        assert_eq!(phases[0], ("ids".to_string(), 300, 300));
+        assert_eq!(phases[1].0, "bytes");
+        assert_eq!(phases[1].1, r.bytes_scanned);
+        assert_eq!(phases[1].2, r.bytes_scanned);
+
+        let p = Counting::default();
+        let c = compact_with(&d, None, None, &p).unwrap();
+        assert_eq!(c.live_ids, 300);
+        assert_eq!(p.0.into_inner(), vec![("ids".to_string(), 300, 300)]);
+    }
 }

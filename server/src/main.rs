@@ -8,6 +8,7 @@ mod cli;
 mod cmd;
 mod gateway;
 mod http;
+mod progress;
 
 use anyhow::{Context, Result};
 use clap::Parser;

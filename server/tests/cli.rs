@@ -613,3 +613,69 @@ fn completions_and_man_pages_cover_every_command() {
     assert!(dump.contains(".TH ourkv-db-dump 1"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("man pages written"));
 }
+
+/// Off a terminal, long `db` runs log their progress (at info level) instead
+/// of drawing a bar: each phase from 0 to 100%, then done.
+#[test]
+fn db_tools_log_progress_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let lines: String = (1..=500)
+        .map(|i| format!("{{\"id\":{i},\"value\":\"dmFsdWU=\"}}\n"))
+        .collect();
+    let restore = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["db", "restore", db.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut restore = restore;
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = restore.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restore: ids: done (500)"));
+
+    for (tool, phases) in [
+        (
+            "verify",
+            &["ids: 0 of 500", "ids: 500 of 500 (100%)", "bytes: 0 of"][..],
+        ),
+        (
+            "compact",
+            &["ids: 0 of 500", "ids: 500 of 500 (100%)", "ids: done (500)"][..],
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(["db", tool, db.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = String::from_utf8_lossy(&out.stderr);
+        for p in phases {
+            assert!(
+                log.contains(&format!("{tool}: {p}")),
+                "{tool} lacks {p:?}:\n{log}"
+            );
+        }
+        // No bar's control codes off a terminal.
+        assert!(!log.contains('\r') && !log.contains('\u{1b}'), "{log}");
+        let tenths = log.matches(&format!("{tool}: ids: ")).count();
+        assert!((3..=12).contains(&tenths), "{tool}: {tenths} lines:\n{log}");
+    }
+}

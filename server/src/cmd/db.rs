@@ -139,6 +139,8 @@ fn restore_into(dir: &Path, shape: &Shape, allow_gaps: bool) -> Result<ExitCode>
     let dec = base64::engine::general_purpose::STANDARD;
     let mut n = 0u64;
     let mut last_id = 0u32;
+    let progress = crate::progress::for_task("restore");
+    progress.start("ids", 0);
     for (i, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.context("read stdin")?;
         if line.trim().is_empty() {
@@ -177,7 +179,9 @@ fn restore_into(dir: &Path, shape: &Shape, allow_gaps: bool) -> Result<ExitCode>
                 .with_context(|| format!("line {}: id {}", i + 1, l.id))?;
         }
         n += 1;
+        progress.advance(1);
     }
+    progress.finish();
     db.close()?;
     eprintln!("restored {n} ids into {}", dir.display());
     Ok(ExitCode::SUCCESS)
@@ -240,7 +244,9 @@ pub(crate) fn run(cmd: DbCmd) -> Result<ExitCode> {
         } => restore(&dir, &shape, allow_gaps),
         DbCmd::Info { dir, shape } => info(&dir, &shape),
         DbCmd::Verify { dir, shape } => {
-            let r = ourdb::tools::verify(&dir, shape.for_existing(&dir)?)?;
+            let progress = crate::progress::for_task("verify");
+            let r = ourdb::tools::verify_with(&dir, shape.for_existing(&dir)?, &*progress)?;
+            progress.finish();
             println!(
                 "live_ids: {}\nversions_checked: {}\nbytes_scanned: {}\nproblems: {}",
                 r.live_ids,
@@ -264,7 +270,9 @@ pub(crate) fn run(cmd: DbCmd) -> Result<ExitCode> {
                     dir.display()
                 );
             }
-            let r = ourdb::tools::recover(&dir, &shape.config())?;
+            let progress = crate::progress::for_task("recover");
+            let r = ourdb::tools::recover_with(&dir, &shape.config(), &*progress)?;
+            progress.finish();
             println!(
                 "records: {}\ninserts: {}\nupdates: {}\ndeleted: {}",
                 r.records, r.inserts, r.updates, r.deleted
@@ -286,7 +294,10 @@ pub(crate) fn run(cmd: DbCmd) -> Result<ExitCode> {
             shape,
             history,
         } => {
-            let r = ourdb::tools::compact(&dir, shape.for_existing(&dir)?, history)?;
+            let progress = crate::progress::for_task("compact");
+            let r =
+                ourdb::tools::compact_with(&dir, shape.for_existing(&dir)?, history, &*progress)?;
+            progress.finish();
             println!(
                 "live_ids: {}\nversions_kept: {}\nbytes_before: {}\nbytes_after: {}\nepoch: {}",
                 r.live_ids, r.versions_kept, r.bytes_before, r.bytes_after, r.epoch
