@@ -29,7 +29,9 @@ pub(super) async fn authorize(
                     .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                     == 0
         });
-        if !ok && req.uri().path() != "/health" {
+        // Liveness and readiness probes carry no data and come without a token.
+        let probe = matches!(req.uri().path(), "/health" | "/livez" | "/readyz");
+        if !ok && !probe {
             let mut r = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

@@ -175,6 +175,8 @@ impl Gateway {
             .route("/", get(status_page))
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/ready", get(ready))
+            .route("/livez", get(ops::livez))
+            .route("/readyz", get(ops::readyz))
             .route("/metrics", get(metrics))
             .route("/v1/cluster", get(cluster))
             .route("/set", post(seed_set).layer(body.clone()))

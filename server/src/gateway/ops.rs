@@ -50,6 +50,74 @@ pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
     counted(&gw, r)
 }
 
+/// Kubernetes-style liveness: the gateway answers. `?verbose` lists the check.
+pub(super) async fn livez(q: RawQuery) -> Response {
+    let verbose = query(&q).is_ok_and(|q| q.bytes("verbose").ok().flatten().is_some());
+    let body = if verbose {
+        "[+]ping ok\nlivez check passed\n"
+    } else {
+        "ok"
+    };
+    (StatusCode::OK, body).into_response()
+}
+
+/// Kubernetes-style readiness, as plain text: the master answers (and with
+/// `?sync`, every worker has caught up). `?verbose` lists each check, `[+]`
+/// passed or `[-]` failed with why; 503 when one failed.
+pub(super) async fn readyz(State(gw): Gw, q: RawQuery) -> Response {
+    let Ok(q) = query(&q) else {
+        return (StatusCode::BAD_REQUEST, "bad query\n").into_response();
+    };
+    let verbose = q.bytes("verbose").ok().flatten().is_some();
+    let sync = q.bytes("sync").ok().flatten().is_some();
+    let mut checks: Vec<(String, Result<(), String>)> = Vec::new();
+    match gw.client.status(gw.master).await {
+        Ok((cursor, workers)) => {
+            checks.push(("master".into(), Ok(())));
+            if sync {
+                for w in &gw.workers {
+                    let caught_up = workers
+                        .iter()
+                        .any(|s| s.addr == w.to_string() && s.in_sync && s.acked >= cursor);
+                    let r = if caught_up {
+                        Ok(())
+                    } else {
+                        Err("not caught up".to_string())
+                    };
+                    checks.push((format!("worker {w}"), r));
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "readyz: master unreachable");
+            checks.push(("master".into(), Err("unreachable".into())));
+        }
+    }
+    let ok = checks.iter().all(|(_, r)| r.is_ok());
+    let mut body = String::new();
+    if verbose || !ok {
+        for (name, r) in &checks {
+            match r {
+                Ok(()) => body.push_str(&format!("[+]{name} ok\n")),
+                Err(why) => body.push_str(&format!("[-]{name} failed: {why}\n")),
+            }
+        }
+        body.push_str(if ok {
+            "readyz check passed\n"
+        } else {
+            "readyz check failed\n"
+        });
+    } else {
+        body.push_str("ok");
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
 pub(super) async fn metrics(State(gw): Gw) -> Response {
     let mut out = String::new();
     out.push_str("# TYPE ourkv_http_requests_total counter\n");

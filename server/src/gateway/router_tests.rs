@@ -137,3 +137,64 @@ async fn writes_reads_and_errors_through_the_router() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{level}");
     }
 }
+
+/// `/livez` and `/readyz` answer Kubernetes-style plain text, without the
+/// token; `/readyz` fails (503, naming the check) when the master is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livez_and_readyz_probes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = InProcess::start(tmp.path(), 2, 0).unwrap();
+    let app = Gateway::new(
+        nodes.client,
+        nodes.maddr,
+        nodes.addrs.clone(),
+        Some("t0ken".into()),
+    )
+    .router();
+    // The token guards the API but not the probes.
+    assert_eq!(call(&app, get("/ready")).await.0, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = call(&app, get("/livez")).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"ok"[..]));
+    let (_, _, body) = call(&app, get("/livez?verbose")).await;
+    assert_eq!(body, b"[+]ping ok\nlivez check passed\n");
+    let (status, _, body) = call(&app, get("/readyz")).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"ok"[..]));
+    let (status, _, body) = call(&app, get("/readyz?verbose")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"[+]master ok\nreadyz check passed\n");
+    // With ?sync every worker is a check of its own.
+    let start = std::time::Instant::now();
+    loop {
+        let (status, _, body) = call(&app, get("/readyz?sync&verbose")).await;
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(
+            text.matches("[+]worker ").count() + text.matches("[-]worker ").count(),
+            2
+        );
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(text.contains("[-]worker") && text.ends_with("readyz check failed\n"));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A gateway whose master does not answer is not ready.
+    let gone = Gateway::new(
+        replication::Client::new(&replication::Identity::ephemeral().unwrap()).unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+        nodes.addrs,
+        None,
+    )
+    .router();
+    let (status, _, body) = call(&gone, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body,
+        b"[-]master failed: unreachable\nreadyz check failed\n"
+    );
+    assert_eq!(call(&gone, get("/livez")).await.0, StatusCode::OK);
+}
