@@ -18,6 +18,7 @@ use serde_json::json;
 
 mod error;
 mod kv;
+mod metrics;
 mod middleware;
 mod ops;
 mod params;
@@ -42,8 +43,7 @@ pub(crate) struct Gateway {
     master: SocketAddr,
     workers: Vec<SocketAddr>,
     next: AtomicUsize,
-    requests: AtomicU64,
-    errors: AtomicU64,
+    metrics: metrics::Metrics,
     /// Bearer token every request but /health must carry, if set.
     token: Option<String>,
     /// How long a client may take to send its request headers (the
@@ -51,9 +51,6 @@ pub(crate) struct Gateway {
     client_timeout: std::time::Duration,
     load: Vec<Load>,
     batch: Arc<std::sync::Mutex<Batch>>,
-    read_index_rounds: Arc<AtomicU64>,
-    /// Reads also sent to another worker because the first was slow.
-    hedges: AtomicU64,
     /// The watches, fanned out from one stream.
     hub: Arc<Hub>,
 }
@@ -139,15 +136,12 @@ impl Gateway {
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             load: workers.iter().map(|_| Load::default()).collect(),
             batch: Arc::default(),
-            read_index_rounds: Arc::default(),
-            hedges: AtomicU64::new(0),
             hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
             client: Arc::new(client),
             master,
             workers,
             next: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            metrics: metrics::Metrics::new(),
         })
     }
 
@@ -212,7 +206,11 @@ impl Gateway {
                     "this endpoint does not take that method (see /openapi.json)",
                 )
             })
-            .layer(axum::extract::DefaultBodyLimit::disable());
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                metrics::track,
+            ));
         // Without a token there is nothing to check: no layer at all.
         let router = match self.token {
             Some(_) => router.layer(axum::middleware::from_fn_with_state(
@@ -258,7 +256,7 @@ impl Gateway {
             let (client, batch, rounds, master) = (
                 self.client.clone(),
                 self.batch.clone(),
-                self.read_index_rounds.clone(),
+                self.metrics.read_index_rounds.clone(),
                 self.master,
             );
             tokio::spawn(async move {
@@ -269,7 +267,7 @@ impl Gateway {
                         return;
                     };
                     let r = client.read_index(master).await.map_err(|e| e.to_string());
-                    rounds.fetch_add(1, Ordering::Relaxed);
+                    rounds.inc();
                     for w in waiting {
                         let _ = w.send(r.clone());
                     }
@@ -320,7 +318,7 @@ impl Gateway {
                     None => {}
                 },
                 _ = tokio::time::sleep(budget), if tried < order.len() => {
-                    self.hedges.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.hedges.inc();
                     running.push(launch(order[tried]));
                     tried += 1;
                 }

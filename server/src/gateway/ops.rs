@@ -119,49 +119,36 @@ pub(super) async fn readyz(State(gw): Gw, q: RawQuery) -> Response {
 }
 
 pub(super) async fn metrics(State(gw): Gw) -> Response {
-    let mut out = String::new();
-    out.push_str("# TYPE ourkv_http_requests_total counter\n");
-    out.push_str(&format!(
-        "ourkv_http_requests_total {}\n",
-        gw.requests.load(Ordering::Relaxed)
-    ));
-    out.push_str("# TYPE ourkv_read_index_rounds_total counter\n");
-    out.push_str(&format!(
-        "ourkv_read_index_rounds_total {}\n",
-        gw.read_index_rounds.load(Ordering::Relaxed)
-    ));
-    out.push_str("# TYPE ourkv_read_hedges_total counter\n");
-    out.push_str(&format!(
-        "ourkv_read_hedges_total {}\n",
-        gw.hedges.load(Ordering::Relaxed)
-    ));
-    out.push_str("# TYPE ourkv_http_errors_total counter\n");
-    out.push_str(&format!(
-        "ourkv_http_errors_total {}\n",
-        gw.errors.load(Ordering::Relaxed)
-    ));
+    let m = &gw.metrics;
+    // The workers as the master sees them now; none when it does not answer.
+    m.worker_in_sync.clear();
+    m.worker_lag_bytes.clear();
     if let Ok((cursor, workers)) = gw.client.status(gw.master).await {
-        out.push_str("# TYPE ourkv_worker_in_sync gauge\n");
         for w in &workers {
-            out.push_str(&format!(
-                "ourkv_worker_in_sync{{worker=\"{}\"}} {}\n",
-                w.addr, w.in_sync as u8
-            ));
-        }
-        out.push_str("# TYPE ourkv_worker_lag_bytes gauge\n");
-        for w in &workers {
+            let labels = super::metrics::WorkerLabels {
+                worker: w.addr.clone(),
+            };
+            m.worker_in_sync
+                .get_or_create(&labels)
+                .set(i64::from(w.in_sync));
             // Bytes are comparable within one data file of one log; a worker
             // in another file or epoch has no sample (rather than a bogus one).
             if w.acked.epoch == cursor.epoch && w.acked.at.file_nr == cursor.at.file_nr {
                 let lag = cursor.at.position.saturating_sub(w.acked.at.position);
-                out.push_str(&format!(
-                    "ourkv_worker_lag_bytes{{worker=\"{}\"}} {lag}\n",
-                    w.addr
-                ));
+                m.worker_lag_bytes
+                    .get_or_create(&labels)
+                    .set(i64::from(lag));
             }
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
 }
 
 pub(super) async fn status_page(State(gw): Gw) -> Response {

@@ -5,11 +5,10 @@ use super::*;
 pub(super) type Gw = State<Arc<Gateway>>;
 
 pub(super) fn counted<T: IntoResponse>(gw: &Gateway, r: Result<T, ApiError>) -> Response {
-    gw.requests.fetch_add(1, Ordering::Relaxed);
     match r {
         Ok(v) => v.into_response(),
         Err(e) => {
-            gw.errors.fetch_add(1, Ordering::Relaxed);
+            gw.metrics.errors.inc();
             e.into_response()
         }
     }

@@ -198,3 +198,96 @@ async fn livez_and_readyz_probes() {
     );
     assert_eq!(call(&gone, get("/livez")).await.0, StatusCode::OK);
 }
+
+/// `/metrics` parses with a Prometheus exposition parser, and counts
+/// requests by route, method and status class, with latency histograms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_count_by_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = InProcess::start(tmp.path(), 2, 0).unwrap();
+    let app = Gateway::new(nodes.client, nodes.maddr, nodes.addrs, None).router();
+    for i in 0..3 {
+        let put = Request::put(format!("/v1/kv/m{i}"))
+            .body(Body::from("v"))
+            .unwrap();
+        assert_eq!(call(&app, put).await.0, StatusCode::OK);
+    }
+    assert_eq!(call(&app, get("/v1/kv/m0")).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&app, get("/v1/kv/none")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, get("/no/such/route")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, headers, body) = call(&app, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("openmetrics"));
+    let text = String::from_utf8(body).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("exposition parses");
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape.samples.iter().find_map(|s| {
+            let all = labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
+            match (s.metric == name && all, &s.value) {
+                (true, prometheus_parse::Value::Counter(v)) => Some(*v),
+                (true, prometheus_parse::Value::Gauge(v)) => Some(*v),
+                (true, prometheus_parse::Value::Untyped(v)) => Some(*v),
+                _ => None,
+            }
+        })
+    };
+    let req = "ourkv_http_requests_total";
+    let kv = [("route", "/v1/kv/*key")];
+    assert_eq!(
+        value(req, &[kv[0], ("method", "PUT"), ("status", "2xx")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(req, &[kv[0], ("method", "GET"), ("status", "2xx")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(req, &[kv[0], ("method", "GET"), ("status", "4xx")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(req, &[("route", "unmatched"), ("status", "4xx")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("ourkv_http_errors_total", &[]),
+        Some(1.0),
+        "the missing key"
+    );
+    // A histogram per route and method, with its count.
+    let hist = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "ourkv_http_request_duration_seconds"
+                && s.labels.get("route") == Some("/v1/kv/*key")
+                && s.labels.get("method") == Some("PUT")
+        })
+        .expect("a latency histogram");
+    match &hist.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            assert!(buckets.len() >= 10);
+            assert_eq!(buckets.last().unwrap().count, 3.0);
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    // The workers, as the master sees them.
+    let in_sync = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ourkv_worker_in_sync")
+        .count();
+    assert_eq!(in_sync, 2, "{text}");
+}
