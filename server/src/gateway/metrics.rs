@@ -3,6 +3,8 @@
 //! read-index and hedging counters, and the workers as the master sees them
 //! (sampled at each scrape).
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -41,9 +43,39 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
+/// The gateway's routes as axum matches them; requests to these take the
+/// cached handles below (no label set built per request).
+const ROUTES: &[&str] = &[
+    "/",
+    "/health",
+    "/ready",
+    "/livez",
+    "/readyz",
+    "/metrics",
+    "/v1/cluster",
+    "/set",
+    "/get",
+    "/delete",
+    "/v1/kv",
+    "/v1/kv/{*key}",
+    "/v1/records/{id}",
+    "/v1/watch",
+    "/openapi.json",
+];
+
+/// A request's counter and latency histogram, resolved once per
+/// (route, method, status class).
+#[derive(Clone)]
+struct Handles {
+    requests: Counter,
+    latency: Histogram,
+}
+
 /// Every metric of one gateway, registered once.
 pub(super) struct Metrics {
     registry: Registry,
+    /// (index in `ROUTES` or `ROUTES.len()` for none, method, status class).
+    cache: RwLock<HashMap<(usize, &'static str, u16), Handles>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// API requests that ended in an error answer.
@@ -105,6 +137,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            cache: RwLock::default(),
             requests,
             latency,
             errors,
@@ -113,6 +146,52 @@ impl Metrics {
             worker_in_sync,
             worker_lag_bytes,
         }
+    }
+
+    /// The handles for one request's labels, made on first use.
+    fn handles(&self, route: &str, method: &hyper::Method, class: u16) -> Handles {
+        let method = method_label(method);
+        let index = ROUTES.iter().position(|r| *r == route);
+        let key = (index.unwrap_or(ROUTES.len()), method, class);
+        // A route missing from `ROUTES` takes the slow path each time rather
+        // than share the cache slot of "unmatched".
+        let cacheable = index.is_some() || route == "unmatched";
+        if cacheable {
+            if let Some(h) = self
+                .cache
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+            {
+                return h.clone();
+            }
+        }
+        let route = route_label(route);
+        let h = Handles {
+            requests: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    method: method.to_string(),
+                    status: format!("{class}xx"),
+                })
+                .clone(),
+            latency: self
+                .latency
+                .get_or_create(&RouteLabels {
+                    route,
+                    method: method.to_string(),
+                })
+                .clone(),
+        };
+        // Only the fixed routes are cached: a bounded set of keys.
+        if cacheable {
+            self.cache
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, h.clone());
+        }
+        h
     }
 
     /// The text exposition format.
@@ -124,6 +203,22 @@ impl Metrics {
     }
 }
 
+/// A method as a label: the standard ones, else `OTHER` (a client's made-up
+/// methods must not make series without bound).
+fn method_label(m: &hyper::Method) -> &'static str {
+    use hyper::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// A route as a label: `{*key}` as `*key`, `{id}` as `:id` (braces in
 /// label values trip up some exposition parsers).
 fn route_label(path: &str) -> String {
@@ -132,27 +227,17 @@ fn route_label(path: &str) -> String {
 
 /// Middleware: counts every request and times it, by the route it matched.
 pub(super) async fn track(State(gw): Gw, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| route_label(m.as_str()));
-    let method = req.method().as_str().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
-    let status = format!("{}xx", resp.status().as_u16() / 100);
-    let m = &gw.metrics;
-    m.latency
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            method: method.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    m.requests
-        .get_or_create(&RequestLabels {
-            route,
-            method,
-            status,
-        })
-        .inc();
+    let class = resp.status().as_u16() / 100;
+    let h = gw.metrics.handles(
+        route.as_ref().map_or("unmatched", |m| m.as_str()),
+        &method,
+        class,
+    );
+    h.latency.observe(start.elapsed().as_secs_f64());
+    h.requests.inc();
     resp
 }

@@ -221,6 +221,15 @@ async fn metrics_parse_and_count_by_route() {
         call(&app, get("/no/such/route")).await.0,
         StatusCode::NOT_FOUND
     );
+    // Made-up methods share one label: no series without bound.
+    for m in ["FROB", "FROB2"] {
+        let req = Request::builder()
+            .method(m)
+            .uri("/v1/kv/m0")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(call(&app, req).await.0, StatusCode::METHOD_NOT_ALLOWED);
+    }
 
     let (status, headers, body) = call(&app, get("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
@@ -261,6 +270,11 @@ async fn metrics_parse_and_count_by_route() {
         value(req, &[("route", "unmatched"), ("status", "4xx")]),
         Some(1.0)
     );
+    assert_eq!(
+        value(req, &[kv[0], ("method", "OTHER"), ("status", "4xx")]),
+        Some(2.0)
+    );
+    assert!(!text.contains("FROB"));
     assert_eq!(
         value("ourkv_http_errors_total", &[]),
         Some(1.0),
