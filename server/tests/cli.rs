@@ -1,30 +1,15 @@
 //! The `ourkv db` tools as a user runs them: real processes, real directories.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::Engine;
 
+mod common;
+use common::output_of;
+
 fn ourkv(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        // A command that refuses its arguments exits without reading stdin.
-        if let Err(e) = child.stdin.take().unwrap().write_all(input) {
-            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
-        }
-    }
-    child.wait_with_output().unwrap()
+    output_of(Command::new(env!("CARGO_BIN_EXE_ourkv")).args(args), stdin)
 }
 
 fn text(b: &[u8]) -> String {
@@ -623,22 +608,12 @@ fn db_tools_log_progress_off_a_terminal() {
     let lines: String = (1..=500)
         .map(|i| format!("{{\"id\":{i},\"value\":\"dmFsdWU=\"}}\n"))
         .collect();
-    let restore = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args(["db", "restore", db.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut restore = restore;
-    restore
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let out = restore.wait_with_output().unwrap();
+    let out = output_of(
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(["db", "restore", db.to_str().unwrap()])
+            .env("RUST_LOG", "info"),
+        Some(lines.as_bytes()),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -12,25 +12,15 @@ mod common;
 use common::*;
 
 fn kv(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .arg("kv")
-        .args(["--endpoint", &format!("http://{endpoint}")])
-        .args(args)
-        .env_remove("OURKV_API_TOKEN")
-        .env_remove("OURKV_ENDPOINT")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    output_of(
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .arg("kv")
+            .args(["--endpoint", &format!("http://{endpoint}")])
+            .args(args)
+            .env_remove("OURKV_API_TOKEN")
+            .env_remove("OURKV_ENDPOINT"),
+        stdin,
+    )
 }
 
 fn ok(o: &Output) -> String {

@@ -40,11 +40,15 @@ const QUERY: &AsciiSet = &PATH.add(b'/');
 
 /// Runs `ourkv kv`.
 pub(crate) fn run(args: KvArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    runtime()?.block_on(run_async(args))
+}
+
+/// One thread is plenty for one client's calls.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("start the runtime")?;
-    rt.block_on(run_async(args))
+        .context("start the runtime")
 }
 
 /// How a call ended when it did not succeed: the exit code and what to say.
@@ -573,11 +577,7 @@ pub(crate) fn cluster_status(
     output: Option<Output>,
 ) -> Result<ExitCode> {
     let api = Api::new(endpoint, token)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the runtime")?;
-    let answer = match rt.block_on(api.call(Method::GET, "/v1/cluster", &[], Vec::new())) {
+    let answer = match runtime()?.block_on(api.call(Method::GET, "/v1/cluster", &[], Vec::new())) {
         Ok(a) => a,
         Err(f) => return Ok(f.exit()),
     };

@@ -31,6 +31,29 @@ pub(crate) fn start(args: &[&str]) -> Proc {
     Proc(child)
 }
 
+/// Runs a prepared `ourkv` command to its end, feeding it `stdin` if given;
+/// its output.
+pub(crate) fn output_of(cmd: &mut Command, stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        // A command that refuses its arguments exits without reading stdin.
+        if let Err(e) = child.stdin.take().unwrap().write_all(input) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A loopback port free for TCP (HTTP) and UDP (QUIC) alike.
 pub(crate) fn free_port() -> u16 {
     loop {
