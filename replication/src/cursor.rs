@@ -51,6 +51,21 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// In metadata (the Raft log, its snapshots) a cursor is its text form, so
+/// the files stay readable.
+impl serde::Serialize for Cursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Cursor, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Cursor::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("bad cursor {s:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +86,14 @@ mod tests {
         ] {
             assert_eq!(Cursor::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn serde_is_the_text_form() {
+        let c = Cursor::new(3, Location::new(1, 4096));
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"3:1:4096\"");
+        assert_eq!(serde_json::from_str::<Cursor>("\"3:1:4096\"").unwrap(), c);
+        assert!(serde_json::from_str::<Cursor>("\"3:1\"").is_err());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! `node.rs` only move bytes and timers and apply what these decide, so the
 //! rules are tested without sockets, runtimes or directories.
 
+pub mod election;
 pub mod follower;
 pub mod followers;
+pub mod meta;
 pub mod read_index;
 pub mod shipping;
 
@@ -23,6 +25,8 @@ mod tests {
             ("read_index.rs", include_str!("read_index.rs")),
             ("follower.rs", include_str!("follower.rs")),
             ("shipping.rs", include_str!("shipping.rs")),
+            ("meta.rs", include_str!("meta.rs")),
+            ("election.rs", include_str!("election.rs")),
         ] {
             // Split so that this test's own text does not match.
             for banned in [
