@@ -242,6 +242,17 @@ pub enum Frame {
         /// Each subscribed worker.
         workers: Vec<WorkerStatus>,
     },
+    /// Node -> node: a message of the metadata Raft group (openraft's
+    /// request, JSON; see `cluster::net`).
+    Raft {
+        /// The request.
+        body: Vec<u8>,
+    },
+    /// Node -> node: the answer to a `Raft` frame (JSON).
+    RaftIs {
+        /// The answer.
+        body: Vec<u8>,
+    },
 }
 
 /// A key's version: the epoch and the location of its current record
@@ -729,6 +740,14 @@ impl Frame {
                     w.u8(ws.in_sync as u8);
                 }
             }
+            Frame::Raft { body } => {
+                w.u8(32);
+                w.bytes(body);
+            }
+            Frame::RaftIs { body } => {
+                w.u8(33);
+                w.bytes(body);
+            }
             Frame::Pipeline => w.u8(30),
             Frame::Tagged { id, frame } => {
                 w.u8(31);
@@ -793,6 +812,12 @@ impl Frame {
             }
             11 => Frame::Digest,
             12 => Frame::DigestIs { text: r.string()? },
+            32 => Frame::Raft {
+                body: r.bytes()?.to_vec(),
+            },
+            33 => Frame::RaftIs {
+                body: r.bytes()?.to_vec(),
+            },
             13 => Frame::Failed {
                 code: Code::from(r.string()?.as_str()),
                 message: r.string()?,
@@ -1156,6 +1181,10 @@ mod tests {
             },
             Frame::Digest,
             Frame::DigestIs { text: "x".into() },
+            Frame::Raft {
+                body: b"{}".to_vec(),
+            },
+            Frame::RaftIs { body: vec![] },
             Frame::Failed {
                 code: Code::Gone,
                 message: "m".into(),

@@ -116,7 +116,7 @@ pub fn digest(store: &KeyedStore) -> Result<String> {
 }
 
 /// Accepts connections and hands each stream to `handle`.
-async fn accept_loop<H, F>(endpoint: quinn::Endpoint, handle: H)
+pub(crate) async fn accept_loop<H, F>(endpoint: quinn::Endpoint, handle: H)
 where
     H: Fn(quinn::SendStream, quinn::RecvStream, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Result<()>> + Send + 'static,
@@ -446,6 +446,7 @@ impl Master {
             Ok(Call::Read(r)) => r.answer(&*self).await,
             Ok(Call::Status(s)) => s.answer(&*self).await,
             Ok(other @ Call::Changes(_)) => refuse_on_master(other.into()),
+            Ok(Call::Raft(_)) => no_metadata_group(),
             Err(other) => refuse_on_master(other),
         }
     }
@@ -992,6 +993,7 @@ impl Worker {
             Ok(Call::Status(s)) => s.answer(&*self).await,
             Ok(Call::Changes(c)) => answer_frame(msg::watch::Handler::changes(&*self, c).await),
             Ok(other @ Call::Write(_)) => refuse_on_worker(other.into()),
+            Ok(Call::Raft(_)) => no_metadata_group(),
             Err(other) => refuse_on_worker(other),
         }
     }
@@ -1012,6 +1014,11 @@ fn refuse_on_master(other: Frame) -> Frame {
         format!("a master does not take {other:?}"),
     )
     .into()
+}
+
+/// The answer to a Raft message on a node that runs no metadata group.
+fn no_metadata_group() -> Frame {
+    failed(Code::BadRequest, "no metadata group runs on this node").into()
 }
 
 /// A worker's answer to a frame that is none of its requests (a write, for one).

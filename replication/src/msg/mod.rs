@@ -17,10 +17,12 @@
 //! | [`watch`] | `Changes` → `ChangesAre`; `Watch` → `CursorIs`, then `Change`* |
 //! | [`snapshot`] | `Snapshot` → `Chunk`*, `Done` |
 //! | [`shipping`] | `Subscribe` → `Segment`*, answered by `Ack`s |
+//! | [`raft`] | `Raft` → `RaftIs` (the metadata group) |
 
 use crate::error::{Code, Error, Result};
 use crate::frame::Frame;
 
+pub mod raft;
 pub mod reads;
 pub mod shipping;
 pub mod snapshot;
@@ -260,6 +262,8 @@ pub enum Call {
     Status(status::Admin),
     /// A bounded slice of a watch.
     Changes(watch::Changes),
+    /// A message of the metadata Raft group.
+    Raft(raft::Raft),
 }
 
 impl Call {
@@ -278,7 +282,11 @@ impl Call {
             Ok(s) => return Ok(Call::Status(s)),
             Err(f) => f,
         };
-        watch::Changes::from_frame(frame).map(Call::Changes)
+        let frame = match watch::Changes::from_frame(frame) {
+            Ok(c) => return Ok(Call::Changes(c)),
+            Err(f) => f,
+        };
+        raft::Raft::from_frame(frame).map(Call::Raft)
     }
 }
 
@@ -289,6 +297,7 @@ impl From<Call> for Frame {
             Call::Read(r) => r.into(),
             Call::Status(s) => s.into(),
             Call::Changes(c) => c.into(),
+            Call::Raft(r) => r.into(),
         }
     }
 }

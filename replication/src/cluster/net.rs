@@ -1,0 +1,293 @@
+//! The metadata group's messages over the nodes' QUIC endpoints.
+//!
+//! Raft is one more sub-protocol: a `Raft` frame carries openraft's request
+//! as JSON and a `RaftIs` frame the answer, on the pipelined stream the
+//! [`Client`] keeps per peer (heartbeats of ~100 bytes share packets with
+//! other calls). The metadata group is small, so JSON costs nothing that
+//! matters and keeps openraft's types out of the wire codec.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use serde::{Deserialize, Serialize};
+
+use super::types::{Member, MetaRaft, Snapshot, SnapshotMeta, Vote};
+use super::MetaMachine;
+use crate::client::Client;
+use crate::msg::raft::{Raft, RaftIs};
+use crate::msg::{Answer, Failed};
+
+/// A node's handle on its metadata group.
+pub type MetaRaftHandle = openraft::Raft<MetaRaft, MetaMachine>;
+
+/// What a node asks another.
+#[derive(Serialize, Deserialize)]
+enum Request {
+    Append(AppendEntriesRequest<MetaRaft>),
+    Vote(VoteRequest<MetaRaft>),
+    PreVote(VoteRequest<MetaRaft>),
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+    TransferLeader(TransferLeaderRequest<MetaRaft>),
+}
+
+/// What it answers: openraft's response, or why its Raft could not answer
+/// (shut down, or a fatal storage error).
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    Append(AppendEntriesResponse<MetaRaft>),
+    Vote(VoteResponse<MetaRaft>),
+    Snapshot(SnapshotResponse<MetaRaft>),
+    TransferLeader(TransferLeaderResponse<MetaRaft>),
+    Refused(String),
+}
+
+/// Answers a `Raft` frame with this node's metadata group.
+pub async fn answer(raft: &MetaRaftHandle, req: Raft) -> Answer<Raft> {
+    let bad = |e: serde_json::Error| Failed::new(crate::Code::BadRequest, e);
+    let reply = match serde_json::from_slice(&req.body).map_err(bad)? {
+        Request::Append(r) => raft
+            .append_entries(r)
+            .await
+            .map(Reply::Append)
+            .map_err(|e| e.to_string()),
+        Request::Vote(r) => raft
+            .vote(r)
+            .await
+            .map(Reply::Vote)
+            .map_err(|e| e.to_string()),
+        Request::PreVote(r) => raft
+            .pre_vote(r)
+            .await
+            .map(Reply::Vote)
+            .map_err(|e| e.to_string()),
+        Request::Snapshot { vote, meta, data } => raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: io::Cursor::new(data),
+                },
+            )
+            .await
+            .map(Reply::Snapshot)
+            .map_err(|e| e.to_string()),
+        Request::TransferLeader(r) => raft
+            .handle_transfer_leader(r)
+            .await
+            .map(Reply::TransferLeader)
+            .map_err(|e| e.to_string()),
+    };
+    let reply = reply.unwrap_or_else(Reply::Refused);
+    let body = serde_json::to_vec(&reply)
+        .map_err(|e| Failed::new(crate::Code::Other("raft_failed".into()), e))?;
+    Ok(RaftIs { body })
+}
+
+/// Answers the metadata group's messages, and refuses anything else.
+struct RaftOnly {
+    raft: MetaRaftHandle,
+}
+
+impl crate::pipeline::Answer for RaftOnly {
+    async fn answer(self: Arc<Self>, req: crate::frame::Frame) -> crate::frame::Frame {
+        match Raft::from_frame(req) {
+            Ok(r) => crate::msg::answer_frame(answer(&self.raft, r).await),
+            Err(other) => Failed::new(
+                crate::Code::BadRequest,
+                format!("this endpoint serves the metadata group only, not {other:?}"),
+            )
+            .into(),
+        }
+    }
+}
+
+/// Serves the metadata group alone on `endpoint` until it closes: for a
+/// member that holds no data (and for tests of the group by itself).
+pub async fn serve(endpoint: quinn::Endpoint, raft: MetaRaftHandle) {
+    let node = Arc::new(RaftOnly { raft });
+    crate::node::accept_loop(endpoint, move |send, recv, _peer| {
+        let node = node.clone();
+        async move {
+            let mut frames = crate::frame::FrameReader::new(recv);
+            match frames.next().await? {
+                None => Ok(()),
+                Some(crate::frame::Frame::Pipeline) => {
+                    crate::pipeline::serve(node, send, frames).await
+                }
+                Some(one) => crate::pipeline::serve_one(node, send, one).await,
+            }
+        }
+    })
+    .await
+}
+
+/// The group's timing for a LAN or loopback: heartbeats every 50 ms, a
+/// follower campaigns 150-300 ms after losing them; Pre-Vote keeps a node
+/// that was cut off from deposing a healthy leader when it returns.
+pub fn lan_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "ourkv-meta".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        enable_pre_vote: Some(true),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    }
+}
+
+/// Makes a [`PeerNet`] per peer, all on one [`Client`].
+#[derive(Clone)]
+pub struct QuicNet {
+    client: Arc<Client>,
+}
+
+impl QuicNet {
+    /// Raft messages go out on `client`'s connections.
+    pub fn new(client: Arc<Client>) -> QuicNet {
+        QuicNet { client }
+    }
+}
+
+impl RaftNetworkFactory<MetaRaft> for QuicNet {
+    type Network = PeerNet;
+
+    async fn new_client(&mut self, _target: u64, node: &Member) -> PeerNet {
+        PeerNet {
+            client: self.client.clone(),
+            addr: node
+                .addr
+                .parse()
+                .map_err(|e| format!("member address {:?}: {e}", node.addr)),
+        }
+    }
+}
+
+/// The way to one peer.
+pub struct PeerNet {
+    client: Arc<Client>,
+    /// The peer's address, or why its member entry has none usable.
+    addr: Result<SocketAddr, String>,
+}
+
+impl PeerNet {
+    async fn send(&self, req: &Request, option: &RPCOption) -> Result<Reply, RPCError<MetaRaft>> {
+        let addr = self
+            .addr
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let call = self.client.call(addr, Raft { body });
+        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    "{addr}: no answer within {:?}",
+                    option.hard_ttl()
+                ))))
+            }
+            // No connection: the peer is down or cut off, and openraft backs off.
+            Ok(Err(e @ crate::Error::Quic(_))) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Ok(Err(e)) => return Err(RPCError::Network(NetworkError::new(&e))),
+            Ok(Ok(r)) => r,
+        };
+        match serde_json::from_slice(&reply.body) {
+            Ok(Reply::Refused(why)) => Err(RPCError::Unreachable(Unreachable::from_string(why))),
+            Ok(r) => Ok(r),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+fn mismatch() -> RPCError<MetaRaft> {
+    RPCError::Network(NetworkError::from_string(
+        "a Raft answer of the wrong kind".to_string(),
+    ))
+}
+
+impl RaftNetworkV2<MetaRaft> for PeerNet {
+    type SnapshotData = io::Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<MetaRaft>, RPCError<MetaRaft>> {
+        match self.send(&Request::Append(rpc), &option).await? {
+            Reply::Append(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<MetaRaft>, RPCError<MetaRaft>> {
+        match self.send(&Request::Vote(rpc), &option).await? {
+            Reply::Vote(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
+    }
+
+    // openraft's default grants every pre-vote, which would let a node cut
+    // off from the leader depose it on its return: ask the peer.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<MetaRaft>, RPCError<MetaRaft>> {
+        match self.send(&Request::PreVote(rpc), &option).await? {
+            Reply::Vote(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<MetaRaft>, StreamingError<MetaRaft>> {
+        let req = Request::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.send(&req, &option) => match r? {
+                Reply::Snapshot(r) => Ok(r),
+                _ => Err(mismatch().into()),
+            },
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<MetaRaft>, RPCError<MetaRaft>> {
+        match self.send(&Request::TransferLeader(req), &option).await? {
+            Reply::TransferLeader(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
+    }
+}
