@@ -207,10 +207,12 @@ impl Master {
         })
     }
 
-    /// Publishes what every in-sync worker has applied (waking `ack=all`
-    /// writes), and logs the set's changes.
-    fn publish_in_sync(&self, workers: &Followers, changes: &[Transition]) {
+    /// Logs the in-sync set's changes and takes them as committed (this
+    /// master runs no metadata group yet), then publishes what every
+    /// waited-for worker has applied (waking `ack=all` writes).
+    fn publish_in_sync(&self, workers: &mut Followers, changes: &[Transition]) {
         for t in changes {
+            workers.on_committed(t.worker(), t.joins());
             match t {
                 Transition::Joined { worker, acked } => {
                     tracing::info!(%worker, cursor = %acked, "worker caught up: in sync")
@@ -221,9 +223,12 @@ impl Master {
                 Transition::TimedOut { worker, acked } => {
                     tracing::warn!(%worker, cursor = %acked, "no acknowledgement in time: out of sync")
                 }
+                Transition::Departed { worker } => {
+                    tracing::info!(%worker, "worker left: out of sync")
+                }
             }
         }
-        let low = workers.in_sync_applied();
+        let low = workers.wait_set_applied();
         self.in_sync_applied.send_if_modified(|v| {
             let changed = *v != low;
             *v = low;
@@ -273,7 +278,7 @@ impl Master {
             .map(|(a, w)| WorkerStatus {
                 addr: a.to_string(),
                 acked: Cursor::new(epoch, w.acked),
-                in_sync: w.in_sync,
+                in_sync: w.in_sync(),
             })
             .collect()
     }
@@ -282,7 +287,7 @@ impl Master {
         let commit = *self.commit.borrow();
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         let change = workers.on_ack(peer, cursor, commit);
-        self.publish_in_sync(&workers, change.as_slice());
+        self.publish_in_sync(&mut workers, change.as_slice());
     }
 
     /// Waits until every in-sync worker applied `target`; a worker that does
@@ -299,7 +304,7 @@ impl Master {
         }
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         let dropped = workers.on_ack_timeout(target);
-        self.publish_in_sync(&workers, &dropped);
+        self.publish_in_sync(&mut workers, &dropped);
     }
 
     /// The store's view of a wire expectation; `None` when it cannot hold
@@ -589,8 +594,8 @@ impl Master {
         acks.abort();
         {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            workers.remove(peer);
-            self.publish_in_sync(&workers, &[]);
+            let gone = workers.remove(peer);
+            self.publish_in_sync(&mut workers, gone.as_slice());
         }
         tracing::info!(%peer, "worker left");
         result

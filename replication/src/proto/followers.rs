@@ -1,10 +1,18 @@
-//! The master's view of its workers: what each has acknowledged, and which
-//! are in the in-sync set that `ack=all` writes wait for. Pure decisions
-//! (in the manner of etcd raft's `tracker/progress.go`): the caller feeds it
-//! acknowledgements, timeouts and departures with the commit cursor of the
-//! moment, and applies what comes back (log lines, wake-ups).
+//! The master's view of its workers: what each has acknowledged, the wait
+//! set W that `ack=all` writes wait for, the in-sync set S, and the
+//! high-water mark. Pure decisions (in the manner of etcd raft's
+//! `tracker/progress.go`): the caller feeds it acknowledgements, timeouts and
+//! departures with the commit cursor of the moment, proposes the in-sync
+//! changes that come back to the metadata group, and reports each commit.
+//!
+//! The rule that makes failover safe (docs/FAILOVER-DESIGN.md §2.3-2.4): a
+//! worker counts in W from the moment it joins (always safe: waiting for one
+//! more never loses a write), but leaves W only once its removal from S is
+//! committed. So every member of S holds everything below the high-water
+//! mark, the most any read answered or any `ack=all` write acknowledged.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::net::SocketAddr;
 
 use ourdb::Location;
@@ -15,53 +23,106 @@ use ourdb::Location;
 /// may never hold.
 pub const JOIN_LAG_BYTES: u64 = 256 << 10;
 
-/// What every in-sync worker has applied when none is in sync: `ack=all`
-/// then waits for nobody.
+/// What every waited-for worker has applied when none is waited for:
+/// `ack=all` then waits for nobody.
 pub const ALL: Location = Location::new(u16::MAX, u32::MAX);
+
+/// Where a worker stands towards the in-sync set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not waited for, not in S.
+    Out,
+    /// Waited for; its join to S is proposed, not yet committed.
+    Joining,
+    /// In S (committed) and waited for.
+    In,
+    /// Still in S and waited for; its removal is proposed, not yet committed.
+    Leaving,
+}
 
 /// One worker's progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
     /// The end the worker last acknowledged.
     pub acked: Location,
-    /// Whether `ack=all` writes wait for it.
-    pub in_sync: bool,
+    /// Its place towards the in-sync set.
+    pub state: State,
+    /// Whether its shipping stream is up.
+    pub connected: bool,
 }
 
-/// A change of the in-sync set, for the caller to log.
+impl Progress {
+    /// In the committed in-sync set S (may become master).
+    pub fn in_sync(&self) -> bool {
+        matches!(self.state, State::In | State::Leaving)
+    }
+
+    /// In the wait set W (`ack=all` writes and the high-water mark wait for it).
+    pub fn waited_for(&self) -> bool {
+        self.state != State::Out
+    }
+}
+
+/// A change to propose to the metadata group (and to log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    /// Caught up to within `JOIN_LAG_BYTES`: now counted by `ack=all`.
+pub enum Transition<K = SocketAddr> {
+    /// Caught up to within `JOIN_LAG_BYTES`, at or past the high-water mark:
+    /// waited for now, in S once committed.
     Joined {
         /// The worker.
-        worker: SocketAddr,
+        worker: K,
         /// Its acknowledged end.
         acked: Location,
     },
     /// Fell more than the maximum lag behind.
     Lagged {
         /// The worker.
-        worker: SocketAddr,
+        worker: K,
         /// Its acknowledged end.
         acked: Location,
     },
     /// Did not acknowledge an `ack=all` write in time.
     TimedOut {
         /// The worker.
-        worker: SocketAddr,
+        worker: K,
         /// Its acknowledged end.
         acked: Location,
     },
+    /// Its stream ended while it was waited for.
+    Departed {
+        /// The worker.
+        worker: K,
+    },
 }
 
-/// The workers of one master (one log: locations of one epoch).
+impl<K: Copy> Transition<K> {
+    /// The worker it is about.
+    pub fn worker(&self) -> K {
+        match *self {
+            Transition::Joined { worker, .. }
+            | Transition::Lagged { worker, .. }
+            | Transition::TimedOut { worker, .. }
+            | Transition::Departed { worker } => worker,
+        }
+    }
+
+    /// Whether it proposes a join (else a removal).
+    pub fn joins(&self) -> bool {
+        matches!(self, Transition::Joined { .. })
+    }
+}
+
+/// The workers of one master (one log: locations of one epoch), keyed by
+/// `K` (their address today, their node id in a failover cluster).
 #[derive(Clone, Debug)]
-pub struct Followers {
-    workers: BTreeMap<SocketAddr, Progress>,
+pub struct Followers<K = SocketAddr> {
+    workers: BTreeMap<K, Progress>,
     /// A worker further behind than this leaves the in-sync set.
     max_lag_bytes: u64,
     /// The data file size, to measure lag across files.
     file_size: u64,
+    /// The high-water mark: never moves back.
+    hw: Location,
 }
 
 /// Bytes of log from `from` to `to` (files before `to`'s count as full).
@@ -73,50 +134,58 @@ pub fn lag_bytes(from: Location, to: Location, file_size: u64) -> u64 {
     (files * file_size + to.position as u64).saturating_sub(from.position as u64)
 }
 
-impl Followers {
+impl<K: Ord + Copy + Debug> Followers<K> {
     /// No workers yet; a worker more than `max_lag_bytes` behind leaves the
     /// in-sync set (`file_size` converts locations into byte distances).
-    pub fn new(max_lag_bytes: u64, file_size: u64) -> Followers {
+    pub fn new(max_lag_bytes: u64, file_size: u64) -> Followers<K> {
         Followers {
             workers: BTreeMap::new(),
             max_lag_bytes,
             file_size,
+            hw: Location::NONE,
         }
     }
 
     /// `worker` has applied everything before `acked`; `commit` is the
-    /// master's commit cursor now. A new worker starts out of sync.
+    /// master's commit cursor now. A new worker starts out.
     pub fn on_ack(
         &mut self,
-        worker: SocketAddr,
+        worker: K,
         acked: Location,
         commit: Location,
-    ) -> Option<Transition> {
+    ) -> Option<Transition<K>> {
+        let hw = self.hw;
         let w = self.workers.entry(worker).or_insert(Progress {
             acked,
-            in_sync: false,
+            state: State::Out,
+            connected: true,
         });
         w.acked = acked;
+        w.connected = true;
         let lag = lag_bytes(acked, commit, self.file_size);
-        if !w.in_sync && lag <= JOIN_LAG_BYTES {
-            w.in_sync = true;
-            Some(Transition::Joined { worker, acked })
-        } else if w.in_sync && lag > self.max_lag_bytes {
-            w.in_sync = false;
-            Some(Transition::Lagged { worker, acked })
-        } else {
-            None
+        match w.state {
+            // At or past the high-water mark, so that joining W cannot move
+            // it back.
+            State::Out if lag <= JOIN_LAG_BYTES && acked >= hw => {
+                w.state = State::Joining;
+                Some(Transition::Joined { worker, acked })
+            }
+            State::Joining | State::In if lag > self.max_lag_bytes => {
+                w.state = State::Leaving;
+                Some(Transition::Lagged { worker, acked })
+            }
+            _ => None,
         }
     }
 
-    /// An `ack=all` wait for `target` timed out: every in-sync worker that
-    /// has not reached it leaves the set (so later writes do not wait for
-    /// it); the others stay.
-    pub fn on_ack_timeout(&mut self, target: Location) -> Vec<Transition> {
+    /// An `ack=all` wait for `target` timed out: every waited-for worker
+    /// that has not reached it is proposed for removal (the write is
+    /// acknowledged once that commits); the others stay.
+    pub fn on_ack_timeout(&mut self, target: Location) -> Vec<Transition<K>> {
         let mut out = Vec::new();
         for (&worker, w) in self.workers.iter_mut() {
-            if w.in_sync && w.acked < target {
-                w.in_sync = false;
+            if matches!(w.state, State::Joining | State::In) && w.acked < target {
+                w.state = State::Leaving;
                 out.push(Transition::TimedOut {
                     worker,
                     acked: w.acked,
@@ -126,24 +195,64 @@ impl Followers {
         out
     }
 
-    /// `worker`'s stream ended: it is no longer counted at all.
-    pub fn remove(&mut self, worker: SocketAddr) {
-        self.workers.remove(&worker);
+    /// `worker`'s stream ended. Out of W it is forgotten; in W it stays
+    /// there until its removal, proposed here, commits.
+    pub fn remove(&mut self, worker: K) -> Option<Transition<K>> {
+        let w = self.workers.get_mut(&worker)?;
+        w.connected = false;
+        match w.state {
+            State::Out => {
+                self.workers.remove(&worker);
+                None
+            }
+            State::Leaving => None,
+            State::Joining | State::In => {
+                w.state = State::Leaving;
+                Some(Transition::Departed { worker })
+            }
+        }
     }
 
-    /// The lowest location every in-sync worker has applied (`ALL` when none
-    /// is in sync): an `ack=all` write is done once this passes its end.
-    pub fn in_sync_applied(&self) -> Location {
+    /// The metadata group committed `worker`'s join (`joined`) or removal.
+    /// Changes commit in the order they were proposed, so a stale one (a join
+    /// followed by a removal still in flight) changes nothing.
+    pub fn on_committed(&mut self, worker: K, joined: bool) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        match (w.state, joined) {
+            (State::Joining, true) => w.state = State::In,
+            (State::Leaving, false) => {
+                w.state = State::Out;
+                if !w.connected {
+                    self.workers.remove(&worker);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The lowest location every waited-for worker has applied (`ALL` when
+    /// none is waited for): an `ack=all` write is done once this passes its
+    /// end (its end is below the commit cursor by then).
+    pub fn wait_set_applied(&self) -> Location {
         self.workers
             .values()
-            .filter(|w| w.in_sync)
+            .filter(|w| w.waited_for())
             .map(|w| w.acked)
             .min()
             .unwrap_or(ALL)
     }
 
-    /// Every worker and its progress, by address.
-    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, Progress)> + '_ {
+    /// Advances and returns the high-water mark: the most that every member
+    /// of S is sure to hold, so the most a read may answer from.
+    pub fn high_water(&mut self, commit: Location) -> Location {
+        self.hw = self.hw.max(commit.min(self.wait_set_applied()));
+        self.hw
+    }
+
+    /// Every worker and its progress.
+    pub fn iter(&self) -> impl Iterator<Item = (K, Progress)> + '_ {
         self.workers.iter().map(|(a, p)| (*a, *p))
     }
 }
@@ -166,6 +275,13 @@ mod tests {
         Followers::new(4 << 20, FILE)
     }
 
+    /// Commits every transition at once (a master without a metadata group).
+    fn commit_all(f: &mut Followers, ts: impl IntoIterator<Item = Transition>) {
+        for t in ts {
+            f.on_committed(t.worker(), t.joins());
+        }
+    }
+
     #[test]
     fn lag_counts_whole_files_between() {
         assert_eq!(lag_bytes(at(0, 100), at(0, 50), FILE), 0);
@@ -179,40 +295,64 @@ mod tests {
         let commit = at(0, 1_000_000);
         let far = at(0, 1_000_000 - JOIN_LAG_BYTES as u32 - 1);
         assert_eq!(f.on_ack(addr(1), far, commit), None);
-        assert_eq!(
-            f.in_sync_applied(),
-            ALL,
-            "nobody in sync: nobody waited for"
-        );
+        assert_eq!(f.wait_set_applied(), ALL, "nobody waited for");
+        assert_eq!(f.high_water(commit), commit);
+        // Out of W, it does not hold the mark back; once the mark has passed
+        // it, it may not join even when close to the commit cursor.
         let near = at(0, 1_000_000 - JOIN_LAG_BYTES as u32);
+        assert_eq!(f.on_ack(addr(1), near, commit), None);
         assert_eq!(
-            f.on_ack(addr(1), near, commit),
+            f.on_ack(addr(1), commit, commit),
             Some(Transition::Joined {
                 worker: addr(1),
-                acked: near
+                acked: commit
             })
         );
-        assert_eq!(f.in_sync_applied(), near);
+        // Waited for at once, in S only once committed.
+        let p = f.iter().next().unwrap().1;
+        assert!(p.waited_for() && !p.in_sync());
+        f.on_committed(addr(1), true);
+        assert!(f.iter().next().unwrap().1.in_sync());
         // Joining again is no transition.
         assert_eq!(f.on_ack(addr(1), commit, commit), None);
     }
 
     #[test]
+    fn a_worker_joins_close_to_the_cursor_when_the_mark_allows() {
+        let mut f = followers();
+        let commit = at(0, 1_000_000);
+        let near = at(0, 1_000_000 - JOIN_LAG_BYTES as u32);
+        // The mark has not moved yet (nothing computed it): the worker joins.
+        assert!(matches!(
+            f.on_ack(addr(1), near, commit),
+            Some(Transition::Joined { .. })
+        ));
+        assert_eq!(f.wait_set_applied(), near);
+        assert_eq!(f.high_water(commit), near);
+    }
+
+    #[test]
     fn a_worker_leaves_past_the_maximum_lag_and_can_rejoin() {
         let mut f = followers();
-        f.on_ack(addr(1), at(0, 10), at(0, 10));
+        let t = f.on_ack(addr(1), at(0, 10), at(0, 10));
+        commit_all(&mut f, t);
         // Behind by the maximum: still in sync.
         let commit = at(4, 10);
         assert_eq!(f.on_ack(addr(1), at(0, 10), commit), None);
         let commit = at(4, 11);
+        let t = f.on_ack(addr(1), at(0, 10), commit);
         assert_eq!(
-            f.on_ack(addr(1), at(0, 10), commit),
+            t,
             Some(Transition::Lagged {
                 worker: addr(1),
                 acked: at(0, 10)
             })
         );
-        assert_eq!(f.in_sync_applied(), ALL);
+        // Until the removal commits it is still waited for and in S.
+        assert_eq!(f.wait_set_applied(), at(0, 10));
+        assert!(f.iter().next().unwrap().1.in_sync());
+        commit_all(&mut f, t);
+        assert_eq!(f.wait_set_applied(), ALL);
         assert!(matches!(
             f.on_ack(addr(1), at(4, 11), commit),
             Some(Transition::Joined { .. })
@@ -223,10 +363,11 @@ mod tests {
     fn a_timeout_drops_exactly_the_workers_behind_the_target() {
         let mut f = followers();
         let commit = at(0, 1000);
-        f.on_ack(addr(1), at(0, 1000), commit);
-        f.on_ack(addr(2), at(0, 900), commit);
-        f.on_ack(addr(3), at(0, 950), commit);
-        assert_eq!(f.in_sync_applied(), at(0, 900));
+        for (w, a) in [(1, 1000), (2, 900), (3, 950)] {
+            let t = f.on_ack(addr(w), at(0, a), commit);
+            commit_all(&mut f, t);
+        }
+        assert_eq!(f.wait_set_applied(), at(0, 900));
         let dropped = f.on_ack_timeout(at(0, 950));
         assert_eq!(
             dropped,
@@ -235,30 +376,64 @@ mod tests {
                 acked: at(0, 900)
             }]
         );
+        // Held back until the removal commits.
+        assert_eq!(f.wait_set_applied(), at(0, 900));
+        commit_all(&mut f, dropped);
         // The one at the target stays, and so does the one past it.
-        assert_eq!(f.in_sync_applied(), at(0, 950));
+        assert_eq!(f.wait_set_applied(), at(0, 950));
         assert!(f.on_ack_timeout(at(0, 950)).is_empty());
     }
 
     #[test]
-    fn a_departed_worker_is_not_waited_for() {
+    fn a_departed_worker_is_waited_for_until_its_removal_commits() {
         let mut f = followers();
         let commit = at(0, 500);
-        f.on_ack(addr(1), at(0, 500), commit);
-        f.on_ack(addr(2), at(0, 400), commit);
-        assert_eq!(f.in_sync_applied(), at(0, 400));
-        f.remove(addr(2));
-        assert_eq!(f.in_sync_applied(), at(0, 500));
-        assert_eq!(f.iter().count(), 1);
-        f.remove(addr(1));
-        assert_eq!(f.in_sync_applied(), ALL);
+        for (w, a) in [(1, 500), (2, 400)] {
+            let t = f.on_ack(addr(w), at(0, a), commit);
+            commit_all(&mut f, t);
+        }
+        assert_eq!(f.wait_set_applied(), at(0, 400));
+        let t = f.remove(addr(2));
+        assert_eq!(t, Some(Transition::Departed { worker: addr(2) }));
+        assert_eq!(f.wait_set_applied(), at(0, 400));
+        commit_all(&mut f, t);
+        assert_eq!(f.wait_set_applied(), at(0, 500));
+        assert_eq!(
+            f.iter().count(),
+            1,
+            "a departed worker is forgotten once out"
+        );
+        let t = f.remove(addr(1));
+        commit_all(&mut f, t);
+        assert_eq!(f.wait_set_applied(), ALL);
+        assert_eq!(f.iter().count(), 0);
+        // A worker out of W is forgotten at once.
+        f.on_ack(addr(3), at(0, 1), at(9, 0));
+        assert_eq!(f.remove(addr(3)), None);
+        assert_eq!(f.iter().count(), 0);
     }
 
-    /// Model check over random event sequences: the in-sync set is always
-    /// exactly the workers whose last transition was a join, and the
-    /// `ack=all` low-water mark is the minimum of their acknowledgements.
     #[test]
-    fn random_sequences_keep_the_set_and_the_low_water_mark_consistent() {
+    fn a_stale_commit_changes_nothing() {
+        let mut f = followers();
+        let c = at(0, 100);
+        let join = f.on_ack(addr(1), c, c).unwrap();
+        let leave = f.remove(addr(1)).unwrap();
+        // The join commits after the removal was proposed: still leaving.
+        f.on_committed(addr(1), join.joins());
+        assert_eq!(f.iter().next().unwrap().1.state, State::Leaving);
+        f.on_committed(addr(1), leave.joins());
+        assert_eq!(f.iter().count(), 0);
+    }
+
+    /// Model check over random event sequences, with proposals committed
+    /// late and in order: S is always inside W, the high-water mark never
+    /// moves back and never passes what a member of W holds, a join happens
+    /// only at or past the mark, a worker leaves W only when its removal
+    /// commits, and `ack=all` for a target is done exactly when every
+    /// waited-for worker has applied it.
+    #[test]
+    fn random_sequences_keep_the_sets_and_the_high_water_mark_consistent() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -268,64 +443,88 @@ mod tests {
         };
         for _ in 0..200 {
             let mut f = Followers::new(3 * FILE / 2, FILE);
-            let mut model: BTreeMap<SocketAddr, (Location, bool)> = BTreeMap::new();
+            let mut pending: std::collections::VecDeque<Transition> = Default::default();
             let mut commit = at(0, 1);
-            for _ in 0..200 {
+            let mut hw = Location::NONE;
+            // A worker's end never moves back within one log.
+            let mut ends: BTreeMap<SocketAddr, Location> = BTreeMap::new();
+            for _ in 0..300 {
                 let w = addr((next() % 4) as u16);
-                match next() % 10 {
+                let before: BTreeMap<_, _> = f.iter().collect();
+                let mut proposed = Vec::new();
+                match next() % 12 {
                     0..=5 => {
                         // The commit cursor only grows; acks are at or behind it.
-                        let step = (next() % (FILE / 2)) as u32;
-                        let pos = commit.position as u64 + step as u64;
+                        let step = next() % (FILE / 2);
+                        let pos = commit.position as u64 + step;
                         commit = at(commit.file_nr + (pos / FILE) as u16, (pos % FILE) as u32);
                         let back = next() % (2 * FILE);
                         let total = commit.file_nr as u64 * FILE + commit.position as u64;
                         let a = total.saturating_sub(back);
                         let acked = at((a / FILE) as u16, (a % FILE) as u32);
-                        let before = model.get(&w).map(|m| m.1).unwrap_or(false);
+                        let acked = *ends
+                            .entry(w)
+                            .and_modify(|e| *e = (*e).max(acked))
+                            .or_insert(acked);
                         let t = f.on_ack(w, acked, commit);
-                        let lag = lag_bytes(acked, commit, FILE);
-                        let now = if before {
-                            lag <= 3 * FILE / 2
-                        } else {
-                            lag <= JOIN_LAG_BYTES
-                        };
-                        assert_eq!(t.is_some(), before != now, "{t:?}");
-                        model.insert(w, (acked, now));
+                        if let Some(Transition::Joined { acked, .. }) = t {
+                            assert!(acked >= hw, "joined below the mark");
+                        }
+                        proposed.extend(t);
                     }
-                    6..=7 => {
+                    6 => {
                         let target = commit;
+                        let low = f.wait_set_applied();
                         let dropped = f.on_ack_timeout(target);
-                        for (a, m) in model.iter_mut() {
-                            let should = m.1 && m.0 < target;
-                            let did = dropped.iter().any(
-                                |t| matches!(t, Transition::TimedOut { worker, .. } if worker == a),
-                            );
-                            assert_eq!(should, did);
-                            if should {
-                                m.1 = false;
+                        assert_eq!(
+                            dropped.is_empty(),
+                            low >= target
+                                || before.values().all(|p| p.state == State::Out
+                                    || p.state == State::Leaving
+                                    || p.acked >= target)
+                        );
+                        proposed.extend(dropped);
+                    }
+                    7 => proposed.extend(f.remove(w)),
+                    _ => {
+                        // Commit the oldest proposal.
+                        if let Some(t) = pending.pop_front() {
+                            let was = f.iter().find(|(a, _)| *a == t.worker()).map(|p| p.1);
+                            f.on_committed(t.worker(), t.joins());
+                            let now = f.iter().find(|(a, _)| *a == t.worker()).map(|p| p.1);
+                            if let (Some(was), false) = (was, t.joins()) {
+                                if was.state == State::Leaving {
+                                    assert!(now.is_none_or(|p| p.state == State::Out));
+                                }
                             }
                         }
                     }
-                    _ => {
-                        f.remove(w);
-                        model.remove(&w);
+                }
+                pending.extend(proposed);
+                // Nobody leaves W except by a committed removal.
+                for (a, p) in &before {
+                    let now = f.iter().find(|(b, _)| b == a).map(|x| x.1);
+                    if p.waited_for() && !now.is_some_and(|n| n.waited_for()) {
+                        assert!(p.state == State::Leaving, "{a} left W from {:?}", p.state);
                     }
                 }
-                let low = model
-                    .values()
-                    .filter(|m| m.1)
-                    .map(|m| m.0)
+                for (_, p) in f.iter() {
+                    assert!(!p.in_sync() || p.waited_for(), "S inside W");
+                }
+                let new_hw = f.high_water(commit);
+                assert!(new_hw >= hw, "the mark moved back");
+                assert!(new_hw <= commit.max(hw));
+                for (_, p) in f.iter().filter(|(_, p)| p.waited_for()) {
+                    assert!(p.acked >= new_hw, "a member of W below the mark");
+                }
+                hw = new_hw;
+                let low = f
+                    .iter()
+                    .filter(|(_, p)| p.waited_for())
+                    .map(|(_, p)| p.acked)
                     .min()
                     .unwrap_or(ALL);
-                assert_eq!(f.in_sync_applied(), low);
-                let set: Vec<_> = f
-                    .iter()
-                    .filter(|(_, p)| p.in_sync)
-                    .map(|(a, _)| a)
-                    .collect();
-                let want: Vec<_> = model.iter().filter(|(_, m)| m.1).map(|(a, _)| *a).collect();
-                assert_eq!(set, want);
+                assert_eq!(f.wait_set_applied(), low);
             }
         }
     }

@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use ourdb::Location;
 use replication::proto::follower::{Recovery, Segment};
 use replication::proto::shipping::{self, ReadAt, Subscription};
-use replication::proto::{Follower, Followers, ReadIndexBatch};
+use replication::proto::{Follower, Followers, ReadIndexBatch, Transition};
 use replication::{Code, Cursor};
 
 use check::{Kind, Op};
@@ -594,7 +594,8 @@ impl Sim {
                     .collect();
                 for w in gone {
                     self.master.streams.remove(&w);
-                    self.master.followers.remove(addr(w));
+                    let t = self.master.followers.remove(addr(w));
+                    committed(&mut self.master.followers, t);
                 }
                 let beats: Vec<(usize, u64)> = self
                     .master
@@ -621,7 +622,8 @@ impl Sim {
                         any | true
                     });
                 if waiting {
-                    self.master.followers.on_ack_timeout(end);
+                    let t = self.master.followers.on_ack_timeout(end);
+                    committed(&mut self.master.followers, t);
                 }
                 self.finish_writes();
             }
@@ -674,7 +676,7 @@ impl Sim {
 
     /// Answers the writes whose acknowledgement condition holds.
     fn finish_writes(&mut self) {
-        let low = self.master.followers.in_sync_applied();
+        let low = self.master.followers.wait_set_applied();
         let cursor = self.master_cursor();
         let mut done = Vec::new();
         self.master.writes.retain(|w| {
@@ -705,7 +707,8 @@ impl Sim {
                 // No position of our log (a crash took it back): the
                 // worker must start over.
                 self.master.streams.remove(&w);
-                self.master.followers.remove(addr(w));
+                let t = self.master.followers.remove(addr(w));
+                committed(&mut self.master.followers, t);
                 self.send(
                     Node::Master,
                     Node::Worker(w),
@@ -803,7 +806,8 @@ impl Sim {
                             },
                         );
                         let commit = self.master.commit;
-                        self.master.followers.on_ack(addr(worker), from, commit);
+                        let t = self.master.followers.on_ack(addr(worker), from, commit);
+                        committed(&mut self.master.followers, t);
                         self.finish_writes();
                         self.ship(worker);
                     }
@@ -827,9 +831,11 @@ impl Sim {
                 }
                 s.heard = self.now;
                 let commit = self.master.commit;
-                self.master
+                let t = self
+                    .master
                     .followers
                     .on_ack(addr(worker), cursor.at, commit);
+                committed(&mut self.master.followers, t);
                 self.finish_writes();
             }
             Msg::SnapshotReq { stream, worker } => {
@@ -1661,5 +1667,13 @@ fn the_simulation_catches_deliberate_mistakes() {
             "{name}: caught by seed {seed}: {}",
             e.lines().next().unwrap_or("")
         );
+    }
+}
+
+/// The master of this simulation runs no metadata group: every in-sync
+/// change takes effect as it is decided.
+fn committed(f: &mut Followers, changes: impl IntoIterator<Item = Transition>) {
+    for t in changes {
+        f.on_committed(t.worker(), t.joins());
     }
 }
