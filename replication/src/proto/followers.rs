@@ -123,6 +123,8 @@ pub struct Followers<K = SocketAddr> {
     file_size: u64,
     /// The high-water mark: never moves back.
     hw: Location,
+    /// Where this master's term began: a worker joins S only past it.
+    start: Location,
 }
 
 /// Bytes of log from `from` to `to` (files before `to`'s count as full).
@@ -143,7 +145,31 @@ impl<K: Ord + Copy + Debug> Followers<K> {
             max_lag_bytes,
             file_size,
             hw: Location::NONE,
+            start: Location::NONE,
         }
+    }
+
+    /// The followers of a master appointed with its log ending at `start`.
+    /// A worker joins S only once it holds that much: writes acknowledged
+    /// in earlier terms lie below `start` (the new master held them), while
+    /// this master's own high-water mark starts from nothing and so does
+    /// not cover them.
+    pub fn starting_at(mut self, start: Location) -> Followers<K> {
+        self.start = start;
+        self
+    }
+
+    /// A new master takes over the committed in-sync set: each member is
+    /// waited for from the start, its progress unknown (nothing acked) until
+    /// it acknowledges, or until its removal commits. Without this a new
+    /// master would acknowledge `ack=all` writes that a member of S, which
+    /// may be the next master, does not hold.
+    pub fn inherit(&mut self, worker: K) {
+        self.workers.entry(worker).or_insert(Progress {
+            acked: Location::NONE,
+            state: State::In,
+            connected: false,
+        });
     }
 
     /// `worker` has applied everything before `acked`; `commit` is the
@@ -154,7 +180,7 @@ impl<K: Ord + Copy + Debug> Followers<K> {
         acked: Location,
         commit: Location,
     ) -> Option<Transition<K>> {
-        let hw = self.hw;
+        let floor = self.hw.max(self.start);
         let w = self.workers.entry(worker).or_insert(Progress {
             acked,
             state: State::Out,
@@ -165,8 +191,8 @@ impl<K: Ord + Copy + Debug> Followers<K> {
         let lag = lag_bytes(acked, commit, self.file_size);
         match w.state {
             // At or past the high-water mark, so that joining W cannot move
-            // it back.
-            State::Out if lag <= JOIN_LAG_BYTES && acked >= hw => {
+            // it back, and past the term's start.
+            State::Out if lag <= JOIN_LAG_BYTES && acked >= floor => {
                 w.state = State::Joining;
                 Some(Transition::Joined { worker, acked })
             }
@@ -411,6 +437,36 @@ mod tests {
         f.on_ack(addr(3), at(0, 1), at(9, 0));
         assert_eq!(f.remove(addr(3)), None);
         assert_eq!(f.iter().count(), 0);
+    }
+
+    #[test]
+    fn a_new_master_waits_for_the_inherited_set_and_joins_start_past_its_start() {
+        let start = at(0, 1000);
+        let mut f = followers().starting_at(start);
+        f.inherit(addr(1));
+        // Nothing acked yet: nothing above the start of the log is covered.
+        assert_eq!(f.wait_set_applied(), Location::NONE);
+        assert_eq!(f.high_water(at(0, 1200)), Location::NONE);
+        assert!(f.iter().next().unwrap().1.in_sync());
+        f.on_ack(addr(1), at(0, 1100), at(0, 1200));
+        assert_eq!(f.high_water(at(0, 1200)), at(0, 1100));
+        // Another worker close to the cursor but short of the term's start
+        // may not join; past it, it may.
+        let mut g = followers().starting_at(start);
+        assert_eq!(g.on_ack(addr(2), at(0, 999), at(0, 1000)), None);
+        assert!(matches!(
+            g.on_ack(addr(2), start, at(0, 1000)),
+            Some(Transition::Joined { .. })
+        ));
+        // An inherited member that never comes back leaves by a committed removal.
+        let t = f.on_ack_timeout(at(0, 1200));
+        assert_eq!(
+            t,
+            vec![Transition::TimedOut {
+                worker: addr(1),
+                acked: at(0, 1100)
+            }]
+        );
     }
 
     #[test]
