@@ -31,9 +31,18 @@ pub enum Frame {
         cursor: Location,
         /// Up to 64 bytes before `cursor`.
         tail: Vec<u8>,
+        /// The worker's node id (0: a worker outside a failover cluster).
+        node: u64,
+        /// The term whose master's log the worker last followed (0: none).
+        last_term: u64,
     },
     /// Master -> worker: whole records starting at `start`; the next start.
     Segment {
+        /// The master's term (0: a master outside a failover cluster).
+        term: u64,
+        /// The high-water mark: what no failover can take back; a worker
+        /// answers reads only from records below it.
+        hw: Location,
         /// Where the records start.
         start: Location,
         /// Where the next segment starts.
@@ -524,18 +533,26 @@ impl Frame {
                 epoch,
                 cursor,
                 tail,
+                node,
+                last_term,
             } => {
                 w.u8(1);
                 w.u64(*epoch);
                 w.loc(*cursor);
                 w.bytes(tail);
+                w.u64(*node);
+                w.u64(*last_term);
             }
             Frame::Segment {
+                term,
+                hw,
                 start,
                 next,
                 records,
             } => {
                 w.u8(2);
+                w.u64(*term);
+                w.loc(*hw);
                 w.loc(*start);
                 w.loc(*next);
                 w.bytes(records);
@@ -765,8 +782,12 @@ impl Frame {
                 epoch: r.u64()?,
                 cursor: r.loc()?,
                 tail: r.bytes()?.to_vec(),
+                node: r.u64()?,
+                last_term: r.u64()?,
             },
             2 => Frame::Segment {
+                term: r.u64()?,
+                hw: r.loc()?,
                 start: r.loc()?,
                 next: r.loc()?,
                 records: r.bytes()?.to_vec(),
@@ -1032,8 +1053,12 @@ mod tests {
                 epoch: 2,
                 cursor: l,
                 tail: vec![9; 3],
+                node: u64::MAX,
+                last_term: 7,
             },
             Frame::Segment {
+                term: 7,
+                hw: Location::new(3, 80),
                 start: l,
                 next: Location::new(3, 90),
                 records: vec![1, 2, 3],

@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Result};
 /// The name every node certificate carries and every client asks for.
 pub const SERVER_NAME: &str = "ourkv.node";
 /// The ALPN protocol of this wire format.
-pub const ALPN: &[u8] = b"ourkv/1";
+pub const ALPN: &[u8] = b"ourkv/2";
 
 /// The cluster CA's certificate in an identity directory.
 pub const CA_CERT: &str = "ca.crt";

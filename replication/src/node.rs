@@ -530,6 +530,8 @@ impl Master {
             epoch,
             mut cursor,
             tail,
+            node,
+            last_term,
         } = sub;
         let ours = self.store.db().meta().epoch;
         let store = self.store.clone();
@@ -543,7 +545,7 @@ impl Master {
                 return Ok(());
             }
         }
-        tracing::info!(%peer, %cursor, "worker subscribed");
+        tracing::info!(%peer, %cursor, node, last_term, "worker subscribed");
         self.on_ack(peer, cursor);
         let me = self.clone();
         let acks = tokio::spawn(async move {
@@ -582,6 +584,11 @@ impl Master {
                 continue;
             }
             let f = shipping::Segment {
+                // Without a metadata group there is one master, and nothing
+                // it made durable can be taken back: the mark is the commit
+                // cursor.
+                term: 0,
+                hw: commit,
                 start: seg.start,
                 next: seg.next,
                 records: seg.bytes,
@@ -609,6 +616,9 @@ pub struct Worker {
     master: SocketAddr,
     /// What this worker has applied, in the epoch of its store.
     applied: watch::Sender<Cursor>,
+    /// The high-water mark its master last sent (in the epoch of its
+    /// store): reads answer only once it covers what they read.
+    hw: watch::Sender<Location>,
     /// Testing aid: a pause before each segment is applied (lagging replica).
     apply_delay_ms: std::sync::atomic::AtomicU64,
 }
@@ -621,6 +631,10 @@ impl Worker {
             store: std::sync::RwLock::new(Arc::new(store)),
             master,
             applied: watch::channel(end).0,
+            // Outside a failover cluster nothing the master made durable is
+            // taken back, and a worker applies only that: what it holds at
+            // start may be answered.
+            hw: watch::channel(end.at).0,
             apply_delay_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -693,20 +707,38 @@ impl Worker {
             epoch,
             cursor: cursor.at,
             tail,
+            node: 0,
+            last_term: 0,
         };
         frame::write(&mut send, &sub.into()).await?;
         tracing::info!(master = %self.master, %cursor, "subscribed");
+        let mut stream_term = None;
         loop {
             let segment = frame::read(&mut recv)
                 .await?
                 .map(<shipping::Subscribe as msg::Streamed>::Item::try_from);
             let recovery = match segment {
                 Some(Ok(shipping::Segment {
+                    term,
+                    hw,
                     start,
                     next,
                     records,
                 })) => match follower.on_segment(epoch, start, next) {
+                    // One stream, one master, one term.
+                    _ if *stream_term.get_or_insert(term) != term => {
+                        return Err(Error::Protocol(format!(
+                            "a segment of term {term} on a stream of term {stream_term:?}"
+                        )))
+                    }
                     Segment::Apply => {
+                        // The mark first: it speaks of the master's log,
+                        // which the records about to land are a prefix of.
+                        self.hw.send_if_modified(|h| {
+                            let moved = hw > *h;
+                            *h = (*h).max(hw);
+                            moved
+                        });
                         let delay = self
                             .apply_delay_ms
                             .load(std::sync::atomic::Ordering::Relaxed);
@@ -798,10 +830,11 @@ impl Worker {
                 let _ = frame::write(&mut send, &gone.into()).await;
                 return Ok(());
             }
+            // Changes above the high-water mark are not shown yet (the
+            // mark is set before each apply, so it wakes this loop too).
+            let upto = now.at.min(*self.hw.borrow()).max(cursor);
             let seg = match blocking(move || {
-                Ok(store
-                    .db()
-                    .read_records_upto(cursor, now.at, SEGMENT_BYTES)?)
+                Ok(store.db().read_records_upto(cursor, upto, SEGMENT_BYTES)?)
             })
             .await
             {
@@ -862,6 +895,8 @@ impl Worker {
         } else {
             applied.at
         };
+        // Changes above the high-water mark are not shown yet.
+        let upto = upto.min(*self.hw.borrow()).max(start);
         let max = (max_bytes as usize).clamp(ourdb::HEADER_LEN, SEGMENT_BYTES);
         match blocking(move || Ok(store.db().read_records_upto(start, upto, max)?)).await {
             Ok(seg) => Ok(msg::watch::ChangesAre {
@@ -923,6 +958,38 @@ impl Worker {
         )
     }
 
+    /// Holds a read's answer until the high-water mark covers everything the
+    /// read could have seen (the store's end as taken after it): a record
+    /// above the mark may still be taken back by a failover.
+    async fn after_read<T>(
+        &self,
+        store: &KeyedStore,
+        answer: std::result::Result<T, Failed>,
+    ) -> std::result::Result<T, Failed> {
+        let seen = store.db().end();
+        if *self.hw.borrow() >= seen {
+            return answer;
+        }
+        let mut rx = self.hw.subscribe();
+        // The guard `wait_for` returns must not live across an await.
+        let covered = matches!(
+            tokio::time::timeout(READ_WAIT, rx.wait_for(|h| *h >= seen))
+                .await
+                .map(|r| r.map(|_| ())),
+            Ok(Ok(()))
+        );
+        if covered {
+            return answer;
+        }
+        Err(failed(
+            Code::Lagging,
+            format!(
+                "the records this read saw (up to {seen}) are above the high-water mark {}",
+                *self.hw.borrow()
+            ),
+        ))
+    }
+
     /// Receives a full copy of the master's data files into a sibling
     /// directory, rebuilds its id map from the envelopes, and swaps it in with
     /// one atomic exchange. A crash before the exchange leaves the old data.
@@ -966,6 +1033,9 @@ impl Worker {
         };
         let done = blocking(move || Ok(install.finish(epoch, end)?)).await?;
         let new_end = done.store.db().end();
+        // A snapshot holds what the master had committed: all of it may be
+        // answered.
+        self.hw.send_replace(new_end);
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(done.store);
         self.applied.send_replace(Cursor::new(epoch, new_end));
         drop(old);
@@ -1139,28 +1209,36 @@ impl reads::Handler for Worker {
         if !self.wait_applied(req.min_cursor).await {
             return Err(self.lagging(req.min_cursor));
         }
-        versioned_value(self.store(), req.key, self.applied()).await
+        let store = self.store();
+        let answer = versioned_value(store.clone(), req.key, self.applied()).await;
+        self.after_read(&store, answer).await
     }
 
     async fn list(&self, req: reads::List) -> Answer<reads::List> {
         if !self.wait_applied(req.min_cursor).await {
             return Err(self.lagging(req.min_cursor));
         }
-        list(&self.store(), req, self.applied())
+        let store = self.store();
+        let answer = list(&store, req, self.applied());
+        self.after_read(&store, answer).await
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
         if !self.wait_applied(req.min_cursor).await {
             return Err(self.lagging(req.min_cursor));
         }
-        history(self.store(), req, self.applied()).await
+        let store = self.store();
+        let answer = history(store.clone(), req, self.applied()).await;
+        self.after_read(&store, answer).await
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
         if !self.wait_applied(req.min_cursor).await {
             return Err(self.lagging(req.min_cursor));
         }
-        by_id(self.store(), req, self.applied()).await
+        let store = self.store();
+        let answer = by_id(store.clone(), req, self.applied()).await;
+        self.after_read(&store, answer).await
     }
 }
 

@@ -438,6 +438,8 @@ mod tests {
             }
             .into(),
             shipping::Segment {
+                term: 0,
+                hw: Location::new(0, 30),
                 start: Location::new(0, 1),
                 next: Location::new(0, 30),
                 records: vec![7; 29],
@@ -638,8 +640,12 @@ mod tests {
             epoch: 2,
             cursor: Location::new(3, 77),
             tail: vec![9; 3],
+            node: 4,
+            last_term: 3,
         };
         let segment = shipping::Segment {
+            term: 0,
+            hw: Location::new(0, 30),
             start: Location::new(0, 1),
             next: Location::new(0, 30),
             records: vec![7; 29],

@@ -16,12 +16,20 @@ message! {
         cursor: Location,
         /// Up to 64 bytes before `cursor`.
         tail: Vec<u8>,
+        /// The worker's node id (0: outside a failover cluster).
+        node: u64,
+        /// The term whose master's log the worker last followed (0: none).
+        last_term: u64,
     }
 }
 
 message! {
     /// Whole records starting at `start`; the next start.
     Segment = Segment {
+        /// The master's term (0: outside a failover cluster).
+        term: u64,
+        /// The high-water mark: reads answer only from records below it.
+        hw: Location,
         /// Where the records start.
         start: Location,
         /// Where the next segment starts.
