@@ -21,7 +21,10 @@ async fn worker_reads_wait_for_the_high_water_mark() {
         ends.push(source.db().end());
     }
     let segment = |i: usize, hw: Location| {
-        let s = source.db().read_records_upto(ends[i], ends[i + 1], 1 << 20).unwrap();
+        let s = source
+            .db()
+            .read_records_upto(ends[i], ends[i + 1], 1 << 20)
+            .unwrap();
         assert_eq!((s.start, s.next), (ends[i], ends[i + 1]));
         Frame::Segment {
             term: 0,
@@ -37,7 +40,10 @@ async fn worker_reads_wait_for_the_high_water_mark() {
     let any = "127.0.0.1:0".parse().unwrap();
     let master = replication::endpoint(&id, any).unwrap();
     let maddr = master.local_addr().unwrap();
-    let worker = Worker::new(common::store(&dir.path().join("w"), SyncPolicy::Flush), maddr);
+    let worker = Worker::new(
+        common::store(&dir.path().join("w"), SyncPolicy::Flush),
+        maddr,
+    );
     let wep = replication::endpoint(&id, any).unwrap();
     let waddr = wep.local_addr().unwrap();
     tokio::spawn(worker.clone().run(wep));
@@ -68,10 +74,13 @@ async fn worker_reads_wait_for_the_high_water_mark() {
 
     // The next segment brings a mark past everything: reads are answered.
     frame::write(&mut send, &segment(2, ends[3])).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), client.get(waddr, "k2", Cursor::ZERO))
-        .await
-        .expect("answered once the mark covers the store")
-        .unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(waddr, "k2", Cursor::ZERO),
+    )
+    .await
+    .expect("answered once the mark covers the store")
+    .unwrap();
     assert_eq!(got.as_deref(), Some(&b"v2"[..]));
     // The worker acknowledged each segment it applied.
     for end in &ends[1..] {
