@@ -98,6 +98,9 @@ pub(crate) enum Cmd {
         #[arg(value_name = "DIR")]
         out: PathBuf,
     },
+    /// Config files of the roles.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Talk to a running node.
     Client {
         /// Cluster directory; without it only loopback nodes can be reached.
@@ -428,7 +431,6 @@ pub(crate) enum KvCmd {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
 
     /// Every command and every flag says what it is (in `--help`, the man
     /// pages and the completions).
@@ -453,7 +455,44 @@ mod tests {
             }
         }
         let mut missing = Vec::new();
-        walk(&super::Cli::command(), "", &mut missing);
+        walk(&crate::config::command(), "", &mut missing);
         assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
+}
+
+/// `ourkv config` subcommands.
+#[derive(Subcommand)]
+pub(crate) enum ConfigCmd {
+    /// Print a commented config file for ROLE (every option, its help, its
+    /// default), to edit and pass with `--config FILE`.
+    Example {
+        /// The role.
+        #[arg(value_enum)]
+        role: ConfigRole,
+    },
+}
+
+/// The roles that read config files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ConfigRole {
+    /// `ourkv dev`.
+    Dev,
+    /// `ourkv gateway`.
+    Gateway,
+    /// `ourkv master`.
+    Master,
+    /// `ourkv worker`.
+    Worker,
+}
+
+impl ConfigRole {
+    /// The subcommand's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ConfigRole::Dev => "dev",
+            ConfigRole::Gateway => "gateway",
+            ConfigRole::Master => "master",
+            ConfigRole::Worker => "worker",
+        }
     }
 }

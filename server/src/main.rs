@@ -6,14 +6,14 @@ use std::process::ExitCode;
 
 mod cli;
 mod cmd;
+mod config;
 mod gateway;
 mod http;
 mod progress;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 
-use cli::{Cli, ClusterCmd, Cmd};
+use cli::{Cli, ClusterCmd, Cmd, ConfigCmd};
 use cmd::client::client;
 use cmd::dev::run_dev;
 use cmd::gateway::{run_gateway, Nodes};
@@ -100,6 +100,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             apply_delay_ms,
         } => run_node(&node, Role::Worker(master, apply_delay_ms)),
         Cmd::Client { cluster, cmd } => client(cluster.as_deref(), cmd),
+        Cmd::Config(ConfigCmd::Example { role }) => {
+            print!("{}", config::example(role.name()));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Kv(args) => cmd::kv::run(args),
         Cmd::Completions { shell } => {
             cmd::docs::completions(shell);
@@ -123,7 +127,14 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let cli = match config::parse(std::env::args_os().collect()) {
+        Ok(config::Parsed::Run(cli)) => cli,
+        Ok(config::Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => e.exit(),
+    };
     // Every role holds sockets and files: the soft descriptor limit (often
     // 1,024) is raised to the hard one, as servers commonly do.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {

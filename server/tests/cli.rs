@@ -654,3 +654,75 @@ fn db_tools_log_progress_off_a_terminal() {
         assert!((3..=12).contains(&tenths), "{tool}: {tenths} lines:\n{log}");
     }
 }
+
+/// Config files as an operator uses them: an example edited and run, a
+/// variable and a flag over the file, and a typo refused with its line.
+#[test]
+fn config_files_then_variables_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let data = dir.path().join("m");
+    // The printed example, with this machine's directory and port.
+    let example = text(&ourkv(&["config", "example", "master"], None).stdout);
+    assert!(example.contains("# ack-timeout-ms = 2000"), "{example}");
+    let edited = example
+        .replace(
+            "data = \"/var/lib/ourkv\"",
+            &format!("data = {:?}", data.to_str().unwrap()),
+        )
+        .replace(
+            "listen = \"127.0.0.1:7000\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace("# ack-timeout-ms = 2000", "ack-timeout-ms = 111")
+        .replace("# max-lag-bytes = 67108864", "max-lag-bytes = 5");
+    let file = dir.path().join("master.toml");
+    std::fs::write(&file, &edited).unwrap();
+    let f = file.to_str().unwrap();
+
+    let out = output_of(
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args([
+                "master",
+                "--config",
+                f,
+                "--max-lag-bytes",
+                "7",
+                "--print-config",
+            ])
+            .env("OURKV_ACK_TIMEOUT_MS", "222"),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for line in [
+        format!("listen = \"127.0.0.1:{port}\"  # config file"),
+        "ack-timeout-ms = 222  # environment".to_string(),
+        "max-lag-bytes = 7  # flag".to_string(),
+    ] {
+        assert!(shown.contains(&line), "{line:?} not in\n{shown}");
+    }
+
+    // The file alone runs a master.
+    let _m = common::start(&["master", "--config", f]);
+    assert!(data.join("ourkv.meta").exists() || data.is_dir());
+
+    // A typo: exit 2, the key and its line named, nothing started.
+    std::fs::write(
+        &file,
+        edited.replace("ack-timeout-ms = 111", "ack-timeot-ms = 111"),
+    )
+    .unwrap();
+    let line = edited
+        .lines()
+        .position(|l| l.starts_with("ack-timeout-ms"))
+        .unwrap()
+        + 1;
+    let out = ourkv(&["master", "--config", f], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unknown key `ack-timeot-ms`") && err.contains(&format!("line {line}")),
+        "{err}"
+    );
+}

@@ -4,13 +4,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use clap::CommandFactory;
-
-use crate::cli::Cli;
 
 /// Writes the completion script for `shell` to standard output.
 pub(crate) fn completions(shell: clap_complete::Shell) {
-    let mut cmd = Cli::command();
+    let mut cmd = crate::config::command();
     clap_complete::generate(shell, &mut cmd, "ourkv", &mut std::io::stdout());
 }
 
@@ -18,7 +15,7 @@ pub(crate) fn completions(shell: clap_complete::Shell) {
 /// `out`; returns how many pages.
 pub(crate) fn man_pages(out: &Path) -> Result<usize> {
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
-    clap_mangen::generate_to(Cli::command(), out)
+    clap_mangen::generate_to(crate::config::command(), out)
         .with_context(|| format!("write man pages to {}", out.display()))?;
     let pages = std::fs::read_dir(out)
         .with_context(|| format!("list {}", out.display()))?

@@ -1,0 +1,470 @@
+//! Configuration of the long-running roles (`dev`, `gateway`, `master`,
+//! `worker`) from three places besides the defaults: a TOML file given with
+//! `--config` (its keys are the role's long flag names), an `OURKV_<FLAG>`
+//! environment variable for every flag (`--ack-timeout-ms` is
+//! `OURKV_ACK_TIMEOUT_MS`), and the flags. Flags win over variables,
+//! variables over the file, the file over the defaults.
+//!
+//! Built on clap's own definitions: the file is checked against the role's
+//! flags (an unknown key is an error naming the key and its line), and its
+//! values go through the same parsers as flags, so nothing is listed twice.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
+
+use crate::cli::Cli;
+
+/// The roles that take `--config`.
+pub(crate) const ROLES: [&str; 4] = ["dev", "gateway", "master", "worker"];
+
+const CONFIG: &str = "config";
+const PRINT: &str = "print-config";
+
+/// The command line with `--config`, `--print-config` and an `OURKV_*`
+/// variable for every flag of each role.
+pub(crate) fn command() -> Command {
+    let mut cmd = Cli::command();
+    for role in ROLES {
+        cmd = cmd.mut_subcommand(role, |sc| {
+            sc.mut_args(|a| match a.get_long() {
+                Some(long) if a.get_env().is_none() && !builtin(&a) => {
+                    let var = format!("OURKV_{}", long.to_uppercase().replace('-', "_"));
+                    a.env(var)
+                }
+                _ => a,
+            })
+            .arg(
+                Arg::new(CONFIG)
+                    .long(CONFIG)
+                    .value_name("FILE")
+                    .env("OURKV_CONFIG")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help(
+                        "TOML file of this command's options (keys: the long flag names, \
+                         see `ourkv config example`); flags and OURKV_* variables override it",
+                    ),
+            )
+            .arg(
+                Arg::new(PRINT)
+                    .long(PRINT)
+                    .action(ArgAction::SetTrue)
+                    .help("Print the options in effect, and where each comes from, then exit"),
+            )
+        });
+    }
+    cmd
+}
+
+fn builtin(a: &Arg) -> bool {
+    matches!(a.get_id().as_str(), "help" | "version" | CONFIG | PRINT)
+}
+
+/// What `main` runs: the parsed command line, or what `--print-config` prints.
+pub(crate) enum Parsed {
+    /// Run this.
+    Run(Cli),
+    /// Print this and exit.
+    Print(String),
+}
+
+/// Parses the command line, with a role's config file and variables merged
+/// in. Errors are clap's (usage errors exit with 2).
+pub(crate) fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
+    // First pass: which role, which file, and what the flags and variables
+    // already say. Required flags may come from the file, so none is
+    // required yet.
+    let lenient = ROLES.iter().fold(command(), |c, role| {
+        c.mut_subcommand(role, |sc| sc.mut_args(|a| a.required(false)))
+    });
+    let first = lenient.try_get_matches_from(args.clone())?;
+    let Some((role, sub)) = first.subcommand().filter(|(r, _)| ROLES.contains(r)) else {
+        let m = command().try_get_matches_from(args)?;
+        return Ok(Parsed::Run(Cli::from_arg_matches(&m)?));
+    };
+    let role = role.to_string();
+    let mut extra = Vec::new();
+    if let Some(path) = sub.get_one::<PathBuf>(CONFIG) {
+        let sc = command().find_subcommand(&role).expect("a role").clone();
+        extra = from_file(&sc, sub, path)?;
+    }
+    // Second pass: the file's values go in right after the role's name, so
+    // the real flags (which the file never repeats) and the checks of
+    // required flags apply as usual.
+    let pos = args
+        .iter()
+        .position(|a| a.to_str() == Some(role.as_str()))
+        .expect("the role is on the command line");
+    let mut merged = args[..=pos].to_vec();
+    merged.extend(extra.into_iter().map(OsString::from));
+    merged.extend(args[pos + 1..].iter().cloned());
+    let m = command().try_get_matches_from(merged)?;
+    let (_, sub) = m.subcommand().expect("a role");
+    if sub.get_flag(PRINT) {
+        let sc = command().find_subcommand(&role).expect("a role").clone();
+        return Ok(Parsed::Print(effective(&sc, sub, &first)));
+    }
+    Ok(Parsed::Run(Cli::from_arg_matches(&m)?))
+}
+
+fn usage(msg: String) -> clap::Error {
+    clap::Error::raw(ErrorKind::InvalidValue, format!("{msg}\n"))
+}
+
+/// The flags the file at `path` stands for, leaving out those the command
+/// line or a variable already set.
+fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<Vec<String>, clap::Error> {
+    let shown = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| usage(format!("config file {shown}: {e}")))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| usage(format!("config file {shown}: {e}")))?;
+    let lines = key_lines(&text);
+    let line = |k: &str| lines.get(k).map_or(String::new(), |l| format!(" line {l}"));
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let Some(arg) = sc
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && !builtin(a))
+        else {
+            let known: Vec<_> = sc
+                .get_arguments()
+                .filter(|a| !builtin(a) && !a.is_hide_set())
+                .filter_map(|a| a.get_long())
+                .collect();
+            return Err(usage(format!(
+                "config file {shown}{}: unknown key `{key}` for `ourkv {}` (known: {})",
+                line(key),
+                sc.get_name(),
+                known.join(", ")
+            )));
+        };
+        let id = arg.get_id().as_str();
+        if matches!(
+            given.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = format!("--{key}");
+        let takes_value = !matches!(
+            arg.get_action(),
+            ArgAction::SetTrue | ArgAction::SetFalse | ArgAction::Count
+        );
+        let items: Vec<&toml::Value> = match value {
+            toml::Value::Array(a) if takes_value => a.iter().collect(),
+            v => vec![v],
+        };
+        for v in items {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) if !takes_value => {
+                    if *b {
+                        out.push(flag.clone());
+                    }
+                    continue;
+                }
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(usage(format!(
+                        "config file {shown}{}: `{key}` takes {}, not {}",
+                        line(key),
+                        if takes_value {
+                            "a value"
+                        } else {
+                            "true or false"
+                        },
+                        other.type_str()
+                    )))
+                }
+            };
+            if takes_value {
+                out.push(format!("{flag}={text}"));
+            } else {
+                return Err(usage(format!(
+                    "config file {shown}{}: `{key}` takes true or false",
+                    line(key)
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The line of each top-level key of `text`.
+fn key_lines(text: &str) -> HashMap<String, usize> {
+    let Ok(t) = toml::de::DeTable::parse(text) else {
+        return HashMap::new();
+    };
+    t.get_ref()
+        .iter()
+        .map(|(k, _)| {
+            let at = k.span().start.min(text.len());
+            (
+                k.get_ref().to_string(),
+                text[..at].matches('\n').count() + 1,
+            )
+        })
+        .collect()
+}
+
+/// The options in effect as TOML, each with where it came from.
+fn effective(sc: &Command, m: &ArgMatches, first: &ArgMatches) -> String {
+    let first = first.subcommand().map(|(_, s)| s);
+    let mut out = String::new();
+    for a in sc
+        .get_arguments()
+        .filter(|a| !builtin(a) && !a.is_hide_set() && a.get_long().is_some())
+    {
+        let id = a.get_id().as_str();
+        let Some(raw) = m.get_raw(id) else {
+            out.push_str(&format!("# {} is not set\n", a.get_long().unwrap()));
+            continue;
+        };
+        let vals: Vec<String> = raw.map(|v| toml_value(&v.to_string_lossy())).collect();
+        let value = match a.get_action() {
+            ArgAction::Append => format!("[{}]", vals.join(", ")),
+            ArgAction::SetTrue => m.get_flag(id).to_string(),
+            _ => vals.join(", "),
+        };
+        // The file's values were given as flags on the second pass: what the
+        // first pass did not see there came from the file.
+        let from = match (m.value_source(id), first.and_then(|f| f.value_source(id))) {
+            (Some(ValueSource::DefaultValue), _) => "default",
+            (Some(ValueSource::EnvVariable), _) => "environment",
+            (Some(ValueSource::CommandLine), Some(ValueSource::CommandLine)) => "flag",
+            (Some(ValueSource::CommandLine), _) => "config file",
+            _ => "default",
+        };
+        let secret = a.get_long() == Some("api-token");
+        let value = if secret { "\"(hidden)\"".into() } else { value };
+        out.push_str(&format!("{} = {value}  # {from}\n", a.get_long().unwrap()));
+    }
+    out
+}
+
+/// `s` as a TOML value: a number or a boolean as it is, anything else quoted.
+fn toml_value(s: &str) -> String {
+    if s.parse::<i64>().is_ok() || s == "true" || s == "false" {
+        s.to_string()
+    } else {
+        toml::Value::String(s.to_string()).to_string()
+    }
+}
+
+/// A commented example file for `role`: every option with its help, the
+/// required ones set to an example, the others commented out at their
+/// default.
+pub(crate) fn example(role: &str) -> String {
+    let sc = command().find_subcommand(role).expect("a role").clone();
+    let mut out = format!(
+        "# ourkv {role}: options (keys are the long flag names; flags and OURKV_* variables\n\
+         # override what this file says). Use: ourkv {role} --config FILE\n"
+    );
+    for a in sc
+        .get_arguments()
+        .filter(|a| !builtin(a) && !a.is_hide_set())
+    {
+        let Some(long) = a.get_long() else { continue };
+        out.push('\n');
+        if let Some(help) = a.get_help() {
+            for line in help.to_string().lines() {
+                out.push_str(&format!("# {line}\n"));
+            }
+        }
+        let defaults: Vec<String> = a
+            .get_default_values()
+            .iter()
+            .map(|v| toml_value(&v.to_string_lossy()))
+            .collect();
+        let many = matches!(a.get_action(), ArgAction::Append);
+        if a.is_required_set() {
+            let v = toml_value(example_value(role, long));
+            out.push_str(&format!(
+                "{long} = {}\n",
+                if many { format!("[{v}]") } else { v }
+            ));
+        } else if !defaults.is_empty() {
+            let v = if many {
+                format!("[{}]", defaults.join(", "))
+            } else {
+                defaults.join(", ")
+            };
+            out.push_str(&format!("# {long} = {v}\n"));
+        } else if matches!(a.get_action(), ArgAction::SetTrue) {
+            out.push_str(&format!("# {long} = false\n"));
+        } else {
+            let v = toml_value(example_value(role, long));
+            out.push_str(&format!(
+                "# {long} = {}\n",
+                if many { format!("[{v}]") } else { v }
+            ));
+        }
+    }
+    out
+}
+
+/// A plausible value for an option that has no default.
+fn example_value(role: &str, long: &str) -> &'static str {
+    match (role, long) {
+        (_, "data") => "/var/lib/ourkv",
+        ("master", "listen") => "127.0.0.1:7000",
+        (_, "listen") => "127.0.0.1:7001",
+        (_, "master") => "127.0.0.1:7000",
+        (_, "worker") => "127.0.0.1:7001",
+        (_, "http") => "127.0.0.1:8080",
+        (_, "cluster") => "/etc/ourkv/cluster",
+        (_, "mycelium-api") => "http://127.0.0.1:8989",
+        (_, "file-size") => "536870912",
+        (_, "sync") => "group",
+        (_, "api-token") => "change-me",
+        (_, "max-connections") => "16384",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_file_fills_in_what_the_flags_leave_out() {
+        let f = file(
+            "data = \"/d\"\nlisten = \"127.0.0.1:7000\"\nack-timeout-ms = 111\nmax-lag-bytes = 5\n",
+        );
+        let p = f.path().to_str().unwrap();
+        let Parsed::Run(cli) = parse(args(&[
+            "ourkv",
+            "master",
+            "--config",
+            p,
+            "--max-lag-bytes",
+            "7",
+        ]))
+        .unwrap() else {
+            panic!("not a run")
+        };
+        let crate::cli::Cmd::Master {
+            node,
+            ack_timeout_ms,
+            max_lag_bytes,
+        } = cli.cmd
+        else {
+            panic!("not master")
+        };
+        assert_eq!(node.data, PathBuf::from("/d"));
+        assert_eq!(node.listen, "127.0.0.1:7000");
+        assert_eq!(ack_timeout_ms, 111);
+        assert_eq!(max_lag_bytes, 7, "the flag wins over the file");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key_and_the_line() {
+        let f = file("data = \"/d\"\n\n# a comment\nlistne = \"x\"\n");
+        let p = f.path().to_str().unwrap();
+        let e = parse(args(&[
+            "ourkv",
+            "worker",
+            "--config",
+            p,
+            "--master",
+            "127.0.0.1:1",
+        ]))
+        .err()
+        .unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("unknown key `listne`") && msg.contains("line 4"),
+            "{msg}"
+        );
+        assert!(msg.contains("listen"), "lists the known keys: {msg}");
+        assert_eq!(e.exit_code(), 2);
+        let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nworker = [1, 2]\nmax-watches = { a = 1 }\n");
+        let p = f.path().to_str().unwrap();
+        let msg = parse(args(&["ourkv", "gateway", "--config", p]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("`max-watches`") && msg.contains("line 4"),
+            "{msg}"
+        );
+        // A value of the wrong kind for the flag is clap's own error.
+        let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nmax-watches = \"many\"\n");
+        let p = f.path().to_str().unwrap();
+        let msg = parse(args(&["ourkv", "gateway", "--config", p]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("many"), "{msg}");
+    }
+
+    #[test]
+    fn required_flags_may_come_from_the_file_and_are_still_required() {
+        let f = file("workers = 3\n");
+        let p = f.path().to_str().unwrap();
+        let Parsed::Run(cli) = parse(args(&["ourkv", "dev", "--config", p])).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(cli.cmd, crate::cli::Cmd::Dev { workers: 3, .. }));
+        let f = file("data = \"/d\"\n");
+        let p = f.path().to_str().unwrap();
+        let e = parse(args(&["ourkv", "master", "--config", p]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--listen"), "{e}");
+    }
+
+    #[test]
+    fn every_example_is_accepted_as_it_is() {
+        for role in ROLES {
+            let text = example(role);
+            let f = file(&text);
+            let p = f.path().to_str().unwrap();
+            match parse(args(&["ourkv", role, "--config", p, "--print-config"])) {
+                Ok(Parsed::Print(s)) => {
+                    // The required options come from the file (dev has none).
+                    let from_file = s.lines().filter(|l| l.ends_with("# config file")).count();
+                    let required = command()
+                        .find_subcommand(role)
+                        .unwrap()
+                        .get_arguments()
+                        .filter(|a| a.is_required_set())
+                        .count();
+                    assert_eq!(from_file, required, "{role}: {s}");
+                }
+                Ok(Parsed::Run(_)) => panic!("{role}: --print-config ran"),
+                Err(e) => panic!("{role}: {e}\n{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lists_repeat_the_flag_and_booleans_set_it() {
+        let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nworker = [\"127.0.0.1:3\", \"127.0.0.1:4\"]\n");
+        let p = f.path().to_str().unwrap();
+        let Parsed::Run(cli) = parse(args(&["ourkv", "gateway", "--config", p])).unwrap() else {
+            panic!()
+        };
+        let crate::cli::Cmd::Gateway { workers, .. } = cli.cmd else {
+            panic!()
+        };
+        assert_eq!(workers, ["127.0.0.1:3", "127.0.0.1:4"]);
+    }
+}
