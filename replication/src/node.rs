@@ -1,6 +1,10 @@
 //! The master and worker roles: log shipping and the RPCs on one QUIC endpoint.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use crate::msg::{
     self, answer_frame, reads, shipping, snapshot, status, writes, Answer, Call, Failed, Opening,
 };
 use crate::proto::follower::{Recovery, Segment};
-use crate::proto::followers::ALL;
+use crate::proto::meta::Branch;
 use crate::proto::shipping::{ReadAt, Subscription};
 use crate::proto::{self, Follower, Followers, Transition};
 
@@ -31,6 +35,29 @@ const READ_WAIT: Duration = Duration::from_secs(2);
 
 fn quic(e: impl std::fmt::Display) -> Error {
     Error::Quic(e.to_string())
+}
+
+/// A key for a worker that sent no node id: its address.
+fn peer_key(peer: SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    peer.hash(&mut h);
+    h.finish() | 1
+}
+
+/// A random non-zero id (a worker outside a failover cluster needs one
+/// unique among its master's workers).
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState is keyed afresh; the time and the process add more.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish() | 1
 }
 
 /// Runs blocking storage work off the async threads.
@@ -169,6 +196,32 @@ impl Default for MasterOptions {
     }
 }
 
+/// What a master of a failover cluster asks of its metadata group
+/// (implemented over Raft by `cluster::member`; nodes do not name Raft).
+pub trait MetaLink: Send + Sync + 'static {
+    /// Proposes an in-sync change of the master of `term`; once committed,
+    /// the group calls [`Master::committed`].
+    fn propose(&self, term: u64, change: Transition<u64>);
+    /// Where the log of a node that last followed `last_term` leaves the
+    /// current master's.
+    fn branch(&self, last_term: u64) -> Branch;
+    /// Whether this node still leads its term (a majority of the group
+    /// confirms it): asked before answering a read index.
+    fn still_leads(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
+}
+
+/// A master's appointment in a failover cluster.
+pub struct Appointment {
+    /// Its term.
+    pub term: u64,
+    /// Its end when appointed: workers join S only past it.
+    pub start: Location,
+    /// The committed in-sync set it takes over (waited for from the start).
+    pub in_sync: Vec<u64>,
+    /// Its metadata group.
+    pub link: Arc<dyn MetaLink>,
+}
+
 /// The master: the only node that takes writes; ships its records to workers.
 pub struct Master {
     store: Arc<KeyedStore>,
@@ -181,9 +234,17 @@ pub struct Master {
     /// The lowest cursor applied by an in-sync worker (`ALL` if none is in
     /// sync): `ack=all` writes wait for it to pass their cursor.
     in_sync_applied: watch::Sender<Location>,
-    /// Each worker's progress and the in-sync set (the decisions are in
-    /// `proto::followers`; here they are applied and logged).
-    workers: Mutex<Followers>,
+    /// Each worker's progress and the in-sync set, by node id (the
+    /// decisions are in `proto::followers`; here they are applied and logged).
+    workers: Mutex<Followers<u64>>,
+    /// Each worker's address, by node id (for status).
+    peers: Mutex<HashMap<u64, SocketAddr>>,
+    /// Its term (0: a master outside a failover cluster).
+    term: u64,
+    /// Its metadata group, in a failover cluster.
+    link: Option<Arc<dyn MetaLink>>,
+    /// Set once a newer master exists: no more writes or reads.
+    deposed: AtomicBool,
     /// Group commit's syncer thread; other sync policies make a write
     /// durable (or not) as it is appended, and need none.
     syncer: Option<crate::syncer::Syncer>,
@@ -192,39 +253,117 @@ pub struct Master {
 impl Master {
     /// A master over `store`; its syncer thread starts under group commit.
     pub fn new(store: KeyedStore, options: MasterOptions) -> Arc<Master> {
-        let store = Arc::new(store);
+        Master::build(Arc::new(store), options, None)
+    }
+
+    /// The master of a failover cluster, appointed with `store` at its end.
+    pub fn appointed(
+        store: Arc<KeyedStore>,
+        options: MasterOptions,
+        appointment: Appointment,
+    ) -> Arc<Master> {
+        Master::build(store, options, Some(appointment))
+    }
+
+    fn build(
+        store: Arc<KeyedStore>,
+        options: MasterOptions,
+        appointment: Option<Appointment>,
+    ) -> Arc<Master> {
         let commit = watch::channel(store.db().durable_end()).0;
         let wake = commit.clone();
-        let workers = Followers::new(options.max_lag_bytes, store.db().config().file_size as u64);
+        let mut workers =
+            Followers::new(options.max_lag_bytes, store.db().config().file_size as u64);
+        let (term, link) = match appointment {
+            Some(a) => {
+                workers = workers.starting_at(a.start);
+                for w in a.in_sync {
+                    workers.inherit(w);
+                }
+                (a.term, Some(a.link))
+            }
+            None => (0, None),
+        };
+        let low = workers.wait_set_applied();
         Arc::new(Master {
             syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group)
                 .then(|| crate::syncer::Syncer::start(&store, move |end| advance(&wake, end))),
             store,
             options,
             commit,
-            in_sync_applied: watch::channel(ALL).0,
+            in_sync_applied: watch::channel(low).0,
             workers: Mutex::new(workers),
+            peers: Mutex::new(HashMap::new()),
+            term,
+            link,
+            deposed: AtomicBool::new(false),
         })
     }
 
-    /// Logs the in-sync set's changes and takes them as committed (this
-    /// master runs no metadata group yet), then publishes what every
-    /// waited-for worker has applied (waking `ack=all` writes).
-    fn publish_in_sync(&self, workers: &mut Followers, changes: &[Transition]) {
+    /// Its term (0 outside a failover cluster).
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// A newer master exists: refuse writes and reads from now on; writes
+    /// waiting for `ack=all` fail (their outcome is unknown).
+    pub fn depose(&self) {
+        self.deposed.store(true, Ordering::SeqCst);
+        // Wakes the waiting writes, which then see the flag.
+        self.in_sync_applied.send_modify(|_| {});
+    }
+
+    fn check_master(&self) -> Result<()> {
+        if self.deposed.load(Ordering::SeqCst) {
+            return Err(Error::Remote {
+                code: Code::NotMaster,
+                message: format!("the master of term {} was replaced", self.term),
+            });
+        }
+        Ok(())
+    }
+
+    /// The metadata group committed an in-sync change this master proposed.
+    pub fn committed(&self, worker: u64, joined: bool) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers.on_committed(worker, joined);
+        self.publish_in_sync(&mut workers, &[]);
+    }
+
+    /// The high-water mark: below it nothing can be taken back by a
+    /// failover (outside a failover cluster, the commit cursor).
+    fn high_water(&self) -> Location {
+        let commit = *self.commit.borrow();
+        if self.link.is_none() {
+            return commit;
+        }
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .high_water(commit)
+    }
+
+    /// Logs the in-sync set's changes and has them committed (by the
+    /// metadata group in a failover cluster, else at once), then publishes
+    /// what every waited-for worker has applied (waking `ack=all` writes).
+    fn publish_in_sync(&self, workers: &mut Followers<u64>, changes: &[Transition<u64>]) {
         for t in changes {
-            workers.on_committed(t.worker(), t.joins());
+            match &self.link {
+                Some(link) => link.propose(self.term, *t),
+                None => workers.on_committed(t.worker(), t.joins()),
+            }
             match t {
                 Transition::Joined { worker, acked } => {
-                    tracing::info!(%worker, cursor = %acked, "worker caught up: in sync")
+                    tracing::info!(node = worker, cursor = %acked, "worker caught up: in sync")
                 }
                 Transition::Lagged { worker, acked } => {
-                    tracing::warn!(%worker, cursor = %acked, "worker lags too far: out of sync")
+                    tracing::warn!(node = worker, cursor = %acked, "worker lags too far: out of sync")
                 }
                 Transition::TimedOut { worker, acked } => {
-                    tracing::warn!(%worker, cursor = %acked, "no acknowledgement in time: out of sync")
+                    tracing::warn!(node = worker, cursor = %acked, "no acknowledgement in time: out of sync")
                 }
                 Transition::Departed { worker } => {
-                    tracing::info!(%worker, "worker left: out of sync")
+                    tracing::info!(node = worker, "worker left: out of sync")
                 }
             }
         }
@@ -271,40 +410,50 @@ impl Master {
     /// Each subscribed worker: address, acknowledged cursor, in sync or not.
     pub fn workers(&self) -> Vec<WorkerStatus> {
         let epoch = self.epoch();
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
         self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(a, w)| WorkerStatus {
-                addr: a.to_string(),
+            .map(|(n, w)| WorkerStatus {
+                addr: peers.get(&n).map_or(format!("node {n}"), |a| a.to_string()),
                 acked: Cursor::new(epoch, w.acked),
                 in_sync: w.in_sync(),
             })
             .collect()
     }
 
-    fn on_ack(&self, peer: SocketAddr, cursor: Location) {
+    fn on_ack(&self, node: u64, cursor: Location) {
         let commit = *self.commit.borrow();
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        let change = workers.on_ack(peer, cursor, commit);
+        let change = workers.on_ack(node, cursor, commit);
         self.publish_in_sync(&mut workers, change.as_slice());
     }
 
-    /// Waits until every in-sync worker applied `target`; a worker that does
-    /// not within the timeout leaves the in-sync set first.
-    async fn wait_all(&self, target: Location) {
+    /// Waits until every waited-for worker applied `target`; a worker that
+    /// does not within the timeout is proposed for removal, and the write is
+    /// acknowledged once that removal is committed (at once outside a
+    /// failover cluster). A master deposed meanwhile fails the write.
+    async fn wait_all(&self, target: Location) -> Result<()> {
         let mut applied = self.in_sync_applied.subscribe();
-        let reached = tokio::time::timeout(
-            self.options.ack_timeout,
-            applied.wait_for(|low| *low >= target),
-        )
-        .await;
-        if matches!(reached, Ok(Ok(_))) {
-            return;
+        loop {
+            let deposed = &self.deposed;
+            let reached = tokio::time::timeout(
+                self.options.ack_timeout,
+                applied.wait_for(|low| *low >= target || deposed.load(Ordering::SeqCst)),
+            )
+            .await;
+            self.check_master()?;
+            if matches!(reached, Ok(Ok(_))) {
+                return Ok(());
+            }
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            let dropped = workers.on_ack_timeout(target);
+            self.publish_in_sync(&mut workers, &dropped);
+            if self.link.is_none() {
+                return Ok(());
+            }
         }
-        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        let dropped = workers.on_ack_timeout(target);
-        self.publish_in_sync(&mut workers, &dropped);
     }
 
     /// The store's view of a wire expectation; `None` when it cannot hold
@@ -340,6 +489,7 @@ impl Master {
         ack: Ack,
         expect: Expect,
     ) -> Result<Option<(Cursor, Version)>> {
+        self.check_master()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
@@ -352,7 +502,7 @@ impl Master {
         let cursor = self.store.db().end();
         self.durable(pending).await?;
         if ack == Ack::All {
-            self.wait_all(cursor).await;
+            self.wait_all(cursor).await?;
         }
         let epoch = self.epoch();
         Ok(Some((Cursor::new(epoch, cursor), Version { epoch, at })))
@@ -396,6 +546,7 @@ impl Master {
         ack: Ack,
         expect: Expect,
     ) -> Result<Option<(bool, Cursor)>> {
+        self.check_master()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
@@ -411,7 +562,7 @@ impl Master {
             self.durable(p).await?;
         }
         if ack == Ack::All {
-            self.wait_all(cursor).await;
+            self.wait_all(cursor).await?;
         }
         Ok(Some((existed, Cursor::new(self.epoch(), cursor))))
     }
@@ -435,6 +586,17 @@ impl Master {
         let Some(first) = frames.next().await? else {
             return Ok(());
         };
+        self.opened(first, send, frames, peer).await
+    }
+
+    /// Serves a stream that began with `first`.
+    pub(crate) async fn opened(
+        self: Arc<Self>,
+        first: Frame,
+        send: quinn::SendStream,
+        frames: FrameReader,
+        peer: SocketAddr,
+    ) -> Result<()> {
         match Opening::from(first) {
             Opening::Subscribe(sub) => self.ship(send, frames, peer, sub).await,
             Opening::Snapshot(_) => self.send_snapshot(send, peer).await,
@@ -445,7 +607,7 @@ impl Master {
 
     /// The reply to a one-reply request: by sub-protocol, each request
     /// answered by its handler below.
-    async fn reply(self: Arc<Self>, req: Frame) -> Frame {
+    pub(crate) async fn reply(self: Arc<Self>, req: Frame) -> Frame {
         match Call::from_frame(req) {
             Ok(Call::Write(w)) => w.answer(&*self).await,
             Ok(Call::Read(r)) => r.answer(&*self).await,
@@ -461,8 +623,29 @@ impl Master {
     /// holds appended records before the syncer has made them durable, and
     /// a value a crash can take back must not be answered.
     async fn after_read<T>(&self, answer: Result<T, Failed>) -> Result<T, Failed> {
+        if self.deposed.load(Ordering::SeqCst) {
+            return Err(failed(
+                Code::NotMaster,
+                format!("the master of term {} was replaced", self.term),
+            ));
+        }
         let seen = Cursor::new(self.epoch(), self.store.db().end());
-        if proto::shipping::master_may_answer(self.commit_cursor().at, seen.at)
+        if self.link.is_some() {
+            // In a failover cluster the bound is the high-water mark, which
+            // moves with the in-sync workers' acknowledgements.
+            let mut marks = self.in_sync_applied.subscribe();
+            let wait = async {
+                loop {
+                    if proto::shipping::master_may_answer(self.high_water(), seen.at) {
+                        return;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(50), marks.changed()).await;
+                }
+            };
+            if tokio::time::timeout(READ_WAIT, wait).await.is_ok() {
+                return answer;
+            }
+        } else if proto::shipping::master_may_answer(self.commit_cursor().at, seen.at)
             || self.wait_committed(seen).await
         {
             return answer;
@@ -545,8 +728,34 @@ impl Master {
                 return Ok(());
             }
         }
+        // In a failover cluster a worker that followed another master may
+        // hold records past where that master's log left this one's: it
+        // starts over from a copy (a cut in place comes with truncation).
+        if let Some(link) = &self.link {
+            let refuse = match link.branch(last_term) {
+                Branch::Same => None,
+                Branch::At(c) if Cursor::new(epoch, cursor) <= c => None,
+                Branch::At(c) => Some(format!(
+                    "a log of term {last_term} up to {cursor} leaves term {}'s at {c}",
+                    self.term
+                )),
+                Branch::Unknown => Some(format!("term {last_term} is no longer in the history")),
+            };
+            if let Some(why) = refuse {
+                tracing::info!(%peer, node, last_term, "{why}: the worker needs a snapshot");
+                frame::write(&mut send, &failed(Code::Cursor, why).into()).await?;
+                return Ok(());
+            }
+        }
+        // A worker is known by its node id (the address it connects from
+        // changes with every connection).
+        let key = if node != 0 { node } else { peer_key(peer) };
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, peer);
         tracing::info!(%peer, %cursor, node, last_term, "worker subscribed");
-        self.on_ack(peer, cursor);
+        self.on_ack(key, cursor);
         let me = self.clone();
         let acks = tokio::spawn(async move {
             // Anything but an acknowledgement ends the stream.
@@ -554,12 +763,20 @@ impl Master {
                 let Ok(shipping::Ack { cursor }) = shipping::Ack::from_frame(f) else {
                     break;
                 };
-                me.on_ack(peer, cursor);
+                me.on_ack(key, cursor);
             }
         });
         let mut changed = self.commit.subscribe();
+        // In a failover cluster the mark also moves with acknowledgements:
+        // a move is sent on its own (a segment without records).
+        let mut marks = self.in_sync_applied.subscribe();
+        let mut sent_hw = Location::NONE;
         let result = loop {
             let commit = *changed.borrow_and_update();
+            marks.borrow_and_update();
+            if self.deposed.load(Ordering::SeqCst) {
+                break Ok(());
+            }
             // Records just written sit in the page cache (or the writer's
             // buffer): a copy, cheaper in place than a hop to the blocking pool.
             let seg = match self
@@ -574,21 +791,40 @@ impl Master {
                     break Err(e);
                 }
             };
+            let hw = self.high_water();
             if seg.bytes.is_empty() {
                 cursor = seg.next;
                 if acks.is_finished() {
                     break Ok(());
                 }
-                // Woken by a write; the timeout also notices a worker gone quiet.
-                let _ = tokio::time::timeout(Duration::from_millis(500), changed.changed()).await;
+                if self.link.is_some() && hw > sent_hw {
+                    let f = shipping::Segment {
+                        term: self.term,
+                        hw,
+                        start: cursor,
+                        next: cursor,
+                        records: Vec::new(),
+                    };
+                    if let Err(e) = frame::write(&mut send, &f.into()).await {
+                        break Err(e);
+                    }
+                    sent_hw = hw;
+                    continue;
+                }
+                // Woken by a write (or a new mark); the timeout also notices
+                // a worker gone quiet.
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    tokio::select! {
+                        _ = changed.changed() => {}
+                        _ = marks.changed(), if self.link.is_some() => {}
+                    }
+                })
+                .await;
                 continue;
             }
             let f = shipping::Segment {
-                // Without a metadata group there is one master, and nothing
-                // it made durable can be taken back: the mark is the commit
-                // cursor.
-                term: 0,
-                hw: commit,
+                term: self.term,
+                hw,
                 start: seg.start,
                 next: seg.next,
                 records: seg.bytes,
@@ -596,12 +832,13 @@ impl Master {
             if let Err(e) = frame::write(&mut send, &f.into()).await {
                 break Err(e);
             }
+            sent_hw = hw;
             cursor = seg.next;
         };
         acks.abort();
         {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            let gone = workers.remove(peer);
+            let gone = workers.remove(key);
             self.publish_in_sync(&mut workers, gone.as_slice());
         }
         tracing::info!(%peer, "worker left");
@@ -621,20 +858,69 @@ pub struct Worker {
     hw: watch::Sender<Location>,
     /// Testing aid: a pause before each segment is applied (lagging replica).
     apply_delay_ms: std::sync::atomic::AtomicU64,
+    /// Its node id, sent with each subscription.
+    node_id: u64,
+    /// The term whose master's log it last followed (0: none).
+    last_term: AtomicU64,
+    /// In a failover cluster: the newest term this node knows of (segments
+    /// of an older one are refused), and where the last term is kept.
+    failover: Option<FailoverWorker>,
+}
+
+/// A worker's part in a failover cluster.
+pub struct FailoverWorker {
+    /// The node's id in the cluster.
+    pub node_id: u64,
+    /// The term whose master's log the node last followed.
+    pub last_term: u64,
+    /// The newest term the node knows of; shared with its metadata group.
+    pub fence: Arc<AtomicU64>,
+    /// Keeps a newly followed term durable before its records are applied.
+    pub remember: Arc<dyn Fn(u64) -> std::io::Result<()> + Send + Sync>,
 }
 
 impl Worker {
     /// A worker over `store` that follows the master at `master`.
     pub fn new(store: KeyedStore, master: SocketAddr) -> Arc<Worker> {
+        Worker::build(Arc::new(store), master, None)
+    }
+
+    /// A worker of a failover cluster, following the master at `master`.
+    /// It answers reads only below the mark its master sends (none yet).
+    pub fn following(
+        store: Arc<KeyedStore>,
+        master: SocketAddr,
+        failover: FailoverWorker,
+    ) -> Arc<Worker> {
+        Worker::build(store, master, Some(failover))
+    }
+
+    fn build(
+        store: Arc<KeyedStore>,
+        master: SocketAddr,
+        failover: Option<FailoverWorker>,
+    ) -> Arc<Worker> {
         let end = Cursor::new(store.db().meta().epoch, store.db().end());
+        let (node_id, last_term) = match &failover {
+            Some(f) => (f.node_id, f.last_term),
+            None => (random_id(), 0),
+        };
+        // Outside a failover cluster nothing the master made durable is
+        // taken back, and a worker applies only that: what it holds at
+        // start may be answered. In one, only what the master's mark covers.
+        let hw = if failover.is_some() {
+            Location::NONE
+        } else {
+            end.at
+        };
         Arc::new(Worker {
-            store: std::sync::RwLock::new(Arc::new(store)),
+            store: std::sync::RwLock::new(store),
             master,
+            node_id,
+            last_term: AtomicU64::new(last_term),
+            failover,
             applied: watch::channel(end).0,
-            // Outside a failover cluster nothing the master made durable is
-            // taken back, and a worker applies only that: what it holds at
-            // start may be answered.
-            hw: watch::channel(end.at).0,
+            hw: watch::channel(hw).0,
             apply_delay_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -677,7 +963,9 @@ impl Worker {
         follower.abort();
     }
 
-    async fn follow(self: Arc<Self>, endpoint: quinn::Endpoint) {
+    /// Follows the master until dropped (a failover cluster's member runs
+    /// this itself, and serves on its own endpoint).
+    pub async fn follow(self: Arc<Self>, endpoint: quinn::Endpoint) {
         loop {
             match self.follow_once(&endpoint).await {
                 Ok(()) => tracing::info!(master = %self.master, "master closed the log stream"),
@@ -707,8 +995,8 @@ impl Worker {
             epoch,
             cursor: cursor.at,
             tail,
-            node: 0,
-            last_term: 0,
+            node: self.node_id,
+            last_term: self.last_term.load(Ordering::SeqCst),
         };
         frame::write(&mut send, &sub.into()).await?;
         tracing::info!(master = %self.master, %cursor, "subscribed");
@@ -731,7 +1019,37 @@ impl Worker {
                             "a segment of term {term} on a stream of term {stream_term:?}"
                         )))
                     }
+                    // A newer master exists: this one's records may be cut.
+                    _ if self.failover.as_ref().is_some_and(|f| {
+                        !proto::election::Fence::at(f.fence.load(Ordering::SeqCst))
+                            .accepts_segment(term, term)
+                    }) =>
+                    {
+                        return Err(Error::Protocol(format!(
+                            "a segment of term {term}, older than a term this node knows"
+                        )))
+                    }
+                    // A mark alone (nothing new to apply).
+                    _ if records.is_empty() && start == next => {
+                        self.hw.send_if_modified(|h| {
+                            let moved = hw > *h;
+                            *h = (*h).max(hw);
+                            moved
+                        });
+                        continue;
+                    }
                     Segment::Apply => {
+                        // The first records of a new term: the term is
+                        // remembered first, so a restart subscribes with it.
+                        if let Some(f) = &self.failover {
+                            if self.last_term.load(Ordering::SeqCst) != term {
+                                (f.remember)(term).map_err(|source| Error::Io {
+                                    context: format!("remember term {term}"),
+                                    source,
+                                })?;
+                                self.last_term.store(term, Ordering::SeqCst);
+                            }
+                        }
                         // The mark first: it speaks of the master's log,
                         // which the records about to land are a prefix of.
                         self.hw.send_if_modified(|h| {
@@ -1053,6 +1371,16 @@ impl Worker {
         let Some(first) = frames.next().await? else {
             return Ok(());
         };
+        self.opened(first, send, frames).await
+    }
+
+    /// Serves a stream that began with `first`.
+    pub(crate) async fn opened(
+        self: Arc<Self>,
+        first: Frame,
+        send: quinn::SendStream,
+        frames: FrameReader,
+    ) -> Result<()> {
         match Opening::from(first) {
             Opening::Watch(w) => self.watch(send, w.prefix, w.cursor).await,
             Opening::Pipeline => crate::pipeline::serve(self, send, frames).await,
@@ -1062,7 +1390,7 @@ impl Worker {
 
     /// The reply to a one-reply request: by sub-protocol, each request
     /// answered by its handler below.
-    async fn reply(self: Arc<Self>, req: Frame) -> Frame {
+    pub(crate) async fn reply(self: Arc<Self>, req: Frame) -> Frame {
         match Call::from_frame(req) {
             Ok(Call::Read(r)) => r.answer(&*self).await,
             Ok(Call::Status(s)) => s.answer(&*self).await,
@@ -1144,9 +1472,18 @@ impl writes::Handler for Master {
 /// answers once what it read is durable (`after_read`).
 impl reads::Handler for Master {
     async fn read_index(&self, _: reads::ReadIndex) -> Answer<reads::ReadIndex> {
-        Ok(reads::CursorIs {
-            cursor: self.commit_cursor(),
-        })
+        // Read before the leadership check: everything committed by then
+        // is in it, and the check then shows no newer master existed.
+        let cursor = self.commit_cursor();
+        if let Some(link) = &self.link {
+            if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
+                return Err(failed(
+                    Code::NotMaster,
+                    format!("the master of term {} no longer leads", self.term),
+                ));
+            }
+        }
+        Ok(reads::CursorIs { cursor })
     }
 
     async fn get(&self, req: reads::Get) -> Answer<reads::Get> {

@@ -74,6 +74,11 @@ pub struct Fence {
 }
 
 impl Fence {
+    /// A fence at `term`.
+    pub fn at(term: Term) -> Fence {
+        Fence { term }
+    }
+
     /// The fence term.
     pub fn term(&self) -> Term {
         self.term
