@@ -262,6 +262,20 @@ pub enum Frame {
         /// The answer.
         body: Vec<u8>,
     },
+    /// Controller -> candidate: where does your log end? The candidate
+    /// takes `term` as the newest it knows (and a master of an older term
+    /// stops taking writes), so its answer holds.
+    Position {
+        /// The asking controller's term.
+        term: u64,
+    },
+    /// Candidate -> controller: the term whose log it last followed, and its end.
+    PositionIs {
+        /// The term whose master's log it last followed.
+        last_term: u64,
+        /// Its end.
+        cursor: Cursor,
+    },
 }
 
 /// A key's version: the epoch and the location of its current record
@@ -765,6 +779,15 @@ impl Frame {
                 w.u8(33);
                 w.bytes(body);
             }
+            Frame::Position { term } => {
+                w.u8(37);
+                w.u64(*term);
+            }
+            Frame::PositionIs { last_term, cursor } => {
+                w.u8(38);
+                w.u64(*last_term);
+                w.cursor(*cursor);
+            }
             Frame::Pipeline => w.u8(30),
             Frame::Tagged { id, frame } => {
                 w.u8(31);
@@ -838,6 +861,11 @@ impl Frame {
             },
             33 => Frame::RaftIs {
                 body: r.bytes()?.to_vec(),
+            },
+            37 => Frame::Position { term: r.u64()? },
+            38 => Frame::PositionIs {
+                last_term: r.u64()?,
+                cursor: r.cursor()?,
             },
             13 => Frame::Failed {
                 code: Code::from(r.string()?.as_str()),
@@ -1210,6 +1238,11 @@ mod tests {
                 body: b"{}".to_vec(),
             },
             Frame::RaftIs { body: vec![] },
+            Frame::Position { term: 9 },
+            Frame::PositionIs {
+                last_term: 8,
+                cursor: c,
+            },
             Frame::Failed {
                 code: Code::Gone,
                 message: "m".into(),

@@ -7,11 +7,13 @@
 //! docs/FAILOVER-DESIGN.md.
 
 mod log_store;
+mod member;
 pub mod net;
 mod state_machine;
 mod types;
 
 pub use log_store::FileLog;
+pub use member::{MemberOptions, Node};
 pub use net::{MetaRaftHandle, QuicNet};
 pub use state_machine::{MetaMachine, MetaView};
 pub use types::{Entry, LogId, Member, MetaRaft, StoredMembership, Vote};

@@ -1,8 +1,10 @@
-//! The metadata Raft group, node → node: `Raft` → `RaftIs`. The bodies are
+//! The metadata Raft group, node → node: `Raft` → `RaftIs`, and the
+//! controller's question to candidates, `Position` → `PositionIs`. The bodies are
 //! openraft's own messages as JSON (`cluster::net` encodes them): the
 //! metadata group is small and rare, and this keeps openraft's types out of
 //! the wire codec.
 
+use crate::cursor::Cursor;
 use crate::msg::{message, Request};
 
 message! {
@@ -23,4 +25,26 @@ message! {
 
 impl Request for Raft {
     type Reply = RaftIs;
+}
+
+message! {
+    /// Where does your log end? (The asker's term becomes the newest known.)
+    Position = Position {
+        /// The asking controller's term.
+        term: u64,
+    }
+}
+
+message! {
+    /// The last term followed and the end.
+    PositionIs = PositionIs {
+        /// The term whose master's log it last followed.
+        last_term: u64,
+        /// Its end.
+        cursor: Cursor,
+    }
+}
+
+impl Request for Position {
+    type Reply = PositionIs;
 }

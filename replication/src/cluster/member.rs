@@ -1,0 +1,666 @@
+//! A data node of a failover cluster: its store, its place in the metadata
+//! group, and its role, which follows the committed metadata.
+//!
+//! One QUIC endpoint serves everything: Raft messages and the controller's
+//! `Position` question are answered here, the rest by the current role (a
+//! master or a worker over the same store). A control loop watches the
+//! Raft state and the metadata: the Raft leader without an appointment in
+//! its term asks the candidates where their logs end and appoints the best
+//! (or hands leadership to it); the appointed node becomes master; every
+//! other node follows the master of the metadata. See
+//! docs/FAILOVER-DESIGN.md §2.5 and docs/PROTOCOL.md.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use ourdb::keyed::KeyedStore;
+use tokio::sync::{mpsc, watch};
+
+use super::net::{self, MetaRaftHandle, QuicNet};
+use super::{FileLog, Member as MemberInfo, MetaMachine, MetaView};
+use crate::client::Client;
+use crate::cursor::Cursor;
+use crate::error::{Code, Error, Result};
+use crate::frame::{Frame, FrameReader};
+use crate::msg::raft::{Position, PositionIs, Raft};
+use crate::msg::Failed;
+use crate::node::{Appointment, FailoverWorker, MetaLink, Worker};
+use crate::proto::election::{self, Choice};
+use crate::proto::followers::Transition;
+use crate::proto::meta::{Applied, Branch, MetaCmd};
+use crate::{Identity, Master, MasterOptions};
+
+/// How long the controller waits for the candidates' answers.
+const POSITION_WAIT: Duration = Duration::from_millis(300);
+
+/// How a member starts.
+pub struct MemberOptions {
+    /// Its node id (kept in `<raft_dir>/id` by the caller).
+    pub id: u64,
+    /// The address others reach it at.
+    pub addr: SocketAddr,
+    /// Where its Raft log, vote, snapshot and last followed term live
+    /// (beside the data directory: a snapshot install swaps that one).
+    pub raft_dir: PathBuf,
+    /// How it treats its workers when master.
+    pub master: MasterOptions,
+}
+
+#[derive(Clone)]
+enum Role {
+    Idle,
+    Master(Arc<Master>),
+    Worker {
+        node: Arc<Worker>,
+        master: u64,
+        term: u64,
+        _task: Arc<AbortOnDrop>,
+    },
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A data node of a failover cluster.
+pub struct Node {
+    id: u64,
+    addr: SocketAddr,
+    raft: MetaRaftHandle,
+    view: watch::Receiver<MetaView>,
+    client: Arc<Client>,
+    endpoint: quinn::Endpoint,
+    /// The store when no role holds it (a worker may replace it whole).
+    idle_store: Mutex<Option<Arc<KeyedStore>>>,
+    role: Mutex<Role>,
+    /// The newest term this node knows of.
+    fence: Arc<AtomicU64>,
+    /// The term whose master's log it last followed (also on disk).
+    last_term: Arc<AtomicU64>,
+    options: MasterOptions,
+    raft_dir: PathBuf,
+    tasks: Mutex<Vec<AbortOnDrop>>,
+}
+
+const FOLLOW: &str = "follow";
+
+fn read_term(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(FOLLOW))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes the last followed term durably (tmp, fsync, rename, directory fsync).
+fn write_term(dir: &Path, term: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join("follow.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(term.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(FOLLOW))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn io(context: &str, source: std::io::Error) -> Error {
+    Error::Io {
+        context: context.to_string(),
+        source,
+    }
+}
+
+impl Node {
+    /// Starts a member over `store`, serving on `endpoint` (which listens
+    /// at `options.addr`). It takes no role until the metadata gives it one.
+    pub async fn start(
+        store: KeyedStore,
+        endpoint: quinn::Endpoint,
+        identity: &Identity,
+        options: MemberOptions,
+    ) -> Result<Arc<Node>> {
+        let dir = options.raft_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| io("raft directory", e))?;
+        let client = Arc::new(Client::new(identity)?);
+        let log = FileLog::open(&dir).map_err(|e| io("raft log", e))?;
+        let sm = MetaMachine::open(&dir).map_err(|e| io("raft state", e))?;
+        let view = sm.subscribe();
+        let config = Arc::new(
+            net::lan_config()
+                .validate()
+                .map_err(|e| Error::Protocol(format!("raft config: {e}")))?,
+        );
+        let raft = openraft::Raft::new(options.id, config, QuicNet::new(client.clone()), log, sm)
+            .await
+            .map_err(|e| Error::Protocol(format!("raft: {e}")))?;
+        let member = Arc::new(Node {
+            id: options.id,
+            addr: options.addr,
+            raft,
+            view,
+            client,
+            endpoint: endpoint.clone(),
+            idle_store: Mutex::new(Some(Arc::new(store))),
+            role: Mutex::new(Role::Idle),
+            fence: Arc::new(AtomicU64::new(0)),
+            last_term: Arc::new(AtomicU64::new(read_term(&dir))),
+            options: options.master,
+            raft_dir: dir,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let serve = {
+            let m = member.clone();
+            tokio::spawn(async move {
+                crate::node::accept_loop(endpoint, move |send, recv, peer| {
+                    let m = m.clone();
+                    async move { m.stream(send, recv, peer).await }
+                })
+                .await
+            })
+        };
+        let control = tokio::spawn(member.clone().control_loop());
+        member
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([AbortOnDrop(serve), AbortOnDrop(control)]);
+        Ok(member)
+    }
+
+    /// Its node id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address others reach it at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metadata as this node has applied it.
+    pub fn view(&self) -> MetaView {
+        self.view.borrow().clone()
+    }
+
+    /// The metadata group, for membership changes and tests.
+    pub fn raft(&self) -> &MetaRaftHandle {
+        &self.raft
+    }
+
+    /// Makes this node the first member of a new cluster (it will appoint
+    /// itself master). Does nothing if the group already exists.
+    pub async fn bootstrap(&self) -> Result<()> {
+        let me = MemberInfo {
+            addr: self.addr.to_string(),
+            pubkey: None,
+        };
+        match self
+            .raft
+            .initialize(std::collections::BTreeMap::from([(self.id, me)]))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.api_error().is_some() => Ok(()),
+            Err(e) => Err(Error::Protocol(format!("raft initialize: {e}"))),
+        }
+    }
+
+    /// On the leader: adds a node as a learner, and makes every learner a
+    /// voter once there are three members or more (with two, losing either
+    /// would stop the group; the second stays a learner).
+    pub async fn add_member(&self, id: u64, addr: SocketAddr) -> Result<()> {
+        let info = MemberInfo {
+            addr: addr.to_string(),
+            pubkey: None,
+        };
+        let raft_err = |e| Error::Protocol(format!("raft membership: {e}"));
+        self.raft
+            .add_learner(id, info, true)
+            .await
+            .map_err(raft_err)?;
+        let v = self.view();
+        if v.members.len() >= 3 {
+            let learners: BTreeSet<u64> = v
+                .members
+                .keys()
+                .filter(|id| !v.voters.contains(id))
+                .copied()
+                .collect();
+            if !learners.is_empty() {
+                self.raft
+                    .change_membership(openraft::ChangeMembers::AddVoterIds(learners), false)
+                    .await
+                    .map_err(raft_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The role's store.
+    pub fn store(&self) -> Arc<KeyedStore> {
+        match self.role() {
+            Role::Master(m) => m.store().clone(),
+            Role::Worker { node, .. } => node.store(),
+            Role::Idle => self
+                .idle_store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .expect("an idle member holds its store"),
+        }
+    }
+
+    /// Whether this node is master now, and of which term.
+    pub fn master_term(&self) -> Option<u64> {
+        match self.role() {
+            Role::Master(m) => Some(m.term()),
+            _ => None,
+        }
+    }
+
+    /// Stops everything (as a crash would, minus the lost page cache) and
+    /// returns the store once nothing else holds it.
+    pub async fn shutdown(self: Arc<Self>) -> Arc<KeyedStore> {
+        let store = self.store();
+        if let Role::Master(m) = self.role() {
+            m.depose();
+        }
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = Role::Idle;
+        self.idle_store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let _ = self.raft.shutdown().await;
+        self.endpoint.close(0u32.into(), b"stopped");
+        self.endpoint.wait_idle().await;
+        store
+    }
+
+    fn role(&self) -> Role {
+        self.role.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One stream: Raft and `Position` here, the rest by the role.
+    async fn stream(
+        self: Arc<Self>,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        peer: SocketAddr,
+    ) -> Result<()> {
+        let mut frames = FrameReader::new(recv);
+        let Some(first) = frames.next().await? else {
+            return Ok(());
+        };
+        match (&first, self.role()) {
+            (Frame::Pipeline, _) => crate::pipeline::serve(self, send, frames).await,
+            (Frame::Subscribe { .. } | Frame::Snapshot, Role::Master(m)) => {
+                m.opened(first, send, frames, peer).await
+            }
+            (Frame::Watch { .. }, Role::Worker { node, .. }) => {
+                node.opened(first, send, frames).await
+            }
+            (Frame::Subscribe { .. } | Frame::Snapshot | Frame::Watch { .. }, _) => {
+                let mut send = send;
+                let no = Failed::new(Code::NotMaster, "this node cannot serve that now");
+                crate::frame::write(&mut send, &no.into()).await?;
+                let _ = send.finish();
+                Ok(())
+            }
+            _ => crate::pipeline::serve_one(self, send, first).await,
+        }
+    }
+
+    /// The answer to `Position{term}`: this node now knows `term` (a master
+    /// of an older one stops taking writes), then its last term and end.
+    fn position(&self, term: u64) -> PositionIs {
+        self.fence.fetch_max(term, Ordering::SeqCst);
+        if let Role::Master(m) = self.role() {
+            if m.term() < term {
+                m.depose();
+            }
+        }
+        let store = self.store();
+        PositionIs {
+            last_term: self.last_term.load(Ordering::SeqCst),
+            cursor: Cursor::new(store.db().meta().epoch, store.db().end()),
+        }
+    }
+
+    async fn control_loop(self: Arc<Self>) {
+        let mut view = self.view.clone();
+        loop {
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(node = self.id, error = %e, "failover control");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), view.changed()).await;
+        }
+    }
+
+    /// Takes the role the metadata gives this node (and, as the Raft leader
+    /// without an appointment, makes one).
+    async fn reconcile(&self) -> Result<()> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let term = m.current_term;
+        let leader = m.current_leader == Some(self.id);
+        self.fence.fetch_max(term, Ordering::SeqCst);
+        let v = self.view();
+        if leader && v.state.term < term {
+            return self.appoint(term).await;
+        }
+        match v.state.master {
+            Some(id) if id == self.id && v.state.term == term && leader => self.be_master(&v),
+            Some(id) if id != self.id => self.be_worker(id, v.state.term, &v),
+            _ => {
+                // A master whose term is over, with no successor yet.
+                if let Role::Master(m) = self.role() {
+                    if m.term() != term || !leader {
+                        self.be_idle();
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The controller's round (rules in `proto::election`).
+    async fn appoint(&self, term: u64) -> Result<()> {
+        // Everything committed before this term is applied here first.
+        self.raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| Error::Protocol(format!("raft read index: {e}")))?;
+        let v = self.view();
+        if v.state.term >= term {
+            return Ok(());
+        }
+        // This node's own end must hold: it follows nobody while it asks.
+        self.be_idle();
+        let mut asked: BTreeSet<u64> = v.state.in_sync.clone();
+        asked.extend(v.state.master);
+        asked.insert(self.id);
+        let mut calls = Vec::new();
+        for id in asked {
+            if id == self.id {
+                let p = self.position(term);
+                calls.push(tokio::spawn(async move { Some((id, p)) }));
+                continue;
+            }
+            let Some(addr) = v.members.get(&id).and_then(|m| m.addr.parse().ok()) else {
+                continue;
+            };
+            let client = self.client.clone();
+            calls.push(tokio::spawn(async move {
+                let ask = client.call(addr, Position { term });
+                match tokio::time::timeout(POSITION_WAIT, ask).await {
+                    Ok(Ok(p)) => Some((id, p)),
+                    _ => None,
+                }
+            }));
+        }
+        let mut answers = Vec::new();
+        for c in calls {
+            if let Ok(Some((id, p))) = c.await {
+                answers.push((
+                    id,
+                    election::Position {
+                        last_term: p.last_term,
+                        end: p.cursor,
+                    },
+                ));
+            }
+        }
+        match election::choose(self.id, &v.state, &answers) {
+            Choice::Appoint {
+                master,
+                parent,
+                start,
+            } => {
+                let cmd = MetaCmd::Appoint {
+                    master,
+                    term,
+                    parent,
+                    start,
+                };
+                let r = self
+                    .raft
+                    .client_write(cmd)
+                    .await
+                    .map_err(|e| Error::Protocol(format!("raft write: {e}")))?;
+                tracing::info!(node = self.id, term, %start, applied = ?r.data, "appointed itself master");
+            }
+            Choice::Transfer(to) => {
+                tracing::info!(
+                    node = self.id,
+                    term,
+                    to,
+                    "handing leadership to the best candidate"
+                );
+                self.raft
+                    .trigger()
+                    .transfer_leader(to)
+                    .await
+                    .map_err(|e| Error::Protocol(format!("raft transfer: {e}")))?;
+            }
+            Choice::Wait => {
+                tracing::warn!(
+                    node = self.id,
+                    term,
+                    ?answers,
+                    "no eligible node answered: no master"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves any role, keeping the store.
+    fn be_idle(&self) {
+        let mut role = self.role.lock().unwrap_or_else(|e| e.into_inner());
+        let store = match &*role {
+            Role::Idle => return,
+            Role::Master(m) => {
+                m.depose();
+                m.store().clone()
+            }
+            Role::Worker { node, .. } => node.store(),
+        };
+        *self.idle_store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
+        *role = Role::Idle;
+    }
+
+    fn be_master(&self, v: &MetaView) -> Result<()> {
+        let term = v.state.term;
+        if matches!(self.role(), Role::Master(ref m) if m.term() == term) {
+            return Ok(());
+        }
+        self.be_idle();
+        let store = self.store();
+        let start = v
+            .state
+            .appointment(term)
+            .map_or(store.db().end(), |a| a.start.at);
+        write_term(&self.raft_dir, term).map_err(|e| io("remember term", e))?;
+        self.last_term.store(term, Ordering::SeqCst);
+        let link = Arc::new(Link::new(self.raft.clone(), self.view.clone()));
+        let master = Master::appointed(
+            store,
+            self.options.clone(),
+            Appointment {
+                term,
+                start,
+                in_sync: v.state.in_sync.iter().copied().collect(),
+                link: link.clone(),
+            },
+        );
+        link.attach(&master);
+        tracing::info!(node = self.id, term, %start, "master");
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = Role::Master(master);
+        self.idle_store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        Ok(())
+    }
+
+    fn be_worker(&self, master: u64, term: u64, v: &MetaView) -> Result<()> {
+        if matches!(self.role(), Role::Worker { master: m, term: t, .. } if m == master && t == term)
+        {
+            return Ok(());
+        }
+        let Some(addr) = v.members.get(&master).and_then(|m| m.addr.parse().ok()) else {
+            return Err(Error::Protocol(format!(
+                "master {master} has no usable address"
+            )));
+        };
+        self.be_idle();
+        let store = self.store();
+        let dir = self.raft_dir.clone();
+        let node = Worker::following(
+            store,
+            addr,
+            FailoverWorker {
+                node_id: self.id,
+                last_term: self.last_term.load(Ordering::SeqCst),
+                fence: self.fence.clone(),
+                remember: {
+                    let last = self.last_term.clone();
+                    Arc::new(move |t| {
+                        write_term(&dir, t)?;
+                        last.store(t, Ordering::SeqCst);
+                        Ok(())
+                    })
+                },
+            },
+        );
+        let task = AbortOnDrop(tokio::spawn(node.clone().follow(self.endpoint.clone())));
+        tracing::info!(node = self.id, master, term, %addr, "following");
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = Role::Worker {
+            node,
+            master,
+            term,
+            _task: Arc::new(task),
+        };
+        self.idle_store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        Ok(())
+    }
+}
+
+impl crate::pipeline::Answer for Node {
+    async fn answer(self: Arc<Self>, req: Frame) -> Frame {
+        let req = match Raft::from_frame(req) {
+            Ok(r) => return crate::msg::answer_frame(net::answer(&self.raft, r).await),
+            Err(f) => f,
+        };
+        let req = match Position::from_frame(req) {
+            Ok(Position { term }) => return self.position(term).into(),
+            Err(f) => f,
+        };
+        match self.role() {
+            Role::Master(m) => m.reply(req).await,
+            Role::Worker { node, .. } => node.reply(req).await,
+            Role::Idle => {
+                Failed::new(Code::NotMaster, "no master yet: an election is under way").into()
+            }
+        }
+    }
+}
+
+/// A master's way to its metadata group.
+struct Link {
+    raft: MetaRaftHandle,
+    view: watch::Receiver<MetaView>,
+    master: Arc<OnceLock<Weak<Master>>>,
+    queue: mpsc::UnboundedSender<(u64, Transition<u64>)>,
+}
+
+impl Link {
+    fn new(raft: MetaRaftHandle, view: watch::Receiver<MetaView>) -> Link {
+        let (queue, mut rx) = mpsc::unbounded_channel::<(u64, Transition<u64>)>();
+        let master: Arc<OnceLock<Weak<Master>>> = Arc::new(OnceLock::new());
+        let (r, m) = (raft.clone(), master.clone());
+        // One proposal at a time, in order: commits arrive in the order the
+        // changes were decided.
+        tokio::spawn(async move {
+            while let Some((term, t)) = rx.recv().await {
+                let (join, leave) = if t.joins() {
+                    (vec![t.worker()], vec![])
+                } else {
+                    (vec![], vec![t.worker()])
+                };
+                let cmd = MetaCmd::InSync { term, join, leave };
+                loop {
+                    match r.client_write(cmd.clone()).await {
+                        Ok(w) if w.data == Some(Applied::InSyncChanged) => {
+                            if let Some(master) = m.get().and_then(Weak::upgrade) {
+                                master.committed(t.worker(), t.joins());
+                            }
+                        }
+                        Ok(w) => {
+                            tracing::info!(term, ?t, applied = ?w.data, "in-sync change not applied")
+                        }
+                        // No longer the leader of its term: the master's term is over.
+                        Err(e)
+                            if {
+                                let m = r.metrics().borrow_watched().clone();
+                                m.current_term != term || m.current_leader != Some(m.id)
+                            } =>
+                        {
+                            tracing::info!(term, ?t, error = %e, "in-sync change not committed: the term is over");
+                            return;
+                        }
+                        Err(e) => {
+                            // A membership change in progress, a lease not yet
+                            // confirmed by a quorum: proposed again.
+                            tracing::warn!(term, ?t, error = %e, "in-sync change not committed; retrying");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    break;
+                }
+            }
+        });
+        Link {
+            raft,
+            view,
+            master,
+            queue,
+        }
+    }
+
+    fn attach(&self, master: &Arc<Master>) {
+        let _ = self.master.set(Arc::downgrade(master));
+    }
+}
+
+impl MetaLink for Link {
+    fn propose(&self, term: u64, change: Transition<u64>) {
+        let _ = self.queue.send((term, change));
+    }
+
+    fn branch(&self, last_term: u64) -> Branch {
+        let v = self.view.borrow();
+        v.state.branch(last_term, v.state.term)
+    }
+
+    fn still_leads(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+                .is_ok()
+        })
+    }
+}

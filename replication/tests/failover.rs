@@ -1,0 +1,156 @@
+//! Failover with real nodes over loopback QUIC, in this process: three
+//! members elect a master through the metadata group; the master is stopped
+//! with `ack=all` writes acknowledged; another is appointed from the in-sync
+//! set and takes writes; the old master returns on its own directory as a
+//! worker and ends byte-identical.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ourdb::keyed::KeyedStore;
+use ourdb::{OpenOptions, SyncPolicy};
+use replication::cluster::{MemberOptions, Node};
+use replication::{Ack, Client, Identity, MasterOptions};
+
+async fn start(id: u64, dir: &Path, addr: SocketAddr) -> Arc<Node> {
+    let identity = Identity::loopback().unwrap();
+    let endpoint = replication::endpoint(&identity, addr).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let store =
+        KeyedStore::open(dir.join("data"), OpenOptions::new().sync(SyncPolicy::Group)).unwrap();
+    let options = MemberOptions {
+        id,
+        addr,
+        raft_dir: dir.join("raft"),
+        master: MasterOptions {
+            ack_timeout: Duration::from_secs(1),
+            ..MasterOptions::default()
+        },
+    };
+    Node::start(store, endpoint, &identity, options)
+        .await
+        .unwrap()
+}
+
+/// Polls `f` every 20 ms for up to 10 s.
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        if Instant::now() > deadline {
+            panic!("not within 10 s: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn addr_of(n: &Node) -> SocketAddr {
+    n.view().members[&n.id()].addr.parse().unwrap()
+}
+
+/// Writes `keys` with `ack=all` to whichever node is master, retrying while
+/// there is none; each write's acknowledgement is checked.
+async fn write_all(client: &Client, nodes: &[&Arc<Node>], keys: std::ops::Range<u32>) {
+    for i in keys {
+        let key = format!("k{i}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let master = nodes.iter().find(|n| n.master_term().is_some());
+            if let Some(m) = master {
+                match client
+                    .set_with(addr_of(m), &key, format!("v{i}").as_bytes(), Ack::All)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => assert!(Instant::now() < deadline, "{key}: {e}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "{key}: no master");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn holds(store: &KeyedStore, keys: std::ops::Range<u32>) -> bool {
+    keys.clone()
+        .all(|i| store.get(&format!("k{i}")).unwrap() == Some(format!("v{i}").into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_fails_over_and_returns_as_a_worker() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let n1 = start(1, &dirs[0], any).await;
+    n1.bootstrap().await.unwrap();
+    until("node 1 master", || n1.master_term()).await;
+    let n2 = start(2, &dirs[1], any).await;
+    let n3 = start(3, &dirs[2], any).await;
+    n1.add_member(2, addr_of_new(&n2)).await.unwrap();
+    n1.add_member(3, addr_of_new(&n3)).await.unwrap();
+    let v = until("three voters and both workers in sync", || {
+        let v = n1.view();
+        (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(v.state.in_sync, [2, 3].into());
+
+    let client = Client::new(&Identity::loopback().unwrap()).unwrap();
+    write_all(&client, &[&n1, &n2, &n3], 0..20).await;
+
+    // The master stops (its store stays on disk).
+    let addr1 = addr_of(&n1);
+    let t1 = n1.master_term().unwrap();
+    let killed = Instant::now();
+    let store1 = n1.shutdown().await;
+    until("the old store released", || {
+        (Arc::strong_count(&store1) == 1).then_some(())
+    })
+    .await;
+    drop(store1);
+    let (new, other) = until("a new master", || {
+        [(&n2, &n3), (&n3, &n2)]
+            .into_iter()
+            .find(|(n, _)| n.master_term().is_some_and(|t| t > t1))
+    })
+    .await;
+    let (new, other) = (new.clone(), other.clone());
+    eprintln!("new master {} after {:?}", new.id(), killed.elapsed());
+    // Every acknowledged write is on the new master, and it takes writes.
+    assert!(holds(&new.store(), 0..20));
+    write_all(&client, &[&new, &other], 20..40).await;
+    eprintln!("first writes done {:?} after the stop", killed.elapsed());
+    until("the other worker has everything", || {
+        holds(&other.store(), 0..40).then_some(())
+    })
+    .await;
+
+    // The old master returns on its directory and address: a worker now.
+    let n1 = start(1, &dirs[0], addr1).await;
+    until("node 1 caught up", || {
+        holds(&n1.store(), 0..40).then_some(())
+    })
+    .await;
+    assert_eq!(n1.master_term(), None);
+    let digest = |s: Arc<KeyedStore>| replication::digest(&s).unwrap();
+    until("node 1 byte-identical to the master", || {
+        (digest(n1.store()) == digest(new.store())).then_some(())
+    })
+    .await;
+    for n in [n1, new, other] {
+        n.shutdown().await;
+    }
+}
+
+/// A node's own address before it has joined (its view has no members yet).
+fn addr_of_new(n: &Node) -> SocketAddr {
+    n.local_addr()
+}
