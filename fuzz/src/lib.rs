@@ -171,9 +171,9 @@ struct Model {
     durable: State,
     since: Vec<Vec<(u32, Option<Vec<u8>>)>>,
     /// Record boundaries of this handle's log: where the data ended after
-    /// each write that appended records, and the state then. Truncation
-    /// targets.
-    bounds: Vec<(ourdb::Location, State)>,
+    /// each write that appended records, the state then, and the next id
+    /// then (incremental mode). Truncation targets.
+    bounds: Vec<(ourdb::Location, State, u32)>,
     /// Plain-db deletes (no record, so a truncation does not undo them):
     /// the number of boundaries when each was made, and its id.
     plain_deletes: Vec<(usize, u32)>,
@@ -203,14 +203,14 @@ impl Model {
     }
 
     /// The log is unknown (after a crash): only its new end is a boundary.
-    fn restart_log(&mut self, end: ourdb::Location) {
-        self.bounds = vec![(end, self.current.clone())];
+    fn restart_log(&mut self, end: ourdb::Location, next_id: u32) {
+        self.bounds = vec![(end, self.current.clone(), next_id)];
         self.plain_deletes.clear();
     }
 
     /// A write appended records: the data now ends at `end`.
-    fn bound(&mut self, end: ourdb::Location) {
-        self.bounds.push((end, self.current.clone()));
+    fn bound(&mut self, end: ourdb::Location, next_id: u32) {
+        self.bounds.push((end, self.current.clone(), next_id));
     }
 
     /// The state a cut to boundary `i` leaves: the state then, less the
@@ -302,7 +302,7 @@ impl Model {
     /// After a crash: the state is checked as `recovered` does; if a
     /// truncation that failed part-way is what it holds last, the data
     /// ends where it cut.
-    fn recovered_at(&mut self, found: State, end: ourdb::Location, what: &str) {
+    fn recovered_at(&mut self, found: State, end: ourdb::Location, next_id: u32, what: &str) {
         let cut = self.cut_step.take();
         let steps = self.recovered(found, what);
         if let Some((step, to)) = cut {
@@ -314,7 +314,7 @@ impl Model {
                 assert_eq!(end, to, "{what}: the cut's state without its cut data");
             }
         }
-        self.restart_log(end);
+        self.restart_log(end, next_id);
     }
 }
 
@@ -332,6 +332,11 @@ impl Handle {
             Handle::Plain(db) => db,
             Handle::Keyed(s) => s.db(),
         }
+    }
+
+    /// The next id (0 in key-value mode).
+    fn next_id(&self) -> u32 {
+        self.db().next_id().unwrap_or(0)
     }
 
     /// Writes `v` under `n` (`None`: a new id, incremental plain db only).
@@ -476,7 +481,8 @@ pub fn db_ops(data: &[u8]) {
     };
     let mut db = Some(open().expect("a new directory opens"));
     let mut model = Model::default();
-    model.restart_log(db.as_ref().expect("open").db().end());
+    let h = db.as_ref().expect("open");
+    model.restart_log(h.db().end(), h.next_id());
     let mut poisoned = false;
     let mut counter = 0u32;
     // `DB_OPS_TRACE=1` prints each operation (for replaying a failure).
@@ -557,7 +563,7 @@ pub fn db_ops(data: &[u8]) {
                             assert!(!model.current.contains_key(&n), "insert reused live id {n}");
                         }
                         model.write(n, Some(v));
-                        model.bound(h.db().end());
+                        model.bound(h.db().end(), h.next_id());
                         if durable_each {
                             model.made_durable();
                         }
@@ -577,7 +583,7 @@ pub fn db_ops(data: &[u8]) {
                 match call!(h.put(Some(n), &v)) {
                     Ok(_) => {
                         model.write(n, Some(v));
-                        model.bound(h.db().end());
+                        model.bound(h.db().end(), h.next_id());
                         if durable_each {
                             model.made_durable();
                         }
@@ -594,7 +600,7 @@ pub fn db_ops(data: &[u8]) {
                         model.write(n, None);
                         if keyed {
                             // A tombstone: a record like any other.
-                            model.bound(h.db().end());
+                            model.bound(h.db().end(), h.next_id());
                         } else {
                             model.plain_deletes.push((model.bounds.len(), n));
                         }
@@ -646,6 +652,19 @@ pub fn db_ops(data: &[u8]) {
                 match r {
                     Ok(t) => {
                         assert_eq!((t.end, h.db().end()), (to, to), "truncate_to({to})");
+                        // The next id goes back with the records: exactly
+                        // for the keyed store, whose every id is created by
+                        // a record; for a plain db, whose deletes are no
+                        // records, it may stay higher.
+                        let (next, then) = (h.next_id(), model.bounds[i].2);
+                        if keyed {
+                            assert_eq!(next, then, "next id after truncate_to({to})");
+                        } else {
+                            assert!(
+                                next >= then,
+                                "next id {next} after truncate_to({to}) < {then}"
+                            );
+                        }
                         model.truncated(i);
                         assert_eq!(h.read_all(), model.current, "after truncate_to({to})");
                     }
@@ -667,7 +686,8 @@ pub fn db_ops(data: &[u8]) {
                     storage.crash().expect("crash");
                 }
                 let h = open().unwrap_or_else(|e| panic!("reopen after a crash: {e}"));
-                model.recovered_at(h.read_all(), h.db().end(), "after a crash");
+                let (end, next) = (h.db().end(), h.next_id());
+                model.recovered_at(h.read_all(), end, next, "after a crash");
                 db = Some(h);
                 poisoned = false;
             }
@@ -694,7 +714,8 @@ pub fn db_ops(data: &[u8]) {
                     let last = model.bounds.last().expect("a boundary").0;
                     assert_eq!(h.db().end(), last, "the end after a clean close");
                 } else {
-                    model.recovered_at(h.read_all(), h.db().end(), "after close");
+                    let (end, next) = (h.db().end(), h.next_id());
+                    model.recovered_at(h.read_all(), end, next, "after close");
                 }
                 db = Some(h);
                 poisoned = false;
