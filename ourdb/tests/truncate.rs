@@ -695,16 +695,33 @@ fn a_crash_during_a_cut_leaves_the_old_or_the_new_store() {
 
 // ---- a V directory ----
 
-/// A V directory (`c_incr_ks6_multifile`: 24 inserts over 9 files, then
-/// updates) cut back in a copy: the data files are V's up to the cut, the
-/// lookup dump and `.inc` are what V holds at that point (read with an
-/// independent decoder of the fixtures README's layout, every CRC and
-/// previous pointer followed), and it reopens to the same. Once inside a
-/// middle file (later files go), once among the updates (histories go back).
+/// V directories cut back in a copy: the data files are V's up to the cut,
+/// the lookup dump (and `.inc`) hold what V holds at that point, read with
+/// an independent decoder of the fixtures README's layout (every CRC and
+/// previous pointer followed), and the copy reopens to the same.
+/// `c_incr_ks6_multifile` (24 inserts over 9 files, then updates) is cut
+/// inside a middle file (later files go) and among the updates (histories
+/// go back); `b_incr_ks3` (keysize 3) among its updates; `d_kv_ks6_sparse`
+/// (key-value mode; V's delete zeroes records in place, then ids are set
+/// again) before the record its first delete zeroed, after it, and between
+/// a delete and the set again. A plain delete is no record: ids deleted
+/// after the cut stay deleted.
 #[test]
 fn a_v_directory_cut_back_stays_a_v_directory() {
-    let case =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v-ourdb/c_incr_ks6_multifile");
+    v_case("c_incr_ks6_multifile", &[14, 29]);
+    v_case("b_incr_ks3", &[2, 21, 23]);
+    v_case("d_kv_ks6_sparse", &[4, 12, 14]);
+}
+
+enum VOp {
+    Set(u32, Vec<u8>),
+    Delete(u32),
+}
+
+fn v_case(name: &str, keeps: &[usize]) {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/v-ourdb")
+        .join(name);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(case.join("manifest.json")).unwrap()).unwrap();
     let c = &manifest["config"];
@@ -715,43 +732,92 @@ fn a_v_directory_cut_back_stays_a_v_directory() {
         incremental: c["incremental_mode"].as_bool().unwrap(),
         keysize: None,
     };
-    // Every set that V took, in order: (id, value).
-    let mut sets: Vec<(u32, Vec<u8>)> = Vec::new();
+    let keysize = config.keysize().unwrap() as usize;
+    // The mutations V took, in order.
+    let mut ops = Vec::new();
     for op in manifest["operations"].as_array().unwrap() {
-        if op["op"] == "set" && op["result"]["ok"] == true {
+        if op["result"]["ok"] != true {
+            continue;
+        }
+        if op["op"] == "set" {
             use base64::Engine;
             let id = op["result"]["id"].as_u64().unwrap() as u32;
             let v = base64::engine::general_purpose::STANDARD
                 .decode(op["data_b64"].as_str().unwrap())
                 .unwrap();
-            sets.push((id, v));
+            ops.push(VOp::Set(id, v));
+        } else if op["op"] == "delete" {
+            ops.push(VOp::Delete(op["id"].as_u64().unwrap() as u32));
         }
     }
-    for keep in [14usize, 29] {
+    // Where each set's record starts, by V's rule: appended in order, the
+    // next file once the current one holds `file_size` bytes.
+    let mut starts = Vec::new();
+    let (mut file, mut pos) = (0u16, 1u64);
+    for op in &ops {
+        if let VOp::Set(_, v) = op {
+            if pos >= config.file_size as u64 {
+                (file, pos) = (file + 1, 1);
+            }
+            starts.push(Location::new(file, pos as u32));
+            pos += 12 + v.len() as u64;
+        }
+    }
+    let original = data_files(&case.join("db"));
+    assert_eq!(
+        (
+            original.last().unwrap().0,
+            original.last().unwrap().1.len() as u64
+        ),
+        (file, pos),
+        "{name}: where V's rule says the data ends"
+    );
+    for &keep in keeps {
+        let what = format!("{name}, keep {keep}");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("db");
         copy_tree(&case.join("db"), &dir);
-        let original = data_files(&dir);
-        // Where each record starts: V appends them in the order of the sets.
-        let mut starts = Vec::new();
-        for (nr, bytes) in &original {
-            let mut pos = 1;
-            while pos < bytes.len() {
-                starts.push(Location::new(*nr, pos as u32));
-                pos += 12 + u16::from_le_bytes([bytes[pos], bytes[pos + 1]]) as usize;
-            }
-        }
-        assert_eq!(starts.len(), sets.len());
         let to = starts[keep];
-        if keep == 14 {
+        if name.starts_with('c') && keep == 14 {
             assert!(to.file_nr > 0 && to.file_nr + 2 < original.last().unwrap().0);
         }
+        // What a cut before set number `keep` leaves: every id as it was
+        // then, less the ids deleted after it.
+        let mut expect: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut sets = 0;
+        let mut deletes = false;
+        for op in &ops {
+            match op {
+                VOp::Set(id, v) if sets < keep => {
+                    expect.entry(*id).or_default().insert(0, v.clone());
+                    sets += 1;
+                }
+                VOp::Set(..) => sets += 1,
+                VOp::Delete(id) => {
+                    expect.remove(id);
+                    deletes |= sets >= keep;
+                }
+            }
+        }
+        let next = ops
+            .iter()
+            .filter_map(|op| match op {
+                VOp::Set(id, _) => Some(*id),
+                VOp::Delete(_) => None,
+            })
+            .take(keep)
+            .max()
+            .unwrap()
+            + 1;
         let db = OurDb::open(&dir, config.clone()).unwrap();
         let t = db.truncate_to(to).unwrap();
-        assert_eq!(t.records as usize, sets.len() - keep);
+        assert_eq!(t.end, to, "{what}");
+        if !deletes {
+            assert_eq!(t.records as usize, starts.len() - keep, "{what}");
+        }
         db.close().unwrap();
         let after = data_files(&dir);
-        assert_eq!(after.last().unwrap().0, to.file_nr);
+        assert_eq!(after.last().unwrap().0, to.file_nr, "{what}");
         for (nr, bytes) in &after {
             let orig = &original[*nr as usize].1;
             let want = if *nr == to.file_nr {
@@ -759,33 +825,41 @@ fn a_v_directory_cut_back_stays_a_v_directory() {
             } else {
                 &orig[..]
             };
-            assert_eq!(bytes, want, "keep {keep}: {nr}.db");
+            assert_eq!(bytes, want, "{what}: {nr}.db");
         }
-        let mut expect: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        for (id, v) in &sets[..keep] {
-            expect.entry(*id).or_default().insert(0, v.clone());
+        let inc = std::fs::read_to_string(dir.join("lookup_dump.db/.inc"));
+        if config.incremental {
+            assert_eq!(inc.unwrap().trim().parse::<u32>().unwrap(), next, "{what}");
+        } else {
+            assert!(
+                inc.is_err(),
+                "{what}: V writes .inc only in incremental mode"
+            );
         }
-        assert!(
-            keep < 29 || expect[&1].len() == 5,
-            "keep {keep}: id 1 has its updates"
-        );
-        let next = *expect.keys().max().unwrap() + 1;
-        let inc = std::fs::read_to_string(dir.join("lookup_dump.db/.inc")).unwrap();
-        assert_eq!(inc.trim().parse::<u32>().unwrap(), next, "keep {keep}");
         let dump = std::fs::read(dir.join("lookup_dump.db/data")).unwrap();
-        assert_eq!(dump.len() % 10, 0, "keysize 6: 4 + 6 bytes an entry");
+        let width = 4 + keysize;
+        assert_eq!(dump.len() % width, 0, "{what}");
         let mut got: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        for e in dump.chunks(10) {
+        for e in dump.chunks(width) {
             let id = u32::from_le_bytes(e[..4].try_into().unwrap());
-            let mut file = u16::from_be_bytes([e[4], e[5]]);
-            let mut pos = u32::from_be_bytes(e[6..10].try_into().unwrap()) as usize;
+            // A lookup entry: big-endian, with the file number only at keysize 6.
+            let (mut file, mut pos) = if keysize == 6 {
+                let file = u16::from_be_bytes([e[4], e[5]]);
+                (
+                    file,
+                    u32::from_be_bytes(e[6..10].try_into().unwrap()) as usize,
+                )
+            } else {
+                (0, e[4..].iter().fold(0usize, |a, &b| a << 8 | b as usize))
+            };
             loop {
                 let bytes = &after[file as usize].1;
                 let len = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]) as usize;
                 let crc = u32::from_le_bytes(bytes[pos + 2..pos + 6].try_into().unwrap());
                 let value = &bytes[pos + 12..pos + 12 + len];
-                assert_eq!(crc32(value), crc, "keep {keep}: id {id} at {file}.db:{pos}");
+                assert_eq!(crc32(value), crc, "{what}: id {id} at {file}.db:{pos}");
                 got.entry(id).or_default().push(value.to_vec());
+                // The previous pointer: always 6 bytes.
                 file = u16::from_be_bytes([bytes[pos + 6], bytes[pos + 7]]);
                 pos = u32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
                 if file == 0 && pos == 0 {
@@ -793,12 +867,15 @@ fn a_v_directory_cut_back_stays_a_v_directory() {
                 }
             }
         }
-        assert_eq!(got, expect, "keep {keep}");
+        assert_eq!(got, expect, "{what}");
         let db = OurDb::open(&dir, config.clone()).unwrap();
         for (id, versions) in &expect {
-            assert_eq!(&db.get_history(*id, 100).unwrap(), versions, "keep {keep}");
+            assert_eq!(&db.get_history(*id, 100).unwrap(), versions, "{what}");
         }
-        assert_eq!(db.next_id().unwrap(), next);
+        assert_eq!(db.ids().count(), expect.len(), "{what}");
+        if config.incremental {
+            assert_eq!(db.next_id().unwrap(), next, "{what}");
+        }
     }
 }
 

@@ -89,8 +89,9 @@ impl OurDb {
     ///   deleted after `to` stays deleted, and an id created and deleted
     ///   after `to` is not seen, so the next id may stay above what it was
     ///   at `to`.
-    /// * V directories whose lookup entries lose their file number
-    ///   (keysize below 6 with several data files) are refused.
+    /// * V directories whose lookup entries lose their file number or high
+    ///   bits (keysize below 6 with several data files, or a file longer
+    ///   than the keysize addresses) are refused.
     /// * A crash at any point leaves the old state or the truncated one;
     ///   an open finishes a cut that was under way.
     /// * Reads racing with the cut may fail for records being cut.
@@ -190,7 +191,10 @@ impl OurDb {
         }
         // Records are found only by walking a file from its start.
         let reached = walk_records(&first, 1, to.position as u64, |_, _, _| Ok(()))?;
-        if reached != to.position as u64 {
+        if reached != to.position as u64
+            && to.position as u64 != first_len
+            && !self.starts_after_zeros(&first, to)?
+        {
             return Err(bad(format!(
                 "the records of {}.db run from byte 1 to {reached}, then no record starts there",
                 to.file_nr
@@ -258,6 +262,28 @@ impl OurDb {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a piece starts at `to` in `f` by the framed walk recovery
+    /// uses, for a file V wrote: V's delete zeroes a record in place, and
+    /// zeros say nothing of how long they run (twelve of them even read as
+    /// an empty value), so the plain walk may lose the framing there.
+    fn starts_after_zeros(&self, f: &DataFile, to: Location) -> Result<bool> {
+        if self.meta.origin != Origin::V {
+            return Ok(false);
+        }
+        let lens = recovery::file_lens(self.data_files().iter())?;
+        let place = scan::Place {
+            file_nr: f.nr,
+            base: 0,
+            lens: &lens,
+            keysize: self.keysize,
+        };
+        let mut found = false;
+        scan::walk(place, &f.read_all()?, 1, |pos, piece| {
+            found |= pos == to.position as usize && !matches!(piece, scan::Piece::Bad(_));
+        });
+        Ok(found)
     }
 
     /// The records from `to` to `end` with the ids `ids` reads from them,
