@@ -138,6 +138,9 @@ pub fn open_dir(data: &[u8]) {
     }
 }
 
+/// The truncate ops of `db_ops` (two: plain, and with a fault armed).
+const TRUNCATE: u8 = 9;
+
 /// Reads input bytes one at a time; zero once they run out.
 struct Bytes<'a>(&'a [u8]);
 
@@ -156,14 +159,27 @@ impl Bytes<'_> {
     }
 }
 
+type State = std::collections::BTreeMap<u32, Vec<u8>>;
+
 /// What a directory may hold after a crash: the state at the last durable
 /// point, then the writes since, in order; any prefix of them may survive.
+/// A truncation is one step: all of it or none.
 #[derive(Default)]
 struct Model {
     /// What the open handle answers (exact while it is not poisoned).
-    current: std::collections::BTreeMap<u32, Vec<u8>>,
-    durable: std::collections::BTreeMap<u32, Vec<u8>>,
-    since: Vec<(u32, Option<Vec<u8>>)>,
+    current: State,
+    durable: State,
+    since: Vec<Vec<(u32, Option<Vec<u8>>)>>,
+    /// Record boundaries of this handle's log: where the data ended after
+    /// each write that appended records, the state then, and the next id
+    /// then (incremental mode). Truncation targets.
+    bounds: Vec<(ourdb::Location, State, u32)>,
+    /// Plain-db deletes (no record, so a truncation does not undo them):
+    /// the number of boundaries when each was made, and its id.
+    plain_deletes: Vec<(usize, u32)>,
+    /// A truncation that failed part-way: its step in `since`, and where it
+    /// cuts (the data must end there if the step survived).
+    cut_step: Option<(usize, ourdb::Location)>,
 }
 
 impl Model {
@@ -172,27 +188,92 @@ impl Model {
             Some(v) => self.current.insert(id, v.clone()),
             None => self.current.remove(&id),
         };
-        self.since.push((id, v));
+        self.since.push(vec![(id, v)]);
+    }
+
+    /// A write that may or may not have landed (its call failed).
+    fn maybe(&mut self, id: u32, v: Option<Vec<u8>>) {
+        self.since.push(vec![(id, v)]);
     }
 
     fn made_durable(&mut self) {
         self.durable = self.current.clone();
         self.since.clear();
+        self.cut_step = None;
+    }
+
+    /// The log is unknown (after a crash): only its new end is a boundary.
+    fn restart_log(&mut self, end: ourdb::Location, next_id: u32) {
+        self.bounds = vec![(end, self.current.clone(), next_id)];
+        self.plain_deletes.clear();
+    }
+
+    /// A write appended records: the data now ends at `end`.
+    fn bound(&mut self, end: ourdb::Location, next_id: u32) {
+        self.bounds.push((end, self.current.clone(), next_id));
+    }
+
+    /// The state a cut to boundary `i` leaves: the state then, less the
+    /// plain deletes made since (they are no records).
+    fn cut_state(&self, i: usize) -> State {
+        let mut state = self.bounds[i].1.clone();
+        for &(n, id) in &self.plain_deletes {
+            if n > i {
+                state.remove(&id);
+            }
+        }
+        state
+    }
+
+    /// A truncation to boundary `i` succeeded: it is the state, durable.
+    fn truncated(&mut self, i: usize) {
+        let state = self.cut_state(i);
+        self.bounds.truncate(i + 1);
+        // Deletes made after boundary `i` stay made after it, and after
+        // every earlier one.
+        for d in &mut self.plain_deletes {
+            d.0 = d.0.min(i + 1);
+        }
+        self.current = state;
+        self.made_durable();
+    }
+
+    /// A truncation to boundary `i` failed part-way: it may have happened.
+    fn maybe_truncated(&mut self, i: usize) {
+        let state = self.cut_state(i);
+        let mut step: Vec<(u32, Option<Vec<u8>>)> = Vec::new();
+        for (id, v) in &self.current {
+            if state.get(id) != Some(v) {
+                step.push((*id, state.get(id).cloned()));
+            }
+        }
+        for (id, v) in &state {
+            if !self.current.contains_key(id) {
+                step.push((*id, Some(v.clone())));
+            }
+        }
+        self.cut_step = Some((self.since.len(), self.bounds[i].0));
+        self.since.push(step);
     }
 
     /// Checks that `found` is the durable state plus a prefix of the writes
-    /// since; then takes it as the new state.
-    fn recovered(&mut self, found: std::collections::BTreeMap<u32, Vec<u8>>, what: &str) {
+    /// since; then takes it as the new state. Returns how many steps of
+    /// `since` it holds (the fewest that fit).
+    fn recovered(&mut self, found: State, what: &str) -> usize {
         let mut state = self.durable.clone();
         let mut ok = state == found;
-        for (id, v) in &self.since {
+        let mut steps = 0;
+        for step in &self.since {
             if ok {
                 break;
             }
-            match v {
-                Some(v) => state.insert(*id, v.clone()),
-                None => state.remove(id),
-            };
+            for (id, v) in step {
+                match v {
+                    Some(v) => state.insert(*id, v.clone()),
+                    None => state.remove(id),
+                };
+            }
+            steps += 1;
             ok = state == found;
         }
         assert!(
@@ -202,7 +283,10 @@ impl Model {
             self.durable.keys().collect::<Vec<_>>(),
             self.since
                 .iter()
-                .map(|(id, v)| (id, v.as_ref().map(Vec::len)))
+                .map(|step| step
+                    .iter()
+                    .map(|(id, v)| (id, v.as_ref().map(Vec::len)))
+                    .collect::<Vec<_>>())
                 .collect::<Vec<_>>(),
             found
                 .iter()
@@ -212,6 +296,25 @@ impl Model {
         self.current = found.clone();
         self.durable = found;
         self.since.clear();
+        steps
+    }
+
+    /// After a crash: the state is checked as `recovered` does; if a
+    /// truncation that failed part-way is what it holds last, the data
+    /// ends where it cut.
+    fn recovered_at(&mut self, found: State, end: ourdb::Location, next_id: u32, what: &str) {
+        let cut = self.cut_step.take();
+        let steps = self.recovered(found, what);
+        if let Some((step, to)) = cut {
+            if std::env::var_os("DB_OPS_TRACE").is_some() {
+                let kept = if steps > step { "kept" } else { "undone" };
+                eprintln!("a failed truncate_to({to}) was {kept} by the crash");
+            }
+            if steps == step + 1 {
+                assert_eq!(end, to, "{what}: the cut's state without its cut data");
+            }
+        }
+        self.restart_log(end, next_id);
     }
 }
 
@@ -229,6 +332,11 @@ impl Handle {
             Handle::Plain(db) => db,
             Handle::Keyed(s) => s.db(),
         }
+    }
+
+    /// The next id (0 in key-value mode).
+    fn next_id(&self) -> u32 {
+        self.db().next_id().unwrap_or(0)
     }
 
     /// Writes `v` under `n` (`None`: a new id, incremental plain db only).
@@ -261,6 +369,13 @@ impl Handle {
                 Err(e) => Err(e),
             },
             Handle::Keyed(s) => s.get(&format!("k{n}")),
+        }
+    }
+
+    fn truncate_to(&self, to: ourdb::Location) -> ourdb::Result<ourdb::Truncated> {
+        match self {
+            Handle::Plain(db) => db.truncate_to(to),
+            Handle::Keyed(s) => s.truncate_to(to),
         }
     }
 
@@ -306,14 +421,20 @@ impl Handle {
 /// store, and how often checkpoints and file switches come. Ops: insert/put,
 /// update, delete, get, sync or checkpoint, arm a fault at the n-th mutating
 /// I/O call, crash (power off, undo what is not durable, reopen; sometimes
-/// with a fault during recovery, then again), and close/reopen.
+/// with a fault during recovery, then again), close/reopen, and (op bytes
+/// 230 and up) truncate to a random earlier record boundary of the log;
+/// an odd op byte there first arms a fault inside the cut, at the call
+/// named by one more input byte.
 ///
 /// Checked: an operation fails only when a fault fired in it or the handle
 /// is already poisoned, and every write after a failure is refused; reads of
 /// a healthy handle match the model; after a crash the directory holds the
 /// durable state plus a prefix of the writes since (never a later write
 /// without an earlier one, never a torn value), every listed entry reads,
-/// and after a clean close nothing is lost.
+/// and after a clean close nothing is lost. A truncation leaves the state
+/// of its boundary (for the plain db less the deletes made since: they are
+/// no records) and counts as one write: after a crash it is there whole,
+/// with the data ending where it cut, or not at all.
 pub fn db_ops(data: &[u8]) {
     use ourdb::keyed::KeyedStore;
     use ourdb::storage::faults::FaultyStorage;
@@ -360,6 +481,8 @@ pub fn db_ops(data: &[u8]) {
     };
     let mut db = Some(open().expect("a new directory opens"));
     let mut model = Model::default();
+    let h = db.as_ref().expect("open");
+    model.restart_log(h.db().end(), h.next_id());
     let mut poisoned = false;
     let mut counter = 0u32;
     // `DB_OPS_TRACE=1` prints each operation (for replaying a failure).
@@ -392,7 +515,12 @@ pub fn db_ops(data: &[u8]) {
 
     while !input.done() {
         let Some(h) = db.as_ref() else { break };
-        let op = input.byte();
+        // Ops below 230 keep the meaning they had before truncation came,
+        // so the seed corpus still runs its old sequences.
+        let op = match input.byte() {
+            b @ 230.. => TRUNCATE + b % 2,
+            b => b % 9,
+        };
         let arg = input.byte();
         counter += 1;
         let len = match arg % 4 {
@@ -409,12 +537,11 @@ pub fn db_ops(data: &[u8]) {
         let live: Vec<u32> = model.current.keys().copied().collect();
         if trace {
             eprintln!(
-                "op {} arg {arg} (len {len}); poisoned {poisoned}; live {live:?}; since {}",
-                op % 9,
+                "op {op} arg {arg} (len {len}); poisoned {poisoned}; live {live:?}; since {}",
                 model.since.len()
             );
         }
-        match op % 9 {
+        match op {
             0 | 1 => {
                 // A new id (incremental db), any id (key-value db), any key.
                 let v = value(counter);
@@ -436,6 +563,7 @@ pub fn db_ops(data: &[u8]) {
                             assert!(!model.current.contains_key(&n), "insert reused live id {n}");
                         }
                         model.write(n, Some(v));
+                        model.bound(h.db().end(), h.next_id());
                         if durable_each {
                             model.made_durable();
                         }
@@ -444,7 +572,7 @@ pub fn db_ops(data: &[u8]) {
                     // Refused on a poisoned handle: nothing landed.
                     Err(_) if target.is_none() && next == 0 => {}
                     // It may have landed, under the id it was to get.
-                    Err(_) => model.since.push((target.unwrap_or(next), Some(v))),
+                    Err(_) => model.maybe(target.unwrap_or(next), Some(v)),
                 }
             }
             2 => {
@@ -455,11 +583,12 @@ pub fn db_ops(data: &[u8]) {
                 match call!(h.put(Some(n), &v)) {
                     Ok(_) => {
                         model.write(n, Some(v));
+                        model.bound(h.db().end(), h.next_id());
                         if durable_each {
                             model.made_durable();
                         }
                     }
-                    Err(_) => model.since.push((n, Some(v))),
+                    Err(_) => model.maybe(n, Some(v)),
                 }
             }
             3 => {
@@ -469,11 +598,17 @@ pub fn db_ops(data: &[u8]) {
                 match call!(h.delete(n)) {
                     Ok(()) => {
                         model.write(n, None);
+                        if keyed {
+                            // A tombstone: a record like any other.
+                            model.bound(h.db().end(), h.next_id());
+                        } else {
+                            model.plain_deletes.push((model.bounds.len(), n));
+                        }
                         if durable_each {
                             model.made_durable();
                         }
                     }
-                    Err(_) => model.since.push((n, None)),
+                    Err(_) => model.maybe(n, None),
                 }
             }
             4 => {
@@ -494,6 +629,49 @@ pub fn db_ops(data: &[u8]) {
                 }
             }
             6 => storage.fail_op(1 + u64::from(arg % 24)),
+            TRUNCATE.. => {
+                // Cut back to an earlier record boundary of this handle's
+                // log (the end itself only when it is the only one); the
+                // second kind first arms a fault inside the cut, at the
+                // call its next input byte says.
+                if op > TRUNCATE {
+                    storage.fail_op(1 + u64::from(input.byte() % 32));
+                }
+                let earlier = model.bounds.len() - 1;
+                let i = if earlier > 0 {
+                    arg as usize % earlier
+                } else {
+                    0
+                };
+                let to = model.bounds[i].0;
+                let was_poisoned = poisoned;
+                let r = call!(h.truncate_to(to));
+                if trace {
+                    eprintln!("truncate_to({to}) of bound {i}: {r:?}");
+                }
+                match r {
+                    Ok(t) => {
+                        assert_eq!((t.end, h.db().end()), (to, to), "truncate_to({to})");
+                        // The next id goes back with the records: exactly
+                        // for the keyed store, whose every id is created by
+                        // a record; for a plain db, whose deletes are no
+                        // records, it may stay higher.
+                        let (next, then) = (h.next_id(), model.bounds[i].2);
+                        if keyed {
+                            assert_eq!(next, then, "next id after truncate_to({to})");
+                        } else {
+                            assert!(
+                                next >= then,
+                                "next id {next} after truncate_to({to}) < {then}"
+                            );
+                        }
+                        model.truncated(i);
+                        assert_eq!(h.read_all(), model.current, "after truncate_to({to})");
+                    }
+                    Err(_) if was_poisoned => {}
+                    Err(_) => model.maybe_truncated(i),
+                }
+            }
             7 => {
                 // Power loss, then recovery (maybe failing once itself).
                 storage.power_off();
@@ -508,11 +686,12 @@ pub fn db_ops(data: &[u8]) {
                     storage.crash().expect("crash");
                 }
                 let h = open().unwrap_or_else(|e| panic!("reopen after a crash: {e}"));
-                model.recovered(h.read_all(), "after a crash");
+                let (end, next) = (h.db().end(), h.next_id());
+                model.recovered_at(h.read_all(), end, next, "after a crash");
                 db = Some(h);
                 poisoned = false;
             }
-            _ => {
+            8 => {
                 // A clean close; if it fails, a crash.
                 let h = db.take().expect("open");
                 let before = storage.injected();
@@ -529,7 +708,15 @@ pub fn db_ops(data: &[u8]) {
                     storage.crash().expect("crash");
                 }
                 let h = open().unwrap_or_else(|e| panic!("reopen after close: {e}"));
-                model.recovered(h.read_all(), "after close");
+                if closed.is_ok() {
+                    model.recovered(h.read_all(), "after close");
+                    // The log is as it was: its boundaries stay targets.
+                    let last = model.bounds.last().expect("a boundary").0;
+                    assert_eq!(h.db().end(), last, "the end after a clean close");
+                } else {
+                    let (end, next) = (h.db().end(), h.next_id());
+                    model.recovered_at(h.read_all(), end, next, "after close");
+                }
                 db = Some(h);
                 poisoned = false;
             }

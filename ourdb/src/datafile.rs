@@ -6,8 +6,12 @@
 //! true by construction:
 //! * a directory is opened by one writer at a time (an exclusive `flock` on
 //!   `ourkv.lock`; read-only handles take a shared lock);
-//! * data files are append-only while open: records are never rewritten, and the
-//!   only truncation (cutting a torn tail) happens in `open`, before any map exists;
+//! * data files are append-only while open: records are never rewritten. A
+//!   torn tail is cut in `open`, before any map exists; `truncate_to` cuts a
+//!   mapped file only through [`DataFile::cut`], which lowers `flushed`
+//!   first while it holds the map's write lock, so no read is under way and
+//!   none afterwards reaches the bytes cut (or rewritten later, as bytes are
+//!   written before `flushed` covers them again);
 //! * a map may reach past the end of the file (it reserves room to grow into,
 //!   so appends need no remap), but reads through it are bounded by `flushed`:
 //!   bytes the writer has already handed to the OS. Pages past the end of the
@@ -219,6 +223,22 @@ impl DataFile {
             .set_len(len)
             .ctx(|| format!("truncate {}", self.path.display()))?;
         self.set_flushed(len);
+        self.sync_data()
+    }
+
+    /// Cuts an open, maybe mapped file to `len` bytes (`truncate_to`), and
+    /// fdatasyncs it. Reads are bounded by `flushed`, so it goes down first,
+    /// under the map's write lock: no read through the map is running, and
+    /// later ones stop at `len` (the map may reach past the end of the file,
+    /// as it does while the file grows).
+    pub(crate) fn cut(&self, len: u64) -> Result<()> {
+        {
+            let _map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            self.set_flushed(len);
+            self.file
+                .set_len(len)
+                .ctx(|| format!("truncate {}", self.path.display()))?;
+        }
         self.sync_data()
     }
 

@@ -24,9 +24,11 @@ mod log;
 mod open;
 mod read;
 mod recovery;
+mod truncate;
 mod vcompat;
 mod writer;
 pub use log::{Digest, LogRecord, SnapshotChunk, SnapshotPos};
+pub use truncate::Truncated;
 
 /// The lock file in every directory an ourkv process opens (`flock`).
 pub const LOCK_FILE: &str = "ourkv.lock";
@@ -161,6 +163,9 @@ pub struct OpenReport {
     pub redone_from_envelopes: u64,
     /// True for a V directory seen for the first time.
     pub adopted_v_directory: bool,
+    /// A truncation (`OurDb::truncate_to`) that a crash cut short, finished
+    /// here: where the data now ends.
+    pub finished_truncation: Option<Location>,
 }
 
 struct Writer {
@@ -200,6 +205,9 @@ pub struct OurDb {
     read_only: bool,
     checkpoint_bytes: u64,
     envelope_journal: bool,
+    /// Reads ids from records (`OpenOptions::record_ids`): `truncate_to`
+    /// undoes records by the ids they name.
+    record_ids: Option<Arc<dyn RecordIds>>,
     /// Lookup entries of keysize < 6 lose the file number or high position bits
     /// in directories V wrote past what they address; reads then try each candidate.
     loose_addressing: bool,

@@ -111,6 +111,18 @@ pub enum Error {
         /// Where the shipped records start.
         theirs: Location,
     },
+    /// `truncate_to` was asked to cut at a place after the end of the data.
+    #[error("cannot truncate to {to}: the database ends at {end}")]
+    TruncatePastEnd {
+        /// The place asked for.
+        to: Location,
+        /// Where the database ends.
+        end: Location,
+    },
+    /// A truncation was cut short (a crash): its journal says the data ends
+    /// earlier than the files do. A writable open finishes it.
+    #[error("{0}: a truncation was cut short; open it writable once to finish it")]
+    TruncateUnfinished(PathBuf),
     /// A keyed-layer envelope could not be decoded.
     #[error("bad envelope: {0}")]
     Envelope(String),

@@ -519,6 +519,62 @@ impl KeyedStore {
         Ok(end)
     }
 
+    /// Cuts the log back to `to` (see [`OurDb::truncate_to`]): every record
+    /// at or after it is undone, newest first, tombstones included, and the
+    /// key index follows: a key goes back to its version before `to`, comes
+    /// back if it was deleted after `to`, and goes if it was created after.
+    /// A deposed master does this with its branch point, then resyncs by
+    /// shipping from there.
+    pub fn truncate_to(&self, to: Location) -> Result<crate::Truncated> {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        // Every key the tail touched, with the ids it was under there.
+        let mut touched: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let t = self
+            .db
+            .truncate_with(to, Some(&EnvelopeIds), &mut |_, value| {
+                let env = Envelope::decode(value)?;
+                let ids = touched.entry(env.key.to_string()).or_default();
+                if !ids.contains(&env.id) {
+                    ids.push(env.id);
+                }
+                Ok(())
+            })?;
+        // A key's version before `to` (if any) is the current record of
+        // one of those ids now: a key changes ids only by being deleted and
+        // created again, and both are records.
+        let holders: Result<Vec<(String, Option<u32>)>> = touched
+            .into_iter()
+            .map(|(key, ids)| {
+                for id in ids {
+                    match self.db.get(id) {
+                        Ok(rec) => {
+                            let env = Envelope::decode(&rec)?;
+                            if env.kind == Kind::Put && env.key == key {
+                                return Ok((key, Some(id)));
+                            }
+                        }
+                        Err(Error::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((key, None))
+            })
+            .collect();
+        let holders = holders.inspect_err(|_| {
+            // The db is cut but the index cannot follow: refuse writes
+            // until a reopen rebuilds the index from the records.
+            self.db.poison();
+        })?;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for (key, id) in holders {
+            match id {
+                Some(id) => index.insert(key, id),
+                None => index.remove(&key),
+            };
+        }
+        Ok(t)
+    }
+
     /// Checkpoints and releases the directory (see [`OurDb::close`]).
     pub fn close(self) -> Result<()> {
         self.db.close()

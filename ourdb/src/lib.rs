@@ -37,7 +37,7 @@ pub use config::{
 };
 pub use db::{
     Digest, LogRecord, OpenOptions, OpenReport, OurDb, Pending, RecordIds, Segment, SnapshotChunk,
-    SnapshotPos, LOCK_FILE,
+    SnapshotPos, Truncated, LOCK_FILE,
 };
 pub use error::{Error, Result};
 pub use location::Location;

@@ -1,5 +1,5 @@
 //! The storage I/O boundary: every byte the engine writes to an open
-//! directory, every fsync and every rename goes through [`Storage`], so tests
+//! directory, every fsync, rename and removal goes through [`Storage`], so tests
 //! can put [`faults::FaultyStorage`] in its place (failed and short writes,
 //! fsync errors, power loss that keeps only what was made durable).
 //!
@@ -35,8 +35,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Renames `from` to `to`, replacing `to`. Durable only after
     /// [`Storage::sync_dir`] of the parent.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// Makes creations and renames in `dir` durable.
+    /// Makes creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes the file `path`. Durable only after [`Storage::sync_dir`] of
+    /// the parent.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
 }
 
 /// One open file: positioned reads and writes, length, fsync.
@@ -100,6 +103,10 @@ impl Storage for RealStorage {
             dir
         };
         File::open(dir)?.sync_all()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
     }
 }
 

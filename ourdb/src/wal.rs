@@ -20,6 +20,9 @@ use crate::storage::{Open, Storage, StorageFile};
 pub const WAL_FILE: &str = "ourkv.wal";
 const MAGIC: &[u8; 8] = b"OURKVWAL";
 const VERSION: u32 = 1;
+/// The version of a journal that finishes a truncation (`WalHeader::cut`):
+/// an older ourkv refuses it rather than keep the data past its checkpoint.
+const VERSION_CUT: u32 = 2;
 pub(crate) const HEADER_LEN: usize = 32;
 pub(crate) const ENTRY_LEN: usize = 16;
 
@@ -37,18 +40,25 @@ pub(crate) struct WalHeader {
     /// records do: open redoes the records after the last entry from their
     /// envelopes (see `OpenOptions::envelope_journal`).
     pub envelopes: bool,
+    /// The data ends at `checkpoint`: a truncation (`OurDb::truncate_to`)
+    /// was under way, and open cuts every byte after the checkpoint before
+    /// anything else. Only ever set in the journal a truncation writes
+    /// before it cuts; the checkpoint that follows the cut clears it.
+    pub cut: bool,
 }
 
 impl WalHeader {
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        let version = if self.cut { VERSION_CUT } else { VERSION };
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[12..14].copy_from_slice(&self.checkpoint.file_nr.to_le_bytes());
         b[14..18].copy_from_slice(&self.checkpoint.position.to_le_bytes());
         b[18..22].copy_from_slice(&self.next_id.to_le_bytes());
         b[22] = self.has_dump as u8;
         b[23] = self.envelopes as u8;
+        b[24] = self.cut as u8;
         let crc = crc32fast::hash(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         b
@@ -66,7 +76,7 @@ impl WalHeader {
             return Err("journal header checksum mismatch".into());
         }
         let v = u32::from_le_bytes(b[8..12].try_into().unwrap());
-        if v != VERSION {
+        if v != VERSION && v != VERSION_CUT {
             return Err(format!("journal version {v} is not supported"));
         }
         Ok(WalHeader {
@@ -77,6 +87,7 @@ impl WalHeader {
             next_id: u32::from_le_bytes(b[18..22].try_into().unwrap()),
             has_dump: b[22] != 0,
             envelopes: b[23] != 0,
+            cut: v == VERSION_CUT && b[24] != 0,
         })
     }
 }
@@ -189,13 +200,28 @@ impl Journal {
 
 /// Creates a fresh journal holding only `header` (temp + rename, durable).
 pub(crate) fn create(io: &dyn Storage, dir: &Path, header: WalHeader) -> Result<Journal> {
+    create_with(io, dir, header, &[])
+}
+
+/// Creates a fresh journal holding `header` and the encoded `entries`
+/// (temp + rename, durable): it replaces the old one whole or not at all.
+pub(crate) fn create_with(
+    io: &dyn Storage,
+    dir: &Path,
+    header: WalHeader,
+    entries: &[u8],
+) -> Result<Journal> {
+    debug_assert!(entries.len().is_multiple_of(ENTRY_LEN));
     let path = dir.join(WAL_FILE);
     let tmp = dir.join(format!("{WAL_FILE}.tmp"));
     {
         let f = io
             .open(&tmp, Open::CreateTruncate)
             .ctx(|| format!("create {}", tmp.display()))?;
-        f.write_at(&header.encode(), 0)
+        let mut bytes = Vec::with_capacity(HEADER_LEN + entries.len());
+        bytes.extend_from_slice(&header.encode());
+        bytes.extend_from_slice(entries);
+        f.write_at(&bytes, 0)
             .ctx(|| format!("write {}", tmp.display()))?;
         f.sync_data().ctx(|| format!("fsync {}", tmp.display()))?;
     }
@@ -256,6 +282,7 @@ mod tests {
             next_id: 1,
             has_dump: false,
             envelopes: true,
+            cut: false,
         };
         let f = create(&crate::storage::RealStorage, dir.path(), h).unwrap();
         f.append(&WalEntry::Delete { id: 4 }.encode()).unwrap();
@@ -264,5 +291,34 @@ mod tests {
         assert_eq!(c.header, h);
         assert_eq!(c.entries, vec![WalEntry::Delete { id: 4 }]);
         assert_eq!(c.torn_bytes, 3);
+    }
+
+    /// A truncation's journal is version 2 (older versions refuse it); any
+    /// other journal keeps version 1, byte for byte as before.
+    #[test]
+    fn only_a_cut_journal_is_version_2() {
+        let plain = WalHeader {
+            checkpoint: Location::new(1, 40),
+            next_id: 9,
+            has_dump: true,
+            envelopes: false,
+            cut: false,
+        };
+        let b = plain.encode();
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 1);
+        assert_eq!(b[24..28], [0; 4]);
+        assert_eq!(WalHeader::decode(&b).unwrap(), plain);
+        let cut = WalHeader { cut: true, ..plain };
+        let c = cut.encode();
+        assert_eq!(u32::from_le_bytes(c[8..12].try_into().unwrap()), 2);
+        assert_eq!(WalHeader::decode(&c).unwrap(), cut);
+        let dir = tempfile::tempdir().unwrap();
+        let e = WalEntry::Delete { id: 3 }.encode();
+        drop(create_with(&crate::storage::RealStorage, dir.path(), cut, &e).unwrap());
+        let read = read(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            (read.header, read.entries),
+            (cut, vec![WalEntry::Delete { id: 3 }])
+        );
     }
 }

@@ -25,6 +25,7 @@ impl OurDb {
                     next_id: w.next_id,
                     has_dump: true,
                     envelopes: self.envelope_journal,
+                    cut: false,
                 },
             )
         });

@@ -32,6 +32,10 @@ impl OurDb {
         let lookup = LookupTable::new(meta.config.record_nr_max);
         let mut report = OpenReport::default();
         let journal = wal::read(dir)?;
+        if opts.read_only && journal.as_ref().is_some_and(|j| j.header.cut) {
+            // Only a writable open can cut the data the journal disowns.
+            return Err(Error::TruncateUnfinished(dir.to_path_buf()));
+        }
         // Establish the lookup, the next id and the end of valid data.
         let mut ctx = Recovery {
             dir,
@@ -44,7 +48,6 @@ impl OurDb {
             Some(j) => ctx.redo_journal(j, opts.record_ids.as_deref())?,
             None => ctx.adopt_v(&file_nrs)?,
         };
-        let loose_addressing = loose_addressing(keysize, &files)?;
         let db_writer = if writable {
             Some(Mutex::new(start_writer(
                 dir,
@@ -60,6 +63,8 @@ impl OurDb {
         } else {
             None
         };
+        // After the writer's start: it may have removed files.
+        let loose_addressing = loose_addressing(keysize, &files)?;
         let next_id = recovered.next_id;
         for f in files.iter().flatten() {
             f.map_exact(f.len()?)?;
@@ -88,6 +93,7 @@ impl OurDb {
             read_only: opts.read_only,
             checkpoint_bytes: opts.checkpoint_bytes,
             envelope_journal: opts.envelope_journal,
+            record_ids: opts.record_ids.clone(),
             loose_addressing,
             record_starts: Mutex::default(),
             lookup,
@@ -119,6 +125,9 @@ struct Recovered {
     /// Journal entries for records redone from the data, appended (and
     /// synced) at open so that a later recovery starts after them.
     redo_entries: Vec<WalEntry>,
+    /// A truncation was under way (`WalHeader::cut`): the data ends at
+    /// `data_end`, and everything after it is cut before the first write.
+    cut: bool,
 }
 
 /// What the recovery steps share.
@@ -231,10 +240,18 @@ impl Recovery<'_> {
                 detail: "the journal names a checkpoint dump that is missing".into(),
             })?;
             load_entries(lookup, &dump.entries, dir)?;
-            next_id = next_id.max(dump.next_id.unwrap_or(1));
+            // A truncation's journal names the next id itself: the dump's
+            // `.inc` may be from before the cut or after.
+            if !j.header.cut {
+                next_id = next_id.max(dump.next_id.unwrap_or(1));
+            }
         }
         next_id = next_id.max(j.header.next_id);
-        let data_end = scan_tail(files, j.header.checkpoint, dir)?;
+        let data_end = if j.header.cut {
+            cut_end(files, j.header.checkpoint, dir)?
+        } else {
+            scan_tail(files, j.header.checkpoint, dir)?
+        };
         let mut applied = 0usize;
         let mut last_set = None;
         for e in &j.entries {
@@ -304,6 +321,7 @@ impl Recovery<'_> {
             next_id,
             cut_journal_to,
             redo_entries,
+            cut: j.header.cut,
         })
     }
 
@@ -398,6 +416,7 @@ impl Recovery<'_> {
             next_id,
             cut_journal_to: None,
             redo_entries: Vec::new(),
+            cut: false,
         })
     }
 }
@@ -437,7 +456,36 @@ fn start_writer(
         next_id,
         cut_journal_to,
         ref redo_entries,
+        cut,
     } = *recovered;
+    let kept;
+    let file_nrs = if cut {
+        // Finish a truncation: the data after `data_end` goes, durably,
+        // before the checkpoint below clears the journal's mark.
+        for &nr in file_nrs.iter().rev().filter(|&&nr| nr > data_end.file_nr) {
+            let f = files[nr as usize].take().expect("listed file is open");
+            io.remove_file(f.path())
+                .ctx(|| format!("remove {}", f.path().display()))?;
+        }
+        files.truncate(data_end.file_nr as usize + 1);
+        let f = files[data_end.file_nr as usize]
+            .as_ref()
+            .expect("checked by cut_end");
+        if f.len()? > data_end.position as u64 {
+            f.truncate(data_end.position as u64)?;
+        }
+        crate::fsutil::sync_dir(io, dir)?;
+        report.finished_truncation = Some(data_end);
+        tracing::warn!(dir = %dir.display(), to = %data_end, "finished a truncation a crash cut short");
+        kept = file_nrs
+            .iter()
+            .copied()
+            .filter(|&nr| nr <= data_end.file_nr)
+            .collect::<Vec<_>>();
+        &kept[..]
+    } else {
+        file_nrs
+    };
     // Cut torn tails (never anything before them: reopening never truncates).
     if let Some(nr) = file_nrs.last() {
         let f = files[*nr as usize].as_ref().unwrap();
@@ -466,7 +514,21 @@ fn start_writer(
         }
     };
     let end = active.len()?;
-    let wal_file = if has_journal {
+    let wal_file = if cut {
+        // The truncated state as a normal checkpoint, mark cleared.
+        lookup::write_dump(io, dir, lookup, keysize, incremental.then_some(next_id))?;
+        wal::create(
+            io,
+            dir,
+            WalHeader {
+                checkpoint: Location::new(active.nr, end as u32),
+                next_id,
+                has_dump: true,
+                envelopes: opts.envelope_journal,
+                cut: false,
+            },
+        )?
+    } else if has_journal {
         let f = wal::open_append(io, dir)?;
         if !redo_entries.is_empty() {
             let bytes: Vec<u8> = redo_entries.iter().flat_map(|e| e.encode()).collect();
@@ -491,6 +553,7 @@ fn start_writer(
                 next_id,
                 has_dump: meta.origin == Origin::V,
                 envelopes: opts.envelope_journal,
+                cut: false,
             },
         )?
     };

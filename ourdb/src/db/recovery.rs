@@ -134,6 +134,34 @@ pub(super) fn scan_tail(
     Ok(end)
 }
 
+/// Where the data ends by a truncation's journal: at its checkpoint, which
+/// must lie inside an existing data file.
+pub(super) fn cut_end(
+    files: &[Option<Arc<DataFile>>],
+    checkpoint: Location,
+    dir: &Path,
+) -> Result<Location> {
+    let Some(Some(f)) = files.get(checkpoint.file_nr as usize) else {
+        return Err(Error::Corrupt {
+            path: dir.join(wal::WAL_FILE),
+            detail: format!(
+                "a truncation to {checkpoint} was under way, but data file {} is missing",
+                checkpoint.file_nr
+            ),
+        });
+    };
+    let len = f.len()?;
+    if checkpoint.position == 0 || checkpoint.position as u64 > len {
+        return Err(Error::Corrupt {
+            path: f.path().to_path_buf(),
+            detail: format!(
+                "a truncation to {checkpoint} was under way, but the file holds {len} bytes: data was lost"
+            ),
+        });
+    }
+    Ok(checkpoint)
+}
+
 /// The records from `from` (a record boundary) to `end`: the id each sets,
 /// its location, and whether it deletes, as `ids` reads them from the values.
 pub(super) fn records_between(

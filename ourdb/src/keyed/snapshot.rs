@@ -243,6 +243,7 @@ fn rebuild_from_envelopes(
             next_id,
             has_dump: true,
             envelopes: false,
+            cut: false,
         },
     )?;
     crate::fsutil::sync_dir(&crate::storage::RealStorage, dir)?;

@@ -8,7 +8,9 @@
 //! * [`FaultyStorage::crash`]: power loss. Every change not made durable is
 //!   undone, except that each file keeps a random prefix of its unsynced
 //!   writes, the first dropped write torn at a random byte; each unsynced
-//!   creation or rename survives or not at random. Until then,
+//!   creation, rename or removal survives or not at random (a file whose
+//!   removal is undone comes back with its durable bytes and, as any
+//!   other file, a random prefix of its unsynced writes). Until then,
 //!   [`FaultyStorage::power_off`] makes every mutating call fail, so that a
 //!   handle dropped after the "crash" cannot write more.
 //!
@@ -36,7 +38,7 @@ pub struct CrashReport {
     pub writes_undone: usize,
     /// Unsynced writes kept.
     pub writes_kept: usize,
-    /// Unsynced creations and renames undone.
+    /// Unsynced creations, renames and removals undone.
     pub entries_undone: usize,
 }
 
@@ -74,6 +76,13 @@ enum Entry {
         to: PathBuf,
         /// What `to` held before, if it existed.
         replaced: Option<Vec<u8>>,
+    },
+    Removed {
+        path: PathBuf,
+        /// The file's bytes when it was removed.
+        bytes: Vec<u8>,
+        /// Its unsynced changes then, to take back if the removal is.
+        undos: Vec<Undo>,
     },
 }
 
@@ -113,6 +122,37 @@ impl State {
         } else {
             self.next() % n
         }
+    }
+
+    /// Takes back a random suffix of a file's unsynced changes, the first
+    /// of them torn (see the module doc).
+    fn undo_file(
+        &mut self,
+        path: &Path,
+        undos: &[Undo],
+        report: &mut CrashReport,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let keep = self.below(undos.len() as u64 + 1) as usize;
+        report.writes_kept += keep;
+        report.writes_undone += undos.len() - keep;
+        if keep == undos.len() || !path.exists() {
+            return Ok(());
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        // Newest first, so each undo meets the file as it left it.
+        for u in undos[keep..].iter().rev() {
+            f.set_len(u.len_before.max(u.pos + u.before.len() as u64))?;
+            f.write_all_at(&u.before, u.pos)?;
+            f.set_len(u.len_before)?;
+        }
+        // The first dropped write is torn: a prefix of it reached the disk.
+        let torn = &undos[keep];
+        if !torn.written.is_empty() {
+            let n = self.below(torn.written.len() as u64) as usize;
+            f.write_all_at(&torn.written[..n], torn.pos)?;
+        }
+        Ok(())
     }
 
     /// Counts a mutating call; true if it must fail.
@@ -178,27 +218,7 @@ impl FaultyStorage {
         let mut files: Vec<(PathBuf, Vec<Undo>)> = s.files.drain().collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
         for (path, undos) in files {
-            let keep = s.below(undos.len() as u64 + 1) as usize;
-            report.writes_kept += keep;
-            report.writes_undone += undos.len() - keep;
-            if keep == undos.len() || !path.exists() {
-                continue;
-            }
-            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-            // Newest first, so each undo meets the file as it left it.
-            for u in undos[keep..].iter().rev() {
-                use std::os::unix::fs::FileExt;
-                f.set_len(u.len_before.max(u.pos + u.before.len() as u64))?;
-                f.write_all_at(&u.before, u.pos)?;
-                f.set_len(u.len_before)?;
-            }
-            // The first dropped write is torn: a prefix of it reached the disk.
-            let torn = &undos[keep];
-            if !torn.written.is_empty() {
-                let n = s.below(torn.written.len() as u64) as usize;
-                use std::os::unix::fs::FileExt;
-                f.write_all_at(&torn.written[..n], torn.pos)?;
-            }
+            s.undo_file(&path, &undos, &mut report)?;
         }
         let entries = std::mem::take(&mut s.entries);
         for e in entries.into_iter().rev() {
@@ -217,6 +237,13 @@ impl FaultyStorage {
                     }
                     if let Some(bytes) = replaced {
                         std::fs::write(&to, bytes)?;
+                    }
+                }
+                Entry::Removed { path, bytes, undos } => {
+                    // A later creation of the same name that survived wins.
+                    if !path.exists() {
+                        std::fs::write(&path, bytes)?;
+                        s.undo_file(&path, &undos, &mut report)?;
                     }
                 }
             }
@@ -290,10 +317,26 @@ impl Storage for FaultyStorage {
         RealStorage.sync_dir(dir)?;
         s.entries.retain(|e| {
             let p = match e {
-                Entry::Created(p) => p,
+                Entry::Created(p) | Entry::Removed { path: p, .. } => p,
                 Entry::Renamed { to, .. } => to,
             };
             !same_dir(parent(p), dir)
+        });
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.tick() {
+            return Err(eio());
+        }
+        let bytes = std::fs::read(path)?;
+        RealStorage.remove_file(path)?;
+        let undos = s.files.remove(path).unwrap_or_default();
+        s.entries.push(Entry::Removed {
+            path: path.to_path_buf(),
+            bytes,
+            undos,
         });
         Ok(())
     }
@@ -445,6 +488,40 @@ mod tests {
             }
         }
         assert!(undone > 0, "some unsynced renames are undone");
+    }
+
+    #[test]
+    fn an_unsynced_removal_may_be_undone_and_a_synced_one_stays() {
+        let mut back = 0;
+        for seed in 0..64 {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("f");
+            let st = FaultyStorage::new(seed);
+            let f = st.open(&p, Open::CreateNew).unwrap();
+            st.sync_dir(dir.path()).unwrap();
+            f.write_at(b"durable", 0).unwrap();
+            f.sync_data().unwrap();
+            f.write_at(b"-not", 7).unwrap();
+            drop(f);
+            st.remove_file(&p).unwrap();
+            assert!(!p.exists());
+            if seed % 2 == 0 {
+                st.sync_dir(dir.path()).unwrap();
+            }
+            st.crash().unwrap();
+            if seed % 2 == 0 {
+                assert!(!p.exists(), "seed {seed}");
+            } else if p.exists() {
+                // Back with its durable bytes and a prefix of the rest.
+                let got = read(&p);
+                assert!(
+                    got.len() >= 7 && b"durable-not".starts_with(&got),
+                    "seed {seed}: {got:?}"
+                );
+                back += 1;
+            }
+        }
+        assert!(back > 0, "some unsynced removals are undone");
     }
 
     #[test]
