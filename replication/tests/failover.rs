@@ -1,8 +1,9 @@
 //! Failover with real nodes over loopback QUIC, in this process: three
 //! members elect a master through the metadata group; the master is stopped
 //! with `ack=all` writes acknowledged; another is appointed from the in-sync
-//! set and takes writes; the old master returns on its own directory as a
-//! worker and ends byte-identical.
+//! set and takes writes; the old master returns on its own directory with
+//! an unreplicated tail, cuts it at the branch point, follows as a worker
+//! and ends byte-identical.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -133,13 +134,33 @@ async fn the_master_fails_over_and_returns_as_a_worker() {
     })
     .await;
 
-    // The old master returns on its directory and address: a worker now.
+    // Records the old master wrote but never shipped (as ack=master writes
+    // in its last moments would be): its log now goes on past the branch.
+    {
+        let s = KeyedStore::open(
+            dirs[0].join("data"),
+            OpenOptions::new().sync(SyncPolicy::Group),
+        )
+        .unwrap();
+        for i in 0..5 {
+            s.put(&format!("tail{i}"), b"never replicated").unwrap();
+        }
+        s.close().unwrap();
+    }
+
+    // The old master returns on its directory and address: a worker now,
+    // its tail cut back to where the new master's log begins.
     let n1 = start(1, &dirs[0], addr1).await;
     until("node 1 caught up", || {
         holds(&n1.store(), 0..40).then_some(())
     })
     .await;
     assert_eq!(n1.master_term(), None);
+    assert_eq!(
+        n1.store().get("tail0").unwrap(),
+        None,
+        "the unreplicated tail is gone"
+    );
     let digest = |s: Arc<KeyedStore>| replication::digest(&s).unwrap();
     until("node 1 byte-identical to the master", || {
         (digest(n1.store()) == digest(new.store())).then_some(())

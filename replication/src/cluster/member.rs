@@ -523,6 +523,7 @@ impl Node {
         };
         self.be_idle();
         let store = self.store();
+        self.cut_to_branch(&store, term, v)?;
         let dir = self.raft_dir.clone();
         let node = Worker::following(
             store,
@@ -553,6 +554,37 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        Ok(())
+    }
+}
+
+impl Node {
+    /// Before following the master of `term`: a log that went on past where
+    /// the last followed term's log leaves that one (a deposed master's
+    /// unreplicated tail) is cut back there, so shipping resumes from the
+    /// shared prefix. Nothing above the high-water mark was answered or
+    /// `ack=all`-acknowledged, and the branch point is at or past it.
+    fn cut_to_branch(&self, store: &KeyedStore, term: u64, v: &MetaView) -> Result<()> {
+        let last = self.last_term.load(Ordering::SeqCst);
+        let Branch::At(c) = v.state.branch(last, term) else {
+            // The same lineage, or one the history no longer reaches (the
+            // master then refuses the subscription and a snapshot follows).
+            return Ok(());
+        };
+        let end = Cursor::new(store.db().meta().epoch, store.db().end());
+        if c.epoch != end.epoch || end <= c {
+            return Ok(());
+        }
+        let cut = store.truncate_to(c.at)?;
+        tracing::warn!(
+            node = self.id,
+            last_term = last,
+            term,
+            from = %end,
+            to = %c,
+            records = cut.records,
+            "cut an unreplicated tail back to the branch point"
+        );
         Ok(())
     }
 }
