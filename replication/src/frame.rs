@@ -276,6 +276,25 @@ pub enum Frame {
         /// Its end.
         cursor: Cursor,
     },
+    /// Node -> any member: add me to the cluster (JSON `JoinRequest`;
+    /// forwarded to the Raft leader by a member that is not it).
+    Join {
+        /// The request.
+        body: Vec<u8>,
+    },
+    /// Member -> node: joined; the cluster as the answering member sees it
+    /// (JSON `ClusterInfo`).
+    JoinIs {
+        /// The cluster.
+        body: Vec<u8>,
+    },
+    /// Anyone -> member: the cluster as your metadata says.
+    Meta,
+    /// Member -> asker: the cluster (JSON `ClusterInfo`).
+    MetaIs {
+        /// The cluster.
+        body: Vec<u8>,
+    },
 }
 
 /// A key's version: the epoch and the location of its current record
@@ -788,6 +807,19 @@ impl Frame {
                 w.u64(*last_term);
                 w.cursor(*cursor);
             }
+            Frame::Join { body } => {
+                w.u8(39);
+                w.bytes(body);
+            }
+            Frame::JoinIs { body } => {
+                w.u8(40);
+                w.bytes(body);
+            }
+            Frame::Meta => w.u8(41),
+            Frame::MetaIs { body } => {
+                w.u8(42);
+                w.bytes(body);
+            }
             Frame::Pipeline => w.u8(30),
             Frame::Tagged { id, frame } => {
                 w.u8(31);
@@ -866,6 +898,16 @@ impl Frame {
             38 => Frame::PositionIs {
                 last_term: r.u64()?,
                 cursor: r.cursor()?,
+            },
+            39 => Frame::Join {
+                body: r.bytes()?.to_vec(),
+            },
+            40 => Frame::JoinIs {
+                body: r.bytes()?.to_vec(),
+            },
+            41 => Frame::Meta,
+            42 => Frame::MetaIs {
+                body: r.bytes()?.to_vec(),
             },
             13 => Frame::Failed {
                 code: Code::from(r.string()?.as_str()),
@@ -1243,6 +1285,12 @@ mod tests {
                 last_term: 8,
                 cursor: c,
             },
+            Frame::Join {
+                body: b"{}".to_vec(),
+            },
+            Frame::JoinIs { body: vec![1] },
+            Frame::Meta,
+            Frame::MetaIs { body: vec![] },
             Frame::Failed {
                 code: Code::Gone,
                 message: "m".into(),

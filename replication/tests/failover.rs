@@ -24,6 +24,7 @@ async fn start(id: u64, dir: &Path, addr: SocketAddr) -> Arc<Node> {
     let options = MemberOptions {
         id,
         addr,
+        pubkey: None,
         raft_dir: dir.join("raft"),
         master: MasterOptions {
             ack_timeout: Duration::from_secs(1),
@@ -95,8 +96,14 @@ async fn the_master_fails_over_and_returns_as_a_worker() {
     until("node 1 master", || n1.master_term()).await;
     let n2 = start(2, &dirs[1], any).await;
     let n3 = start(3, &dirs[2], any).await;
-    n1.add_member(2, addr_of_new(&n2)).await.unwrap();
-    n1.add_member(3, addr_of_new(&n3)).await.unwrap();
+    // Both join as a worker started with `--master` does: node 2 asks the
+    // leader itself, node 3 asks node 2, which passes the request on.
+    n2.join_through(addr_of_new(&n1));
+    until("node 2 a member", || {
+        n1.view().members.contains_key(&2).then_some(())
+    })
+    .await;
+    n3.join_through(addr_of_new(&n2));
     let v = until("three voters and both workers in sync", || {
         let v = n1.view();
         (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(v)

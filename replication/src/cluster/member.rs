@@ -22,12 +22,14 @@ use ourdb::keyed::KeyedStore;
 use tokio::sync::{mpsc, watch};
 
 use super::net::{self, MetaRaftHandle, QuicNet};
-use super::{FileLog, Member as MemberInfo, MetaMachine, MetaView};
+use super::{
+    ClusterInfo, FileLog, JoinRequest, Member as MemberInfo, MemberRow, MetaMachine, MetaView,
+};
 use crate::client::Client;
 use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 use crate::frame::{Frame, FrameReader};
-use crate::msg::raft::{Position, PositionIs, Raft};
+use crate::msg::raft::{Join, JoinIs, Meta, MetaIs, Position, PositionIs, Raft};
 use crate::msg::Failed;
 use crate::node::{Appointment, FailoverWorker, MetaLink, Worker};
 use crate::proto::election::{self, Choice};
@@ -44,6 +46,8 @@ pub struct MemberOptions {
     pub id: u64,
     /// The address others reach it at.
     pub addr: SocketAddr,
+    /// Its Mycelium public key, when it runs on the overlay.
+    pub pubkey: Option<String>,
     /// Where its Raft log, vote, snapshot and last followed term live
     /// (beside the data directory: a snapshot install swaps that one).
     pub raft_dir: PathBuf,
@@ -75,6 +79,7 @@ impl Drop for AbortOnDrop {
 pub struct Node {
     id: u64,
     addr: SocketAddr,
+    pubkey: Option<String>,
     raft: MetaRaftHandle,
     view: watch::Receiver<MetaView>,
     client: Arc<Client>,
@@ -89,6 +94,8 @@ pub struct Node {
     options: MasterOptions,
     raft_dir: PathBuf,
     tasks: Mutex<Vec<AbortOnDrop>>,
+    /// Joins are admitted one at a time (one membership change at a time).
+    joining: tokio::sync::Mutex<()>,
 }
 
 const FOLLOW: &str = "follow";
@@ -144,6 +151,7 @@ impl Node {
         let member = Arc::new(Node {
             id: options.id,
             addr: options.addr,
+            pubkey: options.pubkey,
             raft,
             view,
             client,
@@ -155,6 +163,7 @@ impl Node {
             options: options.master,
             raft_dir: dir,
             tasks: Mutex::new(Vec::new()),
+            joining: tokio::sync::Mutex::new(()),
         });
         let serve = {
             let m = member.clone();
@@ -198,10 +207,7 @@ impl Node {
     /// Makes this node the first member of a new cluster (it will appoint
     /// itself master). Does nothing if the group already exists.
     pub async fn bootstrap(&self) -> Result<()> {
-        let me = MemberInfo {
-            addr: self.addr.to_string(),
-            pubkey: None,
-        };
+        let me = self.me();
         match self
             .raft
             .initialize(std::collections::BTreeMap::from([(self.id, me)]))
@@ -221,6 +227,10 @@ impl Node {
             addr: addr.to_string(),
             pubkey: None,
         };
+        self.admit(id, info).await
+    }
+
+    async fn admit(&self, id: u64, info: MemberInfo) -> Result<()> {
         let raft_err = |e| Error::Protocol(format!("raft membership: {e}"));
         self.raft
             .add_learner(id, info, true)
@@ -283,6 +293,141 @@ impl Node {
         self.endpoint.close(0u32.into(), b"stopped");
         self.endpoint.wait_idle().await;
         store
+    }
+
+    fn me(&self) -> MemberInfo {
+        MemberInfo {
+            addr: self.addr.to_string(),
+            pubkey: self.pubkey.clone(),
+        }
+    }
+
+    /// The cluster as this node's applied metadata says.
+    pub fn info(&self) -> ClusterInfo {
+        let v = self.view();
+        ClusterInfo {
+            node: self.id,
+            term: v.state.term,
+            master: v.state.master,
+            leader: self.raft.metrics().borrow_watched().current_leader,
+            members: v
+                .members
+                .iter()
+                .map(|(&id, m)| MemberRow {
+                    id,
+                    addr: m.addr.clone(),
+                    pubkey: m.pubkey.clone(),
+                    voter: v.voters.contains(&id),
+                    in_sync: v.state.in_sync.contains(&id),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether this node is a member, and a voter once there are three.
+    fn joined(&self) -> bool {
+        let v = self.view();
+        v.members.get(&self.id) == Some(&self.me())
+            && (v.voters.contains(&self.id) || v.members.len() < 3)
+    }
+
+    /// Asks `seed` (any member) to add this node, again every second until
+    /// the metadata lists it: a worker started with `--master ADDR` joins
+    /// the cluster that way. Nothing is asked of a node that already is a
+    /// member (a restart).
+    pub fn join_through(self: &Arc<Self>, seed: SocketAddr) {
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let Some(node) = weak.upgrade() else { return };
+                if node.joined() {
+                    return;
+                }
+                let req = JoinRequest {
+                    id: node.id,
+                    member: node.me(),
+                    forwarded: false,
+                };
+                let body = serde_json::to_vec(&req).expect("serializable");
+                match node.client.call(seed, Join { body }).await {
+                    Ok(_) => {
+                        tracing::info!(node = node.id, %seed, "joined the cluster");
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        // The first failures are expected (the seed still
+                        // starting, an election): said once, then every 30 s.
+                        if failures == 3 || failures.is_multiple_of(30) {
+                            tracing::warn!(node = node.id, %seed, error = %e, "cannot join yet; retrying every second");
+                        }
+                    }
+                }
+                let mut view = node.view.clone();
+                drop(node);
+                let _ = tokio::time::timeout(Duration::from_secs(1), view.changed()).await;
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(AbortOnDrop(task));
+    }
+
+    /// A `Join`: admitted by the Raft leader, passed on to it by any other
+    /// member (once).
+    async fn join(&self, req: JoinRequest) -> std::result::Result<ClusterInfo, Failed> {
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        if leader == Some(self.id) {
+            let _one = self.joining.lock().await;
+            let v = self.view();
+            let known = v.members.get(&req.id);
+            if let Some(k) = known.filter(|k| **k != req.member) {
+                return Err(Failed::new(
+                    Code::BadRequest,
+                    format!(
+                        "node {} is a member at {}, not {}: remove it first",
+                        req.id, k.addr, req.member.addr
+                    ),
+                ));
+            }
+            let voter = v.voters.contains(&req.id) || v.members.len() < 3;
+            if known.is_none() || !voter {
+                tracing::info!(node = self.id, joining = req.id, addr = %req.member.addr, "adding a member");
+                self.admit(req.id, req.member)
+                    .await
+                    .map_err(|e| Failed::new(Code::Other("join_failed".into()), e.to_string()))?;
+            }
+            return Ok(self.info());
+        }
+        let no_leader = || Failed::new(Code::NotMaster, "no metadata leader known yet: retry");
+        if req.forwarded {
+            return Err(no_leader());
+        }
+        let addr = leader
+            .and_then(|l| {
+                self.view()
+                    .members
+                    .get(&l)
+                    .and_then(|m| m.addr.parse().ok())
+            })
+            .ok_or_else(no_leader)?;
+        let body = serde_json::to_vec(&JoinRequest {
+            forwarded: true,
+            ..req
+        })
+        .expect("serializable");
+        let JoinIs { body } = self
+            .client
+            .call(addr, Join { body })
+            .await
+            .map_err(|e| match e {
+                Error::Remote { code, message } => Failed::new(code, message),
+                e => Failed::new(Code::NotMaster, format!("the leader did not answer: {e}")),
+            })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Failed::new(Code::BadRequest, format!("leader's answer: {e}")))
     }
 
     fn role(&self) -> Role {
@@ -597,6 +742,25 @@ impl crate::pipeline::Answer for Node {
         };
         let req = match Position::from_frame(req) {
             Ok(Position { term }) => return self.position(term).into(),
+            Err(f) => f,
+        };
+        let req = match Meta::from_frame(req) {
+            Ok(Meta) => {
+                let body = serde_json::to_vec(&self.info()).expect("serializable");
+                return MetaIs { body }.into();
+            }
+            Err(f) => f,
+        };
+        let req = match Join::from_frame(req) {
+            Ok(Join { body }) => {
+                let answer = match serde_json::from_slice::<JoinRequest>(&body) {
+                    Ok(r) => self.join(r).await.map(|info| JoinIs {
+                        body: serde_json::to_vec(&info).expect("serializable"),
+                    }),
+                    Err(e) => Err(Failed::new(Code::BadRequest, format!("join request: {e}"))),
+                };
+                return crate::msg::answer_frame(answer);
+            }
             Err(f) => f,
         };
         match self.role() {

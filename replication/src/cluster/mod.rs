@@ -16,7 +16,9 @@ pub use log_store::FileLog;
 pub use member::{MemberOptions, Node};
 pub use net::{MetaRaftHandle, QuicNet};
 pub use state_machine::{MetaMachine, MetaView};
-pub use types::{Entry, LogId, Member, MetaRaft, StoredMembership, Vote};
+pub use types::{
+    ClusterInfo, Entry, JoinRequest, LogId, Member, MemberRow, MetaRaft, StoredMembership, Vote,
+};
 
 #[cfg(test)]
 mod tests;

@@ -68,3 +68,73 @@ pub(crate) type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<Meta
 /// A snapshot: header and bytes.
 pub(crate) type Snapshot =
     openraft::type_config::alias::SnapshotOf<MetaRaft, std::io::Cursor<Vec<u8>>>;
+
+/// A node's request to join (the body of a `Join` frame).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Its node id.
+    pub id: u64,
+    /// How others reach it.
+    pub member: Member,
+    /// Whether a member already passed it on (a request is forwarded once,
+    /// to the leader, never around a loop).
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
+/// One member, as [`ClusterInfo`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    /// Its node id.
+    pub id: u64,
+    /// Where its QUIC endpoint listens.
+    pub addr: String,
+    /// Its Mycelium public key, when it runs on the overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubkey: Option<String>,
+    /// Whether it votes in the metadata group (else a learner).
+    pub voter: bool,
+    /// Whether it is in the committed in-sync set.
+    pub in_sync: bool,
+}
+
+/// The cluster as one member's applied metadata says (the body of `MetaIs`
+/// and `JoinIs`). It may lag: a reader that asks several members trusts the
+/// highest term.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The member that answered.
+    pub node: u64,
+    /// The current master's term (0: none appointed yet).
+    pub term: u64,
+    /// The current master's id.
+    pub master: Option<u64>,
+    /// The Raft leader as the answering member knows it.
+    pub leader: Option<u64>,
+    /// Every member, by id.
+    pub members: Vec<MemberRow>,
+}
+
+impl ClusterInfo {
+    /// The address of member `id`, if it has a usable one.
+    pub fn addr_of(&self, id: u64) -> Option<std::net::SocketAddr> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.addr.parse().ok())
+    }
+
+    /// The master's address.
+    pub fn master_addr(&self) -> Option<std::net::SocketAddr> {
+        self.master.and_then(|id| self.addr_of(id))
+    }
+
+    /// Every member but the master, by address.
+    pub fn others(&self) -> Vec<std::net::SocketAddr> {
+        self.members
+            .iter()
+            .filter(|m| Some(m.id) != self.master)
+            .filter_map(|m| m.addr.parse().ok())
+            .collect()
+    }
+}

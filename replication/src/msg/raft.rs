@@ -1,5 +1,7 @@
 //! The metadata Raft group, node → node: `Raft` → `RaftIs`, and the
-//! controller's question to candidates, `Position` → `PositionIs`. The bodies are
+//! controller's question to candidates, `Position` → `PositionIs`; a new
+//! node's `Join` → `JoinIs`, and anyone's `Meta` → `MetaIs` (the cluster as
+//! a member's applied metadata says). The Raft bodies are
 //! openraft's own messages as JSON (`cluster::net` encodes them): the
 //! metadata group is small and rare, and this keeps openraft's types out of
 //! the wire codec.
@@ -47,4 +49,41 @@ message! {
 
 impl Request for Position {
     type Reply = PositionIs;
+}
+
+message! {
+    /// Add me to the cluster (JSON `cluster::JoinRequest`).
+    Join = Join {
+        /// The request, JSON.
+        body: Vec<u8>,
+    }
+}
+
+message! {
+    /// Joined: the cluster (JSON `cluster::ClusterInfo`).
+    JoinIs = JoinIs {
+        /// The cluster, JSON.
+        body: Vec<u8>,
+    }
+}
+
+impl Request for Join {
+    type Reply = JoinIs;
+}
+
+message! {
+    /// The cluster as your metadata says.
+    Meta = Meta;
+}
+
+message! {
+    /// The cluster (JSON `cluster::ClusterInfo`).
+    MetaIs = MetaIs {
+        /// The cluster, JSON.
+        body: Vec<u8>,
+    }
+}
+
+impl Request for Meta {
+    type Reply = MetaIs;
 }
