@@ -303,27 +303,12 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
 
 /// Swaps two directories in one step (renameat2 RENAME_EXCHANGE): a crash
 /// leaves either the old or the new directory in place, never neither.
+/// A path holding a NUL byte fails with `EINVAL`.
 pub fn exchange(a: &Path, b: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())
-        .map_err(|_| Error::Config(format!("path {} holds a NUL byte", a.display())))?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())
-        .map_err(|_| Error::Config(format!("path {} holds a NUL byte", b.display())))?;
-    // SAFETY: both pointers are valid NUL-terminated strings for the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error())
-            .ctx(|| format!("exchange {} and {}", a.display(), b.display()));
-    }
-    Ok(())
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("exchange {} and {}", a.display(), b.display()))
 }
 
 #[cfg(test)]
@@ -375,5 +360,34 @@ mod tests {
         let c = compact_with(&d, None, None, &p).unwrap();
         assert_eq!(c.live_ids, 300);
         assert_eq!(p.0.into_inner(), vec![("ids".to_string(), 300, 300)]);
+    }
+
+    #[test]
+    fn exchange_swaps_directories_or_reports_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("x"), b"").unwrap();
+        std::fs::write(b.join("y"), b"").unwrap();
+        exchange(&a, &b).unwrap();
+        assert!(a.join("y").exists() && b.join("x").exists());
+        assert!(!a.join("x").exists() && !b.join("y").exists());
+
+        let gone = dir.path().join("gone");
+        match exchange(&a, &gone).unwrap_err() {
+            Error::Io { context, source } => {
+                assert!(context.starts_with("exchange "), "{context}");
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            e => panic!("{e}"),
+        }
+        let nul = dir.path().join("a\0b");
+        match exchange(&a, &nul).unwrap_err() {
+            Error::Io { source, .. } => {
+                assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput)
+            }
+            e => panic!("{e}"),
+        }
     }
 }

@@ -9,9 +9,18 @@
 use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::StatusCode;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 use crate::error::{Error, Result};
+
+/// How long the local Mycelium API gets to answer, connect included.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of an answer read; the real one is a few hundred bytes.
+const API_MAX_BODY: usize = 1 << 20;
 
 /// The overlay address of a public key.
 pub fn address_of(pubkey: &[u8; 32]) -> Ipv6Addr {
@@ -94,50 +103,68 @@ pub struct NodeInfo {
 /// Asks the Mycelium API at `api` (`http://HOST:PORT`) for this node's
 /// address: `GET /api/v1/admin`.
 pub async fn node_info(api: &str) -> Result<NodeInfo> {
-    let rest = api.strip_prefix("http://").ok_or_else(|| {
-        Error::Address(format!("{api:?}: only http:// API addresses are supported"))
-    })?;
-    let host = rest.split('/').next().unwrap_or(rest);
-    let addr = resolve_peer(host)?;
-    let fetch = async {
-        let mut conn = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))?;
-        let req = format!("GET /api/v1/admin HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
-        conn.write_all(req.as_bytes())
-            .await
-            .map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))?;
-        let mut resp = Vec::new();
-        conn.take(1 << 20)
-            .read_to_end(&mut resp)
-            .await
-            .map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))?;
-        Ok::<_, Error>(resp)
-    };
-    let resp = tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .map_err(|_| Error::Timeout(format!("Mycelium API {api}")))??;
-    parse_admin_response(&resp).map_err(|e| Error::Address(format!("Mycelium API {api}: {e}")))
+    node_info_within(api, API_TIMEOUT).await
 }
 
-fn parse_admin_response(resp: &[u8]) -> std::result::Result<NodeInfo, String> {
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("answered {status:?}"));
+async fn node_info_within(api: &str, timeout: Duration) -> Result<NodeInfo> {
+    let fail = |e: String| Error::Address(format!("Mycelium API {api}: {e}"));
+    let unsupported =
+        || Error::Address(format!("{api:?}: only http:// API addresses are supported"));
+    let uri: hyper::Uri = api.parse().map_err(|_| unsupported())?;
+    // Any path in `api` is ignored: the admin endpoint is fixed.
+    let authority = match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(a)) => a.clone(),
+        _ => return Err(unsupported()),
+    };
+    let uri = hyper::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query("/api/v1/admin")
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let req = hyper::Request::get(uri)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| fail(e.to_string()))?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let fetch = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| fail(error_chain(&e)))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), API_MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| fail(error_chain(&*e)))?
+            .to_bytes();
+        Ok::<_, Error>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| Error::Timeout(format!("Mycelium API {api}")))??;
+    parse_admin_response(status, &body).map_err(fail)
+}
+
+/// An error with its causes: hyper's own text ("client error (Connect)")
+/// leaves out why.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
     }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Err("chunked responses are not supported".into());
+    out
+}
+
+fn parse_admin_response(status: StatusCode, body: &[u8]) -> std::result::Result<NodeInfo, String> {
+    if status != StatusCode::OK {
+        return Err(format!("answered {status}"));
     }
     let body: serde_json::Value =
-        serde_json::from_slice(&resp[split + 4..]).map_err(|e| format!("body is not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let field = |k: &str| {
         body.get(k)
             .and_then(|v| v.as_str())
@@ -160,6 +187,7 @@ fn parse_admin_response(resp: &[u8]) -> std::result::Result<NodeInfo, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn addresses_follow_the_rule() {
@@ -203,54 +231,128 @@ mod tests {
         assert!(e.contains("63 hex digits"), "{e}");
     }
 
+    /// A one-connection fake of the Mycelium API on loopback: answers the
+    /// next request with `resp` as given and returns the request it read.
+    async fn serve_once(l: &tokio::net::TcpListener, resp: String) -> String {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request cut short");
+            req.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(resp.as_bytes()).await.unwrap();
+        String::from_utf8(req).unwrap()
+    }
+
+    fn answer(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
     #[tokio::test]
     async fn admin_api_client_against_a_stub() {
         let key: [u8; 32] = [42; 32];
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let ip = address_of(&key);
-        let body = format!(
-            r#"{{"nodeSubnet":"{}/64","nodeIp":"{ip}","nodePubkey":"{hex}"}}"#,
-            ip
-        );
+        let body = format!(r#"{{"nodeSubnet":"{ip}/64","nodeIp":"{ip}","nodePubkey":"{hex}"}}"#);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let serve = |status: &'static str, body: String| {
-            let l = &listener;
-            async move {
-                let (mut s, _) = l.accept().await.unwrap();
-                let mut req = vec![0u8; 1024];
-                let n = s.read(&mut req).await.unwrap();
-                let req = String::from_utf8_lossy(&req[..n]).to_string();
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                s.write_all(resp.as_bytes()).await.unwrap();
-                req
-            }
-        };
         let api = format!("http://{addr}");
-        let (info, req) = tokio::join!(node_info(&api), serve("200 OK", body));
+
+        let (info, req) = tokio::join!(
+            node_info(&api),
+            serve_once(&listener, answer("200 OK", &body))
+        );
         assert!(req.starts_with("GET /api/v1/admin HTTP/1.1\r\n"), "{req}");
+        let lower = req.to_ascii_lowercase();
+        assert!(lower.contains(&format!("host: {addr}\r\n")), "{req}");
+        assert!(lower.contains("accept: application/json\r\n"), "{req}");
         let info = info.unwrap();
-        assert_eq!(info.ip, ip);
-        assert_eq!(info.pubkey, hex);
+        assert_eq!(
+            info,
+            NodeInfo {
+                subnet: format!("{ip}/64"),
+                ip,
+                pubkey: hex.clone(),
+            }
+        );
         assert_eq!(address_of(&parse_pubkey(&info.pubkey).unwrap()), info.ip);
 
-        let (info, _) = tokio::join!(
-            node_info(&api),
-            serve("500 Internal Server Error", "{}".into())
+        // A chunked answer, and a path after the authority (ignored).
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
         );
-        assert!(info.is_err());
-        let (info, _) = tokio::join!(node_info(&api), serve("200 OK", "not json".into()));
-        assert!(info.is_err());
-        let (info, _) = tokio::join!(
+        let with_path = format!("{api}/ignored");
+        let (got, req) = tokio::join!(node_info(&with_path), serve_once(&listener, chunked));
+        assert!(req.starts_with("GET /api/v1/admin HTTP/1.1\r\n"), "{req}");
+        assert_eq!(got.unwrap(), info);
+
+        let (e, _) = tokio::join!(
             node_info(&api),
-            serve(
-                "200 OK",
-                r#"{"nodeSubnet":"x","nodeIp":"::1","nodePubkey":"y"}"#.into()
+            serve_once(&listener, answer("500 Internal Server Error", "{}"))
+        );
+        let e = e.unwrap_err();
+        assert!(matches!(e, Error::Address(_)), "{e:?}");
+        assert!(
+            e.to_string().contains("answered 500 Internal Server Error"),
+            "{e}"
+        );
+
+        let (e, _) = tokio::join!(
+            node_info(&api),
+            serve_once(&listener, answer("200 OK", "not json"))
+        );
+        let e = e.unwrap_err();
+        assert!(matches!(e, Error::Address(_)), "{e:?}");
+        assert!(e.to_string().contains("body is not JSON"), "{e}");
+
+        let (e, _) = tokio::join!(
+            node_info(&api),
+            serve_once(
+                &listener,
+                answer("200 OK", r#"{"nodeIp":"400::1","nodePubkey":"y"}"#)
             )
         );
-        assert!(info.unwrap_err().to_string().contains("400::/7"));
+        assert!(e.unwrap_err().to_string().contains("no nodeSubnet"));
+
+        let (e, _) = tokio::join!(
+            node_info(&api),
+            serve_once(
+                &listener,
+                answer(
+                    "200 OK",
+                    r#"{"nodeSubnet":"x","nodeIp":"::1","nodePubkey":"y"}"#
+                )
+            )
+        );
+        assert!(e.unwrap_err().to_string().contains("400::/7"));
+    }
+
+    #[tokio::test]
+    async fn admin_api_client_errors_without_an_answer() {
+        // Accepted by the kernel (the backlog) but never answered.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", listener.local_addr().unwrap());
+        let e = node_info_within(&api, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout(_)), "{e:?}");
+
+        // Nothing listening: the refusal, with its cause.
+        drop(listener);
+        let e = node_info(&api).await.unwrap_err();
+        assert!(matches!(e, Error::Address(_)), "{e:?}");
+        assert!(e.to_string().contains(&api), "{e}");
+        assert!(e.to_string().to_lowercase().contains("refused"), "{e}");
+
+        for bad in ["https://127.0.0.1:8989", "127.0.0.1:8989", "http://"] {
+            let e = node_info(bad).await.unwrap_err();
+            assert!(e.to_string().contains("only http://"), "{bad}: {e}");
+        }
     }
 }

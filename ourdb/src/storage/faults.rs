@@ -87,7 +87,7 @@ enum Entry {
 }
 
 fn eio() -> io::Error {
-    io::Error::from_raw_os_error(libc::EIO)
+    io::Error::from(rustix::io::Errno::IO)
 }
 
 fn parent(p: &Path) -> &Path {
@@ -533,7 +533,7 @@ mod tests {
         st.fail_op(2);
         f.write_at(b"0123", 0).unwrap();
         let e = f.write_at(b"456789", 4).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()));
         assert_eq!(st.injected(), 1);
         assert!(read(&p).len() < 10);
         f.write_at(b"x", 0).unwrap();
