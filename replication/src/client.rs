@@ -254,6 +254,14 @@ impl Client {
         Ok((s.cursor, s.workers))
     }
 
+    /// The cluster as a failover member's metadata says (a standalone node
+    /// refuses with `BadRequest`).
+    pub async fn meta(&self, node: SocketAddr) -> Result<crate::cluster::ClusterInfo> {
+        let r = self.call(node, crate::msg::raft::Meta).await?;
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
+    }
+
     /// The master's commit cursor.
     pub async fn read_index(&self, master: SocketAddr) -> Result<Cursor> {
         Ok(self.call(master, reads::ReadIndex).await?.cursor)

@@ -63,8 +63,12 @@ pub enum Code {
     NotReached,
     /// A watch cursor of a log that a compaction replaced.
     Gone,
-    /// A write sent to a worker.
+    /// A write sent to a worker (or a master already replaced): nothing
+    /// was written, the write may go to the new master.
     NotMaster,
+    /// The master was replaced after it wrote the record but before the
+    /// write was acknowledged: it may or may not survive the failover.
+    Indeterminate,
     /// A request the node cannot parse or does not take.
     BadRequest,
     /// The node's store failed to read.
@@ -88,6 +92,7 @@ impl Code {
             Code::NotReached => "not_reached",
             Code::Gone => "gone",
             Code::NotMaster => "not_master",
+            Code::Indeterminate => "indeterminate",
             Code::BadRequest => "bad_request",
             Code::ReadFailed => "read_failed",
             Code::WriteFailed => "write_failed",
@@ -107,6 +112,7 @@ impl From<&str> for Code {
             Code::NotReached,
             Code::Gone,
             Code::NotMaster,
+            Code::Indeterminate,
             Code::BadRequest,
             Code::ReadFailed,
             Code::WriteFailed,

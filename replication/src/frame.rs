@@ -542,6 +542,28 @@ impl<'a> Reader<'a> {
 }
 
 impl Frame {
+    /// The frame's kind (`Set`, `Status`, ...), for error messages: never
+    /// its contents, which may be a megabyte of value.
+    pub fn name(&self) -> String {
+        use std::fmt::Write;
+        /// Takes the leading name of a Debug rendering and stops there.
+        struct Name(String);
+        impl Write for Name {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                for c in s.chars() {
+                    if !c.is_ascii_alphanumeric() {
+                        return Err(std::fmt::Error);
+                    }
+                    self.0.push(c);
+                }
+                Ok(())
+            }
+        }
+        let mut n = Name(String::new());
+        let _ = write!(n, "{self:?}");
+        n.0
+    }
+
     /// The frame with its length prefix.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1343,6 +1365,19 @@ mod tests {
         assert_eq!(Version::from_etag(&v.etag()), Some(v));
         assert_eq!(Version::from_etag("\"3-1\""), None);
         assert_eq!(Version::from_etag("3-1-99"), None);
+    }
+
+    #[test]
+    fn a_frame_is_named_without_its_contents() {
+        let set = Frame::Set {
+            key: "k".into(),
+            value: vec![7; 1 << 20],
+            ack: Ack::Master,
+            expect: Expect::Any,
+        };
+        assert_eq!(set.name(), "Set");
+        assert_eq!(Frame::Digest.name(), "Digest");
+        assert_eq!(Frame::Meta.name(), "Meta");
     }
 
     #[test]

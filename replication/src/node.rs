@@ -443,7 +443,18 @@ impl Master {
                 applied.wait_for(|low| *low >= target || deposed.load(Ordering::SeqCst)),
             )
             .await;
-            self.check_master()?;
+            if self.deposed.load(Ordering::SeqCst) {
+                // Written here, but maybe not past the branch point the new
+                // master keeps: the client must not take it as refused.
+                return Err(Error::Remote {
+                    code: Code::Indeterminate,
+                    message: format!(
+                        "the master of term {} was replaced before the write was acknowledged: \
+                         it may or may not have taken effect",
+                        self.term
+                    ),
+                });
+            }
             if matches!(reached, Ok(Ok(_))) {
                 return Ok(());
             }
@@ -1414,7 +1425,7 @@ impl Worker {
 fn refuse_on_master(other: Frame) -> Frame {
     failed(
         Code::BadRequest,
-        format!("a master does not take {other:?}"),
+        format!("a master does not take {}", other.name()),
     )
     .into()
 }
@@ -1426,7 +1437,11 @@ fn no_metadata_group() -> Frame {
 
 /// A worker's answer to a frame that is none of its requests (a write, for one).
 fn refuse_on_worker(other: Frame) -> Frame {
-    failed(Code::NotMaster, format!("a worker does not take {other:?}")).into()
+    failed(
+        Code::NotMaster,
+        format!("a worker does not take {}", other.name()),
+    )
+    .into()
 }
 
 impl writes::Handler for Master {
@@ -1583,7 +1598,7 @@ impl status::Handler for Worker {
     async fn status(&self, req: status::Status) -> Answer<status::Status> {
         Err(failed(
             Code::NotMaster,
-            format!("a worker does not take {:?}", Frame::from(req)),
+            format!("a worker does not take {}", Frame::from(req).name()),
         ))
     }
 

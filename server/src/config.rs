@@ -321,6 +321,8 @@ fn example_value(role: &str, long: &str) -> &'static str {
         (_, "http") => "127.0.0.1:8080",
         (_, "cluster") => "/etc/ourkv/cluster",
         (_, "mycelium-api") => "http://127.0.0.1:8989",
+        (_, "raft-dir") => "/var/lib/ourkv.raft",
+        (_, "advertise") => "127.0.0.1:7000",
         (_, "file-size") => "536870912",
         (_, "sync") => "group",
         (_, "api-token") => "change-me",

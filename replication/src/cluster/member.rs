@@ -107,15 +107,49 @@ fn read_term(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes the last followed term durably (tmp, fsync, rename, directory fsync).
+/// Writes the last followed term durably.
 fn write_term(dir: &Path, term: u64) -> std::io::Result<()> {
+    write_durably(dir, FOLLOW, &term.to_string())
+}
+
+/// Replaces `dir/name` with `text` so that a crash leaves the old or the new
+/// whole (tmp, fsync, rename, directory fsync).
+fn write_durably(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = dir.join("follow.tmp");
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(term.to_string().as_bytes())?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(FOLLOW))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// The node id kept in `<raft_dir>/id`, made (random, never 0) on first
+/// use. An id is for life: the metadata knows a node by it.
+pub fn node_id(raft_dir: &Path) -> Result<u64> {
+    let path = raft_dir.join("id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&id| id != 0)
+            .ok_or_else(|| Error::Protocol(format!("{}: not a node id: {text:?}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(raft_dir).map_err(|e| io("raft directory", e))?;
+            let mut id = 0u64;
+            while id == 0 {
+                let mut b = [0u8; 8];
+                getrandom::getrandom(&mut b)
+                    .map_err(|e| io("node id", std::io::Error::other(e.to_string())))?;
+                // Below 2^53, so JSON readers that use doubles keep it exact.
+                id = u64::from_le_bytes(b) >> 11;
+            }
+            write_durably(raft_dir, "id", &id.to_string()).map_err(|e| io("node id", e))?;
+            Ok(id)
+        }
+        Err(e) => Err(io("node id", e)),
+    }
 }
 
 fn io(context: &str, source: std::io::Error) -> Error {

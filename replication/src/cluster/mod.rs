@@ -13,7 +13,7 @@ mod state_machine;
 mod types;
 
 pub use log_store::FileLog;
-pub use member::{MemberOptions, Node};
+pub use member::{node_id, MemberOptions, Node};
 pub use net::{MetaRaftHandle, QuicNet};
 pub use state_machine::{MetaMachine, MetaView};
 pub use types::{

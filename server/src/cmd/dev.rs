@@ -101,6 +101,9 @@ pub(crate) fn run_dev(
         let gw = gw
             .with_client_timeout(opts.client_timeout())
             .with_max_watches(opts.max_watches);
+        // The same as a gateway of a cluster (its standalone nodes refuse
+        // the question, and the routes stay as started).
+        gw.discover();
         http::serve(gw, http, opts.limits(), ready).await?;
         master.store().db().checkpoint()?;
         for w in &workers {

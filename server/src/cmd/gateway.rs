@@ -50,6 +50,7 @@ pub(crate) fn run_gateway(http: &str, nodes: Nodes, opts: HttpOpts) -> Result<Ex
         )
         .with_client_timeout(opts.client_timeout())
         .with_max_watches(opts.max_watches);
+        gw.discover();
         http::serve(
             gw,
             http,

@@ -1,6 +1,6 @@
 //! `ourkv master` and `ourkv worker`: a node until SIGINT or SIGTERM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +52,12 @@ pub(crate) fn identity(cluster: Option<&Path>) -> Result<replication::Identity> 
 
 /// Runs a node until SIGINT or SIGTERM, then checkpoints its store.
 pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
+    if node.failover {
+        return run_member(node, role);
+    }
+    if node.raft_dir.is_some() || node.advertise.is_some() {
+        bail!("--raft-dir and --advertise are options of --failover");
+    }
     let identity = identity(node.cluster.as_deref())?;
     // Check the master's address before anything is opened or sent.
     let master_addr = match &role {
@@ -108,6 +114,98 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         };
         endpoint.close(0u32.into(), b"shutting down");
         // Background tasks may still hold the store; checkpoint what we can.
+        store.db().checkpoint()?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `<data>.raft`, beside the data directory (a snapshot install replaces
+/// the data directory whole; the metadata must survive that).
+fn default_raft_dir(data: &Path) -> PathBuf {
+    let mut name = data
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "data".into());
+    name.push(".raft");
+    data.with_file_name(name)
+}
+
+/// Runs a member of a failover cluster until SIGINT or SIGTERM. It takes
+/// whichever role the metadata gives it; `role` only says how it starts: a
+/// master founds the cluster (nothing happens if it exists already), a
+/// worker joins through the address given as its master.
+fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
+    let identity = identity(node.cluster.as_deref())?;
+    let (name, options, seed) = match role {
+        Role::Master(options) => ("master", options, None),
+        Role::Worker(addr, _) => {
+            let a = resolve(&addr)?;
+            identity.check_peer(a)?;
+            ("worker", replication::MasterOptions::default(), Some(a))
+        }
+    };
+    let advertise = node.advertise.as_deref().map(resolve).transpose()?;
+    let raft_dir = node
+        .raft_dir
+        .clone()
+        .unwrap_or_else(|| default_raft_dir(&node.data));
+    let id = replication::cluster::node_id(&raft_dir)
+        .with_context(|| format!("raft directory {}", raft_dir.display()))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (listen, pubkey) = match &node.mycelium_api {
+            None => (resolve(&node.listen)?, None),
+            Some(api) => {
+                let info = mycelium_node(api).await?;
+                let port: u16 = node
+                    .listen
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .with_context(|| format!("--listen {:?} names no port", node.listen))?;
+                (
+                    std::net::SocketAddr::new(info.ip.into(), port),
+                    Some(info.pubkey),
+                )
+            }
+        };
+        let endpoint = replication::endpoint(&identity, listen)?;
+        let addr = match advertise {
+            Some(a) => a,
+            None => endpoint.local_addr()?,
+        };
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            bail!(
+                "the other members cannot reach {addr}: listen on a host address or give --advertise ADDR"
+            );
+        }
+        // A worker may become master: every member acknowledges only what
+        // it has fsynced.
+        let store = open_store(node, ourdb::SyncPolicy::Group)?;
+        let member = replication::cluster::Node::start(
+            store,
+            endpoint.clone(),
+            &identity,
+            replication::cluster::MemberOptions {
+                id,
+                addr,
+                pubkey,
+                raft_dir: raft_dir.clone(),
+                master: options,
+            },
+        )
+        .await?;
+        match seed {
+            None => member.bootstrap().await?,
+            Some(seed) => member.join_through(seed),
+        }
+        tracing::info!(%addr, id, raft_dir = %raft_dir.display(), "failover member started");
+        println!(
+            "{name} listening on {} (failover member {id}, reached at {addr})",
+            endpoint.local_addr()?
+        );
+        shutdown().await;
+        let store = member.shutdown().await;
         store.db().checkpoint()?;
         anyhow::Ok(())
     })?;

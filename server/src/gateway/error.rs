@@ -66,6 +66,19 @@ impl ApiError {
                 "precondition_failed",
                 message,
             ),
+            replication::Error::Remote {
+                code: Code::NotMaster,
+                message,
+            } => {
+                tracing::warn!(%message, "write: no master took it");
+                ApiError::unavailable(
+                    "no node takes writes right now (a failover may be under way); retry shortly",
+                )
+            }
+            replication::Error::Remote {
+                code: Code::Indeterminate,
+                message,
+            } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "indeterminate", message),
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
             }

@@ -86,6 +86,10 @@ pub(super) struct Metrics {
     pub(super) hedges: Counter,
     pub(super) worker_in_sync: Family<WorkerLabels, Gauge>,
     pub(super) worker_lag_bytes: Family<WorkerLabels, Gauge>,
+    /// Times the gateway switched to another master or member list.
+    pub(super) topology_changes: Counter,
+    /// The term of the master the gateway follows (0: not a failover cluster).
+    pub(super) master_term: Gauge,
 }
 
 impl Metrics {
@@ -135,7 +139,21 @@ impl Metrics {
             "Bytes the worker's acknowledged cursor is behind the master's (same data file only)",
             worker_lag_bytes.clone(),
         );
+        let topology_changes = Counter::default();
+        registry.register(
+            "gateway_topology_changes",
+            "Times the gateway followed a failover cluster to another master or member list",
+            topology_changes.clone(),
+        );
+        let master_term = Gauge::default();
+        registry.register(
+            "master_term",
+            "The term of the master the gateway sends writes to (0 outside a failover cluster)",
+            master_term.clone(),
+        );
         Metrics {
+            topology_changes,
+            master_term,
             registry,
             cache: RwLock::default(),
             requests,

@@ -22,6 +22,7 @@ mod metrics;
 mod middleware;
 mod ops;
 mod params;
+mod topology;
 mod watch;
 
 use error::*;
@@ -29,6 +30,7 @@ use kv::*;
 use middleware::*;
 use ops::*;
 use params::*;
+use topology::Routes;
 use watch::*;
 
 /// Largest request body read; larger values are refused with 413 anyway.
@@ -40,8 +42,8 @@ pub(crate) const CURSOR_HEADER: &str = "x-ourkv-cursor";
 
 pub(crate) struct Gateway {
     client: Arc<Client>,
-    master: SocketAddr,
-    workers: Vec<SocketAddr>,
+    /// The master and workers, from the flags or the failover metadata.
+    routes: Arc<Routes>,
     next: AtomicUsize,
     metrics: metrics::Metrics,
     /// Bearer token every request but /health must carry, if set.
@@ -49,7 +51,6 @@ pub(crate) struct Gateway {
     /// How long a client may take to send its request headers (the
     /// listener's limit) and then its body (408 after).
     client_timeout: std::time::Duration,
-    load: Vec<Load>,
     batch: Arc<std::sync::Mutex<Batch>>,
     /// The watches, fanned out from one stream.
     hub: Arc<Hub>,
@@ -134,12 +135,10 @@ impl Gateway {
         Arc::new(Gateway {
             token,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
-            load: workers.iter().map(|_| Load::default()).collect(),
+            routes: Arc::new(Routes::new(master, workers)),
             batch: Arc::default(),
             hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
             client: Arc::new(client),
-            master,
-            workers,
             next: AtomicUsize::new(0),
             metrics: metrics::Metrics::new(),
         })
@@ -152,6 +151,16 @@ impl Gateway {
             .expect("not yet shared")
             .client_timeout = t;
         self
+    }
+
+    /// Follows a failover cluster's master from now on (see topology.rs).
+    pub(crate) fn discover(self: &Arc<Self>) {
+        Routes::discover(self);
+    }
+
+    /// The master and workers requests go to now.
+    fn topology(&self) -> Arc<topology::Topology> {
+        self.routes.now()
     }
 
     /// Sets how many watches may be open at once (503 past it).
@@ -224,16 +233,16 @@ impl Gateway {
 
     /// Worker indexes, least loaded first: fewest requests in flight,
     /// weighted by recent latency (failures count as slow).
-    fn by_load(&self) -> Vec<usize> {
+    fn by_load(&self, topo: &topology::Topology) -> Vec<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.workers.len();
+        let n = topo.workers.len();
         // Rotating the start breaks ties evenly.
         let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
         // Every 64th read goes round-robin, so a worker that failed once is
         // tried again and its score can recover. Else the least loaded goes
         // first; the others only matter if it fails.
         if !start.is_multiple_of(64) {
-            if let Some(best) = (0..n).min_by_key(|&k| self.load[order[k]].score()) {
+            if let Some(best) = (0..n).min_by_key(|&k| topo.load[order[k]].score()) {
                 order.swap(0, best);
             }
         }
@@ -253,11 +262,11 @@ impl Gateway {
             .unwrap_or_else(|e| e.into_inner())
             .join(tx);
         if lead {
-            let (client, batch, rounds, master) = (
+            let (client, routes, batch, rounds) = (
                 self.client.clone(),
+                self.routes.clone(),
                 self.batch.clone(),
                 self.metrics.read_index_rounds.clone(),
-                self.master,
             );
             tokio::spawn(async move {
                 loop {
@@ -266,7 +275,11 @@ impl Gateway {
                     else {
                         return;
                     };
-                    let r = client.read_index(master).await.map_err(|e| e.to_string());
+                    // A read-index changes nothing: any failure may go again.
+                    let r = routes
+                        .on_master(true, |m| client.read_index(m))
+                        .await
+                        .map_err(|e| e.to_string());
                     rounds.inc();
                     for w in waiting {
                         let _ = w.send(r.clone());
@@ -289,13 +302,14 @@ impl Gateway {
         F: Fn(SocketAddr, Cursor) -> Fut,
         Fut: std::future::Future<Output = replication::Result<T>>,
     {
-        let order = self.by_load();
+        let topo = self.topology();
+        let order = self.by_load(&topo);
         let mut tried = 0;
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut last = None;
         let launch = |i: usize| {
-            let attempt = Attempt::start(&self.load[i]);
-            let call = remote(self.workers[i], min);
+            let attempt = Attempt::start(&topo.load[i]);
+            let call = remote(topo.workers[i], min);
             async move {
                 let r = call.await;
                 attempt.done(r.is_ok());
@@ -310,7 +324,7 @@ impl Gateway {
                 running.push(launch(order[tried]));
                 tried += 1;
             }
-            let budget = self.hedge_budget(order.get(tried.wrapping_sub(1)).copied());
+            let budget = self.hedge_budget(&topo, order.get(tried.wrapping_sub(1)).copied());
             tokio::select! {
                 r = futures_util::StreamExt::next(&mut running) => match r {
                     Some(Ok(v)) => return Ok(v),
@@ -324,7 +338,7 @@ impl Gateway {
                 }
             }
         }
-        match remote(self.master, min).await {
+        match remote(topo.master, min).await {
             Ok(v) => Ok(v),
             // The master's word on a cursor it has not committed is final.
             Err(e @ replication::Error::Remote { .. }) => Err(ApiError::from_replication(e)),
@@ -335,9 +349,13 @@ impl Gateway {
     /// How long a read waits on a worker before asking the next one too:
     /// four times its recent latency, within 100 ms to 500 ms (below that, a
     /// loaded machine's scheduling tail alone would double the reads).
-    fn hedge_budget(&self, worker: Option<usize>) -> std::time::Duration {
+    fn hedge_budget(
+        &self,
+        topo: &topology::Topology,
+        worker: Option<usize>,
+    ) -> std::time::Duration {
         let ewma = worker
-            .and_then(|i| self.load.get(i))
+            .and_then(|i| topo.load.get(i))
             .map(|l| l.ewma_us.load(Ordering::Relaxed))
             .unwrap_or(0);
         std::time::Duration::from_micros((ewma * 4).clamp(100_000, 500_000))
@@ -383,8 +401,10 @@ impl Gateway {
                 ),
             ));
         }
-        self.client
-            .set_if(self.master, key, value, ack, expect)
+        self.routes
+            .on_master(false, |m| {
+                self.client.set_if(m, key, value, ack, expect.clone())
+            })
             .await
             .map_err(ApiError::from_write)
     }
@@ -395,8 +415,10 @@ impl Gateway {
         ack: Ack,
         expect: Expect,
     ) -> Result<(bool, Cursor), ApiError> {
-        self.client
-            .delete_if(self.master, key, ack, expect)
+        self.routes
+            .on_master(false, |m| {
+                self.client.delete_if(m, key, ack, expect.clone())
+            })
             .await
             .map_err(ApiError::from_write)
     }

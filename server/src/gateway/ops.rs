@@ -2,20 +2,44 @@
 
 use super::*;
 
-pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiError> {
-    let (cursor, workers) = gw
-        .client
-        .status(gw.master)
+/// The master's status, from whichever node is master now.
+async fn master_status(
+    gw: &Gateway,
+) -> Result<(SocketAddr, Cursor, Vec<replication::frame::WorkerStatus>), replication::Error> {
+    gw.routes
+        .on_master(true, |m| async move {
+            let (cursor, workers) = gw.client.status(m).await?;
+            Ok((m, cursor, workers))
+        })
         .await
-        .map_err(master_unreachable)?;
+}
+
+pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiError> {
+    let (master, cursor, workers) = master_status(gw).await.map_err(master_unreachable)?;
     let workers: Vec<_> = workers
         .iter()
         .map(|w| json!({"addr": w.addr, "acked": cursor_text(w.acked), "in_sync": w.in_sync}))
         .collect();
-    Ok(json!({
-        "master": {"addr": gw.master.to_string(), "cursor": cursor_text(cursor)},
+    let mut out = json!({
+        "master": {"addr": master.to_string(), "cursor": cursor_text(cursor)},
         "workers": workers,
-    }))
+    });
+    // A failover cluster also shows its term and members.
+    if let Some(c) = &gw.topology().cluster {
+        out["term"] = json!(c.term);
+        out["members"] = json!(c
+            .members
+            .iter()
+            .map(|m| json!({
+                "id": m.id.to_string(),
+                "addr": m.addr,
+                "voter": m.voter,
+                "in_sync": m.in_sync,
+                "master": Some(m.id) == c.master,
+            }))
+            .collect::<Vec<_>>());
+    }
+    Ok(out)
 }
 
 pub(super) async fn cluster(State(gw): Gw) -> Response {
@@ -26,14 +50,10 @@ pub(super) async fn cluster(State(gw): Gw) -> Response {
 pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
-        let (cursor, workers) = gw
-            .client
-            .status(gw.master)
-            .await
-            .map_err(master_unreachable)?;
+        let (_, cursor, workers) = master_status(&gw).await.map_err(master_unreachable)?;
         // ?sync: every worker this gateway uses has caught up with the master.
         if q.bytes("sync")?.is_some() {
-            for w in &gw.workers {
+            for w in &gw.topology().workers {
                 let caught_up = workers
                     .iter()
                     .any(|s| s.addr == w.to_string() && s.in_sync && s.acked >= cursor);
@@ -71,11 +91,11 @@ pub(super) async fn readyz(State(gw): Gw, q: RawQuery) -> Response {
     let verbose = q.bytes("verbose").ok().flatten().is_some();
     let sync = q.bytes("sync").ok().flatten().is_some();
     let mut checks: Vec<(String, Result<(), String>)> = Vec::new();
-    match gw.client.status(gw.master).await {
-        Ok((cursor, workers)) => {
+    match master_status(&gw).await {
+        Ok((_, cursor, workers)) => {
             checks.push(("master".into(), Ok(())));
             if sync {
-                for w in &gw.workers {
+                for w in &gw.topology().workers {
                     let caught_up = workers
                         .iter()
                         .any(|s| s.addr == w.to_string() && s.in_sync && s.acked >= cursor);
@@ -123,7 +143,13 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
     // The workers as the master sees them now; none when it does not answer.
     m.worker_in_sync.clear();
     m.worker_lag_bytes.clear();
-    if let Ok((cursor, workers)) = gw.client.status(gw.master).await {
+    m.master_term.set(
+        gw.topology()
+            .cluster
+            .as_ref()
+            .map_or(0, |c| i64::try_from(c.term).unwrap_or(i64::MAX)),
+    );
+    if let Ok((_, cursor, workers)) = master_status(&gw).await {
         for w in &workers {
             let labels = super::metrics::WorkerLabels {
                 worker: w.addr.clone(),

@@ -103,18 +103,24 @@ impl Hub {
     }
 
     /// Starts following the workers, once.
-    fn start(self: &Arc<Self>, client: Arc<Client>, workers: Vec<SocketAddr>) {
-        if self.started.swap(true, Ordering::SeqCst) || workers.is_empty() {
+    fn start(self: &Arc<Self>, client: Arc<Client>, topology: TopologyWatch) {
+        if self.started.swap(true, Ordering::SeqCst) {
             return;
         }
         let hub = self.clone();
-        tokio::spawn(async move { hub.follow(client, workers).await });
+        tokio::spawn(async move { hub.follow(client, topology).await });
     }
 
-    /// The shared stream: from one worker, then the next when it fails.
-    async fn follow(self: Arc<Self>, client: Arc<Client>, workers: Vec<SocketAddr>) {
+    /// The shared stream: from one worker, then the next when it fails (the
+    /// workers as the gateway knows them at that moment).
+    async fn follow(self: Arc<Self>, client: Arc<Client>, topology: TopologyWatch) {
         let pause = std::time::Duration::from_millis(200);
         for i in 0.. {
+            let workers = topology.borrow().workers.clone();
+            if workers.is_empty() {
+                tokio::time::sleep(pause).await;
+                continue;
+            }
             let node = workers[i % workers.len()];
             let last = self.state().last;
             let from = match last {
@@ -185,11 +191,12 @@ async fn catch_up(
     until: Cursor,
 ) -> Result<(Vec<replication::Change>, Cursor), replication::Error> {
     let _turn = gw.hub.catch_ups.acquire().await.expect("never closed");
-    let n = gw.workers.len();
+    let workers = gw.topology().workers.clone();
+    let n = workers.len();
     let start = gw.next.fetch_add(1, Ordering::Relaxed);
     let mut last = replication::Error::Protocol("no worker to watch from".into());
     for i in 0..n {
-        let node = gw.workers[(start + i) % n];
+        let node = workers[(start + i) % n];
         match gw
             .client
             .changes(node, prefix, from, until, CATCH_UP_BYTES)
@@ -218,6 +225,8 @@ struct Follower {
 }
 
 type Event = axum::response::sse::Event;
+/// The gateway's current master and workers, as they change.
+type TopologyWatch = tokio::sync::watch::Receiver<Arc<topology::Topology>>;
 
 fn event(cursor: Cursor, kind: &str, data: &str) -> Event {
     Event::default()
@@ -320,10 +329,10 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
         let permit = gw.hub.watches.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable("too many watches open on this gateway; retry shortly")
         })?;
-        if gw.workers.is_empty() {
+        if gw.topology().workers.is_empty() {
             return Err(ApiError::unavailable("no worker to watch from"));
         }
-        gw.hub.start(gw.client.clone(), gw.workers.clone());
+        gw.hub.start(gw.client.clone(), gw.routes.subscribe());
         let mut shared = gw.hub.subscribe();
         let waited = std::time::Instant::now();
         while shared.is_none() && waited.elapsed() < START_WAIT {

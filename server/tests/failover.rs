@@ -1,0 +1,250 @@
+//! Failover with real processes on loopback: a master and two workers run
+//! with `--failover` behind a gateway; the master is killed with SIGKILL
+//! mid-load, a worker becomes master within seconds, the gateway follows
+//! it, no acknowledged `ack=all` write is lost, and the old master, started
+//! again with its old command line, rejoins as a worker and ends with the
+//! same data as the others.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{curl, free_port};
+
+/// A process, killed (SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[String], log: PathBuf) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains("listening on"),
+        "did not start: {line:?}, log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    Proc { child, log }
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// The node command lines: the founding master, then two workers.
+fn node_args(dir: &Path, ports: [u16; 3]) -> Vec<Vec<String>> {
+    let s = |x: &str| x.to_string();
+    let common = |name: &str, port: u16| {
+        vec![
+            s("--failover"),
+            s("--data"),
+            dir.join(name).to_str().unwrap().to_string(),
+            s("--listen"),
+            addr(port),
+            s("--file-size"),
+            s("65536"),
+        ]
+    };
+    let mut master = vec![s("master")];
+    master.extend(common("a", ports[0]));
+    master.extend([s("--ack-timeout-ms"), s("1000")]);
+    let worker = |name: &str, port: u16| {
+        let mut w = vec![s("worker")];
+        w.extend(common(name, port));
+        w.extend([s("--master"), addr(ports[0])]);
+        w
+    };
+    vec![master, worker("b", ports[1]), worker("c", ports[2])]
+}
+
+fn cluster(http: &str) -> serde_json::Value {
+    let (code, body) = curl(&[&format!("http://{http}/v1/cluster")]);
+    if code != 200 {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until the gateway shows a failover cluster where `ok` holds.
+fn wait_cluster(http: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+    let t = Instant::now();
+    loop {
+        let c = cluster(http);
+        if ok(&c) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never {what}: last cluster view {c}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn put(http: &str, key: &str, value: &str) -> (u16, String) {
+    curl(&[
+        "-X",
+        "PUT",
+        "--max-time",
+        "15",
+        &format!("http://{http}/v1/kv/{key}?ack=all"),
+        "--data-binary",
+        value,
+    ])
+}
+
+#[test]
+fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let mut a = Some(start(&args[0], log("a")));
+    let b = start(&args[1], log("b"));
+    let c = start(&args[2], log("c"));
+    let http = addr(free_port());
+    // The gateway knows only the first master and one worker: it learns
+    // the rest from the cluster.
+    let _gw = start(
+        &[
+            "gateway".into(),
+            "--http".into(),
+            http.clone(),
+            "--master".into(),
+            addr(ports[0]),
+            "--worker".into(),
+            addr(ports[1]),
+        ],
+        log("gateway"),
+    );
+    let all_in = |c: &serde_json::Value| {
+        c["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["voter"] == true))
+            && c["workers"]
+                .as_array()
+                .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["in_sync"] == true))
+    };
+    wait_cluster(&http, "three voters, two workers in sync", all_in);
+    assert_eq!(cluster(&http)["master"]["addr"], addr(ports[0]));
+
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for i in 0..40 {
+        let (k, v) = (format!("before/{i}"), format!("value-{i}"));
+        let (code, body) = put(&http, &k, &v);
+        assert_eq!(code, 200, "{body}");
+        acked.push((k, v));
+    }
+
+    // SIGKILL: no goodbye to anyone.
+    let killed = Instant::now();
+    drop(a.take());
+    let mut first_ok = None;
+    let mut refused = 0;
+    let mut i = 0;
+    while acked.len() < 80 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "writes did not resume: {refused} refused; logs:\nb: {}\nc: {}",
+            std::fs::read_to_string(&b.log).unwrap_or_default(),
+            std::fs::read_to_string(&c.log).unwrap_or_default()
+        );
+        let (k, v) = (format!("after/{i}"), format!("value-{i}"));
+        i += 1;
+        let (code, body) = put(&http, &k, &v);
+        match code {
+            200 => {
+                first_ok.get_or_insert(killed.elapsed());
+                acked.push((k, v));
+            }
+            // While no master answers: unavailable, never an internal error
+            // (an `indeterminate` write may or may not be there).
+            503 => {
+                assert!(first_ok.is_none(), "a 503 after writes resumed: {body}");
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => panic!("write during failover: {code} {body}"),
+        }
+    }
+    let gap = first_ok.unwrap();
+    eprintln!("writes resumed {gap:?} after the kill; {refused} refused meanwhile");
+    let view = cluster(&http);
+    let new_master = view["master"]["addr"].as_str().unwrap().to_string();
+    assert_ne!(new_master, addr(ports[0]), "{view}");
+    assert!(view["term"].as_u64().unwrap() >= 2, "{view}");
+
+    // Every acknowledged write reads back, strongly, from the new master's
+    // cluster.
+    for (k, v) in &acked {
+        let (code, body) = curl(&[&format!("http://{http}/v1/kv/{k}?consistency=strong")]);
+        assert_eq!((code, body.as_str()), (200, v.as_str()), "{k}");
+    }
+
+    // The old master comes back with the very same command line: it finds
+    // a newer term, follows the new master and takes no writes itself.
+    let a = start(&args[0], log("a2"));
+    wait_cluster(&http, "the old master back in sync", |c| {
+        c["workers"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w["addr"] == addr(ports[0]) && w["in_sync"] == true)
+        })
+    });
+    assert_eq!(cluster(&http)["master"]["addr"], new_master);
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["client", "set", &addr(ports[0]), "x", "y"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the old master took a write");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not_master"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One more write reaches all three; then all hold the same log.
+    let (code, body) = put(&http, "last", "one");
+    assert_eq!(code, 200, "{body}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        replication::Client::new(&replication::Identity::loopback().unwrap()).unwrap()
+    });
+    let nodes: Vec<SocketAddr> = ports.iter().map(|p| addr(*p).parse().unwrap()).collect();
+    let t = Instant::now();
+    loop {
+        let digests: Vec<_> = nodes
+            .iter()
+            .map(|n| rt.block_on(client.digest(*n)).ok())
+            .collect();
+        if digests[0].is_some() && digests.iter().all(|d| *d == digests[0]) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the nodes never converged: {digests:?}; log of the old master:\n{}",
+            std::fs::read_to_string(&a.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop((b, c));
+}
