@@ -130,7 +130,7 @@ async fn history(
 }
 
 /// Answers a Digest from `store`.
-async fn digest_of(store: Arc<KeyedStore>) -> Answer<status::Digest> {
+pub(crate) async fn digest_of(store: Arc<KeyedStore>) -> Answer<status::Digest> {
     match blocking(move || digest(&store)).await {
         Ok(text) => Ok(status::DigestIs { text }),
         Err(e) => Err(failed(Code::DigestFailed, e)),
@@ -1150,8 +1150,10 @@ impl Worker {
         };
         frame::write(&mut send, &start.into()).await?;
         let mut applied = self.applied.subscribe();
+        let mut hw = self.hw.subscribe();
         loop {
             let now = *applied.borrow_and_update();
+            let mark = *hw.borrow_and_update();
             let store = self.store();
             if now.epoch != epoch {
                 // A snapshot of a newer log replaced ours: positions changed.
@@ -1159,9 +1161,10 @@ impl Worker {
                 let _ = frame::write(&mut send, &gone.into()).await;
                 return Ok(());
             }
-            // Changes above the high-water mark are not shown yet (the
-            // mark is set before each apply, so it wakes this loop too).
-            let upto = now.at.min(*self.hw.borrow()).max(cursor);
+            // Changes above the high-water mark are not shown yet; the
+            // mark may move after the apply, on its own (a segment without
+            // records), so both wake this loop.
+            let upto = now.at.min(mark).max(cursor);
             let seg = match blocking(move || {
                 Ok(store.db().read_records_upto(cursor, upto, SEGMENT_BYTES)?)
             })
@@ -1176,10 +1179,14 @@ impl Worker {
             if seg.bytes.is_empty() {
                 cursor = seg.next;
                 // A client that went away is noticed at the next write at the latest.
-                if tokio::time::timeout(Duration::from_secs(15), applied.changed())
-                    .await
-                    .is_ok_and(|r| r.is_err())
-                {
+                let woke = tokio::time::timeout(Duration::from_secs(15), async {
+                    tokio::select! {
+                        r = applied.changed() => r,
+                        r = hw.changed() => r,
+                    }
+                })
+                .await;
+                if woke.is_ok_and(|r| r.is_err()) {
                     return Ok(());
                 }
                 continue;

@@ -30,6 +30,7 @@ async fn start(id: u64, dir: &Path, addr: SocketAddr) -> Arc<Node> {
             ack_timeout: Duration::from_secs(1),
             ..MasterOptions::default()
         },
+        apply_delay: Duration::ZERO,
     };
     Node::start(store, endpoint, &identity, options)
         .await

@@ -152,21 +152,24 @@ pub(crate) struct NodeArgs {
     /// Data file size; every node of a cluster must use the same.
     #[arg(long, value_name = "BYTES")]
     pub(crate) file_size: Option<u32>,
-    /// never, flush, always or group (the master's default: group; workers:
-    /// flush, or group with --failover).
+    /// never, flush, always or group (default: group; workers with
+    /// --standalone: flush).
     #[arg(long)]
     pub(crate) sync: Option<ourdb::SyncPolicy>,
-    /// Run as a member of a failover cluster: the members elect a new master
-    /// when the master fails. The master starts the cluster (or rejoins it
-    /// when restarted); a worker joins it through --master, which may be any
-    /// member.
-    #[arg(long)]
+    /// Run as a member of a failover cluster (the default): the members
+    /// elect a new master when the master fails. The master starts the
+    /// cluster (or rejoins it when restarted); a worker joins it through
+    /// --master, which may be any member.
+    #[arg(long, conflicts_with = "standalone")]
     pub(crate) failover: bool,
-    /// With --failover: where the node id and the metadata log live
+    /// Run without failover: one fixed master, whose workers only follow it.
+    #[arg(long)]
+    pub(crate) standalone: bool,
+    /// Failover: where the node id and the metadata log live
     /// (default: the data directory's name with `.raft` added, beside it).
     #[arg(long, value_name = "DIR")]
     pub(crate) raft_dir: Option<PathBuf>,
-    /// With --failover: the QUIC address the other members and the gateway
+    /// Failover: the QUIC address the other members and the gateway
     /// reach this node at (default: the listen address, which then must name
     /// a host, not 0.0.0.0 or [::]).
     #[arg(long, value_name = "ADDR")]

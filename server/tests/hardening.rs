@@ -312,6 +312,16 @@ fn a_dead_master_is_noticed_within_about_a_second() {
     let url = |p: &str| format!("http://{http}{p}");
     let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/a"), "-d", "1"]);
     assert_eq!(code, 200);
+    // A worker shows a write once every in-sync member holds it (the
+    // high-water mark, which the master sends after the acks): wait for it.
+    let t = Instant::now();
+    while curl(&[&url("/v1/kv/a?consistency=stale")]) != (200, "1".to_string()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the worker never showed a"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     signal(&master, "-KILL");
     let t = Instant::now();
     let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/b"), "-d", "2"]);

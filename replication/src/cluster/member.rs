@@ -53,6 +53,9 @@ pub struct MemberOptions {
     pub raft_dir: PathBuf,
     /// How it treats its workers when master.
     pub master: MasterOptions,
+    /// Testing aid: how long it waits before applying each batch when
+    /// worker.
+    pub apply_delay: Duration,
 }
 
 #[derive(Clone)]
@@ -92,6 +95,7 @@ pub struct Node {
     /// The term whose master's log it last followed (also on disk).
     last_term: Arc<AtomicU64>,
     options: MasterOptions,
+    apply_delay: Duration,
     raft_dir: PathBuf,
     tasks: Mutex<Vec<AbortOnDrop>>,
     /// Joins are admitted one at a time (one membership change at a time).
@@ -195,6 +199,7 @@ impl Node {
             fence: Arc::new(AtomicU64::new(0)),
             last_term: Arc::new(AtomicU64::new(read_term(&dir))),
             options: options.master,
+            apply_delay: options.apply_delay,
             raft_dir: dir,
             tasks: Mutex::new(Vec::new()),
             joining: tokio::sync::Mutex::new(()),
@@ -300,6 +305,11 @@ impl Node {
                 .clone()
                 .expect("an idle member holds its store"),
         }
+    }
+
+    /// Whether this node has a role yet (master, or worker following one).
+    pub fn has_role(&self) -> bool {
+        !matches!(self.role(), Role::Idle)
     }
 
     /// Whether this node is master now, and of which term.
@@ -721,6 +731,7 @@ impl Node {
                 },
             },
         );
+        node.set_apply_delay(self.apply_delay);
         let task = AbortOnDrop(tokio::spawn(node.clone().follow(self.endpoint.clone())));
         tracing::info!(node = self.id, master, term, %addr, "following");
         *self.role.lock().unwrap_or_else(|e| e.into_inner()) = Role::Worker {
@@ -800,9 +811,13 @@ impl crate::pipeline::Answer for Node {
         match self.role() {
             Role::Master(m) => m.reply(req).await,
             Role::Worker { node, .. } => node.reply(req).await,
-            Role::Idle => {
-                Failed::new(Code::NotMaster, "no master yet: an election is under way").into()
-            }
+            Role::Idle => match crate::msg::status::Digest::from_frame(req) {
+                // What it holds is worth comparing even before it follows.
+                Ok(_) => crate::msg::answer_frame(crate::node::digest_of(self.store()).await),
+                Err(_) => {
+                    Failed::new(Code::NotMaster, "no master yet: an election is under way").into()
+                }
+            },
         }
     }
 }

@@ -52,11 +52,11 @@ pub(crate) fn identity(cluster: Option<&Path>) -> Result<replication::Identity> 
 
 /// Runs a node until SIGINT or SIGTERM, then checkpoints its store.
 pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
-    if node.failover {
+    if !node.standalone {
         return run_member(node, role);
     }
     if node.raft_dir.is_some() || node.advertise.is_some() {
-        bail!("--raft-dir and --advertise are options of --failover");
+        bail!("--raft-dir and --advertise are options of failover members, not of --standalone");
     }
     let identity = identity(node.cluster.as_deref())?;
     // Check the master's address before anything is opened or sent.
@@ -120,6 +120,9 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a member waits for a role before it says it listens anyway.
+const ROLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `<data>.raft`, beside the data directory (a snapshot install replaces
 /// the data directory whole; the metadata must survive that).
 fn default_raft_dir(data: &Path) -> PathBuf {
@@ -137,12 +140,17 @@ fn default_raft_dir(data: &Path) -> PathBuf {
 /// worker joins through the address given as its master.
 fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     let identity = identity(node.cluster.as_deref())?;
-    let (name, options, seed) = match role {
-        Role::Master(options) => ("master", options, None),
-        Role::Worker(addr, _) => {
+    let (name, options, seed, delay) = match role {
+        Role::Master(options) => ("master", options, None, 0),
+        Role::Worker(addr, delay) => {
             let a = resolve(&addr)?;
             identity.check_peer(a)?;
-            ("worker", replication::MasterOptions::default(), Some(a))
+            (
+                "worker",
+                replication::MasterOptions::default(),
+                Some(a),
+                delay,
+            )
         }
     };
     let advertise = node.advertise.as_deref().map(resolve).transpose()?;
@@ -192,6 +200,7 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 pubkey,
                 raft_dir: raft_dir.clone(),
                 master: options,
+                apply_delay: std::time::Duration::from_millis(delay),
             },
         )
         .await?;
@@ -200,6 +209,18 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
             Some(seed) => member.join_through(seed),
         }
         tracing::info!(%addr, id, raft_dir = %raft_dir.display(), "failover member started");
+        // "listening" tells scripts the node is of use: wait (boundedly)
+        // until it is master or follows one. A worker whose cluster is not
+        // up yet keeps trying after the line.
+        let t = std::time::Instant::now();
+        while !member.has_role() && t.elapsed() < ROLE_WAIT {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if !member.has_role() {
+            tracing::warn!(
+                "no role after {ROLE_WAIT:?}: the cluster has no master yet, or it has not admitted this node; still trying"
+            );
+        }
         println!(
             "{name} listening on {} (failover member {id}, reached at {addr})",
             endpoint.local_addr()?
