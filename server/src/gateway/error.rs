@@ -46,6 +46,16 @@ impl ApiError {
                 code: Code::BadRequest,
                 message,
             } => ApiError::bad_request(message),
+            // A member without a role yet, or a master just replaced.
+            replication::Error::Remote {
+                code: Code::NotMaster,
+                message,
+            } => {
+                tracing::info!(%message, "read: no node could answer now");
+                ApiError::unavailable(
+                    "no node can answer right now (a failover may be under way); retry shortly",
+                )
+            }
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }

@@ -341,7 +341,18 @@ impl Gateway {
         match remote(topo.master, min).await {
             Ok(v) => Ok(v),
             // The master's word on a cursor it has not committed is final.
-            Err(e @ replication::Error::Remote { .. }) => Err(ApiError::from_replication(e)),
+            Err(e @ replication::Error::Remote { .. }) => {
+                if matches!(
+                    e,
+                    replication::Error::Remote {
+                        code: replication::Code::NotMaster,
+                        ..
+                    }
+                ) {
+                    self.routes.poke();
+                }
+                Err(ApiError::from_replication(e))
+            }
             Err(e) => Err(ApiError::from_replication(last.unwrap_or(e))),
         }
     }
