@@ -12,6 +12,9 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
+# Extra flags of master and workers, e.g. NODE_FLAGS=--standalone for the
+# cluster without failover.
+NODE_FLAGS=${NODE_FLAGS:-}
 cargo build --release -q -p server -p ourdb-bench
 BIN=target/release
 tmp=$(mktemp -d)
@@ -26,9 +29,9 @@ start() { # name, command...
   echo "$name did not start" >&2; cat "$tmp/$name.err" >&2; exit 1
 }
 
-start master $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601
-start w1 $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601
-start w2 $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601
+start master $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 $NODE_FLAGS
+start w1 $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 $NODE_FLAGS
+start w2 $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 $NODE_FLAGS
 start gw $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
 start dev $BIN/ourkv dev --data "$tmp/dev" --http 127.0.0.1:7681 --workers 2
 start noop $BIN/ourdb-bench noop-http 127.0.0.1:7699

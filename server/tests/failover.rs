@@ -212,6 +212,24 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
         })
     });
     assert_eq!(cluster(&http)["master"]["addr"], new_master);
+    // The status page and `ourkv cluster status` show the term and members.
+    let (code, page) = curl(&[&format!("http://{http}/")]);
+    assert_eq!(code, 200);
+    assert!(page.contains("failover: term"), "{page}");
+    for p in ports {
+        assert!(page.contains(&addr(p)), "{page}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["cluster", "status", "--endpoint", &format!("http://{http}")])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && table.contains("failover: term")
+            && table.contains("3 members (3 voting)"),
+        "{table}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
         .args(["client", "set", &addr(ports[0]), "x", "y"])
         .output()

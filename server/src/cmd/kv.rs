@@ -633,6 +633,21 @@ fn cluster_table(doc: &Value) -> String {
             },
         ]);
     }
+    // Members of a failover cluster the master has no stream from (down,
+    // or still joining).
+    for m in doc["members"].as_array().into_iter().flatten() {
+        let addr = m["addr"].as_str().unwrap_or("?");
+        if m["master"] == true || rows.iter().any(|r| r[1] == addr) {
+            continue;
+        }
+        rows.push([
+            "member".into(),
+            addr.into(),
+            "?".into(),
+            "?".into(),
+            "no".into(),
+        ]);
+    }
     let widths: Vec<usize> = (0..5)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
@@ -646,12 +661,43 @@ fn cluster_table(doc: &Value) -> String {
         text.push_str(cells.join("  ").trim_end());
         text.push('\n');
     }
+    if let Some(term) = doc["term"].as_u64() {
+        let members = doc["members"].as_array().map_or(0, Vec::len);
+        let voters = doc["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["voter"] == true).count());
+        text.push_str(&format!(
+            "failover: term {term}, {members} members ({voters} voting)\n"
+        ));
+    }
     text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_table_lists_members_without_a_stream_and_the_term() {
+        let doc = json!({
+            "master": {"addr": "127.0.0.1:7000", "cursor": "2:0:5000"},
+            "workers": [{"addr": "127.0.0.1:7001", "acked": "2:0:5000", "in_sync": true}],
+            "term": 3,
+            "members": [
+                {"id": "1", "addr": "127.0.0.1:7000", "voter": true, "in_sync": false, "master": true},
+                {"id": "2", "addr": "127.0.0.1:7001", "voter": true, "in_sync": true, "master": false},
+                {"id": "3", "addr": "127.0.0.1:7002", "voter": false, "in_sync": false, "master": false},
+            ],
+        });
+        let t = cluster_table(&doc);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(
+            lines[3].starts_with("member") && lines[3].contains("127.0.0.1:7002"),
+            "{t}"
+        );
+        assert_eq!(lines[4], "failover: term 3, 3 members (2 voting)");
+    }
 
     #[test]
     fn cluster_table_shows_lag_within_one_file() {

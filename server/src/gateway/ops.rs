@@ -182,13 +182,13 @@ pub(super) async fn status_page(State(gw): Gw) -> Response {
         Ok(c) => {
             let mut rows = format!(
                 "<tr><td>master</td><td>{}</td><td>{}</td><td>-</td></tr>",
-                c["master"]["addr"].as_str().unwrap_or_default(),
+                html(c["master"]["addr"].as_str().unwrap_or_default()),
                 c["master"]["cursor"].as_str().unwrap_or_default()
             );
             for w in c["workers"].as_array().into_iter().flatten() {
                 rows.push_str(&format!(
                     "<tr><td>worker</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    w["addr"].as_str().unwrap_or_default(),
+                    html(w["addr"].as_str().unwrap_or_default()),
                     w["acked"].as_str().unwrap_or_default(),
                     if w["in_sync"].as_bool().unwrap_or(false) {
                         "in sync"
@@ -197,10 +197,42 @@ pub(super) async fn status_page(State(gw): Gw) -> Response {
                     }
                 ));
             }
-            format!("<table><tr><th>role</th><th>address</th><th>cursor</th><th>state</th></tr>{rows}</table>")
+            let mut page = format!("<table><tr><th>role</th><th>address</th><th>cursor</th><th>state</th></tr>{rows}</table>");
+            // A failover cluster: its term and every member.
+            if let Some(term) = c["term"].as_u64() {
+                let mut members = String::new();
+                for m in c["members"].as_array().into_iter().flatten() {
+                    members.push_str(&format!(
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        html(m["id"].as_str().unwrap_or_default()),
+                        html(m["addr"].as_str().unwrap_or_default()),
+                        if m["master"] == true {
+                            "master"
+                        } else if m["voter"] == true {
+                            "voter"
+                        } else {
+                            "learner"
+                        },
+                        if m["in_sync"] == true { "in sync" } else { "-" },
+                    ));
+                }
+                page.push_str(&format!(
+                    "<h2>failover: term {term}</h2><table><tr><th>node id</th><th>address</th><th>role</th><th>in-sync set</th></tr>{members}</table>"
+                ));
+            }
+            page
         }
         Err(e) => format!("<p>master unreachable: {}</p>", e.message),
     };
     let html = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>ourkv</title></head><body><h1>ourkv</h1>{body}</body></html>");
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// Text made safe inside HTML (addresses come from the nodes, and a member
+/// names its own).
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
