@@ -903,9 +903,17 @@ impl MetaLink for Link {
     fn still_leads(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
         let raft = self.raft.clone();
         Box::pin(async move {
-            raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            // Within its lease (acknowledged heartbeats less than an election
+            // timeout ago, during which no follower votes for another) the
+            // leader is sure without a round trip; past it, it asks a quorum.
+            // The lease assumes clocks that run at about the same rate.
+            raft.ensure_linearizable(openraft::ReadPolicy::LeaseRead)
                 .await
                 .is_ok()
+                || raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                    .await
+                    .is_ok()
         })
     }
 }
