@@ -64,12 +64,8 @@ pub(crate) enum Cmd {
     Master {
         #[command(flatten)]
         node: NodeArgs,
-        /// How long an ack=all write waits for a worker before dropping it from the in-sync set.
-        #[arg(long, value_name = "MS", default_value_t = 2000)]
-        ack_timeout_ms: u64,
-        /// A worker further behind than this leaves the in-sync set.
-        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
-        max_lag_bytes: u64,
+        #[command(flatten)]
+        as_master: MasterArgs,
     },
     /// Run a worker: follows the master, serves reads.
     Worker {
@@ -81,6 +77,8 @@ pub(crate) enum Cmd {
         /// Testing aid: wait this long before applying each batch of records.
         #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
         apply_delay_ms: u64,
+        #[command(flatten)]
+        as_master: MasterArgs,
     },
     /// Keys and values over the HTTP API (get, put, del, ls, history, watch).
     /// Exit codes: 0 ok, 1 not found, 2 usage, 3 precondition failed,
@@ -131,6 +129,26 @@ pub(crate) enum ClusterCmd {
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },
+}
+
+/// How a master treats its workers (a failover worker too, once it is master).
+#[derive(Args)]
+pub(crate) struct MasterArgs {
+    /// How long an ack=all write waits for a worker before dropping it from the in-sync set.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub(crate) ack_timeout_ms: u64,
+    /// A worker further behind than this leaves the in-sync set.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub(crate) max_lag_bytes: u64,
+}
+
+impl MasterArgs {
+    pub(crate) fn options(&self) -> replication::MasterOptions {
+        replication::MasterOptions {
+            ack_timeout: std::time::Duration::from_millis(self.ack_timeout_ms),
+            max_lag_bytes: self.max_lag_bytes,
+        }
+    }
 }
 
 #[derive(Args)]

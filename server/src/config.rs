@@ -362,18 +362,13 @@ mod tests {
         .unwrap() else {
             panic!("not a run")
         };
-        let crate::cli::Cmd::Master {
-            node,
-            ack_timeout_ms,
-            max_lag_bytes,
-        } = cli.cmd
-        else {
+        let crate::cli::Cmd::Master { node, as_master } = cli.cmd else {
             panic!("not master")
         };
         assert_eq!(node.data, PathBuf::from("/d"));
         assert_eq!(node.listen, "127.0.0.1:7000");
-        assert_eq!(ack_timeout_ms, 111);
-        assert_eq!(max_lag_bytes, 7, "the flag wins over the file");
+        assert_eq!(as_master.ack_timeout_ms, 111);
+        assert_eq!(as_master.max_lag_bytes, 7, "the flag wins over the file");
     }
 
     #[test]

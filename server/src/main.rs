@@ -83,22 +83,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Master {
-            node,
-            ack_timeout_ms,
-            max_lag_bytes,
-        } => {
-            let options = replication::MasterOptions {
-                ack_timeout: std::time::Duration::from_millis(ack_timeout_ms),
-                max_lag_bytes,
-            };
-            run_node(&node, Role::Master(options))
-        }
+        Cmd::Master { node, as_master } => run_node(&node, Role::Master(as_master.options())),
         Cmd::Worker {
             node,
             master,
             apply_delay_ms,
-        } => run_node(&node, Role::Worker(master, apply_delay_ms)),
+            as_master,
+        } => run_node(
+            &node,
+            Role::Worker(master, apply_delay_ms, as_master.options()),
+        ),
         Cmd::Client { cluster, cmd } => client(cluster.as_deref(), cmd),
         Cmd::Config(ConfigCmd::Example { role }) => {
             print!("{}", config::example(role.name()));

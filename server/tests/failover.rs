@@ -72,7 +72,13 @@ fn node_args(dir: &Path, ports: [u16; 3]) -> Vec<Vec<String>> {
     let worker = |name: &str, port: u16| {
         let mut w = vec![s("worker")];
         w.extend(common(name, port));
-        w.extend([s("--master"), addr(ports[0])]);
+        // Used once this worker becomes master.
+        w.extend([
+            s("--master"),
+            addr(ports[0]),
+            s("--ack-timeout-ms"),
+            s("1000"),
+        ]);
         w
     };
     vec![master, worker("b", ports[1]), worker("c", ports[2])]

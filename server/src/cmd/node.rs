@@ -37,8 +37,9 @@ pub(crate) fn service_config(file_size: Option<u32>) -> Config {
 /// What a node is.
 pub(crate) enum Role {
     Master(replication::MasterOptions),
-    /// A worker of the master at this address, with an apply delay in ms.
-    Worker(String, u64),
+    /// A worker of the master at this address, with an apply delay in ms,
+    /// and how it treats workers should it become master (failover).
+    Worker(String, u64, replication::MasterOptions),
 }
 
 /// The cluster identity in `cluster`, or the loopback-only one.
@@ -61,7 +62,7 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     let identity = identity(node.cluster.as_deref())?;
     // Check the master's address before anything is opened or sent.
     let master_addr = match &role {
-        Role::Worker(addr, _) => {
+        Role::Worker(addr, ..) => {
             let a = resolve(addr)?;
             identity.check_peer(a)?;
             Some(a)
@@ -100,7 +101,7 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 }
                 m.store().clone()
             }
-            Role::Worker(_, delay) => {
+            Role::Worker(_, delay, _) => {
                 let master = master_addr.expect("resolved above");
                 let w = replication::Worker::new(store, master);
                 w.set_apply_delay(std::time::Duration::from_millis(delay));
@@ -142,15 +143,10 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     let identity = identity(node.cluster.as_deref())?;
     let (name, options, seed, delay) = match role {
         Role::Master(options) => ("master", options, None, 0),
-        Role::Worker(addr, delay) => {
+        Role::Worker(addr, delay, options) => {
             let a = resolve(&addr)?;
             identity.check_peer(a)?;
-            (
-                "worker",
-                replication::MasterOptions::default(),
-                Some(a),
-                delay,
-            )
+            ("worker", options, Some(a), delay)
         }
     };
     let advertise = node.advertise.as_deref().map(resolve).transpose()?;
