@@ -113,6 +113,36 @@ async fn the_master_fails_over_and_returns_as_a_worker() {
     assert_eq!(v.state.in_sync, [2, 3].into());
 
     let client = Client::new(&Identity::loopback().unwrap()).unwrap();
+    // Joins that could not name a usable member are refused, on the leader
+    // and on a member that would pass them on.
+    for body in [
+        r#"{"id":0,"member":{"addr":"127.0.0.1:9"}}"#,
+        r#"{"id":77,"member":{"addr":"not an address"}}"#,
+        r#"{"id":77,"member":{"addr":"127.0.0.1:9","pubkey":"xyz"}}"#,
+        r#"{"id":"#,
+    ] {
+        for node in [&n1, &n2] {
+            let r = client
+                .call(
+                    addr_of(node),
+                    replication::msg::raft::Join {
+                        body: body.as_bytes().to_vec(),
+                    },
+                )
+                .await;
+            assert!(
+                matches!(
+                    r,
+                    Err(replication::Error::Remote {
+                        code: replication::Code::BadRequest,
+                        ..
+                    })
+                ),
+                "{body}: {r:?}"
+            );
+        }
+    }
+    assert_eq!(n1.view().members.len(), 3, "a refused join changed nothing");
     write_all(&client, &[&n1, &n2, &n3], 0..20).await;
 
     // The master stops (its store stays on disk).

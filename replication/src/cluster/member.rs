@@ -37,6 +37,29 @@ use crate::proto::followers::Transition;
 use crate::proto::meta::{Applied, Branch, MetaCmd};
 use crate::{Identity, Master, MasterOptions};
 
+/// How long a leader waits for a joining node to catch up with the metadata.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Refuses a join request that could not name a usable member.
+fn check_join(req: &JoinRequest) -> std::result::Result<(), Failed> {
+    let bad = |why: String| Err(Failed::new(Code::BadRequest, why));
+    if req.id == 0 {
+        return bad("node id 0 is not a node id".into());
+    }
+    if req.member.addr.parse::<SocketAddr>().is_err() {
+        return bad(format!(
+            "{:?} is not an address (host:port)",
+            req.member.addr.chars().take(100).collect::<String>()
+        ));
+    }
+    if let Some(k) = &req.member.pubkey {
+        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad("a public key is 64 hex digits".into());
+        }
+    }
+    Ok(())
+}
+
 /// How long the controller waits for the candidates' answers.
 const POSITION_WAIT: Duration = Duration::from_millis(300);
 
@@ -422,6 +445,7 @@ impl Node {
     /// A `Join`: admitted by the Raft leader, passed on to it by any other
     /// member (once).
     async fn join(&self, req: JoinRequest) -> std::result::Result<ClusterInfo, Failed> {
+        check_join(&req)?;
         let leader = self.raft.metrics().borrow_watched().current_leader;
         if leader == Some(self.id) {
             let _one = self.joining.lock().await;
@@ -439,9 +463,18 @@ impl Node {
             let voter = v.voters.contains(&req.id) || v.members.len() < 3;
             if known.is_none() || !voter {
                 tracing::info!(node = self.id, joining = req.id, addr = %req.member.addr, "adding a member");
-                self.admit(req.id, req.member)
-                    .await
-                    .map_err(|e| Failed::new(Code::Other("join_failed".into()), e.to_string()))?;
+                // A node that never answers must not hold up later joins.
+                match tokio::time::timeout(JOIN_WAIT, self.admit(req.id, req.member)).await {
+                    Ok(r) => r.map_err(|e| {
+                        Failed::new(Code::Other("join_failed".into()), e.to_string())
+                    })?,
+                    Err(_) => {
+                        return Err(Failed::new(
+                            Code::Other("join_failed".into()),
+                            format!("node {} did not catch up within {JOIN_WAIT:?}", req.id),
+                        ))
+                    }
+                }
             }
             return Ok(self.info());
         }
