@@ -262,6 +262,19 @@ impl Client {
             .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
     }
 
+    /// Removes member `id` of a failover cluster for good, through any
+    /// member `node`; the cluster afterwards.
+    pub async fn leave(&self, node: SocketAddr, id: u64) -> Result<crate::cluster::ClusterInfo> {
+        let body = serde_json::to_vec(&crate::cluster::LeaveRequest {
+            id,
+            forwarded: false,
+        })
+        .expect("serializable");
+        let r = self.call(node, crate::msg::raft::Leave { body }).await?;
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
+    }
+
     /// The master's commit cursor.
     pub async fn read_index(&self, master: SocketAddr) -> Result<Cursor> {
         Ok(self.call(master, reads::ReadIndex).await?.cursor)

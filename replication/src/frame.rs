@@ -295,6 +295,12 @@ pub enum Frame {
         /// The cluster.
         body: Vec<u8>,
     },
+    /// Operator -> member: remove a member for good (JSON `LeaveRequest`;
+    /// forwarded to the Raft leader like `Join`); answered with `MetaIs`.
+    Leave {
+        /// The request.
+        body: Vec<u8>,
+    },
 }
 
 /// A key's version: the epoch and the location of its current record
@@ -838,6 +844,10 @@ impl Frame {
                 w.bytes(body);
             }
             Frame::Meta => w.u8(41),
+            Frame::Leave { body } => {
+                w.u8(43);
+                w.bytes(body);
+            }
             Frame::MetaIs { body } => {
                 w.u8(42);
                 w.bytes(body);
@@ -928,6 +938,9 @@ impl Frame {
                 body: r.bytes()?.to_vec(),
             },
             41 => Frame::Meta,
+            43 => Frame::Leave {
+                body: r.bytes()?.to_vec(),
+            },
             42 => Frame::MetaIs {
                 body: r.bytes()?.to_vec(),
             },
@@ -1313,6 +1326,9 @@ mod tests {
             Frame::JoinIs { body: vec![1] },
             Frame::Meta,
             Frame::MetaIs { body: vec![] },
+            Frame::Leave {
+                body: b"{}".to_vec(),
+            },
             Frame::Failed {
                 code: Code::Gone,
                 message: "m".into(),

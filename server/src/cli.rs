@@ -117,6 +117,19 @@ pub(crate) enum ClusterCmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Remove a member of a failover cluster for good. Refused for the
+    /// master and for a member of the in-sync set: stop the node first, and
+    /// the master drops it from the set after its ack timeout.
+    Remove {
+        /// The member's node id (`ourkv cluster status -o json`, `members`).
+        id: u64,
+        /// Any member's QUIC address.
+        #[arg(long)]
+        node: String,
+        /// Cluster directory; without it only loopback nodes can be reached.
+        #[arg(long, value_name = "DIR")]
+        cluster: Option<PathBuf>,
+    },
     /// Every node as a gateway sees it: role, address, cursor, lag, in sync.
     Status {
         /// The gateway's HTTP address.

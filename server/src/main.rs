@@ -75,6 +75,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
             output,
         }) => cmd::kv::cluster_status(&endpoint, token, output),
+        Cmd::Cluster(ClusterCmd::Remove { id, node, cluster }) => {
+            let identity = cmd::node::identity(cluster.as_deref())?;
+            let addr = resolve(&node)?;
+            identity.check_peer(addr)?;
+            let info = runtime()?.block_on(async {
+                replication::Client::new(&identity)?
+                    .leave(addr, id)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })?;
+            println!("removed node {id}; {} members left", info.members.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Cluster(ClusterCmd::Init { out }) => {
             replication::init_cluster(&out)?;
             println!(

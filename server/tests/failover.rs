@@ -270,5 +270,61 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Removing members for good: the master and a member of the in-sync
+    // set are refused; the old master, once stopped and dropped from the
+    // set, goes.
+    let view = cluster(&http);
+    let id_at = |a: &str| {
+        view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["addr"] == a)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let remove = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(["cluster", "remove", id, "--node", &addr(ports[1])])
+            .output()
+            .unwrap()
+    };
+    let out = remove(&id_at(&new_master));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the master"),
+        "{out:?}"
+    );
+    let old = id_at(&addr(ports[0]));
+    let out = remove(&old);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in-sync set"),
+        "{out:?}"
+    );
+    drop(a);
+    // An ack=all write waits for it, times out (1 s) and drops it.
+    let (code, body) = put(&http, "without/a", "1");
+    assert_eq!(code, 200, "{body}");
+    wait_cluster(&http, "the stopped node out of the in-sync set", |c| {
+        c["members"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["addr"] == addr(ports[0]) && m["in_sync"] == false)
+        })
+    });
+    let out = remove(&old);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 members left"),
+        "{out:?}"
+    );
+    wait_cluster(&http, "two members", |c| {
+        c["members"].as_array().is_some_and(|m| m.len() == 2)
+    });
+    let (code, body) = put(&http, "after/removal", "1");
+    assert_eq!(code, 200, "{body}");
     drop((b, c));
 }

@@ -23,19 +23,29 @@ use tokio::sync::{mpsc, watch};
 
 use super::net::{self, MetaRaftHandle, QuicNet};
 use super::{
-    ClusterInfo, FileLog, JoinRequest, Member as MemberInfo, MemberRow, MetaMachine, MetaView,
+    ClusterInfo, FileLog, JoinRequest, LeaveRequest, Member as MemberInfo, MemberRow, MetaMachine,
+    MetaView,
 };
 use crate::client::Client;
 use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 use crate::frame::{Frame, FrameReader};
-use crate::msg::raft::{Join, JoinIs, Meta, MetaIs, Position, PositionIs, Raft};
+use crate::msg::raft::{Join, JoinIs, Leave, Meta, MetaIs, Position, PositionIs, Raft};
 use crate::msg::Failed;
 use crate::node::{Appointment, FailoverWorker, MetaLink, Worker};
 use crate::proto::election::{self, Choice};
 use crate::proto::followers::Transition;
 use crate::proto::meta::{Applied, Branch, MetaCmd};
 use crate::{Identity, Master, MasterOptions};
+
+/// A leader's refusal as this member's answer; no answer at all means no
+/// leader for now.
+fn from_leader(e: Error) -> Failed {
+    match e {
+        Error::Remote { code, message } => Failed::new(code, message),
+        e => Failed::new(Code::NotMaster, format!("the leader did not answer: {e}")),
+    }
+}
 
 /// How long a leader waits for a joining node to catch up with the metadata.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
@@ -444,6 +454,75 @@ impl Node {
 
     /// A `Join`: admitted by the Raft leader, passed on to it by any other
     /// member (once).
+    /// Where a request only the Raft leader can carry out goes (once: a
+    /// forwarded request is not passed on again).
+    fn leader_addr(
+        &self,
+        leader: Option<u64>,
+        forwarded: bool,
+    ) -> std::result::Result<SocketAddr, Failed> {
+        let no_leader = || Failed::new(Code::NotMaster, "no metadata leader known yet: retry");
+        if forwarded {
+            return Err(no_leader());
+        }
+        leader
+            .and_then(|l| {
+                self.view()
+                    .members
+                    .get(&l)
+                    .and_then(|m| m.addr.parse().ok())
+            })
+            .ok_or_else(no_leader)
+    }
+
+    /// Removes a member for good, on the leader. Refused for the master, a
+    /// member of the in-sync set (it may hold writes no other member does:
+    /// stop it, and the master drops it from the set after its ack timeout)
+    /// and the leader itself.
+    async fn leave(&self, req: LeaveRequest) -> std::result::Result<ClusterInfo, Failed> {
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.id) {
+            let addr = self.leader_addr(leader, req.forwarded)?;
+            let body = serde_json::to_vec(&LeaveRequest {
+                forwarded: true,
+                ..req
+            })
+            .expect("serializable");
+            return self.forward(addr, Leave { body }, |r| r.body).await;
+        }
+        let _one = self.joining.lock().await;
+        let v = self.view();
+        let refuse = |why: String| Err(Failed::new(Code::BadRequest, why));
+        if !v.members.contains_key(&req.id) {
+            return refuse(format!("node {} is not a member", req.id));
+        }
+        if v.state.master == Some(req.id) {
+            return refuse(format!("node {} is the master", req.id));
+        }
+        if v.state.in_sync.contains(&req.id) {
+            return refuse(format!(
+                "node {} is in the in-sync set: stop it first; the master drops it after its ack timeout",
+                req.id
+            ));
+        }
+        if req.id == self.id {
+            return refuse(format!("node {} leads the metadata group", req.id));
+        }
+        let ids = BTreeSet::from([req.id]);
+        let change = if v.voters.contains(&req.id) {
+            openraft::ChangeMembers::RemoveVoters(ids)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(ids)
+        };
+        tracing::info!(node = self.id, removed = req.id, "removing a member");
+        // Not retained as a learner: gone for good.
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| Failed::new(Code::Other("leave_failed".into()), e.to_string()))?;
+        Ok(self.info())
+    }
+
     async fn join(&self, req: JoinRequest) -> std::result::Result<ClusterInfo, Failed> {
         check_join(&req)?;
         let leader = self.raft.metrics().borrow_watched().current_leader;
@@ -478,32 +557,28 @@ impl Node {
             }
             return Ok(self.info());
         }
-        let no_leader = || Failed::new(Code::NotMaster, "no metadata leader known yet: retry");
-        if req.forwarded {
-            return Err(no_leader());
-        }
-        let addr = leader
-            .and_then(|l| {
-                self.view()
-                    .members
-                    .get(&l)
-                    .and_then(|m| m.addr.parse().ok())
-            })
-            .ok_or_else(no_leader)?;
+        let addr = self.leader_addr(leader, req.forwarded)?;
         let body = serde_json::to_vec(&JoinRequest {
             forwarded: true,
             ..req
         })
         .expect("serializable");
-        let JoinIs { body } = self
+        self.forward(addr, Join { body }, |r: JoinIs| r.body).await
+    }
+
+    /// Sends a request on to the leader; the cluster its answer carries.
+    async fn forward<R: crate::msg::Request>(
+        &self,
+        leader: SocketAddr,
+        request: R,
+        body: impl FnOnce(R::Reply) -> Vec<u8>,
+    ) -> std::result::Result<ClusterInfo, Failed> {
+        let reply = self
             .client
-            .call(addr, Join { body })
+            .call(leader, request)
             .await
-            .map_err(|e| match e {
-                Error::Remote { code, message } => Failed::new(code, message),
-                e => Failed::new(Code::NotMaster, format!("the leader did not answer: {e}")),
-            })?;
-        serde_json::from_slice(&body)
+            .map_err(from_leader)?;
+        serde_json::from_slice(&body(reply))
             .map_err(|e| Failed::new(Code::BadRequest, format!("leader's answer: {e}")))
     }
 
@@ -826,6 +901,18 @@ impl crate::pipeline::Answer for Node {
             Ok(Meta) => {
                 let body = serde_json::to_vec(&self.info()).expect("serializable");
                 return MetaIs { body }.into();
+            }
+            Err(f) => f,
+        };
+        let req = match Leave::from_frame(req) {
+            Ok(Leave { body }) => {
+                let answer = match serde_json::from_slice::<LeaveRequest>(&body) {
+                    Ok(r) => self.leave(r).await.map(|info| MetaIs {
+                        body: serde_json::to_vec(&info).expect("serializable"),
+                    }),
+                    Err(e) => Err(Failed::new(Code::BadRequest, format!("leave request: {e}"))),
+                };
+                return crate::msg::answer_frame(answer);
             }
             Err(f) => f,
         };

@@ -17,7 +17,8 @@ pub use member::{node_id, MemberOptions, Node};
 pub use net::{MetaRaftHandle, QuicNet};
 pub use state_machine::{MetaMachine, MetaView};
 pub use types::{
-    ClusterInfo, Entry, JoinRequest, LogId, Member, MemberRow, MetaRaft, StoredMembership, Vote,
+    ClusterInfo, Entry, JoinRequest, LeaveRequest, LogId, Member, MemberRow, MetaRaft,
+    StoredMembership, Vote,
 };
 
 #[cfg(test)]

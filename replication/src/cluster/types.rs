@@ -82,6 +82,16 @@ pub struct JoinRequest {
     pub forwarded: bool,
 }
 
+/// An operator's request to remove a member (the body of a `Leave` frame).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveRequest {
+    /// The member's node id.
+    pub id: u64,
+    /// Whether a member already passed it on to the leader.
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
 /// One member, as [`ClusterInfo`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRow {

@@ -87,3 +87,15 @@ message! {
 impl Request for Meta {
     type Reply = MetaIs;
 }
+
+message! {
+    /// Remove a member for good (JSON `cluster::LeaveRequest`).
+    Leave = Leave {
+        /// The request, JSON.
+        body: Vec<u8>,
+    }
+}
+
+impl Request for Leave {
+    type Reply = MetaIs;
+}
