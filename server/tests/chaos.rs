@@ -7,10 +7,9 @@
 //! with identical data. The suite runs three kills; `OURKV_CHAOS_KILLS=12`
 //! (about two minutes) runs the long version by hand and prints the gaps.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,32 +21,7 @@ mod common;
 mod check;
 
 use check::{Kind, Op};
-use common::free_port;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(args: &[String], log: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "did not start: {line:?}");
-    Proc(child)
-}
+use common::{formed, free_port, start_logged as start, wait_identical, Proc};
 
 /// One HTTP/1.1 exchange on a fresh connection: status and body, or `None`
 /// when there was no complete answer within the time.
@@ -119,14 +93,16 @@ fn client(
         let key = (rng.next() % KEYS as u64) as u8;
         let path = format!("/v1/kv/k{key}");
         let roll = rng.next() % 10;
-        if roll < 4 {
+        // A write with `ack=all` (conditional with `If-Match`): the op, or
+        // `None` when it was refused (412) and wrote nothing.
+        let write = |headers: &[(&str, &str)]| -> Option<Op> {
             let v = next_value.fetch_add(1, Ordering::SeqCst);
             let call = now();
             let r = http(
                 &http_addr,
                 "PUT",
                 &format!("{path}?ack=all"),
-                &[],
+                headers,
                 &v.to_string(),
             );
             let ret = match r {
@@ -135,42 +111,44 @@ fn client(
                     acked.lock().unwrap().push((key, v, call, at));
                     Some(at)
                 }
+                Some((412, _, _)) if !headers.is_empty() => return None,
+                // Without an answer it may or may not have landed.
                 Some((503, _, _)) | None => None,
-                Some((code, body, _)) => panic!("PUT answered {code}: {body}"),
+                Some((code, body, _)) => panic!("PUT {headers:?} answered {code}: {body}"),
             };
-            ops.push(Op {
+            Some(Op {
                 client: id,
                 key,
                 kind: Kind::Write(Some(v)),
                 call,
                 ret,
-            });
+            })
+        };
+        if roll < 4 {
+            ops.extend(write(&[]));
         } else if roll < 8 {
             let call = now();
-            match http(
+            let got = match http(
                 &http_addr,
                 "GET",
                 &format!("{path}?consistency=strong"),
                 &[],
                 "",
             ) {
-                Some((200, body, _)) => ops.push(Op {
-                    client: id,
-                    key,
-                    kind: Kind::Strong(Some(body.parse().unwrap())),
-                    call,
-                    ret: Some(now()),
-                }),
-                Some((404, _, _)) => ops.push(Op {
-                    client: id,
-                    key,
-                    kind: Kind::Strong(None),
-                    call,
-                    ret: Some(now()),
-                }),
+                Some((200, body, _)) => Some(Some(body.parse().unwrap())),
+                Some((404, _, _)) => Some(None),
                 // No answer says nothing about the register.
-                Some((503 | 504, _, _)) | None => {}
+                Some((503 | 504, _, _)) | None => None,
                 Some((code, body, _)) => panic!("GET answered {code}: {body}"),
+            };
+            if let Some(got) = got {
+                ops.push(Op {
+                    client: id,
+                    key,
+                    kind: Kind::Strong(got),
+                    call,
+                    ret: Some(now()),
+                });
             }
         } else {
             // Compare-and-set on the version a stale read saw: a success is
@@ -184,32 +162,7 @@ fn client(
             ) else {
                 continue;
             };
-            let v = next_value.fetch_add(1, Ordering::SeqCst);
-            let call = now();
-            let r = http(
-                &http_addr,
-                "PUT",
-                &format!("{path}?ack=all"),
-                &[("If-Match", &etag)],
-                &v.to_string(),
-            );
-            let ret = match r {
-                Some((200, _, _)) => {
-                    let at = now();
-                    acked.lock().unwrap().push((key, v, call, at));
-                    Some(at)
-                }
-                Some((412, _, _)) => continue,
-                Some((503, _, _)) | None => None,
-                Some((code, body, _)) => panic!("CAS answered {code}: {body}"),
-            };
-            ops.push(Op {
-                client: id,
-                key,
-                kind: Kind::Write(Some(v)),
-                call,
-                ret,
-            });
+            ops.extend(write(&[("If-Match", &etag)]));
         }
         // A steady load rather than the most the machine can do: the
         // check's search grows with the history of each key.
@@ -272,16 +225,12 @@ fn kill_9_of_the_master_again_and_again_under_load() {
         gw_args.extend(["--worker".into(), format!("127.0.0.1:{p}")]);
     }
     let _gw = start(&gw_args, &log("gateway.log".into()));
-    // Three voters before the first kill, or there is nothing to fail over to.
+    // Three voters and both workers in sync before the first kill, or there
+    // is nothing to fail over to.
     let t = Instant::now();
     loop {
         let ok = http_get(&http_addr, "/v1/cluster").is_some_and(|(c, b, _)| {
-            c == 200
-                && serde_json::from_str::<serde_json::Value>(&b).is_ok_and(|v| {
-                    v["members"]
-                        .as_array()
-                        .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["voter"] == true))
-                })
+            c == 200 && serde_json::from_str::<serde_json::Value>(&b).is_ok_and(|v| formed(&v))
         });
         if ok {
             break;
@@ -426,27 +375,11 @@ fn kill_9_of_the_master_again_and_again_under_load() {
     checked.unwrap_or_else(|e| panic!("{e}"));
 
     // All three end with the same bytes.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        replication::Client::new(&replication::Identity::loopback().unwrap()).unwrap()
-    });
     let addrs: Vec<SocketAddr> = ports
         .iter()
         .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
         .collect();
-    let t = Instant::now();
-    loop {
-        let d: Vec<_> = addrs
-            .iter()
-            .map(|a| rt.block_on(client.digest(*a)).ok())
-            .collect();
-        if d[0].is_some() && d.iter().all(|x| *x == d[0]) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no convergence: {d:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(d) = wait_identical(&addrs) {
+        panic!("no convergence: {d:?}");
     }
 }

@@ -5,48 +5,14 @@
 //! again with its old command line, rejoins as a worker and ends with the
 //! same data as the others.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{curl, free_port};
-
-/// A process, killed (SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(args: &[String], log: PathBuf) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains("listening on"),
-        "did not start: {line:?}, log: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    Proc { child, log }
-}
+use common::{curl, formed, free_port, start_logged as start, wait_identical};
 
 fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
@@ -126,9 +92,10 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
     let ports = [free_port(), free_port(), free_port()];
     let args = node_args(dir.path(), ports);
     let log = |n: &str| dir.path().join(format!("{n}.log"));
-    let mut a = Some(start(&args[0], log("a")));
-    let b = start(&args[1], log("b"));
-    let c = start(&args[2], log("c"));
+    let read_log = |n: &str| std::fs::read_to_string(log(n)).unwrap_or_default();
+    let mut a = Some(start(&args[0], &log("a")));
+    let b = start(&args[1], &log("b"));
+    let c = start(&args[2], &log("c"));
     let http = addr(free_port());
     // The gateway knows only the first master and one worker: it learns
     // the rest from the cluster.
@@ -142,17 +109,9 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
             "--worker".into(),
             addr(ports[1]),
         ],
-        log("gateway"),
+        &log("gateway"),
     );
-    let all_in = |c: &serde_json::Value| {
-        c["members"]
-            .as_array()
-            .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["voter"] == true))
-            && c["workers"]
-                .as_array()
-                .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["in_sync"] == true))
-    };
-    wait_cluster(&http, "three voters, two workers in sync", all_in);
+    wait_cluster(&http, "three voters, two workers in sync", formed);
     assert_eq!(cluster(&http)["master"]["addr"], addr(ports[0]));
 
     let mut acked: Vec<(String, String)> = Vec::new();
@@ -173,8 +132,8 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
         assert!(
             killed.elapsed() < Duration::from_secs(30),
             "writes did not resume: {refused} refused; logs:\nb: {}\nc: {}",
-            std::fs::read_to_string(&b.log).unwrap_or_default(),
-            std::fs::read_to_string(&c.log).unwrap_or_default()
+            read_log("b"),
+            read_log("c")
         );
         let (k, v) = (format!("after/{i}"), format!("value-{i}"));
         i += 1;
@@ -210,7 +169,7 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
 
     // The old master comes back with the very same command line: it finds
     // a newer term, follows the new master and takes no writes itself.
-    let a = start(&args[0], log("a2"));
+    let a = start(&args[0], &log("a2"));
     wait_cluster(&http, "the old master back in sync", |c| {
         c["workers"].as_array().is_some_and(|w| {
             w.iter()
@@ -249,26 +208,12 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
     // One more write reaches all three; then all hold the same log.
     let (code, body) = put(&http, "last", "one");
     assert_eq!(code, 200, "{body}");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        replication::Client::new(&replication::Identity::loopback().unwrap()).unwrap()
-    });
     let nodes: Vec<SocketAddr> = ports.iter().map(|p| addr(*p).parse().unwrap()).collect();
-    let t = Instant::now();
-    loop {
-        let digests: Vec<_> = nodes
-            .iter()
-            .map(|n| rt.block_on(client.digest(*n)).ok())
-            .collect();
-        if digests[0].is_some() && digests.iter().all(|d| *d == digests[0]) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
+    if let Err(digests) = wait_identical(&nodes) {
+        panic!(
             "the nodes never converged: {digests:?}; log of the old master:\n{}",
-            std::fs::read_to_string(&a.log).unwrap_or_default()
+            read_log("a2")
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
 
     // Removing members for good: the master and a member of the in-sync

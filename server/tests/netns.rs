@@ -8,71 +8,14 @@
 //! Needs root and iproute2 (and python3 for the API stub). Where namespaces cannot be made, the test prints
 //! why and passes without running (the CI machine runs it).
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
+
+mod common;
+
+use common::net::{ip_ok, Net};
 use std::time::{Duration, Instant};
 
-fn ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("run ip")
-}
-
-fn ip_ok(args: &[&str]) {
-    let out = ip(args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespaces and the processes in them; all removed on drop.
-struct Net {
-    names: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = ip(&["netns", "del", n]);
-        }
-    }
-}
-
 impl Net {
-    fn exec(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ourkv")])
-            .args(args);
-        c
-    }
-
-    fn spawn(&mut self, ns: &str, args: &[&str], log: &std::path::Path) {
-        let mut child = self
-            .exec(ns, args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert!(
-            line.contains("listening"),
-            "{line:?}: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        self.children.push(child);
-    }
-
     fn client(&self, ns: &str, cluster: &str, args: &[&str]) -> String {
         let out = self
             .exec(ns, &[&["client", "--cluster", cluster][..], args].concat())
@@ -95,17 +38,8 @@ fn cut_link_in_network_namespaces_then_converge() {
         format!("okw1{tag}"),
         format!("okw2{tag}"),
     );
-    let probe = ip(&["netns", "add", &m]);
-    if !probe.status.success() {
-        eprintln!(
-            "skipping: cannot create network namespaces here ({})",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        );
+    let Some(mut net) = Net::first(&m) else {
         return;
-    }
-    let mut net = Net {
-        names: vec![m.clone()],
-        children: Vec::new(),
     };
     for n in [&w1, &w2] {
         ip_ok(&["netns", "add", n]);

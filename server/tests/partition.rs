@@ -10,71 +10,14 @@
 //! Needs root and iproute2; where namespaces cannot be made, the test says
 //! why and passes without running (the CI machine runs it).
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+mod common;
+
+use common::net::{ip_ok, Net};
 use std::time::{Duration, Instant};
 
-fn ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("run ip")
-}
-
-fn ip_ok(args: &[&str]) {
-    let out = ip(args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespaces and the processes in them; all removed on drop.
-struct Net {
-    names: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = ip(&["netns", "del", n]);
-        }
-    }
-}
-
 impl Net {
-    fn ourkv(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ourkv")])
-            .args(args);
-        c
-    }
-
-    fn spawn(&mut self, ns: &str, args: &[&str], log: &std::path::Path) {
-        let mut child = self
-            .ourkv(ns, args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert!(
-            line.contains("listening"),
-            "{line:?}: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        self.children.push(child);
-    }
-
     /// `curl` inside `ns`: status and body.
     fn curl(&self, ns: &str, args: &[&str]) -> (u16, String) {
         let out = Command::new("ip")
@@ -93,17 +36,8 @@ impl Net {
 fn an_isolated_master_is_replaced_takes_no_ack_all_write_and_cuts_its_tail() {
     let tag = std::process::id() % 100_000;
     let [a, b, c, sw] = ["a", "b", "c", "s"].map(|n| format!("okp{n}{tag}"));
-    let probe = ip(&["netns", "add", &sw]);
-    if !probe.status.success() {
-        eprintln!(
-            "skipping: cannot create network namespaces here ({})",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        );
+    let Some(mut net) = Net::first(&sw) else {
         return;
-    }
-    let mut net = Net {
-        names: vec![sw.clone()],
-        children: Vec::new(),
     };
     ip_ok(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
     ip_ok(&["-n", &sw, "link", "set", "br0", "up"]);
@@ -230,7 +164,7 @@ fn an_isolated_master_is_replaced_takes_no_ack_all_write_and_cuts_its_tail() {
     let client = |args: &[&str]| -> Output {
         let mut all = vec!["client", "--cluster", &cl];
         all.extend_from_slice(args);
-        net.ourkv(&a, &all).output().unwrap()
+        net.exec(&a, &all).output().unwrap()
     };
     // On the isolated side ack=master writes still land locally, while on
     // the other side a new master comes, and the gateway follows it.

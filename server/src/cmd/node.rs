@@ -71,18 +71,7 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     };
     let rt = runtime()?;
     rt.block_on(async {
-        let listen = match &node.mycelium_api {
-            None => resolve(&node.listen)?,
-            Some(api) => {
-                let info = mycelium_node(api).await?;
-                let port: u16 = node
-                    .listen
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse().ok())
-                    .with_context(|| format!("--listen {:?} names no port", node.listen))?;
-                std::net::SocketAddr::new(info.ip.into(), port)
-            }
-        };
+        let (listen, _) = listen_addr(node).await?;
         let endpoint = replication::endpoint(&identity, listen)?;
         let default_sync = match role {
             Role::Master(_) => ourdb::SyncPolicy::Group,
@@ -119,6 +108,24 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a node listens: `--listen`, or with `--mycelium-api` this host's
+/// overlay address on the port of `--listen` (and the node's public key).
+async fn listen_addr(node: &NodeArgs) -> Result<(std::net::SocketAddr, Option<String>)> {
+    let Some(api) = &node.mycelium_api else {
+        return Ok((resolve(&node.listen)?, None));
+    };
+    let info = mycelium_node(api).await?;
+    let port: u16 = node
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .with_context(|| format!("--listen {:?} names no port", node.listen))?;
+    Ok((
+        std::net::SocketAddr::new(info.ip.into(), port),
+        Some(info.pubkey),
+    ))
 }
 
 /// How long a member waits for a role before it says it listens anyway.
@@ -158,21 +165,7 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         .with_context(|| format!("raft directory {}", raft_dir.display()))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (listen, pubkey) = match &node.mycelium_api {
-            None => (resolve(&node.listen)?, None),
-            Some(api) => {
-                let info = mycelium_node(api).await?;
-                let port: u16 = node
-                    .listen
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse().ok())
-                    .with_context(|| format!("--listen {:?} names no port", node.listen))?;
-                (
-                    std::net::SocketAddr::new(info.ip.into(), port),
-                    Some(info.pubkey),
-                )
-            }
-        };
+        let (listen, pubkey) = listen_addr(node).await?;
         let endpoint = replication::endpoint(&identity, listen)?;
         let addr = match advertise {
             Some(a) => a,

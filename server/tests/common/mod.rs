@@ -2,6 +2,8 @@
 //! free loopback ports, and talk to them with curl.
 #![allow(dead_code)]
 
+pub(crate) mod net;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,18 +19,73 @@ impl Drop for Proc {
 
 /// Starts `ourkv ARGS` and waits for its "listening" line.
 pub(crate) fn start(args: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    until_listening(
+        Command::new(env!("CARGO_BIN_EXE_ourkv")).args(args),
+        Stdio::null(),
+        None,
+    )
+}
+
+/// Starts `ourkv ARGS` with its log (`RUST_LOG=info`) in `log`, and waits
+/// for its "listening" line.
+pub(crate) fn start_logged<S: AsRef<std::ffi::OsStr>>(args: &[S], log: &Path) -> Proc {
+    until_listening(
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(args)
+            .env("RUST_LOG", "info"),
+        std::fs::File::create(log).unwrap().into(),
+        Some(log),
+    )
+}
+
+/// Spawns `cmd` and waits for its first line on stdout to say it listens.
+pub(crate) fn until_listening(cmd: &mut Command, stderr: Stdio, log: Option<&Path>) -> Proc {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.contains("listening"), "did not start: {line:?}");
+    assert!(
+        line.contains("listening"),
+        "did not start: {line:?}; log: {}",
+        log.and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    );
     Proc(child)
+}
+
+/// Whether a `/v1/cluster` answer shows a failover cluster of three voters
+/// whose two workers are in sync.
+pub(crate) fn formed(cluster: &serde_json::Value) -> bool {
+    cluster["members"]
+        .as_array()
+        .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["voter"] == true))
+        && cluster["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["in_sync"] == true))
+}
+
+/// Waits (20 s at most) until every node at `nodes` has the same data
+/// (digest); the digests seen last otherwise.
+pub(crate) fn wait_identical(nodes: &[std::net::SocketAddr]) -> Result<(), Vec<Option<String>>> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        replication::Client::new(&replication::Identity::loopback().unwrap()).unwrap()
+    });
+    let t = std::time::Instant::now();
+    loop {
+        let digests: Vec<_> = nodes
+            .iter()
+            .map(|n| rt.block_on(client.digest(*n)).ok())
+            .collect();
+        if digests[0].is_some() && digests.iter().all(|d| *d == digests[0]) {
+            return Ok(());
+        }
+        if t.elapsed() > std::time::Duration::from_secs(20) {
+            return Err(digests);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Runs a prepared `ourkv` command to its end, feeding it `stdin` if given;
