@@ -275,6 +275,20 @@ impl Client {
             .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
     }
 
+    /// Makes member `id` of a failover cluster the master, through any
+    /// member `node`, once it holds everything the master wrote; the
+    /// cluster afterwards.
+    pub async fn promote(&self, node: SocketAddr, id: u64) -> Result<crate::cluster::ClusterInfo> {
+        let body = serde_json::to_vec(&crate::cluster::PromoteRequest {
+            id,
+            forwarded: false,
+        })
+        .expect("serializable");
+        let r = self.call(node, crate::msg::raft::Promote { body }).await?;
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
+    }
+
     /// The master's commit cursor.
     pub async fn read_index(&self, master: SocketAddr) -> Result<Cursor> {
         Ok(self.call(master, reads::ReadIndex).await?.cursor)

@@ -301,6 +301,13 @@ pub enum Frame {
         /// The request.
         body: Vec<u8>,
     },
+    /// Operator -> member: hand the master's role to a member of the
+    /// in-sync set (JSON `PromoteRequest`; carried out by the master, which
+    /// leads the metadata group); answered with `MetaIs` once it has.
+    Promote {
+        /// The request.
+        body: Vec<u8>,
+    },
 }
 
 /// A key's version: the epoch and the location of its current record
@@ -848,6 +855,10 @@ impl Frame {
                 w.u8(43);
                 w.bytes(body);
             }
+            Frame::Promote { body } => {
+                w.u8(44);
+                w.bytes(body);
+            }
             Frame::MetaIs { body } => {
                 w.u8(42);
                 w.bytes(body);
@@ -939,6 +950,9 @@ impl Frame {
             },
             41 => Frame::Meta,
             43 => Frame::Leave {
+                body: r.bytes()?.to_vec(),
+            },
+            44 => Frame::Promote {
                 body: r.bytes()?.to_vec(),
             },
             42 => Frame::MetaIs {
@@ -1327,6 +1341,9 @@ mod tests {
             Frame::Meta,
             Frame::MetaIs { body: vec![] },
             Frame::Leave {
+                body: b"{}".to_vec(),
+            },
+            Frame::Promote {
                 body: b"{}".to_vec(),
             },
             Frame::Failed {

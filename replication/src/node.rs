@@ -245,9 +245,23 @@ pub struct Master {
     link: Option<Arc<dyn MetaLink>>,
     /// Set once a newer master exists: no more writes or reads.
     deposed: AtomicBool,
+    /// Set while it hands its role to another node: no new writes.
+    paused: AtomicBool,
+    /// Writes between their master check and their append: a handover
+    /// waits for none to be left, so no write lands after it looked.
+    appending: AtomicU64,
     /// Group commit's syncer thread; other sync policies make a write
     /// durable (or not) as it is appended, and need none.
     syncer: Option<crate::syncer::Syncer>,
+}
+
+/// A write admitted by [`Master::begin_write`], until its append is done.
+struct Appending<'a>(&'a AtomicU64);
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Master {
@@ -297,6 +311,8 @@ impl Master {
             term,
             link,
             deposed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            appending: AtomicU64::new(0),
         })
     }
 
@@ -313,14 +329,69 @@ impl Master {
         self.in_sync_applied.send_modify(|_| {});
     }
 
-    fn check_master(&self) -> Result<()> {
+    /// Admits a write: counted until its append is done (the guard's
+    /// drop), refused once deposed or while handing over.
+    fn begin_write(&self) -> Result<Appending<'_>> {
+        // Counted before the check: a handover that sets `paused` and then
+        // sees no write counted knows none can append any more.
+        self.appending.fetch_add(1, Ordering::SeqCst);
+        let guard = Appending(&self.appending);
         if self.deposed.load(Ordering::SeqCst) {
             return Err(Error::Remote {
                 code: Code::NotMaster,
                 message: format!("the master of term {} was replaced", self.term),
             });
         }
-        Ok(())
+        if self.paused.load(Ordering::SeqCst) {
+            return Err(Error::Remote {
+                code: Code::NotMaster,
+                message: format!(
+                    "the master of term {} is handing over to another node: retry",
+                    self.term
+                ),
+            });
+        }
+        Ok(guard)
+    }
+
+    /// A planned handover starts: new writes are refused (`not_master`,
+    /// which a client may retry: nothing was written).
+    pub fn pause_writes(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// The handover did not happen: writes are taken again.
+    pub fn resume_writes(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// After [`Master::pause_writes`]: waits, up to `wait`, until every
+    /// write taken is durable, acknowledged by the workers `ack=all` waits
+    /// for (so none of them ends as `indeterminate`), and applied by
+    /// worker `target`, which then holds all this master wrote; whether
+    /// that happened.
+    pub async fn drained_to(&self, target: u64, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.appending.load(Ordering::SeqCst) == 0 {
+                let end = self.store.db().end();
+                let durable = *self.commit.borrow() >= end;
+                let waited = *self.in_sync_applied.borrow() >= end;
+                let caught_up = self
+                    .workers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .any(|(n, w)| n == target && w.acked >= end);
+                if durable && waited && caught_up {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// The metadata group committed an in-sync change this master proposed.
@@ -500,13 +571,14 @@ impl Master {
         ack: Ack,
         expect: Expect,
     ) -> Result<Option<(Cursor, Version)>> {
-        self.check_master()?;
+        let appending = self.begin_write()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
         let appended = self
             .append(move |s| s.put_if_pending(&key, &value, expect))
             .await?;
+        drop(appending);
         let Some((at, pending)) = appended else {
             return Ok(None);
         };
@@ -557,13 +629,14 @@ impl Master {
         ack: Ack,
         expect: Expect,
     ) -> Result<Option<(bool, Cursor)>> {
-        self.check_master()?;
+        let appending = self.begin_write()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
         let deleted = self
             .append(move |s| s.delete_if_pending(&key, expect))
             .await?;
+        drop(appending);
         let Some(pending) = deleted else {
             return Ok(None);
         };
@@ -1451,6 +1524,17 @@ fn refuse_on_worker(other: Frame) -> Frame {
     .into()
 }
 
+/// A write's error as the client gets it: a refusal keeps its code (a
+/// deposed or handing-over master's `not_master`, which a client may retry
+/// elsewhere, and `indeterminate`, which it must not take as refused);
+/// anything else is `write_failed`.
+fn write_error(e: Error) -> Failed {
+    match e {
+        Error::Remote { code, message } => failed(code, message),
+        e => failed(Code::WriteFailed, e),
+    }
+}
+
 impl writes::Handler for Master {
     async fn set(&self, req: writes::Set) -> Answer<writes::Set> {
         let writes::Set {
@@ -1469,7 +1553,7 @@ impl writes::Handler for Master {
                 Code::Precondition,
                 "the key's current version is not the one expected",
             )),
-            Err(e) => Err(failed(Code::WriteFailed, e)),
+            Err(e) => Err(write_error(e)),
         }
     }
 
@@ -1485,7 +1569,7 @@ impl writes::Handler for Master {
                 Code::Precondition,
                 "the key's current version is not the one expected",
             )),
-            Err(e) => Err(failed(Code::WriteFailed, e)),
+            Err(e) => Err(write_error(e)),
         }
     }
 }

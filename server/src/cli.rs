@@ -109,6 +109,19 @@ pub(crate) enum Cmd {
     },
 }
 
+/// A member of a failover cluster, and the way to it.
+#[derive(Args)]
+pub(crate) struct MemberArgs {
+    /// The member's node id (`ourkv cluster status -o json`, `members`).
+    pub(crate) id: u64,
+    /// Any member's QUIC address.
+    #[arg(long)]
+    pub(crate) node: String,
+    /// Cluster directory; without it only loopback nodes can be reached.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cluster: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum ClusterCmd {
     /// Make a cluster CA and a node certificate signed by it.
@@ -120,16 +133,13 @@ pub(crate) enum ClusterCmd {
     /// Remove a member of a failover cluster for good. Refused for the
     /// master and for a member of the in-sync set: stop the node first, and
     /// the master drops it from the set after its ack timeout.
-    Remove {
-        /// The member's node id (`ourkv cluster status -o json`, `members`).
-        id: u64,
-        /// Any member's QUIC address.
-        #[arg(long)]
-        node: String,
-        /// Cluster directory; without it only loopback nodes can be reached.
-        #[arg(long, value_name = "DIR")]
-        cluster: Option<PathBuf>,
-    },
+    Remove(MemberArgs),
+    /// Make a member of the in-sync set the master of a failover cluster
+    /// (a planned handover): the master stops taking writes, waits until
+    /// the member holds everything it wrote and hands over. Nothing is lost;
+    /// writes pause for the handover (refused as `not_master`, which the
+    /// gateway retries on the new master).
+    Promote(MemberArgs),
     /// Every node as a gateway sees it: role, address, cursor, lag, in sync.
     Status {
         /// The gateway's HTTP address.

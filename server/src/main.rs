@@ -75,17 +75,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
             output,
         }) => cmd::kv::cluster_status(&endpoint, token, output),
-        Cmd::Cluster(ClusterCmd::Remove { id, node, cluster }) => {
-            let identity = cmd::node::identity(cluster.as_deref())?;
-            let addr = resolve(&node)?;
-            identity.check_peer(addr)?;
-            let info = runtime()?.block_on(async {
-                replication::Client::new(&identity)?
-                    .leave(addr, id)
-                    .await
-                    .map_err(anyhow::Error::from)
-            })?;
-            println!("removed node {id}; {} members left", info.members.len());
+        Cmd::Cluster(ClusterCmd::Remove(m)) => {
+            let info = on_member(&m, |c, addr, id| async move { c.leave(addr, id).await })?;
+            println!("removed node {}; {} members left", m.id, info.members.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cluster(ClusterCmd::Promote(m)) => {
+            let info = on_member(&m, |c, addr, id| async move { c.promote(addr, id).await })?;
+            let addr = info
+                .members
+                .iter()
+                .find(|r| Some(r.id) == info.master)
+                .map_or("?", |r| r.addr.as_str());
+            println!(
+                "node {} is the master of term {} at {addr}",
+                m.id, info.term
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cluster(ClusterCmd::Init { out }) => {
@@ -160,4 +165,19 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs a request about member `m.id` against the member `m.node` names.
+fn on_member<F, Fut>(m: &cli::MemberArgs, call: F) -> Result<replication::cluster::ClusterInfo>
+where
+    F: FnOnce(replication::Client, std::net::SocketAddr, u64) -> Fut,
+    Fut: std::future::Future<Output = replication::Result<replication::cluster::ClusterInfo>>,
+{
+    let identity = cmd::node::identity(m.cluster.as_deref())?;
+    let addr = resolve(&m.node)?;
+    identity.check_peer(addr)?;
+    runtime()?.block_on(async {
+        let client = replication::Client::new(&identity)?;
+        call(client, addr, m.id).await.map_err(anyhow::Error::from)
+    })
 }

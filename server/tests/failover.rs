@@ -273,3 +273,122 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
     assert_eq!(code, 200, "{body}");
     drop((b, c));
 }
+
+/// The member id at QUIC address `a` in a `/v1/cluster` answer.
+fn id_at(view: &serde_json::Value, a: &str) -> String {
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["addr"] == a)
+        .unwrap_or_else(|| panic!("no member at {a}: {view}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_planned_handover_loses_no_write_and_the_old_master_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let _a = start(&args[0], &log("a"));
+    let _b = start(&args[1], &log("b"));
+    let _c = start(&args[2], &log("c"));
+    let http = addr(free_port());
+    let _gw = start(
+        &[
+            "gateway".into(),
+            "--http".into(),
+            http.clone(),
+            "--master".into(),
+            addr(ports[0]),
+        ],
+        &log("gateway"),
+    );
+    wait_cluster(&http, "three voters, two workers in sync", formed);
+    let before = cluster(&http);
+    let term = before["term"].as_u64().unwrap();
+    let promote = |id: &str| {
+        // Asked of a worker: it passes the request on to the master.
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(["cluster", "promote", id, "--node", &addr(ports[1])])
+            .output()
+            .unwrap()
+    };
+    let out = promote("12345");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a member"),
+        "{out:?}"
+    );
+
+    // A writer goes on through the handover; every answer is kept.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (http, stop) = (http.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (k, v) = (format!("w/{i}"), format!("value-{i}"));
+                let (code, body) = put(&http, &k, &v);
+                answers.push((k, v, code, body, Instant::now()));
+                i += 1;
+            }
+            answers
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let target = id_at(&before, &addr(ports[2]));
+    let asked = Instant::now();
+    let out = promote(&target);
+    let took = asked.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains(&addr(ports[2])),
+        "{out:?}; log of the old master:\n{}",
+        std::fs::read_to_string(log("a")).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = writer.join().unwrap();
+
+    // Nothing refused: the gateway retried the writes the paused master
+    // turned away on the new one.
+    for (k, _, code, body, _) in &answers {
+        assert_eq!(*code, 200, "{k}: {body}");
+    }
+    let gap = answers.windows(2).map(|w| w[1].4 - w[0].4).max().unwrap();
+    eprintln!(
+        "handover: {} writes, the longest gap between two answers {gap:?}; \
+         the promote command took {took:?}",
+        answers.len()
+    );
+    let view = cluster(&http);
+    assert_eq!(view["master"]["addr"], addr(ports[2]), "{view}");
+    assert!(view["term"].as_u64().unwrap() > term, "{view}");
+    for (k, v, ..) in &answers {
+        let (code, body) = curl(&[&format!("http://{http}/v1/kv/{k}?consistency=strong")]);
+        assert_eq!((code, body.as_str()), (200, v.as_str()), "{k}");
+    }
+    // The old master follows and takes no writes of its own.
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["client", "set", &addr(ports[0]), "x", "y"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not_master"),
+        "{out:?}"
+    );
+    // Promoting the master is a no-op; the three end with the same log.
+    let out = promote(&target);
+    assert!(out.status.success(), "{out:?}");
+    let (code, body) = put(&http, "last", "one");
+    assert_eq!(code, 200, "{body}");
+    let nodes: Vec<SocketAddr> = ports.iter().map(|p| addr(*p).parse().unwrap()).collect();
+    if let Err(digests) = wait_identical(&nodes) {
+        panic!("the nodes never converged: {digests:?}");
+    }
+}

@@ -24,13 +24,13 @@ use tokio::sync::{mpsc, watch};
 use super::net::{self, MetaRaftHandle, QuicNet};
 use super::{
     ClusterInfo, FileLog, JoinRequest, LeaveRequest, Member as MemberInfo, MemberRow, MetaMachine,
-    MetaView,
+    MetaView, PromoteRequest,
 };
 use crate::client::Client;
 use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 use crate::frame::{Frame, FrameReader};
-use crate::msg::raft::{Join, JoinIs, Leave, Meta, MetaIs, Position, PositionIs, Raft};
+use crate::msg::raft::{Join, JoinIs, Leave, Meta, MetaIs, Position, PositionIs, Promote, Raft};
 use crate::msg::Failed;
 use crate::node::{Appointment, FailoverWorker, MetaLink, Worker};
 use crate::proto::election::{self, Choice};
@@ -69,6 +69,10 @@ fn check_join(req: &JoinRequest) -> std::result::Result<(), Failed> {
     }
     Ok(())
 }
+
+/// How long a planned handover waits for the new master to catch up, and
+/// then to be appointed.
+const PROMOTE_WAIT: Duration = Duration::from_secs(3);
 
 /// How long the controller waits for the candidates' answers.
 const POSITION_WAIT: Duration = Duration::from_millis(300);
@@ -523,6 +527,115 @@ impl Node {
         Ok(self.info())
     }
 
+    /// A planned handover, on the master: it stops taking writes, waits
+    /// until every write taken is acknowledged and `req.id` holds them all,
+    /// then hands Raft leadership to it; as the new leader it appoints
+    /// itself (the best position: as long a log, and the tie goes to the
+    /// controller). Answered once the metadata names the new master. A
+    /// member that is not the master passes the request on to it, once.
+    async fn promote(&self, req: PromoteRequest) -> std::result::Result<ClusterInfo, Failed> {
+        let v = self.view();
+        let Role::Master(master) = self.role() else {
+            let no_master = || Failed::new(Code::NotMaster, "no master known yet: retry");
+            if req.forwarded {
+                return Err(no_master());
+            }
+            let addr = v
+                .state
+                .master
+                .and_then(|m| v.members.get(&m))
+                .and_then(|m| m.addr.parse().ok())
+                .ok_or_else(no_master)?;
+            let body = serde_json::to_vec(&PromoteRequest {
+                forwarded: true,
+                ..req
+            })
+            .expect("serializable");
+            return self.forward(addr, Promote { body }, |r| r.body).await;
+        };
+        let refuse = |why: String| Err(Failed::new(Code::BadRequest, why));
+        if req.id == self.id {
+            return Ok(self.info());
+        }
+        if !v.members.contains_key(&req.id) {
+            return refuse(format!("node {} is not a member", req.id));
+        }
+        if !v.voters.contains(&req.id) {
+            return refuse(format!("node {} is not a voting member yet", req.id));
+        }
+        if !v.state.in_sync.contains(&req.id) {
+            return refuse(format!(
+                "node {} is not in the in-sync set: it may lack acknowledged writes",
+                req.id
+            ));
+        }
+        let leads = self.raft.metrics().borrow_watched().current_leader == Some(self.id);
+        if master.term() != v.state.term || !leads {
+            return Err(Failed::new(
+                Code::NotMaster,
+                "the master is changing: retry",
+            ));
+        }
+        // One membership or role change at a time.
+        let _one = self.joining.lock().await;
+        let term = master.term();
+        tracing::info!(
+            node = self.id,
+            to = req.id,
+            term,
+            "handing over: writes paused"
+        );
+        master.pause_writes();
+        let wait = PROMOTE_WAIT.max(self.options.ack_timeout + Duration::from_secs(1));
+        if !master.drained_to(req.id, wait).await {
+            master.resume_writes();
+            return Err(Failed::new(
+                Code::Other("promote_failed".into()),
+                format!(
+                    "node {} did not catch up within {wait:?}; writes resumed here",
+                    req.id
+                ),
+            ));
+        }
+        let refused = |e: String| {
+            master.resume_writes();
+            Failed::new(Code::Other("promote_failed".into()), e)
+        };
+        self.raft
+            .trigger()
+            .transfer_leader(req.id)
+            .await
+            .map_err(|e| refused(format!("raft transfer: {e}")))?;
+        let mut view = self.view.clone();
+        let appointed =
+            tokio::time::timeout(PROMOTE_WAIT, view.wait_for(|v| v.state.term > term)).await;
+        match appointed {
+            Ok(Ok(v)) if v.state.master == Some(req.id) => {
+                drop(v);
+                tracing::info!(node = self.id, to = req.id, "handed over");
+                Ok(self.info())
+            }
+            Ok(Ok(v)) => {
+                let (term, master) = (v.state.term, v.state.master);
+                drop(v);
+                Err(Failed::new(
+                    Code::Other("promote_failed".into()),
+                    format!("term {term} went to node {master:?} instead"),
+                ))
+            }
+            _ => {
+                // Still the master of its term (no one took over): go on.
+                if self.view().state.term == term {
+                    master.resume_writes();
+                }
+                Err(Failed::new(
+                    Code::Other("promote_failed".into()),
+                    format!("node {} did not take over within {PROMOTE_WAIT:?}", req.id),
+                ))
+            }
+        }
+    }
+
     async fn join(&self, req: JoinRequest) -> std::result::Result<ClusterInfo, Failed> {
         check_join(&req)?;
         let leader = self.raft.metrics().borrow_watched().current_leader;
@@ -911,6 +1024,21 @@ impl crate::pipeline::Answer for Node {
                         body: serde_json::to_vec(&info).expect("serializable"),
                     }),
                     Err(e) => Err(Failed::new(Code::BadRequest, format!("leave request: {e}"))),
+                };
+                return crate::msg::answer_frame(answer);
+            }
+            Err(f) => f,
+        };
+        let req = match Promote::from_frame(req) {
+            Ok(Promote { body }) => {
+                let answer = match serde_json::from_slice::<PromoteRequest>(&body) {
+                    Ok(r) => self.promote(r).await.map(|info| MetaIs {
+                        body: serde_json::to_vec(&info).expect("serializable"),
+                    }),
+                    Err(e) => Err(Failed::new(
+                        Code::BadRequest,
+                        format!("promote request: {e}"),
+                    )),
                 };
                 return crate::msg::answer_frame(answer);
             }

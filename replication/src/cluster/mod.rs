@@ -18,7 +18,7 @@ pub use net::{MetaRaftHandle, QuicNet};
 pub use state_machine::{MetaMachine, MetaView};
 pub use types::{
     ClusterInfo, Entry, JoinRequest, LeaveRequest, LogId, Member, MemberRow, MetaRaft,
-    StoredMembership, Vote,
+    PromoteRequest, StoredMembership, Vote,
 };
 
 #[cfg(test)]

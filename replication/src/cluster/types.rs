@@ -92,6 +92,17 @@ pub struct LeaveRequest {
     pub forwarded: bool,
 }
 
+/// An operator's request to make a member the master (the body of a
+/// `Promote` frame).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    /// The member's node id.
+    pub id: u64,
+    /// Whether a member already passed it on to the master.
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
 /// One member, as [`ClusterInfo`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRow {

@@ -99,3 +99,16 @@ message! {
 impl Request for Leave {
     type Reply = MetaIs;
 }
+
+message! {
+    /// Make a member of the in-sync set the master, losing nothing (JSON
+    /// `cluster::PromoteRequest`).
+    Promote = Promote {
+        /// The request, JSON.
+        body: Vec<u8>,
+    }
+}
+
+impl Request for Promote {
+    type Reply = MetaIs;
+}
