@@ -43,6 +43,22 @@ pub enum Error {
     Address(String),
 }
 
+impl Error {
+    /// The master a `not_master` refusal names (a failover member adds
+    /// `; master ADDR (node ID, term T)` when its metadata knows one).
+    pub fn master_hint(&self) -> Option<std::net::SocketAddr> {
+        let Error::Remote {
+            code: Code::NotMaster,
+            message,
+        } = self
+        else {
+            return None;
+        };
+        let (_, rest) = message.rsplit_once("; master ")?;
+        rest.split(' ').next()?.parse().ok()
+    }
+}
+
 /// Results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -127,6 +143,30 @@ impl From<&str> for Code {
 impl std::fmt::Display for Code {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_not_master_refusal_names_its_master() {
+        let e = |code, message: &str| Error::Remote {
+            code,
+            message: message.into(),
+        };
+        let hinted = "a worker does not take Set; master [::1]:7000 (node 42, term 3)";
+        assert_eq!(
+            e(Code::NotMaster, hinted).master_hint(),
+            Some("[::1]:7000".parse().unwrap())
+        );
+        assert_eq!(e(Code::NotMaster, "no master yet").master_hint(), None);
+        assert_eq!(e(Code::WriteFailed, hinted).master_hint(), None);
+        assert_eq!(
+            e(Code::NotMaster, "x; master not-an-address (node 1, term 1)").master_hint(),
+            None
+        );
     }
 }
 

@@ -200,10 +200,11 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the old master took a write");
+    // The refusal names the master to go to.
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not_master"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("not_master") && stderr.contains(&format!("master {new_master} (node")),
+        "{stderr}"
     );
     // One more write reaches all three; then all hold the same log.
     let (code, body) = put(&http, "last", "one");

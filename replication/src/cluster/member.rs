@@ -721,7 +721,7 @@ impl Node {
             (Frame::Subscribe { .. } | Frame::Snapshot | Frame::Watch { .. }, _) => {
                 let mut send = send;
                 let no = Failed::new(Code::NotMaster, "this node cannot serve that now");
-                crate::frame::write(&mut send, &no.into()).await?;
+                crate::frame::write(&mut send, &self.hint(no.into())).await?;
                 let _ = send.finish();
                 Ok(())
             }
@@ -1002,6 +1002,42 @@ impl Node {
 
 impl crate::pipeline::Answer for Node {
     async fn answer(self: Arc<Self>, req: Frame) -> Frame {
+        let me = self.clone();
+        me.hint(self.answer_here(req).await)
+    }
+}
+
+impl Node {
+    /// A `not_master` refusal names the master this node's metadata knows
+    /// (`…; master ADDR (node ID, term T)`), so a client can go there.
+    fn hint(&self, answer: Frame) -> Frame {
+        let Frame::Failed {
+            code: Code::NotMaster,
+            message,
+        } = answer
+        else {
+            return answer;
+        };
+        let v = self.view();
+        let master = v
+            .state
+            .master
+            .filter(|m| *m != self.id)
+            .and_then(|m| v.members.get(&m).map(|row| (m, row.addr.clone())));
+        let message = match master {
+            Some((id, addr)) => format!(
+                "{message}; master {addr} (node {id}, term {})",
+                v.state.term
+            ),
+            None => message,
+        };
+        Frame::Failed {
+            code: Code::NotMaster,
+            message,
+        }
+    }
+
+    async fn answer_here(self: Arc<Self>, req: Frame) -> Frame {
         let req = match Raft::from_frame(req) {
             Ok(r) => return crate::msg::answer_frame(net::answer(&self.raft, r).await),
             Err(f) => f,
