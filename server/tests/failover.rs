@@ -184,6 +184,29 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
     for p in ports {
         assert!(page.contains(&addr(p)), "{page}");
     }
+    // /metrics: the term, and every member with its role (the gateway
+    // learns the members' state once a second).
+    let term = cluster(&http)["term"].as_u64().unwrap();
+    let t = Instant::now();
+    loop {
+        let (code, text) = curl(&[&format!("http://{http}/metrics")]);
+        assert_eq!(code, 200);
+        let member = |a: &str, role: &str| {
+            text.lines().any(|l| {
+                l.starts_with("ourkv_cluster_member{")
+                    && l.contains(&format!("addr=\"{a}\""))
+                    && l.contains(&format!("role=\"{role}\""))
+            })
+        };
+        if text.contains(&format!("ourkv_master_term {term}"))
+            && member(&new_master, "master")
+            && member(&addr(ports[0]), "in_sync")
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
         .args(["cluster", "status", "--endpoint", &format!("http://{http}")])
         .output()

@@ -38,6 +38,16 @@ pub(super) struct WorkerLabels {
     pub(super) worker: String,
 }
 
+/// A member of a failover cluster: its id, address, role (`master`,
+/// `in_sync`, `out_of_sync`) and whether it votes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct MemberLabels {
+    pub(super) id: String,
+    pub(super) addr: String,
+    pub(super) role: String,
+    pub(super) voter: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs to about 6.5 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
@@ -90,6 +100,8 @@ pub(super) struct Metrics {
     pub(super) topology_changes: Counter,
     /// The term of the master the gateway follows (0: not a failover cluster).
     pub(super) master_term: Gauge,
+    /// The members of the failover cluster, as the gateway last learned.
+    pub(super) members: Family<MemberLabels, Gauge>,
 }
 
 impl Metrics {
@@ -151,7 +163,14 @@ impl Metrics {
             "The term of the master the gateway sends writes to (0 outside a failover cluster)",
             master_term.clone(),
         );
+        let members = Family::<MemberLabels, Gauge>::default();
+        registry.register(
+            "cluster_member",
+            "1 for each member of the failover cluster, labelled with its id, address, role (master, in_sync, out_of_sync) and whether it votes",
+            members.clone(),
+        );
         Metrics {
+            members,
             topology_changes,
             master_term,
             registry,

@@ -143,12 +143,32 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
     // The workers as the master sees them now; none when it does not answer.
     m.worker_in_sync.clear();
     m.worker_lag_bytes.clear();
+    m.members.clear();
+    let topology = gw.topology();
     m.master_term.set(
-        gw.topology()
+        topology
             .cluster
             .as_ref()
             .map_or(0, |c| i64::try_from(c.term).unwrap_or(i64::MAX)),
     );
+    if let Some(c) = &topology.cluster {
+        for r in &c.members {
+            let role = if Some(r.id) == c.master {
+                "master"
+            } else if r.in_sync {
+                "in_sync"
+            } else {
+                "out_of_sync"
+            };
+            let labels = super::metrics::MemberLabels {
+                id: r.id.to_string(),
+                addr: r.addr.clone(),
+                role: role.into(),
+                voter: r.voter.to_string(),
+            };
+            m.members.get_or_create(&labels).set(1);
+        }
+    }
     if let Ok((_, cursor, workers)) = master_status(&gw).await {
         for w in &workers {
             let labels = super::metrics::WorkerLabels {
