@@ -71,9 +71,15 @@ pub(crate) enum Cmd {
     Worker {
         #[command(flatten)]
         node: NodeArgs,
-        /// The master's QUIC address.
+        /// The master's QUIC address (in a failover cluster: any member's,
+        /// through which this node joins).
         #[arg(long)]
         master: String,
+        /// More members to join through when --master does not answer
+        /// (repeat for each; failover members only). A node that is a member
+        /// already needs none: it knows the members from its metadata.
+        #[arg(long, value_name = "ADDR")]
+        seed: Vec<String>,
         /// Testing aid: wait this long before applying each batch of records.
         #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
         apply_delay_ms: u64,

@@ -318,6 +318,7 @@ fn example_value(role: &str, long: &str) -> &'static str {
         (_, "listen") => "127.0.0.1:7001",
         (_, "master") => "127.0.0.1:7000",
         (_, "worker") => "127.0.0.1:7001",
+        (_, "seed") => "127.0.0.1:7002",
         (_, "http") => "127.0.0.1:8080",
         (_, "cluster") => "/etc/ourkv/cluster",
         (_, "mycelium-api") => "http://127.0.0.1:8989",

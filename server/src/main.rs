@@ -105,11 +105,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Worker {
             node,
             master,
+            seed,
             apply_delay_ms,
             as_master,
         } => run_node(
             &node,
-            Role::Worker(master, apply_delay_ms, as_master.options()),
+            Role::Worker {
+                master,
+                seeds: seed,
+                delay_ms: apply_delay_ms,
+                options: as_master.options(),
+            },
         ),
         Cmd::Client { cluster, cmd } => client(cluster.as_deref(), cmd),
         Cmd::Config(ConfigCmd::Example { role }) => {

@@ -411,8 +411,27 @@ fn a_planned_handover_loses_no_write_and_the_old_master_follows() {
     assert!(out.status.success(), "{out:?}");
     let (code, body) = put(&http, "last", "one");
     assert_eq!(code, 200, "{body}");
-    let nodes: Vec<SocketAddr> = ports.iter().map(|p| addr(*p).parse().unwrap()).collect();
+    let mut nodes: Vec<SocketAddr> = ports.iter().map(|p| addr(*p).parse().unwrap()).collect();
     if let Err(digests) = wait_identical(&nodes) {
         panic!("the nodes never converged: {digests:?}");
+    }
+
+    // A new worker whose --master names no live node joins through a seed.
+    let d_port = free_port();
+    let d_dir = dir.path().join("new");
+    std::fs::create_dir_all(&d_dir).unwrap();
+    let mut d_args = node_args(&d_dir, [free_port(), d_port, free_port()])[1].clone();
+    d_args.extend(["--seed".into(), addr(ports[1])]);
+    let _d = start(&d_args, &log("d"));
+    wait_cluster(&http, "four members, the new one in sync", |c| {
+        c["members"].as_array().is_some_and(|m| {
+            m.len() == 4
+                && m.iter()
+                    .any(|m| m["addr"] == addr(d_port) && m["in_sync"] == true)
+        })
+    });
+    nodes.push(addr(d_port).parse().unwrap());
+    if let Err(digests) = wait_identical(&nodes) {
+        panic!("the new worker never converged: {digests:?}");
     }
 }

@@ -412,15 +412,17 @@ impl Node {
             && (v.voters.contains(&self.id) || v.members.len() < 3)
     }
 
-    /// Asks `seed` (any member) to add this node, again every second until
-    /// the metadata lists it: a worker started with `--master ADDR` joins
-    /// the cluster that way. Nothing is asked of a node that already is a
-    /// member (a restart).
-    pub fn join_through(self: &Arc<Self>, seed: SocketAddr) {
+    /// Asks a seed (any member) to add this node, again every second (the
+    /// next seed each time) until the metadata lists it: a worker started
+    /// with `--master ADDR` (and `--seed ADDR`s) joins the cluster that
+    /// way. Nothing is asked of a node that already is a member (a restart).
+    pub fn join_through(self: &Arc<Self>, seeds: Vec<SocketAddr>) {
+        assert!(!seeds.is_empty(), "a node joins through at least one seed");
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
-            loop {
+            for seed in seeds.iter().cycle() {
+                let seed = *seed;
                 let Some(node) = weak.upgrade() else { return };
                 if node.joined() {
                     return;

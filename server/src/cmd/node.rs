@@ -37,9 +37,15 @@ pub(crate) fn service_config(file_size: Option<u32>) -> Config {
 /// What a node is.
 pub(crate) enum Role {
     Master(replication::MasterOptions),
-    /// A worker of the master at this address, with an apply delay in ms,
-    /// and how it treats workers should it become master (failover).
-    Worker(String, u64, replication::MasterOptions),
+    /// A worker of the master at `master` (in a failover cluster: any
+    /// member, and `seeds` more to join through), with an apply delay, and
+    /// how it treats workers should it become master (failover).
+    Worker {
+        master: String,
+        seeds: Vec<String>,
+        delay_ms: u64,
+        options: replication::MasterOptions,
+    },
 }
 
 /// The cluster identity in `cluster`, or the loopback-only one.
@@ -56,14 +62,19 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     if !node.standalone {
         return run_member(node, role);
     }
-    if node.raft_dir.is_some() || node.advertise.is_some() {
-        bail!("--raft-dir and --advertise are options of failover members, not of --standalone");
+    if node.raft_dir.is_some()
+        || node.advertise.is_some()
+        || matches!(&role, Role::Worker { seeds, .. } if !seeds.is_empty())
+    {
+        bail!(
+            "--raft-dir, --advertise and --seed are options of failover members, not of --standalone"
+        );
     }
     let identity = identity(node.cluster.as_deref())?;
     // Check the master's address before anything is opened or sent.
     let master_addr = match &role {
-        Role::Worker(addr, ..) => {
-            let a = resolve(addr)?;
+        Role::Worker { master, .. } => {
+            let a = resolve(master)?;
             identity.check_peer(a)?;
             Some(a)
         }
@@ -76,7 +87,7 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         let default_sync = match role {
             Role::Master(_) => ourdb::SyncPolicy::Group,
             // A worker can always fetch again what a power cut took.
-            Role::Worker(..) => ourdb::SyncPolicy::Flush,
+            Role::Worker { .. } => ourdb::SyncPolicy::Flush,
         };
         let store = open_store(node, default_sync)?;
         let store = match role {
@@ -90,7 +101,9 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 }
                 m.store().clone()
             }
-            Role::Worker(_, delay, _) => {
+            Role::Worker {
+                delay_ms: delay, ..
+            } => {
                 let master = master_addr.expect("resolved above");
                 let w = replication::Worker::new(store, master);
                 w.set_apply_delay(std::time::Duration::from_millis(delay));
@@ -148,12 +161,21 @@ fn default_raft_dir(data: &Path) -> PathBuf {
 /// worker joins through the address given as its master.
 fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     let identity = identity(node.cluster.as_deref())?;
-    let (name, options, seed, delay) = match role {
-        Role::Master(options) => ("master", options, None, 0),
-        Role::Worker(addr, delay, options) => {
-            let a = resolve(&addr)?;
-            identity.check_peer(a)?;
-            ("worker", options, Some(a), delay)
+    let (name, options, seeds, delay) = match role {
+        Role::Master(options) => ("master", options, Vec::new(), 0),
+        Role::Worker {
+            master,
+            seeds,
+            delay_ms,
+            options,
+        } => {
+            let mut all = Vec::new();
+            for s in std::iter::once(&master).chain(&seeds) {
+                let a = resolve(s)?;
+                identity.check_peer(a)?;
+                all.push(a);
+            }
+            ("worker", options, all, delay_ms)
         }
     };
     let advertise = node.advertise.as_deref().map(resolve).transpose()?;
@@ -193,9 +215,10 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
             },
         )
         .await?;
-        match seed {
-            None => member.bootstrap().await?,
-            Some(seed) => member.join_through(seed),
+        if seeds.is_empty() {
+            member.bootstrap().await?;
+        } else {
+            member.join_through(seeds);
         }
         tracing::info!(%addr, id, raft_dir = %raft_dir.display(), "failover member started");
         // "listening" tells scripts the node is of use: wait (boundedly)
