@@ -67,7 +67,7 @@ fn builtin(a: &Arg) -> bool {
 /// What `main` runs: the parsed command line, or what `--print-config` prints.
 pub(crate) enum Parsed {
     /// Run this.
-    Run(Cli),
+    Run(Box<Cli>),
     /// Print this and exit.
     Print(String),
 }
@@ -84,7 +84,7 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
     let first = lenient.try_get_matches_from(args.clone())?;
     let Some((role, sub)) = first.subcommand().filter(|(r, _)| ROLES.contains(r)) else {
         let m = command().try_get_matches_from(args)?;
-        return Ok(Parsed::Run(Cli::from_arg_matches(&m)?));
+        return Ok(Parsed::Run(Box::new(Cli::from_arg_matches(&m)?)));
     };
     let role = role.to_string();
     let mut extra = Vec::new();
@@ -108,7 +108,7 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
         let sc = command().find_subcommand(&role).expect("a role").clone();
         return Ok(Parsed::Print(effective(&sc, sub, &first)));
     }
-    Ok(Parsed::Run(Cli::from_arg_matches(&m)?))
+    Ok(Parsed::Run(Box::new(Cli::from_arg_matches(&m)?)))
 }
 
 fn usage(msg: String) -> clap::Error {

@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = match config::parse(std::env::args_os().collect()) {
-        Ok(config::Parsed::Run(cli)) => cli,
+        Ok(config::Parsed::Run(cli)) => *cli,
         Ok(config::Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;

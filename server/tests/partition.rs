@@ -99,7 +99,7 @@ fn gateway_client(
     while !stop.load(Ordering::SeqCst) {
         i += 1;
         let call = micros(t0);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let v = values.fetch_add(1, Ordering::SeqCst);
             let (code, _) = ns_curl(
                 &ns,
