@@ -69,14 +69,12 @@ impl Client {
         })
     }
 
-    /// Calls to `addr` go to this master in the same process.
-    pub fn with_local_master(mut self, addr: SocketAddr, node: Arc<crate::Master>) -> Client {
-        self.local.insert(addr, local_node(node));
-        self
-    }
-
-    /// Calls to `addr` go to this worker in the same process.
-    pub fn with_local_worker(mut self, addr: SocketAddr, node: Arc<crate::Worker>) -> Client {
+    /// Calls to `addr` go to this failover member in the same process.
+    pub fn with_local_member(
+        mut self,
+        addr: SocketAddr,
+        node: Arc<crate::cluster::Node>,
+    ) -> Client {
         self.local.insert(addr, local_node(node));
         self
     }

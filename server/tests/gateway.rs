@@ -561,8 +561,9 @@ fn status_page_in_headless_chromium() {
     assert_eq!(code, 200);
     // Wait until both workers report in sync, then look with a browser.
     let t = Instant::now();
-    while curl(&[&format!("http://{http}/")])
-        .1
+    // The nodes table comes first; the failover members follow.
+    let nodes_part = |page: &str| page.split("<h2>failover").next().unwrap_or("").to_string();
+    while nodes_part(&curl(&[&format!("http://{http}/")]).1)
         .matches("in sync")
         .count()
         != 2
@@ -592,11 +593,17 @@ fn status_page_in_headless_chromium() {
         .expect("chromium (Debian package chromium) is needed for this test");
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(dom.contains("<h1>ourkv</h1>"), "{dom}");
-    let rows: Vec<&str> = dom.split("<tr>").skip(2).collect();
+    let (nodes, members) = dom
+        .split_once("<h2>failover: term ")
+        .expect("the failover part");
+    let rows: Vec<&str> = nodes.split("<tr>").skip(2).collect();
     assert_eq!(rows.len(), 3, "master and two workers: {dom}");
     assert!(rows[0].contains("<td>master</td>"));
-    assert_eq!(dom.matches("<td>worker</td>").count(), 2);
-    assert_eq!(dom.matches("in sync").count(), 2, "{dom}");
+    assert_eq!(nodes.matches("<td>worker</td>").count(), 2);
+    assert_eq!(nodes.matches("in sync").count(), 2, "{dom}");
+    // `ourkv dev` runs a failover cluster: three members, one the master.
+    assert_eq!(members.split("<tr>").skip(2).count(), 3, "{members}");
+    assert_eq!(members.matches("<td>master</td>").count(), 1, "{members}");
     // Every node shows a file:offset cursor.
     for r in &rows {
         assert!(r.contains("0:"), "{r}");

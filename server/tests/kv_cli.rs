@@ -160,10 +160,12 @@ fn token_endpoint_and_unreachable() {
         .unwrap();
     let table = ok(&status);
     let rows: Vec<&str> = table.lines().collect();
-    assert_eq!(rows.len(), 4, "{table}");
+    assert_eq!(rows.len(), 5, "{table}");
     assert!(rows[0].starts_with("ROLE") && rows[0].contains("IN SYNC"));
     assert!(rows[1].starts_with("master"));
     assert!(rows[2].starts_with("worker") && rows[3].starts_with("worker"));
+    // `ourkv dev` runs a failover cluster of three members.
+    assert!(rows[4].contains("3 members (3 voting)"), "{table}");
     // Nothing listening: unavailable (5). An https URL is refused up front.
     let port = free_port();
     let gone = kv(&format!("127.0.0.1:{port}"), &["get", "k"], None);

@@ -32,7 +32,7 @@ fn error_code(body: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_reads_and_errors_through_the_router() {
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = InProcess::start(tmp.path(), 2, 0).unwrap();
+    let nodes = InProcess::start(tmp.path(), 2, 0).await.unwrap();
     let app = Gateway::new(nodes.client, nodes.maddr, nodes.addrs, None).router();
     // ack=all waits for the in-sync workers: first let both join the set
     // (before that, it is ack=master, and a stale read may miss the write).
@@ -143,7 +143,7 @@ async fn writes_reads_and_errors_through_the_router() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livez_and_readyz_probes() {
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = InProcess::start(tmp.path(), 2, 0).unwrap();
+    let nodes = InProcess::start(tmp.path(), 2, 0).await.unwrap();
     let app = Gateway::new(
         nodes.client,
         nodes.maddr,
@@ -204,7 +204,7 @@ async fn livez_and_readyz_probes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_by_route() {
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = InProcess::start(tmp.path(), 2, 0).unwrap();
+    let nodes = InProcess::start(tmp.path(), 2, 0).await.unwrap();
     let app = Gateway::new(nodes.client, nodes.maddr, nodes.addrs, None).router();
     for i in 0..3 {
         let put = Request::put(format!("/v1/kv/m{i}"))
