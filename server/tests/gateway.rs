@@ -686,3 +686,57 @@ fn strong_reads_recover_after_a_client_gives_up_mid_round() {
     let (code, body) = curl(&["-m", "20", &url("/v1/kv/a")]);
     assert_eq!((code, body.as_str()), (200, "1"), "strong reads work again");
 }
+
+/// `ourkv dev` killed with SIGKILL and started again on its data: the same
+/// three members find each other (same ports), elect a master, and every
+/// acknowledged write is there.
+#[test]
+fn ourkv_dev_comes_back_after_kill_9_with_every_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let (dev, http) = start_dev(&data, &[]);
+    for i in 0..30 {
+        let url = format!("http://{http}/v1/kv/k{i}?ack=all");
+        let (code, body) = curl(&["-X", "PUT", &url, "-d", &format!("v{i}")]);
+        assert_eq!(code, 200, "{body}");
+    }
+    let members = |http: &str| -> Vec<String> {
+        let (_, body) = curl(&[&format!("http://{http}/v1/cluster")]);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let mut ids: Vec<String> = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{}@{}", m["id"], m["addr"]))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = members(&http);
+    assert_eq!(before.len(), 3, "{before:?}");
+    drop(dev);
+
+    let (_dev, http) = start_dev(&data, &[]);
+    for i in 0..30 {
+        let url = format!("http://{http}/v1/kv/k{i}?consistency=strong");
+        assert_eq!(curl(&[&url]), (200, format!("v{i}")), "k{i}");
+    }
+    let (code, body) = curl(&[
+        "-X",
+        "PUT",
+        &format!("http://{http}/v1/kv/after?ack=all"),
+        "-d",
+        "x",
+    ]);
+    assert_eq!(code, 200, "{body}");
+    // The same members at the same addresses: none joined anew.
+    let t = Instant::now();
+    while members(&http) != before {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?} != {before:?}",
+            members(&http)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
