@@ -726,3 +726,47 @@ fn config_files_then_variables_then_flags() {
         "{err}"
     );
 }
+
+/// The packaged systemd units start each role with the packaged config file
+/// of that role, and every such file is one its role accepts.
+#[test]
+fn packaged_units_and_config_files_fit_together() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    for role in ["master", "worker", "gateway"] {
+        let unit =
+            std::fs::read_to_string(root.join(format!("systemd/ourkv-{role}.service"))).unwrap();
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        assert_eq!(
+            exec,
+            format!("/usr/local/bin/ourkv {role} --config /etc/ourkv/{role}.toml")
+        );
+        assert!(
+            unit.contains("After=network-online.target mycelium.service"),
+            "{unit}"
+        );
+        let file = root.join(format!("config/{role}.toml"));
+        let out = ourkv(
+            &[role, "--config", file.to_str().unwrap(), "--print-config"],
+            None,
+        );
+        assert!(out.status.success(), "{role}: {}", text(&out.stderr));
+        // Every key of the file is in effect, from the file.
+        let printed = text(&out.stdout);
+        let config = std::fs::read_to_string(&file).unwrap();
+        for key in config
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(" = "))
+            .map(|l| l.split(" = ").next().unwrap())
+        {
+            assert!(
+                printed
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key} = ")) && l.ends_with("# config file")),
+                "{role}: {key} not taken from the file:\n{printed}"
+            );
+        }
+    }
+}
