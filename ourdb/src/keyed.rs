@@ -501,9 +501,17 @@ impl KeyedStore {
     /// same bytes land at the same positions, and the key index follows the
     /// envelopes. Returns the new end, the replica's cursor.
     pub fn apply_shipped(&self, at: Location, bytes: &[u8]) -> Result<Location> {
+        let (end, pending) = self.apply_shipped_pending(at, bytes)?;
+        self.db.wait(pending)?;
+        Ok(end)
+    }
+
+    /// [`KeyedStore::apply_shipped`] without waiting for durability (see
+    /// [`OurDb::append_shipped_pending`]): the new end and what to wait for.
+    pub fn apply_shipped_pending(&self, at: Location, bytes: &[u8]) -> Result<(Location, Pending)> {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut changes: Vec<(String, Option<u32>)> = Vec::new();
-        let end = self.db.append_shipped(at, bytes, |value| {
+        let (end, pending) = self.db.append_shipped_pending(at, bytes, |value| {
             let env = Envelope::decode(value)?;
             let deletes = env.kind == Kind::Tombstone;
             changes.push((env.key.to_string(), (!deletes).then_some(env.id)));
@@ -516,7 +524,7 @@ impl KeyedStore {
                 None => index.remove(&key),
             };
         }
-        Ok(end)
+        Ok((end, pending))
     }
 
     /// Cuts the log back to `to` (see [`OurDb::truncate_to`]): every record

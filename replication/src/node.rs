@@ -930,6 +930,30 @@ impl Master {
     }
 }
 
+/// Sends a subscription's acknowledgements, each once what it covers is
+/// durable; under group commit, those that queued up meanwhile go out as
+/// the last of them (they are cumulative).
+async fn acknowledge(
+    mut send: quinn::SendStream,
+    syncer: Option<Arc<crate::syncer::Syncer>>,
+    mut acks: tokio::sync::mpsc::UnboundedReceiver<(Option<ourdb::Pending>, Location)>,
+) -> Result<()> {
+    while let Some(mut next) = acks.recv().await {
+        if let Some(s) = &syncer {
+            while let Ok(later) = acks.try_recv() {
+                next = (later.0.or(next.0), later.1);
+            }
+            if let Some(p) = next.0 {
+                s.wait(p).await?;
+            }
+        }
+        let cursor = next.1;
+        frame::write(&mut send, &shipping::Ack { cursor }.into()).await?;
+    }
+    // The reader ended first: its result is the subscription's.
+    std::future::pending().await
+}
+
 /// A worker: follows the master's log and serves reads at a cursor.
 pub struct Worker {
     /// Replaced whole when a snapshot arrives.
@@ -1084,9 +1108,39 @@ impl Worker {
         };
         frame::write(&mut send, &sub.into()).await?;
         tracing::info!(master = %self.master, %cursor, "subscribed");
+        // Acknowledgements go out once what they cover is durable: under
+        // group commit a syncer thread of this subscription fsyncs while
+        // the next segments are applied, so neither the apply loop nor a
+        // runtime thread waits for the disk.
+        let syncer = (self.store().db().sync_policy() == ourdb::SyncPolicy::Group)
+            .then(|| Arc::new(crate::syncer::Syncer::start(&self.store(), |_| ())));
+        let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
+        let acking = acknowledge(send, syncer.clone(), pending_acks);
+        let reading = self.read_segments(&conn, &mut recv, epoch, follower, acks, syncer);
+        tokio::select! {
+            r = reading => r,
+            r = acking => r,
+        }
+    }
+
+    /// The segments of one subscription, applied in order; each
+    /// acknowledgement is passed to `acks` with what it waits for.
+    async fn read_segments(
+        &self,
+        conn: &quinn::Connection,
+        recv: &mut quinn::RecvStream,
+        epoch: u64,
+        mut follower: Follower,
+        acks: tokio::sync::mpsc::UnboundedSender<(Option<ourdb::Pending>, Location)>,
+        syncer: Option<Arc<crate::syncer::Syncer>>,
+    ) -> Result<()> {
+        let ack = |pending, at| {
+            acks.send((pending, at))
+                .map_err(|_| Error::Protocol("the acknowledgement stream ended".into()))
+        };
         let mut stream_term = None;
         loop {
-            let segment = frame::read(&mut recv)
+            let segment = frame::read(recv)
                 .await?
                 .map(<shipping::Subscribe as msg::Streamed>::Item::try_from);
             let recovery = match segment {
@@ -1147,19 +1201,24 @@ impl Worker {
                         if delay > 0 {
                             tokio::time::sleep(Duration::from_millis(delay)).await;
                         }
-                        // A worker's policy is flush (no fsync): applying is a
-                        // write(2), done in place rather than on the blocking pool.
-                        match self.store().apply_shipped(start, &records) {
+                        // Applying is a write(2) (the fsync, under group
+                        // commit, is the syncer's), done in place rather
+                        // than on the blocking pool.
+                        match self.store().apply_shipped_pending(start, &records) {
                             Err(ourdb::Error::Diverged { ours, theirs }) => {
                                 tracing::warn!(%ours, %theirs, "diverged from the master");
                                 follower.on_diverged()
                             }
                             Err(e) => return Err(e.into()),
-                            Ok(end) => match follower.on_applied(end, next) {
+                            Ok((end, pending)) => match follower.on_applied(end, next) {
                                 Ok(acked) => {
                                     self.applied.send_replace(acked);
-                                    let ack = shipping::Ack { cursor: acked.at };
-                                    frame::write(&mut send, &ack.into()).await?;
+                                    // The fsync starts before this task
+                                    // yields to the one that waits for it.
+                                    if let Some(s) = &syncer {
+                                        s.nudge();
+                                    }
+                                    ack(Some(pending), acked.at)?;
                                     continue;
                                 }
                                 Err(r) => {
@@ -1170,8 +1229,7 @@ impl Worker {
                         }
                     }
                     Segment::Duplicate(acked) => {
-                        let ack = shipping::Ack { cursor: acked.at };
-                        frame::write(&mut send, &ack.into()).await?;
+                        ack(None, acked.at)?;
                         continue;
                     }
                     Segment::Resubscribe(from) => Recovery::Resubscribe(from),
@@ -1193,7 +1251,7 @@ impl Worker {
             return match recovery {
                 Recovery::FetchSnapshot => {
                     tracing::warn!("fetching a snapshot");
-                    self.snapshot(&conn).await
+                    self.snapshot(conn).await
                 }
                 // The follow loop subscribes again from the store's end.
                 Recovery::Resubscribe(from) => Err(Error::Protocol(format!(

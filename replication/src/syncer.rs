@@ -35,10 +35,20 @@ enum Durable {
     Failed(String),
 }
 
-/// The handle writers use; the thread ends once its store is dropped.
+/// The handle writers use; the thread ends once the handle or its store
+/// is dropped (a node that changes roles keeps its store).
 pub(crate) struct Syncer {
     thread: std::thread::Thread,
     durable: watch::Receiver<Durable>,
+    /// The thread holds a weak reference: gone, the thread ends.
+    _alive: Arc<()>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Wakes the thread, which then sees the handle gone.
+        self.thread.unpark();
+    }
 }
 
 impl Syncer {
@@ -50,14 +60,23 @@ impl Syncer {
     ) -> Syncer {
         let (tx, rx) = watch::channel(Durable::Upto(0));
         let weak = Arc::downgrade(store);
+        let alive = Arc::new(());
+        let handle_alive = Arc::downgrade(&alive);
         let handle = std::thread::Builder::new()
             .name("ourkv-syncer".into())
-            .spawn(move || run(weak, tx, committed))
+            .spawn(move || run(weak, handle_alive, tx, committed))
             .expect("spawn the syncer thread");
         Syncer {
             thread: handle.thread().clone(),
             durable: rx,
+            _alive: alive,
         }
+    }
+
+    /// Starts a commit now if the thread is idle (a writer that will wait
+    /// soon, but not at once, saves the wake-up then).
+    pub(crate) fn nudge(&self) {
+        self.thread.unpark();
     }
 
     /// Waits until `p` is durable.
@@ -84,9 +103,17 @@ impl Syncer {
     }
 }
 
-fn run(store: Weak<KeyedStore>, tx: watch::Sender<Durable>, committed: impl Fn(ourdb::Location)) {
+fn run(
+    store: Weak<KeyedStore>,
+    alive: Weak<()>,
+    tx: watch::Sender<Durable>,
+    committed: impl Fn(ourdb::Location),
+) {
     let mut synced = 0u64;
     loop {
+        if alive.strong_count() == 0 {
+            return;
+        }
         let Some(store) = store.upgrade() else { return };
         let db = store.db();
         if db.written_seq() <= synced {

@@ -309,8 +309,22 @@ impl OurDb {
         &self,
         at: Location,
         bytes: &[u8],
-        mut id_of: impl FnMut(&[u8]) -> Result<(u32, bool)>,
+        id_of: impl FnMut(&[u8]) -> Result<(u32, bool)>,
     ) -> Result<Location> {
+        let (end, pending) = self.append_shipped_pending(at, bytes, id_of)?;
+        self.wait(pending)?;
+        Ok(end)
+    }
+
+    /// [`OurDb::append_shipped`] without waiting for durability: the new
+    /// end, and what to wait for (under group commit, a syncer thread's
+    /// commit makes it durable, so the caller need not block on the fsync).
+    pub fn append_shipped_pending(
+        &self,
+        at: Location,
+        bytes: &[u8],
+        mut id_of: impl FnMut(&[u8]) -> Result<(u32, bool)>,
+    ) -> Result<(Location, Pending)> {
         let mut w = self.writer()?;
         if at.file_nr == w.active.nr + 1 && at.position == 1 {
             self.roll_locked(&mut w)?;
@@ -363,8 +377,7 @@ impl OurDb {
         let seq = w.seq;
         let end = Location::new(w.active.nr, w.end as u32);
         self.finish_write(w)?;
-        self.wait(Pending(seq))?;
-        Ok(end)
+        Ok((end, Pending(seq)))
     }
 
     // ---- reads ----
