@@ -50,6 +50,17 @@ fn node_args(dir: &Path, ports: [u16; 3]) -> Vec<Vec<String>> {
     vec![master, worker("b", ports[1]), worker("c", ports[2])]
 }
 
+/// A gateway on `http` that names the first of `ports` as master and the
+/// others as workers.
+fn gateway(http: &str, ports: &[u16], log: &Path) -> common::Proc {
+    let mut args = vec!["gateway".to_string(), "--http".into(), http.into()];
+    args.extend(["--master".into(), addr(ports[0])]);
+    for p in &ports[1..] {
+        args.extend(["--worker".into(), addr(*p)]);
+    }
+    start(&args, log)
+}
+
 fn cluster(http: &str) -> serde_json::Value {
     let (code, body) = curl(&[&format!("http://{http}/v1/cluster")]);
     if code != 200 {
@@ -99,18 +110,7 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
     let http = addr(free_port());
     // The gateway knows only the first master and one worker: it learns
     // the rest from the cluster.
-    let _gw = start(
-        &[
-            "gateway".into(),
-            "--http".into(),
-            http.clone(),
-            "--master".into(),
-            addr(ports[0]),
-            "--worker".into(),
-            addr(ports[1]),
-        ],
-        &log("gateway"),
-    );
+    let _gw = gateway(&http, &ports[..2], &log("gateway"));
     wait_cluster(&http, "three voters, two workers in sync", formed);
     assert_eq!(cluster(&http)["master"]["addr"], addr(ports[0]));
 
@@ -321,16 +321,7 @@ fn a_planned_handover_loses_no_write_and_the_old_master_follows() {
     let _b = start(&args[1], &log("b"));
     let _c = start(&args[2], &log("c"));
     let http = addr(free_port());
-    let _gw = start(
-        &[
-            "gateway".into(),
-            "--http".into(),
-            http.clone(),
-            "--master".into(),
-            addr(ports[0]),
-        ],
-        &log("gateway"),
-    );
+    let _gw = gateway(&http, &ports[..1], &log("gateway"));
     wait_cluster(&http, "three voters, two workers in sync", formed);
     let before = cluster(&http);
     let term = before["term"].as_u64().unwrap();

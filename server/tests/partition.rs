@@ -144,15 +144,7 @@ fn gateway_client(
 impl Net {
     /// `curl` inside `ns`: status and body.
     fn curl(&self, ns: &str, args: &[&str]) -> (u16, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "curl", "-s", "--max-time", "15"])
-            .args(["-w", "\n%{http_code}"])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        ns_curl(ns, args)
     }
 }
 
@@ -437,13 +429,7 @@ fn an_isolated_master_is_replaced_takes_no_ack_all_write_and_cuts_its_tail() {
     );
     ops.extend(old_side);
     ops.sort_by_key(|o| o.call);
-    let checked = std::thread::Builder::new()
-        .stack_size(1 << 30)
-        .spawn(move || check::check(&ops))
-        .unwrap()
-        .join()
-        .unwrap();
-    checked.unwrap_or_else(|e| panic!("{e}"));
+    check::check_deep(ops).unwrap_or_else(|e| panic!("{e}"));
 
     for key in tail.iter().chain(["isolated/all".to_string()].iter()) {
         let (code, body) = net.curl(

@@ -44,6 +44,18 @@ pub(crate) fn check(ops: &[Op]) -> Result<(), String> {
     stale(ops)
 }
 
+/// [`check`] on a thread with a stack for long histories (the search
+/// recurses once per operation of a key), as process tests record them.
+#[allow(dead_code)] // the simulation's histories are short
+pub(crate) fn check_deep(ops: Vec<Op>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(move || check(&ops))
+        .expect("spawn the checker")
+        .join()
+        .expect("the checker panicked")
+}
+
 /// The search for an order of the strong reads and writes of one key that
 /// respects real time and the register's semantics.
 fn linearizable(ops: &[Op], idx: &[usize]) -> Result<(), String> {
