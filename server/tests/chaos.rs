@@ -6,7 +6,8 @@
 //! load. Afterwards the history must be linearizable per key (the checker
 //! of the simulation), no acknowledged write may be lost, and the nodes end
 //! with identical data. The suite runs three kills; `OURKV_CHAOS_KILLS=12`
-//! (about two minutes) runs the long version by hand and prints the gaps.
+//! (about a minute) runs the long version by hand and prints the gaps, and
+//! `OURKV_CHAOS_KEEP=1` keeps the logs.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -253,6 +254,10 @@ fn kill_9_of_the_master_again_and_again_under_load() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
+    // OURKV_CHAOS_KEEP=1 keeps the nodes' and the gateway's logs.
+    if std::env::var_os("OURKV_CHAOS_KEEP").is_some() {
+        eprintln!("logs in {}", dir.path().display());
+    }
     let ports = [free_port(), free_port(), free_port()];
     let log = |name: String| -> PathBuf { dir.path().join(name) };
     let mut nodes: Vec<Option<Proc>> = (0..3)
@@ -334,6 +339,7 @@ fn kill_9_of_the_master_again_and_again_under_load() {
             );
             std::thread::sleep(Duration::from_millis(10));
         };
+        eprintln!("round {round}: killed {master}, writes resumed after {gap:?}");
         gaps.push(gap);
         std::thread::sleep(Duration::from_millis(500));
         // Back with its old command line: it rejoins as a worker.
@@ -423,5 +429,9 @@ fn kill_9_of_the_master_again_and_again_under_load() {
         .collect();
     if let Err(d) = wait_identical(&addrs) {
         panic!("no convergence: {d:?}");
+    }
+    drop(nodes);
+    if std::env::var_os("OURKV_CHAOS_KEEP").is_some() {
+        let _ = dir.keep();
     }
 }
