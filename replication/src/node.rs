@@ -985,6 +985,9 @@ pub struct FailoverWorker {
     pub fence: Arc<AtomicU64>,
     /// Keeps a newly followed term durable before its records are applied.
     pub remember: Arc<dyn Fn(u64) -> std::io::Result<()> + Send + Sync>,
+    /// The term of the master it follows: a snapshot from that master
+    /// makes its log that term's.
+    pub following: u64,
 }
 
 impl Worker {
@@ -1499,6 +1502,16 @@ impl Worker {
             }
         };
         let done = blocking(move || Ok(install.finish(epoch, end)?)).await?;
+        // The log is now the master's: remembered as its term's, or the
+        // next subscription would still name the old term, be refused as
+        // past that term's branch point, and fetch a snapshot again.
+        if let Some(f) = &self.failover {
+            (f.remember)(f.following).map_err(|source| Error::Io {
+                context: format!("remember term {}", f.following),
+                source,
+            })?;
+            self.last_term.store(f.following, Ordering::SeqCst);
+        }
         let new_end = done.store.db().end();
         // A snapshot holds what the master had committed: all of it may be
         // answered.

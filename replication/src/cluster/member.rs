@@ -103,7 +103,6 @@ enum Role {
         node: Arc<Worker>,
         master: u64,
         term: u64,
-        _task: Arc<AbortOnDrop>,
     },
 }
 
@@ -135,6 +134,10 @@ pub struct Node {
     apply_delay: Duration,
     raft_dir: PathBuf,
     tasks: Mutex<Vec<AbortOnDrop>>,
+    /// The worker role's follow loop. Kept here, not in the role: a clone
+    /// of the role (a watch stream holds one while it lasts) must not keep
+    /// a replaced role's loop running.
+    following: Mutex<Option<AbortOnDrop>>,
     /// Joins are admitted one at a time (one membership change at a time).
     joining: tokio::sync::Mutex<()>,
 }
@@ -239,6 +242,7 @@ impl Node {
             apply_delay: options.apply_delay,
             raft_dir: dir,
             tasks: Mutex::new(Vec::new()),
+            following: Mutex::new(None),
             joining: tokio::sync::Mutex::new(()),
         });
         let serve = {
@@ -370,6 +374,10 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.following
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let _ = self.raft.shutdown().await;
         self.endpoint.close(0u32.into(), b"stopped");
         self.endpoint.wait_idle().await;
@@ -887,6 +895,11 @@ impl Node {
         };
         *self.idle_store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
         *role = Role::Idle;
+        // The old role's follow loop ends here (aborted on drop).
+        self.following
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     fn be_master(&self, v: &MetaView) -> Result<()> {
@@ -952,17 +965,14 @@ impl Node {
                         Ok(())
                     })
                 },
+                following: term,
             },
         );
         node.set_apply_delay(self.apply_delay);
         let task = AbortOnDrop(tokio::spawn(node.clone().follow(self.endpoint.clone())));
         tracing::info!(node = self.id, master, term, %addr, "following");
-        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = Role::Worker {
-            node,
-            master,
-            term,
-            _task: Arc::new(task),
-        };
+        *self.following.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = Role::Worker { node, master, term };
         self.idle_store
             .lock()
             .unwrap_or_else(|e| e.into_inner())
