@@ -50,6 +50,12 @@ fn local_node<N: crate::pipeline::Answer>(node: Arc<N>) -> LocalNode {
     Arc::new(move |req| Box::pin(node.clone().answer(req)))
 }
 
+/// A member's JSON answer about the cluster (`MetaIs`).
+fn cluster_info(node: SocketAddr, body: &[u8]) -> Result<crate::cluster::ClusterInfo> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
+}
+
 impl Client {
     /// A client with this cluster's identity. Call inside a tokio runtime.
     pub fn new(identity: &Identity) -> Result<Client> {
@@ -256,8 +262,7 @@ impl Client {
     /// refuses with `BadRequest`).
     pub async fn meta(&self, node: SocketAddr) -> Result<crate::cluster::ClusterInfo> {
         let r = self.call(node, crate::msg::raft::Meta).await?;
-        serde_json::from_slice(&r.body)
-            .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
+        cluster_info(node, &r.body)
     }
 
     /// Removes member `id` of a failover cluster for good, through any
@@ -269,8 +274,7 @@ impl Client {
         })
         .expect("serializable");
         let r = self.call(node, crate::msg::raft::Leave { body }).await?;
-        serde_json::from_slice(&r.body)
-            .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
+        cluster_info(node, &r.body)
     }
 
     /// Makes member `id` of a failover cluster the master, through any
@@ -283,8 +287,7 @@ impl Client {
         })
         .expect("serializable");
         let r = self.call(node, crate::msg::raft::Promote { body }).await?;
-        serde_json::from_slice(&r.body)
-            .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
+        cluster_info(node, &r.body)
     }
 
     /// The master's commit cursor.
