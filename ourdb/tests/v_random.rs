@@ -555,9 +555,7 @@ fn read_as_zeroed(sim: &VSim, versions: &[(Vec<u8>, Loc)], got: &[Vec<u8>]) -> b
     else {
         return false;
     };
-    got.len() == i + 1
-        && got[i].is_empty()
-        && got[..i].iter().zip(versions).all(|(g, v)| *g == v.0)
+    got.len() == i + 1 && got[i].is_empty() && got[..i].iter().zip(versions).all(|(g, v)| *g == v.0)
 }
 
 /// What ourkv reads from `dir` against what V's operations meant.

@@ -58,6 +58,8 @@ struct Bugs {
     skip_truncate: bool,
     /// A worker answers reads past the high-water mark.
     read_past_hw: bool,
+    /// The master counts what it wrote but did not fsync yet as committed.
+    commit_unsynced: bool,
     /// A new master starts with an empty wait set (S not inherited).
     fresh_wait_set: bool,
     /// A worker may join S below the start of the master's term.
@@ -103,6 +105,10 @@ enum Role {
 
 struct Node {
     log: Vec<u64>,
+    /// The prefix of `log` on disk: a kill keeps only it. A master ships
+    /// records before its own fsync, so workers may hold more than that; a
+    /// worker acknowledges only what it fsynced, so its whole log is here.
+    durable: usize,
     alive: bool,
     /// The term whose master's log this node last validated against.
     last_term: Term,
@@ -142,6 +148,7 @@ impl World {
         let nodes = (0..NODES)
             .map(|_| Node {
                 log: Vec::new(),
+                durable: 0,
                 alive: true,
                 last_term: 0,
                 fence: Fence::default(),
@@ -182,6 +189,23 @@ impl World {
 
     fn count(&mut self, what: &'static str) {
         *self.stats.entry(what).or_default() += 1;
+    }
+
+    /// Node `n`'s commit cursor: its fsynced end.
+    fn commit(&self, n: usize) -> usize {
+        let node = &self.nodes[n];
+        if self.bugs.commit_unsynced {
+            node.log.len()
+        } else {
+            node.durable
+        }
+    }
+
+    /// The master's syncer: everything written so far is on disk.
+    fn sync(&mut self, n: usize) {
+        if self.nodes[n].alive {
+            self.nodes[n].durable = self.nodes[n].log.len();
+        }
     }
 
     fn reach(&self, a: usize, b: usize) -> bool {
@@ -510,6 +534,8 @@ impl World {
             self.count("longer than the master");
         }
         let node = &mut self.nodes[w];
+        // A cut or a copy is synced before the worker follows on.
+        node.durable = node.log.len();
         node.hw = node.hw.min(node.log.len());
         node.last_term = t;
         node.role = Role::Worker {
@@ -543,7 +569,9 @@ impl World {
             return;
         }
         let from = self.nodes[w].log.len();
+        // Shipped as soon as written: the master's fsync runs meanwhile.
         let mlen = self.nodes[m].log.len();
+        let commit = self.commit(m);
         let upto = mlen.min(from + 1 + self.rng.below(8));
         let records: Vec<u64> = self.nodes[m]
             .log
@@ -551,11 +579,12 @@ impl World {
             .map(<[u64]>::to_vec)
             .unwrap_or_default();
         let hw = match &mut self.nodes[m].role {
-            Role::Master { followers, .. } => followers.high_water(loc(mlen)).position as usize,
+            Role::Master { followers, .. } => followers.high_water(loc(commit)).position as usize,
             Role::Worker { .. } => unreachable!(),
         };
         let node = &mut self.nodes[w];
         node.log.extend(records);
+        node.durable = node.log.len();
         node.hw = node.hw.max(hw.min(node.log.len()));
         let acked = node.log.len();
         let raft_term = self.raft_term;
@@ -565,7 +594,7 @@ impl World {
             term, followers, ..
         } = &mut self.nodes[m].role
         {
-            let t = followers.on_ack(w, loc(acked), loc(mlen));
+            let t = followers.on_ack(w, loc(acked), loc(commit));
             propose(
                 &mut self.pending,
                 followers,
@@ -584,7 +613,7 @@ impl World {
         let raft_term = self.raft_term;
         let leads = self.raft_leader == Some(m);
         let bugs = self.bugs;
-        let len = self.nodes[m].log.len();
+        let len = self.commit(m);
         let Role::Master {
             term,
             followers,
@@ -627,6 +656,15 @@ impl World {
     fn kill(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         node.alive = false;
+        // What the page cache held and no fsync covered is gone.
+        if node.log.len() > node.durable {
+            node.log.truncate(node.durable);
+            self.stats
+                .entry("unsynced tails lost")
+                .and_modify(|c| *c += 1)
+                .or_insert(1);
+        }
+        let node = &mut self.nodes[n];
         node.role = Role::Worker { following: None };
         // In memory: the fence and the learned mark (a restart asks again).
         node.fence = Fence::default();
@@ -674,7 +712,7 @@ impl World {
         if !leads && !self.bugs.no_leader_check {
             return;
         }
-        let index = self.nodes[m].log.len();
+        let index = self.commit(m);
         let acked_before: Vec<u64> = self.acked.clone();
         let n = &self.nodes[x];
         if !n.alive || n.log.len() < index {
@@ -721,7 +759,8 @@ impl World {
                 self.write(to, all);
             }
             20..=44 => self.ship(n),
-            45..=54 => self.finish_writes(n),
+            45..=49 => self.finish_writes(n),
+            50..=54 => self.sync(n),
             55..=62 => self.commit_meta(),
             63..=67 => self.subscribe(n),
             68..=71 => self.control(),
@@ -772,6 +811,7 @@ impl World {
             self.commit_meta();
             for n in 0..NODES {
                 self.subscribe(n);
+                self.sync(n);
                 self.ship(n);
                 self.finish_writes(n);
             }
@@ -894,6 +934,7 @@ fn failover_keeps_its_promises() {
         "reads",
         "transfers",
         "partitions",
+        "unsynced tails lost",
     ] {
         assert!(
             totals.get(what).copied().unwrap_or(0) > 0,
@@ -955,6 +996,13 @@ fn the_model_catches_deliberate_mistakes() {
             },
         ),
         (
+            "unsynced writes counted as committed",
+            Bugs {
+                commit_unsynced: true,
+                ..Bugs::default()
+            },
+        ),
+        (
             "a new master's wait set left empty",
             Bugs {
                 fresh_wait_set: true,
@@ -1012,6 +1060,7 @@ fn a_cut_off_master_answers_no_strong_read_once_another_leads() {
             w.write(0, true);
         }
         for _ in 0..20 {
+            w.sync(0);
             w.ship(1);
             w.ship(2);
             w.commit_meta();
@@ -1032,6 +1081,7 @@ fn a_cut_off_master_answers_no_strong_read_once_another_leads() {
         w.subscribe(2);
         w.write(1, true);
         for _ in 0..10 {
+            w.sync(1);
             w.ship(2);
             w.finish_writes(1);
         }
