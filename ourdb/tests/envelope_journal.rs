@@ -77,7 +77,7 @@ proptest! {
                     Op::Put(k, v) => {
                         let key = format!("key-{k}");
                         let (_, p) = store.put_if_pending(&key, &v, Expect::Any).unwrap().unwrap();
-                        prop_assert!(store.db().commit(|| ()).unwrap() >= p.seq());
+                        prop_assert!(store.db().commit(|_| ()).unwrap() >= p.seq());
                         let id = store.id_of(&key).unwrap();
                         if let Some(old) = ids.insert(key.clone(), id) {
                             prop_assert_eq!(old, id, "a key keeps its id");
@@ -180,7 +180,7 @@ fn group_commit_leader_checkpoints() {
             .unwrap();
     }
     assert!(!dump.exists(), "no write checkpoints under group commit");
-    store.db().commit(|| ()).unwrap();
+    store.db().commit(|_| ()).unwrap();
     assert!(dump.exists(), "the leader checkpointed");
     assert!(!store.db().is_busy());
     store.into_db().abandon();

@@ -227,7 +227,7 @@ fn commit_ships_each_group_before_its_fsync() {
         let mut shipped = None;
         let seq = master
             .db()
-            .commit(|| shipped = Some(master.db().read_records(cursor, 1 << 20).unwrap()))
+            .commit(|_| shipped = Some(master.db().read_records(cursor, 1 << 20).unwrap()))
             .unwrap();
         let seg = shipped.expect("the callback ran");
         assert_eq!(seg.next, master.db().end(), "the whole group is shippable");

@@ -227,10 +227,16 @@ pub struct Master {
     store: Arc<KeyedStore>,
     options: MasterOptions,
     /// The commit cursor's location (this master's epoch is fixed): the end
-    /// of what is durable under the sync policy. Only records before it are
-    /// shipped, so no worker applies, and no read or `ack=all` counts, a
-    /// record that a master crash could take back.
+    /// of what is durable under the sync policy. No read, read index or
+    /// `ack=all` counts a record past it, one a master crash could take back.
     commit: watch::Sender<Location>,
+    /// Where shipping may read up to. Outside a failover cluster the commit
+    /// cursor, so no worker holds a record a master crash takes back. In
+    /// one, the end of each group once it is flushed, before its fsync: the
+    /// workers write and fsync it while the master does, and the high-water
+    /// mark (never past the commit cursor) keeps them from showing it
+    /// before it is durable here too (PROTOCOL.md).
+    shippable: watch::Sender<Location>,
     /// The lowest cursor applied by an in-sync worker (`ALL` if none is in
     /// sync): `ack=all` writes wait for it to pass their cursor.
     in_sync_applied: watch::Sender<Location>,
@@ -286,6 +292,9 @@ impl Master {
     ) -> Arc<Master> {
         let commit = watch::channel(store.db().durable_end()).0;
         let wake = commit.clone();
+        let shippable = watch::channel(store.db().durable_end()).0;
+        let (ship_flushed, ship_committed) = (shippable.clone(), shippable.clone());
+        let early = appointment.is_some();
         let mut workers =
             Followers::new(options.max_lag_bytes, store.db().config().file_size as u64);
         let (term, link) = match appointment {
@@ -300,11 +309,24 @@ impl Master {
         };
         let low = workers.wait_set_applied();
         Arc::new(Master {
-            syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group)
-                .then(|| crate::syncer::Syncer::start(&store, move |end| advance(&wake, end))),
+            syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group).then(|| {
+                crate::syncer::Syncer::start(
+                    &store,
+                    move |end| {
+                        if early {
+                            advance(&ship_flushed, end)
+                        }
+                    },
+                    move |end| {
+                        advance(&wake, end);
+                        advance(&ship_committed, end);
+                    },
+                )
+            }),
             store,
             options,
             commit,
+            shippable,
             in_sync_applied: watch::channel(low).0,
             workers: Mutex::new(workers),
             peers: Mutex::new(HashMap::new()),
@@ -615,7 +637,9 @@ impl Master {
         match &self.syncer {
             Some(s) => s.wait(pending).await,
             None => {
-                advance(&self.commit, self.store.db().durable_end());
+                let end = self.store.db().durable_end();
+                advance(&self.commit, end);
+                advance(&self.shippable, end);
                 Ok(())
             }
         }
@@ -850,14 +874,17 @@ impl Master {
                 me.on_ack(key, cursor);
             }
         });
-        let mut changed = self.commit.subscribe();
-        // In a failover cluster the mark also moves with acknowledgements:
-        // a move is sent on its own (a segment without records).
+        let mut changed = self.shippable.subscribe();
+        // In a failover cluster the mark also moves with acknowledgements
+        // and with the master's own fsync: a move is sent on its own (a
+        // segment without records).
         let mut marks = self.in_sync_applied.subscribe();
+        let mut committed = self.commit.subscribe();
         let mut sent_hw = Location::NONE;
         let result = loop {
-            let commit = *changed.borrow_and_update();
+            let upto = *changed.borrow_and_update();
             marks.borrow_and_update();
+            committed.borrow_and_update();
             if self.deposed.load(Ordering::SeqCst) {
                 break Ok(());
             }
@@ -866,7 +893,7 @@ impl Master {
             let seg = match self
                 .store
                 .db()
-                .read_records_upto(cursor, commit, SEGMENT_BYTES)
+                .read_records_upto(cursor, upto, SEGMENT_BYTES)
                 .map_err(Error::from)
             {
                 Ok(s) => s,
@@ -901,6 +928,7 @@ impl Master {
                     tokio::select! {
                         _ = changed.changed() => {}
                         _ = marks.changed(), if self.link.is_some() => {}
+                        _ = committed.changed(), if self.link.is_some() => {}
                     }
                 })
                 .await;
@@ -1116,7 +1144,7 @@ impl Worker {
         // the next segments are applied, so neither the apply loop nor a
         // runtime thread waits for the disk.
         let syncer = (self.store().db().sync_policy() == ourdb::SyncPolicy::Group)
-            .then(|| Arc::new(crate::syncer::Syncer::start(&self.store(), |_| ())));
+            .then(|| Arc::new(crate::syncer::Syncer::start(&self.store(), |_| (), |_| ())));
         let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
         let acking = acknowledge(send, syncer.clone(), pending_acks);
         let reading = self.read_segments(&conn, &mut recv, epoch, follower, acks, syncer);

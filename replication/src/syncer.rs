@@ -6,9 +6,11 @@
 //! while writes keep coming, so each fsync covers every write that arrived
 //! during the one before. No writer waits for an fsync on a runtime thread,
 //! and one fsync wakes its writers through one watch channel. Each group is
-//! shipped as one segment once its fsync is done (workers never hold a
-//! record that a master crash could take back), a few packets per group, not
-//! per write.
+//! shipped as one segment, a few packets per group, not per write: in a
+//! failover cluster once it is flushed, so the workers write and fsync it
+//! while the master fsyncs (the high-water mark keeps what they hold past
+//! the master's fsync from being read); outside one once the fsync is done,
+//! as there a worker must never hold what a master crash takes back.
 //! Checkpoints (every 256 MiB of records) run here too, holding the writer
 //! lock for milliseconds; meanwhile the master sends its writes to the
 //! blocking pool (`OurDb::is_busy`). A file switch (every 500 MiB) still runs
@@ -52,10 +54,12 @@ impl Drop for Syncer {
 }
 
 impl Syncer {
-    /// Starts the thread; `committed` runs after each group commit with the
-    /// end of what is now durable (the master ships up to there).
+    /// Starts the thread; `flushed` runs with the end of each group once it
+    /// is handed to the OS (before its fsync), `committed` after each group
+    /// commit with the end of what is now durable.
     pub(crate) fn start(
         store: &Arc<KeyedStore>,
+        flushed: impl Fn(ourdb::Location) + Send + 'static,
         committed: impl Fn(ourdb::Location) + Send + 'static,
     ) -> Syncer {
         let (tx, rx) = watch::channel(Durable::Upto(0));
@@ -64,7 +68,7 @@ impl Syncer {
         let handle_alive = Arc::downgrade(&alive);
         let handle = std::thread::Builder::new()
             .name("ourkv-syncer".into())
-            .spawn(move || run(weak, handle_alive, tx, committed))
+            .spawn(move || run(weak, handle_alive, tx, flushed, committed))
             .expect("spawn the syncer thread");
         Syncer {
             thread: handle.thread().clone(),
@@ -107,6 +111,7 @@ fn run(
     store: Weak<KeyedStore>,
     alive: Weak<()>,
     tx: watch::Sender<Durable>,
+    flushed: impl Fn(ourdb::Location),
     committed: impl Fn(ourdb::Location),
 ) {
     let mut synced = 0u64;
@@ -122,7 +127,7 @@ fn run(
             std::thread::park_timeout(IDLE);
             continue;
         }
-        match db.commit(|| ()) {
+        match db.commit(&flushed) {
             Ok(s) => {
                 synced = s;
                 committed(db.durable_end());

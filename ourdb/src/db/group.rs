@@ -22,15 +22,15 @@ impl OurDb {
         }
         g.leader = true;
         drop(g);
-        self.lead_group(|| ()).map(|_| ())
+        self.lead_group(|_| ()).map(|_| ())
     }
 
-    /// One group commit: flushes every write so far, calls `flushed` (the
-    /// group is now readable by `read_records`, so it can be shipped while
-    /// it syncs), then fdatasyncs it (after any group commit already
+    /// One group commit: flushes every write so far, calls `flushed` with
+    /// the end flushed (the group is now readable by `read_records`, so it
+    /// can be shipped while it syncs), then fdatasyncs it (after any group commit already
     /// running). Returns the sequence number now durable. A syncer thread
     /// can call this in a loop, so that writers never block on the fsync.
-    pub fn commit(&self, flushed: impl FnOnce()) -> Result<u64> {
+    pub fn commit(&self, flushed: impl FnOnce(Location)) -> Result<u64> {
         {
             let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
             while g.leader {
@@ -53,7 +53,7 @@ impl OurDb {
     }
 
     /// The leader's part of a group commit (`group.leader` is set).
-    pub(super) fn lead_group(&self, flushed: impl FnOnce()) -> Result<u64> {
+    pub(super) fn lead_group(&self, flushed: impl FnOnce(Location)) -> Result<u64> {
         // Everything flushed up to `target` is covered by this sync. The fsyncs
         // run outside the writer lock, so the next group gathers meanwhile.
         let plan = self.writer().and_then(|mut w| {
@@ -73,8 +73,8 @@ impl OurDb {
                 w.wal.clone(),
             ))
         });
-        if plan.is_ok() {
-            flushed();
+        if let Ok((_, end, _, _)) = &plan {
+            flushed(*end);
         }
         let result = plan.and_then(|(target, end, dirty, wal)| {
             for f in dirty {

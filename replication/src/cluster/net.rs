@@ -138,6 +138,10 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: MetaRaftHandle) {
 /// The group's timing for a LAN or loopback: heartbeats every 50 ms, a
 /// follower campaigns 150-300 ms after losing them; Pre-Vote keeps a node
 /// that was cut off from deposing a healthy leader when it returns.
+/// Leadership is never restored at startup (openraft's default): a master
+/// that crashed may come back with a shorter log than the workers it had
+/// shipped its unsynced tail to, and must not go on writing in the same
+/// term over positions they hold; an election gives a new term instead.
 pub fn lan_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "ourkv-meta".into(),
@@ -147,6 +151,7 @@ pub fn lan_config() -> openraft::Config {
         enable_pre_vote: Some(true),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 100,
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
 }

@@ -333,3 +333,30 @@ async fn three_members_elect_fail_over_transfer_and_rejoin() {
         n.stop().await;
     }
 }
+
+/// A leader that restarts does not take its old term back (openraft would
+/// by default): a master's log may have come back shorter than what it
+/// shipped, so it must lead, if at all, in a new term after an election.
+/// One voter, so nobody else's election could make the new term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_is_elected_again_in_a_new_term() {
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start_node(1, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    n1.raft
+        .initialize(BTreeMap::from([(1, n1.member())]))
+        .await
+        .unwrap();
+    let (_, t1) = leader_among(&[&n1], 0).await;
+    let addr = n1.addr;
+    n1.stop().await;
+    let n1 = start_node(1, dir.path(), addr).await;
+    let m = metrics(&n1);
+    assert!(
+        !(m.current_leader == Some(1) && m.current_term == t1),
+        "leadership of term {t1} restored at startup"
+    );
+    let (_, t2) = leader_among(&[&n1], 0).await;
+    assert!(t2 > t1, "led again in term {t2}, was {t1}");
+    n1.stop().await;
+}
