@@ -15,8 +15,12 @@ THREADS=${THREADS:-2}
 # Extra flags of master and workers, e.g. NODE_FLAGS=--standalone for the
 # cluster without failover.
 NODE_FLAGS=${NODE_FLAGS:-}
-cargo build --release -q -p server -p ourdb-bench
-BIN=target/release
+# BIN=DIR runs the binaries in DIR (ourkv, ourdb-bench) without building,
+# e.g. to compare two builds in alternating runs.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p server -p ourdb-bench
+  BIN=target/release
+fi
 tmp=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::frame::{self, Ack, Change, Expect, Frame, Version, WorkerStatus};
 use crate::identity::{Identity, SERVER_NAME};
-use crate::msg::{reads, status, watch, writes, Request, Streamed};
+use crate::msg::{reads, snapshot, status, watch, writes, Request, Streamed};
 use crate::pipeline::Pipe;
 
 fn quic(e: impl std::fmt::Display) -> Error {
@@ -419,6 +419,22 @@ impl Client {
         })
     }
 
+    /// A full copy of the master's data files up to its commit cursor when
+    /// it answers (an online backup): chunks, then where the copy ends.
+    pub async fn snapshot(&self, master: SocketAddr) -> Result<Snapshot> {
+        let conn = self.connection(master).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Quic(e.to_string()))?;
+        frame::write(&mut send, &snapshot::Snapshot.into()).await?;
+        let _ = send.finish();
+        Ok(Snapshot {
+            frames: frame::FrameReader::new(recv),
+            _send: send,
+        })
+    }
+
     /// A node's data file digest.
     pub async fn digest(&self, node: SocketAddr) -> Result<String> {
         Ok(self.call(node, status::Digest).await?.text)
@@ -443,6 +459,25 @@ impl Watch {
         frame::read(&mut self.recv)
             .await?
             .map(<watch::Watch as Streamed>::Item::try_from)
+            .transpose()
+    }
+}
+
+/// A snapshot being received.
+pub struct Snapshot {
+    frames: frame::FrameReader,
+    _send: quinn::SendStream,
+}
+
+impl Snapshot {
+    /// The next part; `None` when the stream ends (after `Done`, or cut
+    /// short: only a `Done` says the copy is whole). A `Failed` frame from
+    /// the master is an error.
+    pub async fn next(&mut self) -> Result<Option<snapshot::Part>> {
+        self.frames
+            .next()
+            .await?
+            .map(<snapshot::Snapshot as Streamed>::Item::try_from)
             .transpose()
     }
 }

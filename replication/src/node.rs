@@ -779,14 +779,17 @@ impl Master {
         )
     }
 
-    /// Sends a copy of every data file up to the current end. Files are
+    /// Sends a copy of every data file up to the high-water mark (outside a
+    /// failover cluster the commit cursor): what a read may show, so a
+    /// worker that installs it may answer from all of it, and an online
+    /// backup never holds a record a failover takes back. Files are
     /// append-only, so the bytes before the end never change while they go.
     async fn send_snapshot(&self, mut send: quinn::SendStream, peer: SocketAddr) -> Result<()> {
         let store = self.store.clone();
-        let commit = *self.commit.borrow();
+        let upto = self.high_water();
         let (end, epoch) = blocking(move || {
             store.db().flush()?;
-            Ok((commit, store.db().meta().epoch))
+            Ok((upto, store.db().meta().epoch))
         })
         .await?;
         tracing::info!(%peer, %end, epoch, "sending a snapshot");
@@ -1541,8 +1544,8 @@ impl Worker {
             self.last_term.store(f.following, Ordering::SeqCst);
         }
         let new_end = done.store.db().end();
-        // A snapshot holds what the master had committed: all of it may be
-        // answered.
+        // A snapshot ends at the master's high-water mark: all of it may
+        // be answered.
         self.hw.send_replace(new_end);
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(done.store);
         self.applied.send_replace(Cursor::new(epoch, new_end));

@@ -90,6 +90,11 @@ pub(crate) enum Cmd {
     /// Exit codes: 0 ok, 1 not found, 2 usage, 3 precondition failed,
     /// 4 refused (other 4xx), 5 unavailable (5xx or no connection).
     Kv(KvArgs),
+    /// Copy a running cluster's data into a new directory without stopping
+    /// it (an online backup through the gateway); a node started on the
+    /// directory (`ourkv master --data DIR`) serves it. Exit codes as for
+    /// `kv`: 4 refused, 5 unavailable or cut short.
+    Backup(BackupArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     /// to standard output, e.g. `ourkv completions bash > /etc/bash_completion.d/ourkv`.
     Completions {
@@ -409,6 +414,22 @@ pub(crate) struct KvArgs {
     /// What to do.
     #[command(subcommand)]
     pub(crate) cmd: KvCmd,
+}
+
+/// `ourkv backup`.
+#[derive(Args)]
+pub(crate) struct BackupArgs {
+    /// The gateway's HTTP address.
+    #[arg(long, env = "OURKV_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+    pub(crate) endpoint: String,
+    /// Bearer token, when the gateway runs with --api-token.
+    #[arg(long, env = "OURKV_API_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// The nodes' data file size, if they run with --file-size.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) file_size: Option<u32>,
+    /// The new directory (absent or empty); it appears only when whole.
+    pub(crate) out: PathBuf,
 }
 
 /// Output formats of `ourkv kv`.

@@ -123,6 +123,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Kv(args) => cmd::kv::run(args),
+        Cmd::Backup(args) => cmd::backup::run(args),
         Cmd::Completions { shell } => {
             cmd::docs::completions(shell);
             Ok(ExitCode::SUCCESS)

@@ -23,6 +23,9 @@ pub struct SnapshotInstall {
     /// Each file received so far and its length: chunks come in file order,
     /// each where the previous one ended.
     files: BTreeMap<u16, (File, u64)>,
+    /// Whether `target` holds data that the snapshot replaces (a worker's),
+    /// or is a new directory (an online backup).
+    replace: bool,
     done: bool,
 }
 
@@ -42,6 +45,35 @@ impl SnapshotInstall {
         let target = db.dir().to_path_buf();
         let mut config = db.config().clone();
         config.keysize = Some(db.keysize());
+        SnapshotInstall::at(target, config, db.sync_policy(), true)
+    }
+
+    /// Starts receiving a snapshot into `dir`, a new directory (absent or
+    /// empty), with `config`: an online backup. `dir` appears, whole, only
+    /// when `finish` succeeds.
+    pub fn create(dir: &Path, config: Config) -> Result<SnapshotInstall> {
+        if dir.exists() {
+            let mut entries = std::fs::read_dir(dir).ctx(|| format!("read {}", dir.display()))?;
+            if entries.next().is_some() {
+                return Err(Error::Snapshot(format!(
+                    "{} is not empty: a snapshot goes into a new directory",
+                    dir.display()
+                )));
+            }
+        }
+        let dir = std::path::absolute(dir).ctx(|| format!("resolve {}", dir.display()))?;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+        }
+        SnapshotInstall::at(dir, config, SyncPolicy::default(), false)
+    }
+
+    fn at(
+        target: PathBuf,
+        config: Config,
+        sync: SyncPolicy,
+        replace: bool,
+    ) -> Result<SnapshotInstall> {
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -55,8 +87,9 @@ impl SnapshotInstall {
             target,
             tmp,
             config,
-            sync: db.sync_policy(),
+            sync,
             files: BTreeMap::new(),
+            replace,
             done: false,
         })
     }
@@ -119,12 +152,27 @@ impl SnapshotInstall {
                 "the data ends at {ends}, the sender said {end}"
             )));
         }
-        crate::tools::exchange(&self.tmp, &self.target)?;
+        if self.replace {
+            crate::tools::exchange(&self.tmp, &self.target)?;
+        } else {
+            if self.target.exists() {
+                // Empty (checked at `create`); a rename needs it gone.
+                std::fs::remove_dir(&self.target)
+                    .ctx(|| format!("replace the empty {}", self.target.display()))?;
+            }
+            std::fs::rename(&self.tmp, &self.target)
+                .ctx(|| format!("move the snapshot to {}", self.target.display()))?;
+            if let Some(parent) = self.target.parent() {
+                crate::fsutil::sync_dir(&crate::storage::RealStorage, parent)?;
+            }
+        }
         self.done = true;
         let store = KeyedStore::open(&self.target, crate::OpenOptions::new().sync(self.sync))?;
         // The old directory now sits at the temporary path.
-        if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
-            tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove the replaced data");
+        if self.replace {
+            if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
+                tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove the replaced data");
+            }
         }
         Ok(Installed { store, records })
     }
@@ -300,6 +348,53 @@ mod tests {
         // The old store still reads what it had; its directory is gone.
         assert_eq!(worker.get("only-here").unwrap().as_deref(), Some(&b"x"[..]));
         assert!(!w.path().join(".db.snapshot-tmp").exists());
+    }
+
+    #[test]
+    fn a_snapshot_into_a_new_directory_appears_only_whole() {
+        let (m, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let master = store(&m.path().join("db"));
+        for i in 0..30 {
+            master.put(&format!("k{i}"), b"value").unwrap();
+        }
+        let config = master.db().config().clone();
+        // A directory with something in it is refused before anything is written.
+        let full = b.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("x"), b"mine").unwrap();
+        assert!(matches!(
+            SnapshotInstall::create(&full, config.clone()),
+            Err(Error::Snapshot(_))
+        ));
+        assert_eq!(std::fs::read(full.join("x")).unwrap(), b"mine");
+        // Cut short: nothing is left.
+        let out = b.path().join("nested/backup");
+        let cs = chunks(&master, 64);
+        let mut install = SnapshotInstall::create(&out, config.clone()).unwrap();
+        install.write(&cs[0]).unwrap();
+        drop(install);
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0);
+        // Whole: the directory opens with every key; an empty one is fine too.
+        std::fs::create_dir(&out).unwrap();
+        let mut install = SnapshotInstall::create(&out, config).unwrap();
+        for c in &cs {
+            install.write(c).unwrap();
+        }
+        let done = install.finish(4, master.db().end()).unwrap();
+        assert_eq!(done.records, 30);
+        assert_eq!(
+            done.store.get("k29").unwrap().as_deref(),
+            Some(&b"value"[..])
+        );
+        assert_eq!(
+            done.store.db().digest().unwrap().crc32,
+            master.db().digest().unwrap().crc32
+        );
+        drop(done);
+        let again = store(&out);
+        assert_eq!(again.len(), 30);
+        assert_eq!(again.db().meta().epoch, 4);
     }
 
     #[test]

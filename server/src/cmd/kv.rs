@@ -25,7 +25,7 @@ const NOT_FOUND: u8 = 1;
 const USAGE: u8 = 2;
 const PRECONDITION_FAILED: u8 = 3;
 const REFUSED: u8 = 4;
-const UNAVAILABLE: u8 = 5;
+pub(crate) const UNAVAILABLE: u8 = 5;
 
 /// Bytes left as they are in a key's path segments: RFC 3986's unreserved
 /// characters and the `/` that keys may hold.
@@ -44,7 +44,7 @@ pub(crate) fn run(args: KvArgs) -> Result<ExitCode> {
 }
 
 /// One thread is plenty for one client's calls.
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -52,13 +52,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// How a call ended when it did not succeed: the exit code and what to say.
-struct Failure {
-    code: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn exit(self) -> ExitCode {
+    pub(crate) fn exit(self) -> ExitCode {
         eprintln!("error: {}", self.message);
         ExitCode::from(self.code)
     }
@@ -79,14 +79,14 @@ impl Answer {
     }
 }
 
-struct Api {
+pub(crate) struct Api {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
     token: Option<String>,
 }
 
 impl Api {
-    fn new(endpoint: &str, token: Option<String>) -> Result<Api> {
+    pub(crate) fn new(endpoint: &str, token: Option<String>) -> Result<Api> {
         let base = endpoint.trim_end_matches('/').to_string();
         if !base.starts_with("http://") {
             bail!("--endpoint must be an http:// URL (the gateway speaks plain HTTP), not {endpoint:?}");
@@ -132,26 +132,48 @@ impl Api {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<Answer, Failure> {
+        let resp = self.send(method, path, headers, body).await?;
+        let headers = resp.headers().clone();
+        let body = self.collect(resp.into_body()).await?;
+        Ok(Answer { headers, body })
+    }
+
+    /// One request whose successful answer's body is read by the caller,
+    /// as it arrives; an error answer becomes a `Failure` as for `call`.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
         let req = self.request(method, path, headers, body)?;
         let resp = self.client.request(req).await.map_err(|e| Failure {
             code: UNAVAILABLE,
             message: format!("cannot reach {}: {e}", self.base),
         })?;
         let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = self.collect(resp.into_body()).await?;
+        Err(failure(status, &body))
+    }
+
+    async fn collect(&self, body: hyper::body::Incoming) -> Result<Bytes, Failure> {
+        Ok(body
             .collect()
             .await
-            .map_err(|e| Failure {
-                code: UNAVAILABLE,
-                message: format!("{}: the answer broke off: {e}", self.base),
-            })?
-            .to_bytes();
-        if status.is_success() {
-            return Ok(Answer { headers, body });
+            .map_err(|e| self.broke_off(e))?
+            .to_bytes())
+    }
+
+    /// The failure of an answer that broke off mid-body.
+    pub(crate) fn broke_off(&self, e: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: UNAVAILABLE,
+            message: format!("{}: the answer broke off: {e}", self.base),
         }
-        Err(failure(status, &body))
     }
 }
 

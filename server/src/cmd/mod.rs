@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod backup;
 pub(crate) mod client;
 pub(crate) mod db;
 pub(crate) mod dev;

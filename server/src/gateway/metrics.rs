@@ -70,6 +70,7 @@ const ROUTES: &[&str] = &[
     "/v1/kv/{*key}",
     "/v1/records/{id}",
     "/v1/watch",
+    "/v1/backup",
     "/openapi.json",
 ];
 
@@ -98,6 +99,8 @@ pub(super) struct Metrics {
     pub(super) worker_lag_bytes: Family<WorkerLabels, Gauge>,
     /// Times the gateway switched to another master or member list.
     pub(super) topology_changes: Counter,
+    /// Online backups started (`/v1/backup`).
+    pub(super) backups: Counter,
     /// The term of the master the gateway follows (0: not a failover cluster).
     pub(super) master_term: Gauge,
     /// The members of the failover cluster, as the gateway last learned.
@@ -157,6 +160,12 @@ impl Metrics {
             "Times the gateway followed a failover cluster to another master or member list",
             topology_changes.clone(),
         );
+        let backups = Counter::default();
+        registry.register(
+            "backups",
+            "Online backups started through /v1/backup",
+            backups.clone(),
+        );
         let master_term = Gauge::default();
         registry.register(
             "master_term",
@@ -170,6 +179,7 @@ impl Metrics {
             members.clone(),
         );
         Metrics {
+            backups,
             members,
             topology_changes,
             master_term,

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
+use replication::frame::Frame;
 use replication::Cursor;
 use replication::{Ack, Client, Expect, Version};
 use serde_json::json;
@@ -192,6 +193,7 @@ impl Gateway {
             )
             .route("/v1/records/{id}", get(by_id))
             .route("/v1/watch", get(watch))
+            .route("/v1/backup", get(backup))
             .route(
                 "/openapi.json",
                 get(|| async {

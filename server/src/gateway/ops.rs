@@ -256,3 +256,81 @@ fn html(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// `GET /v1/backup`: an online backup, a consistent copy of the master's
+/// data files as the snapshot frames of the replication protocol
+/// (PROTOCOL.md, API.md): `SnapshotChunk`s, then `SnapshotDone`. The copy is
+/// cut at the master's commit cursor when it answers, so it holds every
+/// write acknowledged before the request; writes go on meanwhile. Only a
+/// final `SnapshotDone` (or a `Failed` frame) says how it ended: the status
+/// is sent before the copy.
+pub(super) async fn backup(State(gw): Gw) -> Response {
+    let r = async {
+        let (snapshot, first) = gw
+            .routes
+            .on_master(true, |m| {
+                let client = gw.client.clone();
+                async move {
+                    let mut s = client.snapshot(m).await?;
+                    // A node that is no master refuses at once: the
+                    // request then goes to the new one.
+                    let first = s.next().await?;
+                    Ok((s, first))
+                }
+            })
+            .await
+            .map_err(master_unreachable)?;
+        gw.metrics.backups.inc();
+        tracing::info!("backup started");
+        // A task relays the parts; a few chunks in flight bound its memory,
+        // and a client that goes away ends it (and the master's stream).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tokio::spawn(relay_backup(snapshot, first, tx));
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        });
+        Ok((
+            [(header::CONTENT_TYPE, BACKUP_TYPE)],
+            axum::body::Body::from_stream(frames),
+        ))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+async fn relay_backup(
+    mut snapshot: replication::Snapshot,
+    mut part: Option<replication::msg::snapshot::Part>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    // Ended without `Done` (the master went away): the body ends short of
+    // it, and the reader knows the copy is not whole.
+    while let Some(p) = part {
+        let done = matches!(p, replication::msg::snapshot::Part::Done(_));
+        if tx.send(Bytes::from(Frame::from(p).encode())).await.is_err() {
+            tracing::info!("backup client went away");
+            return;
+        }
+        if done {
+            tracing::info!("backup sent");
+            return;
+        }
+        part = match snapshot.next().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "backup cut short");
+                let failed = replication::msg::Failed::new(
+                    replication::Code::ReadFailed,
+                    format!("the backup was cut short: {e}"),
+                );
+                let _ = tx.send(Bytes::from(Frame::from(failed).encode())).await;
+                return;
+            }
+        };
+    }
+}
+
+/// The media type of a backup stream.
+pub(crate) const BACKUP_TYPE: &str = "application/vnd.ourkv.snapshot";
