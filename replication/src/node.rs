@@ -786,7 +786,9 @@ impl Master {
     /// append-only, so the bytes before the end never change while they go.
     async fn send_snapshot(&self, mut send: quinn::SendStream, peer: SocketAddr) -> Result<()> {
         let store = self.store.clone();
-        let upto = self.high_water();
+        // A mark of nothing (a new master whose in-sync workers have not
+        // acknowledged yet) sends the empty log: data files begin at offset 1.
+        let upto = self.high_water().max(Location::new(0, 1));
         let (end, epoch) = blocking(move || {
             store.db().flush()?;
             Ok((upto, store.db().meta().epoch))

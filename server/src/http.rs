@@ -140,6 +140,7 @@ pub(crate) async fn serve(
     let listener = listen(http).with_context(|| format!("listen on {http}"))?;
     tracing::info!(max_connections = limits.max_connections, "HTTP limits");
     println!("{ready}");
+    gw.start_live();
     let service = TowerToHyperService::new(gw.router());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -551,63 +551,185 @@ fn watch_streams_changes_and_resumes() {
     );
 }
 
-/// The status page, loaded in headless Chromium: it shows the master and
-/// each worker with its cursor and state.
+/// Headless Chromium on `url`: the DOM after `ms` of virtual time (timers
+/// and fetches run meanwhile), or a screenshot into `png` instead.
+fn chromium(
+    url: &str,
+    profile: &std::path::Path,
+    ms: u32,
+    png: Option<&std::path::Path>,
+) -> String {
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1280,1250",
+    ])
+    .arg(format!("--virtual-time-budget={ms}"))
+    .arg(format!("--user-data-dir={}", profile.display()));
+    match png {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("chromium (Debian package chromium) is needed for this test");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The live status page in headless Chromium, behind a token: without it
+/// the page asks for one and shows no data; with it (from the link's
+/// fragment) it fills the nodes and members tables, updates itself every
+/// second, draws the charts from the gateway's last seconds, and lists keys
+/// and shows a value and its history as text (markup in a value stays
+/// text). A screenshot is saved for people to look at.
 #[test]
 fn status_page_in_headless_chromium() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "2"]);
-    let (code, _) = curl(&["-X", "PUT", &format!("http://{http}/v1/kv/page"), "-d", "x"]);
+    let (_dev, http) = start_dev(
+        &tmp.path().join("d"),
+        &["--workers", "2", "--api-token", "s3cret"],
+    );
+    let auth = "Authorization: Bearer s3cret";
+    for (key, value) in [
+        ("app/a", "<b>bold</b> & more"),
+        ("app/b", "plain"),
+        ("page", "x"),
+    ] {
+        let (code, _) = curl(&[
+            "-H",
+            auth,
+            "-X",
+            "PUT",
+            &format!("http://{http}/v1/kv/{key}?ack=all"),
+            "--data-binary",
+            value,
+        ]);
+        assert_eq!(code, 200);
+    }
+    let (code, _) = curl(&[
+        "-H",
+        auth,
+        "-X",
+        "PUT",
+        &format!("http://{http}/v1/kv/app/a?ack=all"),
+        "--data-binary",
+        "<i>newest</i>",
+    ]);
     assert_eq!(code, 200);
     // Wait until both workers report in sync, then look with a browser.
     let t = Instant::now();
-    // The nodes table comes first; the failover members follow.
-    let nodes_part = |page: &str| page.split("<h2>failover").next().unwrap_or("").to_string();
-    while nodes_part(&curl(&[&format!("http://{http}/")]).1)
-        .matches("in sync")
-        .count()
-        != 2
-    {
+    loop {
+        let (_, body) = curl(&["-H", auth, &format!("http://{http}/v1/cluster")]);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let in_sync = v["workers"]
+            .as_array()
+            .map_or(0, |w| w.iter().filter(|w| w["in_sync"] == true).count());
+        if in_sync == 2 {
+            break;
+        }
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "workers never in sync"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Some seconds of samples exist before the page opens.
+    std::thread::sleep(Duration::from_millis(2500));
     let profile = tmp.path().join("chromium-profile");
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("http://{http}/"))
-        .output()
-        .expect("chromium (Debian package chromium) is needed for this test");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("<h1>ourkv</h1>"), "{dom}");
-    let (nodes, members) = dom
-        .split_once("<h2>failover: term ")
-        .expect("the failover part");
+
+    let locked = chromium(&format!("http://{http}/"), &profile, 3000, None);
+    assert!(locked.contains("<h1>ourkv</h1>"), "{locked}");
+    assert!(
+        locked.contains(r#"<section id="auth">"#),
+        "the token form shows: {locked}"
+    );
+    assert!(locked.contains("needs its API token"), "{locked}");
+    assert!(
+        !locked.contains("app/a"),
+        "no data without the token: {locked}"
+    );
+
+    let dom = chromium(
+        &format!("http://{http}/#token=s3cret"),
+        &profile,
+        4000,
+        None,
+    );
+    assert!(dom.contains(r#"<section id="auth" hidden="">"#), "{dom}");
+    let updates: u32 = dom
+        .split(r#"data-updates=""#)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("an update counter");
+    assert!(
+        updates >= 2,
+        "the page updated itself {updates} times: {dom}"
+    );
+    let nodes = dom
+        .split(r#"<table id="nodes">"#)
+        .nth(1)
+        .and_then(|r| r.split("</table>").next())
+        .unwrap();
     let rows: Vec<&str> = nodes.split("<tr>").skip(2).collect();
-    assert_eq!(rows.len(), 3, "master and two workers: {dom}");
+    assert_eq!(rows.len(), 3, "master and two workers: {nodes}");
     assert!(rows[0].contains("<td>master</td>"));
     assert_eq!(nodes.matches("<td>worker</td>").count(), 2);
-    assert_eq!(nodes.matches("in sync").count(), 2, "{dom}");
-    // `ourkv dev` runs a failover cluster: three members, one the master.
-    assert_eq!(members.split("<tr>").skip(2).count(), 3, "{members}");
-    assert_eq!(members.matches("<td>master</td>").count(), 1, "{members}");
-    // Every node shows a file:offset cursor.
+    assert_eq!(nodes.matches("in sync").count(), 2, "{nodes}");
     for r in &rows {
-        assert!(r.contains("0:"), "{r}");
+        assert!(r.contains("0:"), "a file:offset cursor: {r}");
     }
+    // `ourkv dev` runs a failover cluster: three members, one the master.
+    let members = dom
+        .split(r#"<table id="members">"#)
+        .nth(1)
+        .and_then(|r| r.split("</table>").next())
+        .unwrap();
+    assert_eq!(members.split("<tr>").skip(2).count(), 3, "{members}");
+    assert_eq!(members.matches(">master</td>").count(), 1, "{members}");
+    assert!(dom.contains("Failover members, term "), "{dom}");
+    // The charts have lines from the gateway's samples.
+    for chart in ["chart-rps", "chart-p99", "chart-lag"] {
+        let svg = dom
+            .split(&format!(r#"id="{chart}""#))
+            .nth(1)
+            .and_then(|r| r.split("</svg>").next())
+            .unwrap();
+        assert!(svg.contains("<polyline"), "{chart}: {svg}");
+    }
+    // The key browser: every key listed, the first one shown with its
+    // history, markup as text.
+    for key in ["app/a", "app/b", "page"] {
+        assert!(dom.contains(&format!(">{key}</button>")), "{key}: {dom}");
+    }
+    assert!(dom.contains("&lt;i&gt;newest&lt;/i&gt;"), "{dom}");
+    assert!(dom.contains("&lt;b&gt;bold&lt;/b&gt; &amp; more"), "{dom}");
+    assert!(!dom.contains("<i>newest</i>") && !dom.contains("<b>bold</b>"));
+
+    let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(
+        &format!("http://{http}/#token=s3cret"),
+        &profile,
+        4000,
+        Some(&png),
+    );
+    let shot = std::fs::read(&png).expect("a screenshot");
+    assert!(
+        shot.starts_with(b"\x89PNG") && shot.len() > 10_000,
+        "{} bytes",
+        shot.len()
+    );
+    eprintln!("status page screenshot: {}", png.display());
 }
 
 /// Slow clients: headers that never finish lose their connection, a body

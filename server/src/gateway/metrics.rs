@@ -71,6 +71,7 @@ const ROUTES: &[&str] = &[
     "/v1/records/{id}",
     "/v1/watch",
     "/v1/backup",
+    "/v1/stats",
     "/openapi.json",
 ];
 
@@ -284,7 +285,9 @@ pub(super) async fn track(State(gw): Gw, req: Request, next: Next) -> Response {
         &method,
         class,
     );
-    h.latency.observe(start.elapsed().as_secs_f64());
+    let took = start.elapsed();
+    h.latency.observe(took.as_secs_f64());
+    gw.live.record(took);
     h.requests.inc();
     resp
 }

@@ -29,8 +29,9 @@ pub(super) async fn authorize(
                     .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                     == 0
         });
-        // Liveness and readiness probes carry no data and come without a token.
-        let probe = matches!(req.uri().path(), "/health" | "/livez" | "/readyz");
+        // Liveness and readiness probes carry no data and come without a
+        // token; so does the status page's shell (its script sends one).
+        let probe = matches!(req.uri().path(), "/health" | "/livez" | "/readyz" | "/");
         if !ok && !probe {
             let mut r = ApiError::new(
                 StatusCode::UNAUTHORIZED,

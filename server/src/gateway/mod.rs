@@ -19,6 +19,7 @@ use serde_json::json;
 
 mod error;
 mod kv;
+mod live;
 mod metrics;
 mod middleware;
 mod ops;
@@ -55,6 +56,8 @@ pub(crate) struct Gateway {
     batch: Arc<std::sync::Mutex<Batch>>,
     /// The watches, fanned out from one stream.
     hub: Arc<Hub>,
+    /// The last minutes, second by second, for the status page.
+    live: live::Live,
 }
 
 /// A worker's load as the gateway sees it.
@@ -142,6 +145,7 @@ impl Gateway {
             client: Arc::new(client),
             next: AtomicUsize::new(0),
             metrics: metrics::Metrics::new(),
+            live: live::Live::new(),
         })
     }
 
@@ -157,6 +161,11 @@ impl Gateway {
     /// Follows a failover cluster's master from now on (see topology.rs).
     pub(crate) fn discover(self: &Arc<Self>) {
         Routes::discover(self);
+    }
+
+    /// Starts sampling the figures of the status page (`/v1/stats`).
+    pub(crate) fn start_live(self: &Arc<Self>) {
+        live::start(self);
     }
 
     /// The master and workers requests go to now.
@@ -194,6 +203,7 @@ impl Gateway {
             .route("/v1/records/{id}", get(by_id))
             .route("/v1/watch", get(watch))
             .route("/v1/backup", get(backup))
+            .route("/v1/stats", get(live::stats))
             .route(
                 "/openapi.json",
                 get(|| async {

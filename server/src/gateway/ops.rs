@@ -3,7 +3,7 @@
 use super::*;
 
 /// The master's status, from whichever node is master now.
-async fn master_status(
+pub(super) async fn master_status(
     gw: &Gateway,
 ) -> Result<(SocketAddr, Cursor, Vec<replication::frame::WorkerStatus>), replication::Error> {
     gw.routes
@@ -177,10 +177,9 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
             m.worker_in_sync
                 .get_or_create(&labels)
                 .set(i64::from(w.in_sync));
-            // Bytes are comparable within one data file of one log; a worker
-            // in another file or epoch has no sample (rather than a bogus one).
-            if w.acked.epoch == cursor.epoch && w.acked.at.file_nr == cursor.at.file_nr {
-                let lag = cursor.at.position.saturating_sub(w.acked.at.position);
+            // A worker in another file or epoch has no sample (rather than
+            // a bogus one).
+            if let Some(lag) = super::live::lag_bytes(cursor, w.acked) {
                 m.worker_lag_bytes
                     .get_or_create(&labels)
                     .set(i64::from(lag));
@@ -197,71 +196,25 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
         .into_response()
 }
 
-pub(super) async fn status_page(State(gw): Gw) -> Response {
-    let body = match cluster_json(&gw).await {
-        Ok(c) => {
-            let mut rows = format!(
-                "<tr><td>master</td><td>{}</td><td>{}</td><td>-</td></tr>",
-                html(c["master"]["addr"].as_str().unwrap_or_default()),
-                c["master"]["cursor"].as_str().unwrap_or_default()
-            );
-            for w in c["workers"].as_array().into_iter().flatten() {
-                rows.push_str(&format!(
-                    "<tr><td>worker</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    html(w["addr"].as_str().unwrap_or_default()),
-                    w["acked"].as_str().unwrap_or_default(),
-                    if w["in_sync"].as_bool().unwrap_or(false) {
-                        "in sync"
-                    } else {
-                        "behind"
-                    }
-                ));
-            }
-            let mut page = format!("<table><tr><th>role</th><th>address</th><th>cursor</th><th>state</th></tr>{rows}</table>");
-            // A failover cluster: its term and every member.
-            if let Some(term) = c["term"].as_u64() {
-                let mut members = String::new();
-                for m in c["members"].as_array().into_iter().flatten() {
-                    members.push_str(&format!(
-                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                        html(m["id"].as_str().unwrap_or_default()),
-                        html(m["addr"].as_str().unwrap_or_default()),
-                        if m["master"] == true {
-                            "master"
-                        } else if m["voter"] == true {
-                            "voter"
-                        } else {
-                            "learner"
-                        },
-                        if m["in_sync"] == true { "in sync" } else { "-" },
-                    ));
-                }
-                page.push_str(&format!(
-                    "<h2>failover: term {term}</h2><table><tr><th>node id</th><th>address</th><th>role</th><th>in-sync set</th></tr>{members}</table>"
-                ));
-            }
-            page
-        }
-        Err(e) => format!("<p>master unreachable: {}</p>", e.message),
-    };
-    let html = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>ourkv</title></head><body><h1>ourkv</h1>{body}</body></html>");
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
-}
-
-/// Text made safe inside HTML (addresses come from the nodes, and a member
-/// names its own).
-fn html(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// `GET /`: the live status page, plain HTML, CSS and JS (no build step, no
+/// outside requests). It holds no data: its script reads `/v1/cluster`,
+/// `/v1/stats` and `/v1/kv` with the token, so it is served without one.
+pub(super) async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 /// `GET /v1/backup`: an online backup, a consistent copy of the master's
 /// data files as the snapshot frames of the replication protocol
 /// (PROTOCOL.md, API.md): `SnapshotChunk`s, then `SnapshotDone`. The copy is
-/// cut at the master's commit cursor when it answers, so it holds every
-/// write acknowledged before the request; writes go on meanwhile. Only a
+/// cut at the master's high-water mark when it answers, so it holds every
+/// `ack=all` write acknowledged before the request; writes go on meanwhile. Only a
 /// final `SnapshotDone` (or a `Failed` frame) says how it ended: the status
 /// is sent before the copy.
 pub(super) async fn backup(State(gw): Gw) -> Response {
