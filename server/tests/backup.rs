@@ -1,6 +1,7 @@
 //! `ourkv backup` against running clusters: a copy taken under writes holds
 //! every acknowledged write before it and a prefix of the ones racing it,
-//! checks clean, and a master started on it serves it; a copy is never
+//! checks clean, and a master started on it serves it; one taken at once
+//! after a failover holds every acknowledged write too; a copy is never
 //! left half-written, and the token, a full directory and a dead endpoint
 //! give clear errors.
 
@@ -76,7 +77,7 @@ fn open(dir: &Path) -> ourdb::keyed::KeyedStore {
 #[test]
 fn a_backup_under_writes_holds_every_acknowledged_write_and_a_master_serves_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (_m, _w, _gw, http) = master_workers_gateway(dir.path(), free_port(), 2);
+    let (m, _w, _gw, http) = master_workers_gateway(dir.path(), free_port(), 2);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, body) = curl(&[&format!("http://{http}/v1/cluster")]);
@@ -107,6 +108,7 @@ fn a_backup_under_writes_holds_every_acknowledged_write_and_a_master_serves_it()
     let after_backup = acked.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     racing.join().unwrap();
+    let all_acked = acked.load(Ordering::SeqCst);
     assert!(
         o.status.success(),
         "exit {:?}: {}",
@@ -149,6 +151,29 @@ fn a_backup_under_writes_holds_every_acknowledged_write_and_a_master_serves_it()
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+
+    // Right after a failover the new master's high-water mark starts from
+    // nothing; a backup taken at once still holds every acknowledged write.
+    drop(m); // kill -9
+    let out2 = dir.path().join("copies/two");
+    let o = backup(&http, &out2, None);
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let copy2 = open(&out2);
+    assert!(copy2.list("during/", None, usize::MAX).len() >= all_acked);
+    for i in 0..all_acked {
+        assert_eq!(
+            copy2.get(&format!("during/{i:06}")).unwrap(),
+            Some(i.to_string().into_bytes()),
+            "during/{i:06} after the failover"
+        );
+    }
+    assert_eq!(copy2.get("before/000299").unwrap(), Some(b"299".to_vec()));
+    drop(copy2);
 
     // Brought back: a master started on the copy serves it and takes writes.
     let port = free_port();

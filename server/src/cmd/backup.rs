@@ -1,6 +1,7 @@
 //! `ourkv backup`: an online backup through the gateway's `/v1/backup`.
 //! The master streams a consistent copy of its data files (cut at its
-//! high-water mark when it answers, while writes go on); the copy lands in
+//! high-water mark, past every write committed before the request, while
+//! writes go on); the copy lands in
 //! a new directory that appears only when it is whole and checked, and that
 //! a node serves when started on it (`ourkv master --data DIR`).
 

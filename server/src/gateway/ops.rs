@@ -213,17 +213,28 @@ pub(super) async fn status_page() -> Response {
 /// `GET /v1/backup`: an online backup, a consistent copy of the master's
 /// data files as the snapshot frames of the replication protocol
 /// (PROTOCOL.md, API.md): `SnapshotChunk`s, then `SnapshotDone`. The copy is
-/// cut at the master's high-water mark when it answers, so it holds every
-/// `ack=all` write acknowledged before the request; writes go on meanwhile. Only a
+/// cut at the master's high-water mark once that covers the read index taken
+/// first, so it holds every write acknowledged before the request; writes
+/// go on meanwhile. Only a
 /// final `SnapshotDone` (or a `Failed` frame) says how it ended: the status
 /// is sent before the copy.
 pub(super) async fn backup(State(gw): Gw) -> Response {
     let r = async {
+        // Everything committed before the request: the copy must reach it.
+        let committed = gw.read_index().await.map_err(|e| {
+            tracing::warn!(error = %e, "backup: no read index");
+            ApiError::unavailable("no master answered; retry shortly")
+        })?;
         let (snapshot, first) = gw
             .routes
             .on_master(true, |m| {
                 let client = gw.client.clone();
                 async move {
+                    // A read on the master at that cursor returns once its
+                    // high-water mark, where the copy is cut, covers it
+                    // (right after a failover the new master's mark starts
+                    // from nothing). The key need not exist.
+                    client.get(m, BACKUP_PROBE, committed).await?;
                     let mut s = client.snapshot(m).await?;
                     // A node that is no master refuses at once: the
                     // request then goes to the new one.
@@ -238,7 +249,7 @@ pub(super) async fn backup(State(gw): Gw) -> Response {
         // A task relays the parts; a few chunks in flight bound its memory,
         // and a client that goes away ends it (and the master's stream).
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        tokio::spawn(relay_backup(snapshot, first, tx));
+        tokio::spawn(relay_backup(snapshot, first, committed, tx));
         let frames = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv()
                 .await
@@ -256,12 +267,30 @@ pub(super) async fn backup(State(gw): Gw) -> Response {
 async fn relay_backup(
     mut snapshot: replication::Snapshot,
     mut part: Option<replication::msg::snapshot::Part>,
+    committed: Cursor,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
+    use replication::msg::snapshot::Part;
     // Ended without `Done` (the master went away): the body ends short of
     // it, and the reader knows the copy is not whole.
     while let Some(p) = part {
-        let done = matches!(p, replication::msg::snapshot::Part::Done(_));
+        if let Part::Done(d) = &p {
+            let end = Cursor::new(d.epoch, d.end);
+            if end < committed {
+                // Only if the master changed between the read and the copy.
+                tracing::warn!(%end, %committed, "backup short of the read index");
+                let failed = replication::msg::Failed::new(
+                    replication::Code::NotReached,
+                    format!(
+                        "the copy ends at {end}, before {committed}, committed when the backup began \
+                         (the master changed meanwhile?); retry"
+                    ),
+                );
+                let _ = tx.send(Bytes::from(Frame::from(failed).encode())).await;
+                return;
+            }
+        }
+        let done = matches!(p, Part::Done(_));
         if tx.send(Bytes::from(Frame::from(p).encode())).await.is_err() {
             tracing::info!("backup client went away");
             return;
@@ -284,6 +313,9 @@ async fn relay_backup(
         };
     }
 }
+
+/// The key a backup reads on the master to wait for its high-water mark.
+const BACKUP_PROBE: &str = "\u{0}ourkv-backup";
 
 /// The media type of a backup stream.
 pub(crate) const BACKUP_TYPE: &str = "application/vnd.ourkv.snapshot";
