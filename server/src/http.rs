@@ -141,7 +141,7 @@ pub(crate) async fn serve(
     tracing::info!(max_connections = limits.max_connections, "HTTP limits");
     println!("{ready}");
     gw.start_live();
-    let service = TowerToHyperService::new(gw.router());
+    let service = TowerToHyperService::new(gw.clone().router());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -189,9 +189,11 @@ pub(crate) async fn serve(
             Err(_) => None,
         };
         let Some(permit) = permit else {
+            gw.connection_refused();
             refuse(tcp, &refusing);
             continue;
         };
+        let open = gw.connection_opened();
         // Answers go out at once, not held back by Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
         let slot = Arc::new(Slot {
@@ -213,6 +215,7 @@ pub(crate) async fn serve(
         let first_by = slot.accepted + limits.header_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             let no_request = async {
                 tokio::time::sleep_until(first_by).await;
                 if slot.seen.load(Ordering::Relaxed) {

@@ -263,6 +263,21 @@ fn a_refused_or_failed_backup_leaves_nothing_and_says_why() {
     assert!(o.status.success(), "{o:?}");
     assert_eq!(open(&out).get("k").unwrap(), Some(b"v".to_vec()));
 
+    // The metrics count the backups and see this connection open.
+    let (code, metrics) = curl(&[
+        "-H",
+        "Authorization: Bearer s3cret",
+        &format!("http://{http}/metrics"),
+    ]);
+    assert_eq!(code, 200);
+    assert!(metrics.contains("ourkv_backups_total 1\n"), "{metrics}");
+    let open: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ourkv_http_connections_open "))
+        .and_then(|v| v.parse().ok())
+        .expect("connections open");
+    assert!(open >= 1.0, "{open}");
+
     // A client that reads the first bytes and goes away costs the gateway
     // nothing: it still answers.
     let mut s = std::net::TcpStream::connect(&http).unwrap();

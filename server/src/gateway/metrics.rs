@@ -102,6 +102,12 @@ pub(super) struct Metrics {
     pub(super) topology_changes: Counter,
     /// Online backups started (`/v1/backup`).
     pub(super) backups: Counter,
+    /// HTTP connections open now.
+    pub(super) connections_open: Gauge,
+    /// Connections refused because the connection cap was reached.
+    pub(super) connections_refused: Counter,
+    /// Watches open now (set at each scrape).
+    pub(super) watches_open: Gauge,
     /// The term of the master the gateway follows (0: not a failover cluster).
     pub(super) master_term: Gauge,
     /// The members of the failover cluster, as the gateway last learned.
@@ -110,7 +116,10 @@ pub(super) struct Metrics {
 
 impl Metrics {
     pub(super) fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("ourkv");
+        let mut root = Registry::default();
+        // `process_*` keep their standard names; everything else is ourkv_*.
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("ourkv");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -161,6 +170,24 @@ impl Metrics {
             "Times the gateway followed a failover cluster to another master or member list",
             topology_changes.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections refused with 503 because --max-connections were open",
+            connections_refused.clone(),
+        );
+        let watches_open = Gauge::default();
+        registry.register(
+            "watches_open",
+            "Watches (server-sent event streams) open now",
+            watches_open.clone(),
+        );
         let backups = Counter::default();
         registry.register(
             "backups",
@@ -180,11 +207,14 @@ impl Metrics {
             members.clone(),
         );
         Metrics {
+            registry: root,
+            connections_open,
+            connections_refused,
+            watches_open,
             backups,
             members,
             topology_changes,
             master_term,
-            registry,
             cache: RwLock::default(),
             requests,
             latency,
@@ -290,4 +320,89 @@ pub(super) async fn track(State(gw): Gw, req: Request, next: Next) -> Response {
     gw.live.record(took);
     h.requests.inc();
     resp
+}
+
+/// The standard `process_*` metrics of this process, read from /proc on
+/// each scrape: CPU time, resident and virtual memory, open and allowed
+/// file descriptors, threads, start time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        // A figure /proc does not give (it should not happen) is left out
+        // rather than reported as zero.
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let gauge = |encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     v: f64|
+         -> Result<(), std::fmt::Error> {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                (stat.rss * procfs::page_size()) as f64,
+            )?;
+            gauge(
+                &mut encoder,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                stat.vsize as f64,
+            )?;
+            gauge(
+                &mut encoder,
+                "process_threads",
+                "Threads of the process",
+                stat.num_threads as f64,
+            )?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                gauge(
+                    &mut encoder,
+                    "process_start_time_seconds",
+                    "Start time of the process since the Unix epoch in seconds",
+                    boot as f64 + stat.starttime as f64 / ticks,
+                )?;
+            }
+            let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                cpu.metric_type(),
+            )?)?;
+        }
+        if let Ok(n) = me.fd_count() {
+            gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Open file descriptors",
+                n as f64,
+            )?;
+        }
+        if let Ok(l) = me.limits() {
+            if let procfs::process::LimitValue::Value(max) = l.max_open_files.soft_limit {
+                gauge(
+                    &mut encoder,
+                    "process_max_fds",
+                    "The most file descriptors the process may open",
+                    max as f64,
+                )?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -60,6 +60,15 @@ pub(crate) struct Gateway {
     live: live::Live,
 }
 
+/// An HTTP connection counted as open (`ourkv_http_connections_open`).
+pub(crate) struct OpenConnection(Arc<Gateway>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connections_open.dec();
+    }
+}
+
 /// A worker's load as the gateway sees it.
 #[derive(Default)]
 struct Load {
@@ -161,6 +170,17 @@ impl Gateway {
     /// Follows a failover cluster's master from now on (see topology.rs).
     pub(crate) fn discover(self: &Arc<Self>) {
         Routes::discover(self);
+    }
+
+    /// Counts an HTTP connection as open until the guard is dropped.
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.metrics.connections_open.inc();
+        OpenConnection(self.clone())
+    }
+
+    /// Counts a connection refused at the connection cap.
+    pub(crate) fn connection_refused(&self) {
+        self.metrics.connections_refused.inc();
     }
 
     /// Starts sampling the figures of the status page (`/v1/stats`).

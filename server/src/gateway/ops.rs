@@ -141,6 +141,8 @@ pub(super) async fn readyz(State(gw): Gw, q: RawQuery) -> Response {
 pub(super) async fn metrics(State(gw): Gw) -> Response {
     let m = &gw.metrics;
     // The workers as the master sees them now; none when it does not answer.
+    m.watches_open
+        .set(i64::try_from(gw.hub.open()).unwrap_or(i64::MAX));
     m.worker_in_sync.clear();
     m.worker_lag_bytes.clear();
     m.members.clear();

@@ -304,4 +304,29 @@ async fn metrics_parse_and_count_by_route() {
         .filter(|s| s.metric == "ourkv_worker_in_sync")
         .count();
     assert_eq!(in_sync, 2, "{text}");
+    // Gauges of what is open (no socket here: the router is called
+    // directly), and the process, under the standard unprefixed names.
+    assert_eq!(value("ourkv_watches_open", &[]), Some(0.0), "{text}");
+    assert_eq!(value("ourkv_http_connections_open", &[]), Some(0.0));
+    assert_eq!(value("ourkv_backups_total", &[]), Some(0.0));
+    let rss = value("process_resident_memory_bytes", &[]).expect("RSS");
+    assert!(rss > 1e6, "{rss}");
+    let fds = value("process_open_fds", &[]).expect("open fds");
+    let max_fds = value("process_max_fds", &[]).expect("fd limit");
+    assert!(fds >= 3.0 && max_fds >= fds, "{fds} of {max_fds}");
+    let cpu = value("process_cpu_seconds_total", &[]).expect("CPU time");
+    assert!(cpu >= 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds", &[]).expect("start time");
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "{started} vs {now}"
+    );
+    assert!(
+        !text.contains("ourkv_process"),
+        "process metrics unprefixed"
+    );
 }

@@ -49,6 +49,7 @@ struct State {
 }
 
 pub(super) struct Hub {
+    max_watches: usize,
     state: Mutex<State>,
     started: std::sync::atomic::AtomicBool,
     watches: Arc<Semaphore>,
@@ -56,8 +57,15 @@ pub(super) struct Hub {
 }
 
 impl Hub {
+    /// Watches open now.
+    pub(super) fn open(&self) -> usize {
+        self.max_watches
+            .saturating_sub(self.watches.available_permits())
+    }
+
     pub(super) fn new(max_watches: usize) -> Hub {
         Hub {
+            max_watches,
             state: Mutex::new(State {
                 tx: broadcast::channel(FANOUT).0,
                 last: None,
