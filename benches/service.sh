@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
+KEYS=${KEYS:-10000}
 THREADS=${THREADS:-2}
 # Extra flags of master and workers, e.g. NODE_FLAGS=--standalone for the
 # cluster without failover.
@@ -43,9 +44,29 @@ etcd --data-dir "$tmp/etcd" --listen-client-urls http://127.0.0.1:7379 --adverti
   --listen-peer-urls http://127.0.0.1:7380 > "$tmp/etcd.out" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -s http://127.0.0.1:7379/health | grep -q true && break; sleep 0.1; done
 
-for i in $(seq 0 99); do
-  curl -s -X PUT "http://127.0.0.1:7680/v1/kv/k$i" -d "value-$i" > /dev/null
-  curl -s -X PUT "http://127.0.0.1:7681/v1/kv/k$i" -d "value-$i" > /dev/null
+# GETs read KEYS keys of 100 B, a random one per request (as users would,
+# not one hot key); PUTs write keys k0..k99. Loaded over one keep-alive
+# connection per gateway, then one strong read of the last key makes sure
+# every worker has them all before the stale rows run.
+python3 - "$KEYS" <<'PY'
+import http.client, sys
+n = int(sys.argv[1])
+for port in (7680, 7681):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for i in range(max(n, 100)):
+        c.request("PUT", f"/v1/kv/k{i}", body=(f"value-{i}-" * 20)[:100])
+        r = c.getresponse(); r.read()
+        assert r.status == 200, (port, i, r.status)
+    c.request("GET", f"/v1/kv/k{max(n, 100) - 1}")
+    r = c.getresponse(); r.read()
+    assert r.status == 200, (port, r.status)
+PY
+for level in stale strong; do
+  cat > "$tmp/get-$level.lua" <<LUA
+request = function()
+  return wrk.format("GET", "/v1/kv/k" .. math.random(0, $KEYS - 1) .. "?consistency=$level")
+end
+LUA
 done
 cat > "$tmp/put.lua" <<'LUA'
 counter = 0
@@ -94,11 +115,11 @@ measure() {
 NOOP=(http://127.0.0.1:7699/)
 ETCD=(-s "$tmp/etcdput.lua" http://127.0.0.1:7379)
 rows=(
-  "GET stale (4 processes)|NOOP|http://127.0.0.1:7680/v1/kv/k7?consistency=stale"
-  "GET strong (4 processes)|NOOP|http://127.0.0.1:7680/v1/kv/k7"
+  "GET stale (4 processes)|NOOP|-s $tmp/get-stale.lua http://127.0.0.1:7680"
+  "GET strong (4 processes)|NOOP|-s $tmp/get-strong.lua http://127.0.0.1:7680"
   "PUT ack=all, 2 workers (4 processes)|ETCD|-s $tmp/put.lua http://127.0.0.1:7680"
-  "GET stale (ourkv dev)|NOOP|http://127.0.0.1:7681/v1/kv/k7?consistency=stale"
-  "GET strong (ourkv dev)|NOOP|http://127.0.0.1:7681/v1/kv/k7"
+  "GET stale (ourkv dev)|NOOP|-s $tmp/get-stale.lua http://127.0.0.1:7681"
+  "GET strong (ourkv dev)|NOOP|-s $tmp/get-strong.lua http://127.0.0.1:7681"
   "PUT ack=all, 2 workers (ourkv dev)|ETCD|-s $tmp/put.lua http://127.0.0.1:7681"
 )
 : > "$tmp/results"
