@@ -796,12 +796,14 @@ impl Master {
         .await?;
         tracing::info!(%peer, %end, epoch, "sending a snapshot");
         let mut pos = ourdb::SnapshotPos::default();
+        let mut progress = SnapshotProgress::new("sent");
         loop {
             let store = self.store.clone();
             let chunk =
                 blocking(move || Ok(store.db().snapshot_chunk(end, pos, SEGMENT_BYTES)?)).await?;
             let Some(chunk) = chunk else { break };
             pos = chunk.next_pos();
+            progress.add(chunk.bytes.len());
             let f = snapshot::Chunk {
                 file_nr: chunk.file_nr,
                 offset: chunk.offset,
@@ -811,6 +813,7 @@ impl Master {
         }
         frame::write(&mut send, &snapshot::Done { epoch, end }.into()).await?;
         let _ = send.finish();
+        progress.done();
         Ok(())
     }
 
@@ -1503,6 +1506,7 @@ impl Worker {
         let (mut send, mut recv) = conn.open_bi().await.map_err(quic)?;
         frame::write(&mut send, &snapshot::Snapshot.into()).await?;
         let _ = send.finish();
+        let mut progress = SnapshotProgress::new("received");
         let (epoch, end) = loop {
             let part = frame::read(&mut recv)
                 .await?
@@ -1513,6 +1517,7 @@ impl Worker {
                     offset,
                     bytes,
                 }))) => {
+                    progress.add(bytes.len());
                     let chunk = ourdb::SnapshotChunk {
                         file_nr,
                         offset,
@@ -1534,6 +1539,7 @@ impl Worker {
                 None => return Err(Error::Protocol("the snapshot was cut short".into())),
             }
         };
+        progress.done();
         let done = blocking(move || Ok(install.finish(epoch, end)?)).await?;
         // The log is now the master's: remembered as its term's, or the
         // next subscription would still name the old term, be refused as
@@ -1739,6 +1745,55 @@ impl status::Handler for Master {
 
     async fn digest(&self, _: status::Digest) -> Answer<status::Digest> {
         digest_of(self.store.clone()).await
+    }
+}
+
+/// Log lines for a snapshot in transit, which may take minutes: one every
+/// 64 MiB with the rate so far, and one at the end.
+struct SnapshotProgress {
+    what: &'static str,
+    started: std::time::Instant,
+    bytes: u64,
+    logged: u64,
+}
+
+impl SnapshotProgress {
+    const EVERY: u64 = 64 << 20;
+
+    fn new(what: &'static str) -> SnapshotProgress {
+        SnapshotProgress {
+            what,
+            started: std::time::Instant::now(),
+            bytes: 0,
+            logged: 0,
+        }
+    }
+
+    fn mib_per_s(&self) -> f64 {
+        self.bytes as f64 / (1 << 20) as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+
+    fn add(&mut self, n: usize) {
+        self.bytes += n as u64;
+        if self.bytes / Self::EVERY > self.logged {
+            self.logged = self.bytes / Self::EVERY;
+            tracing::info!(
+                mib = self.bytes >> 20,
+                mib_per_s = format!("{:.0}", self.mib_per_s()),
+                "snapshot: {} so far",
+                self.what
+            );
+        }
+    }
+
+    fn done(&self) {
+        tracing::info!(
+            bytes = self.bytes,
+            seconds = format!("{:.2}", self.started.elapsed().as_secs_f64()),
+            mib_per_s = format!("{:.0}", self.mib_per_s()),
+            "snapshot: all {}",
+            self.what
+        );
     }
 }
 

@@ -437,9 +437,13 @@ fn snapshots_after_compaction_and_divergence() {
             );
         }
     });
-    assert!(std::fs::read_to_string(tmp.path().join("w1.log"))
+    let wlog = std::fs::read_to_string(tmp.path().join("w1.log")).unwrap();
+    assert!(wlog.contains("snapshot installed"));
+    // Its progress is logged, with the bytes received.
+    assert!(wlog.contains("snapshot: all received"), "{wlog}");
+    assert!(std::fs::read_to_string(tmp.path().join("master.log"))
         .unwrap()
-        .contains("snapshot installed"));
+        .contains("snapshot: all sent"));
 
     // A worker that took a write of its own has left the master's log.
     w.kill9();
