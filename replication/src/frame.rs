@@ -1107,17 +1107,9 @@ impl FrameReader {
     /// The next frame; `None` at a clean end of the stream.
     pub async fn next(&mut self) -> Result<Option<Frame>> {
         loop {
-            let pending = &self.buf[self.at..];
-            if pending.len() >= 4 {
-                let len = u32::from_be_bytes(pending[..4].try_into().expect("4 bytes")) as usize;
-                if len == 0 || len > MAX_FRAME {
-                    return Err(Error::Protocol(format!("frame of {len} bytes")));
-                }
-                if pending.len() >= 4 + len {
-                    let f = Frame::decode(&pending[4..4 + len])?;
-                    self.at += 4 + len;
-                    return Ok(Some(f));
-                }
+            if let Some((f, used)) = split(&self.buf[self.at..])? {
+                self.at += used;
+                return Ok(Some(f));
             }
             // Keep only the unread part, then read more after it.
             self.buf.drain(..self.at);
@@ -1135,6 +1127,22 @@ impl FrameReader {
             }
         }
     }
+}
+
+/// The first whole frame at the start of `pending` (length prefix and
+/// body) and the bytes it takes; `None` while it is incomplete.
+pub fn split(pending: &[u8]) -> Result<Option<(Frame, usize)>> {
+    if pending.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(pending[..4].try_into().expect("4 bytes")) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(Error::Protocol(format!("frame of {len} bytes")));
+    }
+    if pending.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some((Frame::decode(&pending[4..4 + len])?, 4 + len)))
 }
 
 /// How much a `FrameReader` asks for at once.

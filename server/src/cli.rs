@@ -402,12 +402,8 @@ pub(crate) struct HttpOpts {
 /// `ourkv kv`: where the gateway is, and how to print.
 #[derive(Args)]
 pub(crate) struct KvArgs {
-    /// The gateway's HTTP address.
-    #[arg(long, env = "OURKV_ENDPOINT", default_value = "http://127.0.0.1:8080")]
-    pub(crate) endpoint: String,
-    /// Bearer token, when the gateway runs with --api-token.
-    #[arg(long, env = "OURKV_API_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
     /// Output: raw (values as they are), table (text for people), json.
     #[arg(short = 'o', long, value_enum)]
     pub(crate) output: Option<Output>,
@@ -416,15 +412,22 @@ pub(crate) struct KvArgs {
     pub(crate) cmd: KvCmd,
 }
 
-/// `ourkv backup`.
+/// Where a client of the HTTP API finds the gateway, and its token.
 #[derive(Args)]
-pub(crate) struct BackupArgs {
+pub(crate) struct ApiArgs {
     /// The gateway's HTTP address.
     #[arg(long, env = "OURKV_ENDPOINT", default_value = "http://127.0.0.1:8080")]
     pub(crate) endpoint: String,
     /// Bearer token, when the gateway runs with --api-token.
     #[arg(long, env = "OURKV_API_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+}
+
+/// `ourkv backup`.
+#[derive(Args)]
+pub(crate) struct BackupArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
     /// The nodes' data file size, if they run with --file-size.
     #[arg(long, value_name = "BYTES")]
     pub(crate) file_size: Option<u32>,

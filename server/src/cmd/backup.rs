@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use http_body_util::BodyExt;
 use hyper::Method;
 use ourdb::keyed::SnapshotInstall;
-use replication::frame::{Frame, MAX_FRAME};
+use replication::frame;
 use replication::msg::snapshot::Part;
 
 use crate::cli::BackupArgs;
@@ -20,7 +20,7 @@ use crate::cmd::kv::{runtime, Api, Failure, UNAVAILABLE};
 
 /// Runs `ourkv backup`.
 pub(crate) fn run(args: BackupArgs) -> Result<ExitCode> {
-    let api = Api::new(&args.endpoint, args.token.clone())?;
+    let api = Api::new(&args.api.endpoint, args.api.token)?;
     let config = crate::cmd::node::service_config(args.file_size);
     // Refused before anything is asked of the cluster.
     let install = SnapshotInstall::create(&args.out, config)
@@ -51,19 +51,15 @@ async fn receive(
     let mut bytes = 0u64;
     loop {
         // Every whole frame in the buffer first.
-        while buf.len() - at >= 4 {
-            let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            if len == 0 || len > MAX_FRAME {
-                return Ok(Err(garbled(format!("a frame of {len} bytes"))));
-            }
-            if buf.len() - at < 4 + len {
-                break;
-            }
-            let frame = match Frame::decode(&buf[at + 4..at + 4 + len]) {
-                Ok(f) => f,
+        loop {
+            let frame = match frame::split(&buf[at..]) {
+                Ok(Some((f, used))) => {
+                    at += used;
+                    f
+                }
+                Ok(None) => break,
                 Err(e) => return Ok(Err(garbled(e.to_string()))),
             };
-            at += 4 + len;
             match Part::try_from(frame) {
                 Ok(Part::Chunk(c)) => {
                     let n = c.bytes.len() as u64;

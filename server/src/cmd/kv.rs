@@ -242,7 +242,7 @@ fn print_json(v: &Value) -> Result<()> {
 }
 
 async fn run_async(args: KvArgs) -> Result<ExitCode> {
-    let api = Api::new(&args.endpoint, args.token)?;
+    let api = Api::new(&args.api.endpoint, args.api.token)?;
     let r = match args.cmd {
         KvCmd::Get { key, consistency } => {
             get(&api, &key, consistency, args.output.unwrap_or(Output::Raw)).await
