@@ -134,6 +134,16 @@ pub enum Error {
     /// A key that the keyed layer cannot store.
     #[error("invalid key: {0}")]
     InvalidKey(String),
+    /// A transaction that cannot be applied as given (a key written twice).
+    #[error("invalid transaction: {0}")]
+    InvalidTxn(String),
+    /// A transaction past a limit (operations, conditions, bytes).
+    #[error("transaction too large: {0}")]
+    TxnTooLarge(String),
+    /// A replica's log ends inside a group of records shipped in part; it
+    /// takes no writes of its own until that tail is cut.
+    #[error("the log ends inside a group shipped in part (from {0}); cut it before writing")]
+    UnfinishedGroup(Location),
 }
 
 /// Result alias for the engine.

@@ -16,9 +16,18 @@
 //! A delete appends a tombstone and then clears the id; ids are never reused.
 //! A crash between the two leaves a tombstone as the id's current version,
 //! which open treats as deleted.
+//!
+//! Records that must become visible together (a transaction) form a group:
+//! each carries envelope version 2, which adds 7 bytes after the key length:
+//! the group's start (file number u16 LE, position u32 LE: where its first
+//! record lies) and a flags byte (bit 0: the group's last record). Readers
+//! never see a record at or past the start of a group that is not whole
+//! (`hide_from`): they read the id's version before it. A group cut short by
+//! a crash is cut off the log at open.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use crate::db::{OurDb, Pending};
@@ -31,10 +40,21 @@ pub use snapshot::{Installed, SnapshotInstall};
 
 /// The first byte of every envelope.
 pub const MAGIC: u8 = 0xE7;
-/// The envelope format version.
+/// The envelope format version of a record on its own.
 pub const VERSION: u8 = 1;
+/// The envelope format version of a record in a group.
+pub const VERSION_GROUP: u8 = 2;
 /// Bytes of an envelope before the key: magic, version, kind, id, key length.
 pub const ENVELOPE_HEADER: usize = 9;
+/// Bytes a group member's envelope adds before the key: start and flags.
+pub const GROUP_HEADER: usize = 7;
+/// Most operations (puts, deletes, gets) in one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+/// Most conditions in one transaction.
+pub const MAX_TXN_CONDITIONS: usize = 128;
+/// Most key and value bytes a transaction writes: a group stays well inside
+/// one shipped segment (1 MiB), so a watch always moves past it in one read.
+pub const MAX_TXN_BYTES: usize = 512 * 1024;
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 1024;
 
@@ -45,6 +65,15 @@ pub enum Kind {
     Put,
     /// Deletes the key (the value is empty).
     Tombstone,
+}
+
+/// A record's place in a group of records that become visible together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// Where the group's first record lies.
+    pub start: Location,
+    /// Whether this record ends the group.
+    pub last: bool,
 }
 
 /// A decoded envelope borrowing from the record.
@@ -58,20 +87,32 @@ pub struct Envelope<'a> {
     pub key: &'a str,
     /// The value.
     pub value: &'a [u8],
+    /// The group the record belongs to (envelope version 2), if any.
+    pub group: Option<Group>,
 }
 
 impl<'a> Envelope<'a> {
     /// The envelope's bytes (a record's value).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ENVELOPE_HEADER + self.key.len() + self.value.len());
+        let mut out =
+            Vec::with_capacity(ENVELOPE_HEADER + GROUP_HEADER + self.key.len() + self.value.len());
         out.push(MAGIC);
         out.push(match self.kind {
             Kind::Put => 1,
             Kind::Tombstone => 2,
         });
-        out.push(VERSION);
+        out.push(if self.group.is_some() {
+            VERSION_GROUP
+        } else {
+            VERSION
+        });
         out.extend_from_slice(&self.id.to_le_bytes());
         out.extend_from_slice(&(self.key.len() as u16).to_le_bytes());
+        if let Some(g) = self.group {
+            out.extend_from_slice(&g.start.file_nr.to_le_bytes());
+            out.extend_from_slice(&g.start.position.to_le_bytes());
+            out.push(g.last as u8);
+        }
         out.extend_from_slice(self.key.as_bytes());
         out.extend_from_slice(self.value);
         out
@@ -96,20 +137,35 @@ impl<'a> Envelope<'a> {
             2 => Kind::Tombstone,
             k => return Err(Error::Envelope(format!("unknown kind {k}"))),
         };
-        if b[2] != VERSION {
-            return Err(Error::Envelope(format!(
-                "unknown envelope version {}",
-                b[2]
-            )));
-        }
+        let (group, key_at) = match b[2] {
+            VERSION => (None, ENVELOPE_HEADER),
+            VERSION_GROUP => {
+                let g = b
+                    .get(ENVELOPE_HEADER..ENVELOPE_HEADER + GROUP_HEADER)
+                    .ok_or_else(|| Error::Envelope("group header runs past the record".into()))?;
+                if g[6] & !1 != 0 {
+                    return Err(Error::Envelope(format!(
+                        "unknown group flags {:#04x}",
+                        g[6]
+                    )));
+                }
+                let start = Location::new(
+                    u16::from_le_bytes([g[0], g[1]]),
+                    u32::from_le_bytes([g[2], g[3], g[4], g[5]]),
+                );
+                let last = g[6] & 1 == 1;
+                (Some(Group { start, last }), ENVELOPE_HEADER + GROUP_HEADER)
+            }
+            v => return Err(Error::Envelope(format!("unknown envelope version {v}"))),
+        };
         let id = u32::from_le_bytes([b[3], b[4], b[5], b[6]]);
         let klen = u16::from_le_bytes([b[7], b[8]]) as usize;
         let key = b
-            .get(ENVELOPE_HEADER..ENVELOPE_HEADER + klen)
+            .get(key_at..key_at + klen)
             .ok_or_else(|| Error::Envelope(format!("key of {klen} bytes runs past the record")))?;
         let key =
             std::str::from_utf8(key).map_err(|_| Error::Envelope("key is not UTF-8".into()))?;
-        let value = &b[ENVELOPE_HEADER + klen..];
+        let value = &b[key_at + klen..];
         if kind == Kind::Tombstone && !value.is_empty() {
             return Err(Error::Envelope("tombstone with a value".into()));
         }
@@ -118,6 +174,7 @@ impl<'a> Envelope<'a> {
             id,
             key,
             value,
+            group,
         })
     }
 }
@@ -166,6 +223,138 @@ pub struct IndexReport {
     pub keys: u64,
     /// Ids whose current version was a tombstone (a delete cut short by a crash).
     pub finished_deletes: u64,
+    /// Records of a group the log ended inside of (a transaction cut short
+    /// by a crash), cut off at open.
+    pub torn_group_records: u64,
+}
+
+/// A condition of a transaction, on one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The key's current version is what the expectation says (exists,
+    /// absent, a version).
+    Version(String, Expect),
+    /// The key exists with exactly this value.
+    ValueIs(String, Vec<u8>),
+}
+
+/// An operation of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Store a value.
+    Put(String, Vec<u8>),
+    /// Delete a key (nothing if it does not exist).
+    Delete(String),
+    /// Read a key as the transaction sees it at that point.
+    Get(String),
+}
+
+impl Op {
+    /// The key the operation is on.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) | Op::Get(k) => k,
+        }
+    }
+}
+
+/// What one operation of an applied transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// The key's new version.
+    Put(Location),
+    /// Whether the key existed.
+    Delete(bool),
+    /// The key's value and version at that point of the transaction.
+    Get(Option<(Vec<u8>, Location)>),
+}
+
+/// How a transaction ended.
+#[derive(Debug)]
+pub enum TxnOutcome {
+    /// The condition of this index did not hold: nothing was written.
+    Failed(usize),
+    /// Applied: one result per operation, and what to wait for before the
+    /// writes are durable (`None`: nothing was written).
+    Applied(Vec<OpResult>, Option<Pending>),
+}
+
+/// Checks a transaction against the limits, before anything is locked.
+pub fn check_txn(conditions: &[Condition], ops: &[Op]) -> Result<()> {
+    if ops.len() > MAX_TXN_OPS {
+        return Err(Error::TxnTooLarge(format!(
+            "{} operations; at most {MAX_TXN_OPS}",
+            ops.len()
+        )));
+    }
+    if conditions.len() > MAX_TXN_CONDITIONS {
+        return Err(Error::TxnTooLarge(format!(
+            "{} conditions; at most {MAX_TXN_CONDITIONS}",
+            conditions.len()
+        )));
+    }
+    for c in conditions {
+        match c {
+            Condition::Version(k, _) | Condition::ValueIs(k, _) => check_key(k)?,
+        }
+    }
+    let mut bytes = 0usize;
+    let mut written = std::collections::HashSet::new();
+    for op in ops {
+        check_key(op.key())?;
+        if let Op::Put(k, v) = op {
+            let max = max_value_len(k).saturating_sub(GROUP_HEADER);
+            if v.len() > max {
+                return Err(Error::ValueTooLarge { len: v.len(), max });
+            }
+            bytes += v.len();
+        }
+        if matches!(op, Op::Put(..) | Op::Delete(_)) {
+            bytes += op.key().len();
+            if !written.insert(op.key()) {
+                return Err(Error::InvalidTxn(format!(
+                    "key {:?} is written twice",
+                    op.key()
+                )));
+            }
+        }
+    }
+    if bytes > MAX_TXN_BYTES {
+        return Err(Error::TxnTooLarge(format!(
+            "{bytes} bytes of keys and values written; at most {MAX_TXN_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// `hide_from` when nothing is hidden.
+const SHOWN: u64 = u64::MAX;
+
+/// A location as a number that orders as the location does.
+fn order(at: Location) -> u64 {
+    ((at.file_nr as u64) << 32) | at.position as u64
+}
+
+fn unorder(v: u64) -> Location {
+    Location::new((v >> 32) as u16, v as u32)
+}
+
+/// A key-index change of a record not visible yet, applied once it is.
+#[derive(Debug)]
+struct Deferred {
+    at: Location,
+    key: String,
+    id: u32,
+    tombstone: bool,
+}
+
+/// What writers share, under the write lock.
+#[derive(Debug, Default)]
+struct Writes {
+    /// A replica's group shipped in part so far: where it starts.
+    open_group: Option<Location>,
+    /// Index changes of shipped records that are hidden, in log order.
+    deferred: Vec<Deferred>,
 }
 
 /// String keys over an incremental-mode `OurDb`.
@@ -173,7 +362,12 @@ pub struct KeyedStore {
     db: OurDb,
     index: RwLock<BTreeMap<String, u32>>,
     /// Serialises writers: the id goes into the envelope before the insert.
-    write: Mutex<()>,
+    write: Mutex<Writes>,
+    /// Readers see no record at or after this location (`order`), or all
+    /// of them (`SHOWN`): the start of a group not yet whole. Set before an
+    /// id points at a hidden record (a lookup entry is stored with release
+    /// ordering after it), cleared once the group is whole.
+    hide_from: AtomicU64,
     report: IndexReport,
 }
 
@@ -188,23 +382,74 @@ impl KeyedStore {
         )
     }
 
-    /// Wraps `db` and rebuilds the key index from the live records.
+    /// Wraps `db` and rebuilds the key index from the live records. A group
+    /// the log ends inside of is cut off (read-only: hidden).
     pub fn new(db: OurDb) -> Result<KeyedStore> {
         if !db.config().incremental {
             return Err(Error::Config(
                 "the keyed layer needs an incremental-mode database".into(),
             ));
         }
-        let mut index = BTreeMap::new();
-        let mut report = IndexReport::default();
-        for id in db.ids().collect::<Vec<_>>() {
-            let rec = db.get(id)?;
+        let mut store = KeyedStore {
+            db,
+            index: RwLock::new(BTreeMap::new()),
+            write: Mutex::new(Writes::default()),
+            hide_from: AtomicU64::new(SHOWN),
+            report: IndexReport::default(),
+        };
+        let (mut tombstones, last_group) = store.build_index()?;
+        if let Some(start) = last_group {
+            if torn_at(&store.db, start)? {
+                if store.db.is_read_only() {
+                    store.hide_from.store(order(start), Ordering::SeqCst);
+                } else {
+                    let t =
+                        store
+                            .db
+                            .truncate_with(start, Some(&EnvelopeIds), &mut |_, _| Ok(()))?;
+                    tracing::warn!(
+                        dir = %store.db.dir().display(),
+                        %start,
+                        records = t.records,
+                        "cut off a group of records that a crash left unfinished"
+                    );
+                    store.report.torn_group_records = t.records;
+                }
+                store.index = RwLock::new(BTreeMap::new());
+                (tombstones, _) = store.build_index()?;
+            }
+        }
+        if !store.db.is_read_only() {
+            for &id in &tombstones {
+                store.db.delete(id)?;
+            }
+        }
+        store.report.finished_deletes = tombstones.len() as u64;
+        Ok(store)
+    }
+
+    /// Fills the index from the visible current records; returns the ids
+    /// whose visible version is a tombstone (deletes to finish) and the
+    /// latest group start seen on a current record.
+    fn build_index(&mut self) -> Result<(Vec<u32>, Option<Location>)> {
+        let index = self.index.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut tombstones = Vec::new();
+        let mut last_group: Option<Location> = None;
+        let mut keys = 0;
+        for id in self.db.ids().collect::<Vec<_>>() {
+            let hide = unorder(self.hide_from.load(Ordering::SeqCst));
+            let Some((_, rec)) = self.db.get_versions(id, hide, 1)?.pop() else {
+                continue;
+            };
             let env = Envelope::decode(&rec)?;
             if env.id != id {
                 return Err(Error::Envelope(format!(
                     "record of id {id} names id {}",
                     env.id
                 )));
+            }
+            if let Some(g) = env.group {
+                last_group = last_group.max(Some(g.start));
             }
             match env.kind {
                 Kind::Put => {
@@ -214,22 +459,13 @@ impl KeyedStore {
                             env.key
                         )));
                     }
-                    report.keys += 1;
+                    keys += 1;
                 }
-                Kind::Tombstone => {
-                    if !db.is_read_only() {
-                        db.delete(id)?;
-                    }
-                    report.finished_deletes += 1;
-                }
+                Kind::Tombstone => tombstones.push(id),
             }
         }
-        Ok(KeyedStore {
-            db,
-            index: RwLock::new(index),
-            write: Mutex::new(()),
-            report,
-        })
+        self.report.keys = keys;
+        Ok((tombstones, last_group))
     }
 
     /// The db below.
@@ -264,6 +500,50 @@ impl KeyedStore {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .copied()
+    }
+
+    /// Where a replica's group shipped in part starts: its log ends inside
+    /// that group, which readers do not see yet.
+    pub fn unfinished_group(&self) -> Option<Location> {
+        self.write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open_group
+    }
+
+    /// The end of what readers can see: the log's end, or the start of a
+    /// group shipped in part.
+    pub fn visible_end(&self) -> Location {
+        self.unfinished_group().unwrap_or_else(|| self.db.end())
+    }
+
+    /// Cuts off a group shipped in part (a replica about to write on its
+    /// own: the rest of that group will never come).
+    pub fn cut_unfinished_group(&self) -> Result<Option<crate::Truncated>> {
+        match self.unfinished_group() {
+            Some(start) => self.truncate_to(start).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The current record of `id` as readers see it: the newest version
+    /// before a group not yet whole. `None` if the id has none.
+    fn visible(&self, id: u32) -> Result<Option<(Location, Vec<u8>)>> {
+        let (at, rec) = match self.db.get_located(id) {
+            Ok(r) => r,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // After the lookup's acquire: a hidden record's mark is seen.
+        let hide = self.hide_from.load(Ordering::SeqCst);
+        if order(at) < hide {
+            return Ok(Some((at, rec)));
+        }
+        match self.db.get_versions(id, unorder(hide), 1) {
+            Ok(mut v) => Ok(v.pop()),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores `value` under `key`; returns the key's id.
@@ -302,6 +582,18 @@ impl KeyedStore {
             .map(|(_, version, pending)| (version, pending)))
     }
 
+    /// The write lock, for a write of this node's own: refused while the
+    /// log ends inside a group shipped in part.
+    fn lock_own_write(&self) -> Result<std::sync::MutexGuard<'_, Writes>> {
+        let w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        // A failed handle has no say on whether a key exists on disk.
+        self.db.check_writable()?;
+        if let Some(start) = w.open_group {
+            return Err(Error::UnfinishedGroup(start));
+        }
+        Ok(w)
+    }
+
     fn put_inner(
         &self,
         key: &str,
@@ -315,8 +607,7 @@ impl KeyedStore {
                 max: max_value_len(key),
             });
         }
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.db.check_writable()?;
+        let _w = self.lock_own_write()?;
         if !self.expected(key, &expect) {
             return Ok(None);
         }
@@ -330,6 +621,7 @@ impl KeyedStore {
             id,
             key,
             value,
+            group: None,
         }
         .encode();
         let pending = match existing {
@@ -349,7 +641,8 @@ impl KeyedStore {
     }
 
     /// The location of `key`'s current record: it names the version (records
-    /// are never rewritten), so it serves as an ETag.
+    /// are never rewritten), so it serves as an ETag. For writers (under the
+    /// write lock nothing is hidden on a node that writes).
     pub fn version(&self, key: &str) -> Option<Location> {
         self.id_of(key).and_then(|id| self.db.raw_location(id))
     }
@@ -372,11 +665,8 @@ impl KeyedStore {
         };
         // One lookup: the record read is the version named (records are
         // never rewritten), whatever writers do meanwhile.
-        let (at, rec) = match self.db.get_located(id) {
-            Ok(r) => r,
-            // Deleted between the index lookup and the read.
-            Err(Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some((at, rec)) = self.visible(id)? else {
+            return Ok(None);
         };
         let env = Envelope::decode(&rec)?;
         if env.kind != Kind::Put || env.key != key {
@@ -392,24 +682,14 @@ impl KeyedStore {
 
     /// The current value of `key`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let Some(id) = self.id_of(key) else {
-            return Ok(None);
-        };
-        let rec = match self.db.get(id) {
-            Ok(r) => r,
-            // Deleted between the index lookup and the read.
-            Err(Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let env = Envelope::decode(&rec)?;
-        Ok((env.kind == Kind::Put && env.key == key).then(|| env.value.to_vec()))
+        Ok(self.get_versioned(key)?.map(|(v, _)| v))
     }
 
     /// The key and current value stored under record id `id`.
     pub fn get_by_id(&self, id: u32) -> Result<Option<(String, Vec<u8>)>> {
-        let rec = match self.db.get(id) {
-            Ok(r) => r,
-            Err(Error::NotFound(_) | Error::IdOutOfRange { .. }) => return Ok(None),
+        let rec = match self.visible(id) {
+            Ok(Some((_, rec))) => rec,
+            Ok(None) | Err(Error::IdOutOfRange { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let env = Envelope::decode(&rec)?;
@@ -421,8 +701,14 @@ impl KeyedStore {
         let Some(id) = self.id_of(key) else {
             return Ok(Vec::new());
         };
+        let hide = unorder(self.hide_from.load(Ordering::SeqCst));
+        let versions = match self.db.get_versions(id, hide, depth) {
+            Ok(v) => v,
+            Err(Error::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::new();
-        for rec in self.db.get_history(id, depth)? {
+        for (_, rec) in versions {
             let env = Envelope::decode(&rec)?;
             if env.kind != Kind::Put || env.key != key {
                 break;
@@ -456,9 +742,7 @@ impl KeyedStore {
     /// exist, else the delete to wait for.
     pub fn delete_if_pending(&self, key: &str, expect: Expect) -> Result<Option<Option<Pending>>> {
         check_key(key)?;
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        // A failed handle has no say on whether the key exists on disk.
-        self.db.check_writable()?;
+        let _w = self.lock_own_write()?;
         if !self.expected(key, &expect) {
             return Ok(None);
         }
@@ -470,6 +754,7 @@ impl KeyedStore {
             id,
             key,
             value: &[],
+            group: None,
         }
         .encode();
         let _ = self.db.set_pending(Some(id), &tomb)?;
@@ -480,6 +765,143 @@ impl KeyedStore {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
         Ok(Some(Some(pending)))
+    }
+
+    /// Applies a transaction: if every condition holds, every operation in
+    /// order, as one group of records that readers, replicas and a crash
+    /// see whole or not at all. Does not wait for durability (see
+    /// `put_if_pending`).
+    pub fn txn_pending(&self, conditions: &[Condition], ops: &[Op]) -> Result<TxnOutcome> {
+        check_txn(conditions, ops)?;
+        let _w = self.lock_own_write()?;
+        for (i, c) in conditions.iter().enumerate() {
+            let holds = match c {
+                Condition::Version(key, e) => self.expected(key, e),
+                Condition::ValueIs(key, v) => self.get(key)?.as_deref() == Some(v.as_slice()),
+            };
+            if !holds {
+                return Ok(TxnOutcome::Failed(i));
+            }
+        }
+        // Keys are written at most once, so what each operation writes is
+        // known before any is: the last record ends the group.
+        let writes = |op: &Op| match op {
+            Op::Put(..) => true,
+            Op::Delete(k) => self.id_of(k).is_some(),
+            Op::Get(_) => false,
+        };
+        let Some(last) = ops.iter().rposition(writes) else {
+            let results = ops
+                .iter()
+                .map(|op| {
+                    Ok(match op {
+                        Op::Get(k) => OpResult::Get(self.get_versioned(k)?),
+                        _ => OpResult::Delete(false),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(TxnOutcome::Applied(results, None));
+        };
+        let start = self.db.end();
+        self.hide_from.store(order(start), Ordering::SeqCst);
+        let applied = self.write_group(start, last, ops);
+        if applied.is_err() {
+            // Nothing of a group that is not whole may stay in the log: a
+            // record after it would make it look whole at the next open.
+            let cut = self
+                .db
+                .truncate_with(start, Some(&EnvelopeIds), &mut |_, _| Ok(()));
+            if cut.is_err() {
+                self.db.poison();
+            }
+            self.hide_from.store(SHOWN, Ordering::SeqCst);
+        }
+        applied
+    }
+
+    /// The records of a transaction from `start`, the one of operation
+    /// `last` ending the group, then the index and the mark switched at once.
+    fn write_group(&self, start: Location, last: usize, ops: &[Op]) -> Result<TxnOutcome> {
+        let mut results = Vec::with_capacity(ops.len());
+        // What the transaction wrote so far, for its own gets.
+        let mut written: std::collections::HashMap<&str, Option<(usize, Location)>> =
+            std::collections::HashMap::new();
+        let mut created = Vec::new();
+        let mut deleted = Vec::new();
+        let mut pending = None;
+        for (i, op) in ops.iter().enumerate() {
+            let group = Some(Group {
+                start,
+                last: i == last,
+            });
+            match op {
+                Op::Put(key, value) => {
+                    let existing = self.id_of(key);
+                    let id = match existing {
+                        Some(id) => id,
+                        None => self.db.next_id()?,
+                    };
+                    let rec = Envelope {
+                        kind: Kind::Put,
+                        id,
+                        key,
+                        value,
+                        group,
+                    }
+                    .encode();
+                    let (got, p) = self.db.set_pending(existing, &rec)?;
+                    debug_assert_eq!(got, id);
+                    if existing.is_none() {
+                        created.push((key.clone(), id));
+                    }
+                    let at = self.db.raw_location(id).unwrap_or(Location::NONE);
+                    written.insert(key, Some((i, at)));
+                    results.push(OpResult::Put(at));
+                    pending = Some(p);
+                }
+                Op::Delete(key) => match self.id_of(key) {
+                    Some(id) => {
+                        let rec = Envelope {
+                            kind: Kind::Tombstone,
+                            id,
+                            key,
+                            value: &[],
+                            group,
+                        }
+                        .encode();
+                        pending = Some(self.db.set_pending(Some(id), &rec)?.1);
+                        deleted.push((key.as_str(), id));
+                        written.insert(key, None);
+                        results.push(OpResult::Delete(true));
+                    }
+                    None => results.push(OpResult::Delete(false)),
+                },
+                Op::Get(key) => results.push(OpResult::Get(match written.get(key.as_str()) {
+                    Some(Some((j, at))) => match &ops[*j] {
+                        Op::Put(_, v) => Some((v.clone(), *at)),
+                        _ => None,
+                    },
+                    Some(None) => None,
+                    None => self.get_versioned(key)?,
+                })),
+            }
+        }
+        {
+            // New keys first (their records are hidden until the mark goes),
+            // then the mark: one step for readers.
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            for (key, id) in created {
+                index.insert(key, id);
+            }
+            for (key, _) in &deleted {
+                index.remove(*key);
+            }
+            self.hide_from.store(SHOWN, Ordering::SeqCst);
+        }
+        for (_, id) in deleted {
+            pending = Some(self.db.delete_pending(id)?);
+        }
+        Ok(TxnOutcome::Applied(results, pending))
     }
 
     /// Keys starting with `prefix`, ascending, after `start_after`, at most `limit`.
@@ -508,21 +930,84 @@ impl KeyedStore {
 
     /// [`KeyedStore::apply_shipped`] without waiting for durability (see
     /// [`OurDb::append_shipped_pending`]): the new end and what to wait for.
+    ///
+    /// A group may arrive over several calls. From its start on, every
+    /// record (of the group or after it) stays hidden, with its index change
+    /// and its tombstone's lookup clear held back, until the group is whole;
+    /// then all of them show at once.
     pub fn apply_shipped_pending(&self, at: Location, bytes: &[u8]) -> Result<(Location, Pending)> {
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut changes: Vec<(String, Option<u32>)> = Vec::new();
-        let (end, pending) = self.db.append_shipped_pending(at, bytes, |value| {
+        let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = w.open_group;
+        let mut hide = open;
+        let mut changes: Vec<(Deferred, bool)> = Vec::new();
+        let mut here = at;
+        let appended = self.db.append_shipped_pending(at, bytes, |value| {
             let env = Envelope::decode(value)?;
-            let deletes = env.kind == Kind::Tombstone;
-            changes.push((env.key.to_string(), (!deletes).then_some(env.id)));
-            Ok((env.id, deletes))
-        })?;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for (key, id) in changes {
-            match id {
-                Some(id) => index.insert(key, id),
-                None => index.remove(&key),
-            };
+            let rec_at = here;
+            here = Location::new(
+                here.file_nr,
+                here.position + (crate::HEADER_LEN + value.len()) as u32,
+            );
+            if let Some(g) = env.group {
+                open.get_or_insert(g.start);
+                if hide.is_none() {
+                    // Before the engine points any id at a record of it.
+                    hide = Some(g.start);
+                    self.hide_from.store(order(g.start), Ordering::SeqCst);
+                }
+                if g.last {
+                    open = None;
+                }
+            }
+            let hidden = hide.is_some_and(|h| rec_at >= h);
+            let tombstone = env.kind == Kind::Tombstone;
+            changes.push((
+                Deferred {
+                    at: rec_at,
+                    key: env.key.to_string(),
+                    id: env.id,
+                    tombstone,
+                },
+                hidden,
+            ));
+            // A hidden tombstone's id keeps pointing at it until it shows.
+            Ok((env.id, tombstone && !hidden))
+        });
+        let (end, mut pending) = match appended {
+            Ok(r) => r,
+            Err(e) => {
+                self.hide_from
+                    .store(w.open_group.map_or(SHOWN, order), Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let earlier = std::mem::take(&mut w.deferred);
+        let mut to_clear = Vec::new();
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            let all = earlier.into_iter().map(|d| (d, true)).chain(changes);
+            for (d, was_hidden) in all {
+                if open.is_some_and(|o| d.at >= o) {
+                    w.deferred.push(d);
+                    continue;
+                }
+                if d.tombstone {
+                    if index.get(&d.key) == Some(&d.id) {
+                        index.remove(&d.key);
+                    }
+                    if was_hidden {
+                        to_clear.push(d.id);
+                    }
+                } else {
+                    index.insert(d.key, d.id);
+                }
+            }
+            self.hide_from
+                .store(open.map_or(SHOWN, order), Ordering::SeqCst);
+        }
+        w.open_group = open;
+        for id in to_clear {
+            pending = self.db.delete_pending(id)?;
         }
         Ok((end, pending))
     }
@@ -534,7 +1019,7 @@ impl KeyedStore {
     /// A deposed master does this with its branch point, then resyncs by
     /// shipping from there.
     pub fn truncate_to(&self, to: Location) -> Result<crate::Truncated> {
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         // Every key the tail touched, with the ids it was under there.
         let mut touched: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         let t = self
@@ -547,6 +1032,13 @@ impl KeyedStore {
                 }
                 Ok(())
             })?;
+        // Held-back changes of records that are gone go with them; a group
+        // cut off whole is no longer open.
+        w.deferred.retain(|d| d.at < to);
+        if w.open_group.is_some_and(|g| g >= to) {
+            w.open_group = None;
+            self.hide_from.store(SHOWN, Ordering::SeqCst);
+        }
         // A key's version before `to` (if any) is the current record of
         // one of those ids now: a key changes ids only by being deleted and
         // created again, and both are records.
@@ -554,15 +1046,11 @@ impl KeyedStore {
             .into_iter()
             .map(|(key, ids)| {
                 for id in ids {
-                    match self.db.get(id) {
-                        Ok(rec) => {
-                            let env = Envelope::decode(&rec)?;
-                            if env.kind == Kind::Put && env.key == key {
-                                return Ok((key, Some(id)));
-                            }
+                    if let Some((_, rec)) = self.visible(id)? {
+                        let env = Envelope::decode(&rec)?;
+                        if env.kind == Kind::Put && env.key == key {
+                            return Ok((key, Some(id)));
                         }
-                        Err(Error::NotFound(_)) => {}
-                        Err(e) => return Err(e),
                     }
                 }
                 Ok((key, None))
@@ -589,6 +1077,61 @@ impl KeyedStore {
     }
 }
 
+/// Cuts off a group of records the log ends inside of (a transaction that
+/// a crash cut short), for tools that read a keyed store's directory as a
+/// plain database (records that are no envelope are passed over). Returns
+/// the records cut.
+pub fn cut_torn_group(db: &OurDb) -> Result<u64> {
+    let mut last = None;
+    for id in db.ids().collect::<Vec<_>>() {
+        if let Ok(rec) = db.get(id) {
+            if let Ok(Envelope { group: Some(g), .. }) = Envelope::decode(&rec) {
+                last = last.max(Some(g.start));
+            }
+        }
+    }
+    match last {
+        Some(start) if torn_at(db, start)? => Ok(db
+            .truncate_with(start, Some(&EnvelopeIds), &mut |_, _| Ok(()))?
+            .records),
+        _ => Ok(0),
+    }
+}
+
+/// A group member's envelope as a record on its own (`None` for anything
+/// else): a compacted log keeps no group marks, as its records are copied
+/// id by id and a group's records no longer lie together.
+pub fn ungrouped(value: &[u8]) -> Option<Vec<u8>> {
+    let env = Envelope::decode(value).ok()?;
+    env.group?;
+    Some(Envelope { group: None, ..env }.encode())
+}
+
+/// Whether the log ends inside the group that starts at `start`: its
+/// records run to the end with none marked last. (Groups are written
+/// whole, one after another, so only the last one can be cut short.)
+fn torn_at(db: &OurDb, start: Location) -> Result<bool> {
+    let mut at = start;
+    loop {
+        let seg = db.read_records(at, 1 << 20)?;
+        if seg.bytes.is_empty() {
+            return Ok(true);
+        }
+        for r in seg.records() {
+            match Envelope::decode(r.value) {
+                Ok(Envelope { group: Some(g), .. }) if g.start == start => {
+                    if g.last {
+                        return Ok(false);
+                    }
+                }
+                // Something else follows: not a group cut short.
+                _ => return Ok(false),
+            }
+        }
+        at = seg.next;
+    }
+}
+
 /// Reads ids from envelopes, for an open that redoes records past the
 /// journal (`OpenOptions::record_ids`): pass it when opening a keyed store's
 /// directory as a plain `OurDb`.
@@ -598,7 +1141,8 @@ pub struct EnvelopeIds;
 impl crate::RecordIds for EnvelopeIds {
     fn record_ids(&self, value: &[u8]) -> std::result::Result<(u32, bool), String> {
         let env = Envelope::decode(value).map_err(|e| e.to_string())?;
-        Ok((env.id, env.kind == Kind::Tombstone))
+        // A group's tombstone is cleared once the group shows (open finishes it).
+        Ok((env.id, env.kind == Kind::Tombstone && env.group.is_none()))
     }
 }
 
@@ -666,6 +1210,371 @@ mod tests {
         assert_eq!(store.delete_if("k", Expect::Any).unwrap(), Some(false));
     }
 
+    fn store(dir: &std::path::Path) -> KeyedStore {
+        let config = crate::Config {
+            record_size_max: crate::record::MAX_VALUE_LEN as u32,
+            ..crate::Config::default()
+        };
+        KeyedStore::new(OurDb::open(dir, config).unwrap()).unwrap()
+    }
+
+    /// Ships everything `from` has after `at` to `to`, in pieces cut after
+    /// the given record counts.
+    fn ship(from: &KeyedStore, to: &KeyedStore, at: Location, cuts: &[usize]) {
+        let seg = from.db().read_records(at, 1 << 20).unwrap();
+        let ends: Vec<Location> = seg.records().map(|r| r.after).collect();
+        let mut pos = at;
+        for &n in cuts.iter().chain(std::iter::once(&ends.len())) {
+            let end = ends[n - 1];
+            let bytes = &seg.bytes
+                [(pos.position - at.position) as usize..(end.position - at.position) as usize];
+            to.apply_shipped(pos, bytes).unwrap();
+            pos = end;
+        }
+    }
+
+    fn txn(store: &KeyedStore, ops: Vec<Op>) -> Vec<OpResult> {
+        match store.txn_pending(&[], &ops).unwrap() {
+            TxnOutcome::Applied(r, p) => {
+                if let Some(p) = p {
+                    store.db().wait(p).unwrap();
+                }
+                r
+            }
+            TxnOutcome::Failed(i) => panic!("condition {i} failed"),
+        }
+    }
+
+    /// A group shipped in two pieces shows on the replica only once whole:
+    /// before, every key reads as before it, a deleted key included, and a
+    /// record after the group stays hidden with it.
+    #[test]
+    fn a_replica_shows_a_group_only_when_whole() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (primary, replica) = (store(d1.path()), store(d2.path()));
+        for k in ["a", "b", "c"] {
+            primary.put(k, b"1").unwrap();
+        }
+        ship(&primary, &replica, Location::new(0, 1), &[]);
+        let start = primary.db().end();
+        txn(
+            &primary,
+            vec![
+                Op::Put("a".into(), b"2".to_vec()),
+                Op::Delete("b".into()),
+                Op::Put("d".into(), b"new".to_vec()),
+            ],
+        );
+        primary.put("c", b"after").unwrap();
+        let old = |r: &KeyedStore| {
+            assert_eq!(r.get("a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(r.get("b").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(r.get("c").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(r.get("d").unwrap(), None);
+            assert_eq!(r.history("a", 5).unwrap(), vec![b"1".to_vec()]);
+            assert_eq!(r.list("", None, 10), vec!["a", "b", "c"]);
+        };
+        // One record of three: hidden.
+        let seg = primary.db().read_records(start, 1 << 20).unwrap();
+        let first = seg.records().next().unwrap().after;
+        replica
+            .apply_shipped(
+                start,
+                &seg.bytes[..(first.position - start.position) as usize],
+            )
+            .unwrap();
+        old(&replica);
+        assert_eq!(replica.unfinished_group(), Some(start));
+        assert_eq!(replica.visible_end(), start);
+        assert!(matches!(
+            replica.put("x", b"1"),
+            Err(Error::UnfinishedGroup(s)) if s == start
+        ));
+        // The rest of the group and the record after it: all show.
+        replica
+            .apply_shipped(
+                first,
+                &seg.bytes[(first.position - start.position) as usize..],
+            )
+            .unwrap();
+        assert_eq!(replica.unfinished_group(), None);
+        assert_eq!(replica.get("a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(replica.get("b").unwrap(), None);
+        assert_eq!(replica.get("c").unwrap(), Some(b"after".to_vec()));
+        assert_eq!(replica.get("d").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(replica.list("", None, 10), vec!["a", "c", "d"]);
+        assert_eq!(
+            replica.history("a", 5).unwrap(),
+            vec![b"2".to_vec(), b"1".to_vec()]
+        );
+        assert_eq!(
+            replica.db().digest().unwrap(),
+            primary.db().digest().unwrap()
+        );
+        // The deleted id's lookup entry was cleared once it showed.
+        let b_ids: Vec<u32> = replica.db().ids().collect();
+        assert_eq!(b_ids.len(), 3);
+    }
+
+    /// Readers racing a replica's apply never see half a group: each group
+    /// sets x and then y to the same counter, so y read after x is never
+    /// below it.
+    #[test]
+    fn readers_racing_an_apply_never_see_half_a_group() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (primary, replica) = (store(d1.path()), store(d2.path()));
+        const GROUPS: u64 = 1500;
+        for n in 1..=GROUPS {
+            let v = n.to_be_bytes().to_vec();
+            txn(
+                &primary,
+                vec![Op::Put("x".into(), v.clone()), Op::Put("y".into(), v)],
+            );
+        }
+        let seg = primary
+            .db()
+            .read_records(Location::new(0, 1), 1 << 30)
+            .unwrap();
+        let ends: Vec<Location> = seg.records().map(|r| r.after).collect();
+        let replica = std::sync::Arc::new(replica);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (r, done) = (replica.clone(), done.clone());
+            std::thread::spawn(move || {
+                let read = |k: &str| {
+                    r.get(k)
+                        .unwrap()
+                        .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()))
+                };
+                let mut reads = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    let x = read("x");
+                    let y = read("y");
+                    assert!(y >= x, "x = {x} but then y = {y}: half a group");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        // Batches of three records: groups are split every other batch.
+        let mut pos = Location::new(0, 1);
+        for chunk in ends.chunks(3) {
+            let end = *chunk.last().unwrap();
+            let bytes = &seg.bytes[(pos.position - 1) as usize..(end.position - 1) as usize];
+            replica.apply_shipped_pending(pos, bytes).unwrap();
+            pos = end;
+        }
+        done.store(true, Ordering::SeqCst);
+        assert!(reader.join().unwrap() > 0);
+        assert_eq!(
+            replica.get("y").unwrap(),
+            Some(GROUPS.to_be_bytes().to_vec())
+        );
+    }
+
+    /// The same on the store that writes the transactions.
+    #[test]
+    fn readers_racing_transactions_never_see_half_of_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(store(dir.path()));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let read = |k: &str| {
+                    s.get(k)
+                        .unwrap()
+                        .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()))
+                };
+                while !done.load(Ordering::SeqCst) {
+                    let x = read("x");
+                    let y = read("y");
+                    assert!(y >= x, "x = {x} but then y = {y}: half a transaction");
+                }
+            })
+        };
+        for n in 1..=3000u64 {
+            let v = n.to_be_bytes().to_vec();
+            txn(
+                &s,
+                vec![Op::Put("x".into(), v.clone()), Op::Put("y".into(), v)],
+            );
+        }
+        done.store(true, Ordering::SeqCst);
+        reader.join().unwrap();
+    }
+
+    /// Compaction copies id by id, so a group's records no longer lie
+    /// together: it drops the marks, and a log that ended inside a group
+    /// loses that group first.
+    #[test]
+    fn compaction_drops_group_marks_and_torn_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.put("a", b"0").unwrap();
+        txn(
+            &s,
+            vec![
+                Op::Put("a".into(), b"1".to_vec()),
+                Op::Put("b".into(), b"1".to_vec()),
+                Op::Delete("zz".into()),
+            ],
+        );
+        // A torn group at the end, written by hand.
+        let start = s.db().end();
+        let rec = Envelope {
+            kind: Kind::Put,
+            id: s.id_of("a").unwrap(),
+            key: "a",
+            value: b"torn",
+            group: Some(Group { start, last: false }),
+        }
+        .encode();
+        s.db().set(s.id_of("a"), &rec).unwrap();
+        s.into_db().abandon();
+        let report = crate::tools::compact(dir.path(), None, None).unwrap();
+        assert_eq!(report.live_ids, 2);
+        let s = store(dir.path());
+        assert_eq!(s.index_report().torn_group_records, 0);
+        assert_eq!(s.get("a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            s.history("a", 5).unwrap(),
+            vec![b"1".to_vec(), b"0".to_vec()]
+        );
+        assert_eq!(s.get("b").unwrap(), Some(b"1".to_vec()));
+        for id in s.db().ids().collect::<Vec<_>>() {
+            for rec in s.db().get_history(id, 10).unwrap() {
+                assert_eq!(Envelope::decode(&rec).unwrap().group, None);
+            }
+        }
+    }
+
+    /// A replica about to write cuts a group shipped in part; a store
+    /// opened on a log that ends inside a group cuts it too (read-only: hides it).
+    #[test]
+    fn a_group_shipped_in_part_is_cut() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (primary, replica) = (store(d1.path()), store(d2.path()));
+        primary.put("a", b"1").unwrap();
+        ship(&primary, &replica, Location::new(0, 1), &[]);
+        let start = primary.db().end();
+        txn(
+            &primary,
+            vec![
+                Op::Put("a".into(), b"2".to_vec()),
+                Op::Put("n".into(), b"2".to_vec()),
+            ],
+        );
+        let seg = primary.db().read_records(start, 1 << 20).unwrap();
+        let first = seg.records().next().unwrap().after;
+        replica
+            .apply_shipped(
+                start,
+                &seg.bytes[..(first.position - start.position) as usize],
+            )
+            .unwrap();
+        replica.close().unwrap();
+        // Read-only: the group is hidden, nothing is cut.
+        let ro = KeyedStore::new(
+            crate::OpenOptions::new()
+                .read_only(true)
+                .open(d2.path())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ro.get("a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(ro.db().end(), first);
+        drop(ro);
+        let reopened = store(d2.path());
+        assert_eq!(reopened.index_report().torn_group_records, 1);
+        assert_eq!(reopened.db().end(), start);
+        assert_eq!(reopened.get("a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(reopened.get("n").unwrap(), None);
+        reopened.put("b", b"own").unwrap();
+
+        // The same without a reopen: the replica cuts before writing.
+        let d3 = tempfile::tempdir().unwrap();
+        let r3 = store(d3.path());
+        let all = primary
+            .db()
+            .read_records(Location::new(0, 1), 1 << 20)
+            .unwrap();
+        r3.apply_shipped(
+            Location::new(0, 1),
+            &all.bytes[..(first.position - 1) as usize],
+        )
+        .unwrap();
+        assert_eq!(r3.unfinished_group(), Some(start));
+        let cut = r3.cut_unfinished_group().unwrap().expect("a group to cut");
+        assert_eq!(cut.records, 1);
+        assert_eq!(r3.unfinished_group(), None);
+        assert_eq!(r3.get("a").unwrap(), Some(b"1".to_vec()));
+        r3.put("b", b"own").unwrap();
+    }
+
+    /// Conditions are checked first, in order; a failed one writes nothing;
+    /// gets see the transaction's own earlier writes; limits are refused.
+    #[test]
+    fn transactions_check_then_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let v1 = s.put_if("a", b"1", Expect::Absent).unwrap().unwrap();
+        let end = s.db().end();
+        let out = s
+            .txn_pending(
+                &[
+                    Condition::Version("a".into(), Expect::Version(v1)),
+                    Condition::ValueIs("a".into(), b"other".to_vec()),
+                ],
+                &[Op::Put("b".into(), b"x".to_vec())],
+            )
+            .unwrap();
+        assert!(matches!(out, TxnOutcome::Failed(1)));
+        assert_eq!(s.db().end(), end, "a failed condition writes nothing");
+        let r = txn(
+            &s,
+            vec![
+                Op::Get("a".into()),
+                Op::Put("a".into(), b"2".to_vec()),
+                Op::Get("a".into()),
+                Op::Delete("zz".into()),
+                Op::Get("zz".into()),
+            ],
+        );
+        assert_eq!(r[0], OpResult::Get(Some((b"1".to_vec(), v1))));
+        let OpResult::Put(v2) = r[1] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(r[2], OpResult::Get(Some((b"2".to_vec(), v2))));
+        assert_eq!(r[3], OpResult::Delete(false));
+        assert_eq!(r[4], OpResult::Get(None));
+        assert!(matches!(
+            s.txn_pending(&[], &[Op::Put("k".into(), vec![]), Op::Delete("k".into())]),
+            Err(Error::InvalidTxn(_))
+        ));
+        let many: Vec<Op> = (0..=MAX_TXN_OPS)
+            .map(|i| Op::Get(format!("k{i}")))
+            .collect();
+        assert!(matches!(
+            s.txn_pending(&[], &many),
+            Err(Error::TxnTooLarge(_))
+        ));
+        let big: Vec<Op> = (0..10)
+            .map(|i| Op::Put(format!("k{i}"), vec![0; 60_000]))
+            .collect();
+        assert!(matches!(
+            s.txn_pending(&[], &big),
+            Err(Error::TxnTooLarge(_))
+        ));
+        let max = max_value_len("k") - GROUP_HEADER;
+        assert!(matches!(
+            s.txn_pending(&[], &[Op::Put("k".into(), vec![0; max + 1])]),
+            Err(Error::ValueTooLarge { .. })
+        ));
+        txn(&s, vec![Op::Put("k".into(), vec![7; max])]);
+        assert_eq!(s.get("k").unwrap().map(|v| v.len()), Some(max));
+    }
+
     #[test]
     fn envelope_roundtrip_and_rejects() {
         let e = Envelope {
@@ -673,6 +1582,7 @@ mod tests {
             id: 42,
             key: "a/b",
             value: b"xyz",
+            group: None,
         };
         let b = e.encode();
         assert_eq!(b.len(), ENVELOPE_HEADER + 3 + 3);
@@ -688,6 +1598,7 @@ mod tests {
             id: 1,
             key: "k",
             value: b"",
+            group: None,
         };
         let mut tb = t.encode();
         assert_eq!(Envelope::decode(&tb).unwrap(), t);

@@ -234,6 +234,8 @@ pub fn compact_with(
         .record_ids(std::sync::Arc::new(crate::keyed::EnvelopeIds));
     opts.config = config;
     let src = opts.open(dir)?;
+    // A transaction a crash cut short must not come back whole-looking.
+    crate::keyed::cut_torn_group(&src)?;
     src.flush()?;
     let tmp = sibling(dir, "compact-tmp");
     if tmp.exists() {
@@ -264,7 +266,10 @@ pub fn compact_with(
             report.live_ids += 1;
             report.versions_kept += versions.len() as u64;
             for v in versions.iter().rev() {
-                dst.import(id, v)?;
+                match crate::keyed::ungrouped(v) {
+                    Some(plain) => dst.import(id, &plain)?,
+                    None => dst.import(id, v)?,
+                }
             }
         }
         if src.config().incremental {

@@ -149,6 +149,60 @@ enum KeyedOp {
     List(usize),
     Reopen,
     Crash(Vec<u8>),
+    /// Conditions (key, what), then operations.
+    Txn(Vec<(usize, TxnIf)>, Vec<TxnDo>),
+    /// The first records of a transaction's group written, then a crash.
+    TornTxn(Vec<TxnDo>, usize, Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+enum TxnIf {
+    Exists,
+    Absent,
+    /// The key's current value (as the model has it), or these bytes.
+    ValueIs(Option<Vec<u8>>),
+}
+
+#[derive(Debug, Clone)]
+enum TxnDo {
+    Put(usize, Vec<u8>),
+    Delete(usize),
+    Get(usize),
+}
+
+fn txn_do() -> impl Strategy<Value = TxnDo> {
+    let val = prop::collection::vec(any::<u8>(), 0..120);
+    let key = 0..KEYS.len();
+    prop_oneof![
+        3 => (key.clone(), val).prop_map(|(k, v)| TxnDo::Put(k, v)),
+        2 => key.clone().prop_map(TxnDo::Delete),
+        2 => key.prop_map(TxnDo::Get),
+    ]
+}
+
+/// Operations with each key written at most once (the store refuses more).
+fn txn_dos() -> impl Strategy<Value = Vec<TxnDo>> {
+    prop::collection::vec(txn_do(), 0..6).prop_map(|ops| {
+        let mut written = std::collections::HashSet::new();
+        ops.into_iter()
+            .filter(|op| match op {
+                TxnDo::Put(k, _) | TxnDo::Delete(k) => written.insert(*k),
+                TxnDo::Get(_) => true,
+            })
+            .collect()
+    })
+}
+
+fn txn_if() -> impl Strategy<Value = (usize, TxnIf)> {
+    (
+        0..KEYS.len(),
+        prop_oneof![
+            Just(TxnIf::Exists),
+            Just(TxnIf::Absent),
+            Just(TxnIf::ValueIs(None)),
+            prop::collection::vec(any::<u8>(), 0..3).prop_map(|v| TxnIf::ValueIs(Some(v))),
+        ],
+    )
 }
 
 const KEYS: &[&str] = &[
@@ -167,6 +221,10 @@ fn keyed_op() -> impl Strategy<Value = KeyedOp> {
         2 => (0..PREFIXES.len()).prop_map(KeyedOp::List),
         1 => Just(KeyedOp::Reopen),
         1 => prop::collection::vec(any::<u8>(), 0..20).prop_map(KeyedOp::Crash),
+        3 => (prop::collection::vec(txn_if(), 0..3), txn_dos())
+            .prop_map(|(c, o)| KeyedOp::Txn(c, o)),
+        1 => (txn_dos(), 0usize..6, prop::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(o, n, g)| KeyedOp::TornTxn(o, n, g)),
     ]
 }
 
@@ -235,10 +293,116 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
                 crash(store.into_db(), dir.path(), &garbage);
                 store = open_keyed(dir.path());
             }
+            KeyedOp::Txn(conds, ops) => run_txn(&store, &mut model, conds, ops)?,
+            KeyedOp::TornTxn(ops, n, garbage) => {
+                write_torn(&store, &ops, n);
+                crash(store.into_db(), dir.path(), &garbage);
+                store = open_keyed(dir.path());
+                // Nothing of it: every key reads as before.
+                for k in KEYS {
+                    prop_assert_eq!(store.get(k).unwrap(), model.get(*k).map(|h| h[0].clone()));
+                }
+            }
         }
     }
     prop_assert_eq!(store.len(), model.len());
     Ok(())
+}
+
+/// A transaction against the store and the model: the same outcome, the
+/// same reads, the same state after.
+fn run_txn(
+    store: &KeyedStore,
+    model: &mut BTreeMap<String, Vec<Vec<u8>>>,
+    conds: Vec<(usize, TxnIf)>,
+    ops: Vec<TxnDo>,
+) -> Result<(), TestCaseError> {
+    use ourdb::keyed::{Condition, Expect, Op, OpResult, TxnOutcome};
+    let current =
+        |m: &BTreeMap<String, Vec<Vec<u8>>>, k: usize| m.get(KEYS[k]).map(|h| h[0].clone());
+    let conditions: Vec<Condition> = conds
+        .iter()
+        .map(|(k, c)| match c {
+            TxnIf::Exists => Condition::Version(KEYS[*k].into(), Expect::Present),
+            TxnIf::Absent => Condition::Version(KEYS[*k].into(), Expect::Absent),
+            TxnIf::ValueIs(v) => Condition::ValueIs(
+                KEYS[*k].into(),
+                v.clone().or_else(|| current(model, *k)).unwrap_or_default(),
+            ),
+        })
+        .collect();
+    let want_failed = conditions.iter().position(|c| match c {
+        Condition::Version(k, Expect::Present) => !model.contains_key(k),
+        Condition::Version(k, _) => model.contains_key(k),
+        Condition::ValueIs(k, v) => model.get(k).map(|h| &h[0]) != Some(v),
+    });
+    let store_ops: Vec<Op> = ops
+        .iter()
+        .map(|o| match o {
+            TxnDo::Put(k, v) => Op::Put(KEYS[*k].into(), v.clone()),
+            TxnDo::Delete(k) => Op::Delete(KEYS[*k].into()),
+            TxnDo::Get(k) => Op::Get(KEYS[*k].into()),
+        })
+        .collect();
+    match store.txn_pending(&conditions, &store_ops).unwrap() {
+        TxnOutcome::Failed(i) => prop_assert_eq!(Some(i), want_failed),
+        TxnOutcome::Applied(results, pending) => {
+            prop_assert_eq!(want_failed, None);
+            if let Some(p) = pending {
+                store.db().wait(p).unwrap();
+            }
+            prop_assert_eq!(results.len(), ops.len());
+            for (op, r) in ops.iter().zip(results) {
+                match (op, r) {
+                    (TxnDo::Put(k, v), OpResult::Put(_)) => {
+                        model
+                            .entry(KEYS[*k].to_string())
+                            .or_default()
+                            .insert(0, v.clone());
+                    }
+                    (TxnDo::Delete(k), OpResult::Delete(existed)) => {
+                        prop_assert_eq!(existed, model.remove(KEYS[*k]).is_some());
+                    }
+                    (TxnDo::Get(k), OpResult::Get(got)) => {
+                        prop_assert_eq!(got.map(|(v, _)| v), current(model, *k));
+                    }
+                    (op, r) => prop_assert!(false, "{op:?} answered by {r:?}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first `n` records of a transaction's group, written as the store
+/// would (group marks, none marked last), without the index learning them.
+fn write_torn(store: &KeyedStore, ops: &[TxnDo], n: usize) {
+    use ourdb::keyed::{Envelope, Group, Kind};
+    let db = store.db();
+    let start = db.end();
+    let mut written = 0;
+    for op in ops {
+        if written == n {
+            break;
+        }
+        let (k, kind, value) = match op {
+            TxnDo::Put(k, v) => (*k, Kind::Put, v.as_slice()),
+            TxnDo::Delete(k) if store.id_of(KEYS[*k]).is_some() => (*k, Kind::Tombstone, &[][..]),
+            _ => continue,
+        };
+        let existing = store.id_of(KEYS[k]);
+        let id = existing.unwrap_or_else(|| db.next_id().unwrap());
+        let rec = Envelope {
+            kind,
+            id,
+            key: KEYS[k],
+            value,
+            group: Some(Group { start, last: false }),
+        }
+        .encode();
+        db.set(existing, &rec).unwrap();
+        written += 1;
+    }
 }
 
 proptest! {
@@ -274,6 +438,7 @@ fn half_done_delete_is_finished_at_open() {
         id,
         key: "k",
         value: b"",
+        group: None,
     }
     .encode();
     store.db().set(Some(id), &tomb).unwrap();

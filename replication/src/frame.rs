@@ -231,6 +231,26 @@ pub enum Frame {
         /// The worker's applied cursor.
         applied: Cursor,
     },
+    /// Client -> master: a transaction. If every condition holds, the
+    /// operations are applied in order, as one group of records that shows
+    /// whole or not at all; acknowledged per `ack`.
+    Txn {
+        /// What must hold, in order; the first that does not stops it.
+        conditions: Vec<TxnCondition>,
+        /// What to do, in order.
+        ops: Vec<TxnOp>,
+        /// When the master answers.
+        ack: Ack,
+    },
+    /// Master -> client: how a transaction ended.
+    TxnDone {
+        /// The master's end after it.
+        cursor: Cursor,
+        /// The index of the condition that did not hold (nothing written).
+        failed: Option<u32>,
+        /// One result per operation (none if a condition failed).
+        results: Vec<TxnResult>,
+    },
     /// Client -> node, first on a stream: the stream carries many requests,
     /// each a `Tagged` frame, answered by `Tagged` frames with the same id
     /// in any order (pipelining: one stream and few packets for many calls).
@@ -394,6 +414,67 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
 }
 
+/// A condition of a transaction, on one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnCondition {
+    /// The key's current version is what `expect` says.
+    Version {
+        /// The key.
+        key: String,
+        /// What its version must be (`Any` always holds).
+        expect: Expect,
+    },
+    /// The key exists with exactly this value.
+    ValueIs {
+        /// The key.
+        key: String,
+        /// The value it must have.
+        value: Vec<u8>,
+    },
+}
+
+/// An operation of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Store a value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Read a key as the transaction sees it at that point.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+/// What one operation of a transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnResult {
+    /// The key's new version.
+    Put {
+        /// The version.
+        version: Version,
+    },
+    /// Whether the key existed.
+    Delete {
+        /// Whether it existed.
+        existed: bool,
+    },
+    /// The key's value and version, if it exists.
+    Get {
+        /// The value and its version.
+        value: Option<(Vec<u8>, Version)>,
+    },
+}
+
 /// One worker as the master sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerStatus {
@@ -449,6 +530,9 @@ impl Writer<'_> {
     fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
         self.0.extend_from_slice(b);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
     }
 }
 
@@ -863,6 +947,86 @@ impl Frame {
                 w.u8(42);
                 w.bytes(body);
             }
+            Frame::Txn {
+                conditions,
+                ops,
+                ack,
+            } => {
+                w.u8(45);
+                w.u8(*ack as u8);
+                w.u32(conditions.len() as u32);
+                for c in conditions {
+                    match c {
+                        TxnCondition::Version { key, expect } => {
+                            w.u8(0);
+                            w.bytes(key.as_bytes());
+                            w.expect(expect);
+                        }
+                        TxnCondition::ValueIs { key, value } => {
+                            w.u8(1);
+                            w.bytes(key.as_bytes());
+                            w.bytes(value);
+                        }
+                    }
+                }
+                w.u32(ops.len() as u32);
+                for op in ops {
+                    match op {
+                        TxnOp::Put { key, value } => {
+                            w.u8(0);
+                            w.bytes(key.as_bytes());
+                            w.bytes(value);
+                        }
+                        TxnOp::Delete { key } => {
+                            w.u8(1);
+                            w.bytes(key.as_bytes());
+                        }
+                        TxnOp::Get { key } => {
+                            w.u8(2);
+                            w.bytes(key.as_bytes());
+                        }
+                    }
+                }
+            }
+            Frame::TxnDone {
+                cursor,
+                failed,
+                results,
+            } => {
+                w.u8(46);
+                w.cursor(*cursor);
+                match failed {
+                    Some(i) => {
+                        w.u8(1);
+                        w.u32(*i);
+                    }
+                    None => w.u8(0),
+                }
+                w.u32(results.len() as u32);
+                for r in results {
+                    match r {
+                        TxnResult::Put { version } => {
+                            w.u8(0);
+                            w.version(*version);
+                        }
+                        TxnResult::Delete { existed } => {
+                            w.u8(1);
+                            w.u8(*existed as u8);
+                        }
+                        TxnResult::Get { value } => {
+                            w.u8(2);
+                            match value {
+                                Some((v, version)) => {
+                                    w.u8(1);
+                                    w.bytes(v);
+                                    w.version(*version);
+                                }
+                                None => w.u8(0),
+                            }
+                        }
+                    }
+                }
+            }
             Frame::Pipeline => w.u8(30),
             Frame::Tagged { id, frame } => {
                 w.u8(31);
@@ -1056,6 +1220,76 @@ impl Frame {
                 }
                 Frame::StatusIs { cursor, workers }
             }
+            45 => {
+                let ack = r.ack()?;
+                let n = r.u32()? as usize;
+                // Each entry takes at least 5 bytes: no allocation past the body.
+                let mut conditions = Vec::with_capacity(n.min(body.len() / 5));
+                for _ in 0..n {
+                    conditions.push(match r.u8()? {
+                        0 => TxnCondition::Version {
+                            key: r.string()?,
+                            expect: r.expect()?,
+                        },
+                        1 => TxnCondition::ValueIs {
+                            key: r.string()?,
+                            value: r.bytes()?.to_vec(),
+                        },
+                        t => return Err(Error::Protocol(format!("unknown condition {t}"))),
+                    });
+                }
+                let n = r.u32()? as usize;
+                let mut ops = Vec::with_capacity(n.min(body.len() / 5));
+                for _ in 0..n {
+                    ops.push(match r.u8()? {
+                        0 => TxnOp::Put {
+                            key: r.string()?,
+                            value: r.bytes()?.to_vec(),
+                        },
+                        1 => TxnOp::Delete { key: r.string()? },
+                        2 => TxnOp::Get { key: r.string()? },
+                        t => return Err(Error::Protocol(format!("unknown operation {t}"))),
+                    });
+                }
+                Frame::Txn {
+                    conditions,
+                    ops,
+                    ack,
+                }
+            }
+            46 => {
+                let cursor = r.cursor()?;
+                let failed = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.u32()?),
+                    b => return Err(Error::Protocol(format!("bad option tag {b}"))),
+                };
+                let n = r.u32()? as usize;
+                let mut results = Vec::with_capacity(n.min(body.len() / 2));
+                for _ in 0..n {
+                    results.push(match r.u8()? {
+                        0 => TxnResult::Put {
+                            version: r.version()?,
+                        },
+                        1 => TxnResult::Delete {
+                            existed: r.u8()? != 0,
+                        },
+                        2 => TxnResult::Get {
+                            value: match r.u8()? {
+                                0 => None,
+                                1 => Some((r.bytes()?.to_vec(), r.version()?)),
+                                b => return Err(Error::Protocol(format!("bad option tag {b}"))),
+                            },
+                        },
+                        t => return Err(Error::Protocol(format!("unknown result {t}"))),
+                    });
+                }
+                Frame::TxnDone {
+                    cursor,
+                    failed,
+                    results,
+                }
+            }
             30 => Frame::Pipeline,
             31 => {
                 let id = r.u32()?;
@@ -1226,6 +1460,51 @@ mod tests {
                 value: vec![1],
                 ack: Ack::All,
                 expect: Expect::NoneOf(vec![Version { epoch: 2, at: l }]),
+            },
+            Frame::Txn {
+                conditions: vec![
+                    TxnCondition::Version {
+                        key: "a".into(),
+                        expect: Expect::Version(Version { epoch: 2, at: l }),
+                    },
+                    TxnCondition::ValueIs {
+                        key: "b".into(),
+                        value: vec![7, 0],
+                    },
+                ],
+                ops: vec![
+                    TxnOp::Put {
+                        key: "a".into(),
+                        value: vec![1],
+                    },
+                    TxnOp::Delete { key: "b".into() },
+                    TxnOp::Get { key: "c".into() },
+                ],
+                ack: Ack::All,
+            },
+            Frame::Txn {
+                conditions: vec![],
+                ops: vec![],
+                ack: Ack::Master,
+            },
+            Frame::TxnDone {
+                cursor: c,
+                failed: None,
+                results: vec![
+                    TxnResult::Put {
+                        version: Version { epoch: 2, at: l },
+                    },
+                    TxnResult::Delete { existed: true },
+                    TxnResult::Get {
+                        value: Some((vec![5], Version { epoch: 2, at: l })),
+                    },
+                    TxnResult::Get { value: None },
+                ],
+            },
+            Frame::TxnDone {
+                cursor: c,
+                failed: Some(3),
+                results: vec![],
             },
             Frame::Status,
             Frame::Watch {

@@ -14,7 +14,10 @@ use tokio::sync::watch;
 
 use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
-use crate::frame::{self, Ack, Change, Expect, Frame, FrameReader, Version, WorkerStatus};
+use crate::frame::{
+    self, Ack, Change, Expect, Frame, FrameReader, TxnCondition, TxnOp, TxnResult, Version,
+    WorkerStatus,
+};
 use crate::identity::SERVER_NAME;
 use crate::msg::{
     self, answer_frame, reads, shipping, snapshot, status, writes, Answer, Call, Failed, Opening,
@@ -611,6 +614,74 @@ impl Master {
         }
         let epoch = self.epoch();
         Ok(Some((Cursor::new(epoch, cursor), Version { epoch, at })))
+    }
+
+    /// Applies a transaction (see [`KeyedStore::txn_pending`]): the end
+    /// cursor, and the results or the index of the condition that did not
+    /// hold. A transaction that writes is acknowledged per `ack`; one that
+    /// only read (or failed a condition) is answered once what it read is
+    /// durable, as a read on the master is.
+    pub async fn transact(
+        &self,
+        conditions: Vec<TxnCondition>,
+        ops: Vec<TxnOp>,
+        ack: Ack,
+    ) -> Result<(Cursor, std::result::Result<Vec<TxnResult>, u32>)> {
+        use ourdb::keyed::{Condition, Op, OpResult, TxnOutcome};
+        let appending = self.begin_write()?;
+        let conds: Vec<Condition> = conditions
+            .into_iter()
+            .map(|c| match c {
+                // A version of another epoch names no record here: it
+                // cannot hold (an empty list matches nothing).
+                TxnCondition::Version { key, expect } => Condition::Version(
+                    key,
+                    self.expectation(expect)
+                        .unwrap_or(ourdb::keyed::Expect::OneOf(Vec::new())),
+                ),
+                TxnCondition::ValueIs { key, value } => Condition::ValueIs(key, value),
+            })
+            .collect();
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value } => Op::Put(key, value),
+                TxnOp::Delete { key } => Op::Delete(key),
+                TxnOp::Get { key } => Op::Get(key),
+            })
+            .collect();
+        let outcome = self.append(move |s| s.txn_pending(&conds, &ops)).await?;
+        drop(appending);
+        let epoch = self.epoch();
+        let (results, pending) = match outcome {
+            TxnOutcome::Failed(i) => (Err(i as u32), None),
+            TxnOutcome::Applied(results, pending) => (Ok(results), pending),
+        };
+        let cursor = self.store.db().end();
+        match pending {
+            Some(p) => {
+                self.durable(p).await?;
+                if ack == Ack::All {
+                    self.wait_all(cursor).await?;
+                }
+            }
+            None => self.after_read(Ok(())).await?,
+        }
+        let version = |at| Version { epoch, at };
+        let results = results.map(|rs| {
+            rs.into_iter()
+                .map(|r| match r {
+                    OpResult::Put(at) => TxnResult::Put {
+                        version: version(at),
+                    },
+                    OpResult::Delete(existed) => TxnResult::Delete { existed },
+                    OpResult::Get(v) => TxnResult::Get {
+                        value: v.map(|(v, at)| (v, version(at))),
+                    },
+                })
+                .collect()
+        });
+        Ok((Cursor::new(epoch, cursor), results))
     }
 
     /// Runs an append: in place, as under group commit it is memory work
@@ -1361,10 +1432,24 @@ impl Worker {
                 }
                 continue;
             }
-            for change in changes_in(&seg, epoch, &prefix) {
+            let (changes, next) = changes_in(&seg, epoch, &prefix);
+            for change in changes {
                 frame::write(&mut send, &change.into()).await?;
             }
-            cursor = seg.next;
+            if next == cursor {
+                // Inside a group that is not whole here yet: wait for more.
+                let woke = tokio::time::timeout(Duration::from_secs(15), async {
+                    tokio::select! {
+                        r = applied.changed() => r,
+                        r = hw.changed() => r,
+                    }
+                })
+                .await;
+                if woke.is_ok_and(|r| r.is_err()) {
+                    return Ok(());
+                }
+            }
+            cursor = next;
         }
     }
 
@@ -1404,10 +1489,21 @@ impl Worker {
         // Changes above the high-water mark are not shown yet.
         let upto = upto.min(*self.hw.borrow()).max(start);
         let max = (max_bytes as usize).clamp(ourdb::HEADER_LEN, SEGMENT_BYTES);
-        match blocking(move || Ok(store.db().read_records_upto(start, upto, max)?)).await {
-            Ok(seg) => Ok(msg::watch::ChangesAre {
-                changes: changes_in(&seg, epoch, &prefix),
-                next: Cursor::new(epoch, seg.next),
+        let read = blocking(move || {
+            let seg = store.db().read_records_upto(start, upto, max)?;
+            let (changes, next) = changes_in(&seg, epoch, &prefix);
+            if next != start || seg.bytes.is_empty() || max == SEGMENT_BYTES {
+                return Ok((changes, next));
+            }
+            // A group longer than asked for: it goes whole (groups fit in
+            // a segment).
+            let seg = store.db().read_records_upto(start, upto, SEGMENT_BYTES)?;
+            Ok(changes_in(&seg, epoch, &prefix))
+        });
+        match read.await {
+            Ok((changes, next)) => Ok(msg::watch::ChangesAre {
+                changes,
+                next: Cursor::new(epoch, next),
                 applied,
             }),
             Err(e) => Err(failed(Code::Cursor, e)),
@@ -1682,6 +1778,55 @@ impl writes::Handler for Master {
             Err(e) => Err(write_error(e)),
         }
     }
+
+    async fn txn(&self, req: writes::Txn) -> Answer<writes::Txn> {
+        self.txn_answer(req).await
+    }
+}
+
+impl Master {
+    async fn txn_answer(&self, req: writes::Txn) -> Answer<writes::Txn> {
+        let writes::Txn {
+            conditions,
+            ops,
+            ack,
+        } = req;
+        // The counts before anything is built or locked (the gateway
+        // checks every limit too; a direct client may not).
+        if ops.len() > ourdb::keyed::MAX_TXN_OPS
+            || conditions.len() > ourdb::keyed::MAX_TXN_CONDITIONS
+        {
+            return Err(failed(
+                Code::BadRequest,
+                format!(
+                    "{} operations and {} conditions; at most {} and {}",
+                    ops.len(),
+                    conditions.len(),
+                    ourdb::keyed::MAX_TXN_OPS,
+                    ourdb::keyed::MAX_TXN_CONDITIONS
+                ),
+            ));
+        }
+        match self.transact(conditions, ops, ack).await {
+            Ok((cursor, Ok(results))) => Ok(writes::TxnDone {
+                cursor,
+                failed: None,
+                results,
+            }),
+            Ok((cursor, Err(i))) => Ok(writes::TxnDone {
+                cursor,
+                failed: Some(i),
+                results: Vec::new(),
+            }),
+            Err(Error::Db(
+                e @ (ourdb::Error::InvalidKey(_)
+                | ourdb::Error::InvalidTxn(_)
+                | ourdb::Error::TxnTooLarge(_)
+                | ourdb::Error::ValueTooLarge { .. }),
+            )) => Err(failed(Code::BadRequest, e)),
+            Err(e) => Err(write_error(e)),
+        }
+    }
 }
 
 /// A master reads once its commit cursor reaches the request's cursor, and
@@ -1881,18 +2026,39 @@ impl crate::pipeline::Answer for Worker {
     }
 }
 
-/// The changes to keys with `prefix` in a segment of the log of `epoch`.
-fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> Vec<Change> {
-    seg.records()
-        .filter_map(|r| {
-            let env = ourdb::keyed::Envelope::decode(r.value).ok()?;
-            env.key.starts_with(prefix).then(|| Change {
-                cursor: Cursor::new(epoch, r.after),
-                key: env.key.to_string(),
-                value: (env.kind == ourdb::keyed::Kind::Put).then(|| env.value.to_vec()),
-            })
-        })
-        .collect()
+/// The changes to keys with `prefix` in a segment of the log of `epoch`,
+/// and where to read on: a group of records (a transaction) shows whole or
+/// not at all, so a segment that ends inside one stops before it.
+fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> (Vec<Change>, Location) {
+    let mut out = Vec::new();
+    let mut group: Vec<Change> = Vec::new();
+    let mut next = seg.next;
+    let mut open = None;
+    for r in seg.records() {
+        let Ok(env) = ourdb::keyed::Envelope::decode(r.value) else {
+            continue;
+        };
+        let change = env.key.starts_with(prefix).then(|| Change {
+            cursor: Cursor::new(epoch, r.after),
+            key: env.key.to_string(),
+            value: (env.kind == ourdb::keyed::Kind::Put).then(|| env.value.to_vec()),
+        });
+        match env.group {
+            Some(g) => {
+                open.get_or_insert(r.at);
+                group.extend(change);
+                if g.last {
+                    out.append(&mut group);
+                    open = None;
+                }
+            }
+            None => out.extend(change),
+        }
+    }
+    if let Some(at) = open {
+        next = at;
+    }
+    (out, next)
 }
 
 /// The refusal of a watch cursor whose log was replaced by a compaction.

@@ -72,6 +72,38 @@ impl OurDb {
         Ok((raw, value))
     }
 
+    /// Up to `depth` versions of `id` that lie before `before` in the log,
+    /// newest first, with their locations: the version chain walked back
+    /// from the current one, skipping what lies at or after `before`.
+    /// `NotFound` if the id has no current version. For stores that address
+    /// records exactly (not V's loose keysizes).
+    pub fn get_versions(
+        &self,
+        id: u32,
+        before: Location,
+        depth: usize,
+    ) -> Result<Vec<(Location, Vec<u8>)>> {
+        self.check_range(id)?;
+        if self.loose_addressing {
+            return Err(Error::Config(
+                "versions by location need exact addressing".into(),
+            ));
+        }
+        let mut loc = self.lookup.get(id);
+        if loc.is_none() {
+            return Err(Error::NotFound(id));
+        }
+        let mut out = Vec::new();
+        while out.len() < depth && !loc.is_none() {
+            let (h, value) = self.read_record(loc)?;
+            if loc < before {
+                out.push((loc, value));
+            }
+            loc = h.prev;
+        }
+        Ok(out)
+    }
+
     /// Up to `depth` values of `id`, newest first (the current value first).
     pub fn get_history(&self, id: u32, depth: usize) -> Result<Vec<Vec<u8>>> {
         self.check_range(id)?;

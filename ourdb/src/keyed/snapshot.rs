@@ -231,7 +231,9 @@ fn rebuild_from_envelopes(
                         records += 1;
                         table.set(
                             env.id,
-                            if env.kind == Kind::Put {
+                            // A group's tombstone stays until open
+                            // knows the group is whole.
+                            if env.kind == Kind::Put || env.group.is_some() {
                                 loc
                             } else {
                                 Location::NONE

@@ -751,7 +751,9 @@ impl Node {
         let store = self.store();
         PositionIs {
             last_term: self.last_term.load(Ordering::SeqCst),
-            cursor: Cursor::new(store.db().meta().epoch, store.db().end()),
+            // A group shipped in part is no part of this log yet: a node
+            // appointed from here cuts it (`be_master`).
+            cursor: Cursor::new(store.db().meta().epoch, store.visible_end()),
         }
     }
 
@@ -909,6 +911,16 @@ impl Node {
         }
         self.be_idle();
         let store = self.store();
+        // The rest of a group shipped in part will never come: a master
+        // must not append after half a transaction.
+        if let Some(cut) = store.cut_unfinished_group()? {
+            tracing::warn!(
+                node = self.id,
+                term,
+                records = cut.records,
+                "cut a group shipped in part before taking writes"
+            );
+        }
         let start = v
             .state
             .appointment(term)

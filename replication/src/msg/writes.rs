@@ -1,8 +1,9 @@
 //! Writes, client → master: `Set` and `Delete`, each answered by `Written`
-//! (or `Failed`: `precondition`, `write_failed`, `not_master` from a worker).
+//! (or `Failed`: `precondition`, `write_failed`, `not_master` from a worker),
+//! and `Txn`, answered by `TxnDone` (a failed condition is an answer too).
 
 use crate::cursor::Cursor;
-use crate::frame::{Ack, Expect, Version};
+use crate::frame::{Ack, Expect, TxnCondition, TxnOp, TxnResult, Version};
 use crate::msg::{dispatch, message, Request};
 
 message! {
@@ -43,6 +44,35 @@ message! {
     }
 }
 
+message! {
+    /// A transaction: if every condition holds, the operations in order,
+    /// whole or not at all, acknowledged per `ack`.
+    Txn = Txn {
+        /// What must hold.
+        conditions: Vec<TxnCondition>,
+        /// What to do.
+        ops: Vec<TxnOp>,
+        /// When the master answers.
+        ack: Ack,
+    }
+}
+
+message! {
+    /// How a transaction ended.
+    TxnDone = TxnDone {
+        /// The master's end after it.
+        cursor: Cursor,
+        /// The condition that did not hold (nothing was written).
+        failed: Option<u32>,
+        /// One result per operation.
+        results: Vec<TxnResult>,
+    }
+}
+
+impl Request for Txn {
+    type Reply = TxnDone;
+}
+
 impl Request for Set {
     type Reply = Written;
 }
@@ -58,9 +88,7 @@ dispatch! {
         Set => set,
         /// Delete a key.
         Delete => delete,
+        /// Apply a transaction.
+        Txn => txn,
     }
-}
-
-impl Request for Write {
-    type Reply = Written;
 }

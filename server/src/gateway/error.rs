@@ -89,6 +89,10 @@ impl ApiError {
                 code: Code::Indeterminate,
                 message,
             } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "indeterminate", message),
+            replication::Error::Remote {
+                code: Code::BadRequest,
+                message,
+            } => ApiError::bad_request(message),
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
             }

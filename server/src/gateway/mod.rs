@@ -25,6 +25,7 @@ mod middleware;
 mod ops;
 mod params;
 mod topology;
+mod txn;
 mod watch;
 
 use error::*;
@@ -216,6 +217,7 @@ impl Gateway {
             .route("/get", get(seed_get))
             .route("/delete", post(seed_delete).layer(body.clone()))
             .route("/v1/kv", get(list))
+            .route("/v1/txn", post(txn::txn).layer(body.clone()))
             .route(
                 "/v1/kv/{*key}",
                 put(kv_put).delete(kv_delete).layer(body).get(kv_get),
