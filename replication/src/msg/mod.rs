@@ -533,15 +533,18 @@ mod tests {
             },
         );
         pair(
-            writes::Write::Delete(writes::Delete {
-                key: "k".into(),
+            writes::Txn {
+                conditions: vec![crate::frame::TxnCondition::Version {
+                    key: "k".into(),
+                    expect: Expect::Present,
+                }],
+                ops: vec![crate::frame::TxnOp::Delete { key: "k".into() }],
                 ack: Ack::All,
-                expect: Expect::Any,
-            }),
-            writes::Written {
+            },
+            writes::TxnDone {
                 cursor: c(),
-                existed: true,
-                version: v(),
+                failed: None,
+                results: vec![crate::frame::TxnResult::Delete { existed: true }],
             },
         );
         pair(reads::ReadIndex, reads::CursorIs { cursor: c() });
