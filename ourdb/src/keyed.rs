@@ -6,7 +6,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | magic `0xE7` |
-//! | 1 | 1 | kind: 1 put, 2 tombstone |
+//! | 1 | 1 | kind: 1 put, 2 tombstone, 3 chunk, 4 chunked put |
 //! | 2 | 1 | envelope version, 1 |
 //! | 3 | 4 | id, u32 little-endian |
 //! | 7 | 2 | key length, u16 little-endian |
@@ -24,6 +24,11 @@
 //! never see a record at or past the start of a group that is not whole
 //! (`hide_from`): they read the id's version before it. A group cut short by
 //! a crash is cut off the log at open.
+//!
+//! A value too large for one record is stored as a group on its key's id:
+//! chunk records (kind 3, a piece of the value each), then a chunked put
+//! (kind 4) whose value says how many chunks precede it and the total
+//! length. The pieces are found by following the id's version chain back.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -48,6 +53,13 @@ pub const VERSION_GROUP: u8 = 2;
 pub const ENVELOPE_HEADER: usize = 9;
 /// Bytes a group member's envelope adds before the key: start and flags.
 pub const GROUP_HEADER: usize = 7;
+/// Largest value the keyed layer stores (as chunks past one record).
+pub const MAX_VALUE_BYTES: usize = 16 << 20;
+/// Most bytes of values `history` returns (one value at least): they travel
+/// in one reply.
+pub const HISTORY_BYTES: usize = 16 << 20;
+/// A chunked put's value: the chunk count (u32 LE) and the total length (u64 LE).
+pub const CHUNKED_LEN: usize = 12;
 /// Most operations (puts, deletes, gets) in one transaction.
 pub const MAX_TXN_OPS: usize = 128;
 /// Most conditions in one transaction.
@@ -65,6 +77,18 @@ pub enum Kind {
     Put,
     /// Deletes the key (the value is empty).
     Tombstone,
+    /// A piece of a value too large for one record; the chunked put that
+    /// follows it in the group sets the key.
+    Chunk,
+    /// Sets the key to the pieces of the chunk records before it, in order.
+    Chunked,
+}
+
+impl Kind {
+    /// Whether a record of this kind sets its key to a value.
+    pub fn sets_value(self) -> bool {
+        matches!(self, Kind::Put | Kind::Chunked)
+    }
 }
 
 /// A record's place in a group of records that become visible together.
@@ -100,6 +124,8 @@ impl<'a> Envelope<'a> {
         out.push(match self.kind {
             Kind::Put => 1,
             Kind::Tombstone => 2,
+            Kind::Chunk => 3,
+            Kind::Chunked => 4,
         });
         out.push(if self.group.is_some() {
             VERSION_GROUP
@@ -135,6 +161,8 @@ impl<'a> Envelope<'a> {
         let kind = match b[1] {
             1 => Kind::Put,
             2 => Kind::Tombstone,
+            3 => Kind::Chunk,
+            4 => Kind::Chunked,
             k => return Err(Error::Envelope(format!("unknown kind {k}"))),
         };
         let (group, key_at) = match b[2] {
@@ -169,6 +197,12 @@ impl<'a> Envelope<'a> {
         if kind == Kind::Tombstone && !value.is_empty() {
             return Err(Error::Envelope("tombstone with a value".into()));
         }
+        if kind == Kind::Chunked && value.len() != CHUNKED_LEN {
+            return Err(Error::Envelope(format!(
+                "chunked put of {} bytes, want {CHUNKED_LEN}",
+                value.len()
+            )));
+        }
         Ok(Envelope {
             kind,
             id,
@@ -196,6 +230,87 @@ pub fn check_key(key: &str) -> Result<()> {
 /// Largest value that fits beside `key` in one record.
 pub fn max_value_len(key: &str) -> usize {
     MAX_VALUE_LEN.saturating_sub(ENVELOPE_HEADER + key.len())
+}
+
+/// Most value bytes one group record of `key` holds (a chunk, or a put of
+/// a transaction), in a store of the largest records.
+pub fn chunk_len(key: &str) -> usize {
+    max_value_len(key).saturating_sub(GROUP_HEADER)
+}
+
+/// A chunked put's chunk count and total length.
+fn chunked_header(value: &[u8]) -> (usize, u64) {
+    let n = u32::from_le_bytes(value[..4].try_into().expect("4 bytes")) as usize;
+    let len = u64::from_le_bytes(value[4..12].try_into().expect("8 bytes"));
+    (n, len)
+}
+
+/// The value a chunked put at `at` (envelope `env`) sets: its chunk
+/// records' pieces, found back along the id's version chain, in order.
+/// Also where the chain goes on before the first chunk.
+pub fn chunked_value(db: &OurDb, at: Location, env: &Envelope<'_>) -> Result<(Vec<u8>, Location)> {
+    let (n, len) = chunked_header(env.value);
+    if len > MAX_VALUE_BYTES as u64 {
+        return Err(Error::Envelope(format!(
+            "chunked put at {at} of {len} bytes, past {MAX_VALUE_BYTES}"
+        )));
+    }
+    let (mut loc, _) = db.read_at(at)?;
+    let mut pieces = Vec::with_capacity(n);
+    for i in 0..n {
+        if loc.is_none() {
+            return Err(Error::Envelope(format!(
+                "chunked put at {at}: chunk {} of {n} missing",
+                n - i
+            )));
+        }
+        let (prev, rec) = db.read_at(loc)?;
+        let c = Envelope::decode(&rec)?;
+        if c.kind != Kind::Chunk || c.id != env.id || c.key != env.key {
+            return Err(Error::Envelope(format!(
+                "chunked put at {at}: record at {loc} is no chunk of it"
+            )));
+        }
+        let header = rec.len() - c.value.len();
+        pieces.push((rec, header));
+        loc = prev;
+    }
+    let mut value = Vec::with_capacity(len as usize);
+    for (rec, header) in pieces.iter().rev() {
+        value.extend_from_slice(&rec[*header..]);
+    }
+    if value.len() as u64 != len {
+        return Err(Error::Envelope(format!(
+            "chunked put at {at}: {} bytes in its chunks, it says {len}",
+            value.len()
+        )));
+    }
+    Ok((value, loc))
+}
+
+/// The versions of `id` that compaction keeps for a depth of `depth`
+/// values, newest first: a chunked put counts once and takes its chunks.
+pub fn compaction_versions(db: &OurDb, id: u32, depth: usize) -> Result<Vec<Vec<u8>>> {
+    let mut want = depth;
+    loop {
+        let recs = db.get_history(id, want)?;
+        let (mut kept, mut values) = (0usize, 0usize);
+        while kept < recs.len() && values < depth {
+            let chunks = match Envelope::decode(&recs[kept]) {
+                Ok(e) if e.kind == Kind::Chunked => chunked_header(e.value).0,
+                _ => 0,
+            };
+            kept += 1 + chunks;
+            values += 1;
+        }
+        let ended = recs.len() < want;
+        if (kept <= recs.len() && values >= depth) || ended {
+            let mut recs = recs;
+            recs.truncate(kept);
+            return Ok(recs);
+        }
+        want = want.saturating_mul(2);
+    }
 }
 
 /// What a conditional write expects of a key's current version.
@@ -303,7 +418,7 @@ pub fn check_txn(conditions: &[Condition], ops: &[Op]) -> Result<()> {
     for op in ops {
         check_key(op.key())?;
         if let Op::Put(k, v) = op {
-            let max = max_value_len(k).saturating_sub(GROUP_HEADER);
+            let max = chunk_len(k);
             if v.len() > max {
                 return Err(Error::ValueTooLarge { len: v.len(), max });
             }
@@ -452,7 +567,7 @@ impl KeyedStore {
                 last_group = last_group.max(Some(g.start));
             }
             match env.kind {
-                Kind::Put => {
+                Kind::Put | Kind::Chunked => {
                     if let Some(other) = index.insert(env.key.to_string(), id) {
                         return Err(Error::Envelope(format!(
                             "key {:?} is live under ids {other} and {id}",
@@ -462,6 +577,8 @@ impl KeyedStore {
                     keys += 1;
                 }
                 Kind::Tombstone => tombstones.push(id),
+                // Only a group cut short leaves a chunk on top: open cuts it.
+                Kind::Chunk => {}
             }
         }
         self.report.keys = keys;
@@ -601,15 +718,18 @@ impl KeyedStore {
         expect: Expect,
     ) -> Result<Option<(u32, Location, Pending)>> {
         check_key(key)?;
-        if value.len() > max_value_len(key) {
+        if value.len() > MAX_VALUE_BYTES {
             return Err(Error::ValueTooLarge {
                 len: value.len(),
-                max: max_value_len(key),
+                max: MAX_VALUE_BYTES,
             });
         }
         let _w = self.lock_own_write()?;
         if !self.expected(key, &expect) {
             return Ok(None);
+        }
+        if value.len() > self.room(key) {
+            return self.put_chunked(key, value).map(Some);
         }
         let existing = self.id_of(key);
         let id = match existing {
@@ -640,6 +760,108 @@ impl KeyedStore {
         Ok(Some((id, version, pending)))
     }
 
+    /// Stores a value too large for one record (under the write lock): its
+    /// chunks, then the chunked put, as one group.
+    fn put_chunked(&self, key: &str, value: &[u8]) -> Result<(u32, Location, Pending)> {
+        let existing = self.id_of(key);
+        let id = match existing {
+            Some(id) => id,
+            None => self.db.next_id()?,
+        };
+        let start = self.db.end();
+        self.hide_from.store(order(start), Ordering::SeqCst);
+        let written = (|| {
+            let pieces: Vec<&[u8]> = value
+                .chunks(self.room(key).saturating_sub(GROUP_HEADER).max(1))
+                .collect();
+            let group = |last| Some(Group { start, last });
+            let mut created = existing.is_some();
+            for piece in &pieces {
+                let rec = Envelope {
+                    kind: Kind::Chunk,
+                    id,
+                    key,
+                    value: piece,
+                    group: group(false),
+                }
+                .encode();
+                let (got, _) = self.db.set_pending(created.then_some(id), &rec)?;
+                debug_assert_eq!(got, id);
+                created = true;
+            }
+            let mut header = Vec::with_capacity(CHUNKED_LEN);
+            header.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
+            header.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            let rec = Envelope {
+                kind: Kind::Chunked,
+                id,
+                key,
+                value: &header,
+                group: group(true),
+            }
+            .encode();
+            let (_, pending) = self.db.set_pending(Some(id), &rec)?;
+            Ok(pending)
+        })();
+        match written {
+            Ok(pending) => {
+                let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+                if existing.is_none() {
+                    index.insert(key.to_string(), id);
+                }
+                self.hide_from.store(SHOWN, Ordering::SeqCst);
+                drop(index);
+                let version = self.db.raw_location(id).unwrap_or(Location::NONE);
+                Ok((id, version, pending))
+            }
+            Err(e) => {
+                self.cut_failed_group(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// The most value bytes one record of `key` holds in this store (its
+    /// record size limit, less the envelope).
+    fn room(&self, key: &str) -> usize {
+        (self.db.config().record_size_max as usize)
+            .min(MAX_VALUE_LEN)
+            .saturating_sub(ENVELOPE_HEADER + key.len())
+    }
+
+    /// After a failed group write: nothing of it may stay in the log (a
+    /// record after it would make it look whole at the next open).
+    fn cut_failed_group(&self, start: Location) {
+        let cut = self
+            .db
+            .truncate_with(start, Some(&EnvelopeIds), &mut |_, _| Ok(()));
+        if cut.is_err() {
+            self.db.poison();
+        }
+        self.hide_from.store(SHOWN, Ordering::SeqCst);
+    }
+
+    /// The value a record read at `at` sets for `key`: `None` if it sets
+    /// none (a tombstone, another key).
+    fn value_in(&self, key: &str, at: Location, rec: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let env = Envelope::decode(&rec)?;
+        if env.key != key {
+            return Ok(None);
+        }
+        match env.kind {
+            Kind::Put => {
+                // The value is the record's tail: cut the envelope header
+                // off in place rather than copy the value.
+                let header = rec.len() - env.value.len();
+                let mut value = rec;
+                value.drain(..header);
+                Ok(Some(value))
+            }
+            Kind::Chunked => Ok(Some(chunked_value(&self.db, at, &env)?.0)),
+            Kind::Tombstone | Kind::Chunk => Ok(None),
+        }
+    }
+
     /// The location of `key`'s current record: it names the version (records
     /// are never rewritten), so it serves as an ETag. For writers (under the
     /// write lock nothing is hidden on a node that writes).
@@ -668,16 +890,7 @@ impl KeyedStore {
         let Some((at, rec)) = self.visible(id)? else {
             return Ok(None);
         };
-        let env = Envelope::decode(&rec)?;
-        if env.kind != Kind::Put || env.key != key {
-            return Ok(None);
-        }
-        // The value is the record's tail: cut the envelope header off in
-        // place rather than copy the value into a new buffer.
-        let header = rec.len() - env.value.len();
-        let mut value = rec;
-        value.drain(..header);
-        Ok(Some((value, at)))
+        Ok(self.value_in(key, at, rec)?.map(|v| (v, at)))
     }
 
     /// The current value of `key`.
@@ -687,13 +900,13 @@ impl KeyedStore {
 
     /// The key and current value stored under record id `id`.
     pub fn get_by_id(&self, id: u32) -> Result<Option<(String, Vec<u8>)>> {
-        let rec = match self.visible(id) {
-            Ok(Some((_, rec))) => rec,
+        let (at, rec) = match self.visible(id) {
+            Ok(Some(r)) => r,
             Ok(None) | Err(Error::IdOutOfRange { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let env = Envelope::decode(&rec)?;
-        Ok((env.kind == Kind::Put).then(|| (env.key.to_string(), env.value.to_vec())))
+        let key = Envelope::decode(&rec)?.key.to_string();
+        Ok(self.value_in(&key, at, rec)?.map(|v| (key, v)))
     }
 
     /// Up to `depth` values of `key`, newest first.
@@ -701,19 +914,35 @@ impl KeyedStore {
         let Some(id) = self.id_of(key) else {
             return Ok(Vec::new());
         };
-        let hide = unorder(self.hide_from.load(Ordering::SeqCst));
-        let versions = match self.db.get_versions(id, hide, depth) {
-            Ok(v) => v,
-            Err(Error::NotFound(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+        let hide = self.hide_from.load(Ordering::SeqCst);
+        let mut loc = match self.db.raw_location(id) {
+            Some(l) => l,
+            None => return Ok(Vec::new()),
         };
-        let mut out = Vec::new();
-        for (_, rec) in versions {
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while out.len() < depth && !loc.is_none() {
+            let (prev, rec) = self.db.read_at(loc)?;
+            if order(loc) >= hide {
+                loc = prev;
+                continue;
+            }
             let env = Envelope::decode(&rec)?;
-            if env.kind != Kind::Put || env.key != key {
+            if env.key != key {
                 break;
             }
-            out.push(env.value.to_vec());
+            let (value, next) = match env.kind {
+                Kind::Put => (env.value.to_vec(), prev),
+                Kind::Chunked => chunked_value(&self.db, loc, &env)?,
+                Kind::Tombstone | Kind::Chunk => break,
+            };
+            // One answer carries them all: past HISTORY_BYTES, stop (one
+            // value at least).
+            bytes += value.len();
+            if !out.is_empty() && bytes > HISTORY_BYTES {
+                break;
+            }
+            out.push(value);
+            loc = next;
         }
         Ok(out)
     }
@@ -806,15 +1035,7 @@ impl KeyedStore {
         self.hide_from.store(order(start), Ordering::SeqCst);
         let applied = self.write_group(start, last, ops);
         if applied.is_err() {
-            // Nothing of a group that is not whole may stay in the log: a
-            // record after it would make it look whole at the next open.
-            let cut = self
-                .db
-                .truncate_with(start, Some(&EnvelopeIds), &mut |_, _| Ok(()));
-            if cut.is_err() {
-                self.db.poison();
-            }
-            self.hide_from.store(SHOWN, Ordering::SeqCst);
+            self.cut_failed_group(start);
         }
         applied
     }
@@ -961,6 +1182,10 @@ impl KeyedStore {
             }
             let hidden = hide.is_some_and(|h| rec_at >= h);
             let tombstone = env.kind == Kind::Tombstone;
+            if env.kind == Kind::Chunk {
+                // No key change: the chunked put after it makes it.
+                return Ok((env.id, false));
+            }
             changes.push((
                 Deferred {
                     at: rec_at,
@@ -1048,7 +1273,7 @@ impl KeyedStore {
                 for id in ids {
                     if let Some((_, rec)) = self.visible(id)? {
                         let env = Envelope::decode(&rec)?;
-                        if env.kind == Kind::Put && env.key == key {
+                        if env.kind.sets_value() && env.key == key {
                             return Ok((key, Some(id)));
                         }
                     }
@@ -1448,6 +1673,98 @@ mod tests {
                 assert_eq!(Envelope::decode(&rec).unwrap().group, None);
             }
         }
+    }
+
+    fn big(n: usize, b: u8) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8 ^ b).collect()
+    }
+
+    /// Values past one record: stored as chunks, read back whole by key, by
+    /// id and in history, replaced, compared and swapped, deleted; kept whole
+    /// by compaction at any history depth.
+    #[test]
+    fn large_values_round_trip_and_survive_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let one = max_value_len("k");
+        let v1 = big(3 * one + 17, 1);
+        let v2 = big(one + 1, 2);
+        let v3 = b"small".to_vec();
+        let e1 = s.put_if("k", &v1, Expect::Absent).unwrap().unwrap();
+        assert!(s.get_versioned("k").unwrap() == Some((v1.clone(), e1)));
+        let id = s.id_of("k").unwrap();
+        assert!(s.get_by_id(id).unwrap() == Some(("k".into(), v1.clone())));
+        assert_eq!(
+            s.put_if("k", &v2, Expect::Version(Location::new(0, 1)))
+                .unwrap(),
+            None
+        );
+        s.put_if("k", &v2, Expect::Version(e1)).unwrap().unwrap();
+        s.put("k", &v3).unwrap();
+        s.put("other", &big(MAX_VALUE_BYTES / 4, 3)).unwrap();
+        assert!(s.history("k", 10).unwrap() == [v3.clone(), v2.clone(), v1.clone()]);
+        assert!(s.history("k", 2).unwrap() == [v3.clone(), v2.clone()]);
+        assert!(matches!(
+            s.put("k", &vec![0; MAX_VALUE_BYTES + 1]),
+            Err(Error::ValueTooLarge {
+                max: MAX_VALUE_BYTES,
+                ..
+            })
+        ));
+        s.put("k", &v1).unwrap();
+        s.close().unwrap();
+        // Depth 1: the current value with all its chunks; depth 2: one more.
+        // Depth 2 keeps the current value with all its chunks and one more;
+        // then depth 1 the current one alone.
+        for depth in [2, 1] {
+            crate::tools::compact(dir.path(), None, Some(depth)).unwrap();
+            let s = store(dir.path());
+            assert!(s.get("k").unwrap() == Some(v1.clone()), "depth {depth}");
+            assert_eq!(
+                s.get("other").unwrap().map(|v| v.len()),
+                Some(MAX_VALUE_BYTES / 4)
+            );
+            let want = [v1.clone(), v3.clone()];
+            assert!(s.history("k", 5).unwrap() == want[..depth], "depth {depth}");
+            s.close().unwrap();
+        }
+        let s = store(dir.path());
+        assert!(s.delete("k").unwrap());
+        assert_eq!(s.get("k").unwrap(), None);
+    }
+
+    /// A large value shipped record by record shows on a replica only once
+    /// whole.
+    #[test]
+    fn a_replica_shows_a_large_value_only_when_whole() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (primary, replica) = (store(d1.path()), store(d2.path()));
+        primary.put("k", b"old").unwrap();
+        ship(&primary, &replica, Location::new(0, 1), &[]);
+        let start = primary.db().end();
+        let v = big(5 * max_value_len("k"), 9);
+        primary.put("k", &v).unwrap();
+        let seg = primary.db().read_records(start, 1 << 30).unwrap();
+        let ends: Vec<Location> = seg.records().map(|r| r.after).collect();
+        assert_eq!(ends.len(), 7, "6 chunks and the chunked put");
+        let mut pos = start;
+        for (i, end) in ends.iter().enumerate() {
+            let bytes = &seg.bytes[(pos.position - start.position) as usize
+                ..(end.position - start.position) as usize];
+            replica.apply_shipped(pos, bytes).unwrap();
+            pos = *end;
+            let want = if i + 1 < ends.len() {
+                b"old".to_vec()
+            } else {
+                v.clone()
+            };
+            assert!(replica.get("k").unwrap() == Some(want), "after record {i}");
+        }
+        assert!(replica.history("k", 5).unwrap() == [v, b"old".to_vec()]);
+        assert_eq!(
+            replica.db().digest().unwrap(),
+            primary.db().digest().unwrap()
+        );
     }
 
     /// A replica about to write cuts a group shipped in part; a store

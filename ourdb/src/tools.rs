@@ -262,7 +262,8 @@ pub fn compact_with(
         progress.start("ids", ids.len() as u64);
         for id in ids {
             progress.advance(1);
-            let versions = src.get_history(id, depth)?;
+            // A chunked value counts once and keeps its chunks.
+            let versions = crate::keyed::compaction_versions(&src, id, depth)?;
             report.live_ids += 1;
             report.versions_kept += versions.len() as u64;
             for v in versions.iter().rev() {

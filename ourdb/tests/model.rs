@@ -153,6 +153,10 @@ enum KeyedOp {
     Txn(Vec<(usize, TxnIf)>, Vec<TxnDo>),
     /// The first records of a transaction's group written, then a crash.
     TornTxn(Vec<TxnDo>, usize, Vec<u8>),
+    /// A value larger than a record (chunks): key, length, a byte to vary it.
+    PutLarge(usize, usize, u8),
+    /// The first chunks of a large value written, then a crash.
+    TornLarge(usize, usize, Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +229,10 @@ fn keyed_op() -> impl Strategy<Value = KeyedOp> {
             .prop_map(|(c, o)| KeyedOp::Txn(c, o)),
         1 => (txn_dos(), 0usize..6, prop::collection::vec(any::<u8>(), 0..8))
             .prop_map(|(o, n, g)| KeyedOp::TornTxn(o, n, g)),
+        2 => (0..KEYS.len(), 500usize..2600, any::<u8>())
+            .prop_map(|(k, n, b)| KeyedOp::PutLarge(k, n, b)),
+        1 => (0..KEYS.len(), 1usize..4, prop::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(k, n, g)| KeyedOp::TornLarge(k, n, g)),
     ]
 }
 
@@ -294,6 +302,19 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
                 store = open_keyed(dir.path());
             }
             KeyedOp::Txn(conds, ops) => run_txn(&store, &mut model, conds, ops)?,
+            KeyedOp::PutLarge(k, n, b) => {
+                let v: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31) ^ b).collect();
+                store.put(KEYS[k], &v).unwrap();
+                model.entry(KEYS[k].to_string()).or_default().insert(0, v);
+            }
+            KeyedOp::TornLarge(k, n, garbage) => {
+                write_torn_chunks(&store, KEYS[k], n);
+                crash(store.into_db(), dir.path(), &garbage);
+                store = open_keyed(dir.path());
+                for k in KEYS {
+                    prop_assert_eq!(store.get(k).unwrap(), model.get(*k).map(|h| h[0].clone()));
+                }
+            }
             KeyedOp::TornTxn(ops, n, garbage) => {
                 write_torn(&store, &ops, n);
                 crash(store.into_db(), dir.path(), &garbage);
@@ -372,6 +393,27 @@ fn run_txn(
         }
     }
     Ok(())
+}
+
+/// The first `n` chunks of a large value of `key`, as the store writes them.
+fn write_torn_chunks(store: &KeyedStore, key: &str, n: usize) {
+    use ourdb::keyed::{Envelope, Group, Kind};
+    let db = store.db();
+    let start = db.end();
+    let existing = store.id_of(key);
+    let id = existing.unwrap_or_else(|| db.next_id().unwrap());
+    for i in 0..n {
+        let rec = Envelope {
+            kind: Kind::Chunk,
+            id,
+            key,
+            value: &[i as u8; 500],
+            group: Some(Group { start, last: false }),
+        }
+        .encode();
+        db.set((existing.is_some() || i > 0).then_some(id), &rec)
+            .unwrap();
+    }
 }
 
 /// The first `n` records of a transaction's group, written as the store

@@ -13,8 +13,9 @@ use ourdb::Location;
 pub use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 
-/// Largest frame accepted: a segment of records plus its header.
-pub const MAX_FRAME: usize = 16 << 20;
+/// Largest frame accepted: a 16 MiB value (or history reply) with its key
+/// and header, with room to spare.
+pub const MAX_FRAME: usize = 17 << 20;
 
 /// One frame: every message of every sub-protocol, as it is on the wire
 /// (the type byte of each is in docs/PROTOCOL.md). Code that sends or

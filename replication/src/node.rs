@@ -1406,19 +1406,22 @@ impl Worker {
             // mark may move after the apply, on its own (a segment without
             // records), so both wake this loop.
             let upto = now.at.min(mark).max(cursor);
-            let seg = match blocking(move || {
-                Ok(store.db().read_records_upto(cursor, upto, SEGMENT_BYTES)?)
-            })
-            .await
-            {
-                Ok(s) => s,
+            let want = prefix.clone();
+            // Reading a large value's chunks back is disk work too.
+            let read = blocking(move || {
+                let seg = store.db().read_records_upto(cursor, upto, SEGMENT_BYTES)?;
+                let (changes, next) = changes_in(store.db(), &seg, epoch, &want);
+                Ok((seg.bytes.is_empty(), changes, next))
+            });
+            let (empty, changes, next) = match read.await {
+                Ok(r) => r,
                 Err(e) => {
                     let _ = frame::write(&mut send, &failed(Code::Cursor, &e).into()).await;
                     return Err(e);
                 }
             };
-            if seg.bytes.is_empty() {
-                cursor = seg.next;
+            if empty {
+                cursor = next;
                 // A client that went away is noticed at the next write at the latest.
                 let woke = tokio::time::timeout(Duration::from_secs(15), async {
                     tokio::select! {
@@ -1432,7 +1435,6 @@ impl Worker {
                 }
                 continue;
             }
-            let (changes, next) = changes_in(&seg, epoch, &prefix);
             for change in changes {
                 frame::write(&mut send, &change.into()).await?;
             }
@@ -1491,14 +1493,14 @@ impl Worker {
         let max = (max_bytes as usize).clamp(ourdb::HEADER_LEN, SEGMENT_BYTES);
         let read = blocking(move || {
             let seg = store.db().read_records_upto(start, upto, max)?;
-            let (changes, next) = changes_in(&seg, epoch, &prefix);
+            let (changes, next) = changes_in(store.db(), &seg, epoch, &prefix);
             if next != start || seg.bytes.is_empty() || max == SEGMENT_BYTES {
                 return Ok((changes, next));
             }
             // A group longer than asked for: it goes whole (groups fit in
             // a segment).
             let seg = store.db().read_records_upto(start, upto, SEGMENT_BYTES)?;
-            Ok(changes_in(&seg, epoch, &prefix))
+            Ok(changes_in(store.db(), &seg, epoch, &prefix))
         });
         match read.await {
             Ok((changes, next)) => Ok(msg::watch::ChangesAre {
@@ -2028,20 +2030,40 @@ impl crate::pipeline::Answer for Worker {
 
 /// The changes to keys with `prefix` in a segment of the log of `epoch`,
 /// and where to read on: a group of records (a transaction) shows whole or
-/// not at all, so a segment that ends inside one stops before it.
-fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> (Vec<Change>, Location) {
+/// not at all, so a segment that ends inside one with changes stops before
+/// it (a group fits in a segment). A large value's chunks change nothing
+/// themselves: its chunked put does, with the value read back from `db`.
+fn changes_in(
+    db: &ourdb::OurDb,
+    seg: &ourdb::Segment,
+    epoch: u64,
+    prefix: &str,
+) -> (Vec<Change>, Location) {
+    use ourdb::keyed::{Envelope, Kind};
     let mut out = Vec::new();
     let mut group: Vec<Change> = Vec::new();
-    let mut next = seg.next;
     let mut open = None;
     for r in seg.records() {
-        let Ok(env) = ourdb::keyed::Envelope::decode(r.value) else {
+        let Ok(env) = Envelope::decode(r.value) else {
             continue;
         };
-        let change = env.key.starts_with(prefix).then(|| Change {
+        let change = match env.kind {
+            _ if !env.key.starts_with(prefix) => None,
+            Kind::Chunk => None,
+            Kind::Put => Some(Some(env.value.to_vec())),
+            Kind::Tombstone => Some(None),
+            Kind::Chunked => match ourdb::keyed::chunked_value(db, r.at, &env) {
+                Ok((v, _)) => Some(Some(v)),
+                Err(e) => {
+                    tracing::warn!(at = %r.at, error = %e, "watch: a chunked value does not read back");
+                    None
+                }
+            },
+        }
+        .map(|value| Change {
             cursor: Cursor::new(epoch, r.after),
             key: env.key.to_string(),
-            value: (env.kind == ourdb::keyed::Kind::Put).then(|| env.value.to_vec()),
+            value,
         });
         match env.group {
             Some(g) => {
@@ -2055,9 +2077,11 @@ fn changes_in(seg: &ourdb::Segment, epoch: u64, prefix: &str) -> (Vec<Change>, L
             None => out.extend(change),
         }
     }
-    if let Some(at) = open {
-        next = at;
-    }
+    let next = match open {
+        // Changes of a group not whole here yet wait for the rest.
+        Some(at) if !group.is_empty() => at,
+        _ => seg.next,
+    };
     (out, next)
 }
 

@@ -397,6 +397,10 @@ pub(crate) struct HttpOpts {
     /// The most watches (`/v1/watch` streams) open at once; past it, 503.
     #[arg(long, value_name = "N", default_value_t = gateway::DEFAULT_MAX_WATCHES)]
     pub(crate) max_watches: usize,
+    /// The largest value a PUT may store (1 to 16 MiB); past it, 413.
+    #[arg(long, value_name = "BYTES", default_value_t = ourdb::keyed::MAX_VALUE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=ourdb::keyed::MAX_VALUE_BYTES as u64))]
+    pub(crate) max_value_bytes: usize,
 }
 
 /// `ourkv kv`: where the gateway is, and how to print.
@@ -503,6 +507,15 @@ pub(crate) enum KvCmd {
         /// How many versions (1 to 1000).
         #[arg(long, value_name = "N", default_value_t = 10)]
         depth: u32,
+    },
+    /// Apply a transaction (the JSON of `POST /v1/txn`: `{"if":[…],"do":[…]}`)
+    /// from FILE or standard input; exit 3 when a condition does not hold.
+    Txn {
+        /// The transaction's JSON; standard input when absent or `-`.
+        file: Option<PathBuf>,
+        /// master (durable on the master) or all (applied by every in-sync worker).
+        #[arg(long, value_name = "ACK")]
+        ack: Option<String>,
     },
     /// Print changes under PREFIX as they happen; reconnects by itself and
     /// resumes after the last change it printed.

@@ -55,6 +55,11 @@ fn readme_curl_examples_run_against_ourkv_dev() {
     assert_eq!(h["history"].as_array().unwrap().len(), 2);
     let l: serde_json::Value = serde_json::from_str(&out[find("prefix=gr")]).unwrap();
     assert_eq!(l["keys"], serde_json::json!(["greeting"]));
+    let t: serde_json::Value = serde_json::from_str(&out[find("/v1/txn")]).unwrap();
+    assert_eq!(t["results"][1]["put"], "owner", "{t}");
+    // Run again, the condition no longer holds: 412, nothing written.
+    let again = sh(&format!("{} -w ' %{{http_code}}'", lines[find("/v1/txn")]));
+    assert!(again.ends_with(" 412"), "{again}");
     assert!(out[find("/delete")].contains("\"ok\":true"));
     assert!(out[find("-X DELETE")].contains("\"ok\":true"));
     let c: serde_json::Value = serde_json::from_str(&out[find("/v1/cluster")]).unwrap();
@@ -77,7 +82,9 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     // More than the 1 MiB any request body may have.
     let huge = tmp.path().join("huge.bin");
     std::fs::write(&huge, vec![b'h'; 3 << 20]).unwrap();
-    let big_value = "v".repeat(70_000);
+    // One byte past the largest value (16 MiB).
+    let over = tmp.path().join("over.bin");
+    std::fs::write(&over, vec![b'v'; (16 << 20) + 1]).unwrap();
     let cases: Vec<(Vec<String>, u16, &str)> = vec![
         (
             vec![
@@ -128,8 +135,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
                 "-X".into(),
                 "PUT".into(),
                 url("/v1/kv/big"),
-                "-d".into(),
-                big_value.clone(),
+                "--data-binary".into(),
+                format!("@{}", over.display()),
             ],
             413,
             "too_large",
@@ -177,8 +184,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         (
             vec![
                 "-X".into(),
-                "PUT".into(),
-                url("/v1/kv/huge"),
+                "POST".into(),
+                url("/set"),
                 "--data-binary".into(),
                 format!("@{}", huge.display()),
             ],

@@ -3,6 +3,7 @@
 //! nodes of `ourkv dev` closed to other local processes, cursors no node
 //! reaches. Real processes, real sockets.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -50,28 +51,41 @@ fn eventually(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Every value from just above V's 4096-byte default record up to the
-/// documented limit (65,535 − 9 − key length) is stored and replicated; one
-/// byte more is 413 with the limit in user terms.
+/// Values of every size class up to the limit (16 MiB): just above V's
+/// 4096-byte default record, the largest single record (65,535 − 9 − key
+/// length), the first one stored as chunks, a MiB, and 16 MiB, each read
+/// back byte for byte at every level; one byte more is 413 with the limit.
+/// `--max-value-bytes` lowers the limit.
 #[test]
 fn values_up_to_the_documented_limit_are_stored_and_replicated() {
     let tmp = tempfile::tempdir().unwrap();
     let (_dev, http) = start_dev(&tmp.path().join("d"), &[]);
     let url = |p: &str| format!("http://{http}{p}");
     let key = "big";
-    let limit = 65_535 - 9 - key.len();
+    let one_record = 65_535 - 9 - key.len();
+    let limit = 16 << 20;
     let file = tmp.path().join("v.bin");
-    for len in [4_087, 4_096, 5_000, 40_000, limit] {
-        let value: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(&file, &value).unwrap();
-        let at = format!("@{}", file.display());
-        let (code, body) = curl(&[
+    let put = |url: &str, file: &Path| {
+        curl(&[
             "-X",
             "PUT",
-            &url(&format!("/v1/kv/{key}?ack=all")),
+            url,
             "--data-binary",
-            &at,
-        ]);
+            &format!("@{}", file.display()),
+        ])
+    };
+    for len in [
+        4_087,
+        4_096,
+        40_000,
+        one_record,
+        one_record + 1,
+        (1 << 20) + 3,
+        limit,
+    ] {
+        let value: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&file, &value).unwrap();
+        let (code, body) = put(&url(&format!("/v1/kv/{key}?ack=all")), &file);
         assert_eq!(code, 200, "PUT of {len} bytes: {body}");
         // Read back from a worker at each level, byte for byte.
         for level in ["strong", "stale"] {
@@ -83,8 +97,8 @@ fn values_up_to_the_documented_limit_are_stored_and_replicated() {
             assert!(out.stdout == value, "{level} read of {len} bytes differs");
         }
     }
-    // The seed API takes the same values (form-encoded).
-    let v = "s".repeat(10_000);
+    // The seed API takes values up to its 1 MiB body (form-encoded).
+    let v = "s".repeat(100_000);
     let (code, body) = curl(&[
         "-X",
         "POST",
@@ -96,21 +110,32 @@ fn values_up_to_the_documented_limit_are_stored_and_replicated() {
     ]);
     assert_eq!(code, 200, "{body}");
     let (code, body) = curl(&[&url("/get?key=seed")]);
-    assert_eq!((code, body.len()), (200, 10_000));
+    assert_eq!((code, body.len()), (200, 100_000));
 
+    let too_large = |code: u16, body: &str, limit: usize| {
+        assert_eq!(code, 413, "{body}");
+        let e: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(e["error"]["code"], "too_large");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&limit.to_string()), "{msg}");
+    };
     std::fs::write(&file, vec![b'x'; limit + 1]).unwrap();
-    let (code, body) = curl(&[
-        "-X",
-        "PUT",
-        &url(&format!("/v1/kv/{key}")),
-        "--data-binary",
-        &format!("@{}", file.display()),
-    ]);
-    assert_eq!(code, 413, "{body}");
-    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(e["error"]["code"], "too_large");
-    let msg = e["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(&limit.to_string()), "{msg}");
+    let (code, body) = put(&url(&format!("/v1/kv/{key}")), &file);
+    too_large(code, &body, limit);
+    // Nothing changed.
+    let out = Command::new("curl")
+        .args(["-s", &url(&format!("/v1/kv/{key}"))])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout.len(), limit);
+
+    let (_dev2, http2) = start_dev(&tmp.path().join("d2"), &["--max-value-bytes", "100000"]);
+    std::fs::write(&file, vec![b'x'; 100_000]).unwrap();
+    let (code, body) = put(&format!("http://{http2}/v1/kv/k"), &file);
+    assert_eq!(code, 200, "{body}");
+    std::fs::write(&file, vec![b'x'; 100_001]).unwrap();
+    let (code, body) = put(&format!("http://{http2}/v1/kv/k"), &file);
+    too_large(code, &body, 100_000);
 }
 
 /// The master and workers of `ourkv dev` listen on loopback, but only the

@@ -131,6 +131,40 @@ fn put_get_ls_history_del_with_exit_codes() {
         "app/a\napp/bin\napp/stdin\n"
     );
 
+    // A transaction from stdin, then from a file; exit 3 when its
+    // condition fails, 4 when it is refused.
+    let t = br#"{"if":[{"key":"app/a","value":"v3"}],"do":[{"put":"app/t","value":"x"},{"get":"app/bin"},{"delete":"app/none"}]}"#;
+    let done = ok(&kv(&http, &["txn"], Some(t)));
+    assert!(
+        done.starts_with("put app/t etag=\"")
+            && done.contains(
+                "\nget app/bin = base64:AP/+Cgc=\ndelete app/none existed=false\nOK cursor="
+            ),
+        "{done}"
+    );
+    let file = dir.path().join("t.json");
+    std::fs::write(
+        &file,
+        br#"{"if":[{"key":"app/a","value":"other"}],"do":[{"put":"app/t","value":"y"}]}"#,
+    )
+    .unwrap();
+    let failed = kv(
+        &http,
+        &["txn", file.to_str().unwrap(), "--ack", "all"],
+        None,
+    );
+    assert_eq!(failed.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("condition 0"));
+    assert_eq!(ok(&kv(&http, &["get", "app/t"], None)), "x");
+    let j: serde_json::Value = serde_json::from_str(&ok(&kv(
+        &http,
+        &["-o", "json", "txn", "-"],
+        Some(br#"{"do":[{"get":"app/t"}]}"#),
+    )))
+    .unwrap();
+    assert_eq!(j["results"][0]["value"], "x");
+    assert_eq!(kv(&http, &["txn"], Some(b"{")).status.code(), Some(4));
+
     // Delete, then again: not found.
     ok(&kv(&http, &["del", "app/a"], None));
     assert_eq!(kv(&http, &["del", "app/a"], None).status.code(), Some(1));

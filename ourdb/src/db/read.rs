@@ -72,6 +72,18 @@ impl OurDb {
         Ok((raw, value))
     }
 
+    /// The record at `loc`: its previous version's location (none for an
+    /// id's first) and its value. For stores that address records exactly.
+    pub fn read_at(&self, loc: Location) -> Result<(Location, Vec<u8>)> {
+        if self.loose_addressing {
+            return Err(Error::Config(
+                "records by location need exact addressing".into(),
+            ));
+        }
+        let (h, value) = self.read_record(loc)?;
+        Ok((h.prev, value))
+    }
+
     /// Up to `depth` versions of `id` that lie before `before` in the log,
     /// newest first, with their locations: the version chain walked back
     /// from the current one, skipping what lies at or after `before`.

@@ -233,7 +233,7 @@ fn rebuild_from_envelopes(
                             env.id,
                             // A group's tombstone stays until open
                             // knows the group is whole.
-                            if env.kind == Kind::Put || env.group.is_some() {
+                            if env.kind != Kind::Tombstone || env.group.is_some() {
                                 loc
                             } else {
                                 Location::NONE

@@ -152,7 +152,8 @@ pub(crate) fn run_dev(
         );
         let gw = gw
             .with_client_timeout(opts.client_timeout())
-            .with_max_watches(opts.max_watches);
+            .with_max_watches(opts.max_watches)
+            .with_max_value_bytes(opts.max_value_bytes);
         // Follows the master as a cluster's gateway does.
         gw.discover();
         http::serve(gw, http, opts.limits(), ready).await?;

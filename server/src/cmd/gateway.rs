@@ -49,7 +49,8 @@ pub(crate) fn run_gateway(http: &str, nodes: Nodes, opts: HttpOpts) -> Result<Ex
             opts.api_token.clone(),
         )
         .with_client_timeout(opts.client_timeout())
-        .with_max_watches(opts.max_watches);
+        .with_max_watches(opts.max_watches)
+        .with_max_value_bytes(opts.max_value_bytes);
         gw.discover();
         http::serve(
             gw,

@@ -241,6 +241,43 @@ fn print_json(v: &Value) -> Result<()> {
     out(format!("{v}\n").as_bytes())
 }
 
+/// Prints a transaction's answer: JSON as it came, or one line per result.
+fn txn_answer(body: &[u8], output: Output) -> Result<()> {
+    let v: Value = serde_json::from_slice(body).context("the answer is no JSON")?;
+    if let Output::Json = output {
+        return print_json(&v);
+    }
+    let mut text = String::new();
+    for r in v["results"].as_array().into_iter().flatten() {
+        let key = |op: &str| r[op].as_str().map(str::to_string);
+        let line = if let Some(k) = key("put") {
+            format!("put {k} etag={}", r["etag"].as_str().unwrap_or_default())
+        } else if let Some(k) = key("delete") {
+            format!("delete {k} existed={}", r["existed"])
+        } else if let Some(k) = key("get") {
+            match r["value"].as_str() {
+                _ if r["found"] != true => format!("get {k} (not found)"),
+                Some(text) => format!("get {k} = {text}"),
+                None => format!(
+                    "get {k} = base64:{}",
+                    r["value_b64"].as_str().unwrap_or_default()
+                ),
+            }
+        } else {
+            continue;
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if let Output::Table = output {
+        text.push_str(&format!(
+            "OK cursor={}\n",
+            v["cursor"].as_str().unwrap_or_default()
+        ));
+    }
+    out(text.as_bytes())
+}
+
 async fn run_async(args: KvArgs) -> Result<ExitCode> {
     let api = Api::new(&args.api.endpoint, args.api.token)?;
     let r = match args.cmd {
@@ -309,6 +346,26 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
                             print_json(&json!({"key": key, "deleted": true, "cursor": cursor}))?
                         }
                     }
+                    Ok(())
+                }
+                Err(f) => Err(f),
+            }
+        }
+        KvCmd::Txn { file, ack } => {
+            let body = match file.filter(|f| f.as_os_str() != "-") {
+                Some(f) => std::fs::read(&f).with_context(|| format!("read {}", f.display()))?,
+                None => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                        .context("read the transaction from standard input")?;
+                    v
+                }
+            };
+            let headers = [("content-type", "application/json".to_string())];
+            let path = format!("/v1/txn{}", query(&[("ack", ack)]));
+            match api.call(Method::POST, &path, &headers, body).await {
+                Ok(a) => {
+                    txn_answer(&a.body, args.output.unwrap_or(Output::Table))?;
                     Ok(())
                 }
                 Err(f) => Err(f),

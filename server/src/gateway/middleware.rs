@@ -54,6 +54,25 @@ pub(super) async fn read_body(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    read_body_upto(gw, req, next, BODY_LIMIT).await
+}
+
+/// `read_body` for a value: at most `--max-value-bytes`.
+pub(super) async fn read_value_body(
+    State(gw): Gw,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = gw.max_value_bytes;
+    read_body_upto(gw, req, next, limit).await
+}
+
+async fn read_body_upto(
+    gw: Arc<Gateway>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: usize,
+) -> Response {
     // A GET or an empty body has nothing to wait for (watches stay open).
     let empty = req
         .headers()
@@ -64,7 +83,7 @@ pub(super) async fn read_body(
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    let read = axum::body::to_bytes(body, BODY_LIMIT);
+    let read = axum::body::to_bytes(body, limit);
     let bytes = match tokio::time::timeout(gw.client_timeout, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
@@ -74,7 +93,11 @@ pub(super) async fn read_body(
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
-                    format!("request bodies are limited to {BODY_LIMIT} bytes"),
+                    if limit == BODY_LIMIT {
+                        format!("request bodies are limited to {BODY_LIMIT} bytes")
+                    } else {
+                        format!("values are limited to {limit} bytes (--max-value-bytes)")
+                    },
                 )
             } else {
                 ApiError::bad_request(format!("could not read the request body: {e}"))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -54,6 +55,8 @@ pub(crate) struct Gateway {
     /// How long a client may take to send its request headers (the
     /// listener's limit) and then its body (408 after).
     client_timeout: std::time::Duration,
+    /// The largest value a PUT may store (`--max-value-bytes`).
+    max_value_bytes: usize,
     batch: Arc<std::sync::Mutex<Batch>>,
     /// The watches, fanned out from one stream.
     hub: Arc<Hub>,
@@ -149,6 +152,7 @@ impl Gateway {
         Arc::new(Gateway {
             token,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
+            max_value_bytes: ourdb::keyed::MAX_VALUE_BYTES,
             routes: Arc::new(Routes::new(master, workers)),
             batch: Arc::default(),
             hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
@@ -165,6 +169,14 @@ impl Gateway {
         Arc::get_mut(&mut self)
             .expect("not yet shared")
             .client_timeout = t;
+        self
+    }
+
+    /// Sets the largest value a PUT may store (at most 16 MiB).
+    pub(crate) fn with_max_value_bytes(mut self: Arc<Self>, n: usize) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("not yet shared")
+            .max_value_bytes = n.min(ourdb::keyed::MAX_VALUE_BYTES);
         self
     }
 
@@ -205,6 +217,8 @@ impl Gateway {
         // which then never hit a limit of their own; only routes that take
         // one pay for the layer.
         let body = axum::middleware::from_fn_with_state(self.clone(), read_body);
+        // A value's body may be as large as the largest value.
+        let value_body = axum::middleware::from_fn_with_state(self.clone(), read_value_body);
         let router = Router::new()
             .route("/", get(status_page))
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -220,7 +234,9 @@ impl Gateway {
             .route("/v1/txn", post(txn::txn).layer(body.clone()))
             .route(
                 "/v1/kv/{*key}",
-                put(kv_put).delete(kv_delete).layer(body).get(kv_get),
+                put(kv_put.layer(value_body))
+                    .delete(kv_delete.layer(body.clone()))
+                    .get(kv_get),
             )
             .route("/v1/records/{id}", get(by_id))
             .route("/v1/watch", get(watch))
@@ -435,13 +451,13 @@ impl Gateway {
         expect: Expect,
     ) -> Result<(Cursor, Version), ApiError> {
         check_key(key)?;
-        let max = ourdb::keyed::max_value_len(key);
+        let max = self.max_value_bytes;
         if value.len() > max {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!(
-                    "value of {} bytes; at most {max} with this key",
+                    "value of {} bytes; at most {max} (--max-value-bytes)",
                     value.len()
                 ),
             ));
