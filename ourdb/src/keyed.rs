@@ -6,7 +6,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | magic `0xE7` |
-//! | 1 | 1 | kind: 1 put, 2 tombstone, 3 chunk, 4 chunked put |
+//! | 1 | 1 | kind: 1 put, 2 tombstone, 3 chunk, 4 chunked put, 5 expiring put, 6 expiry |
 //! | 2 | 1 | envelope version, 1 |
 //! | 3 | 4 | id, u32 little-endian |
 //! | 7 | 2 | key length, u16 little-endian |
@@ -29,6 +29,12 @@
 //! chunk records (kind 3, a piece of the value each), then a chunked put
 //! (kind 4) whose value says how many chunks precede it and the total
 //! length. The pieces are found by following the id's version chain back.
+//!
+//! A key with a time to live is written as an expiring put (kind 5) whose
+//! value starts with its deadline (u64 LE, milliseconds since the Unix
+//! epoch, the master's clock), or as a chunked put with the deadline after
+//! its length. The master writes an expiry (kind 6, a tombstone) when the
+//! deadline passes; replicas apply it like any record.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -60,6 +66,9 @@ pub const MAX_VALUE_BYTES: usize = 16 << 20;
 pub const HISTORY_BYTES: usize = 16 << 20;
 /// A chunked put's value: the chunk count (u32 LE) and the total length (u64 LE).
 pub const CHUNKED_LEN: usize = 12;
+/// Most value bytes a transaction reads (its gets and value conditions):
+/// its answer travels in one frame.
+pub const MAX_TXN_READ_BYTES: usize = 16 << 20;
 /// Most operations (puts, deletes, gets) in one transaction.
 pub const MAX_TXN_OPS: usize = 128;
 /// Most conditions in one transaction.
@@ -82,13 +91,38 @@ pub enum Kind {
     Chunk,
     /// Sets the key to the pieces of the chunk records before it, in order.
     Chunked,
+    /// Sets the key to a value until a deadline (the first 8 bytes).
+    Expiring,
+    /// Deletes the key because its deadline passed (written by the master).
+    Expired,
 }
 
 impl Kind {
     /// Whether a record of this kind sets its key to a value.
     pub fn sets_value(self) -> bool {
-        matches!(self, Kind::Put | Kind::Chunked)
+        matches!(self, Kind::Put | Kind::Chunked | Kind::Expiring)
     }
+
+    /// Whether a record of this kind deletes its key.
+    pub fn deletes(self) -> bool {
+        matches!(self, Kind::Tombstone | Kind::Expired)
+    }
+}
+
+/// Bytes an expiring put's deadline takes before its value.
+pub const DEADLINE_LEN: usize = 8;
+/// A chunked put's value with a deadline after the count and length.
+pub const CHUNKED_DEADLINE_LEN: usize = CHUNKED_LEN + DEADLINE_LEN;
+
+/// The deadline a record's key expires at (milliseconds since the Unix
+/// epoch), if it has one.
+pub fn deadline_of(env: &Envelope<'_>) -> Option<u64> {
+    let bytes = match env.kind {
+        Kind::Expiring => &env.value[..DEADLINE_LEN],
+        Kind::Chunked if env.value.len() == CHUNKED_DEADLINE_LEN => &env.value[CHUNKED_LEN..],
+        _ => return None,
+    };
+    Some(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
 }
 
 /// A record's place in a group of records that become visible together.
@@ -126,6 +160,8 @@ impl<'a> Envelope<'a> {
             Kind::Tombstone => 2,
             Kind::Chunk => 3,
             Kind::Chunked => 4,
+            Kind::Expiring => 5,
+            Kind::Expired => 6,
         });
         out.push(if self.group.is_some() {
             VERSION_GROUP
@@ -163,6 +199,8 @@ impl<'a> Envelope<'a> {
             2 => Kind::Tombstone,
             3 => Kind::Chunk,
             4 => Kind::Chunked,
+            5 => Kind::Expiring,
+            6 => Kind::Expired,
             k => return Err(Error::Envelope(format!("unknown kind {k}"))),
         };
         let (group, key_at) = match b[2] {
@@ -194,12 +232,25 @@ impl<'a> Envelope<'a> {
         let key =
             std::str::from_utf8(key).map_err(|_| Error::Envelope("key is not UTF-8".into()))?;
         let value = &b[key_at + klen..];
-        if kind == Kind::Tombstone && !value.is_empty() {
+        if kind.deletes() && !value.is_empty() {
             return Err(Error::Envelope("tombstone with a value".into()));
         }
-        if kind == Kind::Chunked && value.len() != CHUNKED_LEN {
+        if kind == Kind::Expiring && value.len() < DEADLINE_LEN {
+            return Err(Error::Envelope("expiring put without its deadline".into()));
+        }
+        if kind == Kind::Chunked && matches!(value.len(), CHUNKED_LEN | CHUNKED_DEADLINE_LEN) {
+            // Counts a reader would trust: chunks of a byte at least, a
+            // value within the limit.
+            let (n, len) = chunked_header(value);
+            if n == 0 || n as u64 > len || len > MAX_VALUE_BYTES as u64 {
+                return Err(Error::Envelope(format!(
+                    "chunked put of {n} chunks and {len} bytes"
+                )));
+            }
+        }
+        if kind == Kind::Chunked && !matches!(value.len(), CHUNKED_LEN | CHUNKED_DEADLINE_LEN) {
             return Err(Error::Envelope(format!(
-                "chunked put of {} bytes, want {CHUNKED_LEN}",
+                "chunked put of {} bytes, want {CHUNKED_LEN} or {CHUNKED_DEADLINE_LEN}",
                 value.len()
             )));
         }
@@ -442,6 +493,22 @@ pub fn check_txn(conditions: &[Condition], ops: &[Op]) -> Result<()> {
     Ok(())
 }
 
+/// `read` plus the bytes of `value`, or the error past the read limit.
+fn count_read(read: usize, value: Option<&Vec<u8>>) -> Result<usize> {
+    count_bytes(read, value.map_or(0, Vec::len))
+}
+
+/// `read` plus `n` bytes, or the error past the read limit.
+fn count_bytes(read: usize, n: usize) -> Result<usize> {
+    let read = read + n;
+    if read > MAX_TXN_READ_BYTES {
+        return Err(Error::TxnTooLarge(format!(
+            "it reads more than {MAX_TXN_READ_BYTES} bytes of values: read large values one by one"
+        )));
+    }
+    Ok(read)
+}
+
 /// `hide_from` when nothing is hidden.
 const SHOWN: u64 = u64::MAX;
 
@@ -461,6 +528,7 @@ struct Deferred {
     key: String,
     id: u32,
     tombstone: bool,
+    deadline: Option<u64>,
 }
 
 /// What writers share, under the write lock.
@@ -483,7 +551,32 @@ pub struct KeyedStore {
     /// id points at a hidden record (a lookup entry is stored with release
     /// ordering after it), cleared once the group is whole.
     hide_from: AtomicU64,
+    /// Live keys with a deadline.
+    expiry: Mutex<Expiry>,
     report: IndexReport,
+}
+
+/// Live keys with a deadline, by deadline and by key.
+#[derive(Debug, Default)]
+struct Expiry {
+    by_time: std::collections::BTreeSet<(u64, String)>,
+    by_key: std::collections::HashMap<String, u64>,
+}
+
+impl Expiry {
+    /// `key`'s deadline is now `deadline` (none: it does not expire, or is gone).
+    fn set(&mut self, key: &str, deadline: Option<u64>) {
+        if deadline.is_none() && self.by_key.is_empty() {
+            return;
+        }
+        if let Some(old) = self.by_key.remove(key) {
+            self.by_time.remove(&(old, key.to_string()));
+        }
+        if let Some(d) = deadline {
+            self.by_key.insert(key.to_string(), d);
+            self.by_time.insert((d, key.to_string()));
+        }
+    }
 }
 
 impl KeyedStore {
@@ -510,6 +603,7 @@ impl KeyedStore {
             index: RwLock::new(BTreeMap::new()),
             write: Mutex::new(Writes::default()),
             hide_from: AtomicU64::new(SHOWN),
+            expiry: Mutex::new(Expiry::default()),
             report: IndexReport::default(),
         };
         let (mut tombstones, last_group) = store.build_index()?;
@@ -548,6 +642,8 @@ impl KeyedStore {
     /// latest group start seen on a current record.
     fn build_index(&mut self) -> Result<(Vec<u32>, Option<Location>)> {
         let index = self.index.get_mut().unwrap_or_else(|e| e.into_inner());
+        let expiry = self.expiry.get_mut().unwrap_or_else(|e| e.into_inner());
+        *expiry = Expiry::default();
         let mut tombstones = Vec::new();
         let mut last_group: Option<Location> = None;
         let mut keys = 0;
@@ -567,7 +663,8 @@ impl KeyedStore {
                 last_group = last_group.max(Some(g.start));
             }
             match env.kind {
-                Kind::Put | Kind::Chunked => {
+                Kind::Put | Kind::Chunked | Kind::Expiring => {
+                    expiry.set(env.key, deadline_of(&env));
                     if let Some(other) = index.insert(env.key.to_string(), id) {
                         return Err(Error::Envelope(format!(
                             "key {:?} is live under ids {other} and {id}",
@@ -576,7 +673,7 @@ impl KeyedStore {
                     }
                     keys += 1;
                 }
-                Kind::Tombstone => tombstones.push(id),
+                Kind::Tombstone | Kind::Expired => tombstones.push(id),
                 // Only a group cut short leaves a chunk on top: open cuts it.
                 Kind::Chunk => {}
             }
@@ -711,11 +808,36 @@ impl KeyedStore {
         Ok(w)
     }
 
+    /// `put_if_pending` for a key that expires at `deadline` (milliseconds
+    /// since the Unix epoch): the master writes its expiry then
+    /// (`expire_pending`).
+    pub fn put_expiring_pending(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        deadline: u64,
+    ) -> Result<Option<(Location, Pending)>> {
+        Ok(self
+            .put_with(key, value, expect, Some(deadline))?
+            .map(|(_, version, pending)| (version, pending)))
+    }
+
     fn put_inner(
         &self,
         key: &str,
         value: &[u8],
         expect: Expect,
+    ) -> Result<Option<(u32, Location, Pending)>> {
+        self.put_with(key, value, expect, None)
+    }
+
+    fn put_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        deadline: Option<u64>,
     ) -> Result<Option<(u32, Location, Pending)>> {
         check_key(key)?;
         if value.len() > MAX_VALUE_BYTES {
@@ -728,16 +850,30 @@ impl KeyedStore {
         if !self.expected(key, &expect) {
             return Ok(None);
         }
-        if value.len() > self.room(key) {
-            return self.put_chunked(key, value).map(Some);
+        let extra = if deadline.is_some() { DEADLINE_LEN } else { 0 };
+        if value.len() + extra > self.room(key) {
+            let put = self.put_chunked(key, value, deadline)?;
+            self.track(key, deadline);
+            return Ok(Some(put));
         }
         let existing = self.id_of(key);
         let id = match existing {
             Some(id) => id,
             None => self.db.next_id()?,
         };
+        let with_deadline;
+        let (kind, value) = match deadline {
+            None => (Kind::Put, value),
+            Some(d) => {
+                let mut v = Vec::with_capacity(DEADLINE_LEN + value.len());
+                v.extend_from_slice(&d.to_le_bytes());
+                v.extend_from_slice(value);
+                with_deadline = v;
+                (Kind::Expiring, &with_deadline[..])
+            }
+        };
         let rec = Envelope {
-            kind: Kind::Put,
+            kind,
             id,
             key,
             value,
@@ -756,13 +892,80 @@ impl KeyedStore {
                 pending
             }
         };
+        self.track(key, deadline);
         let version = self.db.raw_location(id).unwrap_or(Location::NONE);
         Ok(Some((id, version, pending)))
     }
 
+    /// Notes `key`'s deadline (none: it does not expire, or is gone).
+    fn track(&self, key: &str, deadline: Option<u64>) {
+        self.expiry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(key, deadline);
+    }
+
+    /// The earliest deadline of a live key, if any key has one.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        e.by_time.first().map(|(d, _)| *d)
+    }
+
+    /// `key`'s deadline, if it has one.
+    pub fn deadline(&self, key: &str) -> Option<u64> {
+        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        e.by_key.get(key).copied()
+    }
+
+    /// Up to `max` keys whose deadline is at or before `now`, earliest first.
+    pub fn due(&self, now: u64, max: usize) -> Vec<String> {
+        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        e.by_time
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .take(max)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// Writes `key`'s expiry if its deadline is at or before `now` (else,
+    /// or if it is gone or was written again without one, nothing): the
+    /// write to wait for. For the master alone: replicas apply its records.
+    pub fn expire_pending(&self, key: &str, now: u64) -> Result<Option<Pending>> {
+        let _w = self.lock_own_write()?;
+        if self.deadline(key).is_none_or(|d| d > now) {
+            return Ok(None);
+        }
+        let Some(id) = self.id_of(key) else {
+            self.track(key, None);
+            return Ok(None);
+        };
+        let rec = Envelope {
+            kind: Kind::Expired,
+            id,
+            key,
+            value: &[],
+            group: None,
+        }
+        .encode();
+        let _ = self.db.set_pending(Some(id), &rec)?;
+        let pending = self.db.delete_pending(id)?;
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        self.track(key, None);
+        Ok(Some(pending))
+    }
+
     /// Stores a value too large for one record (under the write lock): its
     /// chunks, then the chunked put, as one group.
-    fn put_chunked(&self, key: &str, value: &[u8]) -> Result<(u32, Location, Pending)> {
+    fn put_chunked(
+        &self,
+        key: &str,
+        value: &[u8],
+        deadline: Option<u64>,
+    ) -> Result<(u32, Location, Pending)> {
         let existing = self.id_of(key);
         let id = match existing {
             Some(id) => id,
@@ -789,9 +992,12 @@ impl KeyedStore {
                 debug_assert_eq!(got, id);
                 created = true;
             }
-            let mut header = Vec::with_capacity(CHUNKED_LEN);
+            let mut header = Vec::with_capacity(CHUNKED_LEN + DEADLINE_LEN);
             header.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
             header.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            if let Some(d) = deadline {
+                header.extend_from_slice(&d.to_le_bytes());
+            }
             let rec = Envelope {
                 kind: Kind::Chunked,
                 id,
@@ -836,7 +1042,9 @@ impl KeyedStore {
             .db
             .truncate_with(start, Some(&EnvelopeIds), &mut |_, _| Ok(()));
         if cut.is_err() {
+            // The part written stays hidden; a reopen cuts it.
             self.db.poison();
+            return;
         }
         self.hide_from.store(SHOWN, Ordering::SeqCst);
     }
@@ -858,7 +1066,13 @@ impl KeyedStore {
                 Ok(Some(value))
             }
             Kind::Chunked => Ok(Some(chunked_value(&self.db, at, &env)?.0)),
-            Kind::Tombstone | Kind::Chunk => Ok(None),
+            Kind::Expiring => {
+                let header = rec.len() - env.value.len() + DEADLINE_LEN;
+                let mut value = rec;
+                value.drain(..header);
+                Ok(Some(value))
+            }
+            Kind::Tombstone | Kind::Chunk | Kind::Expired => Ok(None),
         }
     }
 
@@ -933,7 +1147,8 @@ impl KeyedStore {
             let (value, next) = match env.kind {
                 Kind::Put => (env.value.to_vec(), prev),
                 Kind::Chunked => chunked_value(&self.db, loc, &env)?,
-                Kind::Tombstone | Kind::Chunk => break,
+                Kind::Expiring => (env.value[DEADLINE_LEN..].to_vec(), prev),
+                Kind::Tombstone | Kind::Chunk | Kind::Expired => break,
             };
             // One answer carries them all: past HISTORY_BYTES, stop (one
             // value at least).
@@ -993,6 +1208,7 @@ impl KeyedStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        self.track(key, None);
         Ok(Some(Some(pending)))
     }
 
@@ -1002,11 +1218,25 @@ impl KeyedStore {
     /// `put_if_pending`).
     pub fn txn_pending(&self, conditions: &[Condition], ops: &[Op]) -> Result<TxnOutcome> {
         check_txn(conditions, ops)?;
+        for op in ops {
+            // This store's records may be smaller than the largest.
+            if let Op::Put(k, v) = op {
+                let max = self.room(k).saturating_sub(GROUP_HEADER);
+                if v.len() > max {
+                    return Err(Error::ValueTooLarge { len: v.len(), max });
+                }
+            }
+        }
         let _w = self.lock_own_write()?;
+        let mut read = 0usize;
         for (i, c) in conditions.iter().enumerate() {
             let holds = match c {
                 Condition::Version(key, e) => self.expected(key, e),
-                Condition::ValueIs(key, v) => self.get(key)?.as_deref() == Some(v.as_slice()),
+                Condition::ValueIs(key, v) => {
+                    let current = self.get(key)?;
+                    read = count_read(read, current.as_ref())?;
+                    current.as_deref() == Some(v.as_slice())
+                }
             };
             if !holds {
                 return Ok(TxnOutcome::Failed(i));
@@ -1024,16 +1254,49 @@ impl KeyedStore {
                 .iter()
                 .map(|op| {
                     Ok(match op {
-                        Op::Get(k) => OpResult::Get(self.get_versioned(k)?),
+                        Op::Get(k) => {
+                            let got = self.get_versioned(k)?;
+                            read = count_read(read, got.as_ref().map(|(v, _)| v))?;
+                            OpResult::Get(got)
+                        }
                         _ => OpResult::Delete(false),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
             return Ok(TxnOutcome::Applied(results, None));
         };
+        // What its gets see of the state before it, read first: a
+        // transaction that would read too much fails before it writes.
+        let mut before: std::collections::HashMap<&str, Option<(Vec<u8>, Location)>> =
+            std::collections::HashMap::new();
+        // What the transaction wrote so far, by key (a put's value length).
+        let mut wrote: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    wrote.insert(k, v.len());
+                }
+                Op::Delete(k) => {
+                    wrote.insert(k, 0);
+                }
+                // Each get answers with a value: each counts, its own
+                // writes' values too.
+                Op::Get(k) => match wrote.get(k.as_str()) {
+                    Some(&n) => read = count_bytes(read, n)?,
+                    None => {
+                        if !before.contains_key(k.as_str()) {
+                            let got = self.get_versioned(k)?;
+                            before.insert(k.as_str(), got);
+                        }
+                        let got = &before[k.as_str()];
+                        read = count_read(read, got.as_ref().map(|(v, _)| v))?;
+                    }
+                },
+            }
+        }
         let start = self.db.end();
         self.hide_from.store(order(start), Ordering::SeqCst);
-        let applied = self.write_group(start, last, ops);
+        let applied = self.write_group(start, last, ops, &before);
         if applied.is_err() {
             self.cut_failed_group(start);
         }
@@ -1042,7 +1305,13 @@ impl KeyedStore {
 
     /// The records of a transaction from `start`, the one of operation
     /// `last` ending the group, then the index and the mark switched at once.
-    fn write_group(&self, start: Location, last: usize, ops: &[Op]) -> Result<TxnOutcome> {
+    fn write_group(
+        &self,
+        start: Location,
+        last: usize,
+        ops: &[Op],
+        before: &std::collections::HashMap<&str, Option<(Vec<u8>, Location)>>,
+    ) -> Result<TxnOutcome> {
         let mut results = Vec::with_capacity(ops.len());
         // What the transaction wrote so far, for its own gets.
         let mut written: std::collections::HashMap<&str, Option<(usize, Location)>> =
@@ -1103,7 +1372,7 @@ impl KeyedStore {
                         _ => None,
                     },
                     Some(None) => None,
-                    None => self.get_versioned(key)?,
+                    None => before.get(key.as_str()).cloned().flatten(),
                 })),
             }
         }
@@ -1118,6 +1387,12 @@ impl KeyedStore {
                 index.remove(*key);
             }
             self.hide_from.store(SHOWN, Ordering::SeqCst);
+        }
+        // A transaction's puts carry no deadline: they end one.
+        for op in ops {
+            if let Op::Put(key, _) | Op::Delete(key) = op {
+                self.track(key, None);
+            }
         }
         for (_, id) in deleted {
             pending = Some(self.db.delete_pending(id)?);
@@ -1181,7 +1456,7 @@ impl KeyedStore {
                 }
             }
             let hidden = hide.is_some_and(|h| rec_at >= h);
-            let tombstone = env.kind == Kind::Tombstone;
+            let tombstone = env.kind.deletes();
             if env.kind == Kind::Chunk {
                 // No key change: the chunked put after it makes it.
                 return Ok((env.id, false));
@@ -1192,6 +1467,7 @@ impl KeyedStore {
                     key: env.key.to_string(),
                     id: env.id,
                     tombstone,
+                    deadline: deadline_of(&env),
                 },
                 hidden,
             ));
@@ -1201,8 +1477,15 @@ impl KeyedStore {
         let (end, mut pending) = match appended {
             Ok(r) => r,
             Err(e) => {
-                self.hide_from
-                    .store(w.open_group.map_or(SHOWN, order), Ordering::SeqCst);
+                if self.db.check_writable().is_ok() || hide.is_none() {
+                    // Nothing was applied: as before.
+                    self.hide_from
+                        .store(w.open_group.map_or(SHOWN, order), Ordering::SeqCst);
+                } else {
+                    // A failed handle may have applied part of it: keep it
+                    // hidden (a reopen cuts what is not whole).
+                    w.open_group = hide;
+                }
                 return Err(e);
             }
         };
@@ -1219,11 +1502,13 @@ impl KeyedStore {
                 if d.tombstone {
                     if index.get(&d.key) == Some(&d.id) {
                         index.remove(&d.key);
+                        self.track(&d.key, None);
                     }
                     if was_hidden {
                         to_clear.push(d.id);
                     }
                 } else {
+                    self.track(&d.key, d.deadline);
                     index.insert(d.key, d.id);
                 }
             }
@@ -1267,14 +1552,16 @@ impl KeyedStore {
         // A key's version before `to` (if any) is the current record of
         // one of those ids now: a key changes ids only by being deleted and
         // created again, and both are records.
-        let holders: Result<Vec<(String, Option<u32>)>> = touched
+        // Each key's holder now: its id and deadline, or none.
+        type Holder = Option<(u32, Option<u64>)>;
+        let holders: Result<Vec<(String, Holder)>> = touched
             .into_iter()
             .map(|(key, ids)| {
                 for id in ids {
                     if let Some((_, rec)) = self.visible(id)? {
                         let env = Envelope::decode(&rec)?;
                         if env.kind.sets_value() && env.key == key {
-                            return Ok((key, Some(id)));
+                            return Ok((key, Some((id, deadline_of(&env)))));
                         }
                     }
                 }
@@ -1287,9 +1574,10 @@ impl KeyedStore {
             self.db.poison();
         })?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for (key, id) in holders {
-            match id {
-                Some(id) => index.insert(key, id),
+        for (key, holder) in holders {
+            self.track(&key, holder.and_then(|(_, d)| d));
+            match holder {
+                Some((id, _)) => index.insert(key, id),
                 None => index.remove(&key),
             };
         }
@@ -1367,7 +1655,7 @@ impl crate::RecordIds for EnvelopeIds {
     fn record_ids(&self, value: &[u8]) -> std::result::Result<(u32, bool), String> {
         let env = Envelope::decode(value).map_err(|e| e.to_string())?;
         // A group's tombstone is cleared once the group shows (open finishes it).
-        Ok((env.id, env.kind == Kind::Tombstone && env.group.is_none()))
+        Ok((env.id, env.kind.deletes() && env.group.is_none()))
     }
 }
 
@@ -1765,6 +2053,92 @@ mod tests {
             replica.db().digest().unwrap(),
             primary.db().digest().unwrap()
         );
+    }
+
+    /// A deadline travels with the record: a replica knows it, a reopen
+    /// finds it again, and the master's expiry removes the key everywhere.
+    #[test]
+    fn deadlines_replicate_survive_reopen_and_expire() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (primary, replica) = (store(d1.path()), store(d2.path()));
+        let put = |s: &KeyedStore, k: &str, v: &[u8], d: u64| {
+            let (_, p) = s
+                .put_expiring_pending(k, v, Expect::Any, d)
+                .unwrap()
+                .unwrap();
+            s.db().wait(p).unwrap();
+        };
+        put(&primary, "a", b"1", 5_000);
+        put(&primary, "big", &big(2 * max_value_len("big"), 4), 6_000);
+        put(&primary, "b", b"2", 7_000);
+        primary.put("b", b"kept").unwrap();
+        ship(&primary, &replica, Location::new(0, 1), &[]);
+        for s in [&primary, &replica] {
+            assert_eq!(s.deadline("a"), Some(5_000));
+            assert_eq!(s.deadline("big"), Some(6_000));
+            assert_eq!(s.deadline("b"), None, "a put without one ends it");
+            assert_eq!(s.get("a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(s.history("a", 3).unwrap(), vec![b"1".to_vec()]);
+            assert_eq!(s.next_deadline(), Some(5_000));
+        }
+        assert!(primary.due(4_999, 10).is_empty());
+        assert_eq!(primary.due(6_000, 10), vec!["a", "big"]);
+        assert_eq!(
+            primary.expire_pending("a", 4_999).unwrap().map(|_| ()),
+            None
+        );
+        let at = primary.db().end();
+        for k in ["a", "big"] {
+            let p = primary.expire_pending(k, 6_000).unwrap().expect("due");
+            primary.db().wait(p).unwrap();
+        }
+        ship(&primary, &replica, at, &[]);
+        for s in [&primary, &replica] {
+            assert_eq!(s.get("a").unwrap(), None);
+            assert_eq!(s.get("big").unwrap(), None);
+            assert_eq!(s.get("b").unwrap(), Some(b"kept".to_vec()));
+            assert_eq!(s.next_deadline(), None);
+        }
+        put(&primary, "c", b"3", 9_000);
+        primary.close().unwrap();
+        let primary = store(d1.path());
+        assert_eq!(primary.deadline("c"), Some(9_000));
+        assert_eq!(primary.get("a").unwrap(), None, "an expiry is not undone");
+    }
+
+    /// A transaction that would read more than its answer can carry fails
+    /// before it writes anything.
+    #[test]
+    fn a_transaction_reading_too_much_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.put("big", &big(9 << 20, 1)).unwrap();
+        let end = s.db().end();
+        let ops = vec![
+            Op::Put("x".into(), b"1".to_vec()),
+            Op::Get("big".into()),
+            Op::Get("big".into()),
+        ];
+        assert!(matches!(
+            s.txn_pending(&[], &ops),
+            Err(Error::TxnTooLarge(_))
+        ));
+        assert_eq!(s.db().end(), end);
+        assert_eq!(s.get("x").unwrap(), None);
+        let conds = vec![
+            Condition::ValueIs("big".into(), b"no".to_vec()),
+            Condition::ValueIs("big".into(), b"no".to_vec()),
+        ];
+        // The first condition already fails: it stops there.
+        assert!(matches!(
+            s.txn_pending(&conds, &ops[..1]),
+            Ok(TxnOutcome::Failed(0))
+        ));
+        let one = vec![Op::Put("x".into(), b"1".to_vec()), Op::Get("big".into())];
+        assert!(matches!(
+            s.txn_pending(&[], &one),
+            Ok(TxnOutcome::Applied(..))
+        ));
     }
 
     /// A replica about to write cuts a group shipped in part; a store

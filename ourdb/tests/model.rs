@@ -157,6 +157,11 @@ enum KeyedOp {
     PutLarge(usize, usize, u8),
     /// The first chunks of a large value written, then a crash.
     TornLarge(usize, usize, Vec<u8>),
+    /// A put that expires this many ticks from now (a large value if the
+    /// flag is set).
+    PutTtl(usize, Vec<u8>, u64, bool),
+    /// Time passes: keys whose deadline came are expired.
+    Tick(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +238,9 @@ fn keyed_op() -> impl Strategy<Value = KeyedOp> {
             .prop_map(|(k, n, b)| KeyedOp::PutLarge(k, n, b)),
         1 => (0..KEYS.len(), 1usize..4, prop::collection::vec(any::<u8>(), 0..8))
             .prop_map(|(k, n, g)| KeyedOp::TornLarge(k, n, g)),
+        3 => (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..100), 1u64..5, prop::bool::weighted(0.2))
+            .prop_map(|(k, v, t, big)| KeyedOp::PutTtl(k, v, t, big)),
+        2 => (1u64..4).prop_map(KeyedOp::Tick),
     ]
 }
 
@@ -255,7 +263,32 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open_keyed(dir.path());
     let mut model: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    // Deadlines by key, on a clock of ticks.
+    let mut deadlines: BTreeMap<String, u64> = BTreeMap::new();
+    let mut now = 1_000u64;
     for op in ops {
+        // Any write of a key ends its deadline (a TTL put sets a new one).
+        match &op {
+            KeyedOp::Put(k, _) | KeyedOp::Delete(k) | KeyedOp::PutLarge(k, _, _) => {
+                deadlines.remove(KEYS[*k]);
+            }
+            KeyedOp::Txn(conds, ops) => {
+                let holds = conds.iter().all(|(k, c)| match c {
+                    TxnIf::Exists => model.contains_key(KEYS[*k]),
+                    TxnIf::Absent => !model.contains_key(KEYS[*k]),
+                    TxnIf::ValueIs(None) => model.contains_key(KEYS[*k]),
+                    TxnIf::ValueIs(Some(v)) => model.get(KEYS[*k]).map(|h| &h[0]) == Some(v),
+                });
+                if holds {
+                    for o in ops {
+                        if let TxnDo::Put(k, _) | TxnDo::Delete(k) = o {
+                            deadlines.remove(KEYS[*k]);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
         match op {
             KeyedOp::Put(k, v) => {
                 store.put(KEYS[k], &v).unwrap();
@@ -302,6 +335,34 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
                 store = open_keyed(dir.path());
             }
             KeyedOp::Txn(conds, ops) => run_txn(&store, &mut model, conds, ops)?,
+            KeyedOp::PutTtl(k, v, t, big) => {
+                let v = if big { v.repeat(20) } else { v };
+                let (_, p) = store
+                    .put_expiring_pending(KEYS[k], &v, ourdb::keyed::Expect::Any, now + t)
+                    .unwrap()
+                    .expect("no condition");
+                store.db().wait(p).unwrap();
+                model.entry(KEYS[k].to_string()).or_default().insert(0, v);
+                deadlines.insert(KEYS[k].to_string(), now + t);
+            }
+            KeyedOp::Tick(t) => {
+                now += t;
+                for key in store.due(now, usize::MAX) {
+                    if let Some(p) = store.expire_pending(&key, now).unwrap() {
+                        store.db().wait(p).unwrap();
+                    }
+                }
+                let due: Vec<String> = deadlines
+                    .iter()
+                    .filter(|(_, d)| **d <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in due {
+                    deadlines.remove(&k);
+                    model.remove(&k);
+                }
+                prop_assert_eq!(store.next_deadline(), deadlines.values().min().copied());
+            }
             KeyedOp::PutLarge(k, n, b) => {
                 let v: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31) ^ b).collect();
                 store.put(KEYS[k], &v).unwrap();
@@ -327,6 +388,9 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
         }
     }
     prop_assert_eq!(store.len(), model.len());
+    for k in KEYS {
+        prop_assert_eq!(store.deadline(k), deadlines.get(*k).copied(), "{}", k);
+    }
     Ok(())
 }
 

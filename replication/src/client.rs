@@ -196,12 +196,16 @@ impl Client {
         value: &[u8],
         ack: Ack,
     ) -> Result<Cursor> {
-        Ok(self.set_if(master, key, value, ack, Expect::Any).await?.0)
+        Ok(self
+            .set_if(master, key, value, ack, Expect::Any, 0)
+            .await?
+            .0)
     }
 
     /// Stores a value if the key's version is as expected (a failed
-    /// expectation is `Error::Remote` with code `precondition`); the cursor
-    /// after the write and the new version.
+    /// expectation is `Error::Remote` with code `precondition`), to expire
+    /// `ttl_ms` after the master writes it (0: never); the cursor after the
+    /// write and the new version.
     pub async fn set_if(
         &self,
         master: SocketAddr,
@@ -209,12 +213,14 @@ impl Client {
         value: &[u8],
         ack: Ack,
         expect: Expect,
+        ttl_ms: u64,
     ) -> Result<(Cursor, Version)> {
         let req = writes::Set {
             key: key.into(),
             value: value.to_vec(),
             ack,
             expect,
+            ttl_ms,
         };
         let written = self.call(master, req).await?;
         Ok((written.cursor, written.version))

@@ -66,6 +66,9 @@ pub enum Frame {
         ack: Ack,
         /// What the key's current version must be.
         expect: Expect,
+        /// Time to live in milliseconds (0: none): the master expires the
+        /// key that long after it writes it.
+        ttl_ms: u64,
     },
     /// Client -> master: delete `key`, acknowledged per `ack`.
     Delete {
@@ -207,6 +210,8 @@ pub enum Frame {
         key: String,
         /// The new value; `None`: deleted.
         value: Option<Vec<u8>>,
+        /// Deleted because its time to live ran out.
+        expired: bool,
     },
     /// Client -> worker: the changes to keys with `prefix` from `from` (the
     /// start of the log if zero) up to `until` or what is applied, whichever
@@ -413,6 +418,8 @@ pub struct Change {
     pub key: String,
     /// The new value; `None`: deleted.
     pub value: Option<Vec<u8>>,
+    /// Deleted because its time to live ran out.
+    pub expired: bool,
 }
 
 /// A condition of a transaction, on one key.
@@ -535,6 +542,16 @@ impl Writer<'_> {
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
+    /// A change's value: `u8` 1 and the bytes, or 0 (deleted) or 2 (expired).
+    fn change_value(&mut self, value: Option<&[u8]>, expired: bool) {
+        match value {
+            Some(v) => {
+                self.u8(1);
+                self.bytes(v);
+            }
+            None => self.u8(if expired { 2 } else { 0 }),
+        }
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -608,12 +625,18 @@ impl<'a> Reader<'a> {
     fn change(&mut self) -> Result<Change> {
         let cursor = self.cursor()?;
         let key = self.string()?;
-        let value = match self.u8()? {
-            0 => None,
-            1 => Some(self.bytes()?.to_vec()),
+        let (value, expired) = match self.u8()? {
+            0 => (None, false),
+            1 => (Some(self.bytes()?.to_vec()), false),
+            2 => (None, true),
             b => return Err(Error::Protocol(format!("bad option tag {b}"))),
         };
-        Ok(Change { cursor, key, value })
+        Ok(Change {
+            cursor,
+            key,
+            value,
+            expired,
+        })
     }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(
@@ -719,12 +742,14 @@ impl Frame {
                 value,
                 ack,
                 expect,
+                ttl_ms,
             } => {
                 w.u8(4);
                 w.bytes(key.as_bytes());
                 w.bytes(value);
                 w.u8(*ack as u8);
                 w.expect(expect);
+                w.u64(*ttl_ms);
             }
             Frame::Delete { key, ack, expect } => {
                 w.u8(5);
@@ -784,17 +809,16 @@ impl Frame {
                 w.bytes(prefix.as_bytes());
                 w.cursor(*cursor);
             }
-            Frame::Change { cursor, key, value } => {
+            Frame::Change {
+                cursor,
+                key,
+                value,
+                expired,
+            } => {
                 w.u8(26);
                 w.cursor(*cursor);
                 w.bytes(key.as_bytes());
-                match value {
-                    Some(v) => {
-                        w.u8(1);
-                        w.bytes(v);
-                    }
-                    None => w.u8(0),
-                }
+                w.change_value(value.as_deref(), *expired);
             }
             Frame::Changes {
                 prefix,
@@ -820,13 +844,7 @@ impl Frame {
                 for c in changes {
                     w.cursor(c.cursor);
                     w.bytes(c.key.as_bytes());
-                    match &c.value {
-                        Some(v) => {
-                            w.u8(1);
-                            w.bytes(v);
-                        }
-                        None => w.u8(0),
-                    }
+                    w.change_value(c.value.as_deref(), c.expired);
                 }
             }
             Frame::ById { id, min_cursor } => {
@@ -1061,6 +1079,7 @@ impl Frame {
                 value: r.bytes()?.to_vec(),
                 ack: r.ack()?,
                 expect: r.expect()?,
+                ttl_ms: r.u64()?,
             },
             5 => Frame::Delete {
                 key: r.string()?,
@@ -1133,8 +1152,18 @@ impl Frame {
                 cursor: r.cursor()?,
             },
             26 => {
-                let Change { cursor, key, value } = r.change()?;
-                Frame::Change { cursor, key, value }
+                let Change {
+                    cursor,
+                    key,
+                    value,
+                    expired,
+                } = r.change()?;
+                Frame::Change {
+                    cursor,
+                    key,
+                    value,
+                    expired,
+                }
             }
             27 => Frame::Changes {
                 prefix: r.string()?,
@@ -1224,8 +1253,10 @@ impl Frame {
             45 => {
                 let ack = r.ack()?;
                 let n = r.u32()? as usize;
-                // Each entry takes at least 5 bytes: no allocation past the body.
-                let mut conditions = Vec::with_capacity(n.min(body.len() / 5));
+                if n > ourdb::keyed::MAX_TXN_CONDITIONS {
+                    return Err(Error::Protocol(format!("{n} conditions")));
+                }
+                let mut conditions = Vec::with_capacity(n);
                 for _ in 0..n {
                     conditions.push(match r.u8()? {
                         0 => TxnCondition::Version {
@@ -1240,7 +1271,10 @@ impl Frame {
                     });
                 }
                 let n = r.u32()? as usize;
-                let mut ops = Vec::with_capacity(n.min(body.len() / 5));
+                if n > ourdb::keyed::MAX_TXN_OPS {
+                    return Err(Error::Protocol(format!("{n} operations")));
+                }
+                let mut ops = Vec::with_capacity(n);
                 for _ in 0..n {
                     ops.push(match r.u8()? {
                         0 => TxnOp::Put {
@@ -1266,7 +1300,10 @@ impl Frame {
                     b => return Err(Error::Protocol(format!("bad option tag {b}"))),
                 };
                 let n = r.u32()? as usize;
-                let mut results = Vec::with_capacity(n.min(body.len() / 2));
+                if n > ourdb::keyed::MAX_TXN_OPS {
+                    return Err(Error::Protocol(format!("{n} results")));
+                }
+                let mut results = Vec::with_capacity(n);
                 for _ in 0..n {
                     results.push(match r.u8()? {
                         0 => TxnResult::Put {
@@ -1315,7 +1352,15 @@ impl Frame {
 
 /// Writes one frame.
 pub async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<()> {
-    send.write_all(&frame.encode())
+    let bytes = frame.encode();
+    if bytes.len() - 4 > MAX_FRAME {
+        return Err(Error::Protocol(format!(
+            "a {} frame of {} bytes is past the limit",
+            frame.name(),
+            bytes.len() - 4
+        )));
+    }
+    send.write_all(&bytes)
         .await
         .map_err(|e| Error::Quic(format!("send: {e}")))
 }
@@ -1431,12 +1476,14 @@ mod tests {
                 value: vec![0, 255],
                 ack: Ack::All,
                 expect: Expect::Version(Version { epoch: 2, at: l }),
+                ttl_ms: 0,
             },
             Frame::Set {
                 key: "k".into(),
                 value: vec![],
                 ack: Ack::Master,
                 expect: Expect::Absent,
+                ttl_ms: 0,
             },
             Frame::Delete {
                 key: "k".into(),
@@ -1461,6 +1508,7 @@ mod tests {
                 value: vec![1],
                 ack: Ack::All,
                 expect: Expect::NoneOf(vec![Version { epoch: 2, at: l }]),
+                ttl_ms: 0,
             },
             Frame::Txn {
                 conditions: vec![
@@ -1516,11 +1564,13 @@ mod tests {
                 cursor: c,
                 key: "w/1".into(),
                 value: Some(vec![3]),
+                expired: false,
             },
             Frame::Change {
                 cursor: c,
                 key: "w/1".into(),
                 value: None,
+                expired: false,
             },
             Frame::Changes {
                 prefix: "w/".into(),
@@ -1534,11 +1584,13 @@ mod tests {
                         cursor: c,
                         key: "w/1".into(),
                         value: Some(vec![1, 2]),
+                        expired: false,
                     },
                     Change {
                         cursor: Cursor::new(2, Location::new(3, 99)),
                         key: "w/2".into(),
                         value: None,
+                        expired: false,
                     },
                 ],
                 next: Cursor::new(2, Location::new(3, 99)),
@@ -1695,6 +1747,7 @@ mod tests {
             value: vec![7; 1 << 20],
             ack: Ack::Master,
             expect: Expect::Any,
+            ttl_ms: 0,
         };
         assert_eq!(set.name(), "Set");
         assert_eq!(Frame::Digest.name(), "Digest");

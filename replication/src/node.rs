@@ -227,6 +227,8 @@ pub struct Appointment {
 
 /// The master: the only node that takes writes; ships its records to workers.
 pub struct Master {
+    /// Wakes the expiry task when a key gets an earlier deadline.
+    expiry_wake: Arc<tokio::sync::Notify>,
     store: Arc<KeyedStore>,
     options: MasterOptions,
     /// The commit cursor's location (this master's epoch is fixed): the end
@@ -311,7 +313,7 @@ impl Master {
             None => (0, None),
         };
         let low = workers.wait_set_applied();
-        Arc::new(Master {
+        let master = Arc::new(Master {
             syncer: (store.db().sync_policy() == ourdb::SyncPolicy::Group).then(|| {
                 crate::syncer::Syncer::start(
                     &store,
@@ -338,7 +340,38 @@ impl Master {
             deposed: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             appending: AtomicU64::new(0),
-        })
+            expiry_wake: Arc::new(tokio::sync::Notify::new()),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(expire_loop(
+                Arc::downgrade(&master),
+                master.expiry_wake.clone(),
+            ));
+        }
+        master
+    }
+
+    /// Writes the expiry of every key whose deadline is at or before `now`
+    /// (the master's clock decides; replicas apply the records), and waits
+    /// until those writes are durable.
+    async fn expire_due(&self, now: u64) -> Result<()> {
+        let mut last = None;
+        loop {
+            let keys = self.store.due(now, 256);
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                let appending = self.begin_write()?;
+                let p = self.append(move |s| s.expire_pending(&key, now)).await?;
+                drop(appending);
+                last = p.or(last);
+            }
+        }
+        if let Some(p) = last {
+            self.durable(p).await?;
+        }
+        Ok(())
     }
 
     /// Its term (0 outside a failover cluster).
@@ -595,14 +628,24 @@ impl Master {
         value: Vec<u8>,
         ack: Ack,
         expect: Expect,
+        ttl_ms: u64,
     ) -> Result<Option<(Cursor, Version)>> {
         let appending = self.begin_write()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        let appended = self
-            .append(move |s| s.put_if_pending(&key, &value, expect))
-            .await?;
+        let appended = if ttl_ms == 0 {
+            self.append(move |s| s.put_if_pending(&key, &value, expect))
+                .await?
+        } else {
+            // The deadline is the master's: its clock alone decides expiry.
+            let deadline = now_ms().saturating_add(ttl_ms);
+            let put = self
+                .append(move |s| s.put_expiring_pending(&key, &value, expect, deadline))
+                .await?;
+            self.expiry_wake.notify_one();
+            put
+        };
         drop(appending);
         let Some((at, pending)) = appended else {
             return Ok(None);
@@ -650,7 +693,10 @@ impl Master {
                 TxnOp::Get { key } => Op::Get(key),
             })
             .collect();
-        let outcome = self.append(move |s| s.txn_pending(&conds, &ops)).await?;
+        // Its reads (gets, value conditions) may be of large values: on the
+        // blocking pool, not the runtime.
+        let store = self.store.clone();
+        let outcome = blocking(move || Ok(store.txn_pending(&conds, &ops)?)).await?;
         drop(appending);
         let epoch = self.epoch();
         let (results, pending) = match outcome {
@@ -1409,9 +1455,9 @@ impl Worker {
             let want = prefix.clone();
             // Reading a large value's chunks back is disk work too.
             let read = blocking(move || {
-                let seg = store.db().read_records_upto(cursor, upto, SEGMENT_BYTES)?;
-                let (changes, next) = changes_in(store.db(), &seg, epoch, &want);
-                Ok((seg.bytes.is_empty(), changes, next))
+                let (changes, next, empty) =
+                    read_changes(store.db(), cursor, upto, SEGMENT_BYTES, epoch, &want)?;
+                Ok((empty, changes, next))
             });
             let (empty, changes, next) = match read.await {
                 Ok(r) => r,
@@ -1492,15 +1538,8 @@ impl Worker {
         let upto = upto.min(*self.hw.borrow()).max(start);
         let max = (max_bytes as usize).clamp(ourdb::HEADER_LEN, SEGMENT_BYTES);
         let read = blocking(move || {
-            let seg = store.db().read_records_upto(start, upto, max)?;
-            let (changes, next) = changes_in(store.db(), &seg, epoch, &prefix);
-            if next != start || seg.bytes.is_empty() || max == SEGMENT_BYTES {
-                return Ok((changes, next));
-            }
-            // A group longer than asked for: it goes whole (groups fit in
-            // a segment).
-            let seg = store.db().read_records_upto(start, upto, SEGMENT_BYTES)?;
-            Ok(changes_in(store.db(), &seg, epoch, &prefix))
+            let (changes, next, _) = read_changes(store.db(), start, upto, max, epoch, &prefix)?;
+            Ok((changes, next))
         });
         match read.await {
             Ok((changes, next)) => Ok(msg::watch::ChangesAre {
@@ -1750,8 +1789,9 @@ impl writes::Handler for Master {
             value,
             ack,
             expect,
+            ttl_ms,
         } = req;
-        match self.put(key, value, ack, expect).await {
+        match self.put(key, value, ack, expect, ttl_ms).await {
             Ok(Some((cursor, version))) => Ok(writes::Written {
                 cursor,
                 existed: true,
@@ -1835,6 +1875,12 @@ impl Master {
 /// answers once what it read is durable (`after_read`).
 impl reads::Handler for Master {
     async fn read_index(&self, _: reads::ReadIndex) -> Answer<reads::ReadIndex> {
+        // Keys past their deadline are expired first, so that no strong
+        // read after the deadline sees them.
+        let now = now_ms();
+        if self.store.next_deadline().is_some_and(|d| d <= now) {
+            self.expire_due(now).await.map_err(write_error)?;
+        }
         // Read before the leadership check: everything committed by then
         // is in it, and the check then shows no newer master existed.
         let cursor = self.commit_cursor();
@@ -2028,14 +2074,44 @@ impl crate::pipeline::Answer for Worker {
     }
 }
 
-/// The changes to keys with `prefix` in a segment of the log of `epoch`,
-/// and where to read on: a group of records (a transaction) shows whole or
-/// not at all, so a segment that ends inside one with changes stops before
-/// it (a group fits in a segment). A large value's chunks change nothing
-/// themselves: its chunked put does, with the value read back from `db`.
+/// The changes to keys with `prefix` from `start` up to `upto` (at most
+/// about `max` bytes of records, but always whole groups), where to read
+/// on, and whether nothing was there to read. A group of records (a
+/// transaction) shows whole or not at all: a read that ends inside one with
+/// changes reads on to its end (a group may be longer than `max`, or go on
+/// in the next data file), and stops before it if the rest is not there yet.
+fn read_changes(
+    db: &ourdb::OurDb,
+    start: Location,
+    upto: Location,
+    max: usize,
+    epoch: u64,
+    prefix: &str,
+) -> ourdb::Result<(Vec<Change>, Location, bool)> {
+    let mut segs = vec![db.read_records_upto(start, upto, max)?];
+    let empty = segs[0].bytes.is_empty();
+    loop {
+        let (changes, next) = changes_in(db, &segs, epoch, prefix);
+        let last = segs.last().expect("one segment");
+        // A transaction is at most about 600 KiB: a few reads reach its end.
+        if next != start || last.bytes.is_empty() || segs.len() >= 8 {
+            return Ok((changes, next, empty));
+        }
+        let more = db.read_records_upto(last.next, upto, SEGMENT_BYTES)?;
+        if more.bytes.is_empty() {
+            return Ok((changes, next, empty));
+        }
+        segs.push(more);
+    }
+}
+
+/// The changes in `segs` (consecutive reads of the log of `epoch`) and
+/// where to read on: before a group not whole in them that has changes. A
+/// large value's chunks change nothing themselves: its chunked put does,
+/// with the value read back from `db`.
 fn changes_in(
     db: &ourdb::OurDb,
-    seg: &ourdb::Segment,
+    segs: &[ourdb::Segment],
     epoch: u64,
     prefix: &str,
 ) -> (Vec<Change>, Location) {
@@ -2043,7 +2119,7 @@ fn changes_in(
     let mut out = Vec::new();
     let mut group: Vec<Change> = Vec::new();
     let mut open = None;
-    for r in seg.records() {
+    for r in segs.iter().flat_map(|s| s.records()) {
         let Ok(env) = Envelope::decode(r.value) else {
             continue;
         };
@@ -2051,7 +2127,8 @@ fn changes_in(
             _ if !env.key.starts_with(prefix) => None,
             Kind::Chunk => None,
             Kind::Put => Some(Some(env.value.to_vec())),
-            Kind::Tombstone => Some(None),
+            Kind::Expiring => Some(Some(env.value[ourdb::keyed::DEADLINE_LEN..].to_vec())),
+            Kind::Tombstone | Kind::Expired => Some(None),
             Kind::Chunked => match ourdb::keyed::chunked_value(db, r.at, &env) {
                 Ok((v, _)) => Some(Some(v)),
                 Err(e) => {
@@ -2064,6 +2141,7 @@ fn changes_in(
             cursor: Cursor::new(epoch, r.after),
             key: env.key.to_string(),
             value,
+            expired: env.kind == Kind::Expired,
         });
         match env.group {
             Some(g) => {
@@ -2077,12 +2155,49 @@ fn changes_in(
             None => out.extend(change),
         }
     }
+    let end = segs.last().map_or(Location::NONE, |s| s.next);
     let next = match open {
         // Changes of a group not whole here yet wait for the rest.
         Some(at) if !group.is_empty() => at,
-        _ => seg.next,
+        _ => end,
     };
     (out, next)
+}
+
+/// Milliseconds since the Unix epoch, by this node's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Expires keys as their deadlines pass, while the master lives and leads.
+async fn expire_loop(master: std::sync::Weak<Master>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let wait = {
+            let Some(m) = master.upgrade() else { return };
+            if m.deposed.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = now_ms();
+            match m.store.next_deadline() {
+                Some(d) if d <= now => {
+                    if let Err(e) = m.expire_due(now).await {
+                        tracing::warn!(error = %e, "expiry: a write failed");
+                        Duration::from_secs(1)
+                    } else {
+                        continue;
+                    }
+                }
+                Some(d) => Duration::from_millis((d - now).min(1000)),
+                None => Duration::from_secs(1),
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+        }
+    }
 }
 
 /// The refusal of a watch cursor whose log was replaced by a compaction.
@@ -2106,4 +2221,52 @@ fn advance(commit: &watch::Sender<Location>, end: Location) {
         }
         moved
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ourdb::keyed::{Op, TxnOutcome};
+
+    /// Transactions whose groups cross data files (tiny files here, as any
+    /// file's end is for one group in many): a watch reads every change,
+    /// whole groups only, and never stops before the end, however small
+    /// the reads it asks for.
+    #[test]
+    fn watches_read_groups_across_data_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ourdb::Config {
+            record_size_max: ourdb::MAX_VALUE_LEN as u32,
+            file_size: 700,
+            keysize: Some(6),
+            ..ourdb::Config::default()
+        };
+        let store = KeyedStore::new(ourdb::OurDb::open(dir.path(), config).unwrap()).unwrap();
+        for n in 0..40u32 {
+            let ops: Vec<Op> = (0..3)
+                .map(|k| Op::Put(format!("k{k}"), vec![n as u8; 150]))
+                .collect();
+            match store.txn_pending(&[], &ops).unwrap() {
+                TxnOutcome::Applied(_, Some(p)) => store.db().wait(p).unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(store.db().end().file_nr >= 10, "{}", store.db().end());
+        let end = store.db().end();
+        for max in [ourdb::HEADER_LEN, 500, SEGMENT_BYTES] {
+            let (mut at, mut seen) = (Location::new(0, 1), Vec::new());
+            while at < end {
+                let (changes, next, _) = read_changes(store.db(), at, end, max, 1, "").unwrap();
+                assert!(next > at, "stuck at {at} reading {max} bytes");
+                // Whole groups: three changes at a time.
+                assert_eq!(changes.len() % 3, 0, "at {at}");
+                seen.extend(changes);
+                at = next;
+            }
+            assert_eq!(seen.len(), 120, "max {max}");
+            assert!(seen
+                .iter()
+                .all(|c| c.value.as_ref().is_some_and(|v| v.len() == 150)));
+        }
+    }
 }

@@ -101,11 +101,25 @@ pub(crate) async fn serve<N: Answer>(
 }
 
 fn tagged((id, frame): (u32, Frame), out: &mut Vec<u8>) {
+    let start = out.len();
     Frame::Tagged {
         id,
         frame: Box::new(frame),
     }
     .encode_into(out);
+    // A reply the other side would refuse (past the frame limit) ends only
+    // that call, with a reason, not the whole stream.
+    if out.len() - start - 4 > crate::frame::MAX_FRAME {
+        out.truncate(start);
+        Frame::Tagged {
+            id,
+            frame: Box::new(Frame::Failed {
+                code: crate::error::Code::BadRequest,
+                message: "the answer is past the 17 MiB frame limit".into(),
+            }),
+        }
+        .encode_into(out);
+    }
 }
 
 type Reply = oneshot::Sender<Result<Frame>>;

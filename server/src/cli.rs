@@ -479,6 +479,9 @@ pub(crate) enum KvCmd {
         /// Only if the current version is not this ETag (`*`: the key does not exist).
         #[arg(long, value_name = "ETAG", conflicts_with = "if_match")]
         if_none_match: Option<String>,
+        /// Expire the key this long after the master writes it (30s, 500ms, 2m, 1h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
     },
     /// Delete KEY.
     Del {

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Envelope, KeyedStore, Kind};
+use super::{Envelope, KeyedStore};
 use crate::config::{Config, SyncPolicy};
 use crate::db::SnapshotChunk;
 use crate::error::{Error, IoContext, Result};
@@ -233,7 +233,7 @@ fn rebuild_from_envelopes(
                             env.id,
                             // A group's tombstone stays until open
                             // knows the group is whole.
-                            if env.kind != Kind::Tombstone || env.group.is_some() {
+                            if !env.kind.deletes() || env.group.is_some() {
                                 loc
                             } else {
                                 Location::NONE

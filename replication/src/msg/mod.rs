@@ -457,6 +457,7 @@ mod tests {
             cursor: c(),
             key: "w/1".into(),
             value: None,
+            expired: false,
         }
     }
 
@@ -513,6 +514,7 @@ mod tests {
                 value: vec![0, 255],
                 ack: Ack::All,
                 expect: Expect::Version(v()),
+                ttl_ms: 30_000,
             },
             writes::Written {
                 cursor: c(),

@@ -18,7 +18,7 @@ message! {
     }
 }
 
-message!(@convert Change = Change { cursor, key, value });
+message!(@convert Change = Change { cursor, key, value, expired });
 
 message! {
     /// The changes to keys with `prefix` from `from` (the start of the log

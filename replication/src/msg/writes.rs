@@ -17,6 +17,8 @@ message! {
         ack: Ack,
         /// What the key's current version must be.
         expect: Expect,
+        /// Time to live in milliseconds (0: none).
+        ttl_ms: u64,
     }
 }
 

@@ -291,6 +291,7 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
             ack,
             if_match,
             if_none_match,
+            ttl,
         } => {
             let value = match (value, file) {
                 (Some(v), _) => v.into_bytes(),
@@ -311,7 +312,7 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
             if let Some(t) = if_none_match {
                 headers.push(("if-none-match", t));
             }
-            let path = format!("{}{}", key_path(&key), query(&[("ack", ack)]));
+            let path = format!("{}{}", key_path(&key), query(&[("ack", ack), ("ttl", ttl)]));
             match api.call(Method::PUT, &path, &headers, value).await {
                 Ok(a) => {
                     let etag = a.header("etag").unwrap_or_default();

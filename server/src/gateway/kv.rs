@@ -10,7 +10,7 @@ pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
         let value = form
             .bytes("value")?
             .ok_or_else(|| ApiError::bad_request("missing form field \"value\""))?;
-        let (c, _) = gw.write(&key, value, Ack::Master, Expect::Any).await?;
+        let (c, _) = gw.write(&key, value, Ack::Master, Expect::Any, 0).await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
             c,
@@ -134,7 +134,10 @@ pub(super) async fn kv_put(
     let r = async {
         let key = path_key(&uri)?;
         let q = query(&q)?;
-        let (c, version) = gw.write(&key, &body, ack_of(&q)?, expectation(&headers)?).await?;
+        let ttl_ms = ttl_of(&q)?;
+        let (c, version) = gw
+            .write(&key, &body, ack_of(&q)?, expectation(&headers)?, ttl_ms)
+            .await?;
         Ok(with_etag(
             with_cursor(
                 Json(json!({"ok": true, "key": key, "cursor": cursor_text(c), "etag": version.etag()})).into_response(),

@@ -449,6 +449,7 @@ impl Gateway {
         value: &[u8],
         ack: Ack,
         expect: Expect,
+        ttl_ms: u64,
     ) -> Result<(Cursor, Version), ApiError> {
         check_key(key)?;
         let max = self.max_value_bytes;
@@ -464,7 +465,8 @@ impl Gateway {
         }
         self.routes
             .on_master(false, |m| {
-                self.client.set_if(m, key, value, ack, expect.clone())
+                self.client
+                    .set_if(m, key, value, ack, expect.clone(), ttl_ms)
             })
             .await
             .map_err(ApiError::from_write)

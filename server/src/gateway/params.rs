@@ -238,3 +238,36 @@ pub(super) fn ack_of(params: &Params) -> Result<Ack, ApiError> {
         ))),
     }
 }
+
+/// Longest time to live a key may be given.
+const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// `?ttl=`: a duration such as `30s`, `500ms`, `2m`, `1h` or `7d` (a bare
+/// number is seconds), from 1 ms to 365 days; absent: 0 (no expiry).
+pub(super) fn ttl_of(params: &Params) -> Result<u64, ApiError> {
+    let Some(text) = params.get("ttl")? else {
+        return Ok(0);
+    };
+    let bad = || {
+        ApiError::bad_request(format!(
+            "ttl must be a duration from 1ms to 365d such as 30s, 500ms, 2m, 1h, not {text:?}"
+        ))
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(unit_ms) {
+        Some(ms @ 1..=MAX_TTL_MS) => Ok(ms),
+        _ => Err(bad()),
+    }
+}

@@ -112,7 +112,21 @@ fn operation(i: usize, o: OpBody) -> Result<TxnOp, ApiError> {
 
 /// The limits, checked here so that a refusal costs no round trip: 400 for
 /// a bad key or a key written twice, 413 past a size or count limit.
-fn check(conditions: &[TxnCondition], ops: &[TxnOp]) -> Result<(), ApiError> {
+fn check(conditions: &[TxnCondition], ops: &[TxnOp], max_value: usize) -> Result<(), ApiError> {
+    for op in ops {
+        if let TxnOp::Put { value, .. } = op {
+            if value.len() > max_value {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!(
+                        "value of {} bytes; at most {max_value} (--max-value-bytes)",
+                        value.len()
+                    ),
+                ));
+            }
+        }
+    }
     use ourdb::keyed::{Condition, Op};
     let conds: Vec<Condition> = conditions
         .iter()
@@ -187,7 +201,7 @@ pub(super) async fn txn(State(gw): Gw, q: RawQuery, body: Bytes) -> Response {
             .enumerate()
             .map(|(i, o)| operation(i, o))
             .collect::<Result<Vec<_>, _>>()?;
-        check(&conditions, &ops)?;
+        check(&conditions, &ops, gw.max_value_bytes)?;
         let keys: Vec<TxnOp> = ops
             .iter()
             .map(|o| match o {

@@ -88,11 +88,7 @@ impl Hub {
     }
 
     fn publish(&self, change: replication::Change) {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let (kind, data) = match &change.value {
-            Some(v) => ("put", json!({"key": change.key, "value": b64.encode(v)})),
-            None => ("delete", json!({"key": change.key})),
-        };
+        let (kind, data) = event_of(&change);
         let ev = Arc::new(Shared::Change {
             cursor: change.cursor,
             key: change.key,
@@ -254,11 +250,7 @@ impl Follower {
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(c) = self.pending.pop_front() {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let (kind, data) = match &c.value {
-                    Some(v) => ("put", json!({"key": c.key, "value": b64.encode(v)})),
-                    None => ("delete", json!({"key": c.key})),
-                };
+                let (kind, data) = event_of(&c);
                 return Some(event(c.cursor, kind, &data.to_string()));
             }
             if self.at < self.until {
@@ -393,4 +385,15 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
     }
     .await;
     counted(&gw, r)
+}
+
+/// A change as a server-sent event's name and data: `put` with the value,
+/// `delete`, or `expire` (its time to live ran out).
+fn event_of(c: &replication::Change) -> (&'static str, serde_json::Value) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    match &c.value {
+        Some(v) => ("put", json!({"key": c.key, "value": b64.encode(v)})),
+        None if c.expired => ("expire", json!({"key": c.key})),
+        None => ("delete", json!({"key": c.key})),
+    }
 }
