@@ -1851,8 +1851,9 @@ mod tests {
         let ends: Vec<Location> = seg.records().map(|r| r.after).collect();
         let replica = std::sync::Arc::new(replica);
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
-            let (r, done) = (replica.clone(), done.clone());
+            let (r, done, started) = (replica.clone(), done.clone(), started.clone());
             std::thread::spawn(move || {
                 let read = |k: &str| {
                     r.get(k)
@@ -1860,15 +1861,22 @@ mod tests {
                         .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()))
                 };
                 let mut reads = 0u64;
-                while !done.load(Ordering::SeqCst) {
+                loop {
                     let x = read("x");
                     let y = read("y");
                     assert!(y >= x, "x = {x} but then y = {y}: half a group");
                     reads += 1;
+                    started.store(true, Ordering::SeqCst);
+                    if done.load(Ordering::SeqCst) {
+                        return reads;
+                    }
                 }
-                reads
             })
         };
+        // The apply starts once the reader reads (a thread may start late).
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
         // Batches of three records: groups are split every other batch.
         let mut pos = Location::new(0, 1);
         for chunk in ends.chunks(3) {
