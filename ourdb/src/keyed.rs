@@ -940,8 +940,15 @@ impl KeyedStore {
             self.track(key, None);
             return Ok(None);
         };
+        self.remove(key, id, Kind::Expired).map(Some)
+    }
+
+    /// Deletes `key`, held by `id` (under the write lock): a record of
+    /// `kind` (a tombstone or an expiry), then the id's lookup entry and
+    /// the key's index entry and deadline.
+    fn remove(&self, key: &str, id: u32, kind: Kind) -> Result<Pending> {
         let rec = Envelope {
-            kind: Kind::Expired,
+            kind,
             id,
             key,
             value: &[],
@@ -949,13 +956,14 @@ impl KeyedStore {
         }
         .encode();
         let _ = self.db.set_pending(Some(id), &rec)?;
+        // The delete's sequence number covers the record before it.
         let pending = self.db.delete_pending(id)?;
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
         self.track(key, None);
-        Ok(Some(pending))
+        Ok(pending)
     }
 
     /// Stores a value too large for one record (under the write lock): its
@@ -1193,23 +1201,7 @@ impl KeyedStore {
         let Some(id) = self.id_of(key) else {
             return Ok(Some(None));
         };
-        let tomb = Envelope {
-            kind: Kind::Tombstone,
-            id,
-            key,
-            value: &[],
-            group: None,
-        }
-        .encode();
-        let _ = self.db.set_pending(Some(id), &tomb)?;
-        // The delete's sequence number covers the tombstone before it.
-        let pending = self.db.delete_pending(id)?;
-        self.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-        self.track(key, None);
-        Ok(Some(Some(pending)))
+        Ok(Some(Some(self.remove(key, id, Kind::Tombstone)?)))
     }
 
     /// Applies a transaction: if every condition holds, every operation in

@@ -1466,26 +1466,15 @@ impl Worker {
                     return Err(e);
                 }
             };
-            if empty {
-                cursor = next;
-                // A client that went away is noticed at the next write at the latest.
-                let woke = tokio::time::timeout(Duration::from_secs(15), async {
-                    tokio::select! {
-                        r = applied.changed() => r,
-                        r = hw.changed() => r,
-                    }
-                })
-                .await;
-                if woke.is_ok_and(|r| r.is_err()) {
-                    return Ok(());
-                }
-                continue;
-            }
             for change in changes {
                 frame::write(&mut send, &change.into()).await?;
             }
-            if next == cursor {
-                // Inside a group that is not whole here yet: wait for more.
+            // Nothing new, or inside a group not whole here yet: wait for
+            // more. A client that went away is noticed at the next write
+            // at the latest.
+            let wait = empty || next == cursor;
+            cursor = next;
+            if wait {
                 let woke = tokio::time::timeout(Duration::from_secs(15), async {
                     tokio::select! {
                         r = applied.changed() => r,
@@ -1497,7 +1486,6 @@ impl Worker {
                     return Ok(());
                 }
             }
-            cursor = next;
         }
     }
 

@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
-fn signal(p: &Proc, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &p.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
 /// `curl -i`-style: status, headers (lower-cased names) and body.
 fn curl_headers(args: &[&str]) -> (u16, String, String) {
     let out = Command::new("curl")
@@ -40,15 +31,6 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
         .map(str::trim)
-}
-
-/// Waits until `ok()` holds, for up to `secs` seconds.
-fn eventually(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < Duration::from_secs(secs), "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Values of every size class up to the limit (16 MiB): just above V's

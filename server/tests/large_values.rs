@@ -50,23 +50,6 @@ fn get_bytes(url: &str) -> (u16, Vec<u8>) {
     (code, body)
 }
 
-fn signal(p: &Proc, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &p.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
-fn eventually(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < Duration::from_secs(secs), "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A 16 MiB value reaches a worker that was stopped while it was written
 /// (catch-up over many segments), and one that must install a snapshot
 /// after the master's log was compacted.

@@ -23,14 +23,6 @@ fn get(http: &str, key: &str, level: &str) -> u16 {
     curl(&[&format!("http://{http}/v1/kv/{key}?consistency={level}")]).0
 }
 
-fn until(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < Duration::from_secs(secs), "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn keys_expire_at_every_level_and_watches_see_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -52,7 +44,7 @@ fn keys_expire_at_every_level_and_watches_see_it() {
     // catch up as the master's expiry ships.
     std::thread::sleep(Duration::from_millis(1600).saturating_sub(t.elapsed()));
     assert_eq!(get(&http, "t/a", "strong"), 404);
-    until(5, "stale reads see the expiry", || {
+    eventually(5, "stale reads see the expiry", || {
         get(&http, "t/a", "stale") == 404
     });
     assert_eq!(get(&http, "t/b", "strong"), 200);
@@ -88,7 +80,7 @@ fn a_deadline_survives_kill_9_and_an_expiry_is_never_undone() {
     let (code, _) = put(&http, "later", "?ttl=4s&ack=all", "y");
     assert_eq!(code, 200);
     let t = Instant::now();
-    until(5, "the first expiry", || {
+    eventually(5, "the first expiry", || {
         get(&http, "gone", "strong") == 404
     });
     drop(dev);

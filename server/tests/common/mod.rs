@@ -214,3 +214,22 @@ pub(crate) fn compact_to_epoch_2(dir: &Path) {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("epoch: 2"));
 }
+
+/// Sends signal `sig` (`-STOP`, `-CONT`, `-TERM`, …) to a process.
+pub(crate) fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Waits until `ok()` holds, for up to `secs` seconds.
+pub(crate) fn eventually(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(secs), "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
