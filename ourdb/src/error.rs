@@ -144,6 +144,18 @@ pub enum Error {
     /// takes no writes of its own until that tail is cut.
     #[error("the log ends inside a group shipped in part (from {0}); cut it before writing")]
     UnfinishedGroup(Location),
+    /// A put names a lease that does not exist (never granted, revoked or
+    /// expired).
+    #[error("lease {0} not found: it was never granted, or it was revoked or expired")]
+    NoLease(u32),
+    /// A lease holds as many keys as it may.
+    #[error("lease {id} holds {max} keys, the most one lease holds")]
+    LeaseFull {
+        /// The lease.
+        id: u32,
+        /// The most keys one lease holds.
+        max: usize,
+    },
 }
 
 /// Result alias for the engine.

@@ -6,7 +6,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | magic `0xE7` |
-//! | 1 | 1 | kind: 1 put, 2 tombstone, 3 chunk, 4 chunked put, 5 expiring put, 6 expiry |
+//! | 1 | 1 | kind: 1 put, 2 tombstone, 3 chunk, 4 chunked put, 5 expiring put, 6 expiry, 7 lease, 8 leased put |
 //! | 2 | 1 | envelope version, 1 |
 //! | 3 | 4 | id, u32 little-endian |
 //! | 7 | 2 | key length, u16 little-endian |
@@ -35,6 +35,15 @@
 //! epoch, the master's clock), or as a chunked put with the deadline after
 //! its length. The master writes an expiry (kind 6, a tombstone) when the
 //! deadline passes; replicas apply it like any record.
+//!
+//! A lease is an id of its own whose records have an empty key: a lease
+//! record (kind 7: its time to live and its deadline, u64 LE each) grants
+//! it and every keep-alive writes a new one. A key attached to it is a
+//! leased put (kind 8) whose value starts with the lease's id (u32 LE), or
+//! a chunked put with the lease's id after its length. When the lease ends
+//! (revoked, or its deadline passed on the master's clock) the master
+//! writes one group: an expiry of each of its keys, then an expiry of the
+//! lease's id.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -95,12 +104,21 @@ pub enum Kind {
     Expiring,
     /// Deletes the key because its deadline passed (written by the master).
     Expired,
+    /// Grants a lease or keeps it alive (the key is empty; the value is
+    /// the time to live and the deadline).
+    Lease,
+    /// Sets the key to a value for as long as a lease lives (the first 4
+    /// bytes are the lease's id).
+    Leased,
 }
 
 impl Kind {
     /// Whether a record of this kind sets its key to a value.
     pub fn sets_value(self) -> bool {
-        matches!(self, Kind::Put | Kind::Chunked | Kind::Expiring)
+        matches!(
+            self,
+            Kind::Put | Kind::Chunked | Kind::Expiring | Kind::Leased
+        )
     }
 
     /// Whether a record of this kind deletes its key.
@@ -113,16 +131,57 @@ impl Kind {
 pub const DEADLINE_LEN: usize = 8;
 /// A chunked put's value with a deadline after the count and length.
 pub const CHUNKED_DEADLINE_LEN: usize = CHUNKED_LEN + DEADLINE_LEN;
+/// Bytes a leased put's lease id takes before its value.
+pub const LEASE_ID_LEN: usize = 4;
+/// A chunked put's value with a lease id after the count and length.
+pub const CHUNKED_LEASE_LEN: usize = CHUNKED_LEN + LEASE_ID_LEN;
+/// A lease record's value: time to live and deadline (u64 LE each).
+pub const LEASE_LEN: usize = 16;
+/// Most keys attached to one lease: its end is one group of records, which
+/// a watch reads whole (at most about 4.3 MiB of expiries).
+pub const MAX_LEASE_KEYS: usize = 4096;
+
+/// What ends a key's life besides a delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tie {
+    /// Nothing: it lives until deleted.
+    None,
+    /// A deadline (milliseconds since the Unix epoch, the master's clock).
+    Deadline(u64),
+    /// A lease: it lives as long as the lease.
+    Lease(u32),
+}
+
+/// What ends the life of the key a record sets.
+pub fn tie_of(env: &Envelope<'_>) -> Tie {
+    let le64 = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    match env.kind {
+        Kind::Expiring => Tie::Deadline(le64(&env.value[..DEADLINE_LEN])),
+        Kind::Leased => Tie::Lease(le32(&env.value[..LEASE_ID_LEN])),
+        Kind::Chunked if env.value.len() == CHUNKED_DEADLINE_LEN => {
+            Tie::Deadline(le64(&env.value[CHUNKED_LEN..]))
+        }
+        Kind::Chunked if env.value.len() == CHUNKED_LEASE_LEN => {
+            Tie::Lease(le32(&env.value[CHUNKED_LEN..]))
+        }
+        _ => Tie::None,
+    }
+}
 
 /// The deadline a record's key expires at (milliseconds since the Unix
 /// epoch), if it has one.
 pub fn deadline_of(env: &Envelope<'_>) -> Option<u64> {
-    let bytes = match env.kind {
-        Kind::Expiring => &env.value[..DEADLINE_LEN],
-        Kind::Chunked if env.value.len() == CHUNKED_DEADLINE_LEN => &env.value[CHUNKED_LEN..],
-        _ => return None,
-    };
-    Some(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+    match tie_of(env) {
+        Tie::Deadline(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// A lease record's time to live and deadline (milliseconds).
+fn lease_terms(env: &Envelope<'_>) -> (u64, u64) {
+    let le64 = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    (le64(&env.value[..8]), le64(&env.value[8..LEASE_LEN]))
 }
 
 /// A record's place in a group of records that become visible together.
@@ -150,6 +209,23 @@ pub struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
+    /// The value a put held in one record sets (after its deadline or
+    /// lease); `None` for other kinds.
+    pub fn inline_value(&self) -> Option<&'a [u8]> {
+        match self.kind {
+            Kind::Put => Some(self.value),
+            Kind::Expiring => Some(&self.value[DEADLINE_LEN..]),
+            Kind::Leased => Some(&self.value[LEASE_ID_LEN..]),
+            _ => None,
+        }
+    }
+
+    /// Whether the record belongs to a lease (a grant, a keep-alive, or
+    /// the expiry that ends it) rather than to a key.
+    pub fn is_lease(&self) -> bool {
+        self.key.is_empty()
+    }
+
     /// The envelope's bytes (a record's value).
     pub fn encode(&self) -> Vec<u8> {
         let mut out =
@@ -162,6 +238,8 @@ impl<'a> Envelope<'a> {
             Kind::Chunked => 4,
             Kind::Expiring => 5,
             Kind::Expired => 6,
+            Kind::Lease => 7,
+            Kind::Leased => 8,
         });
         out.push(if self.group.is_some() {
             VERSION_GROUP
@@ -201,6 +279,8 @@ impl<'a> Envelope<'a> {
             4 => Kind::Chunked,
             5 => Kind::Expiring,
             6 => Kind::Expired,
+            7 => Kind::Lease,
+            8 => Kind::Leased,
             k => return Err(Error::Envelope(format!("unknown kind {k}"))),
         };
         let (group, key_at) = match b[2] {
@@ -238,7 +318,23 @@ impl<'a> Envelope<'a> {
         if kind == Kind::Expiring && value.len() < DEADLINE_LEN {
             return Err(Error::Envelope("expiring put without its deadline".into()));
         }
-        if kind == Kind::Chunked && matches!(value.len(), CHUNKED_LEN | CHUNKED_DEADLINE_LEN) {
+        // An empty key is a lease's: lease records, and the expiry that ends one.
+        if key.is_empty() != (kind == Kind::Lease || (kind.deletes() && key.is_empty())) {
+            return Err(Error::Envelope(format!(
+                "a record of kind {kind:?} with key {key:?}"
+            )));
+        }
+        if kind == Kind::Lease && value.len() != LEASE_LEN {
+            return Err(Error::Envelope(format!(
+                "lease record of {} bytes, want {LEASE_LEN}",
+                value.len()
+            )));
+        }
+        if kind == Kind::Leased && value.len() < LEASE_ID_LEN {
+            return Err(Error::Envelope("leased put without its lease".into()));
+        }
+        const CHUNKED_LENS: [usize; 3] = [CHUNKED_LEN, CHUNKED_DEADLINE_LEN, CHUNKED_LEASE_LEN];
+        if kind == Kind::Chunked && CHUNKED_LENS.contains(&value.len()) {
             // Counts a reader would trust: chunks of a byte at least, a
             // value within the limit.
             let (n, len) = chunked_header(value);
@@ -248,9 +344,9 @@ impl<'a> Envelope<'a> {
                 )));
             }
         }
-        if kind == Kind::Chunked && !matches!(value.len(), CHUNKED_LEN | CHUNKED_DEADLINE_LEN) {
+        if kind == Kind::Chunked && !CHUNKED_LENS.contains(&value.len()) {
             return Err(Error::Envelope(format!(
-                "chunked put of {} bytes, want {CHUNKED_LEN} or {CHUNKED_DEADLINE_LEN}",
+                "chunked put of {} bytes, want one of {CHUNKED_LENS:?}",
                 value.len()
             )));
         }
@@ -528,7 +624,9 @@ struct Deferred {
     key: String,
     id: u32,
     tombstone: bool,
-    deadline: Option<u64>,
+    tie: Tie,
+    /// A lease record's time to live and deadline.
+    lease: Option<(u64, u64)>,
 }
 
 /// What writers share, under the write lock.
@@ -556,26 +654,121 @@ pub struct KeyedStore {
     report: IndexReport,
 }
 
-/// Live keys with a deadline, by deadline and by key.
+/// Live keys with a deadline, by deadline and by key; live leases and the
+/// keys attached to them.
 #[derive(Debug, Default)]
 struct Expiry {
     by_time: std::collections::BTreeSet<(u64, String)>,
     by_key: std::collections::HashMap<String, u64>,
+    leases: std::collections::HashMap<u32, LeaseState>,
+    lease_time: std::collections::BTreeSet<(u64, u32)>,
+    key_lease: std::collections::HashMap<String, u32>,
+}
+
+/// A live lease.
+#[derive(Debug, Default)]
+struct LeaseState {
+    ttl_ms: u64,
+    deadline: u64,
+    /// Whether its record was seen: keys that name a lease with none (only
+    /// a damaged log has them) end at once, with no record of the lease.
+    granted: bool,
+    keys: std::collections::BTreeSet<String>,
+}
+
+/// A lease as the store knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Its id (the id of its records).
+    pub id: u32,
+    /// Its time to live (milliseconds): a keep-alive moves the deadline
+    /// that far past its time.
+    pub ttl_ms: u64,
+    /// When it ends unless kept alive (milliseconds since the Unix epoch,
+    /// the master's clock).
+    pub deadline: u64,
+    /// Its keys, ascending (at most the number asked for).
+    pub keys: Vec<String>,
+    /// How many keys it holds.
+    pub key_count: usize,
 }
 
 impl Expiry {
-    /// `key`'s deadline is now `deadline` (none: it does not expire, or is gone).
-    fn set(&mut self, key: &str, deadline: Option<u64>) {
-        if deadline.is_none() && self.by_key.is_empty() {
+    /// What ends `key`'s life is now `tie` (`Tie::None` also when it is gone).
+    fn set(&mut self, key: &str, tie: Tie) {
+        if tie == Tie::None && self.by_key.is_empty() && self.key_lease.is_empty() {
             return;
         }
         if let Some(old) = self.by_key.remove(key) {
             self.by_time.remove(&(old, key.to_string()));
         }
-        if let Some(d) = deadline {
-            self.by_key.insert(key.to_string(), d);
-            self.by_time.insert((d, key.to_string()));
+        if let Some(old) = self.key_lease.remove(key) {
+            if let Some(l) = self.leases.get_mut(&old) {
+                l.keys.remove(key);
+            }
         }
+        match tie {
+            Tie::None => {}
+            Tie::Deadline(d) => {
+                self.by_key.insert(key.to_string(), d);
+                self.by_time.insert((d, key.to_string()));
+            }
+            Tie::Lease(id) => {
+                self.key_lease.insert(key.to_string(), id);
+                self.leases
+                    .entry(id)
+                    .or_default()
+                    .keys
+                    .insert(key.to_string());
+            }
+        }
+    }
+
+    /// Lease `id` was granted or kept alive.
+    fn grant(&mut self, id: u32, ttl_ms: u64, deadline: u64) {
+        let l = self.leases.entry(id).or_default();
+        if l.granted {
+            self.lease_time.remove(&(l.deadline, id));
+        }
+        (l.ttl_ms, l.deadline, l.granted) = (ttl_ms, deadline, true);
+        self.lease_time.insert((deadline, id));
+    }
+
+    /// Lease `id` ended; its keys are gone with it.
+    fn end(&mut self, id: u32) {
+        if let Some(l) = self.leases.remove(&id) {
+            self.lease_time.remove(&(l.deadline, id));
+            for k in &l.keys {
+                self.key_lease.remove(k);
+            }
+        }
+    }
+
+    /// Keys that name a lease whose record was not seen end at once (a
+    /// deadline of 0).
+    fn settle(&mut self) {
+        for (id, l) in &self.leases {
+            if !l.granted {
+                self.lease_time.insert((0, *id));
+            }
+        }
+    }
+
+    /// The earliest deadline of a key or a lease.
+    fn next(&self) -> Option<u64> {
+        let key = self.by_time.first().map(|(d, _)| *d);
+        let lease = self.lease_time.first().map(|(d, _)| *d);
+        match (key, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Lease `id` if it lives at `now` (`None`: any time).
+    fn live(&self, id: u32, now: Option<u64>) -> Option<&LeaseState> {
+        self.leases
+            .get(&id)
+            .filter(|l| l.granted && now.is_none_or(|now| l.deadline > now))
     }
 }
 
@@ -663,8 +856,12 @@ impl KeyedStore {
                 last_group = last_group.max(Some(g.start));
             }
             match env.kind {
-                Kind::Put | Kind::Chunked | Kind::Expiring => {
-                    expiry.set(env.key, deadline_of(&env));
+                Kind::Lease => {
+                    let (ttl, deadline) = lease_terms(&env);
+                    expiry.grant(id, ttl, deadline);
+                }
+                Kind::Put | Kind::Chunked | Kind::Expiring | Kind::Leased => {
+                    expiry.set(env.key, tie_of(&env));
                     if let Some(other) = index.insert(env.key.to_string(), id) {
                         return Err(Error::Envelope(format!(
                             "key {:?} is live under ids {other} and {id}",
@@ -678,6 +875,7 @@ impl KeyedStore {
                 Kind::Chunk => {}
             }
         }
+        expiry.settle();
         self.report.keys = keys;
         Ok((tombstones, last_group))
     }
@@ -818,8 +1016,21 @@ impl KeyedStore {
         expect: Expect,
         deadline: u64,
     ) -> Result<Option<(Location, Pending)>> {
+        self.put_tied_pending(key, value, expect, Tie::Deadline(deadline))
+    }
+
+    /// `put_if_pending` for a key whose life `tie` ends: a deadline, or a
+    /// lease (`Error::NoLease` if it does not live, `Error::LeaseFull` if
+    /// it holds `MAX_LEASE_KEYS` others).
+    pub fn put_tied_pending(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        tie: Tie,
+    ) -> Result<Option<(Location, Pending)>> {
         Ok(self
-            .put_with(key, value, expect, Some(deadline))?
+            .put_with(key, value, expect, tie)?
             .map(|(_, version, pending)| (version, pending)))
     }
 
@@ -829,7 +1040,7 @@ impl KeyedStore {
         value: &[u8],
         expect: Expect,
     ) -> Result<Option<(u32, Location, Pending)>> {
-        self.put_with(key, value, expect, None)
+        self.put_with(key, value, expect, Tie::None)
     }
 
     fn put_with(
@@ -837,7 +1048,7 @@ impl KeyedStore {
         key: &str,
         value: &[u8],
         expect: Expect,
-        deadline: Option<u64>,
+        tie: Tie,
     ) -> Result<Option<(u32, Location, Pending)>> {
         check_key(key)?;
         if value.len() > MAX_VALUE_BYTES {
@@ -847,13 +1058,27 @@ impl KeyedStore {
             });
         }
         let _w = self.lock_own_write()?;
+        if let Tie::Lease(lease) = tie {
+            let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let l = e.live(lease, None).ok_or(Error::NoLease(lease))?;
+            if l.keys.len() >= MAX_LEASE_KEYS && !l.keys.contains(key) {
+                return Err(Error::LeaseFull {
+                    id: lease,
+                    max: MAX_LEASE_KEYS,
+                });
+            }
+        }
         if !self.expected(key, &expect) {
             return Ok(None);
         }
-        let extra = if deadline.is_some() { DEADLINE_LEN } else { 0 };
-        if value.len() + extra > self.room(key) {
-            let put = self.put_chunked(key, value, deadline)?;
-            self.track(key, deadline);
+        let prefix = match tie {
+            Tie::None => Vec::new(),
+            Tie::Deadline(d) => d.to_le_bytes().to_vec(),
+            Tie::Lease(l) => l.to_le_bytes().to_vec(),
+        };
+        if value.len() + prefix.len() > self.room(key) {
+            let put = self.put_chunked(key, value, &prefix)?;
+            self.track(key, tie);
             return Ok(Some(put));
         }
         let existing = self.id_of(key);
@@ -861,15 +1086,19 @@ impl KeyedStore {
             Some(id) => id,
             None => self.db.next_id()?,
         };
-        let with_deadline;
-        let (kind, value) = match deadline {
-            None => (Kind::Put, value),
-            Some(d) => {
-                let mut v = Vec::with_capacity(DEADLINE_LEN + value.len());
-                v.extend_from_slice(&d.to_le_bytes());
+        let with_prefix;
+        let (kind, value) = match tie {
+            Tie::None => (Kind::Put, value),
+            Tie::Deadline(_) | Tie::Lease(_) => {
+                let mut v = Vec::with_capacity(prefix.len() + value.len());
+                v.extend_from_slice(&prefix);
                 v.extend_from_slice(value);
-                with_deadline = v;
-                (Kind::Expiring, &with_deadline[..])
+                with_prefix = v;
+                let kind = match tie {
+                    Tie::Deadline(_) => Kind::Expiring,
+                    _ => Kind::Leased,
+                };
+                (kind, &with_prefix[..])
             }
         };
         let rec = Envelope {
@@ -892,23 +1121,22 @@ impl KeyedStore {
                 pending
             }
         };
-        self.track(key, deadline);
+        self.track(key, tie);
         let version = self.db.raw_location(id).unwrap_or(Location::NONE);
         Ok(Some((id, version, pending)))
     }
 
-    /// Notes `key`'s deadline (none: it does not expire, or is gone).
-    fn track(&self, key: &str, deadline: Option<u64>) {
+    /// Notes what ends `key`'s life (`Tie::None`: nothing, or it is gone).
+    fn track(&self, key: &str, tie: Tie) {
         self.expiry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .set(key, deadline);
+            .set(key, tie);
     }
 
-    /// The earliest deadline of a live key, if any key has one.
+    /// The earliest deadline of a live key or lease, if any has one.
     pub fn next_deadline(&self) -> Option<u64> {
-        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-        e.by_time.first().map(|(d, _)| *d)
+        self.expiry.lock().unwrap_or_else(|e| e.into_inner()).next()
     }
 
     /// `key`'s deadline, if it has one.
@@ -937,10 +1165,192 @@ impl KeyedStore {
             return Ok(None);
         }
         let Some(id) = self.id_of(key) else {
-            self.track(key, None);
+            self.track(key, Tie::None);
             return Ok(None);
         };
         self.remove(key, id, Kind::Expired).map(Some)
+    }
+
+    /// Grants a lease of `ttl_ms` at `now` (the master's clock): a new id
+    /// and its lease record. For the master alone.
+    pub fn lease_grant_pending(&self, ttl_ms: u64, now: u64) -> Result<(LeaseInfo, Pending)> {
+        let _w = self.lock_own_write()?;
+        let id = self.db.next_id()?;
+        let deadline = now.saturating_add(ttl_ms);
+        let pending = self.write_lease(None, id, ttl_ms, deadline)?;
+        let info = LeaseInfo {
+            id,
+            ttl_ms,
+            deadline,
+            keys: Vec::new(),
+            key_count: 0,
+        };
+        Ok((info, pending))
+    }
+
+    /// Keeps lease `id` alive at `now`: a new lease record whose deadline
+    /// is `now` plus its time to live. `None` if it does not live at `now`.
+    pub fn lease_keep_alive_pending(
+        &self,
+        id: u32,
+        now: u64,
+    ) -> Result<Option<(LeaseInfo, Pending)>> {
+        let _w = self.lock_own_write()?;
+        let ttl = {
+            let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            match e.live(id, Some(now)) {
+                Some(l) => l.ttl_ms,
+                None => return Ok(None),
+            }
+        };
+        let pending = self.write_lease(Some(id), id, ttl, now.saturating_add(ttl))?;
+        Ok(self.lease(id, 0).map(|info| (info, pending)))
+    }
+
+    /// Writes lease `id`'s record (under the write lock).
+    fn write_lease(
+        &self,
+        existing: Option<u32>,
+        id: u32,
+        ttl_ms: u64,
+        deadline: u64,
+    ) -> Result<Pending> {
+        let mut terms = [0u8; LEASE_LEN];
+        terms[..8].copy_from_slice(&ttl_ms.to_le_bytes());
+        terms[8..].copy_from_slice(&deadline.to_le_bytes());
+        let rec = Envelope {
+            kind: Kind::Lease,
+            id,
+            key: "",
+            value: &terms,
+            group: None,
+        }
+        .encode();
+        let (got, pending) = self.db.set_pending(existing, &rec)?;
+        debug_assert_eq!(got, id);
+        self.expiry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .grant(id, ttl_ms, deadline);
+        Ok(pending)
+    }
+
+    /// Lease `id` with up to `max_keys` of its keys, if it lives (its
+    /// deadline may have passed: the master ends it soon).
+    pub fn lease(&self, id: u32, max_keys: usize) -> Option<LeaseInfo> {
+        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        e.live(id, None).map(|l| LeaseInfo {
+            id,
+            ttl_ms: l.ttl_ms,
+            deadline: l.deadline,
+            keys: l.keys.iter().take(max_keys).cloned().collect(),
+            key_count: l.keys.len(),
+        })
+    }
+
+    /// Live leases, ascending by id.
+    pub fn lease_ids(&self) -> Vec<u32> {
+        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<u32> = e.leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The lease `key` is attached to, if any.
+    pub fn lease_of(&self, key: &str) -> Option<u32> {
+        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        e.key_lease.get(key).copied()
+    }
+
+    /// Up to `max` leases whose deadline is at or before `now`, earliest first.
+    pub fn due_leases(&self, now: u64, max: usize) -> Vec<u32> {
+        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        e.lease_time
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Ends lease `id`: revoked (`due_by` none), or expired if its deadline
+    /// is at or before `due_by`. One group of records: an expiry of each of
+    /// its keys, then of the lease. The write to wait for; `None` if the
+    /// lease does not live (or is not due). For the master alone.
+    pub fn end_lease_pending(&self, id: u32, due_by: Option<u64>) -> Result<Option<Pending>> {
+        let _w = self.lock_own_write()?;
+        let (keys, granted) = {
+            let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(l) = e.leases.get(&id) else {
+                return Ok(None);
+            };
+            if l.granted && due_by.is_some_and(|now| l.deadline > now) {
+                return Ok(None);
+            }
+            (l.keys.iter().cloned().collect::<Vec<_>>(), l.granted)
+        };
+        let keys: Vec<(String, u32)> = keys
+            .into_iter()
+            .filter_map(|k| self.id_of(&k).map(|i| (k, i)))
+            .collect();
+        // Each key's id, then the lease's (unless no record of it exists).
+        let ids: Vec<(&str, u32)> = keys
+            .iter()
+            .map(|(k, i)| (k.as_str(), *i))
+            .chain(granted.then_some(("", id)))
+            .collect();
+        if ids.is_empty() {
+            self.expiry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .end(id);
+            return Ok(None);
+        }
+        let start = self.db.end();
+        self.hide_from.store(order(start), Ordering::SeqCst);
+        let written = (|| {
+            let mut pending = None;
+            for (i, &(key, rid)) in ids.iter().enumerate() {
+                let rec = Envelope {
+                    kind: Kind::Expired,
+                    id: rid,
+                    key,
+                    value: &[],
+                    group: Some(Group {
+                        start,
+                        last: i + 1 == ids.len(),
+                    }),
+                }
+                .encode();
+                pending = Some(self.db.set_pending(Some(rid), &rec)?.1);
+            }
+            Ok(pending.expect("one record at least"))
+        })();
+        let mut pending = match written {
+            Ok(p) => p,
+            Err(e) => {
+                self.cut_failed_group(start);
+                return Err(e);
+            }
+        };
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            for (key, _) in &keys {
+                index.remove(key.as_str());
+            }
+            self.hide_from.store(SHOWN, Ordering::SeqCst);
+        }
+        {
+            let mut e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, _) in &keys {
+                e.set(key, Tie::None);
+            }
+            e.end(id);
+        }
+        for &(_, rid) in &ids {
+            pending = self.db.delete_pending(rid)?;
+        }
+        Ok(Some(pending))
     }
 
     /// Deletes `key`, held by `id` (under the write lock): a record of
@@ -962,18 +1372,14 @@ impl KeyedStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
-        self.track(key, None);
+        self.track(key, Tie::None);
         Ok(pending)
     }
 
     /// Stores a value too large for one record (under the write lock): its
-    /// chunks, then the chunked put, as one group.
-    fn put_chunked(
-        &self,
-        key: &str,
-        value: &[u8],
-        deadline: Option<u64>,
-    ) -> Result<(u32, Location, Pending)> {
+    /// chunks, then the chunked put (with `tie`: a deadline or lease id in
+    /// bytes, or nothing), as one group.
+    fn put_chunked(&self, key: &str, value: &[u8], tie: &[u8]) -> Result<(u32, Location, Pending)> {
         let existing = self.id_of(key);
         let id = match existing {
             Some(id) => id,
@@ -1000,12 +1406,11 @@ impl KeyedStore {
                 debug_assert_eq!(got, id);
                 created = true;
             }
-            let mut header = Vec::with_capacity(CHUNKED_LEN + DEADLINE_LEN);
+            // The deadline or lease id, if any, after the count and length.
+            let mut header = Vec::with_capacity(CHUNKED_LEN + tie.len());
             header.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
             header.extend_from_slice(&(value.len() as u64).to_le_bytes());
-            if let Some(d) = deadline {
-                header.extend_from_slice(&d.to_le_bytes());
-            }
+            header.extend_from_slice(tie);
             let rec = Envelope {
                 kind: Kind::Chunked,
                 id,
@@ -1064,24 +1469,18 @@ impl KeyedStore {
         if env.key != key {
             return Ok(None);
         }
-        match env.kind {
-            Kind::Put => {
-                // The value is the record's tail: cut the envelope header
-                // off in place rather than copy the value.
-                let header = rec.len() - env.value.len();
-                let mut value = rec;
-                value.drain(..header);
-                Ok(Some(value))
-            }
-            Kind::Chunked => Ok(Some(chunked_value(&self.db, at, &env)?.0)),
-            Kind::Expiring => {
-                let header = rec.len() - env.value.len() + DEADLINE_LEN;
-                let mut value = rec;
-                value.drain(..header);
-                Ok(Some(value))
-            }
-            Kind::Tombstone | Kind::Chunk | Kind::Expired => Ok(None),
+        if env.kind == Kind::Chunked {
+            return Ok(Some(chunked_value(&self.db, at, &env)?.0));
         }
+        let Some(inline) = env.inline_value() else {
+            return Ok(None);
+        };
+        // The value is the record's tail: cut the envelope header (and a
+        // deadline or lease id) off in place rather than copy the value.
+        let header = rec.len() - inline.len();
+        let mut value = rec;
+        value.drain(..header);
+        Ok(Some(value))
     }
 
     /// The location of `key`'s current record: it names the version (records
@@ -1152,11 +1551,10 @@ impl KeyedStore {
             if env.key != key {
                 break;
             }
-            let (value, next) = match env.kind {
-                Kind::Put => (env.value.to_vec(), prev),
-                Kind::Chunked => chunked_value(&self.db, loc, &env)?,
-                Kind::Expiring => (env.value[DEADLINE_LEN..].to_vec(), prev),
-                Kind::Tombstone | Kind::Chunk | Kind::Expired => break,
+            let (value, next) = match (env.kind, env.inline_value()) {
+                (Kind::Chunked, _) => chunked_value(&self.db, loc, &env)?,
+                (_, Some(v)) => (v.to_vec(), prev),
+                (_, None) => break,
             };
             // One answer carries them all: past HISTORY_BYTES, stop (one
             // value at least).
@@ -1383,7 +1781,7 @@ impl KeyedStore {
         // A transaction's puts carry no deadline: they end one.
         for op in ops {
             if let Op::Put(key, _) | Op::Delete(key) = op {
-                self.track(key, None);
+                self.track(key, Tie::None);
             }
         }
         for (_, id) in deleted {
@@ -1459,7 +1857,8 @@ impl KeyedStore {
                     key: env.key.to_string(),
                     id: env.id,
                     tombstone,
-                    deadline: deadline_of(&env),
+                    tie: tie_of(&env),
+                    lease: (env.kind == Kind::Lease).then(|| lease_terms(&env)),
                 },
                 hidden,
             ));
@@ -1491,16 +1890,28 @@ impl KeyedStore {
                     w.deferred.push(d);
                     continue;
                 }
+                if d.key.is_empty() {
+                    // A lease's record: granted, kept alive, or ended.
+                    let mut e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+                    match d.lease {
+                        Some((ttl, deadline)) => e.grant(d.id, ttl, deadline),
+                        None => e.end(d.id),
+                    }
+                    if d.tombstone && was_hidden {
+                        to_clear.push(d.id);
+                    }
+                    continue;
+                }
                 if d.tombstone {
                     if index.get(&d.key) == Some(&d.id) {
                         index.remove(&d.key);
-                        self.track(&d.key, None);
+                        self.track(&d.key, Tie::None);
                     }
                     if was_hidden {
                         to_clear.push(d.id);
                     }
                 } else {
-                    self.track(&d.key, d.deadline);
+                    self.track(&d.key, d.tie);
                     index.insert(d.key, d.id);
                 }
             }
@@ -1544,8 +1955,25 @@ impl KeyedStore {
         // A key's version before `to` (if any) is the current record of
         // one of those ids now: a key changes ids only by being deleted and
         // created again, and both are records.
-        // Each key's holder now: its id and deadline, or none.
-        type Holder = Option<(u32, Option<u64>)>;
+        // Leases the tail touched (records with an empty key): each is as
+        // its record before `to` says, if any.
+        let leases: Result<Vec<(u32, Option<(u64, u64)>)>> = touched
+            .remove("")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| {
+                let terms = match self.visible(id)? {
+                    Some((_, rec)) => {
+                        let env = Envelope::decode(&rec)?;
+                        (env.kind == Kind::Lease).then(|| lease_terms(&env))
+                    }
+                    None => None,
+                };
+                Ok((id, terms))
+            })
+            .collect();
+        // Each key's holder now: its id and what ends its life, or none.
+        type Holder = Option<(u32, Tie)>;
         let holders: Result<Vec<(String, Holder)>> = touched
             .into_iter()
             .map(|(key, ids)| {
@@ -1553,21 +1981,35 @@ impl KeyedStore {
                     if let Some((_, rec)) = self.visible(id)? {
                         let env = Envelope::decode(&rec)?;
                         if env.kind.sets_value() && env.key == key {
-                            return Ok((key, Some((id, deadline_of(&env)))));
+                            return Ok((key, Some((id, tie_of(&env)))));
                         }
                     }
                 }
                 Ok((key, None))
             })
             .collect();
-        let holders = holders.inspect_err(|_| {
-            // The db is cut but the index cannot follow: refuse writes
-            // until a reopen rebuilds the index from the records.
-            self.db.poison();
-        })?;
+        let (leases, holders) = match (leases, holders) {
+            (Ok(l), Ok(h)) => (l, h),
+            (Err(e), _) | (_, Err(e)) => {
+                // The db is cut but the index cannot follow: refuse writes
+                // until a reopen rebuilds the index from the records.
+                self.db.poison();
+                return Err(e);
+            }
+        };
+        {
+            // Before the keys: a key's lease comes back before it does.
+            let mut e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, terms) in leases {
+                match terms {
+                    Some((ttl, deadline)) => e.grant(id, ttl, deadline),
+                    None => e.end(id),
+                }
+            }
+        }
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for (key, holder) in holders {
-            self.track(&key, holder.and_then(|(_, d)| d));
+            self.track(&key, holder.map_or(Tie::None, |(_, t)| t));
             match holder {
                 Some((id, _)) => index.insert(key, id),
                 None => index.remove(&key),
@@ -2104,6 +2546,125 @@ mod tests {
         let primary = store(d1.path());
         assert_eq!(primary.deadline("c"), Some(9_000));
         assert_eq!(primary.get("a").unwrap(), None, "an expiry is not undone");
+    }
+
+    /// A lease and its keys travel as records: a replica and a reopen know
+    /// them, a keep-alive moves the deadline, and the lease's end removes
+    /// its keys (a large one too) in one group that a replica shows whole;
+    /// a truncation brings back a lease whose end it cuts.
+    #[test]
+    fn leases_replicate_survive_reopen_and_end_with_their_keys() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (primary, replica) = (store(d1.path()), store(d2.path()));
+        let wait = |s: &KeyedStore, p| s.db().wait(p).unwrap();
+        let (lease, p) = primary.lease_grant_pending(10_000, 1_000).unwrap();
+        wait(&primary, p);
+        assert_eq!(lease.deadline, 11_000);
+        let (other, p) = primary.lease_grant_pending(50_000, 1_000).unwrap();
+        wait(&primary, p);
+        assert_ne!(lease.id, other.id);
+        let put = |k: &str, v: &[u8], tie| {
+            let (_, p) = primary
+                .put_tied_pending(k, v, Expect::Any, tie)
+                .unwrap()
+                .unwrap();
+            wait(&primary, p);
+        };
+        put("a", b"1", Tie::Lease(lease.id));
+        put(
+            "big",
+            &big(2 * max_value_len("big"), 7),
+            Tie::Lease(lease.id),
+        );
+        put("b", b"2", Tie::Lease(lease.id));
+        put("b", b"moved", Tie::Lease(other.id));
+        put("c", b"3", Tie::Lease(lease.id));
+        primary.put("c", b"freed").unwrap();
+        assert!(matches!(
+            primary.put_tied_pending("x", b"", Expect::Any, Tie::Lease(999)),
+            Err(Error::NoLease(999))
+        ));
+        ship(&primary, &replica, Location::new(0, 1), &[]);
+        for s in [&primary, &replica] {
+            let l = s.lease(lease.id, 10).expect("lives");
+            assert_eq!((l.ttl_ms, l.deadline), (10_000, 11_000));
+            assert_eq!(
+                l.keys,
+                vec!["a", "big"],
+                "b moved, c was written without it"
+            );
+            assert_eq!(s.lease_of("b"), Some(other.id));
+            assert_eq!(s.get("a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(
+                s.get("big").unwrap(),
+                Some(big(2 * max_value_len("big"), 7))
+            );
+            assert_eq!(s.history("a", 3).unwrap(), vec![b"1".to_vec()]);
+            assert_eq!(s.next_deadline(), Some(11_000));
+            assert!(
+                !s.list("", None, 100).contains(&String::new()),
+                "no key of a lease"
+            );
+            assert_eq!(s.get_by_id(lease.id).unwrap(), None);
+        }
+        // A keep-alive at 5,000 moves the deadline to 15,000; one after the
+        // deadline finds no lease.
+        let at = primary.db().end();
+        let (kept, p) = primary
+            .lease_keep_alive_pending(lease.id, 5_000)
+            .unwrap()
+            .unwrap();
+        wait(&primary, p);
+        assert_eq!(kept.deadline, 15_000);
+        assert!(primary
+            .lease_keep_alive_pending(lease.id, 15_000)
+            .unwrap()
+            .is_none());
+        assert!(primary.due_leases(14_999, 10).is_empty());
+        assert_eq!(primary.due_leases(15_000, 10), vec![lease.id]);
+        assert!(primary
+            .end_lease_pending(lease.id, Some(14_999))
+            .unwrap()
+            .is_none());
+        ship(&primary, &replica, at, &[]);
+        assert_eq!(replica.lease(lease.id, 0).unwrap().deadline, 15_000);
+        // The end, shipped in two pieces: the replica shows none of it until whole.
+        let at = primary.db().end();
+        let p = primary
+            .end_lease_pending(lease.id, Some(15_000))
+            .unwrap()
+            .expect("due");
+        wait(&primary, p);
+        ship(&primary, &replica, at, &[1]);
+        assert_eq!(replica.get("a").unwrap(), None, "the last record arrived");
+        for s in [&primary, &replica] {
+            assert_eq!(s.lease(lease.id, 0), None);
+            assert_eq!(s.get("a").unwrap(), None);
+            assert_eq!(s.get("big").unwrap(), None);
+            assert_eq!(s.get("b").unwrap(), Some(b"moved".to_vec()));
+            assert_eq!(s.get("c").unwrap(), Some(b"freed".to_vec()));
+            assert_eq!(s.next_deadline(), Some(51_000));
+        }
+        // A replica that took the lease's end and then cuts it (a deposed
+        // master's tail) has the lease and its keys back.
+        let cut = replica.truncate_to(at).unwrap();
+        assert!(cut.records >= 3, "{cut:?}");
+        assert_eq!(replica.lease(lease.id, 10).unwrap().keys, vec!["a", "big"]);
+        assert_eq!(replica.get("a").unwrap(), Some(b"1".to_vec()));
+        // Revoking ends a lease whatever its deadline; a reopen knows what lives.
+        let p = primary.end_lease_pending(other.id, None).unwrap().unwrap();
+        wait(&primary, p);
+        assert!(primary.end_lease_pending(other.id, None).unwrap().is_none());
+        let (third, p) = primary.lease_grant_pending(1_000, 2_000).unwrap();
+        wait(&primary, p);
+        put("d", b"4", Tie::Lease(third.id));
+        primary.close().unwrap();
+        let primary = store(d1.path());
+        assert_eq!(primary.get("b").unwrap(), None, "revoked with its lease");
+        assert_eq!(primary.lease(other.id, 0), None);
+        let l = primary.lease(third.id, 10).expect("lives after a reopen");
+        assert_eq!((l.deadline, l.keys), (3_000, vec!["d".to_string()]));
+        assert_eq!(primary.lease_ids(), vec![third.id]);
     }
 
     /// A transaction that would read more than its answer can carry fails

@@ -2112,10 +2112,10 @@ fn changes_in(
             continue;
         };
         let change = match env.kind {
-            _ if !env.key.starts_with(prefix) => None,
-            Kind::Chunk => None,
-            Kind::Put => Some(Some(env.value.to_vec())),
-            Kind::Expiring => Some(Some(env.value[ourdb::keyed::DEADLINE_LEN..].to_vec())),
+            // A lease's own records change no key.
+            _ if env.is_lease() || !env.key.starts_with(prefix) => None,
+            Kind::Chunk | Kind::Lease => None,
+            Kind::Put | Kind::Expiring | Kind::Leased => env.inline_value().map(|v| Some(v.to_vec())),
             Kind::Tombstone | Kind::Expired => Some(None),
             Kind::Chunked => match ourdb::keyed::chunked_value(db, r.at, &env) {
                 Ok((v, _)) => Some(Some(v)),
