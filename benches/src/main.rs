@@ -520,7 +520,7 @@ fn bench_repl() {
             for _ in 0..10 {
                 value(written, 100, &mut v);
                 let c = master
-                    .put(format!("steady/{written}"), v.clone(), replication::Ack::Master, replication::Expect::Any, 0)
+                    .put(format!("steady/{written}"), v.clone(), replication::Ack::Master, replication::Expect::Any, 0, 0)
                     .await
                     .expect("put")
                     .expect("no condition")

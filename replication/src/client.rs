@@ -197,15 +197,15 @@ impl Client {
         ack: Ack,
     ) -> Result<Cursor> {
         Ok(self
-            .set_if(master, key, value, ack, Expect::Any, 0)
+            .set_if(master, key, value, ack, Expect::Any, 0, 0)
             .await?
             .0)
     }
 
     /// Stores a value if the key's version is as expected (a failed
     /// expectation is `Error::Remote` with code `precondition`), to expire
-    /// `ttl_ms` after the master writes it (0: never); the cursor after the
-    /// write and the new version.
+    /// `ttl_ms` after the master writes it (0: never) or with lease `lease`
+    /// (0: none); the cursor after the write and the new version.
     pub async fn set_if(
         &self,
         master: SocketAddr,
@@ -214,6 +214,7 @@ impl Client {
         ack: Ack,
         expect: Expect,
         ttl_ms: u64,
+        lease: u32,
     ) -> Result<(Cursor, Version)> {
         let req = writes::Set {
             key: key.into(),
@@ -221,6 +222,7 @@ impl Client {
             ack,
             expect,
             ttl_ms,
+            lease,
         };
         let written = self.call(master, req).await?;
         Ok((written.cursor, written.version))

@@ -93,6 +93,8 @@ pub enum Code {
     WriteFailed,
     /// The node could not compute its digest.
     DigestFailed,
+    /// The lease named does not exist (never granted, revoked or expired).
+    NoLease,
     /// A code this build does not know, as sent.
     Other(String),
 }
@@ -113,6 +115,7 @@ impl Code {
             Code::ReadFailed => "read_failed",
             Code::WriteFailed => "write_failed",
             Code::DigestFailed => "digest_failed",
+            Code::NoLease => "no_lease",
             Code::Other(s) => s,
         }
     }
@@ -133,6 +136,7 @@ impl From<&str> for Code {
             Code::ReadFailed,
             Code::WriteFailed,
             Code::DigestFailed,
+            Code::NoLease,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)

@@ -69,6 +69,8 @@ pub enum Frame {
         /// Time to live in milliseconds (0: none): the master expires the
         /// key that long after it writes it.
         ttl_ms: u64,
+        /// The lease the key lives as long as (0: none).
+        lease: u32,
     },
     /// Client -> master: delete `key`, acknowledged per `ack`.
     Delete {
@@ -256,6 +258,22 @@ pub enum Frame {
         failed: Option<u32>,
         /// One result per operation (none if a condition failed).
         results: Vec<TxnResult>,
+    },
+    /// Client -> master: grant a lease, keep one alive, revoke one, or
+    /// describe one; acknowledged per `ack` when it writes.
+    Lease {
+        /// What to do.
+        op: LeaseOp,
+        /// When the master answers.
+        ack: Ack,
+    },
+    /// Master -> client: the lease after a `Lease` request (none once
+    /// revoked: then the lease as it was before).
+    LeaseIs {
+        /// The master's end after it.
+        cursor: Cursor,
+        /// The lease.
+        lease: LeaseInfo,
     },
     /// Client -> node, first on a stream: the stream carries many requests,
     /// each a `Tagged` frame, answered by `Tagged` frames with the same id
@@ -481,6 +499,46 @@ pub enum TxnResult {
         /// The value and its version.
         value: Option<(Vec<u8>, Version)>,
     },
+}
+
+/// What a `Lease` request does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Grant a new lease that ends `ttl_ms` from now unless kept alive.
+    Grant {
+        /// Its time to live, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Move a lease's deadline to its time to live from now.
+    KeepAlive {
+        /// The lease.
+        id: u32,
+    },
+    /// End a lease now, with its keys.
+    Revoke {
+        /// The lease.
+        id: u32,
+    },
+    /// Describe a lease.
+    Info {
+        /// The lease.
+        id: u32,
+    },
+}
+
+/// A lease as the master knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Its id.
+    pub id: u32,
+    /// Its time to live, in milliseconds.
+    pub ttl_ms: u64,
+    /// Milliseconds until it ends unless kept alive (0 once ended).
+    pub remaining_ms: u64,
+    /// How many keys it holds.
+    pub key_count: u32,
+    /// Its keys, ascending (all of them: at most `MAX_LEASE_KEYS`).
+    pub keys: Vec<String>,
 }
 
 /// One worker as the master sees it.
@@ -743,6 +801,7 @@ impl Frame {
                 ack,
                 expect,
                 ttl_ms,
+                lease,
             } => {
                 w.u8(4);
                 w.bytes(key.as_bytes());
@@ -750,6 +809,7 @@ impl Frame {
                 w.u8(*ack as u8);
                 w.expect(expect);
                 w.u64(*ttl_ms);
+                w.u32(*lease);
             }
             Frame::Delete { key, ack, expect } => {
                 w.u8(5);
@@ -1046,6 +1106,40 @@ impl Frame {
                     }
                 }
             }
+            Frame::Lease { op, ack } => {
+                w.u8(47);
+                w.u8(*ack as u8);
+                match op {
+                    LeaseOp::Grant { ttl_ms } => {
+                        w.u8(0);
+                        w.u64(*ttl_ms);
+                    }
+                    LeaseOp::KeepAlive { id } => {
+                        w.u8(1);
+                        w.u32(*id);
+                    }
+                    LeaseOp::Revoke { id } => {
+                        w.u8(2);
+                        w.u32(*id);
+                    }
+                    LeaseOp::Info { id } => {
+                        w.u8(3);
+                        w.u32(*id);
+                    }
+                }
+            }
+            Frame::LeaseIs { cursor, lease } => {
+                w.u8(48);
+                w.cursor(*cursor);
+                w.u32(lease.id);
+                w.u64(lease.ttl_ms);
+                w.u64(lease.remaining_ms);
+                w.u32(lease.key_count);
+                w.u32(lease.keys.len() as u32);
+                for k in &lease.keys {
+                    w.bytes(k.as_bytes());
+                }
+            }
             Frame::Pipeline => w.u8(30),
             Frame::Tagged { id, frame } => {
                 w.u8(31);
@@ -1080,6 +1174,7 @@ impl Frame {
                 ack: r.ack()?,
                 expect: r.expect()?,
                 ttl_ms: r.u64()?,
+                lease: r.u32()?,
             },
             5 => Frame::Delete {
                 key: r.string()?,
@@ -1328,6 +1423,39 @@ impl Frame {
                     results,
                 }
             }
+            47 => {
+                let ack = r.ack()?;
+                let op = match r.u8()? {
+                    0 => LeaseOp::Grant { ttl_ms: r.u64()? },
+                    1 => LeaseOp::KeepAlive { id: r.u32()? },
+                    2 => LeaseOp::Revoke { id: r.u32()? },
+                    3 => LeaseOp::Info { id: r.u32()? },
+                    t => return Err(Error::Protocol(format!("unknown lease operation {t}"))),
+                };
+                Frame::Lease { op, ack }
+            }
+            48 => {
+                let cursor = r.cursor()?;
+                let (id, ttl_ms, remaining_ms, key_count) = (r.u32()?, r.u64()?, r.u64()?, r.u32()?);
+                let n = r.u32()? as usize;
+                if n > ourdb::keyed::MAX_LEASE_KEYS {
+                    return Err(Error::Protocol(format!("a lease of {n} keys")));
+                }
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push(r.string()?);
+                }
+                Frame::LeaseIs {
+                    cursor,
+                    lease: LeaseInfo {
+                        id,
+                        ttl_ms,
+                        remaining_ms,
+                        key_count,
+                        keys,
+                    },
+                }
+            }
             30 => Frame::Pipeline,
             31 => {
                 let id = r.u32()?;
@@ -1477,6 +1605,7 @@ mod tests {
                 ack: Ack::All,
                 expect: Expect::Version(Version { epoch: 2, at: l }),
                 ttl_ms: 0,
+                lease: 0,
             },
             Frame::Set {
                 key: "k".into(),
@@ -1484,6 +1613,7 @@ mod tests {
                 ack: Ack::Master,
                 expect: Expect::Absent,
                 ttl_ms: 0,
+                lease: 0,
             },
             Frame::Delete {
                 key: "k".into(),
@@ -1508,7 +1638,34 @@ mod tests {
                 value: vec![1],
                 ack: Ack::All,
                 expect: Expect::NoneOf(vec![Version { epoch: 2, at: l }]),
-                ttl_ms: 0,
+                ttl_ms: 60_000,
+                lease: 7,
+            },
+            Frame::Lease {
+                op: LeaseOp::Grant { ttl_ms: 10_000 },
+                ack: Ack::Master,
+            },
+            Frame::Lease {
+                op: LeaseOp::KeepAlive { id: 3 },
+                ack: Ack::All,
+            },
+            Frame::Lease {
+                op: LeaseOp::Revoke { id: 4 },
+                ack: Ack::All,
+            },
+            Frame::Lease {
+                op: LeaseOp::Info { id: u32::MAX },
+                ack: Ack::Master,
+            },
+            Frame::LeaseIs {
+                cursor: c,
+                lease: LeaseInfo {
+                    id: 9,
+                    ttl_ms: 5_000,
+                    remaining_ms: 4_321,
+                    key_count: 2,
+                    keys: vec!["a".into(), "b/c".into()],
+                },
             },
             Frame::Txn {
                 conditions: vec![
@@ -1748,6 +1905,7 @@ mod tests {
             ack: Ack::Master,
             expect: Expect::Any,
             ttl_ms: 0,
+            lease: 0,
         };
         assert_eq!(set.name(), "Set");
         assert_eq!(Frame::Digest.name(), "Digest");

@@ -26,7 +26,9 @@ mod syncer;
 pub use client::{Client, Snapshot, Watch};
 pub use cursor::Cursor;
 pub use error::{Code, Error, Result};
-pub use frame::{Ack, Change, Expect, TxnCondition, TxnOp, TxnResult, Version, WorkerStatus};
+pub use frame::{
+    Ack, Change, Expect, LeaseInfo, LeaseOp, TxnCondition, TxnOp, TxnResult, Version, WorkerStatus,
+};
 pub use identity::{init_cluster, Identity};
 pub use node::{digest, Master, MasterOptions, Worker};
 

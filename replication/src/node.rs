@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 use crate::frame::{
-    self, Ack, Change, Expect, Frame, FrameReader, TxnCondition, TxnOp, TxnResult, Version,
+    self, Ack, Change, Expect, Frame, FrameReader, LeaseInfo, LeaseOp, TxnCondition, TxnOp,
+    TxnResult, Version,
     WorkerStatus,
 };
 use crate::identity::SERVER_NAME;
@@ -357,6 +358,20 @@ impl Master {
     async fn expire_due(&self, now: u64) -> Result<()> {
         let mut last = None;
         loop {
+            let leases = self.store.due_leases(now, 256);
+            if leases.is_empty() {
+                break;
+            }
+            for id in leases {
+                let appending = self.begin_write()?;
+                let p = self
+                    .append(move |s| s.end_lease_pending(id, Some(now)))
+                    .await?;
+                drop(appending);
+                last = p.or(last);
+            }
+        }
+        loop {
             let keys = self.store.due(now, 256);
             if keys.is_empty() {
                 break;
@@ -629,12 +644,17 @@ impl Master {
         ack: Ack,
         expect: Expect,
         ttl_ms: u64,
+        lease: u32,
     ) -> Result<Option<(Cursor, Version)>> {
         let appending = self.begin_write()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
         };
-        let appended = if ttl_ms == 0 {
+        let appended = if lease != 0 {
+            let tie = ourdb::keyed::Tie::Lease(lease);
+            self.append(move |s| s.put_tied_pending(&key, &value, expect, tie))
+                .await?
+        } else if ttl_ms == 0 {
             self.append(move |s| s.put_if_pending(&key, &value, expect))
                 .await?
         } else {
@@ -657,6 +677,84 @@ impl Master {
         }
         let epoch = self.epoch();
         Ok(Some((Cursor::new(epoch, cursor), Version { epoch, at })))
+    }
+
+    /// Grants, keeps alive, revokes or describes a lease (the master's clock
+    /// sets deadlines): the end cursor and the lease, acknowledged per
+    /// `ack` when it wrote. `None` if the lease named does not live.
+    pub async fn lease(&self, op: LeaseOp, ack: Ack) -> Result<Option<(Cursor, LeaseInfo)>> {
+        let now = now_ms();
+        let info = |l: ourdb::keyed::LeaseInfo| LeaseInfo {
+            id: l.id,
+            ttl_ms: l.ttl_ms,
+            remaining_ms: l.deadline.saturating_sub(now),
+            key_count: l.key_count as u32,
+            keys: l.keys,
+        };
+        let all = ourdb::keyed::MAX_LEASE_KEYS;
+        let (lease, pending) = match op {
+            LeaseOp::Info { id } => {
+                // One past its deadline is ended first, as for a read index.
+                if self.store.next_deadline().is_some_and(|d| d <= now) {
+                    self.expire_due(now).await?;
+                }
+                match self.store.lease(id, all) {
+                    Some(l) => (info(l), None),
+                    None => return Ok(None),
+                }
+            }
+            LeaseOp::Grant { ttl_ms } => {
+                let appending = self.begin_write()?;
+                let (l, p) = self
+                    .append(move |s| s.lease_grant_pending(ttl_ms, now))
+                    .await?;
+                drop(appending);
+                self.expiry_wake.notify_one();
+                (info(l), Some(p))
+            }
+            LeaseOp::KeepAlive { id } => {
+                let appending = self.begin_write()?;
+                let kept = self
+                    .append(move |s| s.lease_keep_alive_pending(id, now))
+                    .await?;
+                drop(appending);
+                match kept {
+                    Some((l, p)) => (info(l), Some(p)),
+                    None => return Ok(None),
+                }
+            }
+            LeaseOp::Revoke { id } => {
+                let Some(before) = self.store.lease(id, all) else {
+                    return Ok(None);
+                };
+                let appending = self.begin_write()?;
+                let ended = self
+                    .append(move |s| s.end_lease_pending(id, None))
+                    .await?;
+                drop(appending);
+                match ended {
+                    Some(p) => (
+                        LeaseInfo {
+                            remaining_ms: 0,
+                            ..info(before)
+                        },
+                        Some(p),
+                    ),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let cursor = self.store.db().end();
+        match pending {
+            Some(p) => {
+                self.durable(p).await?;
+                if ack == Ack::All {
+                    self.wait_all(cursor).await?;
+                }
+            }
+            None => self.after_read(Ok(())).await?,
+        }
+        Ok(Some((Cursor::new(self.epoch(), cursor), lease)))
     }
 
     /// Applies a transaction (see [`KeyedStore::txn_pending`]): the end
@@ -1778,8 +1876,9 @@ impl writes::Handler for Master {
             ack,
             expect,
             ttl_ms,
+            lease,
         } = req;
-        match self.put(key, value, ack, expect, ttl_ms).await {
+        match self.put(key, value, ack, expect, ttl_ms, lease).await {
             Ok(Some((cursor, version))) => Ok(writes::Written {
                 cursor,
                 existed: true,
@@ -1789,6 +1888,10 @@ impl writes::Handler for Master {
                 Code::Precondition,
                 "the key's current version is not the one expected",
             )),
+            Err(Error::Db(e @ ourdb::Error::NoLease(_))) => Err(failed(Code::NoLease, e)),
+            Err(Error::Db(e @ ourdb::Error::LeaseFull { .. })) => {
+                Err(failed(Code::BadRequest, e))
+            }
             Err(e) => Err(write_error(e)),
         }
     }
@@ -1812,7 +1915,32 @@ impl writes::Handler for Master {
     async fn txn(&self, req: writes::Txn) -> Answer<writes::Txn> {
         self.txn_answer(req).await
     }
+
+    async fn lease(&self, req: writes::Lease) -> Answer<writes::Lease> {
+        let writes::Lease { op, ack } = req;
+        let id = match op {
+            LeaseOp::Grant { ttl_ms } => {
+                // The gateway checks it too; a direct client may not.
+                if !(1..=MAX_LEASE_TTL_MS).contains(&ttl_ms) {
+                    return Err(failed(
+                        Code::BadRequest,
+                        format!("a lease's time to live is 1 to {MAX_LEASE_TTL_MS} ms, not {ttl_ms}"),
+                    ));
+                }
+                0
+            }
+            LeaseOp::KeepAlive { id } | LeaseOp::Revoke { id } | LeaseOp::Info { id } => id,
+        };
+        match Master::lease(self, op, ack).await {
+            Ok(Some((cursor, lease))) => Ok(writes::LeaseIs { cursor, lease }),
+            Ok(None) => Err(failed(Code::NoLease, ourdb::Error::NoLease(id))),
+            Err(e) => Err(write_error(e)),
+        }
+    }
 }
+
+/// The longest time to live of a lease (a year, as for keys).
+pub const MAX_LEASE_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 
 impl Master {
     async fn txn_answer(&self, req: writes::Txn) -> Answer<writes::Txn> {

@@ -11,7 +11,7 @@
 //!
 //! | module | requests → replies |
 //! |---|---|
-//! | [`writes`] | `Set`, `Delete` → `Written` |
+//! | [`writes`] | `Set`, `Delete` → `Written`, `Txn` → `TxnDone`, `Lease` → `LeaseIs` |
 //! | [`reads`] | `ReadIndex` → `CursorIs`, `Get` → `Value`, `List` → `Keys`, `History` → `Values`, `ById` → `Record` |
 //! | [`status`] | `Status` → `StatusIs`, `Digest` → `DigestIs` |
 //! | [`watch`] | `Changes` → `ChangesAre`; `Watch` → `CursorIs`, then `Change`* |
@@ -515,6 +515,7 @@ mod tests {
                 ack: Ack::All,
                 expect: Expect::Version(v()),
                 ttl_ms: 30_000,
+                lease: 0,
             },
             writes::Written {
                 cursor: c(),
@@ -547,6 +548,22 @@ mod tests {
                 cursor: c(),
                 failed: None,
                 results: vec![crate::frame::TxnResult::Delete { existed: true }],
+            },
+        );
+        pair(
+            writes::Lease {
+                op: crate::frame::LeaseOp::KeepAlive { id: 5 },
+                ack: Ack::All,
+            },
+            writes::LeaseIs {
+                cursor: c(),
+                lease: crate::frame::LeaseInfo {
+                    id: 5,
+                    ttl_ms: 1_000,
+                    remaining_ms: 999,
+                    key_count: 1,
+                    keys: vec!["k".into()],
+                },
             },
         );
         pair(reads::ReadIndex, reads::CursorIs { cursor: c() });

@@ -1,9 +1,10 @@
 //! Writes, client → master: `Set` and `Delete`, each answered by `Written`
 //! (or `Failed`: `precondition`, `write_failed`, `not_master` from a worker),
-//! and `Txn`, answered by `TxnDone` (a failed condition is an answer too).
+//! and `Txn`, answered by `TxnDone` (a failed condition is an answer too),
+//! and `Lease`, answered by `LeaseIs` (or `Failed`: `no_lease`).
 
 use crate::cursor::Cursor;
-use crate::frame::{Ack, Expect, TxnCondition, TxnOp, TxnResult, Version};
+use crate::frame::{Ack, Expect, LeaseInfo, LeaseOp, TxnCondition, TxnOp, TxnResult, Version};
 use crate::msg::{dispatch, message, Request};
 
 message! {
@@ -19,6 +20,8 @@ message! {
         expect: Expect,
         /// Time to live in milliseconds (0: none).
         ttl_ms: u64,
+        /// The lease the key lives as long as (0: none).
+        lease: u32,
     }
 }
 
@@ -71,6 +74,30 @@ message! {
     }
 }
 
+message! {
+    /// Grant, keep alive, revoke or describe a lease.
+    Lease = Lease {
+        /// What to do.
+        op: LeaseOp,
+        /// When the master answers.
+        ack: Ack,
+    }
+}
+
+message! {
+    /// The lease after a `Lease` request.
+    LeaseIs = LeaseIs {
+        /// The master's end after it.
+        cursor: Cursor,
+        /// The lease (as it was before, once revoked).
+        lease: LeaseInfo,
+    }
+}
+
+impl Request for Lease {
+    type Reply = LeaseIs;
+}
+
 impl Request for Txn {
     type Reply = TxnDone;
 }
@@ -92,5 +119,7 @@ dispatch! {
         Delete => delete,
         /// Apply a transaction.
         Txn => txn,
+        /// Grant, keep alive, revoke or describe a lease.
+        Lease => lease,
     }
 }

@@ -93,6 +93,10 @@ impl ApiError {
                 code: Code::BadRequest,
                 message,
             } => ApiError::bad_request(message),
+            replication::Error::Remote {
+                code: Code::NoLease,
+                message,
+            } => ApiError::new(StatusCode::NOT_FOUND, "no_lease", message),
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
             }

@@ -10,7 +10,7 @@ pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
         let value = form
             .bytes("value")?
             .ok_or_else(|| ApiError::bad_request("missing form field \"value\""))?;
-        let (c, _) = gw.write(&key, value, Ack::Master, Expect::Any, 0).await?;
+        let (c, _) = gw.write(&key, value, Ack::Master, Expect::Any, 0, 0).await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
             c,
@@ -135,8 +135,14 @@ pub(super) async fn kv_put(
         let key = path_key(&uri)?;
         let q = query(&q)?;
         let ttl_ms = ttl_of(&q)?;
+        let lease = super::lease::lease_of(&q)?;
+        if ttl_ms != 0 && lease != 0 {
+            return Err(ApiError::bad_request(
+                "a key takes ?ttl= or ?lease=, not both: a lease has its own time to live",
+            ));
+        }
         let (c, version) = gw
-            .write(&key, &body, ack_of(&q)?, expectation(&headers)?, ttl_ms)
+            .write(&key, &body, ack_of(&q)?, expectation(&headers)?, ttl_ms, lease)
             .await?;
         Ok(with_etag(
             with_cursor(

@@ -20,6 +20,7 @@ use serde_json::json;
 
 mod error;
 mod kv;
+mod lease;
 mod live;
 mod metrics;
 mod middleware;
@@ -232,6 +233,15 @@ impl Gateway {
             .route("/delete", post(seed_delete).layer(body.clone()))
             .route("/v1/kv", get(list))
             .route("/v1/txn", post(txn::txn).layer(body.clone()))
+            .route("/v1/lease", post(lease::grant).layer(body.clone()))
+            .route(
+                "/v1/lease/{id}",
+                get(lease::info).delete(lease::revoke.layer(body.clone())),
+            )
+            .route(
+                "/v1/lease/{id}/keepalive",
+                post(lease::keep_alive).layer(body.clone()),
+            )
             .route(
                 "/v1/kv/{*key}",
                 put(kv_put.layer(value_body))
@@ -450,6 +460,7 @@ impl Gateway {
         ack: Ack,
         expect: Expect,
         ttl_ms: u64,
+        lease: u32,
     ) -> Result<(Cursor, Version), ApiError> {
         check_key(key)?;
         let max = self.max_value_bytes;
@@ -466,7 +477,7 @@ impl Gateway {
         self.routes
             .on_master(false, |m| {
                 self.client
-                    .set_if(m, key, value, ack, expect.clone(), ttl_ms)
+                    .set_if(m, key, value, ack, expect.clone(), ttl_ms, lease)
             })
             .await
             .map_err(ApiError::from_write)

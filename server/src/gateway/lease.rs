@@ -1,0 +1,109 @@
+//! Leases: `POST /v1/lease?ttl=`, `POST /v1/lease/{id}/keepalive`,
+//! `GET` and `DELETE /v1/lease/{id}`; keys attach with `PUT ?lease=ID`
+//! (docs/API.md, "Leases"). The master decides every deadline.
+
+use axum::extract::Path;
+
+use super::*;
+use replication::msg::writes;
+use replication::{LeaseInfo, LeaseOp};
+
+/// `?lease=`: a lease id (0 when absent).
+pub(super) fn lease_of(params: &Params) -> Result<u32, ApiError> {
+    match params.get("lease")? {
+        None => Ok(0),
+        Some(text) => lease_id(text),
+    }
+}
+
+/// A lease id as a client writes it.
+fn lease_id(text: &str) -> Result<u32, ApiError> {
+    match text.parse::<u32>() {
+        Ok(id @ 1..) => Ok(id),
+        _ => Err(ApiError::bad_request(format!(
+            "a lease id is a number from 1 to {}, not {text:?}",
+            u32::MAX
+        ))),
+    }
+}
+
+/// Runs a lease request on the master.
+async fn on_master(gw: &Gateway, op: LeaseOp, ack: Ack) -> Result<writes::LeaseIs, ApiError> {
+    // Only a description may go again after a transport failure: the
+    // others write.
+    let idempotent = matches!(op, LeaseOp::Info { .. });
+    let req = writes::Lease { op, ack };
+    gw.routes
+        .on_master(idempotent, |m| gw.client.call(m, req.clone()))
+        .await
+        .map_err(ApiError::from_write)
+}
+
+fn lease_json(l: &LeaseInfo, keys: bool) -> serde_json::Value {
+    let mut o = json!({
+        "id": l.id,
+        "ttl_ms": l.ttl_ms,
+        "remaining_ms": l.remaining_ms,
+        "key_count": l.key_count,
+    });
+    if keys {
+        o["keys"] = json!(l.keys);
+    }
+    o
+}
+
+/// The answer to a lease request: its JSON, its cursor.
+fn answer(status: StatusCode, done: writes::LeaseIs, keys: bool) -> Response {
+    let mut body = lease_json(&done.lease, keys);
+    body["cursor"] = json!(cursor_text(done.cursor));
+    with_cursor((status, Json(body)).into_response(), done.cursor)
+}
+
+pub(super) async fn grant(State(gw): Gw, q: RawQuery) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let ttl_ms = ttl_of(&q)?;
+        if ttl_ms == 0 {
+            return Err(ApiError::bad_request(
+                "a lease needs ?ttl=, a duration from 1ms to 365d such as 10s",
+            ));
+        }
+        let done = on_master(&gw, LeaseOp::Grant { ttl_ms }, ack_of(&q)?).await?;
+        Ok(answer(StatusCode::CREATED, done, false))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let id = lease_id(&id)?;
+        let done = on_master(&gw, LeaseOp::KeepAlive { id }, ack_of(&q)?).await?;
+        Ok(answer(StatusCode::OK, done, false))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn info(State(gw): Gw, Path(id): Path<String>) -> Response {
+    let r = async {
+        let id = lease_id(&id)?;
+        let done = on_master(&gw, LeaseOp::Info { id }, Ack::Master).await?;
+        Ok(answer(StatusCode::OK, done, true))
+    }
+    .await;
+    counted(&gw, r)
+}
+
+pub(super) async fn revoke(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
+    let r = async {
+        let q = query(&q)?;
+        let id = lease_id(&id)?;
+        let done = on_master(&gw, LeaseOp::Revoke { id }, ack_of(&q)?).await?;
+        // The keys listed are those the revocation deleted.
+        Ok(answer(StatusCode::OK, done, true))
+    }
+    .await;
+    counted(&gw, r)
+}
