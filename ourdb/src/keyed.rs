@@ -1957,7 +1957,9 @@ impl KeyedStore {
         // created again, and both are records.
         // Leases the tail touched (records with an empty key): each is as
         // its record before `to` says, if any.
-        let leases: Result<Vec<(u32, Option<(u64, u64)>)>> = touched
+        // Each lease's time to live and deadline now, or none (ended).
+        type Terms = Option<(u64, u64)>;
+        let leases: Result<Vec<(u32, Terms)>> = touched
             .remove("")
             .unwrap_or_default()
             .into_iter()

@@ -56,6 +56,16 @@ fn cluster_info(node: SocketAddr, body: &[u8]) -> Result<crate::cluster::Cluster
         .map_err(|e| Error::Protocol(format!("cluster info from {node}: {e}")))
 }
 
+/// How long a key set lives: until deleted (the default), a time to live,
+/// or as long as a lease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Milliseconds after the master writes it (0: no time to live).
+    pub ttl_ms: u64,
+    /// The lease it goes with (0: none).
+    pub lease: u32,
+}
+
 impl Client {
     /// A client with this cluster's identity. Call inside a tokio runtime.
     pub fn new(identity: &Identity) -> Result<Client> {
@@ -197,15 +207,14 @@ impl Client {
         ack: Ack,
     ) -> Result<Cursor> {
         Ok(self
-            .set_if(master, key, value, ack, Expect::Any, 0, 0)
+            .set_if(master, key, value, ack, Expect::Any, Lifetime::default())
             .await?
             .0)
     }
 
     /// Stores a value if the key's version is as expected (a failed
-    /// expectation is `Error::Remote` with code `precondition`), to expire
-    /// `ttl_ms` after the master writes it (0: never) or with lease `lease`
-    /// (0: none); the cursor after the write and the new version.
+    /// expectation is `Error::Remote` with code `precondition`), for as long
+    /// as `life` says; the cursor after the write and the new version.
     pub async fn set_if(
         &self,
         master: SocketAddr,
@@ -213,16 +222,15 @@ impl Client {
         value: &[u8],
         ack: Ack,
         expect: Expect,
-        ttl_ms: u64,
-        lease: u32,
+        life: Lifetime,
     ) -> Result<(Cursor, Version)> {
         let req = writes::Set {
             key: key.into(),
             value: value.to_vec(),
             ack,
             expect,
-            ttl_ms,
-            lease,
+            ttl_ms: life.ttl_ms,
+            lease: life.lease,
         };
         let written = self.call(master, req).await?;
         Ok((written.cursor, written.version))

@@ -1436,7 +1436,8 @@ impl Frame {
             }
             48 => {
                 let cursor = r.cursor()?;
-                let (id, ttl_ms, remaining_ms, key_count) = (r.u32()?, r.u64()?, r.u64()?, r.u32()?);
+                let (id, ttl_ms, remaining_ms, key_count) =
+                    (r.u32()?, r.u64()?, r.u64()?, r.u32()?);
                 let n = r.u32()? as usize;
                 if n > ourdb::keyed::MAX_LEASE_KEYS {
                     return Err(Error::Protocol(format!("a lease of {n} keys")));

@@ -23,7 +23,7 @@ mod pipeline;
 pub mod proto;
 mod syncer;
 
-pub use client::{Client, Snapshot, Watch};
+pub use client::{Client, Lifetime, Snapshot, Watch};
 pub use cursor::Cursor;
 pub use error::{Code, Error, Result};
 pub use frame::{

@@ -16,8 +16,7 @@ use crate::cursor::Cursor;
 use crate::error::{Code, Error, Result};
 use crate::frame::{
     self, Ack, Change, Expect, Frame, FrameReader, LeaseInfo, LeaseOp, TxnCondition, TxnOp,
-    TxnResult, Version,
-    WorkerStatus,
+    TxnResult, Version, WorkerStatus,
 };
 use crate::identity::SERVER_NAME;
 use crate::msg::{
@@ -728,9 +727,7 @@ impl Master {
                     return Ok(None);
                 };
                 let appending = self.begin_write()?;
-                let ended = self
-                    .append(move |s| s.end_lease_pending(id, None))
-                    .await?;
+                let ended = self.append(move |s| s.end_lease_pending(id, None)).await?;
                 drop(appending);
                 match ended {
                     Some(p) => (
@@ -1889,9 +1886,7 @@ impl writes::Handler for Master {
                 "the key's current version is not the one expected",
             )),
             Err(Error::Db(e @ ourdb::Error::NoLease(_))) => Err(failed(Code::NoLease, e)),
-            Err(Error::Db(e @ ourdb::Error::LeaseFull { .. })) => {
-                Err(failed(Code::BadRequest, e))
-            }
+            Err(Error::Db(e @ ourdb::Error::LeaseFull { .. })) => Err(failed(Code::BadRequest, e)),
             Err(e) => Err(write_error(e)),
         }
     }
@@ -1924,7 +1919,9 @@ impl writes::Handler for Master {
                 if !(1..=MAX_LEASE_TTL_MS).contains(&ttl_ms) {
                     return Err(failed(
                         Code::BadRequest,
-                        format!("a lease's time to live is 1 to {MAX_LEASE_TTL_MS} ms, not {ttl_ms}"),
+                        format!(
+                            "a lease's time to live is 1 to {MAX_LEASE_TTL_MS} ms, not {ttl_ms}"
+                        ),
                     ));
                 }
                 0

@@ -482,6 +482,10 @@ pub(crate) enum KvCmd {
         /// Expire the key this long after the master writes it (30s, 500ms, 2m, 1h, 7d).
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
+        /// Attach the key to this lease (from `ourkv kv lease grant`): it
+        /// goes when the lease ends.
+        #[arg(long, value_name = "ID", conflicts_with = "ttl")]
+        lease: Option<u32>,
     },
     /// Delete KEY.
     Del {
@@ -520,6 +524,10 @@ pub(crate) enum KvCmd {
         #[arg(long, value_name = "ACK")]
         ack: Option<String>,
     },
+    /// Grant, keep alive, describe or revoke a lease; keys attached to it
+    /// (`put --lease ID`) go when it ends.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
     /// Print changes under PREFIX as they happen; reconnects by itself and
     /// resumes after the last change it printed.
     Watch {
@@ -532,6 +540,38 @@ pub(crate) enum KvCmd {
         /// Stop after this many changes.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+    },
+}
+
+/// `ourkv kv lease …`.
+#[derive(Subcommand)]
+pub(crate) enum LeaseCmd {
+    /// Grant a lease that ends TTL after its last keep-alive; prints its id.
+    Grant {
+        /// Its time to live (10s, 500ms, 2m, 1h).
+        ttl: String,
+    },
+    /// Keep lease ID alive: a keep-alive every third of its time to live
+    /// until interrupted (exit 1 once the lease is gone), or one with --once.
+    Keepalive {
+        /// The lease.
+        id: u32,
+        /// Send one keep-alive and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show lease ID: its time to live, what remains of it, its keys.
+    Info {
+        /// The lease.
+        id: u32,
+    },
+    /// End lease ID now, deleting its keys.
+    Revoke {
+        /// The lease.
+        id: u32,
+        /// master (durable on the master) or all (applied by every in-sync worker).
+        #[arg(long, value_name = "ACK")]
+        ack: Option<String>,
     },
 }
 

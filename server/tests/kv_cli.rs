@@ -171,6 +171,80 @@ fn put_get_ls_history_del_with_exit_codes() {
     assert_eq!(kv(&http, &["get", "app/a"], None).status.code(), Some(1));
 }
 
+/// `kv lease`: grant, attach with `put --lease`, keep alive in the
+/// background, describe, revoke; exit 1 for a lease that is gone.
+#[test]
+fn lease_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&dir.path().join("d"), &[]);
+    let id = ok(&kv(&http, &["-o", "raw", "lease", "grant", "1s"], None));
+    let id = id.trim().to_string();
+    assert!(id.parse::<u32>().is_ok(), "{id}");
+    ok(&kv(&http, &["put", "svc/a", "up", "--lease", &id], None));
+    assert_eq!(
+        kv(
+            &http,
+            &["put", "svc/b", "x", "--lease", &id, "--ttl", "1s"],
+            None
+        )
+        .status
+        .code(),
+        Some(2),
+        "--lease and --ttl conflict"
+    );
+    // A keep-alive loop holds the lease well past its time to live.
+    let mut keeper = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["kv", "--endpoint", &format!("http://{http}")])
+        .args(["lease", "keepalive", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut keeper);
+    std::thread::sleep(Duration::from_millis(2500));
+    let info = ok(&kv(&http, &["lease", "info", &id], None));
+    assert!(
+        info.contains(&format!("lease {id} lives ttl=1000ms")),
+        "{info}"
+    );
+    assert!(info.contains("\n  svc/a"), "{info}");
+    assert_eq!(ok(&kv(&http, &["get", "svc/a"], None)), "up");
+    let kept = lines
+        .try_iter()
+        .filter(|l| l.contains("kept alive"))
+        .count();
+    assert!(kept >= 4, "{kept} keep-alives in 2.5 s of a 1 s lease");
+    // The loop dies (as a client would): the lease ends with its key.
+    keeper.kill().unwrap();
+    keeper.wait().unwrap();
+    eventually(5, "the key goes with its lease", || {
+        kv(&http, &["get", "svc/a"], None).status.code() == Some(1)
+    });
+    let gone = kv(&http, &["lease", "keepalive", "--once", &id], None);
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no_lease"));
+    // Revoke ends a lease at once.
+    let id = ok(&kv(&http, &["-o", "raw", "lease", "grant", "1h"], None));
+    let id = id.trim();
+    ok(&kv(&http, &["put", "svc/c", "up", "--lease", id], None));
+    let revoked: serde_json::Value = serde_json::from_str(&ok(&kv(
+        &http,
+        &["-o", "json", "lease", "revoke", id],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(revoked["keys"], serde_json::json!(["svc/c"]));
+    assert_eq!(kv(&http, &["get", "svc/c"], None).status.code(), Some(1));
+    assert_eq!(
+        kv(&http, &["lease", "info", id], None).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        kv(&http, &["lease", "grant", "0s"], None).status.code(),
+        Some(4)
+    );
+}
+
 #[test]
 fn token_endpoint_and_unreachable() {
     let dir = tempfile::tempdir().unwrap();

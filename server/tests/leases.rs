@@ -46,7 +46,9 @@ fn get(http: &str, key: &str, query: &str) -> u16 {
 fn watch_events(http: &str, prefix: &str, cursor: &str, secs: u32) -> Vec<(String, String)> {
     let out = Command::new("curl")
         .args(["-s", "-N", "--max-time", &secs.to_string()])
-        .arg(format!("http://{http}/v1/watch?prefix={prefix}&cursor={cursor}"))
+        .arg(format!(
+            "http://{http}/v1/watch?prefix={prefix}&cursor={cursor}"
+        ))
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout);
@@ -56,7 +58,10 @@ fn watch_events(http: &str, prefix: &str, cursor: &str, secs: u32) -> Vec<(Strin
         if let Some(n) = line.strip_prefix("event:") {
             name = n.trim().to_string();
         } else if let Some(d) = line.strip_prefix("data:") {
-            let key = json(d.trim())["key"].as_str().unwrap_or_default().to_string();
+            let key = json(d.trim())["key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             events.push((name.clone(), key));
         }
     }
@@ -86,11 +91,18 @@ fn keys_live_while_kept_alive_and_go_with_their_lease() {
     while t.elapsed() < Duration::from_millis(3000) {
         let (code, body) = keep_alive(&http, lease);
         assert_eq!(code, 200, "{body}");
-        assert!(json(&body)["remaining_ms"].as_u64().unwrap() > 1000, "{body}");
+        assert!(
+            json(&body)["remaining_ms"].as_u64().unwrap() > 1000,
+            "{body}"
+        );
         std::thread::sleep(Duration::from_millis(400));
     }
     for level in ["strong", "session", "stale"] {
-        assert_eq!(get(&http, "l/a", &format!("consistency={level}")), 200, "{level}");
+        assert_eq!(
+            get(&http, "l/a", &format!("consistency={level}")),
+            200,
+            "{level}"
+        );
     }
     // Keep-alives stop: within its time to live the lease ends with its keys.
     let stopped = Instant::now();
@@ -112,7 +124,11 @@ fn keys_live_while_kept_alive_and_go_with_their_lease() {
             ])
             .0 == 404
     });
-    assert_eq!(get(&http, "l/free", "consistency=strong"), 200, "not on the lease");
+    assert_eq!(
+        get(&http, "l/free", "consistency=strong"),
+        200,
+        "not on the lease"
+    );
     let events = watch_events(&http, "l/", &from, 2);
     let expired: Vec<&str> = events
         .iter()
@@ -126,7 +142,10 @@ fn keys_live_while_kept_alive_and_go_with_their_lease() {
     assert_eq!(json(&body)["error"]["code"], "no_lease");
     assert_eq!(curl(&[&format!("http://{http}/v1/lease/{lease}")]).0, 404);
     let (code, body) = put(&http, "l/late", &format!("?lease={lease}"), "x");
-    assert_eq!((code, json(&body)["error"]["code"].clone()), (404, "no_lease".into()));
+    assert_eq!(
+        (code, json(&body)["error"]["code"].clone()),
+        (404, "no_lease".into())
+    );
     assert_eq!(get(&http, "l/late", "consistency=strong"), 404);
 }
 
@@ -143,13 +162,26 @@ fn a_revoked_lease_takes_its_keys_and_bad_requests_write_nothing() {
     // A key moved to another lease, and one written again without any,
     // leave this one.
     let other = grant(&http, "1h");
-    assert_eq!(put(&http, "r/moved", &format!("?lease={lease}"), "m").0, 200);
-    assert_eq!(put(&http, "r/moved", &format!("?lease={other}"), "m").0, 200);
-    assert_eq!(put(&http, "r/freed", &format!("?lease={lease}"), "f").0, 200);
+    assert_eq!(
+        put(&http, "r/moved", &format!("?lease={lease}"), "m").0,
+        200
+    );
+    assert_eq!(
+        put(&http, "r/moved", &format!("?lease={other}"), "m").0,
+        200
+    );
+    assert_eq!(
+        put(&http, "r/freed", &format!("?lease={lease}"), "f").0,
+        200
+    );
     assert_eq!(put(&http, "r/freed", "", "f").0, 200);
     let (code, body) = curl(&["-X", "DELETE", &format!("http://{http}/v1/lease/{lease}")]);
     assert_eq!(code, 200, "{body}");
-    assert_eq!(json(&body)["keys"], serde_json::json!(["r/a", "r/big"]), "{body}");
+    assert_eq!(
+        json(&body)["keys"],
+        serde_json::json!(["r/a", "r/big"]),
+        "{body}"
+    );
     for k in ["r/a", "r/big"] {
         assert_eq!(get(&http, k, "consistency=strong"), 404, "{k}");
     }
@@ -172,7 +204,11 @@ fn a_revoked_lease_takes_its_keys_and_bad_requests_write_nothing() {
         assert_eq!(code, 400, "{q}: {body}");
         assert_eq!(json(&body)["error"]["code"], "bad_request", "{q}");
     }
-    assert_eq!(put(&http, "r/bad", "?lease=999999", "x").0, 404, "no such lease");
+    assert_eq!(
+        put(&http, "r/bad", "?lease=999999", "x").0,
+        404,
+        "no such lease"
+    );
     assert_eq!(get(&http, "r/bad", "consistency=strong"), 404);
     for q in ["", "?ttl=0s", "?ttl=abc", "?ttl=400d", "?ttl=1s&ttl=2s"] {
         let (code, body) = curl(&["-X", "POST", &format!("http://{http}/v1/lease{q}")]);

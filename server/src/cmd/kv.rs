@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
-use crate::cli::{KvArgs, KvCmd, Output};
+use crate::cli::{KvArgs, KvCmd, LeaseCmd, Output};
 
 /// Exit codes (0 is success, 2 is clap's usage error).
 const NOT_FOUND: u8 = 1;
@@ -292,6 +292,7 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
             if_match,
             if_none_match,
             ttl,
+            lease,
         } => {
             let value = match (value, file) {
                 (Some(v), _) => v.into_bytes(),
@@ -312,7 +313,15 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
             if let Some(t) = if_none_match {
                 headers.push(("if-none-match", t));
             }
-            let path = format!("{}{}", key_path(&key), query(&[("ack", ack), ("ttl", ttl)]));
+            let path = format!(
+                "{}{}",
+                key_path(&key),
+                query(&[
+                    ("ack", ack),
+                    ("ttl", ttl),
+                    ("lease", lease.map(|l| l.to_string())),
+                ])
+            );
             match api.call(Method::PUT, &path, &headers, value).await {
                 Ok(a) => {
                     let etag = a.header("etag").unwrap_or_default();
@@ -372,6 +381,7 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
                 Err(f) => Err(f),
             }
         }
+        KvCmd::Lease(cmd) => lease(&api, cmd, args.output.unwrap_or(Output::Table)).await,
         KvCmd::Ls { prefix, limit } => {
             ls(&api, &prefix, limit, args.output.unwrap_or(Output::Table)).await
         }
@@ -396,6 +406,72 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
     match r {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(f) => Ok(f.exit()),
+    }
+}
+
+/// `ourkv kv lease …`.
+async fn lease(api: &Api, cmd: LeaseCmd, output: Output) -> Result<(), Failure> {
+    let show = |v: &Value, what: &str| -> Result<(), Failure> {
+        let id = v["id"].as_u64().unwrap_or_default();
+        let text = match output {
+            Output::Json => format!("{v}\n"),
+            Output::Raw => format!("{id}\n"),
+            Output::Table => {
+                let mut t = format!(
+                    "lease {id} {what} ttl={}ms remaining={}ms",
+                    v["ttl_ms"], v["remaining_ms"]
+                );
+                if let Some(keys) = v["keys"].as_array() {
+                    t.push_str(&format!(" keys={}", keys.len()));
+                    for k in keys {
+                        t.push_str(&format!("\n  {}", k.as_str().unwrap_or_default()));
+                    }
+                }
+                t + "\n"
+            }
+        };
+        out(text.as_bytes()).map_err(|e| Failure {
+            code: UNAVAILABLE,
+            message: e.to_string(),
+        })
+    };
+    let json_of = |a: &Answer| -> Value { serde_json::from_slice(&a.body).unwrap_or(Value::Null) };
+    match cmd {
+        LeaseCmd::Grant { ttl } => {
+            let path = format!("/v1/lease{}", query(&[("ttl", Some(ttl))]));
+            let a = api.call(Method::POST, &path, &[], Vec::new()).await?;
+            show(&json_of(&a), "granted")
+        }
+        LeaseCmd::Info { id } => {
+            let a = api
+                .call(Method::GET, &format!("/v1/lease/{id}"), &[], Vec::new())
+                .await?;
+            show(&json_of(&a), "lives")
+        }
+        LeaseCmd::Revoke { id, ack } => {
+            let path = format!("/v1/lease/{id}{}", query(&[("ack", ack)]));
+            let a = api.call(Method::DELETE, &path, &[], Vec::new()).await?;
+            show(&json_of(&a), "revoked")
+        }
+        LeaseCmd::Keepalive { id, once } => loop {
+            let path = format!("/v1/lease/{id}/keepalive");
+            let v = match api.call(Method::POST, &path, &[], Vec::new()).await {
+                Ok(a) => json_of(&a),
+                // A moment without a master is retried; a lease gone is not.
+                Err(f) if f.code == UNAVAILABLE && !once => {
+                    eprintln!("warning: {}", f.message);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(f) => return Err(f),
+            };
+            show(&v, "kept alive")?;
+            if once {
+                return Ok(());
+            }
+            let ttl = v["ttl_ms"].as_u64().unwrap_or(3000);
+            tokio::time::sleep(Duration::from_millis((ttl / 3).max(100))).await;
+        },
     }
 }
 

@@ -10,7 +10,9 @@ pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
         let value = form
             .bytes("value")?
             .ok_or_else(|| ApiError::bad_request("missing form field \"value\""))?;
-        let (c, _) = gw.write(&key, value, Ack::Master, Expect::Any, 0, 0).await?;
+        let (c, _) = gw
+            .write(&key, value, Ack::Master, Expect::Any, 0, 0)
+            .await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
             c,

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use replication::frame::Frame;
 use replication::Cursor;
-use replication::{Ack, Client, Expect, Version};
+use replication::{Ack, Client, Expect, Lifetime, Version};
 use serde_json::json;
 
 mod error;
@@ -476,8 +476,14 @@ impl Gateway {
         }
         self.routes
             .on_master(false, |m| {
-                self.client
-                    .set_if(m, key, value, ack, expect.clone(), ttl_ms, lease)
+                self.client.set_if(
+                    m,
+                    key,
+                    value,
+                    ack,
+                    expect.clone(),
+                    Lifetime { ttl_ms, lease },
+                )
             })
             .await
             .map_err(ApiError::from_write)
