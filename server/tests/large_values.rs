@@ -39,8 +39,25 @@ fn put_file(url: &str, bytes: &[u8], extra: &[&str]) -> (u16, String) {
 }
 
 fn get_bytes(url: &str) -> (u16, Vec<u8>) {
+    get_bytes_with(url, &[])
+}
+
+/// A session read: at least as new as `cursor` (from a write's answer).
+fn get_session(url: &str, cursor: &str) -> (u16, Vec<u8>) {
+    let header = format!("X-OurKV-Cursor: {cursor}");
+    get_bytes_with(&format!("{url}?consistency=session"), &["-H", &header])
+}
+
+/// The `cursor` of a write's JSON answer.
+fn cursor_of(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["cursor"].as_str().unwrap().to_string()
+}
+
+fn get_bytes_with(url: &str, extra: &[&str]) -> (u16, Vec<u8>) {
     let out = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}", url])
+        .args(extra)
         .output()
         .unwrap();
     let mut body = out.stdout;
@@ -64,7 +81,13 @@ fn a_16_mib_value_reaches_a_worker_by_catch_up_and_by_snapshot() {
     signal(&workers[0], "-STOP");
     let (code, body) = put_file(&url("/v1/kv/big"), &big, &[]);
     assert_eq!(code, 200, "{body}");
+    let written = cursor_of(&body);
     signal(&workers[0], "-CONT");
+    // A session read after the write waits for (or skips) the worker
+    // still catching up: never an older state.
+    let (code, got) = get_session(&url("/v1/kv/big"), &written);
+    assert_eq!(code, 200);
+    assert!(got == big, "session: {} bytes", got.len());
     eventually(20, "the worker caught up", || {
         let (code, got) = get_bytes(&url("/v1/kv/big?consistency=stale"));
         code == 200 && got == big
@@ -80,19 +103,22 @@ fn a_16_mib_value_reaches_a_worker_by_catch_up_and_by_snapshot() {
     compact_to_epoch_2(&tmp.path().join("m"));
     let _master = start_master(tmp.path(), mport);
     let t = Instant::now();
-    loop {
+    let after = loop {
         let (code, body) = put_file(&url("/v1/kv/after?ack=all"), b"y", &[]);
         if code == 200 && body.contains("\"cursor\":\"2:") {
-            break;
+            break cursor_of(&body);
         }
         assert!(t.elapsed() < Duration::from_secs(20), "{code} {body}");
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     for level in ["strong", "stale"] {
         let (code, got) = get_bytes(&url(&format!("/v1/kv/big?consistency={level}")));
         assert_eq!(code, 200, "{level}");
         assert!(got == big, "{level}: {} bytes", got.len());
     }
+    let (code, got) = get_session(&url("/v1/kv/big"), &after);
+    assert_eq!(code, 200);
+    assert!(got == big, "session after the snapshot: {} bytes", got.len());
 }
 
 /// ETags and compare-and-swap, history and a watch, with large values.

@@ -47,6 +47,17 @@ fn keys_expire_at_every_level_and_watches_see_it() {
     eventually(5, "stale reads see the expiry", || {
         get(&http, "t/a", "stale") == 404
     });
+    // A session read at the cursor of a write after the expiry does not
+    // see the key either.
+    let (code, body) = put(&http, "u/after", "?ack=all", "x");
+    assert_eq!(code, 200);
+    let after: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (code, _) = curl(&[
+        "-H",
+        &format!("X-OurKV-Cursor: {}", after["cursor"].as_str().unwrap()),
+        &format!("http://{http}/v1/kv/t/a?consistency=session"),
+    ]);
+    assert_eq!(code, 404, "session");
     assert_eq!(get(&http, "t/b", "strong"), 200);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get(&http, "t/c", "strong"), 200, "its ttl was ended");
