@@ -162,6 +162,15 @@ enum KeyedOp {
     PutTtl(usize, Vec<u8>, u64, bool),
     /// Time passes: keys whose deadline came are expired.
     Tick(u64),
+    /// A lease of this many ticks.
+    Grant(u64),
+    /// A put attached to the n-th lease granted (alive or not; a large
+    /// value if the flag is set).
+    PutLeased(usize, Vec<u8>, usize, bool),
+    /// A keep-alive of the n-th lease granted.
+    KeepAlive(usize),
+    /// A revocation of the n-th lease granted.
+    Revoke(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +250,11 @@ fn keyed_op() -> impl Strategy<Value = KeyedOp> {
         3 => (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..100), 1u64..5, prop::bool::weighted(0.2))
             .prop_map(|(k, v, t, big)| KeyedOp::PutTtl(k, v, t, big)),
         2 => (1u64..4).prop_map(KeyedOp::Tick),
+        1 => (1u64..6).prop_map(KeyedOp::Grant),
+        3 => (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..100), 0usize..4, prop::bool::weighted(0.2))
+            .prop_map(|(k, v, l, big)| KeyedOp::PutLeased(k, v, l, big)),
+        1 => (0usize..4).prop_map(KeyedOp::KeepAlive),
+        1 => (0usize..4).prop_map(KeyedOp::Revoke),
     ]
 }
 
@@ -265,12 +279,22 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
     let mut model: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     // Deadlines by key, on a clock of ticks.
     let mut deadlines: BTreeMap<String, u64> = BTreeMap::new();
+    // Leases granted (by order of grant), the live ones (deadline, ttl),
+    // and each key's lease.
+    let mut granted: Vec<u32> = Vec::new();
+    let mut leases: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    let mut key_lease: BTreeMap<String, u32> = BTreeMap::new();
     let mut now = 1_000u64;
     for op in ops {
-        // Any write of a key ends its deadline (a TTL put sets a new one).
+        // Any write of a key ends its deadline and leaves its lease (a TTL
+        // or leased put sets a new one).
         match &op {
-            KeyedOp::Put(k, _) | KeyedOp::Delete(k) | KeyedOp::PutLarge(k, _, _) => {
+            KeyedOp::Put(k, _)
+            | KeyedOp::Delete(k)
+            | KeyedOp::PutLarge(k, _, _)
+            | KeyedOp::PutTtl(k, ..) => {
                 deadlines.remove(KEYS[*k]);
+                key_lease.remove(KEYS[*k]);
             }
             KeyedOp::Txn(conds, ops) => {
                 let holds = conds.iter().all(|(k, c)| match c {
@@ -283,6 +307,7 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
                     for o in ops {
                         if let TxnDo::Put(k, _) | TxnDo::Delete(k) = o {
                             deadlines.remove(KEYS[*k]);
+                            key_lease.remove(KEYS[*k]);
                         }
                     }
                 }
@@ -345,8 +370,78 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
                 model.entry(KEYS[k].to_string()).or_default().insert(0, v);
                 deadlines.insert(KEYS[k].to_string(), now + t);
             }
+            KeyedOp::Grant(t) => {
+                let (l, p) = store.lease_grant_pending(t, now).unwrap();
+                store.db().wait(p).unwrap();
+                prop_assert!(!granted.contains(&l.id), "lease ids are never reused");
+                granted.push(l.id);
+                leases.insert(l.id, (now + t, t));
+            }
+            KeyedOp::PutLeased(k, v, l, big) => {
+                let Some(&id) = granted.get(l) else { continue };
+                let v = if big { v.repeat(20) } else { v };
+                let tie = ourdb::keyed::Tie::Lease(id);
+                let put = store.put_tied_pending(KEYS[k], &v, ourdb::keyed::Expect::Any, tie);
+                if leases.contains_key(&id) {
+                    let (_, p) = put.unwrap().expect("no condition");
+                    store.db().wait(p).unwrap();
+                    model.entry(KEYS[k].to_string()).or_default().insert(0, v);
+                    deadlines.remove(KEYS[k]);
+                    key_lease.insert(KEYS[k].to_string(), id);
+                } else {
+                    prop_assert!(matches!(put, Err(ourdb::Error::NoLease(i)) if i == id));
+                }
+            }
+            KeyedOp::KeepAlive(l) => {
+                let Some(&id) = granted.get(l) else { continue };
+                let kept = store.lease_keep_alive_pending(id, now).unwrap();
+                match leases.get_mut(&id) {
+                    Some((deadline, ttl)) if *deadline > now => {
+                        let (info, p) = kept.expect("a live lease");
+                        store.db().wait(p).unwrap();
+                        *deadline = now + *ttl;
+                        prop_assert_eq!(info.deadline, *deadline);
+                    }
+                    _ => prop_assert!(kept.is_none()),
+                }
+            }
+            KeyedOp::Revoke(l) => {
+                let Some(&id) = granted.get(l) else { continue };
+                let ended = store.end_lease_pending(id, None).unwrap();
+                prop_assert_eq!(ended.is_some(), leases.remove(&id).is_some());
+                if let Some(p) = ended {
+                    store.db().wait(p).unwrap();
+                }
+                key_lease.retain(|k, l| {
+                    let gone = *l == id;
+                    if gone {
+                        model.remove(k);
+                    }
+                    !gone
+                });
+            }
             KeyedOp::Tick(t) => {
                 now += t;
+                for id in store.due_leases(now, usize::MAX) {
+                    if let Some(p) = store.end_lease_pending(id, Some(now)).unwrap() {
+                        store.db().wait(p).unwrap();
+                    }
+                }
+                let ended: Vec<u32> = leases
+                    .iter()
+                    .filter(|(_, (d, _))| *d <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ended {
+                    leases.remove(&id);
+                    key_lease.retain(|k, l| {
+                        let gone = *l == id;
+                        if gone {
+                            model.remove(k);
+                        }
+                        !gone
+                    });
+                }
                 for key in store.due(now, usize::MAX) {
                     if let Some(p) = store.expire_pending(&key, now).unwrap() {
                         store.db().wait(p).unwrap();
@@ -361,7 +456,12 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
                     deadlines.remove(&k);
                     model.remove(&k);
                 }
-                prop_assert_eq!(store.next_deadline(), deadlines.values().min().copied());
+                let next = deadlines
+                    .values()
+                    .chain(leases.values().map(|(d, _)| d))
+                    .min()
+                    .copied();
+                prop_assert_eq!(store.next_deadline(), next);
             }
             KeyedOp::PutLarge(k, n, b) => {
                 let v: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31) ^ b).collect();
@@ -390,6 +490,18 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
     prop_assert_eq!(store.len(), model.len());
     for k in KEYS {
         prop_assert_eq!(store.deadline(k), deadlines.get(*k).copied(), "{}", k);
+        prop_assert_eq!(store.lease_of(k), key_lease.get(*k).copied(), "{}", k);
+    }
+    prop_assert_eq!(store.lease_ids(), leases.keys().copied().collect::<Vec<_>>());
+    for (id, (deadline, ttl)) in &leases {
+        let l = store.lease(*id, usize::MAX).expect("a live lease");
+        prop_assert_eq!((l.deadline, l.ttl_ms), (*deadline, *ttl));
+        let keys: Vec<String> = key_lease
+            .iter()
+            .filter(|(_, l)| *l == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        prop_assert_eq!(l.keys, keys);
     }
     Ok(())
 }
