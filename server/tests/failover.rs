@@ -122,6 +122,21 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
         acked.push((k, v));
     }
 
+    // A lease with a key, and a key with a long time to live: the new
+    // master must know both.
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{http}/v1/lease?ttl=8s&ack=all"),
+    ]);
+    assert_eq!(code, 201, "{body}");
+    let lease = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].clone();
+    for query in [format!("leased/a?lease={lease}"), "ttl/long?ttl=1h".into()] {
+        let url = format!("http://{http}/v1/kv/{query}&ack=all");
+        let (code, body) = curl(&["-X", "PUT", &url, "-d", "x"]);
+        assert_eq!(code, 200, "{body}");
+    }
+
     // SIGKILL: no goodbye to anyone.
     let killed = Instant::now();
     drop(a.take());
@@ -159,6 +174,32 @@ fn the_gateway_follows_a_new_master_after_kill_9_and_the_old_one_rejoins() {
     let new_master = view["master"]["addr"].as_str().unwrap().to_string();
     assert_ne!(new_master, addr(ports[0]), "{view}");
     assert!(view["term"].as_u64().unwrap() >= 2, "{view}");
+
+    // The new master keeps the lease alive, then ends it (with its key)
+    // once keep-alives stop; the long TTL key stays.
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{http}/v1/lease/{lease}/keepalive"),
+    ]);
+    assert_eq!(code, 200, "the new master knows the lease: {body}");
+    let strong = |k: &str| curl(&[&format!("http://{http}/v1/kv/{k}?consistency=strong")]).0;
+    assert_eq!(strong("leased/a"), 200);
+    let kept = Instant::now();
+    let t = Instant::now();
+    while strong("leased/a") == 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the lease never ended"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        kept.elapsed() >= Duration::from_secs(6),
+        "ended early: {:?}",
+        kept.elapsed()
+    );
+    assert_eq!(strong("ttl/long"), 200);
 
     // Every acknowledged write reads back, strongly, from the new master's
     // cluster.
