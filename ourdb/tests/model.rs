@@ -492,7 +492,10 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
         prop_assert_eq!(store.deadline(k), deadlines.get(*k).copied(), "{}", k);
         prop_assert_eq!(store.lease_of(k), key_lease.get(*k).copied(), "{}", k);
     }
-    prop_assert_eq!(store.lease_ids(), leases.keys().copied().collect::<Vec<_>>());
+    prop_assert_eq!(
+        store.lease_ids(),
+        leases.keys().copied().collect::<Vec<_>>()
+    );
     for (id, (deadline, ttl)) in &leases {
         let l = store.lease(*id, usize::MAX).expect("a live lease");
         prop_assert_eq!((l.deadline, l.ttl_ms), (*deadline, *ttl));

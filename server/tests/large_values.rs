@@ -118,7 +118,11 @@ fn a_16_mib_value_reaches_a_worker_by_catch_up_and_by_snapshot() {
     }
     let (code, got) = get_session(&url("/v1/kv/big"), &after);
     assert_eq!(code, 200);
-    assert!(got == big, "session after the snapshot: {} bytes", got.len());
+    assert!(
+        got == big,
+        "session after the snapshot: {} bytes",
+        got.len()
+    );
 }
 
 /// ETags and compare-and-swap, history and a watch, with large values.
