@@ -207,7 +207,14 @@ impl Client {
         ack: Ack,
     ) -> Result<Cursor> {
         Ok(self
-            .set_if(master, key, value, ack, Expect::Any, Lifetime::default())
+            .set_if(
+                master,
+                key,
+                bytes::Bytes::copy_from_slice(value),
+                ack,
+                Expect::Any,
+                Lifetime::default(),
+            )
             .await?
             .0)
     }
@@ -219,14 +226,14 @@ impl Client {
         &self,
         master: SocketAddr,
         key: &str,
-        value: &[u8],
+        value: bytes::Bytes,
         ack: Ack,
         expect: Expect,
         life: Lifetime,
     ) -> Result<(Cursor, Version)> {
         let req = writes::Set {
             key: key.into(),
-            value: value.to_vec(),
+            value,
             ack,
             expect,
             ttl_ms: life.ttl_ms,

@@ -60,8 +60,9 @@ pub enum Frame {
     Set {
         /// The key.
         key: String,
-        /// The new value.
-        value: Vec<u8>,
+        /// The new value (shared, not copied, from a request body to the
+        /// frame's bytes).
+        value: bytes::Bytes,
         /// When the master answers.
         ack: Ack,
         /// What the key's current version must be.
@@ -1170,7 +1171,7 @@ impl Frame {
             3 => Frame::Ack { cursor: r.loc()? },
             4 => Frame::Set {
                 key: r.string()?,
-                value: r.bytes()?.to_vec(),
+                value: bytes::Bytes::copy_from_slice(r.bytes()?),
                 ack: r.ack()?,
                 expect: r.expect()?,
                 ttl_ms: r.u64()?,
@@ -1602,7 +1603,7 @@ mod tests {
             Frame::Ack { cursor: l },
             Frame::Set {
                 key: "k/é".into(),
-                value: vec![0, 255],
+                value: vec![0, 255].into(),
                 ack: Ack::All,
                 expect: Expect::Version(Version { epoch: 2, at: l }),
                 ttl_ms: 0,
@@ -1610,7 +1611,7 @@ mod tests {
             },
             Frame::Set {
                 key: "k".into(),
-                value: vec![],
+                value: vec![].into(),
                 ack: Ack::Master,
                 expect: Expect::Absent,
                 ttl_ms: 0,
@@ -1636,7 +1637,7 @@ mod tests {
             },
             Frame::Set {
                 key: "k".into(),
-                value: vec![1],
+                value: vec![1].into(),
                 ack: Ack::All,
                 expect: Expect::NoneOf(vec![Version { epoch: 2, at: l }]),
                 ttl_ms: 60_000,
@@ -1902,7 +1903,7 @@ mod tests {
     fn a_frame_is_named_without_its_contents() {
         let set = Frame::Set {
             key: "k".into(),
-            value: vec![7; 1 << 20],
+            value: vec![7; 1 << 20].into(),
             ack: Ack::Master,
             expect: Expect::Any,
             ttl_ms: 0,

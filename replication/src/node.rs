@@ -1875,7 +1875,11 @@ impl writes::Handler for Master {
             ttl_ms,
             lease,
         } = req;
-        match self.put(key, value, ack, expect, ttl_ms, lease).await {
+        // A value decoded from a frame is its own buffer: no copy here.
+        match self
+            .put(key, Vec::from(value), ack, expect, ttl_ms, lease)
+            .await
+        {
             Ok(Some((cursor, version))) => Ok(writes::Written {
                 cursor,
                 existed: true,

@@ -63,6 +63,7 @@ pub(crate) async fn serve<N: Answer>(
             if let Err(e) = send.write_all(&buf).await {
                 return Err(Error::Quic(format!("send: {e}")));
             }
+            release_large(&mut buf);
         }
         let _ = send.finish();
         Ok(())
@@ -98,6 +99,14 @@ pub(crate) async fn serve<N: Answer>(
         .await
         .map_err(|e| Error::Protocol(format!("pipeline writer failed: {e}")))?;
     result.and(written)
+}
+
+/// Frees a write buffer that a large frame (a value of megabytes) grew: an
+/// idle stream keeps no more than a batch.
+fn release_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > 2 * BATCH_BYTES {
+        *buf = Vec::new();
+    }
 }
 
 fn tagged((id, frame): (u32, Frame), out: &mut Vec<u8>) {
@@ -200,6 +209,7 @@ impl Pipe {
                     book.lock().unwrap_or_else(|e| e.into_inner()).close(why);
                     return;
                 }
+                release_large(&mut buf);
             }
             // Every handle is gone: no more calls on this stream.
             let _ = send.finish();

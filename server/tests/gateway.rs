@@ -42,8 +42,34 @@ fn readme_curl_examples_run_against_ourkv_dev() {
     let _dev = start(&["dev", "--data", data.to_str().unwrap()]);
     let lines = readme_curl_lines();
     assert!(lines.len() >= 8, "{lines:?}");
-    let out: Vec<String> = lines.iter().map(|l| sh(l)).collect();
+    // The lease lines name lease 7, as a reader would after granting it:
+    // the id this run's grant answers stands in for it.
+    let mut lease = None::<String>;
+    let out: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let line = match &lease {
+                Some(id) => l
+                    .replace("/v1/lease/7", &format!("/v1/lease/{id}"))
+                    .replace("lease=7", &format!("lease={id}")),
+                None => l.clone(),
+            };
+            let o = sh(&line);
+            if l.contains("/v1/lease?ttl=") {
+                let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+                lease = Some(v["id"].to_string());
+            }
+            o
+        })
+        .collect();
     let find = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap();
+    assert!(
+        out[find("/keepalive")].contains("\"remaining_ms\""),
+        "{out:?}"
+    );
+    let revoked: serde_json::Value =
+        serde_json::from_str(&out[find("-X DELETE http://localhost:8080/v1/lease/")]).unwrap();
+    assert_eq!(revoked["keys"], serde_json::json!(["svc/a"]), "{revoked}");
     assert_eq!(out[find("/get?key=mykey")], "myvalue");
     assert!(out[find("/set")].contains("\"ok\":true"), "{}", out[0]);
     let get = lines
@@ -61,7 +87,7 @@ fn readme_curl_examples_run_against_ourkv_dev() {
     let again = sh(&format!("{} -w ' %{{http_code}}'", lines[find("/v1/txn")]));
     assert!(again.ends_with(" 412"), "{again}");
     assert!(out[find("/delete")].contains("\"ok\":true"));
-    assert!(out[find("-X DELETE")].contains("\"ok\":true"));
+    assert!(out[find("-X DELETE http://localhost:8080/v1/kv/")].contains("\"ok\":true"));
     let c: serde_json::Value = serde_json::from_str(&out[find("/v1/cluster")]).unwrap();
     assert_eq!(c["workers"].as_array().unwrap().len(), 2);
     // Everything deleted is gone.

@@ -511,7 +511,7 @@ mod tests {
         pair(
             writes::Set {
                 key: "k/é".into(),
-                value: vec![0, 255],
+                value: vec![0, 255].into(),
                 ack: Ack::All,
                 expect: Expect::Version(v()),
                 ttl_ms: 30_000,

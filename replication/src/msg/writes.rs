@@ -13,7 +13,7 @@ message! {
         /// The key.
         key: String,
         /// The new value.
-        value: Vec<u8>,
+        value: bytes::Bytes,
         /// When the master answers.
         ack: Ack,
         /// What the key's current version must be.

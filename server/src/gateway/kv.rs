@@ -11,7 +11,14 @@ pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
             .bytes("value")?
             .ok_or_else(|| ApiError::bad_request("missing form field \"value\""))?;
         let (c, _) = gw
-            .write(&key, value, Ack::Master, Expect::Any, 0, 0)
+            .write(
+                &key,
+                Bytes::copy_from_slice(value),
+                Ack::Master,
+                Expect::Any,
+                0,
+                0,
+            )
             .await?;
         Ok(with_cursor(
             Json(json!({"ok": true, "key": key, "cursor": cursor_text(c)})).into_response(),
@@ -144,7 +151,7 @@ pub(super) async fn kv_put(
             ));
         }
         let (c, version) = gw
-            .write(&key, &body, ack_of(&q)?, expectation(&headers)?, ttl_ms, lease)
+            .write(&key, body, ack_of(&q)?, expectation(&headers)?, ttl_ms, lease)
             .await?;
         Ok(with_etag(
             with_cursor(

@@ -83,14 +83,19 @@ async fn read_body_upto(
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    let read = axum::body::to_bytes(body, limit);
+    // A body that says its length is read into one buffer of that size: no
+    // chunk list copied into a second buffer at the end (a 16 MiB value
+    // costs 16 MiB here, not twice that).
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let read = collect_body(body, declared, limit);
     let bytes = match tokio::time::timeout(gw.client_timeout, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                ApiError::new(
+            return match e {
+                BodyError::TooLarge => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
                     if limit == BODY_LIMIT {
@@ -98,9 +103,10 @@ async fn read_body_upto(
                     } else {
                         format!("values are limited to {limit} bytes (--max-value-bytes)")
                     },
-                )
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
+                ),
+                BodyError::Read(e) => {
+                    ApiError::bad_request(format!("could not read the request body: {e}"))
+                }
             }
             .into_response();
         }
@@ -121,4 +127,37 @@ async fn read_body_upto(
         axum::body::Body::from(bytes),
     ))
     .await
+}
+
+/// Why a request body was not read.
+enum BodyError {
+    /// Past the limit (said so by its length, or found so while reading).
+    TooLarge,
+    /// The client's connection failed or sent a malformed body.
+    Read(axum::Error),
+}
+
+/// Reads a body of at most `limit` bytes into one buffer, sized by its
+/// declared length when there is one.
+async fn collect_body(
+    body: axum::body::Body,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }

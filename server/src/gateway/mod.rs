@@ -456,7 +456,7 @@ impl Gateway {
     async fn write(
         &self,
         key: &str,
-        value: &[u8],
+        value: Bytes,
         ack: Ack,
         expect: Expect,
         ttl_ms: u64,
@@ -479,7 +479,8 @@ impl Gateway {
                 self.client.set_if(
                     m,
                     key,
-                    value,
+                    // Shared with the request body, not copied.
+                    value.clone(),
                     ack,
                     expect.clone(),
                     Lifetime { ttl_ms, lease },
