@@ -551,6 +551,9 @@ pub struct WorkerStatus {
     pub acked: Cursor,
     /// Whether `ack=all` writes wait for it.
     pub in_sync: bool,
+    /// How long the oldest commit it has not acknowledged has waited, in
+    /// milliseconds (0: it has everything committed).
+    pub lag_ms: u64,
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);
@@ -987,6 +990,7 @@ impl Frame {
                     w.bytes(ws.addr.as_bytes());
                     w.cursor(ws.acked);
                     w.u8(ws.in_sync as u8);
+                    w.u64(ws.lag_ms);
                 }
             }
             Frame::Raft { body } => {
@@ -1342,6 +1346,7 @@ impl Frame {
                         addr: r.string()?,
                         acked: r.cursor()?,
                         in_sync: r.u8()? != 0,
+                        lag_ms: r.u64()?,
                     });
                 }
                 Frame::StatusIs { cursor, workers }
@@ -1799,6 +1804,7 @@ mod tests {
                     addr: "[::1]:7000".into(),
                     acked: c,
                     in_sync: true,
+                    lag_ms: 1_234,
                 }],
             },
             Frame::Written {

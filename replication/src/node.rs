@@ -229,6 +229,10 @@ pub struct Appointment {
 pub struct Master {
     /// Wakes the expiry task when a key gets an earlier deadline.
     expiry_wake: Arc<tokio::sync::Notify>,
+    /// When the commit cursor moved, for the workers' lag in time.
+    lag: Mutex<crate::proto::lag::LagClock>,
+    /// The origin of `lag`'s clock.
+    born: std::time::Instant,
     store: Arc<KeyedStore>,
     options: MasterOptions,
     /// The commit cursor's location (this master's epoch is fixed): the end
@@ -341,11 +345,17 @@ impl Master {
             paused: AtomicBool::new(false),
             appending: AtomicU64::new(0),
             expiry_wake: Arc::new(tokio::sync::Notify::new()),
+            lag: Mutex::new(crate::proto::lag::LagClock::default()),
+            born: std::time::Instant::now(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(expire_loop(
                 Arc::downgrade(&master),
                 master.expiry_wake.clone(),
+            ));
+            rt.spawn(lag_clock(
+                Arc::downgrade(&master),
+                master.commit.subscribe(),
             ));
         }
         master
@@ -562,8 +572,17 @@ impl Master {
                 addr: peers.get(&n).map_or(format!("node {n}"), |a| a.to_string()),
                 acked: Cursor::new(epoch, w.acked),
                 in_sync: w.in_sync(),
+                lag_ms: self.lag_of(w.acked).as_millis() as u64,
             })
             .collect()
+    }
+
+    /// How long the oldest commit past `acked` has waited.
+    fn lag_of(&self, acked: Location) -> Duration {
+        self.lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lag(acked, self.born.elapsed())
     }
 
     fn on_ack(&self, node: u64, cursor: Location) {
@@ -2289,6 +2308,17 @@ fn now_ms() -> u64 {
 }
 
 /// Expires keys as their deadlines pass, while the master lives and leads.
+/// Notes each move of the master's commit cursor with its time, for the
+/// workers' lag in time; ends with the master.
+async fn lag_clock(master: std::sync::Weak<Master>, mut commit: watch::Receiver<Location>) {
+    while commit.changed().await.is_ok() {
+        let at = *commit.borrow_and_update();
+        let Some(m) = master.upgrade() else { return };
+        let t = m.born.elapsed();
+        m.lag.lock().unwrap_or_else(|e| e.into_inner()).note(at, t);
+    }
+}
+
 async fn expire_loop(master: std::sync::Weak<Master>, wake: Arc<tokio::sync::Notify>) {
     loop {
         let wait = {

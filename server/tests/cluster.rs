@@ -373,6 +373,7 @@ fn ack_all_and_the_in_sync_set() {
             t.elapsed() >= Duration::from_millis(300),
             "the write did not wait for the frozen worker"
         );
+        let returned = Instant::now();
         let workers = wait_status(&c, maddr, 1).await;
         let frozen = workers
             .iter()
@@ -391,11 +392,36 @@ fn ack_all_and_the_in_sync_set() {
                 Some(b"y".to_vec())
             );
         }
+        // Its lag in time: at least as old as the first write it lacks;
+        // the worker in sync is not behind by anything near that.
+        let since = returned.elapsed();
+        let (_, workers) = c.status(maddr).await.unwrap();
+        let lag = |addr: SocketAddr| {
+            workers
+                .iter()
+                .find(|w| w.addr == addr.to_string())
+                .unwrap()
+                .lag_ms
+        };
+        assert!(
+            lag(w2addr) >= since.as_millis() as u64,
+            "{workers:?}, {since:?}"
+        );
+        assert!(lag(w1addr) < lag(w2addr) / 2, "{workers:?}");
         // Thawed, it catches up and rejoins.
         signal(&w2, "-CONT");
         c.set(maddr, "after", b"z").await.unwrap();
         wait_status(&c, maddr, 2).await;
         wait_converged(&c, maddr, w2addr).await;
+        let t = Instant::now();
+        loop {
+            let (_, workers) = c.status(maddr).await.unwrap();
+            if workers.iter().all(|w| w.lag_ms == 0) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "{workers:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 

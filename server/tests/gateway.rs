@@ -721,6 +721,9 @@ fn status_page_in_headless_chromium() {
     for r in &rows {
         assert!(r.contains("0:"), "a file:offset cursor: {r}");
     }
+    for r in &rows[1..] {
+        assert!(r.contains(" ms</td>"), "a worker's lag in time: {r}");
+    }
     // `ourkv dev` runs a failover cluster: three members, one the master.
     let members = dom
         .split(r#"<table id="members">"#)

@@ -415,6 +415,7 @@ mod tests {
                     addr: "[::1]:7000".into(),
                     acked: c(),
                     in_sync: true,
+                    lag_ms: 5,
                 }],
             }
             .into(),
@@ -619,6 +620,7 @@ mod tests {
                     addr: "[::1]:7000".into(),
                     acked: c(),
                     in_sync: true,
+                    lag_ms: 5,
                 }],
             },
         );

@@ -6,6 +6,7 @@
 pub mod election;
 pub mod follower;
 pub mod followers;
+pub mod lag;
 pub mod meta;
 pub mod read_index;
 pub mod shipping;
@@ -22,6 +23,7 @@ mod tests {
         for (name, src) in [
             ("mod.rs", include_str!("mod.rs")),
             ("followers.rs", include_str!("followers.rs")),
+            ("lag.rs", include_str!("lag.rs")),
             ("read_index.rs", include_str!("read_index.rs")),
             ("follower.rs", include_str!("follower.rs")),
             ("shipping.rs", include_str!("shipping.rs")),

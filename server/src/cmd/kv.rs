@@ -771,11 +771,16 @@ fn cluster_table(doc: &Value) -> String {
     ]);
     for w in doc["workers"].as_array().into_iter().flatten() {
         let acked = w["acked"].as_str().unwrap_or("?");
-        let lag = match (parse(master_cursor), parse(acked)) {
+        let bytes = match (parse(master_cursor), parse(acked)) {
             (Some((me, mf, mo)), Some((we, wf, wo))) if me == we && mf == wf => {
                 format!("{} B", mo.saturating_sub(wo))
             }
             _ => "?".into(),
+        };
+        // In time too: how long the oldest commit it lacks has waited.
+        let lag = match w["lag_ms"].as_u64() {
+            Some(ms) => format!("{bytes}, {ms} ms"),
+            None => bytes,
         };
         rows.push([
             "worker".into(),
@@ -860,7 +865,7 @@ mod tests {
         let doc = json!({
             "master": {"addr": "127.0.0.1:7000", "cursor": "2:0:5000"},
             "workers": [
-                {"addr": "127.0.0.1:7001", "acked": "2:0:4000", "in_sync": true},
+                {"addr": "127.0.0.1:7001", "acked": "2:0:4000", "in_sync": true, "lag_ms": 12},
                 {"addr": "127.0.0.1:7002", "acked": "1:3:9", "in_sync": false},
             ],
         });
@@ -869,7 +874,7 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("ROLE"));
         assert!(lines[1].starts_with("master  127.0.0.1:7000  2:0:5000"));
-        assert!(lines[2].contains("1000 B") && lines[2].ends_with("yes"));
+        assert!(lines[2].contains("1000 B, 12 ms") && lines[2].ends_with("yes"));
         assert!(lines[3].contains(" ? ") && lines[3].ends_with("no"));
     }
 

@@ -127,6 +127,7 @@ pub(super) fn start(gw: &Arc<Gateway>) {
                         json!({
                             "addr": w.addr,
                             "in_sync": w.in_sync,
+                            "lag_ms": w.lag_ms,
                             "lag_bytes": lag_bytes(cursor, w.acked),
                         })
                     })

@@ -102,6 +102,7 @@ pub(super) struct Metrics {
     pub(super) hedges: Counter,
     pub(super) worker_in_sync: Family<WorkerLabels, Gauge>,
     pub(super) worker_lag_bytes: Family<WorkerLabels, Gauge>,
+    pub(super) worker_lag_seconds: Family<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Times the gateway switched to another master or member list.
     pub(super) topology_changes: Counter,
     /// Online backups started (`/v1/backup`).
@@ -168,6 +169,13 @@ impl Metrics {
             "Bytes the worker's acknowledged cursor is behind the master's (same data file only)",
             worker_lag_bytes.clone(),
         );
+        let worker_lag_seconds =
+            Family::<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "worker_lag_seconds",
+            "How long the oldest commit the worker has not acknowledged has waited (0 when it has them all)",
+            worker_lag_seconds.clone(),
+        );
         let topology_changes = Counter::default();
         registry.register(
             "gateway_topology_changes",
@@ -227,6 +235,7 @@ impl Metrics {
             hedges,
             worker_in_sync,
             worker_lag_bytes,
+            worker_lag_seconds,
         }
     }
 

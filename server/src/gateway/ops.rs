@@ -18,7 +18,14 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
     let (master, cursor, workers) = master_status(gw).await.map_err(master_unreachable)?;
     let workers: Vec<_> = workers
         .iter()
-        .map(|w| json!({"addr": w.addr, "acked": cursor_text(w.acked), "in_sync": w.in_sync}))
+        .map(|w| {
+            json!({
+                "addr": w.addr,
+                "acked": cursor_text(w.acked),
+                "in_sync": w.in_sync,
+                "lag_ms": w.lag_ms,
+            })
+        })
         .collect();
     let mut out = json!({
         "master": {"addr": master.to_string(), "cursor": cursor_text(cursor)},
@@ -145,6 +152,7 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
         .set(i64::try_from(gw.hub.open()).unwrap_or(i64::MAX));
     m.worker_in_sync.clear();
     m.worker_lag_bytes.clear();
+    m.worker_lag_seconds.clear();
     m.members.clear();
     let topology = gw.topology();
     m.master_term.set(
@@ -179,6 +187,9 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
             m.worker_in_sync
                 .get_or_create(&labels)
                 .set(i64::from(w.in_sync));
+            m.worker_lag_seconds
+                .get_or_create(&labels)
+                .set(w.lag_ms as f64 / 1000.0);
             // A worker in another file or epoch has no sample (rather than
             // a bogus one).
             if let Some(lag) = super::live::lag_bytes(cursor, w.acked) {

@@ -304,6 +304,12 @@ async fn metrics_parse_and_count_by_route() {
         .filter(|s| s.metric == "ourkv_worker_in_sync")
         .count();
     assert_eq!(in_sync, 2, "{text}");
+    let lag_seconds = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ourkv_worker_lag_seconds")
+        .count();
+    assert_eq!(lag_seconds, 2, "{text}");
     // Gauges of what is open (no socket here: the router is called
     // directly), and the process, under the standard unprefixed names.
     assert_eq!(value("ourkv_watches_open", &[]), Some(0.0), "{text}");
