@@ -48,6 +48,9 @@ pub enum Frame {
         start: Location,
         /// Where the next segment starts.
         next: Location,
+        /// Where the master's log ended for shipping when it read these
+        /// (a worker far behind it is catching up).
+        end: Location,
         /// The records, as they are on disk.
         records: Vec<u8>,
     },
@@ -786,6 +789,7 @@ impl Frame {
                 hw,
                 start,
                 next,
+                end,
                 records,
             } => {
                 w.u8(2);
@@ -793,6 +797,7 @@ impl Frame {
                 w.loc(*hw);
                 w.loc(*start);
                 w.loc(*next);
+                w.loc(*end);
                 w.bytes(records);
             }
             Frame::Ack { cursor } => {
@@ -1170,6 +1175,7 @@ impl Frame {
                 hw: r.loc()?,
                 start: r.loc()?,
                 next: r.loc()?,
+                end: r.loc()?,
                 records: r.bytes()?.to_vec(),
             },
             3 => Frame::Ack { cursor: r.loc()? },
@@ -1603,6 +1609,7 @@ mod tests {
                 hw: Location::new(3, 80),
                 start: l,
                 next: Location::new(3, 90),
+                end: Location::new(4, 10),
                 records: vec![1, 2, 3],
             },
             Frame::Ack { cursor: l },

@@ -1153,6 +1153,7 @@ impl Master {
                         hw,
                         start: cursor,
                         next: cursor,
+                        end: upto,
                         records: Vec::new(),
                     };
                     if let Err(e) = frame::write(&mut send, &f.into()).await {
@@ -1178,6 +1179,7 @@ impl Master {
                 hw,
                 start: seg.start,
                 next: seg.next,
+                end: upto,
                 records: seg.bytes,
             };
             if let Err(e) = frame::write(&mut send, &f.into()).await {
@@ -1409,6 +1411,10 @@ impl Worker {
                 .map_err(|_| Error::Protocol("the acknowledgement stream ended".into()))
         };
         let mut stream_term = None;
+        // Progress of a long catch-up, for the log.
+        let mut catch_up = proto::lag::CatchUp::default();
+        let (mut applied_bytes, started) = (0u64, std::time::Instant::now());
+        let file_size = self.store().db().config().file_size as u64;
         loop {
             let segment = frame::read(recv)
                 .await?
@@ -1419,6 +1425,7 @@ impl Worker {
                     hw,
                     start,
                     next,
+                    end: master_end,
                     records,
                 })) => match follower.on_segment(epoch, start, next) {
                     // One stream, one master, one term.
@@ -1483,6 +1490,41 @@ impl Worker {
                             Ok((end, pending)) => match follower.on_applied(end, next) {
                                 Ok(acked) => {
                                     self.applied.send_replace(acked);
+                                    applied_bytes += records.len() as u64;
+                                    let behind = proto::followers::lag_bytes(
+                                        acked.at, master_end, file_size,
+                                    );
+                                    match catch_up.on_applied(
+                                        behind,
+                                        applied_bytes,
+                                        started.elapsed(),
+                                    ) {
+                                        Some(proto::lag::CatchUpReport::Behind {
+                                            behind,
+                                            bytes_per_second,
+                                        }) => {
+                                            tracing::info!(
+                                                master = %self.master,
+                                                applied = %acked,
+                                                behind_mib = behind >> 20,
+                                                mib_per_second = bytes_per_second >> 20,
+                                                "catching up"
+                                            );
+                                        }
+                                        Some(proto::lag::CatchUpReport::CaughtUp {
+                                            bytes,
+                                            took,
+                                        }) => {
+                                            tracing::info!(
+                                                master = %self.master,
+                                                applied = %acked,
+                                                mib = bytes >> 20,
+                                                seconds = took.as_secs_f64(),
+                                                "caught up"
+                                            );
+                                        }
+                                        None => {}
+                                    }
                                     // The fsync starts before this task
                                     // yields to the one that waits for it.
                                     if let Some(s) = &syncer {

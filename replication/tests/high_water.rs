@@ -31,6 +31,7 @@ async fn worker_reads_wait_for_the_high_water_mark() {
             hw,
             start: s.start,
             next: s.next,
+            end: s.next,
             records: s.bytes,
         }
     };

@@ -443,6 +443,7 @@ mod tests {
                 hw: Location::new(0, 30),
                 start: Location::new(0, 1),
                 next: Location::new(0, 30),
+                end: Location::new(0, 30),
                 records: vec![7; 29],
             }
             .into(),
@@ -672,6 +673,7 @@ mod tests {
             hw: Location::new(0, 30),
             start: Location::new(0, 1),
             next: Location::new(0, 30),
+            end: Location::new(0, 30),
             records: vec![7; 29],
         };
         stream(sub.clone(), Opening::Subscribe(sub), vec![segment.clone()]);

@@ -34,6 +34,9 @@ message! {
         start: Location,
         /// Where the next segment starts.
         next: Location,
+        /// Where the master's log ended for shipping when it read these
+        /// (a worker far behind it is catching up).
+        end: Location,
         /// The records, as they are on disk.
         records: Vec<u8>,
     }

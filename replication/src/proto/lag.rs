@@ -50,9 +50,116 @@ impl LagClock {
     }
 }
 
+/// A worker this far behind its master says how its catch-up goes.
+pub const CATCH_UP_BYTES: u64 = 8 << 20;
+/// At most one progress line per this long.
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// A worker's catch-up, for its log: once it is `CATCH_UP_BYTES` behind,
+/// a line every `REPORT_EVERY` with what is left and the rate, and one when
+/// it is within a segment of the master again.
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    /// When it started, and the bytes applied by then.
+    started: Option<(Duration, u64)>,
+    last_report: Duration,
+}
+
+/// What to log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CatchUpReport {
+    /// Still behind by `behind` bytes, applying `bytes_per_second`.
+    Behind {
+        /// Bytes of the master's log not applied yet.
+        behind: u64,
+        /// Applied since the catch-up started, per second.
+        bytes_per_second: u64,
+    },
+    /// Caught up: `bytes` applied over `took`.
+    CaughtUp {
+        /// Bytes applied during the catch-up.
+        bytes: u64,
+        /// How long it took.
+        took: Duration,
+    },
+}
+
+impl CatchUp {
+    /// After an apply: `behind` bytes left, `applied` bytes applied in all
+    /// (a running count), at `now`.
+    pub fn on_applied(
+        &mut self,
+        behind: u64,
+        applied: u64,
+        now: Duration,
+    ) -> Option<CatchUpReport> {
+        match self.started {
+            None if behind >= CATCH_UP_BYTES => {
+                self.started = Some((now, applied));
+                self.last_report = now;
+                Some(CatchUpReport::Behind {
+                    behind,
+                    bytes_per_second: 0,
+                })
+            }
+            None => None,
+            Some((t0, a0)) if behind < CATCH_UP_BYTES / 8 => {
+                self.started = None;
+                Some(CatchUpReport::CaughtUp {
+                    bytes: applied - a0,
+                    took: now.saturating_sub(t0),
+                })
+            }
+            Some((t0, a0)) if now.saturating_sub(self.last_report) >= REPORT_EVERY => {
+                self.last_report = now;
+                let secs = now.saturating_sub(t0).as_secs_f64().max(1e-3);
+                Some(CatchUpReport::Behind {
+                    behind,
+                    bytes_per_second: ((applied - a0) as f64 / secs) as u64,
+                })
+            }
+            Some(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catch_up_reports_now_and_then_and_once_done() {
+        let mut c = CatchUp::default();
+        let mib = 1u64 << 20;
+        assert_eq!(c.on_applied(mib, 0, ms(0)), None, "a little behind: quiet");
+        assert_eq!(
+            c.on_applied(100 * mib, 0, ms(10)),
+            Some(CatchUpReport::Behind {
+                behind: 100 * mib,
+                bytes_per_second: 0
+            })
+        );
+        assert_eq!(
+            c.on_applied(90 * mib, 10 * mib, ms(1_000)),
+            None,
+            "within 2 s"
+        );
+        assert_eq!(
+            c.on_applied(60 * mib, 40 * mib, ms(2_010)),
+            Some(CatchUpReport::Behind {
+                behind: 60 * mib,
+                bytes_per_second: 20 * mib
+            })
+        );
+        assert_eq!(
+            c.on_applied(0, 100 * mib, ms(4_010)),
+            Some(CatchUpReport::CaughtUp {
+                bytes: 100 * mib,
+                took: ms(4_000)
+            })
+        );
+        assert_eq!(c.on_applied(0, 100 * mib, ms(9_000)), None, "quiet again");
+    }
 
     fn at(p: u32) -> Location {
         Location::new(0, p)
