@@ -281,6 +281,11 @@ impl Client {
         Ok((s.cursor, s.workers))
     }
 
+    /// The master's whole status: also its group commits so far.
+    pub async fn status_full(&self, master: SocketAddr) -> Result<status::StatusIs> {
+        self.call(master, status::Status).await
+    }
+
     /// The cluster as a failover member's metadata says (a standalone node
     /// refuses with `BadRequest`).
     pub async fn meta(&self, node: SocketAddr) -> Result<crate::cluster::ClusterInfo> {

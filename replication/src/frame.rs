@@ -298,6 +298,8 @@ pub enum Frame {
         cursor: Cursor,
         /// Each subscribed worker.
         workers: Vec<WorkerStatus>,
+        /// The master's group commits so far (empty without group commit).
+        commits: crate::stats::CommitStats,
     },
     /// Node -> node: a message of the metadata Raft group (openraft's
     /// request, JSON; see `cluster::net`).
@@ -987,7 +989,11 @@ impl Frame {
                 w.u64(*epoch);
                 w.loc(*end);
             }
-            Frame::StatusIs { cursor, workers } => {
+            Frame::StatusIs {
+                cursor,
+                workers,
+                commits,
+            } => {
                 w.u8(15);
                 w.cursor(*cursor);
                 w.0.extend_from_slice(&(workers.len() as u32).to_be_bytes());
@@ -996,6 +1002,16 @@ impl Frame {
                     w.cursor(ws.acked);
                     w.u8(ws.in_sync as u8);
                     w.u64(ws.lag_ms);
+                }
+                for (counts, sum) in [
+                    (&commits.duration_counts, commits.duration_sum_us),
+                    (&commits.size_counts, commits.size_sum),
+                ] {
+                    w.u32(counts.len() as u32);
+                    for c in counts {
+                        w.u64(*c);
+                    }
+                    w.u64(sum);
                 }
             }
             Frame::Raft { body } => {
@@ -1355,7 +1371,29 @@ impl Frame {
                         lag_ms: r.u64()?,
                     });
                 }
-                Frame::StatusIs { cursor, workers }
+                let counts = |r: &mut Reader<'_>| -> Result<(Vec<u64>, u64)> {
+                    let n = r.u32()? as usize;
+                    if n > 64 {
+                        return Err(Error::Protocol(format!("{n} histogram buckets")));
+                    }
+                    let mut c = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        c.push(r.u64()?);
+                    }
+                    Ok((c, r.u64()?))
+                };
+                let (duration_counts, duration_sum_us) = counts(&mut r)?;
+                let (size_counts, size_sum) = counts(&mut r)?;
+                Frame::StatusIs {
+                    cursor,
+                    workers,
+                    commits: crate::stats::CommitStats {
+                        duration_counts,
+                        duration_sum_us,
+                        size_counts,
+                        size_sum,
+                    },
+                }
             }
             45 => {
                 let ack = r.ack()?;
@@ -1813,6 +1851,12 @@ mod tests {
                     in_sync: true,
                     lag_ms: 1_234,
                 }],
+                commits: crate::stats::CommitStats {
+                    duration_counts: vec![0, 5, 1],
+                    duration_sum_us: 900,
+                    size_counts: vec![3, 3],
+                    size_sum: 40,
+                },
             },
             Frame::Written {
                 cursor: c,

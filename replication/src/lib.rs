@@ -21,6 +21,7 @@ pub mod mycelium;
 pub mod node;
 mod pipeline;
 pub mod proto;
+pub mod stats;
 mod syncer;
 
 pub use client::{Client, Lifetime, Snapshot, Watch};

@@ -2111,6 +2111,7 @@ impl status::Handler for Master {
         Ok(status::StatusIs {
             cursor: self.commit_cursor(),
             workers: self.workers(),
+            commits: self.syncer.as_ref().map(|s| s.stats()).unwrap_or_default(),
         })
     }
 

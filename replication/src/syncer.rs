@@ -42,6 +42,8 @@ enum Durable {
 pub(crate) struct Syncer {
     thread: std::thread::Thread,
     durable: watch::Receiver<Durable>,
+    /// Each group commit's duration and size.
+    stats: Arc<crate::stats::CommitRecorder>,
     /// The thread holds a weak reference: gone, the thread ends.
     _alive: Arc<()>,
 }
@@ -66,15 +68,23 @@ impl Syncer {
         let weak = Arc::downgrade(store);
         let alive = Arc::new(());
         let handle_alive = Arc::downgrade(&alive);
+        let stats = Arc::new(crate::stats::CommitRecorder::default());
+        let recorder = stats.clone();
         let handle = std::thread::Builder::new()
             .name("ourkv-syncer".into())
-            .spawn(move || run(weak, handle_alive, tx, flushed, committed))
+            .spawn(move || run(weak, handle_alive, tx, &recorder, flushed, committed))
             .expect("spawn the syncer thread");
         Syncer {
             thread: handle.thread().clone(),
             durable: rx,
+            stats,
             _alive: alive,
         }
+    }
+
+    /// Its group commits so far.
+    pub(crate) fn stats(&self) -> crate::stats::CommitStats {
+        self.stats.snapshot()
     }
 
     /// Starts a commit now if the thread is idle (a writer that will wait
@@ -111,6 +121,7 @@ fn run(
     store: Weak<KeyedStore>,
     alive: Weak<()>,
     tx: watch::Sender<Durable>,
+    stats: &crate::stats::CommitRecorder,
     flushed: impl Fn(ourdb::Location),
     committed: impl Fn(ourdb::Location),
 ) {
@@ -127,8 +138,10 @@ fn run(
             std::thread::park_timeout(IDLE);
             continue;
         }
+        let started = std::time::Instant::now();
         match db.commit(&flushed) {
             Ok(s) => {
+                stats.record(started.elapsed(), s.saturating_sub(synced));
                 synced = s;
                 committed(db.durable_end());
                 tx.send_replace(Durable::Upto(s));

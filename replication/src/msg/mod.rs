@@ -417,6 +417,7 @@ mod tests {
                     in_sync: true,
                     lag_ms: 5,
                 }],
+                commits: Default::default(),
             }
             .into(),
             status::DigestIs { text: "d".into() }.into(),
@@ -623,6 +624,7 @@ mod tests {
                     in_sync: true,
                     lag_ms: 5,
                 }],
+                commits: Default::default(),
             },
         );
         pair(status::Digest, status::DigestIs { text: "d".into() });

@@ -18,6 +18,8 @@ message! {
         cursor: Cursor,
         /// Each subscribed worker.
         workers: Vec<WorkerStatus>,
+        /// The master's group commits so far (empty without group commit).
+        commits: crate::stats::CommitStats,
     }
 }
 

@@ -48,6 +48,49 @@ pub(super) struct MemberLabels {
     pub(super) voter: String,
 }
 
+/// A histogram another process keeps (the master's group commits): its
+/// bucket counts as last fetched, encoded as they are.
+#[derive(Clone, Debug, Default)]
+pub(super) struct RemoteHistogram {
+    state: std::sync::Arc<std::sync::Mutex<(Buckets, f64)>>,
+}
+
+/// Upper bounds and per-bucket counts (the last bound `+Inf`); with the sum.
+type Buckets = Vec<(f64, u64)>;
+
+impl RemoteHistogram {
+    /// The counts now: one per bound in `bounds` and one past them, and the
+    /// sum of what was observed (a mismatched count list is ignored).
+    pub(super) fn set(&self, bounds: &[f64], counts: &[u64], sum: f64) {
+        if counts.len() != bounds.len() + 1 {
+            return;
+        }
+        let buckets = bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(counts.iter().copied())
+            .collect();
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (buckets, sum);
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for RemoteHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (buckets, sum) = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs to about 6.5 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
@@ -103,6 +146,9 @@ pub(super) struct Metrics {
     pub(super) worker_in_sync: Family<WorkerLabels, Gauge>,
     pub(super) worker_lag_bytes: Family<WorkerLabels, Gauge>,
     pub(super) worker_lag_seconds: Family<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The master's group commits (from its status, at each scrape).
+    pub(super) commit_seconds: RemoteHistogram,
+    pub(super) commit_writes: RemoteHistogram,
     /// Times the gateway switched to another master or member list.
     pub(super) topology_changes: Counter,
     /// Online backups started (`/v1/backup`).
@@ -212,6 +258,18 @@ impl Metrics {
             "The term of the master the gateway sends writes to (0 outside a failover cluster)",
             master_term.clone(),
         );
+        let commit_seconds = RemoteHistogram::default();
+        registry.register(
+            "master_commit_duration_seconds",
+            "The master's group commits by duration (write(2) and fdatasync), as the master counted them",
+            commit_seconds.clone(),
+        );
+        let commit_writes = RemoteHistogram::default();
+        registry.register(
+            "master_commit_writes",
+            "The master's group commits by how many writes each covered",
+            commit_writes.clone(),
+        );
         let members = Family::<MemberLabels, Gauge>::default();
         registry.register(
             "cluster_member",
@@ -236,6 +294,8 @@ impl Metrics {
             worker_in_sync,
             worker_lag_bytes,
             worker_lag_seconds,
+            commit_seconds,
+            commit_writes,
         }
     }
 

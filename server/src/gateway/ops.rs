@@ -6,11 +6,19 @@ use super::*;
 pub(super) async fn master_status(
     gw: &Gateway,
 ) -> Result<(SocketAddr, Cursor, Vec<replication::frame::WorkerStatus>), replication::Error> {
+    let (m, s) = master_status_full(gw).await?;
+    Ok((m, s.cursor, s.workers))
+}
+
+/// The master's whole status, its group commits too.
+pub(super) async fn master_status_full(
+    gw: &Gateway,
+) -> Result<(SocketAddr, replication::msg::status::StatusIs), replication::Error> {
     gw.routes
-        .on_master(true, |m| async move {
-            let (cursor, workers) = gw.client.status(m).await?;
-            Ok((m, cursor, workers))
-        })
+        .on_master(
+            true,
+            |m| async move { Ok((m, gw.client.status_full(m).await?)) },
+        )
         .await
 }
 
@@ -179,7 +187,19 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
             m.members.get_or_create(&labels).set(1);
         }
     }
-    if let Ok((_, cursor, workers)) = master_status(&gw).await {
+    if let Ok((_, status)) = master_status_full(&gw).await {
+        let (cursor, workers) = (status.cursor, status.workers);
+        let c = &status.commits;
+        m.commit_seconds.set(
+            &replication::stats::COMMIT_SECONDS,
+            &c.duration_counts,
+            c.duration_sum_us as f64 / 1e6,
+        );
+        m.commit_writes.set(
+            &replication::stats::GROUP_WRITES,
+            &c.size_counts,
+            c.size_sum as f64,
+        );
         for w in &workers {
             let labels = super::metrics::WorkerLabels {
                 worker: w.addr.clone(),

@@ -310,6 +310,31 @@ async fn metrics_parse_and_count_by_route() {
         .filter(|s| s.metric == "ourkv_worker_lag_seconds")
         .count();
     assert_eq!(lag_seconds, 2, "{text}");
+    // The master's group commits: the writes above took one at least, each
+    // write counted in one.
+    for (name, bounds) in [
+        ("ourkv_master_commit_duration_seconds", 14),
+        ("ourkv_master_commit_writes", 12),
+    ] {
+        let h = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .unwrap_or_else(|| panic!("{name}: {text}"));
+        match &h.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                assert_eq!(buckets.len(), bounds + 1, "{name}: {text}");
+                assert!(buckets.last().unwrap().count >= 1.0, "{name}: {text}");
+            }
+            other => panic!("{name} is not a histogram: {other:?}"),
+        }
+    }
+    let writes: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ourkv_master_commit_writes_sum "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a sum of writes: {text}"));
+    assert!(writes >= 3.0, "the three PUTs: {text}");
     // Gauges of what is open (no socket here: the router is called
     // directly), and the process, under the standard unprefixed names.
     assert_eq!(value("ourkv_watches_open", &[]), Some(0.0), "{text}");
