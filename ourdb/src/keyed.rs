@@ -438,6 +438,11 @@ pub fn chunked_value(db: &OurDb, at: Location, env: &Envelope<'_>) -> Result<(Ve
 /// The versions of `id` that compaction keeps for a depth of `depth`
 /// values, newest first: a chunked put counts once and takes its chunks.
 pub fn compaction_versions(db: &OurDb, id: u32, depth: usize) -> Result<Vec<Vec<u8>>> {
+    // A lease's past keep-alives say nothing: only its newest record stays.
+    let depth = match db.get(id).ok().as_deref().map(Envelope::decode) {
+        Some(Ok(e)) if e.kind == Kind::Lease => 1,
+        _ => depth,
+    };
     let mut want = depth;
     loop {
         let recs = db.get_history(id, want)?;
@@ -727,9 +732,8 @@ impl Expiry {
     /// Lease `id` was granted or kept alive.
     fn grant(&mut self, id: u32, ttl_ms: u64, deadline: u64) {
         let l = self.leases.entry(id).or_default();
-        if l.granted {
-            self.lease_time.remove(&(l.deadline, id));
-        }
+        // Also the entry `settle` made for a lease without its record.
+        self.lease_time.remove(&(l.deadline, id));
         (l.ttl_ms, l.deadline, l.granted) = (ttl_ms, deadline, true);
         self.lease_time.insert((deadline, id));
     }
@@ -1016,21 +1020,22 @@ impl KeyedStore {
         expect: Expect,
         deadline: u64,
     ) -> Result<Option<(Location, Pending)>> {
-        self.put_tied_pending(key, value, expect, Tie::Deadline(deadline))
+        self.put_tied_pending(key, value, expect, Tie::Deadline(deadline), 0)
     }
 
     /// `put_if_pending` for a key whose life `tie` ends: a deadline, or a
-    /// lease (`Error::NoLease` if it does not live, `Error::LeaseFull` if
-    /// it holds `MAX_LEASE_KEYS` others).
+    /// lease (`Error::NoLease` if it does not live at `now`, the master's
+    /// clock; `Error::LeaseFull` if it holds `MAX_LEASE_KEYS` others).
     pub fn put_tied_pending(
         &self,
         key: &str,
         value: &[u8],
         expect: Expect,
         tie: Tie,
+        now: u64,
     ) -> Result<Option<(Location, Pending)>> {
         Ok(self
-            .put_with(key, value, expect, tie)?
+            .put_with(key, value, expect, tie, now)?
             .map(|(_, version, pending)| (version, pending)))
     }
 
@@ -1040,7 +1045,7 @@ impl KeyedStore {
         value: &[u8],
         expect: Expect,
     ) -> Result<Option<(u32, Location, Pending)>> {
-        self.put_with(key, value, expect, Tie::None)
+        self.put_with(key, value, expect, Tie::None, 0)
     }
 
     fn put_with(
@@ -1049,6 +1054,7 @@ impl KeyedStore {
         value: &[u8],
         expect: Expect,
         tie: Tie,
+        now: u64,
     ) -> Result<Option<(u32, Location, Pending)>> {
         check_key(key)?;
         if value.len() > MAX_VALUE_BYTES {
@@ -1060,7 +1066,7 @@ impl KeyedStore {
         let _w = self.lock_own_write()?;
         if let Tie::Lease(lease) = tie {
             let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-            let l = e.live(lease, None).ok_or(Error::NoLease(lease))?;
+            let l = e.live(lease, Some(now)).ok_or(Error::NoLease(lease))?;
             if l.keys.len() >= MAX_LEASE_KEYS && !l.keys.contains(key) {
                 return Err(Error::LeaseFull {
                     id: lease,
@@ -2567,7 +2573,7 @@ mod tests {
         assert_ne!(lease.id, other.id);
         let put = |k: &str, v: &[u8], tie| {
             let (_, p) = primary
-                .put_tied_pending(k, v, Expect::Any, tie)
+                .put_tied_pending(k, v, Expect::Any, tie, 1_000)
                 .unwrap()
                 .unwrap();
             wait(&primary, p);
@@ -2583,7 +2589,7 @@ mod tests {
         put("c", b"3", Tie::Lease(lease.id));
         primary.put("c", b"freed").unwrap();
         assert!(matches!(
-            primary.put_tied_pending("x", b"", Expect::Any, Tie::Lease(999)),
+            primary.put_tied_pending("x", b"", Expect::Any, Tie::Lease(999), 1_000),
             Err(Error::NoLease(999))
         ));
         ship(&primary, &replica, Location::new(0, 1), &[]);
@@ -2618,10 +2624,22 @@ mod tests {
             .unwrap();
         wait(&primary, p);
         assert_eq!(kept.deadline, 15_000);
+        // Compaction keeps the newest lease record alone, at any depth.
+        let versions = compaction_versions(primary.db(), lease.id, 10).unwrap();
+        assert_eq!(versions.len(), 1);
+        let newest = Envelope::decode(&versions[0]).unwrap();
+        assert_eq!(lease_terms(&newest), (10_000, 15_000));
         assert!(primary
             .lease_keep_alive_pending(lease.id, 15_000)
             .unwrap()
             .is_none());
+        assert!(
+            matches!(
+                primary.put_tied_pending("late", b"", Expect::Any, Tie::Lease(lease.id), 15_000),
+                Err(Error::NoLease(_))
+            ),
+            "past its deadline, before its end is written"
+        );
         assert!(primary.due_leases(14_999, 10).is_empty());
         assert_eq!(primary.due_leases(15_000, 10), vec![lease.id]);
         assert!(primary

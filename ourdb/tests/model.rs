@@ -381,8 +381,10 @@ fn run_keyed(ops: Vec<KeyedOp>) -> Result<(), TestCaseError> {
                 let Some(&id) = granted.get(l) else { continue };
                 let v = if big { v.repeat(20) } else { v };
                 let tie = ourdb::keyed::Tie::Lease(id);
-                let put = store.put_tied_pending(KEYS[k], &v, ourdb::keyed::Expect::Any, tie);
-                if leases.contains_key(&id) {
+                let put = store.put_tied_pending(KEYS[k], &v, ourdb::keyed::Expect::Any, tie, now);
+                // A lease past its deadline takes no key, even before a
+                // tick ends it.
+                if leases.get(&id).is_some_and(|(d, _)| *d > now) {
                     let (_, p) = put.unwrap().expect("no condition");
                     store.db().wait(p).unwrap();
                     model.entry(KEYS[k].to_string()).or_default().insert(0, v);

@@ -371,13 +371,19 @@ impl Master {
             if leases.is_empty() {
                 break;
             }
+            let mut ended = false;
             for id in leases {
                 let appending = self.begin_write()?;
                 let p = self
                     .append(move |s| s.end_lease_pending(id, Some(now)))
                     .await?;
                 drop(appending);
+                ended |= p.is_some();
                 last = p.or(last);
+            }
+            // A round that ended none would come back the same: stop.
+            if !ended {
+                break;
             }
         }
         loop {
@@ -670,7 +676,9 @@ impl Master {
         };
         let appended = if lease != 0 {
             let tie = ourdb::keyed::Tie::Lease(lease);
-            self.append(move |s| s.put_tied_pending(&key, &value, expect, tie))
+            // The clock read under the write lock: a lease whose deadline
+            // has passed takes no key, even before the expiry task ends it.
+            self.append(move |s| s.put_tied_pending(&key, &value, expect, tie, now_ms()))
                 .await?
         } else if ttl_ms == 0 {
             self.append(move |s| s.put_if_pending(&key, &value, expect))
@@ -701,11 +709,12 @@ impl Master {
     /// sets deadlines): the end cursor and the lease, acknowledged per
     /// `ack` when it wrote. `None` if the lease named does not live.
     pub async fn lease(&self, op: LeaseOp, ack: Ack) -> Result<Option<(Cursor, LeaseInfo)>> {
-        let now = now_ms();
+        // Deadlines and what remains of them by the clock read under the
+        // write lock (a write may wait for the lock behind a large one).
         let info = |l: ourdb::keyed::LeaseInfo| LeaseInfo {
             id: l.id,
             ttl_ms: l.ttl_ms,
-            remaining_ms: l.deadline.saturating_sub(now),
+            remaining_ms: l.deadline.saturating_sub(now_ms()),
             key_count: l.key_count as u32,
             keys: l.keys,
         };
@@ -713,6 +722,7 @@ impl Master {
         let (lease, pending) = match op {
             LeaseOp::Info { id } => {
                 // One past its deadline is ended first, as for a read index.
+                let now = now_ms();
                 if self.store.next_deadline().is_some_and(|d| d <= now) {
                     self.expire_due(now).await?;
                 }
@@ -724,7 +734,7 @@ impl Master {
             LeaseOp::Grant { ttl_ms } => {
                 let appending = self.begin_write()?;
                 let (l, p) = self
-                    .append(move |s| s.lease_grant_pending(ttl_ms, now))
+                    .append(move |s| s.lease_grant_pending(ttl_ms, now_ms()))
                     .await?;
                 drop(appending);
                 self.expiry_wake.notify_one();
@@ -733,7 +743,7 @@ impl Master {
             LeaseOp::KeepAlive { id } => {
                 let appending = self.begin_write()?;
                 let kept = self
-                    .append(move |s| s.lease_keep_alive_pending(id, now))
+                    .append(move |s| s.lease_keep_alive_pending(id, now_ms()))
                     .await?;
                 drop(appending);
                 match kept {
@@ -748,16 +758,13 @@ impl Master {
                 let appending = self.begin_write()?;
                 let ended = self.append(move |s| s.end_lease_pending(id, None)).await?;
                 drop(appending);
-                match ended {
-                    Some(p) => (
-                        LeaseInfo {
-                            remaining_ms: 0,
-                            ..info(before)
-                        },
-                        Some(p),
-                    ),
-                    None => return Ok(None),
-                }
+                // Ended by its deadline meanwhile: gone with its keys all
+                // the same, which is what was asked.
+                let ended_info = LeaseInfo {
+                    remaining_ms: 0,
+                    ..info(before)
+                };
+                (ended_info, ended)
             }
         };
         let cursor = self.store.db().end();

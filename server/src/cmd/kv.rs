@@ -470,7 +470,7 @@ async fn lease(api: &Api, cmd: LeaseCmd, output: Output) -> Result<(), Failure> 
                 return Ok(());
             }
             let ttl = v["ttl_ms"].as_u64().unwrap_or(3000);
-            tokio::time::sleep(Duration::from_millis((ttl / 3).max(100))).await;
+            tokio::time::sleep(Duration::from_millis((ttl / 3).max(5))).await;
         },
     }
 }

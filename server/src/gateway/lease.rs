@@ -27,6 +27,17 @@ fn lease_id(text: &str) -> Result<u32, ApiError> {
     }
 }
 
+/// `?ack=` for a lease request: `all` unless asked otherwise. A client
+/// holds a lease's id and deadline, so a failover must keep both: with
+/// `ack=master` a grant the new master never got would let it hand the
+/// same id to another client.
+fn lease_ack(params: &Params) -> Result<Ack, ApiError> {
+    match params.get("ack")? {
+        None => Ok(Ack::All),
+        Some(_) => ack_of(params),
+    }
+}
+
 /// Runs a lease request on the master.
 async fn on_master(gw: &Gateway, op: LeaseOp, ack: Ack) -> Result<writes::LeaseIs, ApiError> {
     // Only a description may go again after a transport failure: the
@@ -68,7 +79,7 @@ pub(super) async fn grant(State(gw): Gw, q: RawQuery) -> Response {
                 "a lease needs ?ttl=, a duration from 1ms to 365d such as 10s",
             ));
         }
-        let done = on_master(&gw, LeaseOp::Grant { ttl_ms }, ack_of(&q)?).await?;
+        let done = on_master(&gw, LeaseOp::Grant { ttl_ms }, lease_ack(&q)?).await?;
         Ok(answer(StatusCode::CREATED, done, false))
     }
     .await;
@@ -79,7 +90,7 @@ pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuer
     let r = async {
         let q = query(&q)?;
         let id = lease_id(&id)?;
-        let done = on_master(&gw, LeaseOp::KeepAlive { id }, ack_of(&q)?).await?;
+        let done = on_master(&gw, LeaseOp::KeepAlive { id }, lease_ack(&q)?).await?;
         Ok(answer(StatusCode::OK, done, false))
     }
     .await;
@@ -100,7 +111,7 @@ pub(super) async fn revoke(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -
     let r = async {
         let q = query(&q)?;
         let id = lease_id(&id)?;
-        let done = on_master(&gw, LeaseOp::Revoke { id }, ack_of(&q)?).await?;
+        let done = on_master(&gw, LeaseOp::Revoke { id }, lease_ack(&q)?).await?;
         // The keys listed are those the revocation deleted.
         Ok(answer(StatusCode::OK, done, true))
     }

@@ -83,9 +83,10 @@ async fn read_body_upto(
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    // A body that says its length is read into one buffer of that size: no
-    // chunk list copied into a second buffer at the end (a 16 MiB value
-    // costs 16 MiB here, not twice that).
+    // One buffer that grows as bytes arrive, to the length the body states:
+    // no chunk list copied into a second buffer at the end (a 16 MiB value
+    // costs 16 MiB here, not twice that), and no memory for bytes a client
+    // only announced.
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -137,27 +138,36 @@ enum BodyError {
     Read(axum::Error),
 }
 
-/// Reads a body of at most `limit` bytes into one buffer, sized by its
-/// declared length when there is one.
+/// Reads a body of at most `limit` bytes into one buffer. It starts small
+/// and at least doubles as bytes arrive (large reallocations remap pages
+/// rather than copy them), never past the declared length: memory follows
+/// what was received, at most twice it.
 async fn collect_body(
     body: axum::body::Body,
     declared: Option<usize>,
     limit: usize,
 ) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;
+    const FIRST: usize = 64 << 10;
     if declared.is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
     }
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let cap = declared.unwrap_or(limit);
+    let mut buf: Vec<u8> = Vec::with_capacity(cap.min(FIRST));
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(BodyError::Read)?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            let need = buf.len() + data.len();
+            if need > limit {
                 return Err(BodyError::TooLarge);
+            }
+            if need > buf.capacity() {
+                let grow_to = need.max(buf.capacity() * 2).min(cap.max(need));
+                buf.reserve_exact(grow_to - buf.len());
             }
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
