@@ -698,6 +698,20 @@ pub struct LeaseInfo {
     pub key_count: usize,
 }
 
+/// Up to `max` entries of `by_time` due at `now`, earliest first.
+fn due_in<T: Clone>(
+    by_time: &std::collections::BTreeSet<(u64, T)>,
+    now: u64,
+    max: usize,
+) -> Vec<T> {
+    by_time
+        .iter()
+        .take_while(|(d, _)| *d <= now)
+        .take(max)
+        .map(|(_, t)| t.clone())
+        .collect()
+}
+
 impl Expiry {
     /// What ends `key`'s life is now `tie` (`Tie::None` also when it is gone).
     fn set(&mut self, key: &str, tie: Tie) {
@@ -1065,7 +1079,7 @@ impl KeyedStore {
         }
         let _w = self.lock_own_write()?;
         if let Tie::Lease(lease) = tie {
-            let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let e = self.expiry();
             let l = e.live(lease, Some(now)).ok_or(Error::NoLease(lease))?;
             if l.keys.len() >= MAX_LEASE_KEYS && !l.keys.contains(key) {
                 return Err(Error::LeaseFull {
@@ -1134,32 +1148,29 @@ impl KeyedStore {
 
     /// Notes what ends `key`'s life (`Tie::None`: nothing, or it is gone).
     fn track(&self, key: &str, tie: Tie) {
-        self.expiry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set(key, tie);
+        self.expiry().set(key, tie);
+    }
+
+    /// The deadlines and leases, locked.
+    fn expiry(&self) -> std::sync::MutexGuard<'_, Expiry> {
+        self.expiry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The earliest deadline of a live key or lease, if any has one.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.expiry.lock().unwrap_or_else(|e| e.into_inner()).next()
+        self.expiry().next()
     }
 
     /// `key`'s deadline, if it has one.
     pub fn deadline(&self, key: &str) -> Option<u64> {
-        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        let e = self.expiry();
         e.by_key.get(key).copied()
     }
 
     /// Up to `max` keys whose deadline is at or before `now`, earliest first.
     pub fn due(&self, now: u64, max: usize) -> Vec<String> {
-        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-        e.by_time
-            .iter()
-            .take_while(|(d, _)| *d <= now)
-            .take(max)
-            .map(|(_, k)| k.clone())
-            .collect()
+        let e = self.expiry();
+        due_in(&e.by_time, now, max)
     }
 
     /// Writes `key`'s expiry if its deadline is at or before `now` (else,
@@ -1203,7 +1214,7 @@ impl KeyedStore {
     ) -> Result<Option<(LeaseInfo, Pending)>> {
         let _w = self.lock_own_write()?;
         let ttl = {
-            let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let e = self.expiry();
             match e.live(id, Some(now)) {
                 Some(l) => l.ttl_ms,
                 None => return Ok(None),
@@ -1234,17 +1245,14 @@ impl KeyedStore {
         .encode();
         let (got, pending) = self.db.set_pending(existing, &rec)?;
         debug_assert_eq!(got, id);
-        self.expiry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .grant(id, ttl_ms, deadline);
+        self.expiry().grant(id, ttl_ms, deadline);
         Ok(pending)
     }
 
     /// Lease `id` with up to `max_keys` of its keys, if it lives (its
     /// deadline may have passed: the master ends it soon).
     pub fn lease(&self, id: u32, max_keys: usize) -> Option<LeaseInfo> {
-        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        let e = self.expiry();
         e.live(id, None).map(|l| LeaseInfo {
             id,
             ttl_ms: l.ttl_ms,
@@ -1256,7 +1264,7 @@ impl KeyedStore {
 
     /// Live leases, ascending by id.
     pub fn lease_ids(&self) -> Vec<u32> {
-        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        let e = self.expiry();
         let mut ids: Vec<u32> = e.leases.keys().copied().collect();
         ids.sort_unstable();
         ids
@@ -1264,19 +1272,14 @@ impl KeyedStore {
 
     /// The lease `key` is attached to, if any.
     pub fn lease_of(&self, key: &str) -> Option<u32> {
-        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        let e = self.expiry();
         e.key_lease.get(key).copied()
     }
 
     /// Up to `max` leases whose deadline is at or before `now`, earliest first.
     pub fn due_leases(&self, now: u64, max: usize) -> Vec<u32> {
-        let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-        e.lease_time
-            .iter()
-            .take_while(|(d, _)| *d <= now)
-            .take(max)
-            .map(|(_, id)| *id)
-            .collect()
+        let e = self.expiry();
+        due_in(&e.lease_time, now, max)
     }
 
     /// Ends lease `id`: revoked (`due_by` none), or expired if its deadline
@@ -1286,7 +1289,7 @@ impl KeyedStore {
     pub fn end_lease_pending(&self, id: u32, due_by: Option<u64>) -> Result<Option<Pending>> {
         let _w = self.lock_own_write()?;
         let (keys, granted) = {
-            let e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let e = self.expiry();
             let Some(l) = e.leases.get(&id) else {
                 return Ok(None);
             };
@@ -1306,10 +1309,7 @@ impl KeyedStore {
             .chain(granted.then_some(("", id)))
             .collect();
         if ids.is_empty() {
-            self.expiry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .end(id);
+            self.expiry().end(id);
             return Ok(None);
         }
         let start = self.db.end();
@@ -1347,7 +1347,7 @@ impl KeyedStore {
             self.hide_from.store(SHOWN, Ordering::SeqCst);
         }
         {
-            let mut e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut e = self.expiry();
             for (key, _) in &keys {
                 e.set(key, Tie::None);
             }
@@ -1898,7 +1898,7 @@ impl KeyedStore {
                 }
                 if d.key.is_empty() {
                     // A lease's record: granted, kept alive, or ended.
-                    let mut e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut e = self.expiry();
                     match d.lease {
                         Some((ttl, deadline)) => e.grant(d.id, ttl, deadline),
                         None => e.end(d.id),
@@ -2007,7 +2007,7 @@ impl KeyedStore {
         };
         {
             // Before the keys: a key's lease comes back before it does.
-            let mut e = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut e = self.expiry();
             for (id, terms) in leases {
                 match terms {
                     Some((ttl, deadline)) => e.grant(id, ttl, deadline),

@@ -768,16 +768,29 @@ impl Master {
             }
         };
         let cursor = self.store.db().end();
+        self.acknowledge(pending, cursor, ack).await?;
+        Ok(Some((Cursor::new(self.epoch(), cursor), lease)))
+    }
+
+    /// Answers a request that may have written: once its write (if any)
+    /// is durable and, for `ack=all`, applied by the in-sync workers up to
+    /// `cursor`; one that only read once what it read is durable.
+    async fn acknowledge(
+        &self,
+        pending: Option<ourdb::Pending>,
+        cursor: Location,
+        ack: Ack,
+    ) -> Result<()> {
         match pending {
             Some(p) => {
                 self.durable(p).await?;
                 if ack == Ack::All {
                     self.wait_all(cursor).await?;
                 }
+                Ok(())
             }
-            None => self.after_read(Ok(())).await?,
+            None => Ok(self.after_read(Ok(())).await?),
         }
-        Ok(Some((Cursor::new(self.epoch(), cursor), lease)))
     }
 
     /// Applies a transaction (see [`KeyedStore::txn_pending`]): the end
@@ -825,15 +838,7 @@ impl Master {
             TxnOutcome::Applied(results, pending) => (Ok(results), pending),
         };
         let cursor = self.store.db().end();
-        match pending {
-            Some(p) => {
-                self.durable(p).await?;
-                if ack == Ack::All {
-                    self.wait_all(cursor).await?;
-                }
-            }
-            None => self.after_read(Ok(())).await?,
-        }
+        self.acknowledge(pending, cursor, ack).await?;
         let version = |at| Version { epoch, at };
         let results = results.map(|rs| {
             rs.into_iter()

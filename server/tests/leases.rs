@@ -20,16 +20,6 @@ fn grant(http: &str, ttl: &str) -> u64 {
     json(&body)["id"].as_u64().expect("an id")
 }
 
-fn put(http: &str, key: &str, query: &str, value: &str) -> (u16, String) {
-    curl(&[
-        "-X",
-        "PUT",
-        &format!("http://{http}/v1/kv/{key}{query}"),
-        "-d",
-        value,
-    ])
-}
-
 fn keep_alive(http: &str, id: u64) -> (u16, String) {
     curl(&[
         "-X",
@@ -73,12 +63,12 @@ fn keys_live_while_kept_alive_and_go_with_their_lease() {
     let tmp = tempfile::tempdir().unwrap();
     let (_dev, http) = start_dev(&tmp.path().join("d"), &[]);
     let lease = grant(&http, "1500ms");
-    let (code, body) = put(&http, "l/a", &format!("?lease={lease}&ack=all"), "1");
+    let (code, body) = put_query(&http, "l/a", &format!("?lease={lease}&ack=all"), "1");
     assert_eq!(code, 200, "{body}");
     let from = json(&body)["cursor"].as_str().unwrap().to_string();
-    let (code, _) = put(&http, "l/b", &format!("?lease={lease}"), "2");
+    let (code, _) = put_query(&http, "l/b", &format!("?lease={lease}"), "2");
     assert_eq!(code, 200);
-    let (code, body) = put(&http, "l/free", "?ack=all", "3");
+    let (code, body) = put_query(&http, "l/free", "?ack=all", "3");
     assert_eq!(code, 200);
     let session = json(&body)["cursor"].as_str().unwrap().to_string();
     let (code, body) = curl(&[&format!("http://{http}/v1/lease/{lease}")]);
@@ -141,7 +131,7 @@ fn keys_live_while_kept_alive_and_go_with_their_lease() {
     assert_eq!(code, 404, "{body}");
     assert_eq!(json(&body)["error"]["code"], "no_lease");
     assert_eq!(curl(&[&format!("http://{http}/v1/lease/{lease}")]).0, 404);
-    let (code, body) = put(&http, "l/late", &format!("?lease={lease}"), "x");
+    let (code, body) = put_query(&http, "l/late", &format!("?lease={lease}"), "x");
     assert_eq!(
         (code, json(&body)["error"]["code"].clone()),
         (404, "no_lease".into())
@@ -156,25 +146,25 @@ fn a_revoked_lease_takes_its_keys_and_bad_requests_write_nothing() {
     let lease = grant(&http, "1h");
     let big = "v".repeat(100_000);
     for (k, v) in [("r/a", "1"), ("r/big", big.as_str())] {
-        let (code, body) = put(&http, k, &format!("?lease={lease}"), v);
+        let (code, body) = put_query(&http, k, &format!("?lease={lease}"), v);
         assert_eq!(code, 200, "{body}");
     }
     // A key moved to another lease, and one written again without any,
     // leave this one.
     let other = grant(&http, "1h");
     assert_eq!(
-        put(&http, "r/moved", &format!("?lease={lease}"), "m").0,
+        put_query(&http, "r/moved", &format!("?lease={lease}"), "m").0,
         200
     );
     assert_eq!(
-        put(&http, "r/moved", &format!("?lease={other}"), "m").0,
+        put_query(&http, "r/moved", &format!("?lease={other}"), "m").0,
         200
     );
     assert_eq!(
-        put(&http, "r/freed", &format!("?lease={lease}"), "f").0,
+        put_query(&http, "r/freed", &format!("?lease={lease}"), "f").0,
         200
     );
-    assert_eq!(put(&http, "r/freed", "", "f").0, 200);
+    assert_eq!(put_query(&http, "r/freed", "", "f").0, 200);
     let (code, body) = curl(&["-X", "DELETE", &format!("http://{http}/v1/lease/{lease}")]);
     assert_eq!(code, 200, "{body}");
     assert_eq!(
@@ -200,12 +190,12 @@ fn a_revoked_lease_takes_its_keys_and_bad_requests_write_nothing() {
         format!("?lease={other}&ttl=10s"),
     ];
     for q in &bad_puts {
-        let (code, body) = put(&http, "r/bad", q, "x");
+        let (code, body) = put_query(&http, "r/bad", q, "x");
         assert_eq!(code, 400, "{q}: {body}");
         assert_eq!(json(&body)["error"]["code"], "bad_request", "{q}");
     }
     assert_eq!(
-        put(&http, "r/bad", "?lease=999999", "x").0,
+        put_query(&http, "r/bad", "?lease=999999", "x").0,
         404,
         "no such lease"
     );
@@ -232,7 +222,7 @@ fn a_lease_survives_a_master_kill_9() {
     // Long enough for the gateway to find the restarted master (a few
     // seconds of 503s).
     let lease = grant(&http, "8s");
-    let (code, body) = put(&http, "k/a", &format!("?lease={lease}&ack=all"), "1");
+    let (code, body) = put_query(&http, "k/a", &format!("?lease={lease}&ack=all"), "1");
     assert_eq!(code, 200, "{body}");
     drop(master);
     let _master = start_master(tmp.path(), mport);

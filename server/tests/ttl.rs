@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn put(http: &str, key: &str, query: &str, value: &str) -> (u16, String) {
-    curl(&[
-        "-X",
-        "PUT",
-        &format!("http://{http}/v1/kv/{key}{query}"),
-        "-d",
-        value,
-    ])
-}
-
 fn get(http: &str, key: &str, level: &str) -> u16 {
     curl(&[&format!("http://{http}/v1/kv/{key}?consistency={level}")]).0
 }
@@ -27,16 +17,16 @@ fn get(http: &str, key: &str, level: &str) -> u16 {
 fn keys_expire_at_every_level_and_watches_see_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (_dev, http) = start_dev(&tmp.path().join("d"), &[]);
-    let (code, body) = put(&http, "t/a", "?ttl=1500ms&ack=all", "short");
+    let (code, body) = put_query(&http, "t/a", "?ttl=1500ms&ack=all", "short");
     assert_eq!(code, 200, "{body}");
     let from: serde_json::Value = serde_json::from_str(&body).unwrap();
     let from = from["cursor"].as_str().unwrap().to_string();
-    let (code, _) = put(&http, "t/b", "?ttl=1h", "long");
+    let (code, _) = put_query(&http, "t/b", "?ttl=1h", "long");
     assert_eq!(code, 200);
     // A later put without a ttl ends the first one's deadline.
-    let (code, _) = put(&http, "t/c", "?ttl=1s", "x");
+    let (code, _) = put_query(&http, "t/c", "?ttl=1s", "x");
     assert_eq!(code, 200);
-    let (code, _) = put(&http, "t/c", "?ack=all", "kept");
+    let (code, _) = put_query(&http, "t/c", "?ack=all", "kept");
     assert_eq!(code, 200);
     let t = Instant::now();
     assert_eq!(get(&http, "t/a", "strong"), 200);
@@ -49,7 +39,7 @@ fn keys_expire_at_every_level_and_watches_see_it() {
     });
     // A session read at the cursor of a write after the expiry does not
     // see the key either.
-    let (code, body) = put(&http, "u/after", "?ack=all", "x");
+    let (code, body) = put_query(&http, "u/after", "?ack=all", "x");
     assert_eq!(code, 200);
     let after: serde_json::Value = serde_json::from_str(&body).unwrap();
     let (code, _) = curl(&[
@@ -75,7 +65,7 @@ fn keys_expire_at_every_level_and_watches_see_it() {
     assert_eq!(events, ["expire"], "{out}");
     // Bad ttls are refused and write nothing.
     for ttl in ["0s", "abc", "5y", "-1", "400d", "1.5s"] {
-        let (code, body) = put(&http, "t/bad", &format!("?ttl={ttl}"), "x");
+        let (code, body) = put_query(&http, "t/bad", &format!("?ttl={ttl}"), "x");
         assert_eq!(code, 400, "{ttl}: {body}");
     }
     assert_eq!(get(&http, "t/bad", "strong"), 404);
@@ -86,9 +76,9 @@ fn a_deadline_survives_kill_9_and_an_expiry_is_never_undone() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
     let (dev, http) = start_dev(&data, &[]);
-    let (code, _) = put(&http, "gone", "?ttl=300ms&ack=all", "x");
+    let (code, _) = put_query(&http, "gone", "?ttl=300ms&ack=all", "x");
     assert_eq!(code, 200);
-    let (code, _) = put(&http, "later", "?ttl=4s&ack=all", "y");
+    let (code, _) = put_query(&http, "later", "?ttl=4s&ack=all", "y");
     assert_eq!(code, 200);
     let t = Instant::now();
     eventually(5, "the first expiry", || {

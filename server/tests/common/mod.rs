@@ -143,6 +143,17 @@ pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
+/// `PUT /v1/kv/{key}{query}` with `value` as the body (`query` with its `?`).
+pub(crate) fn put_query(http: &str, key: &str, query: &str, value: &str) -> (u16, String) {
+    curl(&[
+        "-X",
+        "PUT",
+        &format!("http://{http}/v1/kv/{key}{query}"),
+        "-d",
+        value,
+    ])
+}
+
 /// A master, a worker and a gateway as three processes on loopback; the
 /// gateway's HTTP address last.
 pub(crate) fn master_worker_gateway(dir: &Path) -> (Proc, Proc, Proc, String) {
