@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// Store a value (the seed API)
+///
+/// Form fields `key` and `value`; the value is kept as the bytes the form
+/// encodes.
+#[utoipa::path(post, path = "/set", tag = "seed",
+    request_body(content = api::SeedSet, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Stored", body = api::Written,
+            headers(("X-OurKV-Cursor" = String, description = "the write's cursor"))),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 408, response = api::RequestTimeout),
+        (status = 413, response = api::TooLarge),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
         let form = parse_pairs(&body)?;
@@ -29,6 +46,24 @@ pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
     counted(&gw, r)
 }
 
+/// The value of a key (the seed API)
+#[utoipa::path(get, path = "/get", tag = "seed",
+    params(api::SeedKey, api::ReadQuery, api::SessionHeader, api::Preconditions),
+    responses(
+        (status = 200, description = "The value", content_type = "application/octet-stream", body = api::Binary,
+            headers(("ETag" = String), ("X-OurKV-Cursor" = String))),
+        (status = 304, description = "If-None-Match names the current version (or is *)",
+            headers(("ETag" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 404, response = api::NotFound),
+        (status = 412, response = api::PreconditionFailed),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+        (status = 409, response = api::CursorAhead),
+        (status = 504, response = api::GatewayTimeout),
+    ))]
 pub(super) async fn seed_get(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
@@ -41,6 +76,21 @@ pub(super) async fn seed_get(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> 
     counted(&gw, r)
 }
 
+/// Delete a key (the seed API)
+#[utoipa::path(post, path = "/delete", tag = "seed",
+    request_body(content = api::SeedDelete, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Deleted", body = api::Written,
+            headers(("X-OurKV-Cursor" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 404, response = api::NotFound),
+        (status = 408, response = api::RequestTimeout),
+        (status = 413, response = api::TooLarge),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn seed_delete(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
         let key = field(&parse_pairs(&body)?, "key")?;
@@ -58,6 +108,9 @@ pub(super) async fn get_value(
 ) -> Result<Response, ApiError> {
     check_key(key)?;
     let min = gw.min_cursor(q, headers).await?;
+    // Checked even where they do not apply (a history), so a malformed one
+    // is never silently ignored.
+    let (if_match, if_none_match) = conditions(headers)?;
     if let Some(depth) = q.get("history")? {
         let depth = bounded(depth, "history")?;
         let values = gw
@@ -70,7 +123,6 @@ pub(super) async fn get_value(
         let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
         return Ok(Json(json!({"key": key, "history": history})).into_response());
     }
-    let (if_match, if_none_match) = conditions(headers)?;
     let found = gw
         .read(min, |n, c| gw.client.get_versioned(n, key, c))
         .await?;
@@ -118,6 +170,31 @@ pub(super) async fn delete_key(
     ))
 }
 
+/// The value of a key
+///
+/// Raw bytes with its `ETag`; or, with `?history=N`, up to N versions
+/// (JSON, base64, newest first).
+#[utoipa::path(get, path = "/v1/kv/{*key}", tag = "kv",
+    params(api::KeyPath, api::ReadQuery, api::HistoryQuery, api::SessionHeader, api::Preconditions),
+    responses(
+        (status = 200, description = "The value, or its history",
+            content(
+                (api::Binary = "application/octet-stream"),
+                (api::History = "application/json"),
+            ),
+            headers(("ETag" = String), ("X-OurKV-Cursor" = String))),
+        (status = 304, description = "If-None-Match names the current version (or is *)",
+            headers(("ETag" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 404, response = api::NotFound),
+        (status = 412, response = api::PreconditionFailed),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+        (status = 409, response = api::CursorAhead),
+        (status = 504, response = api::GatewayTimeout),
+    ))]
 pub(super) async fn kv_get(
     State(gw): Gw,
     uri: axum::http::Uri,
@@ -133,6 +210,28 @@ pub(super) async fn kv_get(
     counted(&gw, r)
 }
 
+/// Store the body under a key
+///
+/// Up to `--max-value-bytes` (16 MiB by default). `?ttl=` expires it,
+/// `?lease=` ties it to a lease; `If-Match` / `If-None-Match` make it a
+/// compare-and-swap.
+#[utoipa::path(put, path = "/v1/kv/{*key}", tag = "kv",
+    params(api::KeyPath, api::AckQuery, api::LifetimeQuery, api::Preconditions),
+    request_body(content = api::Binary, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Stored", body = api::Written,
+            headers(("ETag" = String), ("X-OurKV-Cursor" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 404, description = "no_lease: the lease named does not exist", body = api::ErrorBody),
+        (status = 408, response = api::RequestTimeout),
+        (status = 412, response = api::PreconditionFailed),
+        (status = 413, response = api::TooLarge),
+        (status = 422, description = "`ttl` and `lease` together, or `If-Match` and `If-None-Match`", body = api::ErrorBody),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn kv_put(
     State(gw): Gw,
     uri: axum::http::Uri,
@@ -145,8 +244,11 @@ pub(super) async fn kv_put(
         let q = query(&q)?;
         let ttl_ms = ttl_of(&q)?;
         let lease = super::lease::lease_of(&q)?;
+        // Each valid alone, not together: 422.
         if ttl_ms != 0 && lease != 0 {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
                 "a key takes ?ttl= or ?lease=, not both: a lease has its own time to live",
             ));
         }
@@ -165,6 +267,25 @@ pub(super) async fn kv_put(
     counted(&gw, r)
 }
 
+/// Delete a key
+///
+/// `If-Match` makes it a compare-and-delete.
+#[utoipa::path(delete, path = "/v1/kv/{*key}", tag = "kv",
+    params(api::KeyPath, api::AckQuery, api::Preconditions),
+    responses(
+        (status = 200, description = "Deleted", body = api::Written,
+            headers(("X-OurKV-Cursor" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 404, response = api::NotFound),
+        (status = 408, response = api::RequestTimeout),
+        (status = 412, response = api::PreconditionFailed),
+        (status = 413, response = api::TooLarge),
+        (status = 422, description = "`If-Match` and `If-None-Match` together", body = api::ErrorBody),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn kv_delete(
     State(gw): Gw,
     uri: axum::http::Uri,
@@ -180,6 +301,21 @@ pub(super) async fn kv_delete(
     counted(&gw, r)
 }
 
+/// Keys with a prefix
+///
+/// Ascending, a page at a time: pass `next` as `after` for the next page.
+#[utoipa::path(get, path = "/v1/kv", tag = "kv",
+    params(api::ListQuery, api::ReadQuery, api::SessionHeader),
+    responses(
+        (status = 200, description = "A page of keys", body = api::KeyList),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+        (status = 409, response = api::CursorAhead),
+        (status = 504, response = api::GatewayTimeout),
+    ))]
 pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
@@ -215,6 +351,20 @@ fn bounded(v: &str, name: &str) -> Result<u32, ApiError> {
     }
 }
 
+/// A record by its OurDB id: key and base64 value
+#[utoipa::path(get, path = "/v1/records/{id}", tag = "kv",
+    params(api::RecordPath, api::ReadQuery, api::SessionHeader),
+    responses(
+        (status = 200, description = "The record", body = api::Record),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 404, response = api::NotFound),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+        (status = 409, response = api::CursorAhead),
+        (status = 504, response = api::GatewayTimeout),
+    ))]
 pub(super) async fn by_id(
     State(gw): Gw,
     uri: axum::http::Uri,

@@ -70,6 +70,21 @@ fn answer(status: StatusCode, done: writes::LeaseIs, keys: bool) -> Response {
     with_cursor((status, Json(body)).into_response(), done.cursor)
 }
 
+/// Grant a lease
+///
+/// Keys attached to it (`PUT /v1/kv/{key}?lease=ID`) go when it ends.
+#[utoipa::path(post, path = "/v1/lease", tag = "lease",
+    params(api::GrantQuery, api::LeaseAckQuery),
+    responses(
+        (status = 201, description = "Granted", body = api::Lease, headers(("X-OurKV-Cursor" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 408, response = api::RequestTimeout),
+        (status = 413, response = api::TooLarge),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn grant(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
@@ -86,6 +101,20 @@ pub(super) async fn grant(State(gw): Gw, q: RawQuery) -> Response {
     counted(&gw, r)
 }
 
+/// Keep a lease alive: its deadline becomes its time to live from now
+#[utoipa::path(post, path = "/v1/lease/{id}/keepalive", tag = "lease",
+    params(api::LeasePath, api::LeaseAckQuery),
+    responses(
+        (status = 200, description = "Kept alive", body = api::Lease, headers(("X-OurKV-Cursor" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 404, description = "no_lease: never granted, revoked, expired, or past its deadline", body = api::ErrorBody),
+        (status = 408, response = api::RequestTimeout),
+        (status = 413, response = api::TooLarge),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
@@ -97,6 +126,18 @@ pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuer
     counted(&gw, r)
 }
 
+/// A lease: its time to live, what remains of it, its keys
+#[utoipa::path(get, path = "/v1/lease/{id}", tag = "lease",
+    params(api::LeasePath),
+    responses(
+        (status = 200, description = "The lease, with its keys", body = api::Lease),
+        (status = 400, response = api::BadRequest),
+        (status = 404, description = "no_lease: never granted, revoked, or expired", body = api::ErrorBody),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn info(State(gw): Gw, Path(id): Path<String>) -> Response {
     let r = async {
         let id = lease_id(&id)?;
@@ -107,6 +148,21 @@ pub(super) async fn info(State(gw): Gw, Path(id): Path<String>) -> Response {
     counted(&gw, r)
 }
 
+/// Revoke a lease now, deleting its keys
+#[utoipa::path(delete, path = "/v1/lease/{id}", tag = "lease",
+    params(api::LeasePath, api::LeaseAckQuery),
+    responses(
+        (status = 200, description = "Revoked: `keys` lists the keys deleted, `remaining_ms` is 0",
+            body = api::Lease, headers(("X-OurKV-Cursor" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 404, description = "no_lease: never granted, revoked, or expired", body = api::ErrorBody),
+        (status = 408, response = api::RequestTimeout),
+        (status = 413, response = api::TooLarge),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn revoke(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;

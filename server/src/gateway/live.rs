@@ -151,14 +151,34 @@ pub(super) fn start(gw: &Arc<Gateway>) {
 
 /// `GET /v1/stats?since=T`: the samples after T (milliseconds since the
 /// Unix epoch; all five minutes without it).
+/// The gateway's last five minutes
+///
+/// One sample a second: requests/s, p99 latency, worker lag and in-sync
+/// state (the status page's charts).
+#[utoipa::path(get, path = "/v1/stats", tag = "ops",
+    params(api::StatsQuery),
+    responses(
+        (status = 200, description = "The samples", body = api::Stats),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn stats(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
         let since = match q.get("since")? {
             None => 0,
-            Some(s) => s.parse::<u64>().map_err(|_| {
-                ApiError::bad_request("since must be milliseconds since the Unix epoch")
-            })?,
+            // Digits only (no sign), within a signed 64-bit integer, as
+            // the OpenAPI document says.
+            Some(s) => match s.parse::<i64>() {
+                Ok(ms) if s.bytes().all(|b| b.is_ascii_digit()) => ms as u64,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "since must be milliseconds since the Unix epoch",
+                    ))
+                }
+            },
         };
         Ok(Json(json!({
             "interval_ms": INTERVAL.as_millis() as u64,

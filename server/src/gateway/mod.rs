@@ -7,17 +7,19 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::handler::Handler;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use replication::frame::Frame;
 use replication::Cursor;
 use replication::{Ack, Client, Expect, Lifetime, Version};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
+mod api;
 mod error;
 mod kv;
 mod lease;
@@ -44,6 +46,34 @@ const BODY_LIMIT: usize = 1 << 20;
 pub(crate) const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) use watch::DEFAULT_MAX_WATCHES;
 pub(crate) const CURSOR_HEADER: &str = "x-ourkv-cursor";
+
+/// The OpenAPI document, made from the handlers' annotations when the first
+/// router is built.
+static OPENAPI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The gateway is up
+#[utoipa::path(get, path = "/health", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "Up", body = api::Health),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// This document
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses(
+        (status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
+async fn openapi_json() -> Response {
+    let doc = OPENAPI.get().map(String::as_str).unwrap_or("{}");
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
+}
 
 pub(crate) struct Gateway {
     client: Arc<Client>,
@@ -220,47 +250,34 @@ impl Gateway {
         let body = axum::middleware::from_fn_with_state(self.clone(), read_body);
         // A value's body may be as large as the largest value.
         let value_body = axum::middleware::from_fn_with_state(self.clone(), read_value_body);
-        let router = Router::new()
-            .route("/", get(status_page))
-            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-            .route("/ready", get(ready))
-            .route("/livez", get(ops::livez))
-            .route("/readyz", get(ops::readyz))
-            .route("/metrics", get(metrics))
-            .route("/v1/cluster", get(cluster))
-            .route("/set", post(seed_set).layer(body.clone()))
-            .route("/get", get(seed_get))
-            .route("/delete", post(seed_delete).layer(body.clone()))
-            .route("/v1/kv", get(list))
-            .route("/v1/txn", post(txn::txn).layer(body.clone()))
-            .route("/v1/lease", post(lease::grant).layer(body.clone()))
-            .route(
-                "/v1/lease/{id}",
-                get(lease::info).delete(lease::revoke.layer(body.clone())),
-            )
-            .route(
-                "/v1/lease/{id}/keepalive",
-                post(lease::keep_alive).layer(body.clone()),
-            )
-            .route(
-                "/v1/kv/{*key}",
-                put(kv_put.layer(value_body))
-                    .delete(kv_delete.layer(body.clone()))
-                    .get(kv_get),
-            )
-            .route("/v1/records/{id}", get(by_id))
-            .route("/v1/watch", get(watch))
-            .route("/v1/backup", get(backup))
-            .route("/v1/stats", get(live::stats))
-            .route(
-                "/openapi.json",
-                get(|| async {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        include_str!("../openapi.json"),
-                    )
-                }),
-            )
+        let (router, doc) = OpenApiRouter::with_openapi(api::ApiDoc::openapi())
+            .routes(routes!(status_page))
+            .routes(routes!(health))
+            .routes(routes!(ready))
+            .routes(routes!(ops::livez))
+            .routes(routes!(ops::readyz))
+            .routes(routes!(metrics))
+            .routes(routes!(cluster))
+            .routes(routes!(seed_set).layer(body.clone()))
+            .routes(routes!(seed_get))
+            .routes(routes!(seed_delete).layer(body.clone()))
+            .routes(routes!(list))
+            .routes(routes!(txn::txn).layer(body.clone()))
+            .routes(routes!(lease::grant).layer(body.clone()))
+            .routes(routes!(lease::info))
+            .routes(routes!(lease::revoke).layer(body.clone()))
+            .routes(routes!(lease::keep_alive).layer(body.clone()))
+            .routes(routes!(kv_put).layer(value_body))
+            .routes(routes!(kv_delete).layer(body.clone()))
+            .routes(routes!(kv_get))
+            .routes(routes!(by_id))
+            .routes(routes!(watch))
+            .routes(routes!(backup))
+            .routes(routes!(live::stats))
+            .routes(routes!(openapi_json))
+            .split_for_parts();
+        OPENAPI.get_or_init(|| api::document(doc));
+        let router = router
             .fallback(|| async {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -411,6 +428,22 @@ impl Gateway {
                 ) {
                     self.routes.poke();
                 }
+                if let replication::Error::Remote {
+                    code: replication::Code::NotReached,
+                    ..
+                } = e
+                {
+                    // A cursor past the master's commit cursor names a write
+                    // nobody made (or one a failover lost): waiting longer
+                    // would not help, so it is the client's to fix.
+                    if matches!(self.read_index().await, Ok(commit) if min > commit) {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "cursor_ahead",
+                            format!("cursor {min} is past the end of the master's log"),
+                        ));
+                    }
+                }
                 Err(ApiError::from_replication(e))
             }
             Err(e) => Err(ApiError::from_replication(last.unwrap_or(e))),
@@ -434,18 +467,21 @@ impl Gateway {
 
     /// The cursor a read must see, by consistency level.
     async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Cursor, ApiError> {
+        // A malformed cursor is refused whatever the level, so a typo in a
+        // level does not hide one.
+        let session = match headers.get(CURSOR_HEADER) {
+            Some(v) => Some(v.to_str().ok().and_then(parse_cursor).ok_or_else(|| {
+                ApiError::bad_request("X-OurKV-Cursor must be epoch:file:offset")
+            })?),
+            None => None,
+        };
         match params.get("consistency")?.unwrap_or("strong") {
             // Read-index: the master's commit cursor now.
             "strong" => self.read_index().await.map_err(|e| {
                 tracing::warn!(error = %e, "strong read: no read index");
                 ApiError::unavailable("no master answered for a strong read; retry shortly")
             }),
-            "session" => match headers.get(CURSOR_HEADER) {
-                Some(v) => parse_cursor(v.to_str().unwrap_or_default()).ok_or_else(|| {
-                    ApiError::bad_request("X-OurKV-Cursor must be epoch:file:offset")
-                }),
-                None => Ok(Cursor::ZERO),
-            },
+            "session" => Ok(session.unwrap_or(Cursor::ZERO)),
             "stale" => Ok(Cursor::ZERO),
             other => Err(ApiError::bad_request(format!(
                 "consistency must be strong, session or stale, not {other:?}"

@@ -57,11 +57,31 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
     Ok(out)
 }
 
+/// The master, the workers, their cursors, lag and in-sync state
+///
+/// Failover clusters also show the term and every member.
+#[utoipa::path(get, path = "/v1/cluster", tag = "ops",
+    responses(
+        (status = 200, description = "The cluster", body = api::Cluster),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn cluster(State(gw): Gw) -> Response {
     let r = cluster_json(&gw).await.map(Json);
     counted(&gw, r)
 }
 
+/// The master answers; with `?sync`, every worker has caught up
+#[utoipa::path(get, path = "/ready", tag = "ops",
+    params(api::ReadyQuery),
+    responses(
+        (status = 200, description = "Ready", body = api::Ready),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
@@ -85,7 +105,16 @@ pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
     counted(&gw, r)
 }
 
-/// Kubernetes-style liveness: the gateway answers. `?verbose` lists the check.
+/// Kubernetes-style liveness: the gateway answers
+///
+/// Plain text, no token needed; `?verbose` lists the check.
+#[utoipa::path(get, path = "/livez", tag = "ops", security(()),
+    params(api::VerboseQuery),
+    responses(
+        (status = 200, description = "Live", content_type = "text/plain", body = String),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn livez(q: RawQuery) -> Response {
     let verbose = query(&q).is_ok_and(|q| q.bytes("verbose").ok().flatten().is_some());
     let body = if verbose {
@@ -96,9 +125,19 @@ pub(super) async fn livez(q: RawQuery) -> Response {
     (StatusCode::OK, body).into_response()
 }
 
-/// Kubernetes-style readiness, as plain text: the master answers (and with
-/// `?sync`, every worker has caught up). `?verbose` lists each check, `[+]`
-/// passed or `[-]` failed with why; 503 when one failed.
+/// Kubernetes-style readiness
+///
+/// Plain text, no token needed: the master answers (and with `?sync`, every
+/// worker has caught up). `?verbose` lists each check, `[+]` passed or `[-]`
+/// failed with why; 503 when one failed.
+#[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
+    params(api::ReadyQuery, api::VerboseQuery),
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String),
+        (status = 400, description = "A malformed query", content_type = "text/plain", body = String),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, description = "Not ready: the failed checks, one per line", content_type = "text/plain", body = String),
+    ))]
 pub(super) async fn readyz(State(gw): Gw, q: RawQuery) -> Response {
     let Ok(q) = query(&q) else {
         return (StatusCode::BAD_REQUEST, "bad query\n").into_response();
@@ -153,6 +192,15 @@ pub(super) async fn readyz(State(gw): Gw, q: RawQuery) -> Response {
     (status, body).into_response()
 }
 
+/// Prometheus metrics
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "The OpenMetrics text format",
+            content_type = "application/openmetrics-text", body = String),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn metrics(State(gw): Gw) -> Response {
     let m = &gw.metrics;
     // The workers as the master sees them now; none when it does not answer.
@@ -232,6 +280,13 @@ pub(super) async fn metrics(State(gw): Gw) -> Response {
 /// `GET /`: the live status page, plain HTML, CSS and JS (no build step, no
 /// outside requests). It holds no data: its script reads `/v1/cluster`,
 /// `/v1/stats` and `/v1/kv` with the token, so it is served without one.
+/// The status page (HTML; its script sends the token it is given)
+#[utoipa::path(get, path = "/", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn status_page() -> Response {
     (
         [
@@ -251,6 +306,18 @@ pub(super) async fn status_page() -> Response {
 /// go on meanwhile. Only a
 /// final `SnapshotDone` (or a `Failed` frame) says how it ended: the status
 /// is sent before the copy.
+/// Online backup
+///
+/// The master's data files up to its high-water mark, as snapshot frames
+/// (docs/PROTOCOL.md). A Failed frame or an early end: not whole.
+#[utoipa::path(get, path = "/v1/backup", tag = "ops",
+    responses(
+        (status = 200, description = "SnapshotChunk frames, then SnapshotDone",
+            content_type = "application/vnd.ourkv.snapshot", body = api::Binary),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn backup(State(gw): Gw) -> Response {
     let r = async {
         // Everything committed before the request: the copy must reach it.

@@ -44,28 +44,17 @@ fn condition(
     let mut tags = Vec::new();
     let mut star = false;
     for v in values {
-        let mut rest = v.to_str().map_err(|_| bad())?;
-        loop {
-            rest = rest.trim_start_matches([' ', '\t', ',']);
-            if rest.is_empty() {
-                break;
-            }
-            if let Some(r) = rest.strip_prefix('*') {
-                star = true;
-                rest = r;
-                continue;
-            }
-            let (weak, r) = match rest.strip_prefix("W/") {
-                Some(r) => (true, r),
-                None => (false, rest),
-            };
-            let body = r.strip_prefix('"').ok_or_else(bad)?;
-            let end = body.find('"').ok_or_else(bad)?;
-            let tag = &r[..end + 2];
-            rest = &body[end + 1..];
-            if !(weak && strong) {
-                if let Some(v) = Version::from_etag(tag) {
-                    tags.push(v);
+        match entity_tags(v.as_bytes()).ok_or_else(bad)? {
+            None => star = true,
+            Some(list) => {
+                for (weak, tag) in list {
+                    // Tags this API did not make match nothing.
+                    if !(weak && strong) {
+                        if let Some(v) = std::str::from_utf8(tag).ok().and_then(Version::from_etag)
+                        {
+                            tags.push(v);
+                        }
+                    }
                 }
             }
         }
@@ -74,6 +63,48 @@ fn condition(
         (true, true) => Ok(Some(Condition::Star)),
         (true, false) => Err(bad()),
         (false, _) => Ok(Some(Condition::Tags(tags))),
+    }
+}
+
+/// One precondition header value by RFC 9110's grammar: `*` (`None`), or
+/// one or more entity tags (`W/` marks a weak one) separated by commas,
+/// with optional spaces and tabs around each. Anything else, an empty
+/// value too, is `None` of the outer option. (The OpenAPI document states
+/// the same grammar as a pattern.)
+#[allow(clippy::type_complexity)]
+fn entity_tags(v: &[u8]) -> Option<Option<Vec<(bool, &[u8])>>> {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !ows(b))?;
+    let end = v.iter().rposition(|b| !ows(b))? + 1;
+    let v = &v[start..end];
+    if v == b"*" {
+        return Some(None);
+    }
+    let mut tags = Vec::new();
+    let mut rest = v;
+    loop {
+        let (weak, r) = match rest.strip_prefix(b"W/") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let body = r.strip_prefix(b"\"")?;
+        let close = body.iter().position(|&b| b == b'"')?;
+        if !body[..close]
+            .iter()
+            .all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b))
+        {
+            return None;
+        }
+        tags.push((weak, &r[..close + 2]));
+        rest = &body[close + 1..];
+        let after = rest.iter().position(|b| !ows(b)).unwrap_or(rest.len());
+        rest = &rest[after..];
+        if rest.is_empty() {
+            return Some(Some(tags));
+        }
+        rest = rest.strip_prefix(b",")?;
+        let after = rest.iter().position(|b| !ows(b)).unwrap_or(rest.len());
+        rest = &rest[after..];
     }
 }
 
@@ -90,7 +121,10 @@ pub(super) fn conditions(
 /// The write condition of `If-Match` or `If-None-Match`.
 pub(super) fn expectation(headers: &HeaderMap) -> Result<Expect, ApiError> {
     match conditions(headers)? {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
+        // Each valid alone, not together on a write: 422.
+        (Some(_), Some(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
             "send If-Match or If-None-Match, not both",
         )),
         (None, None) => Ok(Expect::Any),
@@ -217,8 +251,41 @@ pub(super) fn path_key(uri: &axum::http::Uri) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("the key is not valid UTF-8"))
 }
 
+/// A cursor as clients send it: `epoch:file:offset`, digits only. A part
+/// past its type's range saturates: such a cursor is ahead of any log, as
+/// one of its neighbours would be.
 pub(super) fn parse_cursor(s: &str) -> Option<Cursor> {
-    Cursor::parse(s)
+    fn part<T: TryFrom<u128> + Bounded>(p: &str) -> Option<T> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Past u128 is past every type here too.
+        let n = p.parse::<u128>().unwrap_or(u128::MAX);
+        Some(T::try_from(n).unwrap_or(T::MAX))
+    }
+    let mut it = s.split(':');
+    let (e, f, o) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some(Cursor::new(
+        part(e)?,
+        ourdb::Location::new(part(f)?, part(o)?),
+    ))
+}
+
+/// The largest value of an integer type.
+trait Bounded {
+    const MAX: Self;
+}
+impl Bounded for u16 {
+    const MAX: u16 = u16::MAX;
+}
+impl Bounded for u32 {
+    const MAX: u32 = u32::MAX;
+}
+impl Bounded for u64 {
+    const MAX: u64 = u64::MAX;
 }
 
 pub(super) fn cursor_text(c: Cursor) -> String {

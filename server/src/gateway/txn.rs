@@ -13,10 +13,10 @@ use replication::{TxnCondition, TxnOp, TxnResult};
 struct TxnBody {
     /// What must hold (all of it), in order.
     #[serde(default, rename = "if")]
-    conditions: Vec<CondBody>,
+    conditions: Option<Vec<CondBody>>,
     /// What to do, in order.
     #[serde(default, rename = "do")]
-    ops: Vec<OpBody>,
+    ops: Option<Vec<OpBody>>,
 }
 
 /// One condition: a key and exactly one of `exists`, `etag`, `value`,
@@ -80,6 +80,12 @@ fn condition(i: usize, c: CondBody) -> Result<TxnCondition, ApiError> {
                 key,
                 expect: Expect::Version(v),
             }),
+            // Shaped like this service's tags but past their ranges: no
+            // version has it, so the condition cannot hold.
+            None if is_tag_shape(&tag) => Ok(TxnCondition::Version {
+                key,
+                expect: Expect::OneOf(Vec::new()),
+            }),
             None => Err(ApiError::bad_request(format!(
                 "{what}: {tag:?} is no entity tag of this service"
             ))),
@@ -89,6 +95,18 @@ fn condition(i: usize, c: CondBody) -> Result<TxnCondition, ApiError> {
             "{what}: give exactly one of exists, etag, value, value_b64"
         ))),
     }
+}
+
+/// `"digits-digits-digits"`: the shape of this service's entity tags.
+fn is_tag_shape(tag: &str) -> bool {
+    let Some(inner) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+        return false;
+    };
+    let parts: Vec<&str> = inner.split('-').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn operation(i: usize, o: OpBody) -> Result<TxnOp, ApiError> {
@@ -150,6 +168,12 @@ fn check(conditions: &[TxnCondition], ops: &[TxnOp], max_value: usize) -> Result
         Err(e @ (ourdb::Error::TxnTooLarge(_) | ourdb::Error::ValueTooLarge { .. })) => Err(
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
         ),
+        // Well-formed, each part valid, but together not: 422.
+        Err(e @ ourdb::Error::InvalidTxn(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::bad_request(e.to_string())),
     }
 }
@@ -183,20 +207,47 @@ fn op_key(op: &TxnOp) -> &str {
     }
 }
 
+/// A transaction
+///
+/// If every condition holds, the operations in order, whole or not at all.
+#[utoipa::path(post, path = "/v1/txn", tag = "kv",
+    params(api::AckQuery),
+    request_body(content = api::Txn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied; one result per operation", body = api::TxnDone,
+            headers(("X-OurKV-Cursor" = String))),
+        (status = 400, response = api::BadRequest),
+        (status = 408, response = api::RequestTimeout),
+        (status = 412, description = "A condition did not hold (the message names it); nothing was written", body = api::ErrorBody),
+        (status = 422, description = "A key written twice", body = api::ErrorBody),
+        (status = 413, description = "Past a limit: 128 operations or conditions, 512 KiB written, a value, a 1 MiB body", body = api::ErrorBody),
+        (status = 401, response = api::Unauthorized),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 500, response = api::ServerError),
+        (status = 503, response = api::Unavailable),
+    ))]
 pub(super) async fn txn(State(gw): Gw, q: RawQuery, body: Bytes) -> Response {
     let r = async {
+        // serde would also take a JSON array for the struct.
+        if !body.trim_ascii_start().starts_with(b"{") {
+            return Err(ApiError::bad_request(
+                "the body is no transaction: not a JSON object",
+            ));
+        }
         let q = query(&q)?;
         let ack = ack_of(&q)?;
         let body: TxnBody = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("the body is no transaction: {e}")))?;
         let conditions = body
             .conditions
+            .unwrap_or_default()
             .into_iter()
             .enumerate()
             .map(|(i, c)| condition(i, c))
             .collect::<Result<Vec<_>, _>>()?;
         let ops = body
             .ops
+            .unwrap_or_default()
             .into_iter()
             .enumerate()
             .map(|(i, o)| operation(i, o))

@@ -311,6 +311,21 @@ impl Follower {
 /// Server-sent events for changes under `prefix` from `cursor` (or the
 /// `Last-Event-ID` a reconnecting client sends): each event's id is the
 /// cursor to resume after it, so a reconnect loses and repeats nothing.
+/// Watch keys with a prefix
+///
+/// Server-sent events (`put`, `delete`), from `cursor` or `Last-Event-ID`;
+/// each event's id is the cursor to resume after it.
+#[utoipa::path(get, path = "/v1/watch", tag = "kv",
+    params(api::WatchQuery, api::LastEventId),
+    responses(
+        (status = 200, description = "The events", content_type = "text/event-stream", body = String),
+        (status = 400, response = api::BadRequest),
+        (status = 401, response = api::Unauthorized),
+        (status = 410, response = api::Gone),
+        (status = 431, response = api::HeadersTooLarge),
+        (status = 503, response = api::Unavailable),
+        (status = 504, response = api::GatewayTimeout),
+    ))]
 pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
     use axum::response::sse::{KeepAlive, Sse};
     let r = async {
