@@ -515,6 +515,27 @@ pub(crate) enum KvCmd {
         #[arg(long, value_name = "N", default_value_t = 10)]
         depth: u32,
     },
+    /// Write every key under PREFIX with its value, one JSON line each
+    /// (`{"key":…,"value_b64":…}`), in key order; each value is read
+    /// strongly as its page comes (not a copy at one instant: `ourkv backup`).
+    Export {
+        /// The prefix (all keys when absent).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Write to FILE (it appears only whole) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Store every line of FILE (`-`: standard input), as `export` writes
+    /// them (`value` as text also works); a malformed line stops it (exit 2):
+    /// every line before it is stored, none after.
+    Import {
+        /// The JSON lines.
+        file: PathBuf,
+        /// master (durable on the master) or all (applied by every in-sync worker).
+        #[arg(long, value_name = "ACK")]
+        ack: Option<String>,
+    },
     /// Apply a transaction (the JSON of `POST /v1/txn`: `{"if":[…],"do":[…]}`)
     /// from FILE or standard input; exit 3 when a condition does not hold.
     Txn {

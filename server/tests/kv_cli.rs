@@ -355,3 +355,113 @@ fn watch_prints_changes_and_resumes_after_a_restart() {
     assert_eq!(lines[0]["value"], "1");
     assert!(lines[0]["cursor"].as_str().unwrap().starts_with("1:0:"));
 }
+
+/// `kv export` then `kv import` into another cluster: every key under the
+/// prefix, byte for byte (binary, empty, and a value of several records),
+/// nothing else; a file appears only whole; a malformed line stops the
+/// import with exit 2 after storing every line before it.
+#[test]
+fn export_and_import_move_keys_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_a, a) = start_dev(&dir.path().join("a"), &[]);
+    let (_b, b) = start_dev(&dir.path().join("b"), &[]);
+    let mut want: Vec<(String, Vec<u8>)> = vec![
+        ("app/bin".into(), vec![0, 255, 10, 13, b'"']),
+        ("app/empty".into(), Vec::new()),
+        (
+            "app/large".into(),
+            (0..300_000u32).map(|i| (i % 251) as u8).collect(),
+        ),
+        ("app/nested/k y".into(), "ünïcode\n".as_bytes().to_vec()),
+    ];
+    for i in 0..1_100 {
+        want.push((format!("app/many/{i:05}"), format!("v{i}").into_bytes()));
+    }
+    for (k, v) in &want {
+        ok(&kv(&a, &["put", k], Some(v)));
+    }
+    ok(&kv(&a, &["put", "other/x", "not exported"], None));
+    want.sort();
+
+    // To a file, then into the second cluster from the file.
+    let file = dir.path().join("app.jsonl");
+    let o = kv(
+        &a,
+        &["export", "app/", "--out", file.to_str().unwrap()],
+        None,
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exported 1104 keys"));
+    assert!(!dir.path().join("app.jsonl.partial").exists());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), want.len());
+    let o = kv(
+        &b,
+        &["import", file.to_str().unwrap(), "--ack", "all"],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("imported 1104 keys"));
+    ok(&o);
+    for (k, v) in &want {
+        let got = kv(&b, &["get", k], None);
+        ok(&got);
+        assert_eq!(got.stdout, *v, "{k}");
+    }
+    let o = kv(&b, &["get", "other/x"], None);
+    assert_eq!(o.status.code(), Some(1), "only the prefix moved");
+
+    // Standard output and standard input give the same lines.
+    let stdout = ok(&kv(&a, &["export", "app/"], None));
+    assert_eq!(stdout, text);
+
+    // A malformed line: exit 2 naming it; the lines before it are stored.
+    let bad = "{\"key\":\"s/1\",\"value\":\"one\"}\n\n{\"key\":\"s/2\",\"value_b64\":\"AA==\"}\n{\"key\":\"s/3\"}\n{\"key\":\"s/4\",\"value\":\"four\"}\n";
+    let o = kv(&b, &["import", "-"], Some(bad.as_bytes()));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("line 4"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(ok(&kv(&b, &["get", "s/1"], None)), "one");
+    assert_eq!(kv(&b, &["get", "s/2"], None).stdout, [0]);
+    assert_eq!(kv(&b, &["get", "s/4"], None).status.code(), Some(1));
+    // An empty key is a malformed line too.
+    let o = kv(
+        &b,
+        &["import", "-"],
+        Some(b"{\"key\":\"\",\"value\":\"x\"}\n"),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 1"));
+    // A write the API refuses (past the value limit): exit 4, naming the line.
+    let (_c, c) = start_dev(&dir.path().join("c"), &["--max-value-bytes", "4"]);
+    let o = kv(
+        &c,
+        &["import", "-"],
+        Some(b"{\"key\":\"k\",\"value\":\"12345\"}\n"),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 1 (key \"k\")"));
+    // Nothing to reach: exit 5, and no file left behind.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let lost = dir.path().join("lost.jsonl");
+    let o = kv(&dead, &["export", "--out", lost.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(!lost.exists() && !dir.path().join("lost.jsonl.partial").exists());
+}

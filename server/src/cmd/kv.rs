@@ -21,10 +21,10 @@ use serde_json::{json, Value};
 use crate::cli::{KvArgs, KvCmd, LeaseCmd, Output};
 
 /// Exit codes (0 is success, 2 is clap's usage error).
-const NOT_FOUND: u8 = 1;
-const USAGE: u8 = 2;
+pub(crate) const NOT_FOUND: u8 = 1;
+pub(crate) const USAGE: u8 = 2;
 const PRECONDITION_FAILED: u8 = 3;
-const REFUSED: u8 = 4;
+pub(crate) const REFUSED: u8 = 4;
 pub(crate) const UNAVAILABLE: u8 = 5;
 
 /// Bytes left as they are in a key's path segments: RFC 3986's unreserved
@@ -65,9 +65,9 @@ impl Failure {
 }
 
 /// A successful answer.
-struct Answer {
+pub(crate) struct Answer {
     headers: HeaderMap,
-    body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
@@ -125,7 +125,7 @@ impl Api {
 
     /// One request; a non-2xx status becomes a `Failure` with its exit code
     /// and the API's error message.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -202,12 +202,12 @@ fn failure(status: StatusCode, body: &[u8]) -> Failure {
     }
 }
 
-fn key_path(key: &str) -> String {
+pub(crate) fn key_path(key: &str) -> String {
     format!("/v1/kv/{}", utf8_percent_encode(key, PATH))
 }
 
 /// `?a=b&c=d` from the pairs that are set.
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| {
@@ -382,6 +382,10 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
             }
         }
         KvCmd::Lease(cmd) => lease(&api, cmd, args.output.unwrap_or(Output::Table)).await,
+        KvCmd::Export { prefix, out } => {
+            super::kv_bulk::export(&api, &prefix, out.as_deref()).await
+        }
+        KvCmd::Import { file, ack } => super::kv_bulk::import(&api, &file, ack).await,
         KvCmd::Ls { prefix, limit } => {
             ls(&api, &prefix, limit, args.output.unwrap_or(Output::Table)).await
         }

@@ -7,4 +7,5 @@ pub(crate) mod dev;
 pub(crate) mod docs;
 pub(crate) mod gateway;
 pub(crate) mod kv;
+pub(crate) mod kv_bulk;
 pub(crate) mod node;
