@@ -12,7 +12,7 @@
 
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToResponse, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
 
 /// A cursor as text: `epoch:file:offset`.
 const CURSOR_PATTERN: &str = "^[0-9]+:[0-9]+:[0-9]+$";
@@ -392,6 +392,18 @@ pub(super) struct Unavailable(ErrorBody);
 /// No node reached the read's cursor in time.
 #[derive(ToResponse)]
 pub(super) struct GatewayTimeout(ErrorBody);
+
+/// The errors every route with a token can answer: the token, the
+/// headers' size, no master or the connection cap.
+#[derive(IntoResponses)]
+pub(super) enum Common {
+    #[response(status = 401)]
+    Unauthorized(#[ref_response] Unauthorized),
+    #[response(status = 431)]
+    HeadersTooLarge(#[ref_response] HeadersTooLarge),
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
+}
 
 // ---- Parameters ------------------------------------------------------------
 

@@ -9,15 +9,13 @@ use super::*;
 #[utoipa::path(post, path = "/set", tag = "seed",
     request_body(content = api::SeedSet, content_type = "application/x-www-form-urlencoded"),
     responses(
+        api::Common,
         (status = 200, description = "Stored", body = api::Written,
             headers(("X-OurKV-Cursor" = String, description = "the write's cursor"))),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 408, response = api::RequestTimeout),
         (status = 413, response = api::TooLarge),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
@@ -50,17 +48,15 @@ pub(super) async fn seed_set(State(gw): Gw, body: Bytes) -> Response {
 #[utoipa::path(get, path = "/get", tag = "seed",
     params(api::SeedKey, api::ReadQuery, api::SessionHeader, api::Preconditions),
     responses(
+        api::Common,
         (status = 200, description = "The value", content_type = "application/octet-stream", body = api::Binary,
             headers(("ETag" = String), ("X-OurKV-Cursor" = String))),
         (status = 304, description = "If-None-Match names the current version (or is *)",
             headers(("ETag" = String))),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 404, response = api::NotFound),
         (status = 412, response = api::PreconditionFailed),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
         (status = 409, response = api::CursorAhead),
         (status = 504, response = api::GatewayTimeout),
     ))]
@@ -80,16 +76,14 @@ pub(super) async fn seed_get(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> 
 #[utoipa::path(post, path = "/delete", tag = "seed",
     request_body(content = api::SeedDelete, content_type = "application/x-www-form-urlencoded"),
     responses(
+        api::Common,
         (status = 200, description = "Deleted", body = api::Written,
             headers(("X-OurKV-Cursor" = String))),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 404, response = api::NotFound),
         (status = 408, response = api::RequestTimeout),
         (status = 413, response = api::TooLarge),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn seed_delete(State(gw): Gw, body: Bytes) -> Response {
     let r = async {
@@ -177,6 +171,7 @@ pub(super) async fn delete_key(
 #[utoipa::path(get, path = "/v1/kv/{*key}", tag = "kv",
     params(api::KeyPath, api::ReadQuery, api::HistoryQuery, api::SessionHeader, api::Preconditions),
     responses(
+        api::Common,
         (status = 200, description = "The value, or its history",
             content(
                 (api::Binary = "application/octet-stream"),
@@ -186,12 +181,9 @@ pub(super) async fn delete_key(
         (status = 304, description = "If-None-Match names the current version (or is *)",
             headers(("ETag" = String))),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 404, response = api::NotFound),
         (status = 412, response = api::PreconditionFailed),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
         (status = 409, response = api::CursorAhead),
         (status = 504, response = api::GatewayTimeout),
     ))]
@@ -219,18 +211,16 @@ pub(super) async fn kv_get(
     params(api::KeyPath, api::AckQuery, api::LifetimeQuery, api::Preconditions),
     request_body(content = api::Binary, content_type = "application/octet-stream"),
     responses(
+        api::Common,
         (status = 200, description = "Stored", body = api::Written,
             headers(("ETag" = String), ("X-OurKV-Cursor" = String))),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 404, description = "no_lease: the lease named does not exist", body = api::ErrorBody),
         (status = 408, response = api::RequestTimeout),
         (status = 412, response = api::PreconditionFailed),
         (status = 413, response = api::TooLarge),
         (status = 422, description = "`ttl` and `lease` together, or `If-Match` and `If-None-Match`", body = api::ErrorBody),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn kv_put(
     State(gw): Gw,
@@ -273,18 +263,16 @@ pub(super) async fn kv_put(
 #[utoipa::path(delete, path = "/v1/kv/{*key}", tag = "kv",
     params(api::KeyPath, api::AckQuery, api::Preconditions),
     responses(
+        api::Common,
         (status = 200, description = "Deleted", body = api::Written,
             headers(("X-OurKV-Cursor" = String))),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 404, response = api::NotFound),
         (status = 408, response = api::RequestTimeout),
         (status = 412, response = api::PreconditionFailed),
         (status = 413, response = api::TooLarge),
         (status = 422, description = "`If-Match` and `If-None-Match` together", body = api::ErrorBody),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn kv_delete(
     State(gw): Gw,
@@ -307,12 +295,10 @@ pub(super) async fn kv_delete(
 #[utoipa::path(get, path = "/v1/kv", tag = "kv",
     params(api::ListQuery, api::ReadQuery, api::SessionHeader),
     responses(
+        api::Common,
         (status = 200, description = "A page of keys", body = api::KeyList),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
         (status = 409, response = api::CursorAhead),
         (status = 504, response = api::GatewayTimeout),
     ))]
@@ -355,13 +341,11 @@ fn bounded(v: &str, name: &str) -> Result<u32, ApiError> {
 #[utoipa::path(get, path = "/v1/records/{id}", tag = "kv",
     params(api::RecordPath, api::ReadQuery, api::SessionHeader),
     responses(
+        api::Common,
         (status = 200, description = "The record", body = api::Record),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 404, response = api::NotFound),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
         (status = 409, response = api::CursorAhead),
         (status = 504, response = api::GatewayTimeout),
     ))]

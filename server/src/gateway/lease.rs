@@ -76,14 +76,12 @@ fn answer(status: StatusCode, done: writes::LeaseIs, keys: bool) -> Response {
 #[utoipa::path(post, path = "/v1/lease", tag = "lease",
     params(api::GrantQuery, api::LeaseAckQuery),
     responses(
+        api::Common,
         (status = 201, description = "Granted", body = api::Lease, headers(("X-OurKV-Cursor" = String))),
         (status = 400, response = api::BadRequest),
         (status = 408, response = api::RequestTimeout),
         (status = 413, response = api::TooLarge),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn grant(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {
@@ -105,15 +103,13 @@ pub(super) async fn grant(State(gw): Gw, q: RawQuery) -> Response {
 #[utoipa::path(post, path = "/v1/lease/{id}/keepalive", tag = "lease",
     params(api::LeasePath, api::LeaseAckQuery),
     responses(
+        api::Common,
         (status = 200, description = "Kept alive", body = api::Lease, headers(("X-OurKV-Cursor" = String))),
         (status = 400, response = api::BadRequest),
         (status = 404, description = "no_lease: never granted, revoked, expired, or past its deadline", body = api::ErrorBody),
         (status = 408, response = api::RequestTimeout),
         (status = 413, response = api::TooLarge),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
     let r = async {
@@ -130,13 +126,11 @@ pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuer
 #[utoipa::path(get, path = "/v1/lease/{id}", tag = "lease",
     params(api::LeasePath),
     responses(
+        api::Common,
         (status = 200, description = "The lease, with its keys", body = api::Lease),
         (status = 400, response = api::BadRequest),
         (status = 404, description = "no_lease: never granted, revoked, or expired", body = api::ErrorBody),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn info(State(gw): Gw, Path(id): Path<String>) -> Response {
     let r = async {
@@ -152,16 +146,14 @@ pub(super) async fn info(State(gw): Gw, Path(id): Path<String>) -> Response {
 #[utoipa::path(delete, path = "/v1/lease/{id}", tag = "lease",
     params(api::LeasePath, api::LeaseAckQuery),
     responses(
+        api::Common,
         (status = 200, description = "Revoked: `keys` lists the keys deleted, `remaining_ms` is 0",
             body = api::Lease, headers(("X-OurKV-Cursor" = String))),
         (status = 400, response = api::BadRequest),
         (status = 404, description = "no_lease: never granted, revoked, or expired", body = api::ErrorBody),
         (status = 408, response = api::RequestTimeout),
         (status = 413, response = api::TooLarge),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn revoke(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
     let r = async {

@@ -158,11 +158,9 @@ pub(super) fn start(gw: &Arc<Gateway>) {
 #[utoipa::path(get, path = "/v1/stats", tag = "ops",
     params(api::StatsQuery),
     responses(
+        api::Common,
         (status = 200, description = "The samples", body = api::Stats),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn stats(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {

@@ -65,10 +65,8 @@ async fn health() -> Json<serde_json::Value> {
 /// This document
 #[utoipa::path(get, path = "/openapi.json", tag = "ops",
     responses(
+        api::Common,
         (status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
-        (status = 503, response = api::Unavailable),
     ))]
 async fn openapi_json() -> Response {
     let doc = OPENAPI.get().map(String::as_str).unwrap_or("{}");

@@ -62,10 +62,8 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
 /// Failover clusters also show the term and every member.
 #[utoipa::path(get, path = "/v1/cluster", tag = "ops",
     responses(
+        api::Common,
         (status = 200, description = "The cluster", body = api::Cluster),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn cluster(State(gw): Gw) -> Response {
     let r = cluster_json(&gw).await.map(Json);
@@ -76,11 +74,9 @@ pub(super) async fn cluster(State(gw): Gw) -> Response {
 #[utoipa::path(get, path = "/ready", tag = "ops",
     params(api::ReadyQuery),
     responses(
+        api::Common,
         (status = 200, description = "Ready", body = api::Ready),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn ready(State(gw): Gw, q: RawQuery) -> Response {
     let r = async {
@@ -195,11 +191,9 @@ pub(super) async fn readyz(State(gw): Gw, q: RawQuery) -> Response {
 /// Prometheus metrics
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses(
+        api::Common,
         (status = 200, description = "The OpenMetrics text format",
             content_type = "application/openmetrics-text", body = String),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn metrics(State(gw): Gw) -> Response {
     let m = &gw.metrics;
@@ -312,11 +306,9 @@ pub(super) async fn status_page() -> Response {
 /// (docs/PROTOCOL.md). A Failed frame or an early end: not whole.
 #[utoipa::path(get, path = "/v1/backup", tag = "ops",
     responses(
+        api::Common,
         (status = 200, description = "SnapshotChunk frames, then SnapshotDone",
             content_type = "application/vnd.ourkv.snapshot", body = api::Binary),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn backup(State(gw): Gw) -> Response {
     let r = async {

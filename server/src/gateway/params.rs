@@ -255,37 +255,23 @@ pub(super) fn path_key(uri: &axum::http::Uri) -> Result<String, ApiError> {
 /// past its type's range saturates: such a cursor is ahead of any log, as
 /// one of its neighbours would be.
 pub(super) fn parse_cursor(s: &str) -> Option<Cursor> {
-    fn part<T: TryFrom<u128> + Bounded>(p: &str) -> Option<T> {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        // Past u128 is past every type here too.
-        let n = p.parse::<u128>().unwrap_or(u128::MAX);
-        Some(T::try_from(n).unwrap_or(T::MAX))
-    }
+    // Digits only; past u128 is past every type here too.
+    let part = |p: &str| {
+        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u128>().unwrap_or(u128::MAX))
+    };
     let mut it = s.split(':');
-    let (e, f, o) = (it.next()?, it.next()?, it.next()?);
+    let (e, f, o) = (part(it.next()?)?, part(it.next()?)?, part(it.next()?)?);
     if it.next().is_some() {
         return None;
     }
     Some(Cursor::new(
-        part(e)?,
-        ourdb::Location::new(part(f)?, part(o)?),
+        u64::try_from(e).unwrap_or(u64::MAX),
+        ourdb::Location::new(
+            u16::try_from(f).unwrap_or(u16::MAX),
+            u32::try_from(o).unwrap_or(u32::MAX),
+        ),
     ))
-}
-
-/// The largest value of an integer type.
-trait Bounded {
-    const MAX: Self;
-}
-impl Bounded for u16 {
-    const MAX: u16 = u16::MAX;
-}
-impl Bounded for u32 {
-    const MAX: u32 = u32::MAX;
-}
-impl Bounded for u64 {
-    const MAX: u64 = u64::MAX;
 }
 
 pub(super) fn cursor_text(c: Cursor) -> String {

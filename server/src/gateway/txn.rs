@@ -214,6 +214,7 @@ fn op_key(op: &TxnOp) -> &str {
     params(api::AckQuery),
     request_body(content = api::Txn, content_type = "application/json"),
     responses(
+        api::Common,
         (status = 200, description = "Applied; one result per operation", body = api::TxnDone,
             headers(("X-OurKV-Cursor" = String))),
         (status = 400, response = api::BadRequest),
@@ -221,10 +222,7 @@ fn op_key(op: &TxnOp) -> &str {
         (status = 412, description = "A condition did not hold (the message names it); nothing was written", body = api::ErrorBody),
         (status = 422, description = "A key written twice", body = api::ErrorBody),
         (status = 413, description = "Past a limit: 128 operations or conditions, 512 KiB written, a value, a 1 MiB body", body = api::ErrorBody),
-        (status = 401, response = api::Unauthorized),
-        (status = 431, response = api::HeadersTooLarge),
         (status = 500, response = api::ServerError),
-        (status = 503, response = api::Unavailable),
     ))]
 pub(super) async fn txn(State(gw): Gw, q: RawQuery, body: Bytes) -> Response {
     let r = async {

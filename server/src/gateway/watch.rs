@@ -318,12 +318,10 @@ impl Follower {
 #[utoipa::path(get, path = "/v1/watch", tag = "kv",
     params(api::WatchQuery, api::LastEventId),
     responses(
+        api::Common,
         (status = 200, description = "The events", content_type = "text/event-stream", body = String),
         (status = 400, response = api::BadRequest),
-        (status = 401, response = api::Unauthorized),
         (status = 410, response = api::Gone),
-        (status = 431, response = api::HeadersTooLarge),
-        (status = 503, response = api::Unavailable),
         (status = 504, response = api::GatewayTimeout),
     ))]
 pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
