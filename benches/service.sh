@@ -35,8 +35,14 @@ start() { # name, command...
 }
 
 start master $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 $NODE_FLAGS
-start w1 $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 $NODE_FLAGS
-start w2 $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 $NODE_FLAGS
+# The workers also serve HTTP (--http, WORKER_HTTP=0 leaves it out, e.g.
+# for --standalone): the "worker --http" rows read through worker 1's own
+# API, one process and no hop.
+WORKER_HTTP=${WORKER_HTTP:-1}
+w1_http=(); w2_http=()
+if [ "$WORKER_HTTP" = 1 ]; then w1_http=(--http 127.0.0.1:7682); w2_http=(--http 127.0.0.1:7683); fi
+start w1 $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 "${w1_http[@]}" $NODE_FLAGS
+start w2 $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 "${w2_http[@]}" $NODE_FLAGS
 start gw $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
 start dev $BIN/ourkv dev --data "$tmp/dev" --http 127.0.0.1:7681 --workers 2
 start noop $BIN/ourdb-bench noop-http 127.0.0.1:7699
@@ -122,6 +128,13 @@ rows=(
   "GET strong (ourkv dev)|NOOP|-s $tmp/get-strong.lua http://127.0.0.1:7681"
   "PUT ack=all, 2 workers (ourkv dev)|ETCD|-s $tmp/put.lua http://127.0.0.1:7681"
 )
+if [ "$WORKER_HTTP" = 1 ]; then
+  rows+=(
+    "GET stale (worker --http, 3 processes)|NOOP|-s $tmp/get-stale.lua http://127.0.0.1:7682"
+    "GET strong (worker --http, 3 processes)|NOOP|-s $tmp/get-strong.lua http://127.0.0.1:7682"
+    "PUT ack=all, 2 workers (worker --http, 3 processes)|ETCD|-s $tmp/put.lua http://127.0.0.1:7682"
+  )
+fi
 : > "$tmp/results"
 for round in $(seq "$ROUNDS"); do
   for i in "${!rows[@]}"; do

@@ -226,6 +226,13 @@ pub(crate) struct NodeArgs {
     /// a host, not 0.0.0.0 or [::]).
     #[arg(long, value_name = "ADDR")]
     pub(crate) advertise: Option<String>,
+    /// Failover: also serve the HTTP API here (host:port), as a gateway
+    /// does, reading from this node's own store: a read costs no hop to
+    /// another process. Writes and strong reads' index go to the master.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http: Option<String>,
+    #[command(flatten)]
+    pub(crate) http_opts: HttpOpts,
 }
 
 #[derive(Subcommand)]
@@ -379,7 +386,7 @@ pub(crate) struct Shape {
     pub(crate) kv: bool,
 }
 
-/// Options of the HTTP API (`dev` and `gateway`).
+/// Options of the HTTP API (`dev`, `gateway`, and nodes with `--http`).
 #[derive(Args, Debug, Clone)]
 pub(crate) struct HttpOpts {
     /// Require `Authorization: Bearer TOKEN` on the HTTP API.

@@ -13,6 +13,11 @@ mod progress;
 
 use anyhow::{Context, Result};
 
+/// mimalloc instead of glibc's allocator: a request allocates and frees
+/// many small buffers across threads (see BENCHMARKS.md for the A/B).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cli::{Cli, ClusterCmd, Cmd, ConfigCmd};
 use cmd::client::client;
 use cmd::dev::run_dev;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use ourdb::{Config, OpenOptions};
 
-use crate::cli::NodeArgs;
-use crate::{resolve, runtime, shutdown};
+use crate::cli::{HttpOpts, NodeArgs};
+use crate::{gateway, http, resolve, runtime, shutdown};
 
 pub(crate) fn open_store(
     node: &NodeArgs,
@@ -64,10 +64,11 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     }
     if node.raft_dir.is_some()
         || node.advertise.is_some()
+        || node.http.is_some()
         || matches!(&role, Role::Worker { seeds, .. } if !seeds.is_empty())
     {
         bail!(
-            "--raft-dir, --advertise and --seed are options of failover members, not of --standalone"
+            "--raft-dir, --advertise, --seed and --http are options of failover members, not of --standalone"
         );
     }
     let identity = identity(node.cluster.as_deref())?;
@@ -160,6 +161,11 @@ fn default_raft_dir(data: &Path) -> PathBuf {
 /// master founds the cluster (nothing happens if it exists already), a
 /// worker joins through the address given as its master.
 fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
+    // The HTTP flags are checked before anything is opened.
+    let http = node.http.as_deref().map(resolve).transpose()?;
+    if let Some(h) = http {
+        node.http_opts.check(h)?;
+    }
     let identity = identity(node.cluster.as_deref())?;
     let (name, options, seeds, delay) = match role {
         Role::Master(options) => ("master", options, Vec::new(), 0),
@@ -215,6 +221,7 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
             },
         )
         .await?;
+        let first_seed = seeds.first().copied();
         if seeds.is_empty() {
             member.bootstrap().await?;
         } else {
@@ -233,16 +240,52 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 "no role after {ROLE_WAIT:?}: the cluster has no master yet, or it has not admitted this node; still trying"
             );
         }
-        println!(
+        let ready = format!(
             "{name} listening on {} (failover member {id}, reached at {addr})",
             endpoint.local_addr()?
         );
-        shutdown().await;
+        // One line: scripts read the first and may close the pipe after it.
+        match http {
+            Some(h) => {
+                let gw = node_gateway(&identity, &member, addr, first_seed, &node.http_opts)?;
+                let ready = format!("{ready}; HTTP API on http://{h}");
+                http::serve(gw, h, node.http_opts.limits(), ready).await?;
+            }
+            None => {
+                println!("{ready}");
+                shutdown().await;
+            }
+        }
         let store = member.shutdown().await;
         store.db().checkpoint()?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The HTTP API of a member (`--http`): the gateway's code, with this
+/// member reached in process and preferred for reads. The master is
+/// learnt from the metadata, as a gateway learns it; until then the
+/// member itself (a master) or its first seed (a worker) stands in.
+fn node_gateway(
+    identity: &replication::Identity,
+    member: &std::sync::Arc<replication::cluster::Node>,
+    addr: std::net::SocketAddr,
+    seed: Option<std::net::SocketAddr>,
+    opts: &HttpOpts,
+) -> Result<std::sync::Arc<gateway::Gateway>> {
+    let client = replication::Client::new(identity)?.with_local_member(addr, member.clone());
+    let (master, workers) = match seed {
+        Some(s) => (s, vec![addr]),
+        None => (addr, Vec::new()),
+    };
+    let gw = gateway::Gateway::new(client, master, workers, opts.api_token.clone())
+        .with_local(addr)
+        .with_client_timeout(opts.client_timeout())
+        .with_max_watches(opts.max_watches)
+        .with_max_value_bytes(opts.max_value_bytes);
+    gw.discover();
+    Ok(gw)
 }
 
 /// Waits for the Mycelium API at `api` (Mycelium may still be starting,

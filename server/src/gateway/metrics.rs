@@ -143,6 +143,8 @@ pub(super) struct Metrics {
     pub(super) read_index_rounds: Counter,
     /// Reads also sent to another worker because the first was slow.
     pub(super) hedges: Counter,
+    /// Reads the member this gateway runs in answered (`--http` on a node).
+    pub(super) reads_local: Counter,
     pub(super) worker_in_sync: Family<WorkerLabels, Gauge>,
     pub(super) worker_lag_bytes: Family<WorkerLabels, Gauge>,
     pub(super) worker_lag_seconds: Family<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -202,6 +204,12 @@ impl Metrics {
             "read_hedges",
             "Reads also sent to another worker because the first was slow",
             hedges.clone(),
+        );
+        let reads_local = Counter::default();
+        registry.register(
+            "reads_local",
+            "Reads answered by the node this HTTP API runs in (a node's --http), without a hop",
+            reads_local.clone(),
         );
         let worker_in_sync = Family::<WorkerLabels, Gauge>::default();
         registry.register(
@@ -291,6 +299,7 @@ impl Metrics {
             errors,
             read_index_rounds,
             hedges,
+            reads_local,
             worker_in_sync,
             worker_lag_bytes,
             worker_lag_seconds,

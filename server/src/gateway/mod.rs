@@ -46,6 +46,10 @@ const BODY_LIMIT: usize = 1 << 20;
 pub(crate) const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) use watch::DEFAULT_MAX_WATCHES;
 pub(crate) const CURSOR_HEADER: &str = "x-ourkv-cursor";
+/// Below this average latency (µs) the member in this process takes the
+/// reads first; one failure (weighed as a second) lifts it past for
+/// several answers, so a failing local store is not tried first.
+const LOCAL_HEALTHY_US: u64 = 50_000;
 
 /// The OpenAPI document, made from the handlers' annotations when the first
 /// router is built.
@@ -91,6 +95,9 @@ pub(crate) struct Gateway {
     hub: Arc<Hub>,
     /// The last minutes, second by second, for the status page.
     live: live::Live,
+    /// The member this gateway runs in (`ourkv worker --http`): reads go
+    /// to it first while it answers well.
+    local: Option<SocketAddr>,
 }
 
 /// An HTTP connection counted as open (`ourkv_http_connections_open`).
@@ -189,7 +196,15 @@ impl Gateway {
             next: AtomicUsize::new(0),
             metrics: metrics::Metrics::new(),
             live: live::Live::new(),
+            local: None,
         })
+    }
+
+    /// Reads prefer `addr`, the member in this process, while it is a
+    /// worker that answers well.
+    pub(crate) fn with_local(mut self: Arc<Self>, addr: SocketAddr) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("not yet shared").local = Some(addr);
+        self
     }
 
     /// Sets how long a client may take to send a request's headers, then
@@ -317,7 +332,17 @@ impl Gateway {
         // tried again and its score can recover. Else the least loaded goes
         // first; the others only matter if it fails.
         if !start.is_multiple_of(64) {
-            if let Some(best) = (0..n).min_by_key(|&k| topo.load[order[k]].score()) {
+            // The member in this process costs no hop: first, unless it
+            // failed lately (a failure weighs a second in its average).
+            let local = self.local.and_then(|a| {
+                (0..n).find(|&k| {
+                    let i = order[k];
+                    topo.workers[i] == a
+                        && topo.load[i].ewma_us.load(Ordering::Relaxed) < LOCAL_HEALTHY_US
+                })
+            });
+            let first = local.or_else(|| (0..n).min_by_key(|&k| topo.load[order[k]].score()));
+            if let Some(best) = first {
                 order.swap(0, best);
             }
         }
@@ -384,10 +409,14 @@ impl Gateway {
         let mut last = None;
         let launch = |i: usize| {
             let attempt = Attempt::start(&topo.load[i]);
+            let local = self.local == Some(topo.workers[i]);
             let call = remote(topo.workers[i], min);
             async move {
                 let r = call.await;
                 attempt.done(r.is_ok());
+                if local && r.is_ok() {
+                    self.metrics.reads_local.inc();
+                }
                 r
             }
         };
