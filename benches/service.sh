@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Service benchmark: wrk against the ourkv gateway in front of 1 master + 2
 # workers, both as four processes on loopback and as `ourkv dev` (one
-# process), beside a no-op HTTP server (the ceiling) and etcd 3.4's JSON
-# gateway, same connections and duration, in one run.
-# Needs: wrk, etcd (Debian packages wrk, etcd-server). Bounded: 12 wrk runs
+# process), and against the nodes' own HTTP APIs (--http), beside a no-op
+# HTTP server (the ceiling) and etcd 3.4's JSON gateway, same connections
+# and duration, in one run. Each row also gives the CPU time per request of
+# the process serving HTTP and of all the layout's processes.
+# Needs: wrk, etcd (Debian packages wrk, etcd-server). Bounded: 20 wrk runs
 # of DURATION per round, ROUNDS rounds, plus start-up; everything it starts
 # it stops.
 set -euo pipefail
@@ -34,20 +36,30 @@ start() { # name, command...
   echo "$name did not start" >&2; cat "$tmp/$name.err" >&2; exit 1
 }
 
-start master $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 $NODE_FLAGS
-# The workers also serve HTTP (--http, WORKER_HTTP=0 leaves it out, e.g.
-# for --standalone): the "worker --http" rows read through worker 1's own
-# API, one process and no hop.
+# The nodes also serve HTTP (--http; WORKER_HTTP=0 leaves it out, e.g. for
+# --standalone): the "worker --http" rows read through worker 1's own API
+# (one process, no hop), the "master --http" row writes through the
+# master's.
 WORKER_HTTP=${WORKER_HTTP:-1}
-w1_http=(); w2_http=()
-if [ "$WORKER_HTTP" = 1 ]; then w1_http=(--http 127.0.0.1:7682); w2_http=(--http 127.0.0.1:7683); fi
+m_http=(); w1_http=(); w2_http=()
+if [ "$WORKER_HTTP" = 1 ]; then
+  m_http=(--http 127.0.0.1:7684); w1_http=(--http 127.0.0.1:7682); w2_http=(--http 127.0.0.1:7683)
+fi
+start master $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 "${m_http[@]}" $NODE_FLAGS
+p_master=${pids[-1]}
 start w1 $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 "${w1_http[@]}" $NODE_FLAGS
+p_w1=${pids[-1]}
 start w2 $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 "${w2_http[@]}" $NODE_FLAGS
+p_w2=${pids[-1]}
 start gw $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
+p_gw=${pids[-1]}
 start dev $BIN/ourkv dev --data "$tmp/dev" --http 127.0.0.1:7681 --workers 2
+p_dev=${pids[-1]}
 start noop $BIN/ourdb-bench noop-http 127.0.0.1:7699
+p_noop=${pids[-1]}
 etcd --data-dir "$tmp/etcd" --listen-client-urls http://127.0.0.1:7379 --advertise-client-urls http://127.0.0.1:7379 \
   --listen-peer-urls http://127.0.0.1:7380 > "$tmp/etcd.out" 2>&1 & pids+=($!)
+p_etcd=${pids[-1]}
 for _ in $(seq 100); do curl -s http://127.0.0.1:7379/health | grep -q true && break; sleep 0.1; done
 
 # GETs read KEYS keys of 100 B, a random one per request (as users would,
@@ -104,60 +116,75 @@ request = function()
 end
 LUA
 
-# One wrk run: "requests/s p99" (p99 in ms).
+# CPU time (user + system, clock ticks) of the processes given by pid.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+
+# One wrk run: "requests/s p99 cpu-serving cpu-all" (p99 in ms; CPU in µs per
+# request, from /proc/PID/stat over the run: of the process that serves HTTP,
+# and of every process of the layout). SERVING and ALL are pid lists.
 measure() {
-  local out
+  local serving=$1 all=$2; shift 2
+  local out s0 a0 s1 a1
+  # shellcheck disable=SC2086
+  s0=$(ticks $serving); a0=$(ticks $all)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@")
-  local rps p99
+  # shellcheck disable=SC2086
+  s1=$(ticks $serving); a1=$(ticks $all)
+  local rps p99 n
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
   p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}')
-  echo "$rps $p99"
+  awk -v r="$rps" -v p="$p99" -v s=$((s1 - s0)) -v a=$((a1 - a0)) -v n="$n" -v hz="$HZ" \
+    'BEGIN {printf "%s %s %.2f %.2f\n", r, p, s * 1e6 / hz / n, a * 1e6 / hz / n}'
 }
 
 # The machine's speed drifts by tens of percent within a minute, so every
 # row is measured right after its reference (the no-op server for reads,
 # etcd for writes), and each ratio is taken within that pair. Rows are the
 # median over ROUNDS rounds.
-NOOP=(http://127.0.0.1:7699/)
-ETCD=(-s "$tmp/etcdput.lua" http://127.0.0.1:7379)
+NOOP=("$p_noop" "$p_noop" http://127.0.0.1:7699/)
+ETCD=("$p_etcd" "$p_etcd" -s "$tmp/etcdput.lua" http://127.0.0.1:7379)
+four="$p_gw $p_master $p_w1 $p_w2"
+three="$p_master $p_w1 $p_w2"
+# label|reference|serving pid|all pids|wrk arguments
 rows=(
-  "GET stale (4 processes)|NOOP|-s $tmp/get-stale.lua http://127.0.0.1:7680"
-  "GET strong (4 processes)|NOOP|-s $tmp/get-strong.lua http://127.0.0.1:7680"
-  "PUT ack=all, 2 workers (4 processes)|ETCD|-s $tmp/put.lua http://127.0.0.1:7680"
-  "GET stale (ourkv dev)|NOOP|-s $tmp/get-stale.lua http://127.0.0.1:7681"
-  "GET strong (ourkv dev)|NOOP|-s $tmp/get-strong.lua http://127.0.0.1:7681"
-  "PUT ack=all, 2 workers (ourkv dev)|ETCD|-s $tmp/put.lua http://127.0.0.1:7681"
+  "GET stale (4 processes)|NOOP|$p_gw|$four|-s $tmp/get-stale.lua http://127.0.0.1:7680"
+  "GET strong (4 processes)|NOOP|$p_gw|$four|-s $tmp/get-strong.lua http://127.0.0.1:7680"
+  "PUT ack=all, 2 workers (4 processes)|ETCD|$p_gw|$four|-s $tmp/put.lua http://127.0.0.1:7680"
+  "GET stale (ourkv dev)|NOOP|$p_dev|$p_dev|-s $tmp/get-stale.lua http://127.0.0.1:7681"
+  "GET strong (ourkv dev)|NOOP|$p_dev|$p_dev|-s $tmp/get-strong.lua http://127.0.0.1:7681"
+  "PUT ack=all, 2 workers (ourkv dev)|ETCD|$p_dev|$p_dev|-s $tmp/put.lua http://127.0.0.1:7681"
 )
 if [ "$WORKER_HTTP" = 1 ]; then
   rows+=(
-    "GET stale (worker --http, 3 processes)|NOOP|-s $tmp/get-stale.lua http://127.0.0.1:7682"
-    "GET strong (worker --http, 3 processes)|NOOP|-s $tmp/get-strong.lua http://127.0.0.1:7682"
-    "PUT ack=all, 2 workers (worker --http, 3 processes)|ETCD|-s $tmp/put.lua http://127.0.0.1:7682"
+    "GET stale (worker --http, 3 processes)|NOOP|$p_w1|$three|-s $tmp/get-stale.lua http://127.0.0.1:7682"
+    "GET strong (worker --http, 3 processes)|NOOP|$p_w1|$three|-s $tmp/get-strong.lua http://127.0.0.1:7682"
+    "PUT ack=all, 2 workers (worker --http, 3 processes)|ETCD|$p_w1|$three|-s $tmp/put.lua http://127.0.0.1:7682"
+    "PUT ack=all, 2 workers (master --http, 3 processes)|ETCD|$p_master|$three|-s $tmp/put.lua http://127.0.0.1:7684"
   )
 fi
 : > "$tmp/results"
 for round in $(seq "$ROUNDS"); do
   for i in "${!rows[@]}"; do
-    IFS='|' read -r label ref args <<< "${rows[$i]}"
+    IFS='|' read -r label ref serving all args <<< "${rows[$i]}"
     if [ "$ref" = NOOP ]; then r=$(measure "${NOOP[@]}"); else r=$(measure "${ETCD[@]}"); fi
     # shellcheck disable=SC2086
-    w=$(measure $args)
+    w=$(measure "$serving" "$all" $args)
     echo "$i $round $r $w" >> "$tmp/results"
   done
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-echo "| workload ($CONNS connections, $DURATION, median of $ROUNDS rounds) | requests/s | p99 ms | reference requests/s | reference p99 ms | ratio (rounds) |"
-echo "|---|---|---|---|---|---|"
+# results: row round ref-rps ref-p99 ref-cpu ref-cpu-all rps p99 cpu cpu-all
+echo "| workload ($CONNS connections, $DURATION, median of $ROUNDS rounds) | requests/s | p99 ms | reference requests/s | reference p99 ms | ratio (rounds) | CPU µs/request: serving process, all processes (reference) |"
+echo "|---|---|---|---|---|---|---|"
 for i in "${!rows[@]}"; do
   IFS='|' read -r label ref _ <<< "${rows[$i]}"
   mine=$(awk -v i="$i" '$1==i' "$tmp/results")
-  rps=$(echo "$mine" | awk '{print $5}' | median)
-  p99=$(echo "$mine" | awk '{print $6}' | median)
-  rrps=$(echo "$mine" | awk '{print $3}' | median)
-  rp99=$(echo "$mine" | awk '{print $4}' | median)
-  ratios=$(echo "$mine" | awk '{printf "%.2f\n", $5/$3}')
+  col() { echo "$mine" | awk -v c="$1" '{print $c}' | median; }
+  ratios=$(echo "$mine" | awk '{printf "%.2f\n", $7/$3}')
   med=$(echo "$ratios" | median)
   name=$([ "$ref" = NOOP ] && echo "no-op" || echo "etcd")
-  printf '| %s | %.0f | %.2f | %s %.0f | %.2f | %.2f× %s (%s) |\n' "$label" "$rps" "$p99" "$name" "$rrps" "$rp99" "$med" "$name" "$(echo $ratios | tr ' ' ',')"
+  printf '| %s | %.0f | %.2f | %s %.0f | %.2f | %.2f× %s (%s) | %.1f, %.1f (%s %.1f) |\n' "$label" "$(col 7)" "$(col 8)" "$name" "$(col 3)" "$(col 4)" "$med" "$name" "$(echo $ratios | tr ' ' ',')" "$(col 9)" "$(col 10)" "$name" "$(col 5)"
 done
