@@ -137,7 +137,22 @@ pub(crate) async fn serve(
     limits: Limits,
     ready: String,
 ) -> Result<()> {
-    let listener = listen(http).with_context(|| format!("listen on {http}"))?;
+    serve_on(gw, bind(http)?, limits, ready).await
+}
+
+/// The HTTP listening socket on `http`, for `serve_on`: a node binds it
+/// before it joins its cluster, so a port in use stops it before that.
+pub(crate) fn bind(http: SocketAddr) -> Result<tokio::net::TcpListener> {
+    listen(http).with_context(|| format!("listen on {http}"))
+}
+
+/// `serve` on a socket bound already.
+pub(crate) async fn serve_on(
+    gw: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    ready: String,
+) -> Result<()> {
     tracing::info!(max_connections = limits.max_connections, "HTTP limits");
     println!("{ready}");
     gw.start_live();

@@ -191,7 +191,8 @@ fn bad_http_flags_on_a_node_are_refused_before_it_starts() {
     assert_ne!(code, Some(0));
     assert!(err.contains("nowhere"), "{err}");
     assert!(!dir.path().join("n").exists(), "no store was opened");
-    // An HTTP port in use: the node says so and exits.
+    // An HTTP port in use: the node says so and exits before it opens its
+    // store or joins a cluster.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().to_string();
     let (code, err) = run(&[
@@ -199,4 +200,5 @@ fn bad_http_flags_on_a_node_are_refused_before_it_starts() {
     ]);
     assert_ne!(code, Some(0));
     assert!(err.contains(&busy), "{err}");
+    assert!(!dir.path().join("n").exists(), "no store was opened");
 }

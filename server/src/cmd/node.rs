@@ -162,8 +162,8 @@ fn default_raft_dir(data: &Path) -> PathBuf {
 /// worker joins through the address given as its master.
 fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     // The HTTP flags are checked before anything is opened.
-    let http = node.http.as_deref().map(resolve).transpose()?;
-    if let Some(h) = http {
+    let http_addr = node.http.as_deref().map(resolve).transpose()?;
+    if let Some(h) = http_addr {
         node.http_opts.check(h)?;
     }
     let identity = identity(node.cluster.as_deref())?;
@@ -193,6 +193,7 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         .with_context(|| format!("raft directory {}", raft_dir.display()))?;
     let rt = runtime()?;
     rt.block_on(async {
+        let http_listener = http_addr.map(http::bind).transpose()?;
         let (listen, pubkey) = listen_addr(node).await?;
         let endpoint = replication::endpoint(&identity, listen)?;
         let addr = match advertise {
@@ -245,11 +246,11 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
             endpoint.local_addr()?
         );
         // One line: scripts read the first and may close the pipe after it.
-        match http {
-            Some(h) => {
+        match http_listener {
+            Some(listener) => {
                 let gw = node_gateway(&identity, &member, addr, first_seed, &node.http_opts)?;
-                let ready = format!("{ready}; HTTP API on http://{h}");
-                http::serve(gw, h, node.http_opts.limits(), ready).await?;
+                let ready = format!("{ready}; HTTP API on http://{}", listener.local_addr()?);
+                http::serve_on(gw, listener, node.http_opts.limits(), ready).await?;
             }
             None => {
                 println!("{ready}");
