@@ -45,13 +45,17 @@ m_http=(); w1_http=(); w2_http=()
 if [ "$WORKER_HTTP" = 1 ]; then
   m_http=(--http 127.0.0.1:7684); w1_http=(--http 127.0.0.1:7682); w2_http=(--http 127.0.0.1:7683)
 fi
-start master $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 "${m_http[@]}" $NODE_FLAGS
+# NODE_THREADS=N runs master, workers and gateway with N tokio worker
+# threads each (TOKIO_WORKER_THREADS; default: one per core); `ourkv dev`
+# and the references keep the default.
+nt=(); [ -n "${NODE_THREADS:-}" ] && nt=(env TOKIO_WORKER_THREADS="$NODE_THREADS")
+start master "${nt[@]}" $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 "${m_http[@]}" $NODE_FLAGS
 p_master=${pids[-1]}
-start w1 $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 "${w1_http[@]}" $NODE_FLAGS
+start w1 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 "${w1_http[@]}" $NODE_FLAGS
 p_w1=${pids[-1]}
-start w2 $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 "${w2_http[@]}" $NODE_FLAGS
+start w2 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 "${w2_http[@]}" $NODE_FLAGS
 p_w2=${pids[-1]}
-start gw $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
+start gw "${nt[@]}" $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
 p_gw=${pids[-1]}
 start dev $BIN/ourkv dev --data "$tmp/dev" --http 127.0.0.1:7681 --workers 2
 p_dev=${pids[-1]}
