@@ -440,6 +440,13 @@ impl crate::cli::HttpOpts {
         std::time::Duration::from_millis(self.client_timeout_ms.max(1))
     }
 
+    /// `gw` with these options' timeout and bounds.
+    pub(crate) fn configure(&self, gw: Arc<Gateway>) -> Arc<Gateway> {
+        gw.with_client_timeout(self.client_timeout())
+            .with_max_watches(self.max_watches)
+            .with_max_value_bytes(self.max_value_bytes)
+    }
+
     pub(crate) fn limits(&self) -> Limits {
         Limits::new(self.client_timeout(), self.max_connections)
     }

@@ -158,47 +158,26 @@ fn bad_http_flags_on_a_node_are_refused_before_it_starts() {
     let data = dir.path().join("n");
     let data = data.to_str().unwrap();
     let listen = addr(free_port());
+    // `ourkv master` on `data` with `extra` flags: it must exit non-zero
+    // and say `says` on stderr.
+    let refused = |extra: &[&str], says: &str| {
+        let mut args = vec!["master", "--data", data, "--listen", &listen];
+        args.extend_from_slice(extra);
+        let (code, err) = run(&args);
+        assert_ne!(code, Some(0), "{args:?}");
+        assert!(err.contains(says), "{err}");
+    };
     // --http is a failover member's.
-    let (code, err) = run(&[
-        "master",
-        "--standalone",
-        "--data",
-        data,
-        "--listen",
-        &listen,
-        "--http",
-        &addr(free_port()),
-    ]);
-    assert_ne!(code, Some(0));
-    assert!(err.contains("--http"), "{err}");
+    let http = addr(free_port());
+    refused(&["--standalone", "--http", &http], "--http");
     // An unusable token or address: refused, nothing opened.
-    let (code, err) = run(&[
-        "master",
-        "--data",
-        data,
-        "--listen",
-        &listen,
-        "--http",
-        &addr(free_port()),
-        "--api-token",
-        " ",
-    ]);
-    assert_ne!(code, Some(0));
-    assert!(err.contains("--api-token"), "{err}");
-    let (code, err) = run(&[
-        "master", "--data", data, "--listen", &listen, "--http", "nowhere",
-    ]);
-    assert_ne!(code, Some(0));
-    assert!(err.contains("nowhere"), "{err}");
+    refused(&["--http", &http, "--api-token", " "], "--api-token");
+    refused(&["--http", "nowhere"], "nowhere");
     assert!(!dir.path().join("n").exists(), "no store was opened");
     // An HTTP port in use: the node says so and exits before it opens its
     // store or joins a cluster.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().to_string();
-    let (code, err) = run(&[
-        "master", "--data", data, "--listen", &listen, "--http", &busy,
-    ]);
-    assert_ne!(code, Some(0));
-    assert!(err.contains(&busy), "{err}");
+    refused(&["--http", &busy], &busy);
     assert!(!dir.path().join("n").exists(), "no store was opened");
 }

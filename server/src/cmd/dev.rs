@@ -150,10 +150,7 @@ pub(crate) fn run_dev(
             "ourkv dev: listening on http://{http} (master and {n} workers, data in {})",
             data.display()
         );
-        let gw = gw
-            .with_client_timeout(opts.client_timeout())
-            .with_max_watches(opts.max_watches)
-            .with_max_value_bytes(opts.max_value_bytes);
+        let gw = opts.configure(gw);
         // Follows the master as a cluster's gateway does.
         gw.discover();
         http::serve(gw, http, opts.limits(), ready).await?;

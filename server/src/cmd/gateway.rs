@@ -47,10 +47,8 @@ pub(crate) fn run_gateway(http: &str, nodes: Nodes, opts: HttpOpts) -> Result<Ex
             master,
             workers,
             opts.api_token.clone(),
-        )
-        .with_client_timeout(opts.client_timeout())
-        .with_max_watches(opts.max_watches)
-        .with_max_value_bytes(opts.max_value_bytes);
+        );
+        let gw = opts.configure(gw);
         gw.discover();
         http::serve(
             gw,

@@ -280,11 +280,9 @@ fn node_gateway(
         Some(s) => (s, vec![addr]),
         None => (addr, Vec::new()),
     };
-    let gw = gateway::Gateway::new(client, master, workers, opts.api_token.clone())
-        .with_local(addr)
-        .with_client_timeout(opts.client_timeout())
-        .with_max_watches(opts.max_watches)
-        .with_max_value_bytes(opts.max_value_bytes);
+    let gw = opts.configure(
+        gateway::Gateway::new(client, master, workers, opts.api_token.clone()).with_local(addr),
+    );
     gw.discover();
     Ok(gw)
 }
