@@ -45,10 +45,10 @@ m_http=(); w1_http=(); w2_http=()
 if [ "$WORKER_HTTP" = 1 ]; then
   m_http=(--http 127.0.0.1:7684); w1_http=(--http 127.0.0.1:7682); w2_http=(--http 127.0.0.1:7683)
 fi
-# NODE_THREADS=N runs master, workers and gateway with N tokio worker
-# threads each (TOKIO_WORKER_THREADS; default: one per core); `ourkv dev`
+# NODE_THREADS=N runs master, workers and gateway with --threads N
+# (OURKV_THREADS; default: one runtime thread per core); `ourkv dev`
 # and the references keep the default.
-nt=(); [ -n "${NODE_THREADS:-}" ] && nt=(env TOKIO_WORKER_THREADS="$NODE_THREADS")
+nt=(); [ -n "${NODE_THREADS:-}" ] && nt=(env OURKV_THREADS="$NODE_THREADS")
 start master "${nt[@]}" $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 "${m_http[@]}" $NODE_FLAGS
 p_master=${pids[-1]}
 start w1 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 "${w1_http[@]}" $NODE_FLAGS
@@ -169,8 +169,10 @@ if [ "$WORKER_HTTP" = 1 ]; then
   )
 fi
 : > "$tmp/results"
+# ONLY="0 1" runs those rows alone (numbered from 0 in the order above).
+picked=${ONLY:-${!rows[*]}}
 for round in $(seq "$ROUNDS"); do
-  for i in "${!rows[@]}"; do
+  for i in $picked; do
     IFS='|' read -r label ref serving all args <<< "${rows[$i]}"
     if [ "$ref" = NOOP ]; then r=$(measure "${NOOP[@]}"); else r=$(measure "${ETCD[@]}"); fi
     # shellcheck disable=SC2086
@@ -183,7 +185,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 # results: row round ref-rps ref-p99 ref-cpu ref-cpu-all rps p99 cpu cpu-all
 echo "| workload ($CONNS connections, $DURATION, median of $ROUNDS rounds) | requests/s | p99 ms | reference requests/s | reference p99 ms | ratio (rounds) | CPU µs/request: serving process, all processes (reference) |"
 echo "|---|---|---|---|---|---|---|"
-for i in "${!rows[@]}"; do
+for i in $picked; do
   IFS='|' read -r label ref _ <<< "${rows[$i]}"
   mine=$(awk -v i="$i" '$1==i' "$tmp/results")
   col() { echo "$mine" | awk -v c="$1" '{print $c}' | median; }

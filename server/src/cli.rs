@@ -31,6 +31,8 @@ pub(crate) enum Cmd {
         apply_delay_ms: u64,
         #[command(flatten)]
         http_opts: HttpOpts,
+        #[command(flatten)]
+        run: RunOpts,
     },
     /// The HTTP gateway in front of a running master and workers.
     Gateway {
@@ -53,6 +55,8 @@ pub(crate) enum Cmd {
         mycelium_api: Option<String>,
         #[command(flatten)]
         http_opts: HttpOpts,
+        #[command(flatten)]
+        run: RunOpts,
     },
     /// Work on one OurDB directory (V's or ourkv's).
     #[command(subcommand)]
@@ -233,6 +237,8 @@ pub(crate) struct NodeArgs {
     pub(crate) http: Option<String>,
     #[command(flatten)]
     pub(crate) http_opts: HttpOpts,
+    #[command(flatten)]
+    pub(crate) run: RunOpts,
 }
 
 #[derive(Subcommand)]
@@ -408,6 +414,17 @@ pub(crate) struct HttpOpts {
     #[arg(long, value_name = "BYTES", default_value_t = ourdb::keyed::MAX_VALUE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=ourdb::keyed::MAX_VALUE_BYTES as u64))]
     pub(crate) max_value_bytes: usize,
+}
+
+/// How a long-running role (`dev`, `gateway`, `master`, `worker`) runs.
+#[derive(Args, Debug, Clone, Copy)]
+pub(crate) struct RunOpts {
+    /// Threads that run requests (default: one per core). Several ourkv
+    /// processes on one small machine serve more with 1 each, as they
+    /// then stop waking and stealing from one another (OPERATIONS.md).
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub(crate) threads: Option<usize>,
 }
 
 /// `ourkv kv`: where the gateway is, and how to print.

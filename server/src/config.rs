@@ -328,6 +328,7 @@ fn example_value(role: &str, long: &str) -> &'static str {
         (_, "sync") => "group",
         (_, "api-token") => "change-me",
         (_, "max-connections") => "16384",
+        (_, "threads") => "1",
         _ => "",
     }
 }
@@ -451,6 +452,35 @@ mod tests {
                 Err(e) => panic!("{role}: {e}\n{text}"),
             }
         }
+    }
+
+    #[test]
+    fn threads_come_from_the_file_within_their_range() {
+        let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nthreads = 1\n");
+        let p = f.path().to_str().unwrap();
+        let Parsed::Run(cli) = parse(args(&["ourkv", "gateway", "--config", p])).unwrap() else {
+            panic!()
+        };
+        let crate::cli::Cmd::Gateway { run, .. } = cli.cmd else {
+            panic!()
+        };
+        assert_eq!(run.threads, Some(1));
+        // Flags win over the file; 0 threads is refused, naming the option.
+        let Parsed::Run(cli) =
+            parse(args(&["ourkv", "gateway", "--config", p, "--threads", "3"])).unwrap()
+        else {
+            panic!()
+        };
+        let crate::cli::Cmd::Gateway { run, .. } = cli.cmd else {
+            panic!()
+        };
+        assert_eq!(run.threads, Some(3));
+        let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nthreads = 0\n");
+        let p = f.path().to_str().unwrap();
+        let e = parse(args(&["ourkv", "gateway", "--config", p]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("threads"), "{e}");
     }
 
     #[test]

@@ -33,10 +33,21 @@ pub(crate) fn parse_cursor(s: &str) -> Result<replication::Cursor> {
     replication::Cursor::parse(s).with_context(|| format!("cursor {s:?} is not epoch:file:offset"))
 }
 
+/// The runtime of a short command (a client, a tool).
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    cli::RunOpts { threads: None }.runtime()
+}
+
+impl cli::RunOpts {
+    /// The runtime of a long-running role. Without --threads, tokio's own
+    /// default: one thread per core, or TOKIO_WORKER_THREADS.
+    pub(crate) fn runtime(self) -> Result<tokio::runtime::Runtime> {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = self.threads {
+            b.worker_threads(n);
+        }
+        Ok(b.enable_all().build()?)
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -58,7 +69,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             workers,
             apply_delay_ms,
             http_opts,
-        } => run_dev(&data, &http, workers, apply_delay_ms, http_opts),
+            run,
+        } => run_dev(&data, &http, workers, apply_delay_ms, http_opts, run),
         Cmd::Gateway {
             http,
             master,
@@ -66,6 +78,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cluster,
             mycelium_api,
             http_opts,
+            run,
         } => {
             let nodes = Nodes {
                 master,
@@ -73,7 +86,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cluster,
                 mycelium_api,
             };
-            run_gateway(&http, nodes, http_opts)
+            run_gateway(&http, nodes, http_opts, run)
         }
         Cmd::Cluster(ClusterCmd::Status {
             endpoint,

@@ -62,7 +62,11 @@ fn a_worker_serves_reads_from_its_own_store_and_follows_a_failover() {
         args.extend(extra.iter().map(|s| s.to_string()));
         start(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    let _b = worker("b", ports[1], &["--http", &whttp, "--api-token", "s3cret"]);
+    let _b = worker(
+        "b",
+        ports[1],
+        &["--http", &whttp, "--api-token", "s3cret", "--threads", "1"],
+    );
     let _c = worker("c", ports[2], &[]);
     let bearer = "Authorization: Bearer s3cret";
     let on_b = |path: &str| curl(&["-H", bearer, &format!("http://{whttp}{path}")]);
@@ -111,6 +115,10 @@ fn a_worker_serves_reads_from_its_own_store_and_follows_a_failover() {
         assert_eq!(curl(&[&format!("http://{mhttp}/v1/kv/conf")]).0, 200);
     }
     assert_eq!(counter(&mhttp, "ourkv_reads_local_total", None), 0);
+    // --threads sets the worker's runtime; the master keeps one per core.
+    assert_eq!(counter(&whttp, "ourkv_runtime_threads", Some("s3cret")), 1);
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(counter(&mhttp, "ourkv_runtime_threads", None), cores);
 
     // kill -9 the master: the worker's API follows the new master, and
     // writes through it resume; nothing acknowledged is lost.

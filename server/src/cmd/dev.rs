@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use ourdb::OpenOptions;
 
-use crate::cli::HttpOpts;
+use crate::cli::{HttpOpts, RunOpts};
 use crate::cmd::node::service_config;
-use crate::{gateway, http, resolve, runtime};
+use crate::{gateway, http, resolve};
 
 /// A failover cluster of `n + 1` members in this process, serving QUIC on
 /// loopback to each other, and a client that reaches them in process: what
@@ -131,13 +131,14 @@ pub(crate) fn run_dev(
     n: usize,
     apply_delay_ms: u64,
     opts: HttpOpts,
+    run: RunOpts,
 ) -> Result<ExitCode> {
     let http = resolve(http)?;
     if !http.ip().is_loopback() {
         bail!("ourkv dev serves loopback only; {http} is not a loopback address");
     }
     opts.check(http)?;
-    runtime()?.block_on(async {
+    run.runtime()?.block_on(async {
         let nodes = InProcess::start(data, n, apply_delay_ms).await?;
         let members = nodes.members.clone();
         let gw = gateway::Gateway::new(

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::HttpOpts;
+use crate::cli::{HttpOpts, RunOpts};
 use crate::cmd::node::{identity, mycelium_node};
-use crate::{gateway, http, resolve, runtime};
+use crate::{gateway, http, resolve};
 
 /// The nodes a gateway talks to, and how.
 pub(crate) struct Nodes {
@@ -17,7 +17,12 @@ pub(crate) struct Nodes {
     pub(crate) mycelium_api: Option<String>,
 }
 
-pub(crate) fn run_gateway(http: &str, nodes: Nodes, opts: HttpOpts) -> Result<ExitCode> {
+pub(crate) fn run_gateway(
+    http: &str,
+    nodes: Nodes,
+    opts: HttpOpts,
+    run: RunOpts,
+) -> Result<ExitCode> {
     let identity = identity(nodes.cluster.as_deref())?;
     let master = resolve(&nodes.master)?;
     identity.check_peer(master)?;
@@ -31,7 +36,7 @@ pub(crate) fn run_gateway(http: &str, nodes: Nodes, opts: HttpOpts) -> Result<Ex
     }
     let http = resolve(http)?;
     opts.check(http)?;
-    runtime()?.block_on(async {
+    run.runtime()?.block_on(async {
         let mut client = replication::Client::new(&identity)?;
         if let Some(api) = &nodes.mycelium_api {
             let info = mycelium_node(api).await?;

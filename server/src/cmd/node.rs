@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use ourdb::{Config, OpenOptions};
 
 use crate::cli::{HttpOpts, NodeArgs};
-use crate::{gateway, http, resolve, runtime, shutdown};
+use crate::{gateway, http, resolve, shutdown};
 
 pub(crate) fn open_store(
     node: &NodeArgs,
@@ -81,7 +81,7 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         }
         Role::Master(_) => None,
     };
-    let rt = runtime()?;
+    let rt = node.run.runtime()?;
     rt.block_on(async {
         let (listen, _) = listen_addr(node).await?;
         let endpoint = replication::endpoint(&identity, listen)?;
@@ -191,7 +191,7 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         .unwrap_or_else(|| default_raft_dir(&node.data));
     let id = replication::cluster::node_id(&raft_dir)
         .with_context(|| format!("raft directory {}", raft_dir.display()))?;
-    let rt = runtime()?;
+    let rt = node.run.runtime()?;
     rt.block_on(async {
         let http_listener = http_addr.map(http::bind).transpose()?;
         let (listen, pubkey) = listen_addr(node).await?;

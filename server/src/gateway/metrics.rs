@@ -205,6 +205,16 @@ impl Metrics {
             "Reads also sent to another worker because the first was slow",
             hedges.clone(),
         );
+        // Constant for the process's life: set once, here, in its runtime.
+        let threads = Gauge::<i64>::default();
+        threads.set(
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers()) as i64,
+        );
+        registry.register(
+            "runtime_threads",
+            "Threads of the runtime that serves this API (--threads; default one per core)",
+            threads,
+        );
         let reads_local = Counter::default();
         registry.register(
             "reads_local",
