@@ -38,6 +38,10 @@ pub enum Error {
     /// A connection or call took too long.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The request went out, and its connection ended before the answer
+    /// came: the peer may or may not have acted on it.
+    #[error("no answer: {0}")]
+    Unanswered(String),
     /// A node address or public key that cannot be used.
     #[error("invalid address: {0}")]
     Address(String),

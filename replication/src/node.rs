@@ -1254,6 +1254,10 @@ pub struct Worker {
     /// In a failover cluster: the newest term this node knows of (segments
     /// of an older one are refused), and where the last term is kept.
     failover: Option<FailoverWorker>,
+    /// Set once the node left this role (`retire`): a role change builds a
+    /// new worker, and this one's watches must end, not wait for changes
+    /// it will never apply.
+    retired: watch::Sender<bool>,
 }
 
 /// A worker's part in a failover cluster.
@@ -1314,7 +1318,15 @@ impl Worker {
             applied: watch::channel(end).0,
             hw: watch::channel(hw).0,
             apply_delay_ms: std::sync::atomic::AtomicU64::new(0),
+            retired: watch::channel(false).0,
         })
+    }
+
+    /// This node no longer follows as this worker (it became master, or
+    /// follows another master as a new one): its watch streams end with
+    /// `NotMaster`, so their clients watch again, where the node is now.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
     }
 
     /// The store as it is now (a snapshot replaces it).
@@ -1606,7 +1618,17 @@ impl Worker {
         frame::write(&mut send, &start.into()).await?;
         let mut applied = self.applied.subscribe();
         let mut hw = self.hw.subscribe();
+        let mut retired = self.retired.subscribe();
         loop {
+            if *retired.borrow_and_update() {
+                let no = Failed::new(
+                    Code::NotMaster,
+                    "this node's role changed; watch from a worker again",
+                );
+                let _ = frame::write(&mut send, &no.into()).await;
+                let _ = send.finish();
+                return Ok(());
+            }
             let now = *applied.borrow_and_update();
             let mark = *hw.borrow_and_update();
             let store = self.store();
@@ -1647,6 +1669,7 @@ impl Worker {
                     tokio::select! {
                         r = applied.changed() => r,
                         r = hw.changed() => r,
+                        r = retired.changed() => r,
                     }
                 })
                 .await;

@@ -143,8 +143,10 @@ struct InFlight {
 
 impl InFlight {
     fn close(&mut self, why: String) {
+        // Booked calls were written, or about to be: the node may have
+        // acted on them, which a write's caller must be told.
         for (_, r) in self.calls.drain() {
-            let _ = r.send(Err(Error::Quic(why.clone())));
+            let _ = r.send(Err(Error::Unanswered(why.clone())));
         }
         self.closed = Some(why);
     }

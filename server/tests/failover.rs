@@ -479,3 +479,55 @@ fn a_planned_handover_loses_no_write_and_the_old_master_follows() {
         panic!("the new worker never converged: {digests:?}");
     }
 }
+
+/// A write the master took and then died with, before it could answer: the
+/// client must hear that it may have landed (`indeterminate`), never
+/// `unavailable`, which says to retry as if nothing happened.
+#[test]
+fn a_write_in_flight_when_the_master_dies_is_indeterminate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut args = node_args(dir.path(), ports);
+    // The master waits long for a worker's ack, so the write is still in
+    // flight when it dies.
+    let at = args[0]
+        .iter()
+        .position(|a| a == "--ack-timeout-ms")
+        .unwrap();
+    args[0][at + 1] = "10000".into();
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let mut a = start(&args[0], &log("a"));
+    let _b = start(&args[1], &log("b"));
+    let c = start(&args[2], &log("c"));
+    let http = addr(free_port());
+    let _gw = gateway(&http, &ports, &log("gateway"));
+    wait_cluster(&http, "three voters, two workers in sync", formed);
+    assert_eq!(put(&http, "first", "1").0, 200);
+
+    // Worker c stops acknowledging: an ack=all write waits at the master.
+    common::signal(&c, "-STOP");
+    let writer = {
+        let http = http.clone();
+        std::thread::spawn(move || put(&http, "in-flight", "2"))
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    common::signal(&c, "-CONT");
+    let (code, body) = writer.join().unwrap();
+    assert_eq!(code, 503, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["error"]["code"], "indeterminate", "{body}");
+
+    // It may or may not be there; whichever, every read agrees once the
+    // new master answers, and writes go on.
+    wait_cluster(&http, "a new master", |c| {
+        c["master"]["addr"] != addr(ports[0]) && c["master"]["addr"].is_string()
+    });
+    common::eventually(20, "writes resume", || put(&http, "after", "3").0 == 200);
+    let strong = curl(&[&format!("http://{http}/v1/kv/in-flight?consistency=strong")]);
+    assert!(
+        strong == (200, "2".into()) || strong.0 == 404,
+        "the write in flight reads {strong:?}"
+    );
+}

@@ -27,6 +27,26 @@ fn counter(http: &str, name: &str, token: Option<&str>) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// A watch (`curl -N`) on `url`, its output gathered on a thread.
+fn watching(url: &str, header: &str) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = std::process::Command::new("curl")
+        .args(["-s", "-N", "--max-time", "120", "-H", header, url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            into.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    (Proc(child), seen)
+}
+
 #[test]
 fn a_worker_serves_reads_from_its_own_store_and_follows_a_failover() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,6 +140,18 @@ fn a_worker_serves_reads_from_its_own_store_and_follows_a_failover() {
     let cores = std::thread::available_parallelism().unwrap().get() as u64;
     assert_eq!(counter(&mhttp, "ourkv_runtime_threads", None), cores);
 
+    // A watch through the worker's API sees changes before the failover...
+    let (_watch, seen) = watching(&format!("http://{whttp}/v1/watch?prefix=w/"), bearer);
+    eventually(
+        10,
+        "the watch sees a change made before the failover",
+        || {
+            let url = format!("http://{whttp}/v1/kv/w/before");
+            curl(&["-H", bearer, "-X", "PUT", &url, "--data-binary", "0"]);
+            seen.lock().unwrap().contains("\"w/before\"")
+        },
+    );
+
     // kill -9 the master: the worker's API follows the new master, and
     // writes through it resume; nothing acknowledged is lost.
     master.0.kill().unwrap();
@@ -145,6 +177,16 @@ fn a_worker_serves_reads_from_its_own_store_and_follows_a_failover() {
     let view: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(view["term"].as_u64().unwrap() >= 2, "{view}");
     assert_ne!(view["master"]["addr"], addr(ports[0]), "{view}");
+    // ...and after it: every surviving node changed roles, and the stream
+    // the watch was fed from moves with them, it does not go silent.
+    let url = format!("http://{whttp}/v1/kv/w/after?ack=all");
+    let (code, body) = curl(&["-H", bearer, "-X", "PUT", &url, "--data-binary", "1"]);
+    assert_eq!(code, 200, "{body}");
+    eventually(
+        15,
+        "the watch sees a change made after the failover",
+        || seen.lock().unwrap().contains("\"w/after\""),
+    );
     std::thread::sleep(Duration::from_millis(100));
 }
 

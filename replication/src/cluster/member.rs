@@ -893,7 +893,10 @@ impl Node {
                 m.depose();
                 m.store().clone()
             }
-            Role::Worker { node, .. } => node.store(),
+            Role::Worker { node, .. } => {
+                node.retire();
+                node.store()
+            }
         };
         *self.idle_store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
         *role = Role::Idle;

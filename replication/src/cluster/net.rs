@@ -205,8 +205,9 @@ impl PeerNet {
                     option.hard_ttl()
                 ))))
             }
-            // No connection: the peer is down or cut off, and openraft backs off.
-            Ok(Err(e @ crate::Error::Quic(_))) => {
+            // No connection, or it ended: the peer is down or cut off, and
+            // openraft backs off.
+            Ok(Err(e @ (crate::Error::Quic(_) | crate::Error::Unanswered(_)))) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Ok(Err(e)) => return Err(RPCError::Network(NetworkError::new(&e))),

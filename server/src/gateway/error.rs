@@ -100,6 +100,16 @@ impl ApiError {
             replication::Error::Remote { message, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", message)
             }
+            // Sent, and then the connection ended or the answer never came.
+            e @ (replication::Error::Unanswered(_) | replication::Error::Timeout(_)) => {
+                tracing::warn!(error = %e, "write: the master did not answer");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "indeterminate",
+                    "the master did not answer; the write may or may not have taken effect \
+                     (read the key to know)",
+                )
+            }
             e => {
                 tracing::warn!(error = %e, "write: the master is unreachable");
                 ApiError::unavailable("the master is unreachable; retry shortly")
