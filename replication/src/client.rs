@@ -30,10 +30,12 @@ pub struct Client {
     config: quinn::ClientConfig,
     v4: quinn::Endpoint,
     v6: Mutex<Option<quinn::Endpoint>>,
-    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    conns: std::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
     pipes: std::sync::Mutex<HashMap<SocketAddr, Arc<Pipe>>>,
-    /// Held while a pipe is opened, so concurrent first calls share one.
-    opening: Mutex<()>,
+    /// Per node, held while its connection or pipe is opened: concurrent
+    /// first calls share one, and a node that does not answer (a connect
+    /// waits up to 2 s) holds up no call to another.
+    opening: std::sync::Mutex<HashMap<SocketAddr, Arc<Mutex<()>>>>,
     /// Nodes in this process (`ourkv dev`), by their address: a request to
     /// one skips the network and the encoding, never the node's own
     /// handling of it (the same `reply` a QUIC stream gets).
@@ -78,9 +80,9 @@ impl Client {
             config,
             v4,
             v6: Mutex::new(None),
-            conns: Mutex::new(HashMap::new()),
+            conns: Default::default(),
             pipes: std::sync::Mutex::new(HashMap::new()),
-            opening: Mutex::new(()),
+            opening: Default::default(),
             local: HashMap::new(),
         })
     }
@@ -106,13 +108,36 @@ impl Client {
         Ok(self)
     }
 
+    /// The open connection to `addr`, if there is one.
+    fn live(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .get(&addr)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// The lock held while a connection or pipe to `addr` is opened.
+    fn opening(&self, addr: SocketAddr) -> Arc<Mutex<()>> {
+        let mut all = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(addr).or_default().clone()
+    }
+
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
+        if let Some(c) = self.live(addr) {
+            return Ok(c);
+        }
+        let lock = self.opening(addr);
+        let _one = lock.lock().await;
+        self.connect_locked(addr).await
+    }
+
+    /// Opens a connection to `addr` unless one is open; the caller holds
+    /// `addr`'s opening lock.
+    async fn connect_locked(&self, addr: SocketAddr) -> Result<quinn::Connection> {
         self.identity.check_peer(addr)?;
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.live(addr) {
+            return Ok(c);
         }
         let endpoint = if addr.is_ipv6() {
             let mut v6 = self.v6.lock().await;
@@ -135,7 +160,10 @@ impl Client {
             .await
             .map_err(|_| Error::Quic(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")))?
             .map_err(quic)?;
-        conns.insert(addr, c.clone());
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, c.clone());
         Ok(c)
     }
 
@@ -153,7 +181,10 @@ impl Client {
             Err(_) => {
                 // The peer may be gone without a word: reuse neither the
                 // connection nor its pipeline.
-                self.conns.lock().await.remove(&addr);
+                self.conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr);
                 self.pipes
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -180,11 +211,12 @@ impl Client {
         if let Some(p) = open(&self.pipes.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(p);
         }
-        let _one = self.opening.lock().await;
+        let lock = self.opening(addr);
+        let _one = lock.lock().await;
         if let Some(p) = open(&self.pipes.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(p);
         }
-        let conn = self.connection(addr).await?;
+        let conn = self.connect_locked(addr).await?;
         let p = Arc::new(Pipe::open(&conn, addr).await?);
         self.pipes
             .lock()

@@ -1,7 +1,8 @@
 //! Many calls on one pipelined stream: each gets its own reply, replies come
 //! back as they finish (a slow call does not hold up the ones behind it),
 //! and a node that goes away fails the calls in flight instead of leaving
-//! them waiting. Under such a load of pipelined `ack=all` writes, each is on
+//! them waiting; a node that does not answer holds up no call to another.
+//! Under such a load of pipelined `ack=all` writes, each is on
 //! every worker when it is acknowledged.
 
 use std::sync::Arc;
@@ -98,11 +99,40 @@ async fn calls_in_flight_fail_when_the_node_goes() {
     w.endpoint.close(0u32.into(), b"gone");
     w.task.abort();
     for w in waiting {
-        // Failed when the connection closed, not by the call timeout.
+        // Failed when the connection closed, not by the call timeout, and
+        // as calls that went out unanswered (a write may have landed).
         match w.await.unwrap() {
-            Err(replication::Error::Quic(_)) => {}
+            Err(replication::Error::Unanswered(_)) => {}
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// A node that does not answer at all (a connection attempt waits out its
+/// 2 s) holds up no first call to another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_holds_up_no_call_to_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = common::start(tmp.path(), SyncPolicy::Group, MasterOptions::default(), 0);
+    let (maddr, client) = (nodes.maddr, nodes.client.clone());
+    // Takes datagrams and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let saddr = silent.local_addr().unwrap();
+    let stuck = {
+        let c = client.clone();
+        tokio::spawn(async move { c.status(saddr).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The client's first call to the master opens a connection while the
+    // other attempt still waits.
+    client.set(maddr, "k", b"v").await.unwrap();
+    assert!(
+        !stuck.is_finished(),
+        "the call to the master waited for the silent node"
+    );
+    match stuck.await.unwrap() {
+        Err(replication::Error::Quic(_)) => {}
+        other => panic!("{other:?}"),
     }
 }
 
