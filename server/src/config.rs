@@ -156,7 +156,16 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<Vec<Str
             ArgAction::SetTrue | ArgAction::SetFalse | ArgAction::Count
         );
         let items: Vec<&toml::Value> = match value {
-            toml::Value::Array(a) if takes_value => a.iter().collect(),
+            toml::Value::Array(a) if matches!(arg.get_action(), ArgAction::Append) => {
+                a.iter().collect()
+            }
+            // `[]` would otherwise read as "not set", silently.
+            toml::Value::Array(_) if takes_value => {
+                return Err(usage(format!(
+                    "config file {shown}{}: `{key}` takes one value, not a list",
+                    line(key)
+                )))
+            }
             v => vec![v],
         };
         for v in items {
@@ -481,6 +490,17 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("threads"), "{e}");
+        // A list for a one-value key is refused, an empty one too.
+        for list in ["[2]", "[]"] {
+            let f = file(&format!(
+                "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nthreads = {list}\n"
+            ));
+            let p = f.path().to_str().unwrap();
+            let e = parse(args(&["ourkv", "gateway", "--config", p]))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("`threads` takes one value"), "{e}");
+        }
     }
 
     #[test]

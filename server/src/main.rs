@@ -154,6 +154,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The log filter without RUST_LOG: warnings, except openraft's warning per
+/// failed heartbeat or replication call, about 18 a second for as long as a
+/// member is down (`/v1/cluster` and the metrics show a member down).
+const DEFAULT_LOG: &str = "warn,openraft::core::heartbeat=error,openraft::replication=error,\
+                           openraft::engine::handler::replication_handler=error";
+
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -161,7 +167,8 @@ fn main() -> ExitCode {
         // Colour codes only for a person at a terminal, not in log files.
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .init();
     let cli = match config::parse(std::env::args_os().collect()) {

@@ -196,6 +196,18 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
             400,
             "bad_request",
         ),
+        // Two session cursors: which one was meant is a guess.
+        (
+            vec![
+                "-H".into(),
+                "X-OurKV-Cursor: 1:0:1".into(),
+                "-H".into(),
+                "X-OurKV-Cursor: 9:0:1".into(),
+                url("/v1/kv/keep?consistency=session"),
+            ],
+            400,
+            "bad_request",
+        ),
         (
             vec!["-X".into(), "DELETE".into(), url("/v1/kv/never-there")],
             404,

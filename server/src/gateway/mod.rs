@@ -496,12 +496,19 @@ impl Gateway {
     async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Cursor, ApiError> {
         // A malformed cursor is refused whatever the level, so a typo in a
         // level does not hide one.
-        let session = match headers.get(CURSOR_HEADER) {
+        let mut given = headers.get_all(CURSOR_HEADER).iter();
+        let session = match given.next() {
             Some(v) => Some(v.to_str().ok().and_then(parse_cursor).ok_or_else(|| {
                 ApiError::bad_request("X-OurKV-Cursor must be epoch:file:offset")
             })?),
             None => None,
         };
+        // As for a repeated query parameter: which one was meant is a guess.
+        if given.next().is_some() {
+            return Err(ApiError::bad_request(
+                "X-OurKV-Cursor is given more than once",
+            ));
+        }
         match params.get("consistency")?.unwrap_or("strong") {
             // Read-index: the master's commit cursor now.
             "strong" => self.read_index().await.map_err(|e| {
