@@ -465,41 +465,32 @@ mod tests {
 
     #[test]
     fn threads_come_from_the_file_within_their_range() {
-        let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nthreads = 1\n");
-        let p = f.path().to_str().unwrap();
-        let Parsed::Run(cli) = parse(args(&["ourkv", "gateway", "--config", p])).unwrap() else {
-            panic!()
+        // A gateway's config file with `threads = <value>`, and extra flags:
+        // what it parses to.
+        let gateway = |value: &str, flags: &[&str]| {
+            let f = file(&format!(
+                "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nthreads = {value}\n"
+            ));
+            let mut a = vec!["ourkv", "gateway", "--config", f.path().to_str().unwrap()];
+            a.extend_from_slice(flags);
+            match parse(args(&a)) {
+                Ok(Parsed::Run(cli)) => match cli.cmd {
+                    crate::cli::Cmd::Gateway { run, .. } => Ok(run.threads),
+                    _ => panic!("not a gateway"),
+                },
+                Ok(Parsed::Print(_)) => panic!("printed"),
+                Err(e) => Err(e.to_string()),
+            }
         };
-        let crate::cli::Cmd::Gateway { run, .. } = cli.cmd else {
-            panic!()
-        };
-        assert_eq!(run.threads, Some(1));
+        assert_eq!(gateway("1", &[]), Ok(Some(1)));
         // Flags win over the file; 0 threads is refused, naming the option.
-        let Parsed::Run(cli) =
-            parse(args(&["ourkv", "gateway", "--config", p, "--threads", "3"])).unwrap()
-        else {
-            panic!()
-        };
-        let crate::cli::Cmd::Gateway { run, .. } = cli.cmd else {
-            panic!()
-        };
-        assert_eq!(run.threads, Some(3));
-        let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nthreads = 0\n");
-        let p = f.path().to_str().unwrap();
-        let e = parse(args(&["ourkv", "gateway", "--config", p]))
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("threads"), "{e}");
+        assert_eq!(gateway("1", &["--threads", "3"]), Ok(Some(3)));
+        let e = gateway("0", &[]).unwrap_err();
+        assert!(e.contains("threads"), "{e}");
         // A list for a one-value key is refused, an empty one too.
         for list in ["[2]", "[]"] {
-            let f = file(&format!(
-                "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nthreads = {list}\n"
-            ));
-            let p = f.path().to_str().unwrap();
-            let e = parse(args(&["ourkv", "gateway", "--config", p]))
-                .err()
-                .unwrap();
-            assert!(e.to_string().contains("`threads` takes one value"), "{e}");
+            let e = gateway(list, &[]).unwrap_err();
+            assert!(e.contains("`threads` takes one value"), "{e}");
         }
     }
 
