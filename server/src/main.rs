@@ -42,10 +42,17 @@ impl cli::RunOpts {
     /// The runtime of a long-running role. Without --threads, tokio's own
     /// default: one thread per core, or TOKIO_WORKER_THREADS.
     pub(crate) fn runtime(self) -> Result<tokio::runtime::Runtime> {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if let Some(n) = self.threads {
-            b.worker_threads(n);
-        }
+        let mut b = match self.threads {
+            // One thread: the single-threaded scheduler, which wakes tasks
+            // without the work-stealing bookkeeping of the other.
+            Some(1) => tokio::runtime::Builder::new_current_thread(),
+            Some(n) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+            None => tokio::runtime::Builder::new_multi_thread(),
+        };
         Ok(b.enable_all().build()?)
     }
 }
