@@ -88,9 +88,12 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
     };
     let role = role.to_string();
     let mut extra = Vec::new();
+    let mut origin = None;
     if let Some(path) = sub.get_one::<PathBuf>(CONFIG) {
         let sc = command().find_subcommand(&role).expect("a role").clone();
-        extra = from_file(&sc, sub, path)?;
+        let (flags, lines) = from_file(&sc, sub, path)?;
+        extra = flags;
+        origin = Some((path.clone(), lines));
     }
     // Second pass: the file's values go in right after the role's name, so
     // the real flags (which the file never repeats) and the checks of
@@ -100,9 +103,14 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
         .position(|a| a.to_str() == Some(role.as_str()))
         .expect("the role is on the command line");
     let mut merged = args[..=pos].to_vec();
-    merged.extend(extra.into_iter().map(OsString::from));
+    merged.extend(extra.iter().map(OsString::from));
     merged.extend(args[pos + 1..].iter().cloned());
-    let m = command().try_get_matches_from(merged)?;
+    let m = command()
+        .try_get_matches_from(merged)
+        .map_err(|e| match &origin {
+            Some((path, lines)) => in_file(e, path, lines, &extra),
+            None => e,
+        })?;
     let (_, sub) = m.subcommand().expect("a role");
     if sub.get_flag(PRINT) {
         let sc = command().find_subcommand(&role).expect("a role").clone();
@@ -115,9 +123,49 @@ fn usage(msg: String) -> clap::Error {
     clap::Error::raw(ErrorKind::InvalidValue, format!("{msg}\n"))
 }
 
+/// Clap's error about a value the file gave (it saw it as a flag), told as
+/// the file's: its path, the key and the line, then clap's words.
+fn in_file(
+    e: clap::Error,
+    path: &std::path::Path,
+    lines: &HashMap<String, usize>,
+    from_file: &[String],
+) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return e;
+    };
+    // `--threads <N>` or `--threads`: the long name.
+    let key = arg
+        .trim_start_matches("--")
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default();
+    let given_in_file = from_file
+        .iter()
+        .any(|f| f.strip_prefix("--").and_then(|f| f.split('=').next()) == Some(key));
+    if key.is_empty() || !given_in_file {
+        return e;
+    }
+    let line = lines
+        .get(key)
+        .map_or(String::new(), |l| format!(" line {l}"));
+    // Clap's first line, without its "error: " and the hint lines after it.
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let said = first.strip_prefix("error: ").unwrap_or(first);
+    usage(format!(
+        "config file {}{line}: `{key}`: {said}",
+        path.display()
+    ))
+}
+
 /// The flags the file at `path` stands for, leaving out those the command
 /// line or a variable already set.
-fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<Vec<String>, clap::Error> {
+/// Also the line of each key, for errors found later.
+type FileFlags = (Vec<String>, HashMap<String, usize>);
+
+fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFlags, clap::Error> {
     let shown = path.display();
     let text =
         std::fs::read_to_string(path).map_err(|e| usage(format!("config file {shown}: {e}")))?;
@@ -203,7 +251,7 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<Vec<Str
             }
         }
     }
-    Ok(out)
+    Ok((out, lines))
 }
 
 /// The line of each top-level key of `text`.
@@ -413,7 +461,7 @@ mod tests {
             msg.contains("`max-watches`") && msg.contains("line 4"),
             "{msg}"
         );
-        // A value of the wrong kind for the flag is clap's own error.
+        // A value of the wrong kind for the flag: clap's words, at the file's line.
         let f = file("http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nmax-watches = \"many\"\n");
         let p = f.path().to_str().unwrap();
         let msg = parse(args(&["ourkv", "gateway", "--config", p]))
@@ -421,6 +469,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(msg.contains("many"), "{msg}");
+        assert!(
+            msg.contains("line 3") && msg.contains("`max-watches`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -486,7 +538,14 @@ mod tests {
         // Flags win over the file; 0 threads is refused, naming the option.
         assert_eq!(gateway("1", &["--threads", "3"]), Ok(Some(3)));
         let e = gateway("0", &[]).unwrap_err();
-        assert!(e.contains("threads"), "{e}");
+        assert!(e.contains("`threads`") && e.contains("line 3"), "{e}");
+        assert!(e.contains("config file"), "{e}");
+        // A float is no count of threads either; the error names the file.
+        let e = gateway("2.5", &[]).unwrap_err();
+        assert!(e.contains("line 3") && e.contains("2.5"), "{e}");
+        // A bad value on the command line stays clap's own error.
+        let e = gateway("1", &["--threads", "0"]).unwrap_err();
+        assert!(!e.contains("config file"), "{e}");
         // A list for a one-value key is refused, an empty one too.
         for list in ["[2]", "[]"] {
             let e = gateway(list, &[]).unwrap_err();
