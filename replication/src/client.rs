@@ -365,22 +365,29 @@ impl Client {
         Ok(self
             .get_versioned(node, key, min_cursor)
             .await?
+            .0
             .map(|(v, _)| v))
     }
 
-    /// A key's value and version from a node that has applied `min_cursor`.
+    /// A key's value and version from a node that has applied `min_cursor`,
+    /// and a cursor at or after everything the read saw (for a later read
+    /// that must see at least as much).
     pub async fn get_versioned(
         &self,
         node: SocketAddr,
         key: &str,
         min_cursor: Cursor,
-    ) -> Result<Option<(Vec<u8>, Version)>> {
+    ) -> Result<(Option<(Vec<u8>, Version)>, Cursor)> {
         let req = reads::Get {
             key: key.into(),
             min_cursor,
         };
-        let reads::Value { value, version, .. } = self.call(node, req).await?;
-        Ok(value.map(|v| (v, version)))
+        let reads::Value {
+            value,
+            version,
+            cursor,
+        } = self.call(node, req).await?;
+        Ok((value.map(|v| (v, version)), cursor))
     }
 
     /// Keys with `prefix` after `after`, at most `limit`, from a node that has

@@ -789,7 +789,7 @@ impl Master {
                 }
                 Ok(())
             }
-            None => Ok(self.after_read(Ok(())).await?),
+            None => Ok(self.after_read(Ok(())).await.map(|_| ())?),
         }
     }
 
@@ -973,7 +973,8 @@ impl Master {
     /// durable (`proto::shipping::master_may_answer`): a master's store
     /// holds appended records before the syncer has made them durable, and
     /// a value a crash can take back must not be answered.
-    async fn after_read<T>(&self, answer: Result<T, Failed>) -> Result<T, Failed> {
+    /// With the answer, the cursor of the end the read may have seen.
+    async fn after_read<T>(&self, answer: Result<T, Failed>) -> Result<(T, Cursor), Failed> {
         if self.deposed.load(Ordering::SeqCst) {
             return Err(failed(
                 Code::NotMaster,
@@ -994,12 +995,12 @@ impl Master {
                 }
             };
             if tokio::time::timeout(READ_WAIT, wait).await.is_ok() {
-                return answer;
+                return answer.map(|a| (a, seen));
             }
         } else if proto::shipping::master_may_answer(self.commit_cursor().at, seen.at)
             || self.wait_committed(seen).await
         {
-            return answer;
+            return answer.map(|a| (a, seen));
         }
         Err(failed(
             Code::NotReached,
@@ -1783,14 +1784,17 @@ impl Worker {
     /// Holds a read's answer until the high-water mark covers everything the
     /// read could have seen (the store's end as taken after it): a record
     /// above the mark may still be taken back by a failover.
+    /// With the answer, the cursor of that end: what the read saw is at or
+    /// before it.
     async fn after_read<T>(
         &self,
         store: &KeyedStore,
         answer: std::result::Result<T, Failed>,
-    ) -> std::result::Result<T, Failed> {
+    ) -> std::result::Result<(T, Cursor), Failed> {
         let seen = store.db().end();
+        let at = Cursor::new(store.db().meta().epoch, seen);
         if *self.hw.borrow() >= seen {
-            return answer;
+            return answer.map(|a| (a, at));
         }
         let mut rx = self.hw.subscribe();
         // The guard `wait_for` returns must not live across an await.
@@ -1801,7 +1805,7 @@ impl Worker {
             Ok(Ok(()))
         );
         if covered {
-            return answer;
+            return answer.map(|a| (a, at));
         }
         Err(failed(
             Code::Lagging,
@@ -2113,7 +2117,11 @@ impl reads::Handler for Master {
             return Err(self.not_reached(req.min_cursor));
         }
         let answer = versioned_value(self.store.clone(), req.key, self.commit_cursor()).await;
-        self.after_read(answer).await
+        let (value, seen) = self.after_read(answer).await?;
+        Ok(reads::Value {
+            cursor: seen,
+            ..value
+        })
     }
 
     async fn list(&self, req: reads::List) -> Answer<reads::List> {
@@ -2121,7 +2129,7 @@ impl reads::Handler for Master {
             return Err(self.not_reached(req.min_cursor));
         }
         let answer = list(&self.store, req, self.commit_cursor());
-        self.after_read(answer).await
+        self.after_read(answer).await.map(|(a, _)| a)
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
@@ -2129,7 +2137,7 @@ impl reads::Handler for Master {
             return Err(self.not_reached(req.min_cursor));
         }
         let answer = history(self.store.clone(), req, self.commit_cursor()).await;
-        self.after_read(answer).await
+        self.after_read(answer).await.map(|(a, _)| a)
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
@@ -2137,7 +2145,7 @@ impl reads::Handler for Master {
             return Err(self.not_reached(req.min_cursor));
         }
         let answer = by_id(self.store.clone(), req, self.commit_cursor()).await;
-        self.after_read(answer).await
+        self.after_read(answer).await.map(|(a, _)| a)
     }
 }
 
@@ -2220,7 +2228,13 @@ impl reads::Handler for Worker {
         }
         let store = self.store();
         let answer = versioned_value(store.clone(), req.key, self.applied()).await;
-        self.after_read(&store, answer).await
+        // The cursor a client may carry to a later read (session
+        // consistency): at or after everything this one saw.
+        let (value, seen) = self.after_read(&store, answer).await?;
+        Ok(reads::Value {
+            cursor: seen,
+            ..value
+        })
     }
 
     async fn list(&self, req: reads::List) -> Answer<reads::List> {
@@ -2229,7 +2243,7 @@ impl reads::Handler for Worker {
         }
         let store = self.store();
         let answer = list(&store, req, self.applied());
-        self.after_read(&store, answer).await
+        self.after_read(&store, answer).await.map(|(a, _)| a)
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
@@ -2238,7 +2252,7 @@ impl reads::Handler for Worker {
         }
         let store = self.store();
         let answer = history(store.clone(), req, self.applied()).await;
-        self.after_read(&store, answer).await
+        self.after_read(&store, answer).await.map(|(a, _)| a)
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
@@ -2247,7 +2261,7 @@ impl reads::Handler for Worker {
         }
         let store = self.store();
         let answer = by_id(store.clone(), req, self.applied()).await;
-        self.after_read(&store, answer).await
+        self.after_read(&store, answer).await.map(|(a, _)| a)
     }
 }
 

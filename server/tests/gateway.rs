@@ -350,6 +350,61 @@ fn strong_reads_never_stale(url: &dyn Fn(&str) -> String) {
     );
 }
 
+/// A read's `X-OurKV-Cursor` covers what it saw: a session read that
+/// carries it never sees less, whichever worker answers (before, a stale
+/// read answered the 0:0:0 it asked for, and a lagging worker could then
+/// answer an older value).
+fn reads_hand_out_cursors_that_keep_reads_monotonic(url: &dyn Fn(&str) -> String) {
+    // The body and the cursor header of a GET.
+    let get = |q: &str, cursor: Option<&str>| -> (String, String) {
+        let mut args = vec!["-s".to_string(), "-i".to_string()];
+        if let Some(c) = cursor {
+            args.push("-H".into());
+            args.push(format!("X-OurKV-Cursor: {c}"));
+        }
+        args.push(url(&format!("/v1/kv/mono?{q}")));
+        let out = Command::new("curl").args(&args).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let cursor = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-ourkv-cursor: ")
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no cursor header: {head}"));
+        (body.to_string(), cursor)
+    };
+    let mut lagged = 0;
+    for i in 0..15 {
+        let v = format!("m{i}");
+        let (code, _) = curl(&["-X", "PUT", &url("/v1/kv/mono"), "-d", &v]);
+        assert_eq!(code, 200);
+        // Stale reads until one sees the write; then every session read
+        // with that read's cursor sees it too.
+        let t = Instant::now();
+        let cursor = loop {
+            let (body, cursor) = get("consistency=stale", None);
+            assert_ne!(cursor, "0:0:0", "a stale read's cursor is where it read");
+            if body == v {
+                break cursor;
+            }
+            lagged += 1;
+            assert!(t.elapsed() < Duration::from_secs(10), "never saw {v}");
+        };
+        for _ in 0..4 {
+            let (body, after) = get("consistency=session", Some(&cursor));
+            assert_eq!(body, v, "a session read at {cursor} went back");
+            assert!(!after.is_empty());
+        }
+    }
+    assert!(
+        lagged > 0,
+        "the workers did not lag; the test shows nothing"
+    );
+}
+
 #[test]
 fn strong_reads_are_never_stale_with_lagging_workers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -411,6 +466,7 @@ fn strong_reads_are_never_stale_with_lagging_workers() {
     // 40 sequential strong reads plus 60 concurrent ones shared rounds.
     let used = rounds(&curl(&[&url("/metrics")]).1) - before;
     assert!(used < 100, "100 strong reads took {used} read-index rounds");
+    reads_hand_out_cursors_that_keep_reads_monotonic(&url);
 }
 
 #[test]

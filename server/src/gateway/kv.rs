@@ -117,9 +117,12 @@ pub(super) async fn get_value(
         let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
         return Ok(Json(json!({"key": key, "history": history})).into_response());
     }
-    let found = gw
+    let (found, seen) = gw
         .read(min, |n, c| gw.client.get_versioned(n, key, c))
         .await?;
+    // What the read saw, for a session read after it; never below what the
+    // request asked for.
+    let at = seen.max(min);
     let current = found.as_ref().map(|(_, v)| *v);
     // RFC 9110 13.2.2: If-Match first (412), then If-None-Match (304).
     if if_match.as_ref().is_some_and(|c| !meets(c, current)) {
@@ -132,18 +135,20 @@ pub(super) async fn get_value(
     match found {
         Some((_, version)) if if_none_match.as_ref().is_some_and(|c| meets(c, current)) => {
             Ok(with_etag(
-                with_cursor(StatusCode::NOT_MODIFIED.into_response(), min),
+                with_cursor(StatusCode::NOT_MODIFIED.into_response(), at),
                 version,
             ))
         }
         Some((v, version)) => Ok(with_etag(
             with_cursor(
                 ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
-                min,
+                at,
             ),
             version,
         )),
-        None => Err(ApiError::not_found(key)),
+        // A 404 is a read too: a session read with its cursor never finds
+        // a value deleted before it.
+        None => Ok(with_cursor(ApiError::not_found(key).into_response(), at)),
     }
 }
 
