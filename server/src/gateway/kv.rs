@@ -148,7 +148,11 @@ pub(super) async fn get_value(
         )),
         // A 404 is a read too: a session read with its cursor never finds
         // a value deleted before it.
-        None => Ok(with_cursor(ApiError::not_found(key).into_response(), at)),
+        None => {
+            // Counted as the error it is, though it goes out as a response.
+            gw.metrics.errors.inc();
+            Ok(with_cursor(ApiError::not_found(key).into_response(), at))
+        }
     }
 }
 
