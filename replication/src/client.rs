@@ -203,6 +203,28 @@ impl Client {
         }
     }
 
+    /// Opens the connection and pipeline to `addr` if none is open. It
+    /// sends no request: a caller may drop it at any point, having asked the
+    /// node nothing (a write may go elsewhere then without ever landing twice).
+    pub async fn ready(&self, addr: SocketAddr) -> Result<()> {
+        if self.local.contains_key(&addr) {
+            return Ok(());
+        }
+        self.pipe(addr).await.map(|_| ())
+    }
+
+    /// Whether a call to `addr` would go out at once, without opening a
+    /// connection or a pipeline first.
+    pub fn is_ready(&self, addr: SocketAddr) -> bool {
+        self.local.contains_key(&addr)
+            || self
+                .pipes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .is_some_and(|p| p.is_open())
+    }
+
     /// The open pipeline to `addr`, opened if there is none.
     async fn pipe(&self, addr: SocketAddr) -> Result<Arc<Pipe>> {
         let open = |pipes: &HashMap<SocketAddr, Arc<Pipe>>| {

@@ -531,3 +531,37 @@ fn a_write_in_flight_when_the_master_dies_is_indeterminate() {
         "the write in flight reads {strong:?}"
     );
 }
+
+/// A gateway that has no connection to the master yet, while the master is
+/// stopped (a dead master does not refuse: its connection attempts just go
+/// unanswered): a write waits for the new master the cluster elects and
+/// lands there, instead of failing once the attempt on the old one times out.
+#[test]
+fn a_write_to_a_stopped_master_goes_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let a = start(&args[0], &log("a"));
+    let _b = start(&args[1], &log("b"));
+    let _c = start(&args[2], &log("c"));
+    let http = addr(free_port());
+    let _gw = gateway(&http, &ports, &log("gateway"));
+    wait_cluster(&http, "three voters, two workers in sync", formed);
+    assert_eq!(put(&http, "first", "1").0, 200);
+
+    common::signal(&a, "-STOP");
+    // A second gateway, started now: its first connection to the master
+    // is the one that goes unanswered.
+    let fresh = addr(free_port());
+    let _gw2 = gateway(&fresh, &ports, &log("gateway2"));
+    let t = Instant::now();
+    let (code, body) = put(&fresh, "during", "2");
+    let took = t.elapsed();
+    assert_eq!(code, 200, "after {took:?}: {body}");
+    let c = cluster(&fresh);
+    assert_ne!(c["master"]["addr"], addr(ports[0]), "{c}");
+    let strong = curl(&[&format!("http://{fresh}/v1/kv/during")]);
+    assert_eq!(strong, (200, "2".into()));
+    common::signal(&a, "-CONT");
+}

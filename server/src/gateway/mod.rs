@@ -185,14 +185,15 @@ impl Gateway {
         workers: Vec<SocketAddr>,
         token: Option<String>,
     ) -> Arc<Gateway> {
+        let client = Arc::new(client);
         Arc::new(Gateway {
             token,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             max_value_bytes: ourdb::keyed::MAX_VALUE_BYTES,
-            routes: Arc::new(Routes::new(master, workers)),
+            routes: Arc::new(Routes::new(master, workers, client.clone())),
             batch: Arc::default(),
             hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
-            client: Arc::new(client),
+            client,
             next: AtomicUsize::new(0),
             metrics: metrics::Metrics::new(),
             live: live::Live::new(),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use replication::cluster::ClusterInfo;
-use replication::{Code, Error};
+use replication::{Client, Code, Error};
 use tokio::sync::{watch, Notify};
 
 use super::{Gateway, Load};
@@ -95,10 +95,12 @@ pub(super) struct Routes {
     /// A master that just failed in transport, and when: requests wait a
     /// moment for the cluster to name another before they try it again.
     suspect: std::sync::Mutex<Option<(SocketAddr, Instant)>>,
+    /// Opens connections to a master before a request goes out.
+    client: Arc<Client>,
 }
 
 impl Routes {
-    pub(super) fn new(master: SocketAddr, workers: Vec<SocketAddr>) -> Routes {
+    pub(super) fn new(master: SocketAddr, workers: Vec<SocketAddr>, client: Arc<Client>) -> Routes {
         let mut seeds = workers.clone();
         seeds.push(master);
         Routes {
@@ -106,6 +108,7 @@ impl Routes {
             seeds,
             poke: Arc::new(Notify::new()),
             suspect: std::sync::Mutex::new(None),
+            client,
         }
     }
 
@@ -154,6 +157,42 @@ impl Routes {
                     continue;
                 }
             }
+            if !self.client.is_ready(master) {
+                // Connect before the request goes out, racing a change of
+                // master: an attempt on a dead master lasts until its idle
+                // timeout, and it can be dropped at any point, having sent
+                // nothing, once discovery names another master.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let opened = tokio::time::timeout(left, async {
+                    tokio::select! {
+                        r = self.client.ready(master) => Some(r),
+                        _ = changes.wait_for(|t| t.master != master) => None,
+                    }
+                })
+                .await;
+                match opened {
+                    Ok(None) => continue,
+                    Ok(Some(Ok(()))) => {}
+                    Ok(Some(Err(e))) => {
+                        self.mark_suspect(master);
+                        self.poke();
+                        // Nothing was sent: in a failover cluster a write
+                        // may wait for the next master too. (Whether this
+                        // is one may have become known while connecting.)
+                        let failover = self.now().cluster.is_some();
+                        if !failover || Instant::now() >= deadline {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                    // Not `Timeout`, which says a request may have landed.
+                    Err(_) => {
+                        return Err(Error::Quic(format!(
+                            "no connection to the master {master} within {FAILOVER_WAIT:?}"
+                        )))
+                    }
+                }
+            }
             let e = match op(master).await {
                 Ok(v) => {
                     self.clear_suspect(master);
@@ -170,8 +209,7 @@ impl Routes {
             );
             let transport = !matches!(e, Error::Remote { .. });
             if transport {
-                *self.suspect.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((master, Instant::now()));
+                self.mark_suspect(master);
             }
             if not_master || transport {
                 self.poke();
@@ -189,6 +227,10 @@ impl Routes {
             )
             .await;
         }
+    }
+
+    fn mark_suspect(&self, addr: SocketAddr) {
+        *self.suspect.lock().unwrap_or_else(|e| e.into_inner()) = Some((addr, Instant::now()));
     }
 
     fn is_suspect(&self, addr: SocketAddr) -> bool {
