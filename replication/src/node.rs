@@ -184,9 +184,11 @@ where
 #[derive(Clone, Debug)]
 pub struct MasterOptions {
     /// How long an `ack=all` write waits for an in-sync worker before that
-    /// worker is dropped from the in-sync set.
+    /// worker is dropped from the in-sync set; also how long any worker may
+    /// lack a commit before it is.
     pub ack_timeout: Duration,
-    /// A worker further behind than this many bytes of log leaves the in-sync set.
+    /// A worker further behind than this many bytes of log leaves the
+    /// in-sync set at once; 0 (the default): no limit in bytes.
     pub max_lag_bytes: u64,
 }
 
@@ -194,7 +196,7 @@ impl Default for MasterOptions {
     fn default() -> Self {
         MasterOptions {
             ack_timeout: Duration::from_secs(2),
-            max_lag_bytes: 64 << 20,
+            max_lag_bytes: 0,
         }
     }
 }
@@ -516,7 +518,7 @@ impl Master {
                     tracing::info!(node = worker, cursor = %acked, "worker caught up: in sync")
                 }
                 Transition::Lagged { worker, acked } => {
-                    tracing::warn!(node = worker, cursor = %acked, "worker lags too far: out of sync")
+                    tracing::warn!(node = worker, cursor = %acked, "worker lags too far behind: out of sync")
                 }
                 Transition::TimedOut { worker, acked } => {
                     tracing::warn!(node = worker, cursor = %acked, "no acknowledgement in time: out of sync")
@@ -589,6 +591,25 @@ impl Master {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .lag(acked, self.born.elapsed())
+    }
+
+    /// Drops `node` from the in-sync set if the oldest commit it lacks has
+    /// waited longer than the ack timeout.
+    fn check_lag(&self, node: u64) {
+        let acked = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acked(node);
+        let Some(acked) = acked else {
+            return;
+        };
+        // Measured outside the followers' lock (the lag clock has its own);
+        // a worker that acknowledged meanwhile is left for the next look.
+        let lagging_for = self.lag_of(acked);
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let change = workers.on_lag(node, acked, lagging_for, self.options.ack_timeout);
+        self.publish_in_sync(&mut workers, change.as_slice());
     }
 
     fn on_ack(&self, node: u64, cursor: Location) {
@@ -997,6 +1018,14 @@ impl Master {
             if tokio::time::timeout(READ_WAIT, wait).await.is_ok() {
                 return answer.map(|a| (a, seen));
             }
+            return Err(failed(
+                Code::NotReached,
+                format!(
+                    "the records this read saw (up to {seen}) are above the high-water mark {} \
+                     (an in-sync worker lags)",
+                    self.high_water()
+                ),
+            ));
         } else if proto::shipping::master_may_answer(self.commit_cursor().at, seen.at)
             || self.wait_committed(seen).await
         {
@@ -1126,6 +1155,19 @@ impl Master {
                 me.on_ack(key, cursor);
             }
         });
+        // A worker that falls behind in time leaves the in-sync set even
+        // when no write waits for it (it holds the high-water mark back),
+        // and even while the stream to it is blocked.
+        let lag_checks = {
+            let me = self.clone();
+            let every = (self.options.ack_timeout / 4).max(Duration::from_millis(20));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    me.check_lag(key);
+                }
+            })
+        };
         let mut changed = self.shippable.subscribe();
         // In a failover cluster the mark also moves with acknowledgements
         // and with the master's own fsync: a move is sent on its own (a
@@ -1202,6 +1244,7 @@ impl Master {
             cursor = seg.next;
         };
         acks.abort();
+        lag_checks.abort();
         {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
             let gone = workers.remove(key);

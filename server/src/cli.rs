@@ -172,11 +172,11 @@ pub(crate) enum ClusterCmd {
 /// How a master treats its workers (a failover worker too, once it is master).
 #[derive(Args)]
 pub(crate) struct MasterArgs {
-    /// How long an ack=all write waits for a worker before dropping it from the in-sync set.
+    /// How long an ack=all write waits for a worker before dropping it from the in-sync set; also how long any in-sync worker may lack a commit before it is dropped.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub(crate) ack_timeout_ms: u64,
-    /// A worker further behind than this leaves the in-sync set.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    /// A worker further behind than this many bytes leaves the in-sync set at once; 0: no limit in bytes (a burst of large writes then holds ack=all writes back instead of dropping every worker).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub(crate) max_lag_bytes: u64,
 }
 

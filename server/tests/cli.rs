@@ -675,7 +675,7 @@ fn config_files_then_variables_then_flags() {
             &format!("listen = \"127.0.0.1:{port}\""),
         )
         .replace("# ack-timeout-ms = 2000", "ack-timeout-ms = 111")
-        .replace("# max-lag-bytes = 67108864", "max-lag-bytes = 5");
+        .replace("# max-lag-bytes = 0", "max-lag-bytes = 5");
     let file = dir.path().join("master.toml");
     std::fs::write(&file, &edited).unwrap();
     let f = file.to_str().unwrap();

@@ -565,3 +565,44 @@ fn a_write_to_a_stopped_master_goes_to_the_next_one() {
     assert_eq!(strong, (200, "2".into()));
     common::signal(&a, "-CONT");
 }
+
+/// A worker that stays connected but falls behind in time leaves the
+/// in-sync set after the ack timeout, even when every write is
+/// `ack=master` (no write times out on it): until then it holds the
+/// high-water mark back, and every read waits on it.
+#[test]
+fn a_worker_behind_in_time_leaves_the_in_sync_set_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut args = node_args(dir.path(), ports);
+    args[2].extend(["--apply-delay-ms".to_string(), "400".to_string()]);
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let _a = start(&args[0], &log("a"));
+    let _b = start(&args[1], &log("b"));
+    let _c = start(&args[2], &log("c"));
+    let http = addr(free_port());
+    let _gw = gateway(&http, &ports, &log("gateway"));
+    wait_cluster(&http, "three voters, two workers in sync", formed);
+
+    // Sequential writes, each its own segment: c applies one per 400 ms.
+    let t = Instant::now();
+    let mut i = 0;
+    while t.elapsed() < Duration::from_millis(2500) {
+        let url = format!("http://{http}/v1/kv/w{i}?ack=master");
+        assert_eq!(curl(&["-X", "PUT", &url, "-d", "v"]).0, 200);
+        i += 1;
+    }
+    let view = cluster(&http);
+    let c = view["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["addr"] == addr(ports[2]))
+        .cloned()
+        .unwrap_or_else(|| panic!("no worker c in {view}"));
+    assert_eq!(c["in_sync"], false, "{view}");
+    // A strong read of the last write: answered by b, whose reads no
+    // longer wait for c.
+    let last = format!("http://{http}/v1/kv/w{}", i - 1);
+    assert_eq!(curl(&["--max-time", "10", &last]), (200, "v".to_string()));
+}

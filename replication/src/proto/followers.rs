@@ -74,7 +74,8 @@ pub enum Transition<K = SocketAddr> {
         /// Its acknowledged end.
         acked: Location,
     },
-    /// Fell more than the maximum lag behind.
+    /// Lacked a commit for longer than the maximum lag time (or fell more
+    /// than the maximum lag in bytes behind, where one is set).
     Lagged {
         /// The worker.
         worker: K,
@@ -117,7 +118,8 @@ impl<K: Copy> Transition<K> {
 #[derive(Clone, Debug)]
 pub struct Followers<K = SocketAddr> {
     workers: BTreeMap<K, Progress>,
-    /// A worker further behind than this leaves the in-sync set.
+    /// A worker further behind than this leaves the in-sync set; 0: no
+    /// limit in bytes (only in time, `on_lag`).
     max_lag_bytes: u64,
     /// The data file size, to measure lag across files.
     file_size: u64,
@@ -138,7 +140,8 @@ pub fn lag_bytes(from: Location, to: Location, file_size: u64) -> u64 {
 
 impl<K: Ord + Copy + Debug> Followers<K> {
     /// No workers yet; a worker more than `max_lag_bytes` behind leaves the
-    /// in-sync set (`file_size` converts locations into byte distances).
+    /// in-sync set, unless that is 0 (`file_size` converts locations into
+    /// byte distances).
     pub fn new(max_lag_bytes: u64, file_size: u64) -> Followers<K> {
         Followers {
             workers: BTreeMap::new(),
@@ -196,12 +199,38 @@ impl<K: Ord + Copy + Debug> Followers<K> {
                 w.state = State::Joining;
                 Some(Transition::Joined { worker, acked })
             }
-            State::Joining | State::In if lag > self.max_lag_bytes => {
+            State::Joining | State::In if self.max_lag_bytes > 0 && lag > self.max_lag_bytes => {
                 w.state = State::Leaving;
                 Some(Transition::Lagged { worker, acked })
             }
             _ => None,
         }
+    }
+
+    /// `worker`, having acknowledged `acked`, has lacked a commit for
+    /// `lagging_for`: past `max` it is proposed for removal, whatever the
+    /// writes' ack levels (a slow member holds back the high-water mark, so
+    /// every read, as an `ack=all` write holds its client). Time, not bytes:
+    /// a burst of large writes puts every worker many bytes behind for a
+    /// moment, while it keeps up. Stale (`acked` moved on since): nothing.
+    pub fn on_lag(
+        &mut self,
+        worker: K,
+        acked: Location,
+        lagging_for: std::time::Duration,
+        max: std::time::Duration,
+    ) -> Option<Transition<K>> {
+        let w = self.workers.get_mut(&worker)?;
+        if matches!(w.state, State::Joining | State::In) && w.acked == acked && lagging_for > max {
+            w.state = State::Leaving;
+            return Some(Transition::Lagged { worker, acked });
+        }
+        None
+    }
+
+    /// What `worker` last acknowledged, if it is known.
+    pub fn acked(&self, worker: K) -> Option<Location> {
+        self.workers.get(&worker).map(|w| w.acked)
     }
 
     /// An `ack=all` wait for `target` timed out: every waited-for worker
@@ -386,6 +415,54 @@ mod tests {
     }
 
     #[test]
+    fn without_a_byte_limit_only_time_drops_a_worker() {
+        use std::time::Duration;
+        let mut f = Followers::new(0, FILE);
+        let t = f.on_ack(addr(1), at(0, 10), at(0, 10));
+        commit_all(&mut f, t);
+        // A burst: the commit cursor 300 files ahead, the worker keeping up.
+        assert_eq!(f.on_ack(addr(1), at(0, 500), at(300, 0)), None);
+        let max = Duration::from_millis(2000);
+        assert_eq!(
+            f.on_lag(addr(1), at(0, 500), Duration::from_millis(1999), max),
+            None
+        );
+        // A stale look (the worker acknowledged more since) changes nothing.
+        assert_eq!(f.on_ack(addr(1), at(1, 0), at(300, 0)), None);
+        assert_eq!(
+            f.on_lag(addr(1), at(0, 500), Duration::from_secs(9), max),
+            None
+        );
+        // Lacking a commit for longer than the maximum: proposed to leave,
+        // still waited for until that commits.
+        let t = f.on_lag(addr(1), at(1, 0), Duration::from_millis(2001), max);
+        assert_eq!(
+            t,
+            Some(Transition::Lagged {
+                worker: addr(1),
+                acked: at(1, 0)
+            })
+        );
+        assert_eq!(f.wait_set_applied(), at(1, 0));
+        assert_eq!(
+            f.on_lag(addr(1), at(1, 0), Duration::from_secs(9), max),
+            None
+        );
+        commit_all(&mut f, t);
+        assert_eq!(f.wait_set_applied(), ALL);
+        assert_eq!(f.acked(addr(1)), Some(at(1, 0)));
+        // Unknown workers and workers out of W: nothing.
+        assert_eq!(
+            f.on_lag(addr(1), at(1, 0), Duration::from_secs(9), max),
+            None
+        );
+        assert_eq!(
+            f.on_lag(addr(2), at(1, 0), Duration::from_secs(9), max),
+            None
+        );
+    }
+
+    #[test]
     fn a_timeout_drops_exactly_the_workers_behind_the_target() {
         let mut f = followers();
         let commit = at(0, 1000);
@@ -542,6 +619,22 @@ mod tests {
                         proposed.extend(dropped);
                     }
                     7 => proposed.extend(f.remove(w)),
+                    8 => {
+                        // A lag check, fresh or stale, over or under the limit.
+                        let limit = std::time::Duration::from_millis(100);
+                        let lag = std::time::Duration::from_millis(next() % 200);
+                        let acked = f.acked(w).unwrap_or(Location::NONE);
+                        let acked = if next() % 4 == 0 { at(0, 0) } else { acked };
+                        let t = f.on_lag(w, acked, lag, limit);
+                        let p = before.get(&w);
+                        assert_eq!(
+                            t.is_some(),
+                            p.is_some_and(|p| matches!(p.state, State::Joining | State::In)
+                                && p.acked == acked)
+                                && lag > limit
+                        );
+                        proposed.extend(t);
+                    }
                     _ => {
                         // Commit the oldest proposal.
                         if let Some(t) = pending.pop_front() {
