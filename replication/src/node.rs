@@ -1289,6 +1289,10 @@ pub struct Worker {
     /// The high-water mark its master last sent (in the epoch of its
     /// store): reads answer only once it covers what they read.
     hw: watch::Sender<Location>,
+    /// The master's end in the first segment since this worker (or its
+    /// last snapshot) began: reads at older epochs' cursors wait for it
+    /// (`proto::shipping::worker_read_at`).
+    floor: std::sync::Mutex<Option<Cursor>>,
     /// Testing aid: a pause before each segment is applied (lagging replica).
     apply_delay_ms: std::sync::atomic::AtomicU64,
     /// Its node id, sent with each subscription.
@@ -1361,6 +1365,7 @@ impl Worker {
             failover,
             applied: watch::channel(end).0,
             hw: watch::channel(hw).0,
+            floor: std::sync::Mutex::new(None),
             apply_delay_ms: std::sync::atomic::AtomicU64::new(0),
             retired: watch::channel(false).0,
         })
@@ -1487,6 +1492,9 @@ impl Worker {
             let segment = frame::read(recv)
                 .await?
                 .map(<shipping::Subscribe as msg::Streamed>::Item::try_from);
+            if let Some(Ok(s)) = &segment {
+                self.note_floor(Cursor::new(epoch, s.end));
+            }
             let recovery = match segment {
                 Some(Ok(shipping::Segment {
                     term,
@@ -1806,11 +1814,26 @@ impl Worker {
         }
     }
 
+    /// Keeps `end` as the floor for older epochs' cursors, unless one is
+    /// kept; wakes reads waiting on it.
+    fn note_floor(&self, end: Cursor) {
+        let mut floor = self.floor.lock().unwrap_or_else(|e| e.into_inner());
+        if floor.is_none() {
+            *floor = Some(end);
+            drop(floor);
+            self.applied.send_modify(|_| {});
+        }
+    }
+
     /// Waits (up to the read wait) until `min_cursor` is applied; false if
     /// it was not. A cursor of a newer epoch than this worker's store is
-    /// reached only once a snapshot of that epoch is installed.
+    /// reached only once a snapshot of that epoch is installed; one of an older epoch,
+    /// once the floor is (`proto::shipping::worker_read_at`).
     pub async fn wait_applied(&self, min_cursor: Cursor) -> bool {
-        let now = |c: Cursor| proto::shipping::read_at(c, min_cursor) == ReadAt::Now;
+        let now = |c: Cursor| {
+            let floor = *self.floor.lock().unwrap_or_else(|e| e.into_inner());
+            proto::shipping::worker_read_at(c, floor, min_cursor) == ReadAt::Now
+        };
         if now(*self.applied.borrow()) {
             return true;
         }
@@ -1918,6 +1941,8 @@ impl Worker {
         // A snapshot ends at the master's high-water mark: all of it may
         // be answered.
         self.hw.send_replace(new_end);
+        // Set again by the first segment of the stream that follows.
+        *self.floor.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(done.store);
         self.applied.send_replace(Cursor::new(epoch, new_end));
         drop(old);

@@ -606,3 +606,65 @@ fn a_worker_behind_in_time_leaves_the_in_sync_set_and_reads_go_on() {
     let last = format!("http://{http}/v1/kv/w{}", i - 1);
     assert_eq!(curl(&["--max-time", "10", &last]), (200, "v".to_string()));
 }
+
+/// After an offline compaction of the master, the whole cluster restarts:
+/// the workers fetch a snapshot of the new epoch, which ends at the new
+/// master's high-water mark (nothing yet), and get the compacted log as
+/// segments. A session read that carries a cursor of the old epoch must
+/// not be answered from that still empty log (it was: 404 for a key that
+/// exists, at `2:0:1`).
+#[test]
+fn an_old_epochs_cursor_is_not_answered_from_a_log_still_filling() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let mut nodes: Vec<common::Proc> = args
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(a, n)| start(a, &log(n)))
+        .collect();
+    let http = addr(free_port());
+    let _gw = gateway(&http, &ports, &log("gateway"));
+    wait_cluster(&http, "three voters, two workers in sync", formed);
+    for i in 0..50 {
+        assert_eq!(put(&http, "pad", &format!("{i:0>300}")).0, 200);
+    }
+    let (code, body) = put(&http, "zz", "final");
+    assert_eq!(code, 200, "{body}");
+    let written: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let old = written["cursor"].as_str().unwrap().to_string();
+    assert!(old.starts_with("1:"), "{old}");
+    common::eventually(10, "workers caught up", || {
+        curl(&[&format!("http://{http}/ready?sync")]).0 == 200
+    });
+
+    for n in &nodes {
+        common::signal(n, "-TERM");
+    }
+    for mut n in nodes.drain(..) {
+        n.0.wait().unwrap();
+    }
+    common::compact_to_epoch_2(&dir.path().join("a"));
+    nodes.extend(
+        args.iter()
+            .zip(["a2", "b2", "c2"])
+            .map(|(a, n)| start(a, &log(n))),
+    );
+
+    let session = format!("X-OurKV-Cursor: {old}");
+    let url = format!("http://{http}/v1/kv/zz?consistency=session");
+    let t = Instant::now();
+    let mut answers = Vec::new();
+    while t.elapsed() < Duration::from_secs(3) {
+        let got = curl(&["--max-time", "10", "-H", &session, &url]);
+        assert_ne!(got.0, 404, "after {:?}: {answers:?}", t.elapsed());
+        answers.push(got);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        answers.last().unwrap(),
+        &(200, "final".to_string()),
+        "{answers:?}"
+    );
+}

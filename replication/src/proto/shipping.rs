@@ -58,6 +58,24 @@ pub fn read_at(reached: Cursor, min: Cursor) -> ReadAt {
     }
 }
 
+/// `read_at` for a worker, which may hold only the start of its epoch's
+/// log: a snapshot ends at its master's high-water mark, which for a master
+/// just appointed is nothing, and the rest of the log follows as segments.
+/// A cursor of an older epoch lies within the compacted log that opens the
+/// worker's epoch, so it is reached only once the worker holds as much of
+/// that log as its master had when the worker began following (`floor`:
+/// the master's end in the first segment it sent; `None` before that).
+pub fn worker_read_at(reached: Cursor, floor: Option<Cursor>, min: Cursor) -> ReadAt {
+    if min.epoch < reached.epoch {
+        match floor {
+            Some(f) if f.epoch == reached.epoch && reached >= f => ReadAt::Now,
+            _ => ReadAt::Wait,
+        }
+    } else {
+        read_at(reached, min)
+    }
+}
+
 /// A master reads from a store that may already hold records its syncer
 /// has not made durable (group commit appends first, syncs after). A value
 /// read there could be lost to a crash, so the answer waits until the
@@ -70,6 +88,38 @@ pub fn master_may_answer(commit: Location, end_after_read: Location) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_reaches_an_older_epoch_only_past_its_floor() {
+        let c = |e, p| Cursor::new(e, Location::new(0, p));
+        // Same epoch: as for any node.
+        assert_eq!(worker_read_at(c(2, 10), None, c(2, 10)), ReadAt::Now);
+        assert_eq!(worker_read_at(c(2, 10), None, c(2, 11)), ReadAt::Wait);
+        // An older epoch's cursor: not before the floor is known, nor below it.
+        assert_eq!(worker_read_at(c(2, 1), None, c(1, 9999)), ReadAt::Wait);
+        assert_eq!(
+            worker_read_at(c(2, 1), Some(c(2, 640)), c(1, 9999)),
+            ReadAt::Wait
+        );
+        assert_eq!(
+            worker_read_at(c(2, 640), Some(c(2, 640)), c(1, 9999)),
+            ReadAt::Now
+        );
+        assert_eq!(
+            worker_read_at(c(2, 700), Some(c(2, 640)), c(1, 5)),
+            ReadAt::Now
+        );
+        // A floor of another epoch says nothing about this one.
+        assert_eq!(
+            worker_read_at(c(3, 700), Some(c(2, 640)), c(1, 5)),
+            ReadAt::Wait
+        );
+        // A newer epoch's cursor: waits (the worker has to move there).
+        assert_eq!(
+            worker_read_at(c(2, 700), Some(c(2, 640)), c(3, 1)),
+            ReadAt::Wait
+        );
+    }
 
     #[test]
     fn subscriptions() {
