@@ -1839,12 +1839,27 @@ impl Worker {
         }
         let mut rx = self.applied.subscribe();
         // The guard `wait_for` returns must not live across an await.
-        matches!(
-            tokio::time::timeout(READ_WAIT, rx.wait_for(|applied| now(*applied)))
-                .await
-                .map(|r| r.map(|_| ())),
-            Ok(Ok(()))
-        )
+        let reached = self.unless_retired(async {
+            matches!(
+                tokio::time::timeout(READ_WAIT, rx.wait_for(|applied| now(*applied)))
+                    .await
+                    .map(|r| r.map(|_| ())),
+                Ok(Ok(()))
+            )
+        });
+        reached.await.unwrap_or(false)
+    }
+
+    /// Runs `wait` unless this worker is retired first (`None`): a read
+    /// that waits on a retired worker's cursor or mark waits for nothing
+    /// (its master is gone; the node serves in another role now), so it
+    /// fails at once and the client reads elsewhere.
+    async fn unless_retired<T>(&self, wait: impl std::future::Future<Output = T>) -> Option<T> {
+        let mut retired = self.retired.subscribe();
+        tokio::select! {
+            v = wait => Some(v),
+            _ = retired.wait_for(|r| *r) => None,
+        }
     }
 
     /// Holds a read's answer until the high-water mark covers everything the
@@ -1864,22 +1879,28 @@ impl Worker {
         }
         let mut rx = self.hw.subscribe();
         // The guard `wait_for` returns must not live across an await.
-        let covered = matches!(
-            tokio::time::timeout(READ_WAIT, rx.wait_for(|h| *h >= seen))
-                .await
-                .map(|r| r.map(|_| ())),
-            Ok(Ok(()))
-        );
-        if covered {
-            return answer.map(|a| (a, at));
+        let covered = self.unless_retired(async {
+            matches!(
+                tokio::time::timeout(READ_WAIT, rx.wait_for(|h| *h >= seen))
+                    .await
+                    .map(|r| r.map(|_| ())),
+                Ok(Ok(()))
+            )
+        });
+        match covered.await {
+            Some(true) => answer.map(|a| (a, at)),
+            Some(false) => Err(failed(
+                Code::Lagging,
+                format!(
+                    "the records this read saw (up to {seen}) are above the high-water mark {}",
+                    *self.hw.borrow()
+                ),
+            )),
+            None => Err(failed(
+                Code::Lagging,
+                "this node changed roles while the read waited; read again",
+            )),
         }
-        Err(failed(
-            Code::Lagging,
-            format!(
-                "the records this read saw (up to {seen}) are above the high-water mark {}",
-                *self.hw.borrow()
-            ),
-        ))
     }
 
     /// Receives a full copy of the master's data files into a sibling

@@ -10,8 +10,21 @@ use ourdb::{Location, SyncPolicy};
 use replication::frame::{self, Frame};
 use replication::{Client, Cursor, Identity, Worker};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_reads_wait_for_the_high_water_mark() {
+/// A worker fed by a scripted master: k1 below the mark, k2 applied but
+/// above it. Returns what a test needs to go on.
+struct Fed {
+    _dir: tempfile::TempDir,
+    worker: std::sync::Arc<Worker>,
+    waddr: std::net::SocketAddr,
+    client: Client,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    last: Frame,
+    ends: Vec<Location>,
+    _endpoints: (quinn::Endpoint, quinn::Connection),
+}
+
+async fn fed() -> Fed {
     let dir = tempfile::tempdir().unwrap();
     // The records, as a master writes them.
     let source = common::store(&dir.path().join("source"), SyncPolicy::Flush);
@@ -64,8 +77,31 @@ async fn worker_reads_wait_for_the_high_water_mark() {
         .await
         .expect("k2 applied")
         .unwrap();
+    let last = segment(2, ends[3]);
+    Fed {
+        worker,
+        waddr,
+        client: Client::new(&id).unwrap(),
+        send,
+        recv,
+        last,
+        ends,
+        _endpoints: (master, conn),
+        _dir: dir,
+    }
+}
 
-    let client = Client::new(&id).unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reads_wait_for_the_high_water_mark() {
+    let Fed {
+        waddr,
+        client,
+        mut send,
+        mut recv,
+        last,
+        ends,
+        ..
+    } = fed().await;
     let read = client.get(waddr, "k1", Cursor::ZERO);
     let early = tokio::time::timeout(Duration::from_millis(300), read).await;
     assert!(
@@ -74,7 +110,7 @@ async fn worker_reads_wait_for_the_high_water_mark() {
     );
 
     // The next segment brings a mark past everything: reads are answered.
-    frame::write(&mut send, &segment(2, ends[3])).await.unwrap();
+    frame::write(&mut send, &last).await.unwrap();
     let got = tokio::time::timeout(
         Duration::from_secs(5),
         client.get(waddr, "k2", Cursor::ZERO),
@@ -90,4 +126,26 @@ async fn worker_reads_wait_for_the_high_water_mark() {
             other => panic!("expected an ack, got {other:?}"),
         }
     }
+}
+
+/// A worker that stops following as such (its node became master, or
+/// follows a new one) ends the reads waiting on its mark at once: nothing
+/// would move that mark any more, and the client should read elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_worker_ends_the_reads_waiting_on_its_mark() {
+    let f = fed().await;
+    let read = {
+        let (client, waddr) = (f.client, f.waddr);
+        tokio::spawn(async move { client.get(waddr, "k1", Cursor::ZERO).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!read.is_finished(), "answered above the mark");
+    f.worker.retire();
+    let e = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the read ended")
+        .unwrap()
+        .unwrap_err();
+    // Not the read wait running out (that names the mark).
+    assert!(e.to_string().contains("changed roles"), "{e}");
 }

@@ -12,6 +12,15 @@ pub(super) struct ApiError {
 }
 
 impl ApiError {
+    /// A failure another node may not have: no node answered, or none had
+    /// reached the cursor in time.
+    pub(super) fn may_pass(&self) -> bool {
+        matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        )
+    }
+
     pub(super) fn new(
         status: StatusCode,
         code: &'static str,

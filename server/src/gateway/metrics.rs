@@ -143,6 +143,8 @@ pub(super) struct Metrics {
     pub(super) read_index_rounds: Counter,
     /// Reads also sent to another worker because the first was slow.
     pub(super) hedges: Counter,
+    /// Reads that failed while the master changed and went once more.
+    pub(super) reads_retried: Counter,
     /// Reads the member this gateway runs in answered (`--http` on a node).
     pub(super) reads_local: Counter,
     pub(super) worker_in_sync: Family<WorkerLabels, Gauge>,
@@ -204,6 +206,12 @@ impl Metrics {
             "read_hedges",
             "Reads also sent to another worker because the first was slow",
             hedges.clone(),
+        );
+        let reads_retried = Counter::default();
+        registry.register(
+            "reads_retried",
+            "Reads that failed while the cluster changed master and went once more to the nodes as they are now",
+            reads_retried.clone(),
         );
         // Constant for the process's life: set once, here, in its runtime.
         let threads = Gauge::<i64>::default();
@@ -309,6 +317,7 @@ impl Metrics {
             errors,
             read_index_rounds,
             hedges,
+            reads_retried,
             reads_local,
             worker_in_sync,
             worker_lag_bytes,

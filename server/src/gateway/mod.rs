@@ -398,13 +398,46 @@ impl Gateway {
     /// gets company: the read goes to the next worker too, and the first
     /// answer wins. The same code serves `ourkv dev`, whose nodes the client
     /// reaches in process.
+    ///
+    /// A read that failed while the cluster changed master goes once more,
+    /// to the nodes as they are now (within the failover wait): the nodes it
+    /// waited on may have been following a master that is gone.
     async fn read<T, F, Fut>(&self, min: Cursor, remote: F) -> Result<T, ApiError>
     where
         F: Fn(SocketAddr, Cursor) -> Fut,
         Fut: std::future::Future<Output = replication::Result<T>>,
     {
-        let topo = self.topology();
-        let order = self.by_load(&topo);
+        let started = std::time::Instant::now();
+        let mut topo = self.topology();
+        let mut again = true;
+        loop {
+            match self.read_on(&topo, min, &remote).await {
+                Err(e) if again && e.may_pass() && started.elapsed() < topology::FAILOVER_WAIT => {
+                    let now = self.topology();
+                    if now.master == topo.master && now.workers == topo.workers {
+                        return Err(e);
+                    }
+                    self.metrics.reads_retried.inc();
+                    topo = now;
+                    again = false;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One pass of `read` over the nodes of `topo`.
+    async fn read_on<T, F, Fut>(
+        &self,
+        topo: &Arc<topology::Topology>,
+        min: Cursor,
+        remote: &F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(SocketAddr, Cursor) -> Fut,
+        Fut: std::future::Future<Output = replication::Result<T>>,
+    {
+        let order = self.by_load(topo);
         let mut tried = 0;
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut last = None;
@@ -429,7 +462,7 @@ impl Gateway {
                 running.push(launch(order[tried]));
                 tried += 1;
             }
-            let budget = self.hedge_budget(&topo, order.get(tried.wrapping_sub(1)).copied());
+            let budget = self.hedge_budget(topo, order.get(tried.wrapping_sub(1)).copied());
             tokio::select! {
                 r = futures_util::StreamExt::next(&mut running) => match r {
                     Some(Ok(v)) => return Ok(v),
