@@ -206,7 +206,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) cluster: Option<PathBuf>,
     /// Data file size; every node of a cluster must use the same.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) file_size: Option<u32>,
     /// never, flush, always or group (default: group; workers with
     /// --standalone: flush).
@@ -385,7 +385,7 @@ pub(crate) struct Shape {
     #[arg(long, value_name = "S")]
     pub(crate) record_size_max: Option<u32>,
     /// V's file_size: bytes per data file before the next one starts.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) file_size: Option<u32>,
     /// Key-value mode (ids given by the caller) instead of incremental.
     #[arg(long)]
@@ -457,7 +457,7 @@ pub(crate) struct BackupArgs {
     #[command(flatten)]
     pub(crate) api: ApiArgs,
     /// The nodes' data file size, if they run with --file-size.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) file_size: Option<u32>,
     /// The new directory (absent or empty); it appears only when whole.
     pub(crate) out: PathBuf,
