@@ -24,6 +24,17 @@ pub mod proto;
 pub mod stats;
 mod syncer;
 
+/// A task that ends with its handle: one that runs beside a future (a
+/// stream's periodic check) must not outlive it, even if the future is
+/// dropped before it returns.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub use client::{Client, Lifetime, Snapshot, Watch};
 pub use cursor::Cursor;
 pub use error::{Code, Error, Result};

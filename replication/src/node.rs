@@ -1161,12 +1161,12 @@ impl Master {
         let lag_checks = {
             let me = self.clone();
             let every = (self.options.ack_timeout / 4).max(Duration::from_millis(20));
-            tokio::spawn(async move {
+            crate::AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     me.check_lag(key);
                 }
-            })
+            }))
         };
         let mut changed = self.shippable.subscribe();
         // In a failover cluster the mark also moves with acknowledgements
@@ -1244,7 +1244,7 @@ impl Master {
             cursor = seg.next;
         };
         acks.abort();
-        lag_checks.abort();
+        drop(lag_checks);
         {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
             let gone = workers.remove(key);

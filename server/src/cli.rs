@@ -173,7 +173,8 @@ pub(crate) enum ClusterCmd {
 #[derive(Args)]
 pub(crate) struct MasterArgs {
     /// How long an ack=all write waits for a worker before dropping it from the in-sync set; also how long any in-sync worker may lack a commit before it is dropped.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) ack_timeout_ms: u64,
     /// A worker further behind than this many bytes leaves the in-sync set at once; 0: no limit in bytes (a burst of large writes then holds ack=all writes back instead of dropping every worker).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]

@@ -295,26 +295,26 @@ fn bad_input_gives_a_message_and_non_zero_exit() {
     // A data file size of 0 is refused before anything is created (it used
     // to fail only at the store's open, leaving a lock file and a new
     // member identity behind).
+    // So is an ack timeout of 0 (every worker would leave the in-sync set
+    // at once).
     let node = tmp.path().join("n");
-    let out = ourkv(
-        &[
-            "master",
-            "--data",
-            node.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:1",
-            "--file-size",
-            "0",
-        ],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("--file-size"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(!node.exists() && !tmp.path().join("n.raft").exists());
+    for flag in ["--file-size", "--ack-timeout-ms"] {
+        let out = ourkv(
+            &[
+                "master",
+                "--data",
+                node.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:1",
+                flag,
+                "0",
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains(flag), "{}", text(&out.stderr));
+        assert!(!node.exists() && !tmp.path().join("n.raft").exists());
+    }
 }
 
 /// V's `set('')`, `set('')`, `set('abc')` with no lookup dump (V never

@@ -36,6 +36,7 @@ use crate::node::{Appointment, FailoverWorker, MetaLink, Worker};
 use crate::proto::election::{self, Choice};
 use crate::proto::followers::Transition;
 use crate::proto::meta::{Applied, Branch, MetaCmd};
+use crate::AbortOnDrop;
 use crate::{Identity, Master, MasterOptions};
 
 /// A leader's refusal as this member's answer; no answer at all means no
@@ -104,14 +105,6 @@ enum Role {
         master: u64,
         term: u64,
     },
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A data node of a failover cluster.
