@@ -1831,7 +1831,13 @@ impl Worker {
     /// once the floor is (`proto::shipping::worker_read_at`).
     pub async fn wait_applied(&self, min_cursor: Cursor) -> bool {
         let now = |c: Cursor| {
-            let floor = *self.floor.lock().unwrap_or_else(|e| e.into_inner());
+            // The floor matters only to older epochs' cursors: no lock for
+            // the others (every read comes here).
+            let floor = if min_cursor.epoch < c.epoch {
+                *self.floor.lock().unwrap_or_else(|e| e.into_inner())
+            } else {
+                None
+            };
             proto::shipping::worker_read_at(c, floor, min_cursor) == ReadAt::Now
         };
         if now(*self.applied.borrow()) {

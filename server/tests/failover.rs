@@ -85,6 +85,25 @@ fn wait_cluster(http: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool)
     }
 }
 
+/// The members of `args` started (logs `a`, `b` and `c` in `dir`) and a
+/// gateway naming them on a fresh port, once the cluster has formed.
+fn formed_cluster(
+    dir: &Path,
+    ports: [u16; 3],
+    args: &[Vec<String>],
+) -> (Vec<common::Proc>, common::Proc, String) {
+    let log = |n: &str| dir.join(format!("{n}.log"));
+    let nodes = args
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(a, n)| start(a, &log(n)))
+        .collect();
+    let http = addr(free_port());
+    let gw = gateway(&http, &ports, &log("gateway"));
+    wait_cluster(&http, "three voters, two workers in sync", formed);
+    (nodes, gw, http)
+}
+
 fn put(http: &str, key: &str, value: &str) -> (u16, String) {
     curl(&[
         "-X",
@@ -495,25 +514,19 @@ fn a_write_in_flight_when_the_master_dies_is_indeterminate() {
         .position(|a| a == "--ack-timeout-ms")
         .unwrap();
     args[0][at + 1] = "10000".into();
-    let log = |n: &str| dir.path().join(format!("{n}.log"));
-    let mut a = start(&args[0], &log("a"));
-    let _b = start(&args[1], &log("b"));
-    let c = start(&args[2], &log("c"));
-    let http = addr(free_port());
-    let _gw = gateway(&http, &ports, &log("gateway"));
-    wait_cluster(&http, "three voters, two workers in sync", formed);
+    let (mut nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
     assert_eq!(put(&http, "first", "1").0, 200);
 
     // Worker c stops acknowledging: an ack=all write waits at the master.
-    common::signal(&c, "-STOP");
+    common::signal(&nodes[2], "-STOP");
     let writer = {
         let http = http.clone();
         std::thread::spawn(move || put(&http, "in-flight", "2"))
     };
     std::thread::sleep(Duration::from_millis(700));
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
-    common::signal(&c, "-CONT");
+    nodes[0].0.kill().unwrap();
+    nodes[0].0.wait().unwrap();
+    common::signal(&nodes[2], "-CONT");
     let (code, body) = writer.join().unwrap();
     assert_eq!(code, 503, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -541,20 +554,14 @@ fn a_write_to_a_stopped_master_goes_to_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port(), free_port()];
     let args = node_args(dir.path(), ports);
-    let log = |n: &str| dir.path().join(format!("{n}.log"));
-    let a = start(&args[0], &log("a"));
-    let _b = start(&args[1], &log("b"));
-    let _c = start(&args[2], &log("c"));
-    let http = addr(free_port());
-    let _gw = gateway(&http, &ports, &log("gateway"));
-    wait_cluster(&http, "three voters, two workers in sync", formed);
+    let (nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
     assert_eq!(put(&http, "first", "1").0, 200);
 
-    common::signal(&a, "-STOP");
+    common::signal(&nodes[0], "-STOP");
     // A second gateway, started now: its first connection to the master
     // is the one that goes unanswered.
     let fresh = addr(free_port());
-    let _gw2 = gateway(&fresh, &ports, &log("gateway2"));
+    let _gw2 = gateway(&fresh, &ports, &dir.path().join("gateway2.log"));
     let t = Instant::now();
     let (code, body) = put(&fresh, "during", "2");
     let took = t.elapsed();
@@ -563,7 +570,7 @@ fn a_write_to_a_stopped_master_goes_to_the_next_one() {
     assert_ne!(c["master"]["addr"], addr(ports[0]), "{c}");
     let strong = curl(&[&format!("http://{fresh}/v1/kv/during")]);
     assert_eq!(strong, (200, "2".into()));
-    common::signal(&a, "-CONT");
+    common::signal(&nodes[0], "-CONT");
 }
 
 /// A worker that stays connected but falls behind in time leaves the
@@ -576,13 +583,7 @@ fn a_worker_behind_in_time_leaves_the_in_sync_set_and_reads_go_on() {
     let ports = [free_port(), free_port(), free_port()];
     let mut args = node_args(dir.path(), ports);
     args[2].extend(["--apply-delay-ms".to_string(), "400".to_string()]);
-    let log = |n: &str| dir.path().join(format!("{n}.log"));
-    let _a = start(&args[0], &log("a"));
-    let _b = start(&args[1], &log("b"));
-    let _c = start(&args[2], &log("c"));
-    let http = addr(free_port());
-    let _gw = gateway(&http, &ports, &log("gateway"));
-    wait_cluster(&http, "three voters, two workers in sync", formed);
+    let (_nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
 
     // Sequential writes, each its own segment: c applies one per 400 ms.
     let t = Instant::now();
@@ -618,15 +619,7 @@ fn an_old_epochs_cursor_is_not_answered_from_a_log_still_filling() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port(), free_port()];
     let args = node_args(dir.path(), ports);
-    let log = |n: &str| dir.path().join(format!("{n}.log"));
-    let mut nodes: Vec<common::Proc> = args
-        .iter()
-        .zip(["a", "b", "c"])
-        .map(|(a, n)| start(a, &log(n)))
-        .collect();
-    let http = addr(free_port());
-    let _gw = gateway(&http, &ports, &log("gateway"));
-    wait_cluster(&http, "three voters, two workers in sync", formed);
+    let (mut nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
     for i in 0..50 {
         assert_eq!(put(&http, "pad", &format!("{i:0>300}")).0, 200);
     }
@@ -649,7 +642,7 @@ fn an_old_epochs_cursor_is_not_answered_from_a_log_still_filling() {
     nodes.extend(
         args.iter()
             .zip(["a2", "b2", "c2"])
-            .map(|(a, n)| start(a, &log(n))),
+            .map(|(a, n)| start(a, &dir.path().join(format!("{n}.log")))),
     );
 
     let session = format!("X-OurKV-Cursor: {old}");
