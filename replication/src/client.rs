@@ -413,7 +413,7 @@ impl Client {
     }
 
     /// Keys with `prefix` after `after`, at most `limit`, from a node that has
-    /// applied `min_cursor`.
+    /// applied `min_cursor`; with the cursor of what the read saw.
     pub async fn list(
         &self,
         node: SocketAddr,
@@ -421,41 +421,46 @@ impl Client {
         after: Option<&str>,
         limit: u32,
         min_cursor: Cursor,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Cursor)> {
         let req = reads::List {
             prefix: prefix.into(),
             after: after.unwrap_or_default().into(),
             limit,
             min_cursor,
         };
-        Ok(self.call(node, req).await?.keys)
+        let reads::Keys { keys, cursor } = self.call(node, req).await?;
+        Ok((keys, cursor))
     }
 
-    /// The key and value of record `id`.
+    /// The key and value of record `id`; with the cursor of what the read
+    /// saw.
     pub async fn by_id(
         &self,
         node: SocketAddr,
         id: u32,
         min_cursor: Cursor,
-    ) -> Result<Option<(String, Vec<u8>)>> {
+    ) -> Result<(Option<(String, Vec<u8>)>, Cursor)> {
         let req = reads::ById { id, min_cursor };
-        Ok(self.call(node, req).await?.entry)
+        let reads::Record { entry, cursor } = self.call(node, req).await?;
+        Ok((entry, cursor))
     }
 
-    /// Up to `depth` values of `key`, newest first.
+    /// Up to `depth` values of `key`, newest first; with the cursor of what
+    /// the read saw.
     pub async fn history(
         &self,
         node: SocketAddr,
         key: &str,
         depth: u32,
         min_cursor: Cursor,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<(Vec<Vec<u8>>, Cursor)> {
         let req = reads::History {
             key: key.into(),
             depth,
             min_cursor,
         };
-        Ok(self.call(node, req).await?.values)
+        let reads::Values { values, cursor } = self.call(node, req).await?;
+        Ok((values, cursor))
     }
 
     /// The changes to keys with `prefix` from `from` up to `until` (or what

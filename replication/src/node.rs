@@ -2224,7 +2224,8 @@ impl reads::Handler for Master {
             return Err(self.not_reached(req.min_cursor));
         }
         let answer = list(&self.store, req, self.commit_cursor());
-        self.after_read(answer).await.map(|(a, _)| a)
+        let (keys, cursor) = self.after_read(answer).await?;
+        Ok(reads::Keys { cursor, ..keys })
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
@@ -2232,7 +2233,8 @@ impl reads::Handler for Master {
             return Err(self.not_reached(req.min_cursor));
         }
         let answer = history(self.store.clone(), req, self.commit_cursor()).await;
-        self.after_read(answer).await.map(|(a, _)| a)
+        let (values, cursor) = self.after_read(answer).await?;
+        Ok(reads::Values { cursor, ..values })
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
@@ -2240,7 +2242,8 @@ impl reads::Handler for Master {
             return Err(self.not_reached(req.min_cursor));
         }
         let answer = by_id(self.store.clone(), req, self.commit_cursor()).await;
-        self.after_read(answer).await.map(|(a, _)| a)
+        let (record, cursor) = self.after_read(answer).await?;
+        Ok(reads::Record { cursor, ..record })
     }
 }
 
@@ -2338,7 +2341,8 @@ impl reads::Handler for Worker {
         }
         let store = self.store();
         let answer = list(&store, req, self.applied());
-        self.after_read(&store, answer).await.map(|(a, _)| a)
+        let (keys, cursor) = self.after_read(&store, answer).await?;
+        Ok(reads::Keys { cursor, ..keys })
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
@@ -2347,7 +2351,8 @@ impl reads::Handler for Worker {
         }
         let store = self.store();
         let answer = history(store.clone(), req, self.applied()).await;
-        self.after_read(&store, answer).await.map(|(a, _)| a)
+        let (values, cursor) = self.after_read(&store, answer).await?;
+        Ok(reads::Values { cursor, ..values })
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
@@ -2356,7 +2361,8 @@ impl reads::Handler for Worker {
         }
         let store = self.store();
         let answer = by_id(store.clone(), req, self.applied()).await;
-        self.after_read(&store, answer).await.map(|(a, _)| a)
+        let (record, cursor) = self.after_read(&store, answer).await?;
+        Ok(reads::Record { cursor, ..record })
     }
 }
 

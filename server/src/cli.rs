@@ -23,8 +23,10 @@ pub(crate) enum Cmd {
         /// HTTP address of the gateway.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http: String,
-        /// How many workers.
-        #[arg(long, default_value_t = 2)]
+        /// How many workers (1 to 32: each holds a full copy in this one
+        /// process).
+        #[arg(long, default_value_t = 2,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=32))]
         workers: usize,
         /// Testing aid: workers wait this long before applying each batch.
         #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
@@ -401,12 +403,14 @@ pub(crate) struct HttpOpts {
     pub(crate) api_token: Option<String>,
     /// How long a client may take to send a request's headers (then the
     /// connection is closed) and then its body (then 408).
-    #[arg(long, value_name = "MS", default_value_t = gateway::DEFAULT_CLIENT_TIMEOUT.as_millis() as u64)]
+    #[arg(long, value_name = "MS", default_value_t = gateway::DEFAULT_CLIENT_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) client_timeout_ms: u64,
     /// The most HTTP connections open at once; past it, a connection that
     /// has sent nothing for a second is closed to make room, else the new
     /// one gets 503. Default: what the descriptor limit allows, at most 16,384.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) max_connections: Option<usize>,
     /// The most watches (`/v1/watch` streams) open at once; past it, 503.
     #[arg(long, value_name = "N", default_value_t = gateway::DEFAULT_MAX_WATCHES)]

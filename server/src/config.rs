@@ -220,7 +220,9 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFla
             let text = match v {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
+                // With its point (`1e3` is `1000.0`, not `1000`), so a
+                // whole-number flag refuses it rather than taking a float.
+                toml::Value::Float(f) => format!("{f:?}"),
                 toml::Value::Boolean(b) if !takes_value => {
                     if *b {
                         out.push(flag.clone());
@@ -543,6 +545,9 @@ mod tests {
         // A float is no count of threads either; the error names the file.
         let e = gateway("2.5", &[]).unwrap_err();
         assert!(e.contains("line 3") && e.contains("2.5"), "{e}");
+        // Nor is a whole float: `2e0` is 2.0, refused, not taken for 2.
+        let e = gateway("2e0", &[]).unwrap_err();
+        assert!(e.contains("line 3") && e.contains("2.0"), "{e}");
         // A bad value on the command line stays clap's own error.
         let e = gateway("1", &["--threads", "0"]).unwrap_err();
         assert!(!e.contains("config file"), "{e}");

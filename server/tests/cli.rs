@@ -296,9 +296,15 @@ fn bad_input_gives_a_message_and_non_zero_exit() {
     // to fail only at the store's open, leaving a lock file and a new
     // member identity behind).
     // So is an ack timeout of 0 (every worker would leave the in-sync set
-    // at once).
+    // at once), a client timeout of 0 (every request would time out) and at
+    // most 0 connections (none could connect).
     let node = tmp.path().join("n");
-    for flag in ["--file-size", "--ack-timeout-ms"] {
+    for flag in [
+        "--file-size",
+        "--ack-timeout-ms",
+        "--client-timeout-ms",
+        "--max-connections",
+    ] {
         let out = ourkv(
             &[
                 "master",
@@ -314,6 +320,16 @@ fn bad_input_gives_a_message_and_non_zero_exit() {
         assert_eq!(out.status.code(), Some(2));
         assert!(text(&out.stderr).contains(flag), "{}", text(&out.stderr));
         assert!(!node.exists() && !tmp.path().join("n.raft").exists());
+    }
+    // `dev` runs every worker in its one process: 1 to 32 of them.
+    for n in ["0", "33", "100000"] {
+        let out = ourkv(
+            &["dev", "--data", node.to_str().unwrap(), "--workers", n],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2), "--workers {n}");
+        assert!(text(&out.stderr).contains("--workers"));
+        assert!(!node.exists());
     }
 }
 

@@ -542,6 +542,64 @@ fn counts_and_paths_get_json_errors() {
     }
     let (code, body) = curl(&[&url("/v1/kv?limit=1000")]);
     assert_eq!(code, 200, "{body}");
+    // A prefix longer than any key is a mistake, not an empty list; one of
+    // the longest key's length is still a prefix.
+    let long = "p".repeat(1025);
+    for q in [
+        format!("/v1/kv?prefix={long}"),
+        format!("/v1/watch?prefix={long}"),
+    ] {
+        let (code, head, body) = curl_headers(&["-m", "5", &url(&q)]);
+        assert_eq!(code, 400, "{body}");
+        assert!(header(&head, "content-type").unwrap().contains("json"));
+        assert!(body.contains("prefix of 1025 bytes"), "{body}");
+    }
+    let (code, body) = curl(&[&url(&format!("/v1/kv?prefix={}", &long[1..]))]);
+    assert_eq!((code, body.as_str()), (200, r#"{"keys":[],"next":null}"#));
+}
+
+/// Every read answers with a cursor at or after what it saw (a history, a
+/// list, a record by id, a 412), so a session read that carries it never
+/// goes back.
+#[test]
+fn every_read_answers_a_cursor_past_what_it_saw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dev, http) = start_dev(&tmp.path().join("d"), &["--workers", "1"]);
+    let url = |p: &str| format!("http://{http}{p}");
+    let parse = |c: &str| -> Vec<u64> { c.split(':').map(|p| p.parse().unwrap()).collect() };
+    let mut last = Vec::new();
+    for v in ["1", "2", "3"] {
+        let (code, head, _) = curl_headers(&["-X", "PUT", &url("/v1/kv/c?ack=all"), "-d", v]);
+        assert_eq!(code, 200);
+        last = parse(header(&head, "x-ourkv-cursor").unwrap());
+    }
+    let (_, body) = curl(&[&url("/v1/kv?prefix=c")]);
+    assert_eq!(body, r#"{"keys":["c"],"next":null}"#);
+    for (q, extra, want) in [
+        ("/v1/kv/c?history=3&consistency=stale", None, 200),
+        ("/v1/kv?prefix=c&consistency=stale", None, 200),
+        ("/v1/records/1?consistency=stale", None, 200),
+        ("/v1/records/99?consistency=stale", None, 404),
+        ("/v1/kv/nope?history=2&consistency=stale", None, 404),
+        (
+            "/v1/kv/c?consistency=stale",
+            Some("If-Match: \"9-9-9\""),
+            412,
+        ),
+    ] {
+        let mut args = vec![];
+        if let Some(h) = extra {
+            args.extend(["-H", h]);
+        }
+        let u = url(q);
+        args.push(&u);
+        let (code, head, body) = curl_headers(&args);
+        assert_eq!(code, want, "{q}: {body}");
+        let c = header(&head, "x-ourkv-cursor").unwrap_or_else(|| panic!("{q}: no cursor"));
+        // A stale read on the one worker that acknowledged every write saw
+        // them all: its cursor is at or after the last write's.
+        assert!(parse(c) >= last, "{q}: {c} before {last:?}");
+    }
 }
 
 /// Preconditions as RFC 9110 defines them: `*`, entity-tag lists, weak tags

@@ -37,7 +37,9 @@ message! {
     Value = Value {
         /// The value; `None` if the key does not exist.
         value: Option<Vec<u8>>,
-        /// The node's cursor when it read.
+        /// The node's end after the read: at or after everything the read
+        /// saw, and covered by the high-water mark (what a session read
+        /// after it carries).
         cursor: Cursor,
         /// The key's version (all zero if it does not exist).
         version: Version,
@@ -64,7 +66,9 @@ message! {
     Keys = Keys {
         /// The keys.
         keys: Vec<String>,
-        /// The node's cursor when it read.
+        /// The node's end after the read: at or after everything the read
+        /// saw, and covered by the high-water mark (what a session read
+        /// after it carries).
         cursor: Cursor,
     }
 }
@@ -86,7 +90,9 @@ message! {
     Values = Values {
         /// The values.
         values: Vec<Vec<u8>>,
-        /// The node's cursor when it read.
+        /// The node's end after the read: at or after everything the read
+        /// saw, and covered by the high-water mark (what a session read
+        /// after it carries).
         cursor: Cursor,
     }
 }
@@ -106,7 +112,9 @@ message! {
     Record = Record {
         /// Key and value; `None` if the id is not live.
         entry: Option<(String, Vec<u8>)>,
-        /// The node's cursor when it read.
+        /// The node's end after the read: at or after everything the read
+        /// saw, and covered by the high-water mark (what a session read
+        /// after it carries).
         cursor: Cursor,
     }
 }

@@ -550,6 +550,7 @@ pub(super) struct LeaseAckQuery {
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     /// Only keys that start with this.
+    #[param(max_length = 1024)]
     prefix: Option<String>,
     /// Only keys after this one (the `next` of the page before).
     after: Option<String>,
@@ -571,6 +572,7 @@ pub(super) struct RecordPath {
 #[into_params(parameter_in = Query)]
 pub(super) struct WatchQuery {
     /// Only keys that start with this.
+    #[param(max_length = 1024)]
     prefix: Option<String>,
     /// Start after this cursor (an event's id); `Last-Event-ID` wins.
     cursor: Option<String>,

@@ -107,15 +107,19 @@ pub(super) async fn get_value(
     let (if_match, if_none_match) = conditions(headers)?;
     if let Some(depth) = q.get("history")? {
         let depth = bounded(depth, "history")?;
-        let values = gw
+        let (values, seen) = gw
             .read(min, |n, c| gw.client.history(n, key, depth, c))
             .await?;
+        let at = seen.max(min);
         if values.is_empty() {
-            return Err(ApiError::not_found(key));
+            return Ok(error_at(gw, ApiError::not_found(key), at));
         }
         let b64 = base64::engine::general_purpose::STANDARD;
         let history: Vec<String> = values.iter().map(|v| b64.encode(v)).collect();
-        return Ok(Json(json!({"key": key, "history": history})).into_response());
+        return Ok(with_cursor(
+            Json(json!({"key": key, "history": history})).into_response(),
+            at,
+        ));
     }
     let (found, seen) = gw
         .read(min, |n, c| gw.client.get_versioned(n, key, c))
@@ -126,11 +130,12 @@ pub(super) async fn get_value(
     let current = found.as_ref().map(|(_, v)| *v);
     // RFC 9110 13.2.2: If-Match first (412), then If-None-Match (304).
     if if_match.as_ref().is_some_and(|c| !meets(c, current)) {
-        return Err(ApiError::new(
+        let e = ApiError::new(
             StatusCode::PRECONDITION_FAILED,
             "precondition_failed",
             "the key's current version is not one If-Match names",
-        ));
+        );
+        return Ok(error_at(gw, e, at));
     }
     match found {
         Some((_, version)) if if_none_match.as_ref().is_some_and(|c| meets(c, current)) => {
@@ -148,12 +153,15 @@ pub(super) async fn get_value(
         )),
         // A 404 is a read too: a session read with its cursor never finds
         // a value deleted before it.
-        None => {
-            // Counted as the error it is, though it goes out as a response.
-            gw.metrics.errors.inc();
-            Ok(with_cursor(ApiError::not_found(key).into_response(), at))
-        }
+        None => Ok(error_at(gw, ApiError::not_found(key), at)),
     }
+}
+
+/// An error answer to a read, with the cursor of what the read saw (a 404 or
+/// 412 is a read too), counted as the error it is.
+fn error_at(gw: &Gateway, e: ApiError, at: Cursor) -> Response {
+    gw.metrics.errors.inc();
+    with_cursor(e.into_response(), at)
 }
 
 pub(super) async fn delete_key(
@@ -305,7 +313,8 @@ pub(super) async fn kv_delete(
     params(api::ListQuery, api::ReadQuery, api::SessionHeader),
     responses(
         api::Common,
-        (status = 200, description = "A page of keys", body = api::KeyList),
+        (status = 200, description = "A page of keys", body = api::KeyList,
+            headers(("X-OurKV-Cursor" = String, description = "covers what the read saw"))),
         (status = 400, response = api::BadRequest),
         (status = 500, response = api::ServerError),
         (status = 409, response = api::CursorAhead),
@@ -314,14 +323,14 @@ pub(super) async fn kv_delete(
 pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Response {
     let r = async {
         let q = query(&q)?;
-        let prefix = q.get("prefix")?.unwrap_or_default().to_string();
+        let prefix = prefix_of(&q)?;
         let limit = match q.get("limit")? {
             Some(l) => bounded(l, "limit")?,
             None => 100,
         };
         let after = q.get("after")?.map(str::to_string);
         let min = gw.min_cursor(&q, &headers).await?;
-        let keys = gw
+        let (keys, seen) = gw
             .read(min, |n, c| {
                 gw.client.list(n, &prefix, after.as_deref(), limit, c)
             })
@@ -329,7 +338,10 @@ pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Resp
         let next = (keys.len() == limit as usize)
             .then(|| keys.last().cloned())
             .flatten();
-        Ok(Json(json!({"keys": keys, "next": next})).into_response())
+        Ok(with_cursor(
+            Json(json!({"keys": keys, "next": next})).into_response(),
+            seen.max(min),
+        ))
     }
     .await;
     counted(&gw, r)
@@ -351,7 +363,8 @@ fn bounded(v: &str, name: &str) -> Result<u32, ApiError> {
     params(api::RecordPath, api::ReadQuery, api::SessionHeader),
     responses(
         api::Common,
-        (status = 200, description = "The record", body = api::Record),
+        (status = 200, description = "The record", body = api::Record,
+            headers(("X-OurKV-Cursor" = String, description = "covers what the read saw"))),
         (status = 400, response = api::BadRequest),
         (status = 404, response = api::NotFound),
         (status = 500, response = api::ServerError),
@@ -371,19 +384,23 @@ pub(super) async fn by_id(
             .parse()
             .map_err(|_| ApiError::bad_request(format!("record id {id:?} is not a number")))?;
         let min = gw.min_cursor(&q, &headers).await?;
-        match gw.read(min, |n, c| gw.client.by_id(n, id, c)).await? {
+        let (entry, seen) = gw.read(min, |n, c| gw.client.by_id(n, id, c)).await?;
+        let at = seen.max(min);
+        Ok(match entry {
             Some((key, value)) => {
                 let b64 = base64::engine::general_purpose::STANDARD;
-                Ok(Json(
-                    json!({"id": id, "key": key, "value": b64.encode(value)}),
-                ))
+                let body = json!({"id": id, "key": key, "value": b64.encode(value)});
+                with_cursor(Json(body).into_response(), at)
             }
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("record {id} not found"),
-            )),
-        }
+            None => {
+                let e = ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("record {id} not found"),
+                );
+                error_at(&gw, e, at)
+            }
+        })
     }
     .await;
     counted(&gw, r)

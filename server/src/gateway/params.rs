@@ -282,6 +282,20 @@ pub(super) fn check_key(key: &str) -> Result<(), ApiError> {
     ourdb::keyed::check_key(key).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// A `prefix` parameter: no key is longer than a key may be, so a longer
+/// prefix is a mistake to report, not an empty list.
+pub(super) fn prefix_of(params: &Params) -> Result<String, ApiError> {
+    let prefix = params.get("prefix")?.unwrap_or_default();
+    if prefix.len() > ourdb::keyed::MAX_KEY_LEN {
+        return Err(ApiError::bad_request(format!(
+            "prefix of {} bytes; at most {}",
+            prefix.len(),
+            ourdb::keyed::MAX_KEY_LEN
+        )));
+    }
+    Ok(prefix.to_string())
+}
+
 pub(super) fn ack_of(params: &Params) -> Result<Ack, ApiError> {
     match params.get("ack")? {
         None | Some("master") => Ok(Ack::Master),

@@ -328,7 +328,7 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
     use axum::response::sse::{KeepAlive, Sse};
     let r = async {
         let q = query(&q)?;
-        let prefix = q.get("prefix")?.unwrap_or_default().to_string();
+        let prefix = prefix_of(&q)?;
         let from = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
