@@ -661,3 +661,69 @@ fn an_old_epochs_cursor_is_not_answered_from_a_log_still_filling() {
         "{answers:?}"
     );
 }
+
+/// A master whose machine lost its disk, started again with its old command
+/// line, founds a cluster of its own (it cannot know better): the old
+/// cluster's members go on reaching its address as their old member, and
+/// it must not answer as that member (voting without that member's votes,
+/// taking its log without its history). It refuses them, says so in its
+/// log, and the old cluster goes on without it, nothing lost.
+#[test]
+fn a_master_back_on_a_fresh_disk_does_not_answer_as_its_old_self() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let (mut nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
+    let old_id = id_at(&cluster(&http), &addr(ports[0]));
+    for i in 0..20 {
+        assert_eq!(put(&http, &format!("k{i}"), &format!("v{i}")).0, 200);
+    }
+    drop(nodes.remove(0)); // SIGKILL
+    wait_cluster(&http, "a new master", |c| {
+        c["term"].as_u64() >= Some(2) && c["master"]["addr"] != addr(ports[0])
+    });
+    // The disk is gone: data and Raft directory.
+    std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("a.raft")).unwrap();
+    let own_http = addr(free_port());
+    let mut again = args[0].clone();
+    again.extend(["--http".to_string(), own_http.clone()]);
+    let log = dir.path().join("a2.log");
+    let _a = start(&again, &log);
+    let new_id = std::fs::read_to_string(dir.path().join("a.raft/id")).unwrap();
+    assert_ne!(new_id.trim(), old_id);
+    // Heartbeats reach it every 50 ms; give them time to do harm.
+    std::thread::sleep(Duration::from_secs(2));
+    let own = cluster(&own_http);
+    let ids: Vec<&str> = own["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{own}"))
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [new_id.trim()], "it took on the old cluster: {own}");
+    // And it still works as the master of its own cluster.
+    let (code, body) = put(&own_http, "own", "1");
+    assert_eq!(code, 200, "{body}; its view: {}", cluster(&own_http));
+    // A strong read asks its metadata group whether it still leads.
+    let strong = curl(&["-m", "10", &format!("http://{own_http}/v1/kv/own")]);
+    assert_eq!(
+        strong,
+        (200, "1".into()),
+        "its view: {}",
+        cluster(&own_http)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("reach this address as their member {old_id}")),
+        "{text}"
+    );
+    // The old cluster: its master is one of the workers, and every write is
+    // there.
+    let view = cluster(&http);
+    assert_ne!(view["master"]["addr"], addr(ports[0]), "{view}");
+    for i in 0..20 {
+        let got = curl(&[&format!("http://{http}/v1/kv/k{i}")]);
+        assert_eq!(got, (200, format!("v{i}")), "k{i}");
+    }
+}

@@ -18,6 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
 
@@ -55,10 +56,67 @@ enum Reply {
     Refused(String),
 }
 
+/// The key, in a request's JSON, of the node id the sender meant.
+///
+/// It sits inside the request's own object (`{"Vote": {..., "to": 7}}`),
+/// where openraft's types ignore it: nodes of the version before it still
+/// read these requests, and theirs (without it) are still read here.
+const TO: &str = "to";
+
+/// `req` as JSON, naming `to` as the node it is meant for.
+fn addressed(req: &Request, to: u64) -> serde_json::Result<Vec<u8>> {
+    let mut v = serde_json::to_value(req)?;
+    if let Some(inner) = v
+        .as_object_mut()
+        .and_then(|m| m.values_mut().next())
+        .and_then(|i| i.as_object_mut())
+    {
+        inner.insert(TO.into(), to.into());
+    }
+    serde_json::to_vec(&v)
+}
+
+/// The node a request's JSON names, if it names one.
+fn addressee(v: &serde_json::Value) -> Option<u64> {
+    v.as_object()?.values().next()?.get(TO)?.as_u64()
+}
+
+/// How many requests meant for another node were refused (a warning goes
+/// out for the first and then every 1000th: heartbeats come 20 a second).
+static MISADDRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Answers a `Raft` frame with this node's metadata group.
+///
+/// A request meant for another node id is refused: the address now belongs
+/// to another node (its Raft directory was lost or replaced, or another
+/// node took the address). Answering as that member would vote without the
+/// member's votes and take its log without its history, which Raft's safety
+/// rests on; to its group the member stays unreachable instead.
 pub async fn answer(raft: &MetaRaftHandle, req: Raft) -> Answer<Raft> {
     let bad = |e: serde_json::Error| Failed::new(crate::Code::BadRequest, e);
-    let reply = match serde_json::from_slice(&req.body).map_err(bad)? {
+    let v: serde_json::Value = serde_json::from_slice(&req.body).map_err(bad)?;
+    let me = raft.metrics().borrow_watched().id;
+    if let Some(to) = addressee(&v).filter(|&to| to != me) {
+        let n = MISADDRESSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_multiple_of(1000) {
+            tracing::error!(
+                node = me,
+                meant_for = to,
+                refused = n + 1,
+                "another cluster's members reach this address as their member {to}, but this is \
+                 node {me} (a new Raft directory): refused. If this node replaces that member, stop \
+                 it, remove its data and Raft directories, and start it as a worker naming one of \
+                 them as --master; then `ourkv cluster remove {to} --node ADDR` drops the old member"
+            );
+        }
+        let reply = Reply::Refused(format!(
+            "this address is node {me} now, not node {to} (a new Raft directory)"
+        ));
+        let body = serde_json::to_vec(&reply)
+            .map_err(|e| Failed::new(crate::Code::Other("raft_failed".into()), e))?;
+        return Ok(RaftIs { body });
+    }
+    let reply = match serde_json::from_value(v).map_err(bad)? {
         Request::Append(r) => raft
             .append_entries(r)
             .await
@@ -172,9 +230,10 @@ impl QuicNet {
 impl RaftNetworkFactory<MetaRaft> for QuicNet {
     type Network = PeerNet;
 
-    async fn new_client(&mut self, _target: u64, node: &Member) -> PeerNet {
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerNet {
         PeerNet {
             client: self.client.clone(),
+            to: target,
             addr: node
                 .addr
                 .parse()
@@ -186,6 +245,8 @@ impl RaftNetworkFactory<MetaRaft> for QuicNet {
 /// The way to one peer.
 pub struct PeerNet {
     client: Arc<Client>,
+    /// The peer's node id, named in every request.
+    to: u64,
     /// The peer's address, or why its member entry has none usable.
     addr: Result<SocketAddr, String>,
 }
@@ -196,7 +257,7 @@ impl PeerNet {
             .addr
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = addressed(req, self.to).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let call = self.client.call(addr, Raft { body });
         let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
             Err(_) => {
@@ -295,5 +356,38 @@ impl RaftNetworkV2<MetaRaft> for PeerNet {
             Reply::TransferLeader(r) => Ok(r),
             _ => Err(mismatch()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_names_its_addressee_and_still_reads_without_it() {
+        let vote = Vote::new(3, 7);
+        let req = Request::Vote(VoteRequest::new(vote, None));
+        let body = addressed(&req, 42).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(addressee(&v), Some(42));
+        // The key is inside openraft's object, which ignores it.
+        match serde_json::from_value(v).unwrap() {
+            Request::Vote(r) => assert_eq!(r.vote, vote),
+            _ => panic!("not a vote"),
+        }
+        // A request from a node that does not name one (an older version).
+        let plain: serde_json::Value = serde_json::to_value(&req).unwrap();
+        assert_eq!(addressee(&plain), None);
+        let snap = Request::Snapshot {
+            vote,
+            meta: SnapshotMeta::default(),
+            data: vec![1, 2],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&addressed(&snap, 9).unwrap()).unwrap();
+        assert_eq!(addressee(&v), Some(9));
+        assert!(matches!(
+            serde_json::from_value(v).unwrap(),
+            Request::Snapshot { data, .. } if data == [1, 2]
+        ));
     }
 }
