@@ -715,7 +715,7 @@ fn a_master_back_on_a_fresh_disk_does_not_answer_as_its_old_self() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains(&format!("reach this address as their member {old_id}")),
+        text.contains(&format!("reaches this address as its member {old_id}")),
         "{text}"
     );
     // The old cluster: its master is one of the workers, and every write is

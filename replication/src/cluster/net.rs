@@ -103,10 +103,11 @@ pub async fn answer(raft: &MetaRaftHandle, req: Raft) -> Answer<Raft> {
                 node = me,
                 meant_for = to,
                 refused = n + 1,
-                "another cluster's members reach this address as their member {to}, but this is \
-                 node {me} (a new Raft directory): refused. If this node replaces that member, stop \
-                 it, remove its data and Raft directories, and start it as a worker naming one of \
-                 them as --master; then `ourkv cluster remove {to} --node ADDR` drops the old member"
+                "a metadata group reaches this address as its member {to}, but this is node {me} \
+                 (a new Raft directory): refused. `ourkv cluster remove {to} --node ADDR` on that \
+                 group ends this. If this node was meant to take that member's place but founded a \
+                 cluster of its own, stop it, remove its data and Raft directories, and start it as \
+                 a worker naming a live member as --master"
             );
         }
         let reply = Reply::Refused(format!(
