@@ -4,6 +4,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -361,4 +362,52 @@ async fn metrics_parse_and_count_by_route() {
         !text.contains("ourkv_process"),
         "process metrics unprefixed"
     );
+}
+
+/// A read that fails while the cluster changes master goes once more, to
+/// the nodes as they are now; one that fails with the cluster unchanged
+/// does not (the same nodes would answer the same).
+#[tokio::test]
+async fn a_read_failed_during_a_change_of_master_goes_once_more() {
+    use replication::{Code, Cursor, Error};
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (old_master, old_worker, new_master, new_worker) = (addr(1), addr(2), addr(3), addr(4));
+    let client = replication::Client::new(&replication::Identity::loopback().unwrap()).unwrap();
+    let gw = Gateway::new(client, old_master, vec![old_worker], None);
+    let asked = Mutex::new(Vec::new());
+    let lagging = || Error::Remote {
+        code: Code::Lagging,
+        message: "followed a master that is gone".into(),
+    };
+    let remote = |n: SocketAddr, _: Cursor| {
+        asked.lock().unwrap().push(n);
+        let gw = gw.clone();
+        async move {
+            if n == new_worker {
+                return Ok(7);
+            }
+            // Discovery finds the new master while the first pass fails.
+            gw.routes.set(super::topology::Topology::fixed(
+                new_master,
+                vec![new_worker],
+            ));
+            Err(lagging())
+        }
+    };
+    assert_eq!(gw.read(Cursor::default(), remote).await.unwrap(), 7);
+    assert_eq!(*asked.lock().unwrap(), [old_worker, old_master, new_worker]);
+    assert_eq!(gw.metrics.reads_retried.get(), 1);
+
+    // Nothing changes now: one pass, and its 504.
+    asked.lock().unwrap().clear();
+    let failing = |n: SocketAddr, _: Cursor| {
+        asked.lock().unwrap().push(n);
+        async move { Err::<u32, _>(lagging()) }
+    };
+    let e = gw.read(Cursor::default(), failing).await.unwrap_err();
+    assert_eq!(e.into_response().status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(*asked.lock().unwrap(), [new_worker, new_master]);
+    assert_eq!(gw.metrics.reads_retried.get(), 1);
 }

@@ -112,6 +112,12 @@ impl Routes {
         }
     }
 
+    /// Testing aid: as if discovery had found `t`.
+    #[cfg(test)]
+    pub(super) fn set(&self, t: Topology) {
+        self.current.send_replace(Arc::new(t));
+    }
+
     pub(super) fn now(&self) -> Arc<Topology> {
         self.current.borrow().clone()
     }
