@@ -727,3 +727,62 @@ fn a_master_back_on_a_fresh_disk_does_not_answer_as_its_old_self() {
         assert_eq!(got, (200, format!("v{i}")), "k{i}");
     }
 }
+
+/// A copy of a member's data and Raft directories started at another
+/// address (a cloned machine, a copied directory) would answer under the
+/// member's id beside it, and vote twice in its name: it is refused at
+/// start, with what to do instead.
+#[test]
+fn a_copy_of_a_members_directories_is_refused_at_another_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let (mut nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
+    let c_id = id_at(&cluster(&http), &addr(ports[2]));
+    drop(nodes.remove(2)); // quiet directories to copy
+    for (from, to) in [("c", "d"), ("c.raft", "d.raft")] {
+        let ok = Command::new("cp")
+            .args(["-r"])
+            .arg(dir.path().join(from))
+            .arg(dir.path().join(to))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    let copy: Vec<String> = args[2]
+        .iter()
+        .map(|a| {
+            if a == dir.path().join("c").to_str().unwrap() {
+                dir.path().join("d").to_str().unwrap().to_string()
+            } else if *a == addr(ports[2]) {
+                addr(free_port())
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(&copy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the copy is running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("is member {c_id}'s")), "{err}");
+    // The cluster goes on with its two members left.
+    assert_eq!(put(&http, "after", "1").0, 200);
+}

@@ -273,3 +273,10 @@ impl RaftLogStorage<MetaRaft> for FileLog {
         inner.rewrite()
     }
 }
+
+impl FileLog {
+    /// The vote saved last, if any.
+    pub fn saved_vote(&self) -> Option<Vote> {
+        self.lock().vote
+    }
+}

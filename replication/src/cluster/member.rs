@@ -209,6 +209,9 @@ impl Node {
         std::fs::create_dir_all(&dir).map_err(|e| io("raft directory", e))?;
         let client = Arc::new(Client::new(identity)?);
         let log = FileLog::open(&dir).map_err(|e| io("raft log", e))?;
+        // The term this node last voted in: its Raft has loaded its state
+        // (and its membership) once its metrics show it.
+        let voted = log.saved_vote().map_or(0, |v| v.leader_id().term);
         let sm = MetaMachine::open(&dir).map_err(|e| io("raft state", e))?;
         let view = sm.subscribe();
         let config = Arc::new(
@@ -219,6 +222,32 @@ impl Node {
         let raft = openraft::Raft::new(options.id, config, QuicNet::new(client.clone()), log, sm)
             .await
             .map_err(|e| Error::Protocol(format!("raft: {e}")))?;
+        // Members know each other by id and address. A Raft directory whose
+        // membership lists this id at another address is a copy of another
+        // node's directories, or a node moved: answering under that id at
+        // this address would vote twice in the member's name.
+        let loaded = raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.current_term >= voted, "state loaded")
+            .await
+            .map_err(|e| Error::Protocol(format!("raft: {e}")))?;
+        let known = loaded
+            .membership_config
+            .get_node(&options.id)
+            .map(|m| m.addr.clone());
+        if let Some(known) = known.filter(|a| *a != options.addr.to_string()) {
+            let _ = raft.shutdown().await;
+            return Err(Error::Protocol(format!(
+                "the Raft directory {} is member {}'s, which its cluster reaches at {known}, not at \
+                 {}: a copy of another node's directories, or a node that moved. Start it at \
+                 {known}; or remove member {} (`ourkv cluster remove`) and start this node with \
+                 an empty data directory and a new Raft directory, as a worker naming a member",
+                dir.display(),
+                options.id,
+                options.addr,
+                options.id
+            )));
+        }
         let member = Arc::new(Node {
             id: options.id,
             addr: options.addr,
