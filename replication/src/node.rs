@@ -213,6 +213,8 @@ pub trait MetaLink: Send + Sync + 'static {
     /// Whether this node still leads its term (a majority of the group
     /// confirms it): asked before answering a read index.
     fn still_leads(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
+    /// Whether node `id` is a member (a removed one is shipped nothing).
+    fn is_member(&self, id: u64) -> bool;
 }
 
 /// A master's appointment in a failover cluster.
@@ -1116,6 +1118,19 @@ impl Master {
                 frame::write(&mut send, &failed(code, message).into()).await?;
                 return Ok(());
             }
+        }
+        // A removed member that comes back still thinks it is one: shipping
+        // to it would count its acknowledgements for a node the cluster no
+        // longer has.
+        if self
+            .link
+            .as_ref()
+            .is_some_and(|l| node != 0 && !l.is_member(node))
+        {
+            let why = format!("node {node} is not a member of this cluster (removed?)");
+            tracing::warn!(%peer, node, "{why}: refused its subscription");
+            frame::write(&mut send, &failed(Code::BadRequest, why).into()).await?;
+            return Ok(());
         }
         // In a failover cluster a worker that followed another master may
         // hold records past where that master's log left this one's: it

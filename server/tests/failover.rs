@@ -786,3 +786,110 @@ fn a_copy_of_a_members_directories_is_refused_at_another_address() {
     // The cluster goes on with its two members left.
     assert_eq!(put(&http, "after", "1").0, 200);
 }
+
+/// A member removed while stopped comes back and is shipped nothing; the
+/// two members left are a voter and a learner (two voters could not lose
+/// either); a node that asks to join at an address another member holds is
+/// refused until that member is removed, then joins.
+#[test]
+fn removal_leaves_a_voter_and_a_learner_and_ends_the_removed_members_shipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let (mut nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
+    let c_id = id_at(&cluster(&http), &addr(ports[2]));
+    common::signal(&nodes[2], "-STOP");
+    // An ack=all write waits for c, times out (1 s) and drops it.
+    assert_eq!(put(&http, "k1", "1").0, 200);
+    wait_cluster(&http, "c out of the in-sync set", |c| {
+        c["members"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["addr"] == addr(ports[2]) && m["in_sync"] == false)
+        })
+    });
+
+    // A new node that would be reached at c's address is refused.
+    let d_args = |data: &str, listen: u16, advertise: Option<u16>| {
+        let mut a = vec![
+            "worker".to_string(),
+            "--data".into(),
+            dir.path().join(data).to_str().unwrap().into(),
+            "--listen".into(),
+            addr(listen),
+            "--master".into(),
+            addr(ports[0]),
+            "--file-size".into(),
+            "65536".into(),
+            "--ack-timeout-ms".into(),
+            "1000".into(),
+        ];
+        if let Some(p) = advertise {
+            a.extend(["--advertise".into(), addr(p)]);
+        }
+        a
+    };
+    let log_d = dir.path().join("d.log");
+    let d = start(&d_args("d", free_port(), Some(ports[2])), &log_d);
+    let said = std::fs::read_to_string(&log_d).unwrap();
+    assert!(
+        said.contains(&format!("is member {c_id}'s address")),
+        "{said}"
+    );
+    assert_eq!(cluster(&http)["members"].as_array().unwrap().len(), 3);
+    drop(d);
+
+    let remove = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["cluster", "remove", &c_id, "--node", &addr(ports[0])])
+        .output()
+        .unwrap();
+    assert!(remove.status.success(), "{remove:?}");
+    wait_cluster(&http, "a voter and a learner", |c| {
+        c["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2 && m.iter().filter(|m| m["voter"] == true).count() == 1)
+    });
+    // c comes back believing it is a member: the master ships it nothing.
+    common::signal(&nodes[2], "-CONT");
+    std::thread::sleep(Duration::from_secs(2));
+    let view = cluster(&http);
+    let shipped_to: Vec<&str> = view["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["addr"].as_str().unwrap())
+        .collect();
+    assert!(!shipped_to.contains(&addr(ports[2]).as_str()), "{view}");
+    assert_eq!(put(&http, "k2", "2").0, 200);
+    drop(nodes.remove(2));
+
+    // Now a node at c's address joins, and the three are voters again.
+    let e = start(&d_args("e", ports[2], None), &dir.path().join("e.log"));
+    wait_cluster(&http, "three voters, two workers in sync", formed);
+    let view = cluster(&http);
+    assert_ne!(id_at(&view, &addr(ports[2])), c_id);
+    assert_eq!(
+        curl(&[&format!("http://{http}/v1/kv/k2")]),
+        (200, "2".to_string())
+    );
+    drop(e);
+}
+
+/// Two processes on one Raft directory would answer under one id: the
+/// second is refused.
+#[test]
+fn a_raft_directory_serves_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let _a = start(&args[0], &dir.path().join("a.log"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["master", "--data"])
+        .arg(dir.path().join("b"))
+        .args(["--listen", &addr(ports[1]), "--raft-dir"])
+        .arg(dir.path().join("a.raft"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in use by another process"), "{err}");
+}

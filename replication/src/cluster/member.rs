@@ -133,6 +133,8 @@ pub struct Node {
     following: Mutex<Option<AbortOnDrop>>,
     /// Joins are admitted one at a time (one membership change at a time).
     joining: tokio::sync::Mutex<()>,
+    /// The Raft directory's lock, held while the node lives.
+    _lock: std::fs::File,
 }
 
 const FOLLOW: &str = "follow";
@@ -207,6 +209,15 @@ impl Node {
     ) -> Result<Arc<Node>> {
         let dir = options.raft_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io("raft directory", e))?;
+        // One process per Raft directory, as per data directory: two would
+        // answer under one id. Held until the process ends.
+        let lock = std::fs::File::create(dir.join("lock")).map_err(|e| io("raft lock", e))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(Error::Protocol(format!(
+                "the Raft directory {} is in use by another process ({e})",
+                dir.display()
+            )));
+        }
         let client = Arc::new(Client::new(identity)?);
         let log = FileLog::open(&dir).map_err(|e| io("raft log", e))?;
         // The term this node last voted in: its Raft has loaded its state
@@ -266,6 +277,7 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             following: Mutex::new(None),
             joining: tokio::sync::Mutex::new(()),
+            _lock: lock,
         });
         let serve = {
             let m = member.clone();
@@ -551,11 +563,31 @@ impl Node {
             openraft::ChangeMembers::RemoveNodes(ids)
         };
         tracing::info!(node = self.id, removed = req.id, "removing a member");
+        let failed = |e: openraft::error::RaftError<_, _>| {
+            Failed::new(Code::Other("leave_failed".into()), e.to_string())
+        };
         // Not retained as a learner: gone for good.
         self.raft
             .change_membership(change, false)
             .await
-            .map_err(|e| Failed::new(Code::Other("leave_failed".into()), e.to_string()))?;
+            .map_err(failed)?;
+        // Two voters could not lose either (each commit needs both): as when
+        // a cluster grows to two, the other member becomes a learner, and
+        // this one commits alone.
+        let v = self.view();
+        if v.members.len() == 2 && v.voters.len() == 2 {
+            tracing::info!(
+                node = self.id,
+                "two members left: the other becomes a learner"
+            );
+            self.raft
+                .change_membership(
+                    openraft::ChangeMembers::ReplaceAllVoters(BTreeSet::from([self.id])),
+                    true,
+                )
+                .await
+                .map_err(failed)?;
+        }
         Ok(self.info())
     }
 
@@ -652,7 +684,10 @@ impl Node {
                 drop(v);
                 Err(Failed::new(
                     Code::Other("promote_failed".into()),
-                    format!("term {term} went to node {master:?} instead"),
+                    match master {
+                        Some(m) => format!("term {term} went to node {m} instead"),
+                        None => format!("term {term} has no master yet"),
+                    },
                 ))
             }
             _ => {
@@ -681,6 +716,21 @@ impl Node {
                     format!(
                         "node {} is a member at {}, not {}: remove it first",
                         req.id, k.addr, req.member.addr
+                    ),
+                ));
+            }
+            // Members are reached by address: two at one address would be
+            // one node voting twice, or one unreachable voter more.
+            if let Some((other, _)) = v
+                .members
+                .iter()
+                .find(|(id, m)| **id != req.id && m.addr == req.member.addr)
+            {
+                return Err(Failed::new(
+                    Code::BadRequest,
+                    format!(
+                        "{} is member {other}'s address: remove it first (`ourkv cluster remove {other}`)",
+                        req.member.addr
                     ),
                 ));
             }
@@ -1231,6 +1281,10 @@ impl MetaLink for Link {
     fn branch(&self, last_term: u64) -> Branch {
         let v = self.view.borrow();
         v.state.branch(last_term, v.state.term)
+    }
+
+    fn is_member(&self, id: u64) -> bool {
+        self.view.borrow().members.contains_key(&id)
     }
 
     fn still_leads(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {

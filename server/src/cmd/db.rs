@@ -191,41 +191,52 @@ pub(crate) fn info(dir: &Path, shape: &Shape) -> Result<ExitCode> {
     let db = open_read_only(dir, shape)?;
     let c = db.config();
     let m = db.meta();
-    println!("directory: {}", dir.display());
-    println!(
+    // Written at once, so a reader that stops early (`| head`) ends it
+    // cleanly rather than a print's panic.
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "directory: {}", dir.display())?;
+    writeln!(
+        out,
         "origin: {}",
         match m.origin {
             ourdb::Origin::Ourkv => "ourkv",
             ourdb::Origin::V => "v",
         }
-    );
-    println!("epoch: {}", m.epoch);
-    println!("keysize: {}", db.keysize());
-    println!("record_nr_max: {}", c.record_nr_max);
-    println!("record_size_max: {}", c.record_size_max);
-    println!("file_size: {}", c.file_size);
-    println!(
+    )?;
+    writeln!(out, "epoch: {}", m.epoch)?;
+    writeln!(out, "keysize: {}", db.keysize())?;
+    writeln!(out, "record_nr_max: {}", c.record_nr_max)?;
+    writeln!(out, "record_size_max: {}", c.record_size_max)?;
+    writeln!(out, "file_size: {}", c.file_size)?;
+    writeln!(
+        out,
         "mode: {}",
         if c.incremental {
             "incremental"
         } else {
             "key-value"
         }
-    );
-    println!("live_ids: {}", db.len());
+    )?;
+    writeln!(out, "live_ids: {}", db.len())?;
     match db.next_id() {
-        Ok(n) => println!("next_id: {n}"),
-        Err(_) => println!("next_id: -"),
+        Ok(n) => writeln!(out, "next_id: {n}")?,
+        Err(_) => writeln!(out, "next_id: -")?,
     }
     for nr in ourdb::files::list_data_files(dir)? {
         let p = ourdb::files::data_path(dir, nr);
-        println!("data_file: {nr}.db {} bytes", std::fs::metadata(&p)?.len());
+        writeln!(
+            out,
+            "data_file: {nr}.db {} bytes",
+            std::fs::metadata(&p)?.len()
+        )?;
     }
     let r = db.open_report();
-    println!("journal_entries_redone: {}", r.redone);
+    writeln!(out, "journal_entries_redone: {}", r.redone)?;
     if let Some(rf) = &r.rolled_forward {
-        println!("rolled_forward_records: {}", rf.records);
+        writeln!(out, "rolled_forward_records: {}", rf.records)?;
     }
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
