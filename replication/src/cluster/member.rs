@@ -444,6 +444,7 @@ impl Node {
                     in_sync: v.state.in_sync.contains(&id),
                 })
                 .collect(),
+            applied: v.last_applied.map_or(0, |l| l.index),
         }
     }
 

@@ -134,9 +134,20 @@ pub struct ClusterInfo {
     pub leader: Option<u64>,
     /// Every member, by id.
     pub members: Vec<MemberRow>,
+    /// The index of the last metadata entry the answering member applied:
+    /// at one term, the higher is the newer view (a member removed while
+    /// stopped still shows the members from before).
+    #[serde(default)]
+    pub applied: u64,
 }
 
 impl ClusterInfo {
+    /// Whether this view is newer than `other`: a newer term, or at one term
+    /// more of the metadata log applied.
+    pub fn newer_than(&self, other: &ClusterInfo) -> bool {
+        (self.term, self.applied) > (other.term, other.applied)
+    }
+
     /// The address of member `id`, if it has a usable one.
     pub fn addr_of(&self, id: u64) -> Option<std::net::SocketAddr> {
         self.members
@@ -157,5 +168,30 @@ impl ClusterInfo {
             .filter(|m| Some(m.id) != self.master)
             .filter_map(|m| m.addr.parse().ok())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClusterInfo;
+
+    #[test]
+    fn a_newer_term_wins_then_more_metadata_applied() {
+        let view = |term, applied| ClusterInfo {
+            term,
+            applied,
+            ..ClusterInfo::default()
+        };
+        assert!(view(2, 1).newer_than(&view(1, 9)));
+        assert!(view(1, 9).newer_than(&view(1, 8)));
+        assert!(!view(1, 8).newer_than(&view(1, 8)));
+        assert!(!view(1, 9).newer_than(&view(2, 1)));
+        // A view from a member of the version before (no `applied`) reads
+        // as 0: newer only by its term.
+        let old: ClusterInfo =
+            serde_json::from_str(r#"{"node":1,"term":3,"master":1,"leader":1,"members":[]}"#)
+                .unwrap();
+        assert_eq!(old.applied, 0);
+        assert!(old.newer_than(&view(2, 50)));
     }
 }

@@ -300,7 +300,7 @@ async fn refresh(weak: &Weak<Gateway>) -> bool {
         let Some(info) = answer.filter(|i| i.master_addr().is_some()) else {
             continue;
         };
-        if best.as_ref().is_some_and(|b| b.term >= info.term) {
+        if best.as_ref().is_some_and(|b| !info.newer_than(b)) {
             continue;
         }
         let newer = routes
@@ -313,13 +313,14 @@ async fn refresh(weak: &Weak<Gateway>) -> bool {
             follow(&gw, info);
         }
     }
-    // At the same term, the members and the in-sync set may have changed.
+    // At the same term, the members and the in-sync set may have changed:
+    // the view with the most metadata applied tells.
     if let Some(info) = best {
         if routes
             .now()
             .cluster
             .as_ref()
-            .is_none_or(|c| info.term >= c.term)
+            .is_none_or(|c| !c.newer_than(&info))
         {
             follow(&gw, info);
         }
