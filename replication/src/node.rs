@@ -74,12 +74,27 @@ fn failed(code: Code, e: impl std::fmt::Display) -> Failed {
     Failed::new(code, e)
 }
 
+/// A read's answer carries the cursor of the end the read may have seen,
+/// known only once the read is done (`after_read`): the helpers below leave
+/// it at zero and the handlers set it here.
+trait Seen {
+    fn seen(self, at: Cursor) -> Self;
+}
+
+macro_rules! seen {
+    ($($t:ident),*) => {$(
+        impl Seen for reads::$t {
+            fn seen(self, cursor: Cursor) -> Self {
+                reads::$t { cursor, ..self }
+            }
+        }
+    )*};
+}
+seen!(Value, Keys, Values, Record);
+
 /// Answers a Get from `store`: the value with its version.
-async fn versioned_value(
-    store: Arc<KeyedStore>,
-    key: String,
-    cursor: Cursor,
-) -> Answer<reads::Get> {
+async fn versioned_value(store: Arc<KeyedStore>, key: String) -> Answer<reads::Get> {
+    let cursor = Cursor::default();
     let epoch = store.db().meta().epoch;
     // A get is a map lookup and a copy: cheaper in place than a hop to the
     // blocking pool (a record outside the maps falls back to one pread).
@@ -99,7 +114,7 @@ async fn versioned_value(
 }
 
 /// Answers a List from `store`.
-fn list(store: &KeyedStore, req: reads::List, cursor: Cursor) -> Answer<reads::List> {
+fn list(store: &KeyedStore, req: reads::List) -> Answer<reads::List> {
     let reads::List {
         prefix,
         after,
@@ -108,26 +123,31 @@ fn list(store: &KeyedStore, req: reads::List, cursor: Cursor) -> Answer<reads::L
     } = req;
     let after = (!after.is_empty()).then_some(after);
     let keys = store.list(&prefix, after.as_deref(), limit as usize);
-    Ok(reads::Keys { keys, cursor })
+    Ok(reads::Keys {
+        keys,
+        cursor: Cursor::default(),
+    })
 }
 
 /// Answers a ById from `store`.
-async fn by_id(store: Arc<KeyedStore>, req: reads::ById, cursor: Cursor) -> Answer<reads::ById> {
+async fn by_id(store: Arc<KeyedStore>, req: reads::ById) -> Answer<reads::ById> {
     match blocking(move || Ok(store.get_by_id(req.id)?)).await {
-        Ok(entry) => Ok(reads::Record { entry, cursor }),
+        Ok(entry) => Ok(reads::Record {
+            entry,
+            cursor: Cursor::default(),
+        }),
         Err(e) => Err(failed(Code::ReadFailed, e)),
     }
 }
 
 /// Answers a History from `store`.
-async fn history(
-    store: Arc<KeyedStore>,
-    req: reads::History,
-    cursor: Cursor,
-) -> Answer<reads::History> {
+async fn history(store: Arc<KeyedStore>, req: reads::History) -> Answer<reads::History> {
     let reads::History { key, depth, .. } = req;
     match blocking(move || Ok(store.history(&key, depth as usize)?)).await {
-        Ok(values) => Ok(reads::Values { values, cursor }),
+        Ok(values) => Ok(reads::Values {
+            values,
+            cursor: Cursor::default(),
+        }),
         Err(e) => Err(failed(Code::ReadFailed, e)),
     }
 }
@@ -2226,39 +2246,32 @@ impl reads::Handler for Master {
         if !self.wait_committed(req.min_cursor).await {
             return Err(self.not_reached(req.min_cursor));
         }
-        let answer = versioned_value(self.store.clone(), req.key, self.commit_cursor()).await;
-        let (value, seen) = self.after_read(answer).await?;
-        Ok(reads::Value {
-            cursor: seen,
-            ..value
-        })
+        let answer = versioned_value(self.store.clone(), req.key).await;
+        self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
 
     async fn list(&self, req: reads::List) -> Answer<reads::List> {
         if !self.wait_committed(req.min_cursor).await {
             return Err(self.not_reached(req.min_cursor));
         }
-        let answer = list(&self.store, req, self.commit_cursor());
-        let (keys, cursor) = self.after_read(answer).await?;
-        Ok(reads::Keys { cursor, ..keys })
+        let answer = list(&self.store, req);
+        self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
         if !self.wait_committed(req.min_cursor).await {
             return Err(self.not_reached(req.min_cursor));
         }
-        let answer = history(self.store.clone(), req, self.commit_cursor()).await;
-        let (values, cursor) = self.after_read(answer).await?;
-        Ok(reads::Values { cursor, ..values })
+        let answer = history(self.store.clone(), req).await;
+        self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
         if !self.wait_committed(req.min_cursor).await {
             return Err(self.not_reached(req.min_cursor));
         }
-        let answer = by_id(self.store.clone(), req, self.commit_cursor()).await;
-        let (record, cursor) = self.after_read(answer).await?;
-        Ok(reads::Record { cursor, ..record })
+        let answer = by_id(self.store.clone(), req).await;
+        self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
 }
 
@@ -2340,14 +2353,12 @@ impl reads::Handler for Worker {
             return Err(self.lagging(req.min_cursor));
         }
         let store = self.store();
-        let answer = versioned_value(store.clone(), req.key, self.applied()).await;
+        let answer = versioned_value(store.clone(), req.key).await;
         // The cursor a client may carry to a later read (session
         // consistency): at or after everything this one saw.
-        let (value, seen) = self.after_read(&store, answer).await?;
-        Ok(reads::Value {
-            cursor: seen,
-            ..value
-        })
+        self.after_read(&store, answer)
+            .await
+            .map(|(a, at)| a.seen(at))
     }
 
     async fn list(&self, req: reads::List) -> Answer<reads::List> {
@@ -2355,9 +2366,10 @@ impl reads::Handler for Worker {
             return Err(self.lagging(req.min_cursor));
         }
         let store = self.store();
-        let answer = list(&store, req, self.applied());
-        let (keys, cursor) = self.after_read(&store, answer).await?;
-        Ok(reads::Keys { cursor, ..keys })
+        let answer = list(&store, req);
+        self.after_read(&store, answer)
+            .await
+            .map(|(a, at)| a.seen(at))
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
@@ -2365,9 +2377,10 @@ impl reads::Handler for Worker {
             return Err(self.lagging(req.min_cursor));
         }
         let store = self.store();
-        let answer = history(store.clone(), req, self.applied()).await;
-        let (values, cursor) = self.after_read(&store, answer).await?;
-        Ok(reads::Values { cursor, ..values })
+        let answer = history(store.clone(), req).await;
+        self.after_read(&store, answer)
+            .await
+            .map(|(a, at)| a.seen(at))
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
@@ -2375,9 +2388,10 @@ impl reads::Handler for Worker {
             return Err(self.lagging(req.min_cursor));
         }
         let store = self.store();
-        let answer = by_id(store.clone(), req, self.applied()).await;
-        let (record, cursor) = self.after_read(&store, answer).await?;
-        Ok(reads::Record { cursor, ..record })
+        let answer = by_id(store.clone(), req).await;
+        self.after_read(&store, answer)
+            .await
+            .map(|(a, at)| a.seen(at))
     }
 }
 
