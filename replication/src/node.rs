@@ -30,7 +30,7 @@ use crate::proto::{self, Follower, Followers, Transition};
 /// Records per shipped segment, at most (whole records; at least one).
 const SEGMENT_BYTES: usize = 1 << 20;
 /// Bytes before its cursor a worker sends for the master to compare.
-const TAIL_CHECK: usize = 64;
+pub(crate) const TAIL_CHECK: usize = 64;
 /// How long a read at a cursor waits for the node to reach it. A cursor the
 /// master has committed reaches a live worker in milliseconds; a node that
 /// has not reached it by then is lagging (the gateway asks another).
@@ -1112,6 +1112,47 @@ impl Master {
         Ok(())
     }
 
+    /// Where shipping to a log that ends at `theirs`, with `tail` just
+    /// before it, goes on from; or why that log is no prefix of this one
+    /// (`Code::Epoch`, `Code::Cursor`: it needs a snapshot). In a failover
+    /// cluster, a log that followed term `last_term`'s master may also hold
+    /// records past where that master's log left this one's (a cut in place
+    /// comes with truncation).
+    pub(crate) async fn fits(
+        &self,
+        theirs: Cursor,
+        tail: Vec<u8>,
+        last_term: u64,
+    ) -> std::result::Result<Location, (Code, String)> {
+        let ours = self.store.db().meta().epoch;
+        let store = self.store.clone();
+        let n = tail.len();
+        let before = blocking(move || Ok(store.db().bytes_before(theirs.at, n)?)).await;
+        let tail_same = matches!(&before, Ok(b) if *b == tail);
+        let from = match proto::shipping::subscribe(ours, theirs, tail_same) {
+            Subscription::Ship(from) => from,
+            Subscription::Refuse(code, why) => return Err((code, why)),
+        };
+        let Some(link) = &self.link else {
+            return Ok(from);
+        };
+        match link.branch(last_term) {
+            Branch::Same => Ok(from),
+            Branch::At(c) if theirs <= c => Ok(from),
+            Branch::At(c) => Err((
+                Code::Cursor,
+                format!(
+                    "a log of term {last_term} up to {theirs} leaves term {}'s at {c}",
+                    self.term
+                ),
+            )),
+            Branch::Unknown => Err((
+                Code::Cursor,
+                format!("term {last_term} is no longer in the history"),
+            )),
+        }
+    }
+
     /// Streams records from `cursor`, then tails new ones, until the worker goes.
     async fn ship(
         self: Arc<Self>,
@@ -1127,18 +1168,6 @@ impl Master {
             node,
             last_term,
         } = sub;
-        let ours = self.store.db().meta().epoch;
-        let store = self.store.clone();
-        let n = tail.len();
-        let before = blocking(move || Ok(store.db().bytes_before(cursor, n)?)).await;
-        let tail_same = matches!(&before, Ok(b) if *b == tail);
-        match proto::shipping::subscribe(ours, Cursor::new(epoch, cursor), tail_same) {
-            Subscription::Ship(from) => cursor = from,
-            Subscription::Refuse(code, message) => {
-                frame::write(&mut send, &failed(code, message).into()).await?;
-                return Ok(());
-            }
-        }
         // A removed member that comes back still thinks it is one: shipping
         // to it would count its acknowledgements for a node the cluster no
         // longer has.
@@ -1152,22 +1181,11 @@ impl Master {
             frame::write(&mut send, &failed(Code::BadRequest, why).into()).await?;
             return Ok(());
         }
-        // In a failover cluster a worker that followed another master may
-        // hold records past where that master's log left this one's: it
-        // starts over from a copy (a cut in place comes with truncation).
-        if let Some(link) = &self.link {
-            let refuse = match link.branch(last_term) {
-                Branch::Same => None,
-                Branch::At(c) if Cursor::new(epoch, cursor) <= c => None,
-                Branch::At(c) => Some(format!(
-                    "a log of term {last_term} up to {cursor} leaves term {}'s at {c}",
-                    self.term
-                )),
-                Branch::Unknown => Some(format!("term {last_term} is no longer in the history")),
-            };
-            if let Some(why) = refuse {
+        match self.fits(Cursor::new(epoch, cursor), tail, last_term).await {
+            Ok(from) => cursor = from,
+            Err((code, why)) => {
                 tracing::info!(%peer, node, last_term, "{why}: the worker needs a snapshot");
-                frame::write(&mut send, &failed(Code::Cursor, why).into()).await?;
+                frame::write(&mut send, &failed(code, why).into()).await?;
                 return Ok(());
             }
         }

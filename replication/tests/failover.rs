@@ -99,12 +99,12 @@ async fn the_master_fails_over_and_returns_as_a_worker() {
     let n3 = start(3, &dirs[2], any).await;
     // Both join as a worker started with `--master` does: node 2 asks the
     // leader itself, node 3 asks node 2, which passes the request on.
-    n2.join_through(vec![addr_of_new(&n1)]);
+    n2.join_through(vec![addr_of_new(&n1)], false);
     until("node 2 a member", || {
         n1.view().members.contains_key(&2).then_some(())
     })
     .await;
-    n3.join_through(vec![addr_of_new(&n2)]);
+    n3.join_through(vec![addr_of_new(&n2)], false);
     let v = until("three voters and both workers in sync", || {
         let v = n1.view();
         (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(v)

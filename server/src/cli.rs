@@ -86,6 +86,12 @@ pub(crate) enum Cmd {
         /// already needs none: it knows the members from its metadata.
         #[arg(long, value_name = "ADDR")]
         seed: Vec<String>,
+        /// Failover: let the cluster's data replace what the data directory
+        /// holds where it differs. Without it, a new member whose data is
+        /// not a prefix of the cluster's log is refused (exit 1), its data
+        /// untouched.
+        #[arg(long, conflicts_with = "standalone")]
+        replace_data: bool,
         /// Testing aid: wait this long before applying each batch of records.
         #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
         apply_delay_ms: u64,

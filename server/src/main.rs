@@ -131,6 +131,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             node,
             master,
             seed,
+            replace_data,
             apply_delay_ms,
             as_master,
         } => run_node(
@@ -138,6 +139,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Role::Worker {
                 master,
                 seeds: seed,
+                replace_data,
                 delay_ms: apply_delay_ms,
                 options: as_master.options(),
             },

@@ -762,8 +762,18 @@ fn a_copy_of_a_members_directories_is_refused_at_another_address() {
             }
         })
         .collect();
+    let (code, err) = refused(&copy);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("is member {c_id}'s")), "{err}");
+    // The cluster goes on with its two members left.
+    assert_eq!(put(&http, "after", "1").0, 200);
+}
+
+/// Runs `ourkv ARGS`, which is to exit by itself within 20 s (the test
+/// fails if it runs on): its exit code and stderr.
+fn refused(args: &[String]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args(&copy)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -775,16 +785,14 @@ fn a_copy_of_a_members_directories_is_refused_at_another_address() {
         }
         if t.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
-            panic!("the copy is running");
+            let _ = child.wait();
+            panic!("ourkv {args:?} is still running");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("is member {c_id}'s")), "{err}");
-    // The cluster goes on with its two members left.
-    assert_eq!(put(&http, "after", "1").0, 200);
+    (status.code(), err)
 }
 
 /// A member removed while stopped comes back and is shipped nothing; the
@@ -898,4 +906,91 @@ fn a_raft_directory_serves_one_process() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is in use by another process"), "{err}");
+}
+
+/// A new member whose data directory holds another cluster's data is
+/// refused (exit 1) with its data untouched; with `--replace-data` it joins
+/// and takes the cluster's data.
+#[test]
+fn a_worker_with_another_clusters_data_is_refused_unless_told_to_replace_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let (_nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
+    assert_eq!(put(&http, "ours", "1").0, 200);
+
+    // Another cluster (one member) writes a few keys, then stops.
+    let other = dir.path().join("other");
+    let other_http = addr(free_port());
+    {
+        let p = start(
+            &[
+                "master".to_string(),
+                "--data".into(),
+                other.to_str().unwrap().into(),
+                "--listen".into(),
+                addr(free_port()),
+                "--http".into(),
+                other_http.clone(),
+            ],
+            &dir.path().join("other.log"),
+        );
+        for i in 0..20 {
+            assert_eq!(put(&other_http, &format!("theirs{i}"), "x").0, 200);
+        }
+        drop(p);
+    }
+    let dump = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(["db", "dump"])
+            .arg(&other)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let before = dump();
+    assert!(!before.is_empty());
+
+    // Joined with a Raft directory of its own, it is a new member.
+    let listen = addr(free_port());
+    let join = |extra: &[&str]| {
+        let mut a = vec![
+            "worker".to_string(),
+            "--data".into(),
+            other.to_str().unwrap().into(),
+            "--raft-dir".into(),
+            dir.path().join("joiner.raft").to_str().unwrap().into(),
+            "--listen".into(),
+            listen.clone(),
+            "--master".into(),
+            addr(ports[1]), // a worker: the join goes on to the leader
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (code, err) = refused(&join(&[]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is not a prefix of the cluster's log") && err.contains("--replace-data"),
+        "{err}"
+    );
+    assert_eq!(dump(), before, "the refused node's data changed");
+    let view = cluster(&http);
+    assert_eq!(view["members"].as_array().unwrap().len(), 3, "{view}");
+
+    // Told to, it joins and holds the cluster's data instead.
+    let _joined = start(&join(&["--replace-data"]), &dir.path().join("joiner.log"));
+    wait_cluster(&http, "the joined node in sync", |c| {
+        c["members"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["addr"] == listen.as_str() && m["in_sync"] == true)
+        })
+    });
+    assert_eq!(put(&http, "after", "2").0, 200);
+    let nodes: Vec<SocketAddr> = [addr(ports[0]), listen.clone()]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    common::wait_identical(&nodes).unwrap();
 }

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::net::{self, MetaRaftHandle, QuicNet};
 use super::{
-    ClusterInfo, FileLog, JoinRequest, LeaveRequest, Member as MemberInfo, MemberRow, MetaMachine,
-    MetaView, PromoteRequest,
+    ClusterInfo, FileLog, JoinData, JoinRequest, LeaveRequest, Member as MemberInfo, MemberRow,
+    MetaMachine, MetaView, PromoteRequest,
 };
 use crate::client::Client;
 use crate::cursor::Cursor;
@@ -32,7 +32,7 @@ use crate::error::{Code, Error, Result};
 use crate::frame::{Frame, FrameReader};
 use crate::msg::raft::{Join, JoinIs, Leave, Meta, MetaIs, Position, PositionIs, Promote, Raft};
 use crate::msg::Failed;
-use crate::node::{Appointment, FailoverWorker, MetaLink, Worker};
+use crate::node::{Appointment, FailoverWorker, MetaLink, Worker, TAIL_CHECK};
 use crate::proto::election::{self, Choice};
 use crate::proto::followers::Transition;
 use crate::proto::meta::{Applied, Branch, MetaCmd};
@@ -46,6 +46,11 @@ fn from_leader(e: Error) -> Failed {
         Error::Remote { code, message } => Failed::new(code, message),
         e => Failed::new(Code::NotMaster, format!("the leader did not answer: {e}")),
     }
+}
+
+/// The refusal of a node whose data the cluster would have to replace.
+fn data_differs() -> Code {
+    Code::Other("data_differs".into())
 }
 
 /// How long a leader waits for a joining node to catch up with the metadata.
@@ -135,6 +140,8 @@ pub struct Node {
     joining: tokio::sync::Mutex<()>,
     /// The Raft directory's lock, held while the node lives.
     _lock: std::fs::File,
+    /// Why the cluster refused this node for good (its data differs).
+    refused: watch::Sender<Option<String>>,
 }
 
 const FOLLOW: &str = "follow";
@@ -278,6 +285,7 @@ impl Node {
             following: Mutex::new(None),
             joining: tokio::sync::Mutex::new(()),
             _lock: lock,
+            refused: watch::Sender::new(None),
         });
         let serve = {
             let m = member.clone();
@@ -459,7 +467,9 @@ impl Node {
     /// next seed each time) until the metadata lists it: a worker started
     /// with `--master ADDR` (and `--seed ADDR`s) joins the cluster that
     /// way. Nothing is asked of a node that already is a member (a restart).
-    pub fn join_through(self: &Arc<Self>, seeds: Vec<SocketAddr>) {
+    /// A node whose data directory holds records the cluster's log does not
+    /// is refused for good (`join_refused`), unless `replace_data`.
+    pub fn join_through(self: &Arc<Self>, seeds: Vec<SocketAddr>, replace_data: bool) {
         assert!(!seeds.is_empty(), "a node joins through at least one seed");
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
@@ -470,16 +480,30 @@ impl Node {
                 if node.joined() {
                     return;
                 }
+                let data = match node.data_end().await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        node.refused
+                            .send_replace(Some(format!("reading its data: {e}")));
+                        return;
+                    }
+                };
                 let req = JoinRequest {
                     id: node.id,
                     member: node.me(),
                     forwarded: false,
+                    data,
+                    replace_data,
                 };
                 let body = serde_json::to_vec(&req).expect("serializable");
                 match node.client.call(seed, Join { body }).await {
                     Ok(_) => {
                         tracing::info!(node = node.id, %seed, "joined the cluster");
                         failures = 0;
+                    }
+                    Err(Error::Remote { code, message }) if code == data_differs() => {
+                        node.refused.send_replace(Some(message));
+                        return;
                     }
                     Err(e) => {
                         failures += 1;
@@ -499,6 +523,66 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(AbortOnDrop(task));
+    }
+
+    /// Why the cluster refused this node for good, once it did: its data
+    /// directory holds records the cluster's log does not.
+    pub async fn join_refused(&self) -> String {
+        let mut rx = self.refused.subscribe();
+        let why = rx
+            .wait_for(|r| r.is_some())
+            .await
+            .expect("the node holds the sender");
+        why.clone().unwrap_or_default()
+    }
+
+    /// The end of this node's log, if it holds any record.
+    async fn data_end(&self) -> Result<Option<JoinData>> {
+        let store = self.store();
+        let end = store.db().end();
+        if end.file_nr == 0 && end.position <= 1 {
+            return Ok(None);
+        }
+        let epoch = store.db().meta().epoch;
+        let keys = store.len() as u64;
+        let tail = tokio::task::spawn_blocking(move || store.db().bytes_before(end, TAIL_CHECK))
+            .await
+            .map_err(|e| Error::Protocol(format!("reading the log's end: {e}")))?
+            .map_err(|e| Error::Protocol(format!("reading the log's end: {e}")))?;
+        Ok(Some(JoinData {
+            end: Cursor::new(epoch, end),
+            tail,
+            last_term: self.last_term.load(Ordering::SeqCst),
+            keys,
+        }))
+    }
+
+    /// A joining node's data must be a prefix of the master's log: the
+    /// cluster would otherwise cut or replace it, and a node that once
+    /// served another cluster (or stood alone) would lose its data silently.
+    async fn check_join_data(&self, req: &JoinRequest) -> std::result::Result<(), Failed> {
+        let Some(d) = req.data.as_ref().filter(|_| !req.replace_data) else {
+            return Ok(());
+        };
+        let Role::Master(master) = self.role() else {
+            return Err(Failed::new(
+                Code::NotMaster,
+                "no master to compare the joining node's data with yet: retry",
+            ));
+        };
+        match master.fits(d.end, d.tail.clone(), d.last_term).await {
+            Ok(_) => Ok(()),
+            Err((_, why)) => Err(Failed::new(
+                data_differs(),
+                format!(
+                    "node {}'s data directory ({} keys, log up to {}) is not a prefix of the \
+                     cluster's log ({why}): joining would replace it with the cluster's data. \
+                     Start the node on an empty data directory, or pass --replace-data to let \
+                     the cluster's data replace it",
+                    req.id, d.keys, d.end
+                ),
+            )),
+        }
     }
 
     /// A `Join`: admitted by the Raft leader, passed on to it by any other
@@ -736,6 +820,9 @@ impl Node {
                 ));
             }
             let voter = v.voters.contains(&req.id) || v.members.len() < 3;
+            if known.is_none() {
+                self.check_join_data(&req).await?;
+            }
             if known.is_none() || !voter {
                 tracing::info!(node = self.id, joining = req.id, addr = %req.member.addr, "adding a member");
                 // A node that never answers must not hold up later joins.

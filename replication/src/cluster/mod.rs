@@ -17,7 +17,7 @@ pub use member::{node_id, MemberOptions, Node};
 pub use net::{MetaRaftHandle, QuicNet};
 pub use state_machine::{MetaMachine, MetaView};
 pub use types::{
-    ClusterInfo, Entry, JoinRequest, LeaveRequest, LogId, Member, MemberRow, MetaRaft,
+    ClusterInfo, Entry, JoinData, JoinRequest, LeaveRequest, LogId, Member, MemberRow, MetaRaft,
     PromoteRequest, StoredMembership, Vote,
 };
 

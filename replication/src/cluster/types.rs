@@ -80,6 +80,28 @@ pub struct JoinRequest {
     /// to the leader, never around a loop).
     #[serde(default)]
     pub forwarded: bool,
+    /// What its data directory holds, when it holds anything: the cluster
+    /// admits it only if that is a prefix of its log, or if `replace_data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<JoinData>,
+    /// Whether the cluster's data may replace what the node's data
+    /// directory holds where the two differ.
+    #[serde(default)]
+    pub replace_data: bool,
+}
+
+/// The end of a joining node's log (members of older versions send none,
+/// and ignore it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinData {
+    /// Its end.
+    pub end: crate::Cursor,
+    /// Its last bytes before `end` (as a worker's subscription sends).
+    pub tail: Vec<u8>,
+    /// The term whose master's log it last followed (0: none).
+    pub last_term: u64,
+    /// Its live keys (for the operator's message).
+    pub keys: u64,
 }
 
 /// An operator's request to remove a member (the body of a `Leave` frame).

@@ -82,7 +82,7 @@ impl InProcess {
             .await?;
             match addrs.first() {
                 None => member.bootstrap().await?,
-                Some(first) => member.join_through(vec![*first]),
+                Some(first) => member.join_through(vec![*first], false),
             }
             client = client.with_local_member(addr, member.clone());
             addrs.push(addr);

@@ -43,6 +43,8 @@ pub(crate) enum Role {
     Worker {
         master: String,
         seeds: Vec<String>,
+        /// Whether the cluster's data may replace the node's where they differ.
+        replace_data: bool,
         delay_ms: u64,
         options: replication::MasterOptions,
     },
@@ -167,11 +169,12 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         node.http_opts.check(h)?;
     }
     let identity = identity(node.cluster.as_deref())?;
-    let (name, options, seeds, delay) = match role {
-        Role::Master(options) => ("master", options, Vec::new(), 0),
+    let (name, options, seeds, delay, replace_data) = match role {
+        Role::Master(options) => ("master", options, Vec::new(), 0, false),
         Role::Worker {
             master,
             seeds,
+            replace_data,
             delay_ms,
             options,
         } => {
@@ -181,7 +184,7 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 identity.check_peer(a)?;
                 all.push(a);
             }
-            ("worker", options, all, delay_ms)
+            ("worker", options, all, delay_ms, replace_data)
         }
     };
     let advertise = node.advertise.as_deref().map(resolve).transpose()?;
@@ -226,15 +229,28 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         if seeds.is_empty() {
             member.bootstrap().await?;
         } else {
-            member.join_through(seeds);
+            member.join_through(seeds, replace_data);
         }
         tracing::info!(%addr, id, raft_dir = %raft_dir.display(), "failover member started");
         // "listening" tells scripts the node is of use: wait (boundedly)
         // until it is master or follows one. A worker whose cluster is not
         // up yet keeps trying after the line.
+        // A refusal of its data ends the node at any time, before or after
+        // the "listening" line (the cluster may come up later).
+        let refused = {
+            let m = member.clone();
+            async move { m.join_refused().await }
+        };
+        tokio::pin!(refused);
         let t = std::time::Instant::now();
-        while !member.has_role() && t.elapsed() < ROLE_WAIT {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let has_role = async {
+            while !member.has_role() && t.elapsed() < ROLE_WAIT {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            _ = has_role => {}
+            why = &mut refused => return Err(refusal(member, why).await),
         }
         if !member.has_role() {
             tracing::warn!(
@@ -246,22 +262,35 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
             endpoint.local_addr()?
         );
         // One line: scripts read the first and may close the pipe after it.
-        match http_listener {
-            Some(listener) => {
-                let gw = node_gateway(&identity, &member, addr, first_seed, &node.http_opts)?;
-                let ready = format!("{ready}; HTTP API on http://{}", listener.local_addr()?);
-                http::serve_on(gw, listener, node.http_opts.limits(), ready).await?;
+        let serve = async {
+            match http_listener {
+                Some(listener) => {
+                    let gw = node_gateway(&identity, &member, addr, first_seed, &node.http_opts)?;
+                    let ready = format!("{ready}; HTTP API on http://{}", listener.local_addr()?);
+                    http::serve_on(gw, listener, node.http_opts.limits(), ready).await?;
+                }
+                None => {
+                    println!("{ready}");
+                    shutdown().await;
+                }
             }
-            None => {
-                println!("{ready}");
-                shutdown().await;
-            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            r = serve => r?,
+            why = &mut refused => return Err(refusal(member, why).await),
         }
         let store = member.shutdown().await;
         store.db().checkpoint()?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops a member the cluster refused (its data left as it was).
+async fn refusal(member: std::sync::Arc<replication::cluster::Node>, why: String) -> anyhow::Error {
+    member.shutdown().await;
+    anyhow::anyhow!("the cluster refused this node: {why}")
 }
 
 /// The HTTP API of a member (`--http`): the gateway's code, with this
