@@ -994,3 +994,36 @@ fn a_worker_with_another_clusters_data_is_refused_unless_told_to_replace_it() {
         .collect();
     common::wait_identical(&nodes).unwrap();
 }
+
+/// With no master (two of three members down: no quorum), `/v1/cluster`
+/// answers 503 within about a second, with the term and the members the
+/// metadata lists, and so do `/ready` and `/metrics` (without master
+/// figures).
+#[test]
+fn with_no_master_the_cluster_view_answers_at_once_with_the_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let (mut nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
+    let term = cluster(&http)["term"].as_u64().unwrap();
+    nodes.truncate(1); // b and c killed
+    drop(nodes.remove(0)); // and the master
+    std::thread::sleep(Duration::from_secs(2));
+    // curl gives up after 2.5 s: the view used to come after the gateway's
+    // 3 s wait for a new master, or not at all.
+    let get = |path: &str| curl(&["--max-time", "2.5", &format!("http://{http}{path}")]);
+    for _ in 0..3 {
+        let (code, body) = get("/v1/cluster");
+        assert_eq!(code, 503, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+        assert!(v["term"].as_u64().unwrap() >= term, "{v}");
+        let members = v["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{v}");
+        for p in ports {
+            assert!(members.iter().any(|m| m["addr"] == addr(p)), "{v}");
+        }
+        assert_eq!(get("/ready").0, 503);
+        assert_eq!(get("/metrics").0, 200);
+    }
+}

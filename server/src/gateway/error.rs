@@ -9,6 +9,8 @@ pub(super) struct ApiError {
     status: StatusCode,
     code: &'static str,
     pub(super) message: String,
+    /// More of the answer, beside `error` (what is known without a master).
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -30,7 +32,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: serde_json::Map::new(),
         }
+    }
+    /// The answer also carries `key`: `value`.
+    pub(super) fn with(mut self, key: &str, value: serde_json::Value) -> ApiError {
+        self.extra.insert(key.into(), value);
+        self
     }
     pub(super) fn bad_request(m: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
@@ -135,7 +143,12 @@ pub(super) fn master_unreachable(e: replication::Error) -> ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut body = self.extra;
+        body.insert(
+            "error".into(),
+            json!({"code": self.code, "message": self.message}),
+        );
+        let body = Json(body);
         let mut r = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()

@@ -10,20 +10,58 @@ pub(super) async fn master_status(
     Ok((m, s.cursor, s.workers))
 }
 
+/// How long an operations request (`/v1/cluster`, `/ready`, `/metrics`)
+/// waits for the master's status: while there is no master it answers
+/// without it (503, or no master figures) rather than late.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The master's whole status, its group commits too.
 pub(super) async fn master_status_full(
     gw: &Gateway,
 ) -> Result<(SocketAddr, replication::msg::status::StatusIs), replication::Error> {
-    gw.routes
-        .on_master(
-            true,
-            |m| async move { Ok((m, gw.client.status_full(m).await?)) },
-        )
+    let ask = gw.routes.on_master(
+        true,
+        |m| async move { Ok((m, gw.client.status_full(m).await?)) },
+    );
+    tokio::time::timeout(STATUS_WAIT, ask)
         .await
+        .unwrap_or_else(|_| {
+            Err(replication::Error::Timeout(format!(
+                "no master answered within {STATUS_WAIT:?}"
+            )))
+        })
 }
 
 pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiError> {
-    let (master, cursor, workers) = master_status(gw).await.map_err(master_unreachable)?;
+    let status = master_status(gw).await;
+    // A failover cluster also shows its term and members, from the
+    // members' metadata: with no master too, when they matter most.
+    let failover = gw.topology().cluster.as_ref().map(|c| {
+        let members: Vec<_> = c
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id.to_string(),
+                    "addr": m.addr,
+                    "voter": m.voter,
+                    "in_sync": m.in_sync,
+                    "master": Some(m.id) == c.master,
+                })
+            })
+            .collect();
+        (json!(c.term), json!(members))
+    });
+    let (master, cursor, workers) = match status {
+        Ok(s) => s,
+        Err(e) => {
+            let mut err = master_unreachable(e);
+            if let Some((term, members)) = failover {
+                err = err.with("term", term).with("members", members);
+            }
+            return Err(err);
+        }
+    };
     let workers: Vec<_> = workers
         .iter()
         .map(|w| {
@@ -39,20 +77,9 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
         "master": {"addr": master.to_string(), "cursor": cursor_text(cursor)},
         "workers": workers,
     });
-    // A failover cluster also shows its term and members.
-    if let Some(c) = &gw.topology().cluster {
-        out["term"] = json!(c.term);
-        out["members"] = json!(c
-            .members
-            .iter()
-            .map(|m| json!({
-                "id": m.id.to_string(),
-                "addr": m.addr,
-                "voter": m.voter,
-                "in_sync": m.in_sync,
-                "master": Some(m.id) == c.master,
-            }))
-            .collect::<Vec<_>>());
+    if let Some((term, members)) = failover {
+        out["term"] = term;
+        out["members"] = members;
     }
     Ok(out)
 }
