@@ -213,3 +213,66 @@ async fn the_master_fails_over_and_returns_as_a_worker() {
 fn addr_of_new(n: &Node) -> SocketAddr {
     n.local_addr()
 }
+
+/// A node at the stopped master's address that is not that member (its
+/// machine back on a fresh disk, as a new node) answers the election's
+/// question with a longer log and a newer term than the members have. The
+/// controller must not choose it: it would hand leadership to a node that
+/// refuses the member's Raft messages, in every term, and the cluster would
+/// have no master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_ignores_a_stranger_at_a_members_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let n1 = start(1, &dirs[0], any).await;
+    n1.bootstrap().await.unwrap();
+    until("node 1 master", || n1.master_term()).await;
+    let n2 = start(2, &dirs[1], any).await;
+    let n3 = start(3, &dirs[2], any).await;
+    n2.join_through(vec![addr_of_new(&n1)], false);
+    until("node 2 a member", || {
+        n1.view().members.contains_key(&2).then_some(())
+    })
+    .await;
+    n3.join_through(vec![addr_of_new(&n1)], false);
+    until("three voters and both workers in sync", || {
+        let v = n1.view();
+        (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(())
+    })
+    .await;
+    let client = Client::new(&Identity::loopback().unwrap()).unwrap();
+    write_all(&client, &[&n1, &n2, &n3], 0..20).await;
+
+    // The stranger: more records than the cluster, and a newer last term.
+    let stranger = tmp.path().join("stranger");
+    {
+        let s = KeyedStore::open(
+            stranger.join("data"),
+            OpenOptions::new().sync(SyncPolicy::Group),
+        )
+        .unwrap();
+        for i in 0..200 {
+            s.put(&format!("other{i}"), b"another cluster's").unwrap();
+        }
+        s.close().unwrap();
+        std::fs::create_dir_all(stranger.join("raft")).unwrap();
+        std::fs::write(stranger.join("raft/follow"), "1000").unwrap();
+    }
+    let addr1 = addr_of(&n1);
+    let t1 = n1.master_term().unwrap();
+    drop(n1.shutdown().await);
+    let imp = start(99, &stranger, addr1).await;
+    let (new, other) = until("a new master among the members", || {
+        [(&n2, &n3), (&n3, &n2)]
+            .into_iter()
+            .find(|(n, _)| n.master_term().is_some_and(|t| t > t1))
+    })
+    .await;
+    let (new, other) = (new.clone(), other.clone());
+    assert!(holds(&new.store(), 0..20));
+    write_all(&client, &[&new, &other], 20..30).await;
+    for n in [imp, new, other] {
+        n.shutdown().await;
+    }
+}

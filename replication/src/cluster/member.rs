@@ -968,6 +968,18 @@ impl Node {
         self.be_idle();
         let mut asked: BTreeSet<u64> = v.state.in_sync.clone();
         asked.extend(v.state.master);
+        // Only members this leader's Raft has heard from in its term: a
+        // node at a member's address that is not that member (its machine
+        // back on a fresh disk, as a new node) refuses the member's Raft
+        // messages, so it never is one. Its answer could make it best, and
+        // leadership handed to it would never arrive, in every term.
+        let heard = self.raft.metrics().borrow_watched().heartbeat.clone();
+        asked.retain(|id| {
+            heard
+                .as_ref()
+                .and_then(|h| h.get(id))
+                .is_some_and(|at| at.is_some())
+        });
         asked.insert(self.id);
         let mut calls = Vec::new();
         for id in asked {
