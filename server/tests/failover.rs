@@ -1026,4 +1026,16 @@ fn with_no_master_the_cluster_view_answers_at_once_with_the_members() {
         assert_eq!(get("/ready").0, 503);
         assert_eq!(get("/metrics").0, 200);
     }
+    // The command line shows the members too, then the error (exit 5).
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["cluster", "status", "--endpoint", &format!("http://{http}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(text.contains("master  none"), "{text}");
+    for p in ports {
+        assert!(text.contains(&addr(p)), "{text}");
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("503"), "{out:?}");
 }

@@ -160,6 +160,18 @@ impl Api {
         Err(failure(status, &body))
     }
 
+    /// One request and its answer, whatever its status (a failure only when
+    /// no answer came).
+    async fn call_any(&self, method: Method, path: &str) -> Result<(StatusCode, Bytes), Failure> {
+        let req = self.request(method, path, &[], Vec::new())?;
+        let resp = self.client.request(req).await.map_err(|e| Failure {
+            code: UNAVAILABLE,
+            message: format!("cannot reach {}: {e}", self.base),
+        })?;
+        let status = resp.status();
+        Ok((status, self.collect(resp.into_body()).await?))
+    }
+
     async fn collect(&self, body: hyper::body::Incoming) -> Result<Bytes, Failure> {
         Ok(body
             .collect()
@@ -737,17 +749,25 @@ pub(crate) fn cluster_status(
     output: Option<Output>,
 ) -> Result<ExitCode> {
     let api = Api::new(endpoint, token)?;
-    let answer = match runtime()?.block_on(api.call(Method::GET, "/v1/cluster", &[], Vec::new())) {
+    let (status, body) = match runtime()?.block_on(api.call_any(Method::GET, "/v1/cluster")) {
         Ok(a) => a,
         Err(f) => return Ok(f.exit()),
     };
-    let doc: Value = serde_json::from_slice(&answer.body).context("/v1/cluster is not JSON")?;
+    let doc = serde_json::from_slice::<Value>(&body).ok();
+    // With no master, a failover cluster still shows its term and members:
+    // printed, then the error, and the error's exit code.
+    let (doc, failed) = match doc {
+        Some(doc) if status.is_success() => (doc, None),
+        Some(doc) if doc.get("members").is_some() => (doc, Some(failure(status, &body))),
+        _ if status.is_success() => bail!("/v1/cluster is not JSON"),
+        _ => return Ok(failure(status, &body).exit()),
+    };
     if output == Some(Output::Json) {
         print_json(&doc)?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        out(cluster_table(&doc).as_bytes())?;
     }
-    out(cluster_table(&doc).as_bytes())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(failed.map_or(ExitCode::SUCCESS, Failure::exit))
 }
 
 /// The rows of `ourkv cluster status`. Lag is in bytes when the worker is in
@@ -757,8 +777,14 @@ fn cluster_table(doc: &Value) -> String {
         let mut it = c.split(':').map(|p| p.parse::<u64>().ok());
         Some((it.next()??, it.next()??, it.next()??))
     };
-    let master_addr = doc["master"]["addr"].as_str().unwrap_or("?");
-    let master_cursor = doc["master"]["cursor"].as_str().unwrap_or("?");
+    // No master object: none answered (the members come from metadata).
+    let (master_addr, master_cursor) = match doc.get("master") {
+        Some(m) => (
+            m["addr"].as_str().unwrap_or("?"),
+            m["cursor"].as_str().unwrap_or("?"),
+        ),
+        None => ("none", "-"),
+    };
     let mut rows = vec![[
         "ROLE".to_string(),
         "ADDRESS".to_string(),
@@ -802,7 +828,8 @@ fn cluster_table(doc: &Value) -> String {
     // or still joining).
     for m in doc["members"].as_array().into_iter().flatten() {
         let addr = m["addr"].as_str().unwrap_or("?");
-        if m["master"] == true || rows.iter().any(|r| r[1] == addr) {
+        if (doc.get("master").is_some() && m["master"] == true) || rows.iter().any(|r| r[1] == addr)
+        {
             continue;
         }
         rows.push([
@@ -862,6 +889,28 @@ mod tests {
             "{t}"
         );
         assert_eq!(lines[4], "failover: term 3, 3 members (2 voting)");
+    }
+
+    #[test]
+    fn cluster_table_without_a_master_lists_every_member() {
+        // /v1/cluster's 503 body: the error, the term and the members.
+        let doc = json!({
+            "error": {"code": "unavailable", "message": "the master is unreachable; retry shortly"},
+            "term": 4,
+            "members": [
+                {"id": "1", "addr": "127.0.0.1:7000", "voter": true, "in_sync": false, "master": true},
+                {"id": "2", "addr": "127.0.0.1:7001", "voter": true, "in_sync": true, "master": false},
+                {"id": "3", "addr": "127.0.0.1:7002", "voter": true, "in_sync": true, "master": false},
+            ],
+        });
+        let t = cluster_table(&doc);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 6, "{t}");
+        assert!(lines[1].starts_with("master  none"), "{t}");
+        for (line, addr) in lines[2..5].iter().zip(["7000", "7001", "7002"]) {
+            assert!(line.starts_with("member") && line.contains(addr), "{t}");
+        }
+        assert_eq!(lines[5], "failover: term 4, 3 members (3 voting)");
     }
 
     #[test]
