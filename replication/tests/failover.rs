@@ -17,7 +17,18 @@ use replication::{Ack, Client, Identity, MasterOptions};
 
 async fn start(id: u64, dir: &Path, addr: SocketAddr) -> Arc<Node> {
     let identity = Identity::loopback().unwrap();
-    let endpoint = replication::endpoint(&identity, addr).unwrap();
+    // A node just stopped at `addr` may hold its socket a moment longer.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let endpoint = loop {
+        match replication::endpoint(&identity, addr) {
+            Ok(e) => break e,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("binding {addr}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("binding {addr}: {e}"),
+        }
+    };
     let addr = endpoint.local_addr().unwrap();
     let store =
         KeyedStore::open(dir.join("data"), OpenOptions::new().sync(SyncPolicy::Group)).unwrap();
@@ -263,6 +274,11 @@ async fn the_election_ignores_a_stranger_at_a_members_address() {
     let t1 = n1.master_term().unwrap();
     drop(n1.shutdown().await);
     let imp = start(99, &stranger, addr1).await;
+    // The stranger must be up before the election, or it tests nothing.
+    assert!(
+        [&n2, &n3].iter().all(|n| n.master_term().is_none()),
+        "a new master before the stranger was up"
+    );
     let (new, other) = until("a new master among the members", || {
         [(&n2, &n3), (&n3, &n2)]
             .into_iter()
