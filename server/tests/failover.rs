@@ -1037,5 +1037,8 @@ fn with_no_master_the_cluster_view_answers_at_once_with_the_members() {
     for p in ports {
         assert!(text.contains(&addr(p)), "{text}");
     }
-    assert!(String::from_utf8_lossy(&out.stderr).contains("503"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("503"),
+        "{out:?}"
+    );
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::Instant as _;
 use ourdb::keyed::KeyedStore;
 use tokio::sync::{mpsc, watch};
 
@@ -1388,6 +1389,9 @@ impl MetaLink for Link {
     }
 
     fn still_leads(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+        if self.leads_within_lease() {
+            return Box::pin(std::future::ready(true));
+        }
         let raft = self.raft.clone();
         Box::pin(async move {
             // Within its lease (acknowledged heartbeats less than an election
@@ -1402,5 +1406,24 @@ impl MetaLink for Link {
                     .await
                     .is_ok()
         })
+    }
+}
+
+impl Link {
+    /// openraft's lease check, read from its published metrics instead of
+    /// asked of its core task (a channel trip per read index): this node
+    /// leads the appointed term and a quorum acknowledged a heartbeat it
+    /// sent less than the lease ago. Metrics only lag, so the acknowledgement
+    /// they show is a real one, at most older: no follower has voted for
+    /// another since, so no newer master exists.
+    fn leads_within_lease(&self) -> bool {
+        let term = self.view.borrow().state.term;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.current_leader == Some(m.id)
+            && m.current_term == term
+            && m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|at| at.elapsed() < net::LEADER_LEASE)
     }
 }

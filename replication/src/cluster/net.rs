@@ -194,6 +194,11 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: MetaRaftHandle) {
     .await
 }
 
+/// The longest election timeout, which openraft also takes as the leader's
+/// lease: a follower votes for no other candidate within it of its last
+/// acknowledgement.
+pub(crate) const LEADER_LEASE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// The group's timing for a LAN or loopback: heartbeats every 50 ms, a
 /// follower campaigns 150-300 ms after losing them; Pre-Vote keeps a node
 /// that was cut off from deposing a healthy leader when it returns.
@@ -206,7 +211,7 @@ pub fn lan_config() -> openraft::Config {
         cluster_name: "ourkv-meta".into(),
         heartbeat_interval: 50,
         election_timeout_min: 150,
-        election_timeout_max: 300,
+        election_timeout_max: LEADER_LEASE.as_millis() as u64,
         enable_pre_vote: Some(true),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 100,
