@@ -192,12 +192,12 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFla
             )));
         };
         let id = arg.get_id().as_str();
-        if matches!(
+        // A value the command line or a variable overrides is still
+        // checked: the file is wrong either way, and would bite later.
+        let overridden = matches!(
             given.value_source(id),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
-            continue;
-        }
+        );
         let flag = format!("--{key}");
         let takes_value = !matches!(
             arg.get_action(),
@@ -224,7 +224,7 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFla
                 // whole-number flag refuses it rather than taking a float.
                 toml::Value::Float(f) => format!("{f:?}"),
                 toml::Value::Boolean(b) if !takes_value => {
-                    if *b {
+                    if *b && !overridden {
                         out.push(flag.clone());
                     }
                     continue;
@@ -243,7 +243,28 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFla
                     )))
                 }
             };
-            if takes_value {
+            if takes_value && overridden {
+                // The arg's own parser, on a command of that arg alone.
+                let mut only = Arg::new(id.to_string())
+                    .long(key.clone())
+                    .value_parser(arg.get_value_parser().clone())
+                    .action(arg.get_action().clone());
+                if let Some(names) = arg.get_value_names() {
+                    only = only.value_names(names.to_vec());
+                }
+                let alone = Command::new(sc.get_name().to_string())
+                    .no_binary_name(true)
+                    .arg(only);
+                if let Err(e) = alone.try_get_matches_from([format!("{flag}={text}")]) {
+                    let rendered = e.render().to_string();
+                    let first = rendered.lines().next().unwrap_or_default();
+                    let said = first.strip_prefix("error: ").unwrap_or(first);
+                    return Err(usage(format!(
+                        "config file {shown}{}: `{key}`: {said}",
+                        line(key)
+                    )));
+                }
+            } else if takes_value {
                 out.push(format!("{flag}={text}"));
             } else {
                 return Err(usage(format!(
@@ -539,6 +560,11 @@ mod tests {
         assert_eq!(gateway("1", &[]), Ok(Some(1)));
         // Flags win over the file; 0 threads is refused, naming the option.
         assert_eq!(gateway("1", &["--threads", "3"]), Ok(Some(3)));
+        // Even where a flag wins, a bad value in the file is an error.
+        let e = gateway("0", &["--threads", "3"]).unwrap_err();
+        assert!(e.contains("`threads`") && e.contains("line 3"), "{e}");
+        let e = gateway("\"many\"", &["--threads", "3"]).unwrap_err();
+        assert!(e.contains("line 3") && e.contains("many"), "{e}");
         let e = gateway("0", &[]).unwrap_err();
         assert!(e.contains("`threads`") && e.contains("line 3"), "{e}");
         assert!(e.contains("config file"), "{e}");
