@@ -1117,12 +1117,13 @@ impl Master {
     /// (`Code::Epoch`, `Code::Cursor`: it needs a snapshot). In a failover
     /// cluster, a log that followed term `last_term`'s master may also hold
     /// records past where that master's log left this one's (a cut in place
-    /// comes with truncation).
+    /// comes with truncation); with `None` (a log of no known term: a node
+    /// joining with data) only its bytes are compared.
     pub(crate) async fn fits(
         &self,
         theirs: Cursor,
         tail: Vec<u8>,
-        last_term: u64,
+        last_term: Option<u64>,
     ) -> std::result::Result<Location, (Code, String)> {
         let ours = self.store.db().meta().epoch;
         let store = self.store.clone();
@@ -1133,7 +1134,7 @@ impl Master {
             Subscription::Ship(from) => from,
             Subscription::Refuse(code, why) => return Err((code, why)),
         };
-        let Some(link) = &self.link else {
+        let (Some(link), Some(last_term)) = (&self.link, last_term) else {
             return Ok(from);
         };
         match link.branch(last_term) {
@@ -1181,7 +1182,10 @@ impl Master {
             frame::write(&mut send, &failed(Code::BadRequest, why).into()).await?;
             return Ok(());
         }
-        match self.fits(Cursor::new(epoch, cursor), tail, last_term).await {
+        match self
+            .fits(Cursor::new(epoch, cursor), tail, Some(last_term))
+            .await
+        {
             Ok(from) => cursor = from,
             Err((code, why)) => {
                 tracing::info!(%peer, node, last_term, "{why}: the worker needs a snapshot");

@@ -916,8 +916,43 @@ fn a_worker_with_another_clusters_data_is_refused_unless_told_to_replace_it() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port(), free_port()];
     let args = node_args(dir.path(), ports);
-    let (_nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
-    assert_eq!(put(&http, "ours", "1").0, 200);
+    let (nodes, _gw, http) = formed_cluster(dir.path(), ports, &args);
+    for i in 0..20 {
+        assert_eq!(put(&http, &format!("ours{i}"), "1").0, 200);
+    }
+
+    // A copy of a member's data holds a prefix of the cluster's log: with
+    // a Raft directory of its own, it joins as a new member, no flag needed.
+    common::signal(&nodes[1], "-STOP");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(dir.path().join("b"))
+        .arg(dir.path().join("prefix"))
+        .status()
+        .unwrap()
+        .success();
+    common::signal(&nodes[1], "-CONT");
+    assert!(copied);
+    assert_eq!(put(&http, "ours-after-the-copy", "1").0, 200);
+    let prefix_at = addr(free_port());
+    let _prefix = start(
+        &[
+            "worker".to_string(),
+            "--data".into(),
+            dir.path().join("prefix").to_str().unwrap().into(),
+            "--listen".into(),
+            prefix_at.clone(),
+            "--master".into(),
+            addr(ports[0]),
+        ],
+        &dir.path().join("prefix.log"),
+    );
+    wait_cluster(&http, "the copy joined and in sync", |c| {
+        c["members"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["addr"] == prefix_at.as_str() && m["in_sync"] == true)
+        })
+    });
 
     // Another cluster (one member) writes a few keys, then stops.
     let other = dir.path().join("other");
@@ -977,7 +1012,7 @@ fn a_worker_with_another_clusters_data_is_refused_unless_told_to_replace_it() {
     );
     assert_eq!(dump(), before, "the refused node's data changed");
     let view = cluster(&http);
-    assert_eq!(view["members"].as_array().unwrap().len(), 3, "{view}");
+    assert_eq!(view["members"].as_array().unwrap().len(), 4, "{view}");
 
     // Told to, it joins and holds the cluster's data instead.
     let _joined = start(&join(&["--replace-data"]), &dir.path().join("joiner.log"));
@@ -988,7 +1023,7 @@ fn a_worker_with_another_clusters_data_is_refused_unless_told_to_replace_it() {
         })
     });
     assert_eq!(put(&http, "after", "2").0, 200);
-    let nodes: Vec<SocketAddr> = [addr(ports[0]), listen.clone()]
+    let nodes: Vec<SocketAddr> = [addr(ports[0]), listen.clone(), prefix_at]
         .iter()
         .map(|a| a.parse().unwrap())
         .collect();

@@ -571,7 +571,13 @@ impl Node {
                 "no master to compare the joining node's data with yet: retry",
             ));
         };
-        match master.fits(d.end, d.tail.clone(), d.last_term).await {
+        // A node with no Raft history of this cluster cannot say which
+        // term's log it holds: its bytes are compared. It then follows as
+        // one that followed no term: what it holds past the branch point of
+        // the cluster's first term is fetched again (nothing is lost: it
+        // was the cluster's).
+        let term = (d.last_term != 0).then_some(d.last_term);
+        match master.fits(d.end, d.tail.clone(), term).await {
             Ok(_) => Ok(()),
             Err((_, why)) => Err(Failed::new(
                 data_differs(),
