@@ -908,6 +908,30 @@ fn a_raft_directory_serves_one_process() {
     assert!(err.contains("is in use by another process"), "{err}");
 }
 
+/// `dir/other`: the data of another cluster (one member), which wrote 20
+/// keys and stopped. Its Raft directory is `dir/other.raft`.
+fn another_clusters_data(dir: &Path) -> std::path::PathBuf {
+    let other = dir.join("other");
+    let other_http = addr(free_port());
+    let p = start(
+        &[
+            "master".to_string(),
+            "--data".into(),
+            other.to_str().unwrap().into(),
+            "--listen".into(),
+            addr(free_port()),
+            "--http".into(),
+            other_http.clone(),
+        ],
+        &dir.join("other.log"),
+    );
+    for i in 0..20 {
+        assert_eq!(put(&other_http, &format!("theirs{i}"), "x").0, 200);
+    }
+    drop(p);
+    other
+}
+
 /// A new member whose data directory holds another cluster's data is
 /// refused (exit 1) with its data untouched; with `--replace-data` it joins
 /// and takes the cluster's data.
@@ -954,27 +978,7 @@ fn a_worker_with_another_clusters_data_is_refused_unless_told_to_replace_it() {
         })
     });
 
-    // Another cluster (one member) writes a few keys, then stops.
-    let other = dir.path().join("other");
-    let other_http = addr(free_port());
-    {
-        let p = start(
-            &[
-                "master".to_string(),
-                "--data".into(),
-                other.to_str().unwrap().into(),
-                "--listen".into(),
-                addr(free_port()),
-                "--http".into(),
-                other_http.clone(),
-            ],
-            &dir.path().join("other.log"),
-        );
-        for i in 0..20 {
-            assert_eq!(put(&other_http, &format!("theirs{i}"), "x").0, 200);
-        }
-        drop(p);
-    }
+    let other = another_clusters_data(dir.path());
     let dump = || {
         let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
             .args(["db", "dump"])
@@ -1076,4 +1080,58 @@ fn with_no_master_the_cluster_view_answers_at_once_with_the_members() {
         String::from_utf8_lossy(&out.stderr).contains("503"),
         "{out:?}"
     );
+}
+
+/// A node that asks to join with data while the cluster has no master
+/// cannot be checked yet: it prints no "listening" line (scripts wait for
+/// it) until a master has checked it; here it is then refused.
+#[test]
+fn a_joiner_with_data_says_nothing_until_a_master_has_checked_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let (mut nodes, _gw, _http) = formed_cluster(dir.path(), ports, &args);
+    let other = another_clusters_data(dir.path());
+    // Only c is left: no quorum, no master.
+    drop(nodes.drain(..2));
+    let mut joiner = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args(["worker", "--data"])
+        .arg(&other)
+        .arg("--raft-dir")
+        .arg(dir.path().join("joiner.raft"))
+        .args(["--listen", &addr(free_port()), "--master", &addr(ports[2])])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let out = joiner.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Past the 5 s a joiner without data waits before its line.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(joiner.try_wait().unwrap().is_none(), "the joiner ended");
+    assert_eq!(lines.try_recv().ok(), None, "it said it was listening");
+    // a and b come back: a master checks the data and refuses it.
+    let _a = start(&args[0], &dir.path().join("a2.log"));
+    let _b = start(&args[1], &dir.path().join("b2.log"));
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = joiner.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = joiner.kill();
+            panic!("the joiner was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    // Everything it printed (the reader ends at the closed pipe).
+    let said: Vec<String> = lines.iter().collect();
+    assert!(said.is_empty(), "it printed {said:?}");
 }

@@ -143,6 +143,8 @@ pub struct Node {
     _lock: std::fs::File,
     /// Why the cluster refused this node for good (its data differs).
     refused: watch::Sender<Option<String>>,
+    /// Whether it asks to join with data no master has checked yet.
+    unchecked: std::sync::atomic::AtomicBool,
 }
 
 const FOLLOW: &str = "follow";
@@ -287,6 +289,7 @@ impl Node {
             joining: tokio::sync::Mutex::new(()),
             _lock: lock,
             refused: watch::Sender::new(None),
+            unchecked: std::sync::atomic::AtomicBool::new(false),
         });
         let serve = {
             let m = member.clone();
@@ -479,6 +482,7 @@ impl Node {
                 let seed = *seed;
                 let Some(node) = weak.upgrade() else { return };
                 if node.joined() {
+                    node.unchecked.store(false, Ordering::SeqCst);
                     return;
                 }
                 let data = match node.data_end().await {
@@ -489,6 +493,8 @@ impl Node {
                         return;
                     }
                 };
+                node.unchecked
+                    .store(data.is_some() && !replace_data, Ordering::SeqCst);
                 let req = JoinRequest {
                     id: node.id,
                     member: node.me(),
@@ -524,6 +530,12 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(AbortOnDrop(task));
+    }
+
+    /// Whether it asks to join with data that no master has checked yet
+    /// (none answers): it may still be refused.
+    pub fn data_unchecked(&self) -> bool {
+        self.unchecked.load(Ordering::SeqCst) && self.refused.borrow().is_none()
     }
 
     /// Why the cluster refused this node for good, once it did: its data

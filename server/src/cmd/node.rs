@@ -234,9 +234,9 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         tracing::info!(%addr, id, raft_dir = %raft_dir.display(), "failover member started");
         // "listening" tells scripts the node is of use: wait (boundedly)
         // until it is master or follows one. A worker whose cluster is not
-        // up yet keeps trying after the line.
-        // A refusal of its data ends the node at any time, before or after
-        // the "listening" line (the cluster may come up later).
+        // up yet keeps trying after the line; but one asking to join with
+        // data no master has checked yet says nothing until one has (it
+        // may still be refused). A refusal ends the node at any time.
         let refused = {
             let m = member.clone();
             async move { m.join_refused().await }
@@ -244,7 +244,7 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
         tokio::pin!(refused);
         let t = std::time::Instant::now();
         let has_role = async {
-            while !member.has_role() && t.elapsed() < ROLE_WAIT {
+            while !member.has_role() && (t.elapsed() < ROLE_WAIT || member.data_unchecked()) {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         };
