@@ -94,6 +94,31 @@ fn holds(store: &KeyedStore, keys: std::ops::Range<u32>) -> bool {
         .all(|i| store.get(&format!("k{i}")).unwrap() == Some(format!("v{i}").into_bytes()))
 }
 
+/// Nodes 1, 2 and 3 on `dirs`: node 1 founds the cluster, the others join
+/// as a worker started with `--master` does (node 2 through node 1, node 3
+/// through node `seed_of_3`); once all three vote and 2 and 3 are in sync.
+async fn three_members(dirs: &[std::path::PathBuf], seed_of_3: usize) -> [Arc<Node>; 3] {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let n1 = start(1, &dirs[0], any).await;
+    n1.bootstrap().await.unwrap();
+    until("node 1 master", || n1.master_term()).await;
+    let n2 = start(2, &dirs[1], any).await;
+    let n3 = start(3, &dirs[2], any).await;
+    n2.join_through(vec![addr_of_new(&n1)], false);
+    until("node 2 a member", || {
+        n1.view().members.contains_key(&2).then_some(())
+    })
+    .await;
+    let seed = if seed_of_3 == 2 { &n2 } else { &n1 };
+    n3.join_through(vec![addr_of_new(seed)], false);
+    until("three voters and both workers in sync", || {
+        let v = n1.view();
+        (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(())
+    })
+    .await;
+    [n1, n2, n3]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_master_fails_over_and_returns_as_a_worker() {
     let _ = tracing_subscriber::fmt()
@@ -102,26 +127,9 @@ async fn the_master_fails_over_and_returns_as_a_worker() {
         .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let n1 = start(1, &dirs[0], any).await;
-    n1.bootstrap().await.unwrap();
-    until("node 1 master", || n1.master_term()).await;
-    let n2 = start(2, &dirs[1], any).await;
-    let n3 = start(3, &dirs[2], any).await;
-    // Both join as a worker started with `--master` does: node 2 asks the
-    // leader itself, node 3 asks node 2, which passes the request on.
-    n2.join_through(vec![addr_of_new(&n1)], false);
-    until("node 2 a member", || {
-        n1.view().members.contains_key(&2).then_some(())
-    })
-    .await;
-    n3.join_through(vec![addr_of_new(&n2)], false);
-    let v = until("three voters and both workers in sync", || {
-        let v = n1.view();
-        (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(v)
-    })
-    .await;
-    assert_eq!(v.state.in_sync, [2, 3].into());
+    // Node 3 asks node 2, which passes the request on to the leader.
+    let [n1, n2, n3] = three_members(&dirs, 2).await;
+    assert_eq!(n1.view().state.in_sync, [2, 3].into());
 
     let client = Client::new(&Identity::loopback().unwrap()).unwrap();
     // Joins that could not name a usable member are refused, on the leader
@@ -235,23 +243,7 @@ fn addr_of_new(n: &Node) -> SocketAddr {
 async fn the_election_ignores_a_stranger_at_a_members_address() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let n1 = start(1, &dirs[0], any).await;
-    n1.bootstrap().await.unwrap();
-    until("node 1 master", || n1.master_term()).await;
-    let n2 = start(2, &dirs[1], any).await;
-    let n3 = start(3, &dirs[2], any).await;
-    n2.join_through(vec![addr_of_new(&n1)], false);
-    until("node 2 a member", || {
-        n1.view().members.contains_key(&2).then_some(())
-    })
-    .await;
-    n3.join_through(vec![addr_of_new(&n1)], false);
-    until("three voters and both workers in sync", || {
-        let v = n1.view();
-        (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(())
-    })
-    .await;
+    let [n1, n2, n3] = three_members(&dirs, 1).await;
     let client = Client::new(&Identity::loopback().unwrap()).unwrap();
     write_all(&client, &[&n1, &n2, &n3], 0..20).await;
 

@@ -1095,18 +1095,21 @@ fn a_joiner_with_data_says_nothing_until_a_master_has_checked_it() {
     let other = another_clusters_data(dir.path());
     // Only c is left: no quorum, no master.
     drop(nodes.drain(..2));
-    let mut joiner = Command::new(env!("CARGO_BIN_EXE_ourkv"))
-        .args(["worker", "--data"])
-        .arg(&other)
-        .arg("--raft-dir")
-        .arg(dir.path().join("joiner.raft"))
-        .args(["--listen", &addr(free_port()), "--master", &addr(ports[2])])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed on drop: a failed assertion leaves no process behind.
+    let mut joiner = common::Proc(
+        Command::new(env!("CARGO_BIN_EXE_ourkv"))
+            .args(["worker", "--data"])
+            .arg(&other)
+            .arg("--raft-dir")
+            .arg(dir.path().join("joiner.raft"))
+            .args(["--listen", &addr(free_port()), "--master", &addr(ports[2])])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, lines) = std::sync::mpsc::channel();
-    let out = joiner.stdout.take().unwrap();
+    let out = joiner.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -1114,18 +1117,17 @@ fn a_joiner_with_data_says_nothing_until_a_master_has_checked_it() {
     });
     // Past the 5 s a joiner without data waits before its line.
     std::thread::sleep(Duration::from_secs(7));
-    assert!(joiner.try_wait().unwrap().is_none(), "the joiner ended");
+    assert!(joiner.0.try_wait().unwrap().is_none(), "the joiner ended");
     assert_eq!(lines.try_recv().ok(), None, "it said it was listening");
     // a and b come back: a master checks the data and refuses it.
     let _a = start(&args[0], &dir.path().join("a2.log"));
     let _b = start(&args[1], &dir.path().join("b2.log"));
     let t = Instant::now();
     let status = loop {
-        if let Some(s) = joiner.try_wait().unwrap() {
+        if let Some(s) = joiner.0.try_wait().unwrap() {
             break s;
         }
         if t.elapsed() > Duration::from_secs(30) {
-            let _ = joiner.kill();
             panic!("the joiner was not refused");
         }
         std::thread::sleep(Duration::from_millis(50));
