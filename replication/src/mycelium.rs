@@ -53,30 +53,71 @@ pub fn parse_pubkey(hex: &str) -> Result<[u8; 32]> {
     Ok(key)
 }
 
-/// `HOST:PORT`, where HOST is an IP address, a name, or a Mycelium public key
-/// (64 hex digits, standing for its overlay address).
-pub fn resolve_peer(s: &str) -> Result<SocketAddr> {
+/// Checks the form of `HOST:PORT` without looking anything up: HOST is an
+/// IPv4 address, a bracketed IPv6 address, a host name, or a Mycelium public
+/// key (64 hex digits); PORT a number up to 65535. For the command line and
+/// config files, so a bad address is refused where it was written.
+pub fn check_peer(s: &str) -> Result<()> {
+    let bad = |why: String| Err(Error::Address(why));
     let hexish = |h: &str| h.len() >= 32 && h.bytes().all(|b| b.is_ascii_hexdigit());
     // A bare public key, or a near miss of one: say what is wrong instead of
     // "invalid socket address" or a DNS lookup of 63 hex digits.
     if hexish(s) {
-        return Err(Error::Address(format!(
+        return bad(format!(
             "{s:?} has no port: a peer named by its Mycelium public key is <64 hex digits>:PORT"
-        )));
+        ));
     }
-    if let Some((host, _)) = s.rsplit_once(':') {
-        if hexish(host) && host.len() != 64 {
-            return Err(Error::Address(format!(
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return bad(format!("{s:?} has no port: the form is HOST:PORT"));
+    };
+    if port.parse::<u16>().is_err() {
+        return bad(format!("bad port in {s:?}: a number from 0 to 65535"));
+    }
+    if hexish(host) {
+        if host.len() != 64 {
+            return bad(format!(
                 "{host:?} has {} hex digits; a Mycelium public key has 64",
                 host.len()
-            )));
+            ));
         }
+        return Ok(());
     }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match v6.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => bad(format!("{v6:?} in {s:?} is not an IPv6 address")),
+        };
+    }
+    if host.contains(':') {
+        return bad(format!(
+            "{s:?}: an IPv6 address takes brackets, as in [::1]:7000"
+        ));
+    }
+    let name = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    if host.parse::<std::net::Ipv4Addr>().is_err() && !name(host) {
+        return bad(format!(
+            "{host:?} in {s:?} is not an IP address or a host name"
+        ));
+    }
+    Ok(())
+}
+
+/// `HOST:PORT`, where HOST is an IP address, a name, or a Mycelium public key
+/// (64 hex digits, standing for its overlay address).
+pub fn resolve_peer(s: &str) -> Result<SocketAddr> {
+    check_peer(s)?;
     if let Some((host, port)) = s.rsplit_once(':') {
         if host.len() == 64 && host.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let port: u16 = port
-                .parse()
-                .map_err(|_| Error::Address(format!("bad port in {s:?}")))?;
+            let port: u16 = port.parse().expect("checked port");
             return Ok(SocketAddr::new(
                 address_of(&parse_pubkey(host)?).into(),
                 port,
@@ -229,6 +270,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("63 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn address_forms_are_checked_without_a_lookup() {
+        for ok in [
+            "127.0.0.1:7000",
+            "[::1]:0",
+            "[400::1]:65535",
+            "node-1.example:80",
+            "localhost:8080",
+        ] {
+            assert!(check_peer(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("127.0.0.1", "no port"),
+            ("127.0.0.1:", "bad port"),
+            ("127.0.0.1:65536", "bad port"),
+            ("127.0.0.1:-1", "bad port"),
+            ("::1:7000", "brackets"),
+            ("[::g]:7000", "not an IPv6"),
+            (":7000", "not an IP address or a host name"),
+            ("a b:7000", "not an IP address or a host name"),
+            ("a..b:7000", "not an IP address or a host name"),
+        ] {
+            let e = check_peer(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     /// A one-connection fake of the Mycelium API on loopback: answers the

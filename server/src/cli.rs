@@ -21,7 +21,7 @@ pub(crate) enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "./ourkv-data")]
         data: PathBuf,
         /// HTTP address of the gateway.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = addr)]
         http: String,
         /// How many workers (1 to 32: each holds a full copy in this one
         /// process).
@@ -39,13 +39,13 @@ pub(crate) enum Cmd {
     /// The HTTP gateway in front of a running master and workers.
     Gateway {
         /// Address the HTTP API listens on (host:port).
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = addr)]
         http: String,
         /// The master node: host:port, or <64-hex Mycelium public key>:port.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = addr)]
         master: String,
         /// A worker node to read from (repeat for each); same forms as --master.
-        #[arg(long = "worker", value_name = "ADDR")]
+        #[arg(long = "worker", value_name = "ADDR", value_parser = addr)]
         workers: Vec<String>,
         /// Cluster directory (`ourkv cluster init`); without it only
         /// loopback nodes can be reached.
@@ -79,12 +79,12 @@ pub(crate) enum Cmd {
         node: NodeArgs,
         /// The master's QUIC address (in a failover cluster: any member's,
         /// through which this node joins).
-        #[arg(long)]
+        #[arg(long, value_parser = addr)]
         master: String,
         /// More members to join through when --master does not answer
         /// (repeat for each; failover members only). A node that is a member
         /// already needs none: it knows the members from its metadata.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = addr)]
         seed: Vec<String>,
         /// Failover: let the cluster's data replace what the data directory
         /// holds where it differs. Without it, a new member whose data is
@@ -204,7 +204,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) data: PathBuf,
     /// QUIC address to listen on. With --mycelium-api only its port counts.
-    #[arg(long)]
+    #[arg(long, value_parser = listen_addr)]
     pub(crate) listen: String,
     /// Local Mycelium API (`http://127.0.0.1:8989`): listen on this node's
     /// overlay address.
@@ -237,12 +237,12 @@ pub(crate) struct NodeArgs {
     /// Failover: the QUIC address the other members and the gateway
     /// reach this node at (default: the listen address, which then must name
     /// a host, not 0.0.0.0 or [::]).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = addr)]
     pub(crate) advertise: Option<String>,
     /// Failover: also serve the HTTP API here (host:port), as a gateway
     /// does, reading from this node's own store: a read costs no hop to
     /// another process. Writes and strong reads' index go to the master.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = addr)]
     pub(crate) http: Option<String>,
     #[command(flatten)]
     pub(crate) http_opts: HttpOpts,
@@ -696,5 +696,22 @@ impl ConfigRole {
             ConfigRole::Master => "master",
             ConfigRole::Worker => "worker",
         }
+    }
+}
+
+/// An address flag's value, its form checked where it was written (flag,
+/// variable or config file line); host names are looked up at start.
+fn addr(s: &str) -> Result<String, String> {
+    replication::mycelium::check_peer(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--listen`: an address, or `:PORT` (with `--mycelium-api` only the port
+/// counts).
+fn listen_addr(s: &str) -> Result<String, String> {
+    match s.strip_prefix(':') {
+        Some(port) if port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => addr(s),
     }
 }

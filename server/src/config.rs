@@ -150,14 +150,18 @@ fn in_file(
     let line = lines
         .get(key)
         .map_or(String::new(), |l| format!(" line {l}"));
-    // Clap's first line, without its "error: " and the hint lines after it.
+    usage(format!(
+        "config file {}{line}: `{key}`: {}",
+        path.display(),
+        said(&e)
+    ))
+}
+
+/// Clap's first line, without its "error: " and the hint lines after it.
+fn said(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
     let first = rendered.lines().next().unwrap_or_default();
-    let said = first.strip_prefix("error: ").unwrap_or(first);
-    usage(format!(
-        "config file {}{line}: `{key}`: {said}",
-        path.display()
-    ))
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
 
 /// The flags the file at `path` stands for, leaving out those the command
@@ -256,12 +260,10 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFla
                     .no_binary_name(true)
                     .arg(only);
                 if let Err(e) = alone.try_get_matches_from([format!("{flag}={text}")]) {
-                    let rendered = e.render().to_string();
-                    let first = rendered.lines().next().unwrap_or_default();
-                    let said = first.strip_prefix("error: ").unwrap_or(first);
                     return Err(usage(format!(
-                        "config file {shown}{}: `{key}`: {said}",
-                        line(key)
+                        "config file {shown}{}: `{key}`: {}",
+                        line(key),
+                        said(&e)
                     )));
                 }
             } else if takes_value {
@@ -582,6 +584,53 @@ mod tests {
             let e = gateway(list, &[]).unwrap_err();
             assert!(e.contains("`threads` takes one value"), "{e}");
         }
+    }
+
+    #[test]
+    fn addresses_are_checked_at_their_line_also_where_a_flag_wins() {
+        let gateway = |text: &str, flags: &[&str]| {
+            let f = file(text);
+            let mut a = vec!["ourkv", "gateway", "--config", f.path().to_str().unwrap()];
+            a.extend_from_slice(flags);
+            parse(args(&a))
+                .err()
+                .map(|e| (e.to_string(), e.exit_code()))
+        };
+        let no_port = "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1\"\n";
+        for flags in [&[][..], &["--master", "127.0.0.1:9"]] {
+            let (e, code) = gateway(no_port, flags).expect("refused");
+            assert!(
+                e.contains("config file") && e.contains("line 2") && e.contains("`master`"),
+                "{flags:?}: {e}"
+            );
+            assert!(e.contains("no port"), "{e}");
+            assert_eq!(code, 2);
+        }
+        // A list item: the key's line and what is wrong with the item.
+        let list = "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nworker = [\"127.0.0.1:3\", \"::1:4\"]\n";
+        for flags in [&[][..], &["--worker", "127.0.0.1:9"]] {
+            let (e, _) = gateway(list, flags).expect("refused");
+            assert!(e.contains("line 3") && e.contains("brackets"), "{e}");
+        }
+        assert_eq!(gateway(&list.replace("::1:4", "[::1]:4"), &[]), None);
+        // On the command line: clap's own error, no file named.
+        let (e, code) = gateway(
+            "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\n",
+            &["--master", "host:port"],
+        )
+        .expect("refused");
+        assert!(!e.contains("config file") && e.contains("bad port"), "{e}");
+        assert_eq!(code, 2);
+        // `--listen :PORT` (for --mycelium-api) stays accepted.
+        let f = file("data = \"/d\"\nlisten = \":7000\"\n");
+        let p = f.path().to_str().unwrap();
+        assert!(parse(args(&["ourkv", "master", "--config", p])).is_ok());
+        let f = file("data = \"/d\"\nlisten = \"7000\"\n");
+        let p = f.path().to_str().unwrap();
+        let e = parse(args(&["ourkv", "master", "--config", p]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     #[test]
