@@ -1080,6 +1080,43 @@ fn with_no_master_the_cluster_view_answers_at_once_with_the_members() {
         String::from_utf8_lossy(&out.stderr).contains("503"),
         "{out:?}"
     );
+    // A new gateway naming only the dead members never saw the metadata:
+    // it shows the nodes it asked.
+    let http2 = addr(free_port());
+    let _gw2 = common::start(&[
+        "gateway",
+        "--http",
+        &http2,
+        "--master",
+        &addr(ports[0]),
+        "--worker",
+        &addr(ports[1]),
+    ]);
+    let (code, body) = curl(&["--max-time", "2.5", &format!("http://{http2}/v1/cluster")]);
+    assert_eq!(code, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v.get("members").is_none(), "{v}");
+    for p in &ports[..2] {
+        assert!(
+            v["asked"].as_array().unwrap().contains(&addr(*p).into()),
+            "{v}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ourkv"))
+        .args([
+            "cluster",
+            "status",
+            "--endpoint",
+            &format!("http://{http2}"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(text.contains("master  none"), "{text}");
+    for p in &ports[..2] {
+        assert!(text.contains(&format!("node    {}", addr(*p))), "{text}");
+    }
 }
 
 /// A node that asks to join with data while the cluster has no master

@@ -758,7 +758,9 @@ pub(crate) fn cluster_status(
     // printed, then the error, and the error's exit code.
     let (doc, failed) = match doc {
         Some(doc) if status.is_success() => (doc, None),
-        Some(doc) if doc.get("members").is_some() => (doc, Some(failure(status, &body))),
+        Some(doc) if doc.get("members").is_some() || doc.get("asked").is_some() => {
+            (doc, Some(failure(status, &body)))
+        }
         _ if status.is_success() => bail!("/v1/cluster is not JSON"),
         _ => return Ok(failure(status, &body).exit()),
     };
@@ -840,6 +842,20 @@ fn cluster_table(doc: &Value) -> String {
             "no".into(),
         ]);
     }
+    // No master and no metadata: the nodes asked, none of which answered
+    // as master.
+    if doc.get("members").is_none() {
+        for a in doc["asked"].as_array().into_iter().flatten() {
+            let addr = a.as_str().unwrap_or("?");
+            rows.push([
+                "node".into(),
+                addr.into(),
+                "?".into(),
+                "?".into(),
+                "no".into(),
+            ]);
+        }
+    }
     let widths: Vec<usize> = (0..5)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
@@ -911,6 +927,25 @@ mod tests {
             assert!(line.starts_with("member") && line.contains(addr), "{t}");
         }
         assert_eq!(lines[5], "failover: term 4, 3 members (3 voting)");
+    }
+
+    #[test]
+    fn cluster_table_with_no_node_answering_lists_those_asked() {
+        let doc = json!({
+            "error": {"code": "unavailable", "message": "the master is unreachable; retry shortly"},
+            "asked": ["127.0.0.1:7000", "127.0.0.1:7001"],
+        });
+        let t = cluster_table(&doc);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[1].starts_with("master  none"), "{t}");
+        for (line, addr) in lines[2..].iter().zip(["7000", "7001"]) {
+            assert!(line.starts_with("node") && line.contains(addr), "{t}");
+        }
+        // With metadata, the members are the rows, not the addresses asked.
+        let doc = json!({"asked": ["127.0.0.1:9"], "term": 1,
+            "members": [{"id": "1", "addr": "127.0.0.1:7000", "voter": true}]});
+        assert!(!cluster_table(&doc).contains("127.0.0.1:9"));
     }
 
     #[test]

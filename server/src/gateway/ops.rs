@@ -55,7 +55,10 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
     let (master, cursor, workers) = match status {
         Ok(s) => s,
         Err(e) => {
-            let mut err = master_unreachable(e);
+            // Where it looked: with no metadata yet (every node named
+            // is down) that is all there is to show.
+            let asked: Vec<_> = gw.routes.known().iter().map(|a| a.to_string()).collect();
+            let mut err = master_unreachable(e).with("asked", json!(asked));
             if let Some((term, members)) = failover {
                 err = err.with("term", term).with("members", members);
             }

@@ -126,6 +126,11 @@ impl Routes {
         self.current.subscribe()
     }
 
+    /// Every node the gateway knows of: the flags' and the members'.
+    pub(super) fn known(&self) -> Vec<SocketAddr> {
+        self.now().known(&self.seeds)
+    }
+
     /// Asks the discovery task to look now.
     pub(super) fn poke(&self) {
         self.poke.notify_one();
