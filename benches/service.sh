@@ -18,6 +18,9 @@ THREADS=${THREADS:-2}
 # Extra flags of master and workers, e.g. NODE_FLAGS=--standalone for the
 # cluster without failover.
 NODE_FLAGS=${NODE_FLAGS:-}
+# Extra flags of the workers alone, e.g. WORKER_FLAGS="--sync group" for
+# standalone workers that fsync what they acknowledge, as failover ones do.
+WORKER_FLAGS=${WORKER_FLAGS:-}
 # BIN=DIR runs the binaries in DIR (ourkv, ourdb-bench) without building,
 # e.g. to compare two builds in alternating runs.
 if [ -z "${BIN:-}" ]; then
@@ -51,9 +54,9 @@ fi
 nt=(); [ -n "${NODE_THREADS:-}" ] && nt=(env OURKV_THREADS="$NODE_THREADS")
 start master "${nt[@]}" $BIN/ourkv master --data "$tmp/m" --listen 127.0.0.1:7601 "${m_http[@]}" $NODE_FLAGS
 p_master=${pids[-1]}
-start w1 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 "${w1_http[@]}" $NODE_FLAGS
+start w1 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 --master 127.0.0.1:7601 "${w1_http[@]}" $NODE_FLAGS $WORKER_FLAGS
 p_w1=${pids[-1]}
-start w2 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 "${w2_http[@]}" $NODE_FLAGS
+start w2 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 "${w2_http[@]}" $NODE_FLAGS $WORKER_FLAGS
 p_w2=${pids[-1]}
 start gw "${nt[@]}" $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
 p_gw=${pids[-1]}
