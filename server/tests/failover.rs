@@ -1119,6 +1119,38 @@ fn with_no_master_the_cluster_view_answers_at_once_with_the_members() {
     }
 }
 
+/// A member restarted with a `--master` that names none of its cluster's
+/// members (say, another cluster's) says in its log that the address is not
+/// used, and follows its own cluster; with its own master named it says
+/// nothing of the kind.
+#[test]
+fn a_member_restarted_naming_a_stranger_says_the_address_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = node_args(dir.path(), ports);
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+    let _a = start(&args[0], &log("a"));
+    drop(start(&args[1], &log("b")));
+    let warned = |n: &str| {
+        std::fs::read_to_string(log(n))
+            .unwrap()
+            .contains("name none of its cluster's members")
+    };
+    assert!(!warned("b"), "warned on its first start");
+    let stranger = addr(free_port());
+    let mut moved = args[1].clone();
+    let at = moved.iter().position(|a| a == "--master").unwrap();
+    moved[at + 1] = stranger.clone();
+    let b = start(&moved, &log("b2"));
+    common::eventually(5, "the warning", || warned("b2"));
+    let text = std::fs::read_to_string(log("b2")).unwrap();
+    assert!(text.contains(&stranger) && text.contains(&addr(ports[0])), "{text}");
+    drop(b);
+    let _b = start(&args[1], &log("b3"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!warned("b3"), "warned with its own master named");
+}
+
 /// A node that asks to join with data while the cluster has no master
 /// cannot be checked yet: it prints no "listening" line (scripts wait for
 /// it) until a master has checked it; here it is then refused.

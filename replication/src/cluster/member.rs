@@ -478,13 +478,37 @@ impl Node {
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
+            let mut first = true;
             for seed in seeds.iter().cycle() {
                 let seed = *seed;
                 let Some(node) = weak.upgrade() else { return };
                 if node.joined() {
                     node.unchecked.store(false, Ordering::SeqCst);
+                    // A restart: the metadata names the members, the seeds
+                    // are not asked. Seeds that name none of them point at
+                    // another cluster, or the Raft directory is another
+                    // cluster's: say so rather than ignore them silently.
+                    let v = node.view();
+                    let others: Vec<&str> = v
+                        .members
+                        .iter()
+                        .filter(|(&id, _)| id != node.id)
+                        .map(|(_, m)| m.addr.as_str())
+                        .collect();
+                    let named = seeds
+                        .iter()
+                        .any(|s| others.contains(&s.to_string().as_str()));
+                    if first && !others.is_empty() && !named {
+                        tracing::warn!(
+                            node = node.id,
+                            seeds = ?seeds,
+                            members = ?others,
+                            "this node is a member already (its Raft directory says so); the addresses it was given to join through name none of its cluster's members and are not used"
+                        );
+                    }
                     return;
                 }
+                first = false;
                 let data = match node.data_end().await {
                     Ok(d) => d,
                     Err(e) => {
