@@ -67,7 +67,7 @@ pub fn check_peer(s: &str) -> Result<()> {
             "{s:?} has no port: a peer named by its Mycelium public key is <64 hex digits>:PORT"
         ));
     }
-    let Some((host, port)) = s.rsplit_once(':') else {
+    let Some((host, port)) = s.rsplit_once(':').filter(|_| !s.ends_with(']')) else {
         return bad(format!("{s:?} has no port: the form is HOST:PORT"));
     };
     if port.parse::<u16>().is_err() {
@@ -83,6 +83,8 @@ pub fn check_peer(s: &str) -> Result<()> {
         return Ok(());
     }
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        // A link-local address may carry its interface: fe80::1%eth0.
+        let (v6, _scope) = v6.split_once('%').unwrap_or((v6, ""));
         return match v6.parse::<Ipv6Addr>() {
             Ok(_) => Ok(()),
             Err(_) => bad(format!("{v6:?} in {s:?} is not an IPv6 address")),
@@ -103,7 +105,9 @@ pub fn check_peer(s: &str) -> Result<()> {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
     };
-    if host.parse::<std::net::Ipv4Addr>().is_err() && !name(host) {
+    // All digits and dots is meant as an IPv4 address, not a name.
+    let numeric = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if host.parse::<std::net::Ipv4Addr>().is_err() && (numeric || !name(host)) {
         return bad(format!(
             "{host:?} in {s:?} is not an IP address or a host name"
         ));
@@ -280,12 +284,15 @@ mod tests {
             "[400::1]:65535",
             "node-1.example:80",
             "localhost:8080",
+            "[fe80::1%eth0]:7000",
         ] {
             assert!(check_peer(ok).is_ok(), "{ok}");
         }
         for (bad, says) in [
             ("127.0.0.1", "no port"),
             ("127.0.0.1:", "bad port"),
+            ("[::1]", "no port"),
+            ("300.1.1.1:70", "not an IP address"),
             ("127.0.0.1:65536", "bad port"),
             ("127.0.0.1:-1", "bad port"),
             ("::1:7000", "brackets"),

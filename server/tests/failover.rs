@@ -1144,7 +1144,10 @@ fn a_member_restarted_naming_a_stranger_says_the_address_is_not_used() {
     let b = start(&moved, &log("b2"));
     common::eventually(5, "the warning", || warned("b2"));
     let text = std::fs::read_to_string(log("b2")).unwrap();
-    assert!(text.contains(&stranger) && text.contains(&addr(ports[0])), "{text}");
+    assert!(
+        text.contains(&stranger) && text.contains(&addr(ports[0])),
+        "{text}"
+    );
     drop(b);
     let _b = start(&args[1], &log("b3"));
     std::thread::sleep(Duration::from_millis(500));
