@@ -67,10 +67,14 @@ pub fn check_peer(s: &str) -> Result<()> {
             "{s:?} has no port: a peer named by its Mycelium public key is <64 hex digits>:PORT"
         ));
     }
+    if s.contains("://") {
+        return bad(format!("{s:?} is a URL: give HOST:PORT"));
+    }
     let Some((host, port)) = s.rsplit_once(':').filter(|_| !s.ends_with(']')) else {
         return bad(format!("{s:?} has no port: the form is HOST:PORT"));
     };
-    if port.parse::<u16>().is_err() {
+    // Digits only: u16's parser would take "+1".
+    if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
         return bad(format!("bad port in {s:?}: a number from 0 to 65535"));
     }
     if hexish(host) {
@@ -83,8 +87,14 @@ pub fn check_peer(s: &str) -> Result<()> {
         return Ok(());
     }
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        // A link-local address may carry its interface: fe80::1%eth0.
-        let (v6, _scope) = v6.split_once('%').unwrap_or((v6, ""));
+        // A link-local address may carry its interface by number
+        // (fe80::1%2), which is what the address parser takes.
+        let (v6, zone) = v6.split_once('%').unwrap_or((v6, "0"));
+        if zone.is_empty() || zone.len() > 10 || !zone.bytes().all(|b| b.is_ascii_digit()) {
+            return bad(format!(
+                "{s:?}: an IPv6 zone is the interface's number (as in [fe80::1%2]:7000), see `ip link`"
+            ));
+        }
         return match v6.parse::<Ipv6Addr>() {
             Ok(_) => Ok(()),
             Err(_) => bad(format!("{v6:?} in {s:?} is not an IPv6 address")),
@@ -101,6 +111,8 @@ pub fn check_peer(s: &str) -> Result<()> {
             && h.split('.').all(|l| {
                 !l.is_empty()
                     && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
                     && l.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
@@ -284,7 +296,7 @@ mod tests {
             "[400::1]:65535",
             "node-1.example:80",
             "localhost:8080",
-            "[fe80::1%eth0]:7000",
+            "[fe80::1%2]:7000",
         ] {
             assert!(check_peer(ok).is_ok(), "{ok}");
         }
@@ -292,6 +304,12 @@ mod tests {
             ("127.0.0.1", "no port"),
             ("127.0.0.1:", "bad port"),
             ("[::1]", "no port"),
+            ("127.0.0.1:+1", "bad port"),
+            ("[fe80::1%eth0]:7000", "zone"),
+            ("[fe80::1%]:7000", "zone"),
+            ("-a:7000", "not an IP address or a host name"),
+            ("a-.b:7000", "not an IP address or a host name"),
+            ("http://127.0.0.1:7000", "URL"),
             ("300.1.1.1:70", "not an IP address"),
             ("127.0.0.1:65536", "bad port"),
             ("127.0.0.1:-1", "bad port"),

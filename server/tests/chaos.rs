@@ -6,8 +6,9 @@
 //! load. Afterwards the history must be linearizable per key (the checker
 //! of the simulation), no acknowledged write may be lost, and the nodes end
 //! with identical data. The suite runs three kills; `OURKV_CHAOS_KILLS=12`
-//! (about a minute) runs the long version by hand and prints the gaps, and
-//! `OURKV_CHAOS_KEEP=1` keeps the logs.
+//! (about a minute) runs the long version by hand and prints the gaps,
+//! `OURKV_CHAOS_EVERY_MS=10000` spaces the kills 10 s apart instead of
+//! 2.5 s, and `OURKV_CHAOS_KEEP=1` keeps the logs.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -308,9 +309,14 @@ fn kill_9_of_the_master_again_and_again_under_load() {
         })
         .collect();
 
+    // OURKV_CHAOS_EVERY_MS: the load's time between kills (default 2.5 s).
+    let every: u64 = std::env::var("OURKV_CHAOS_EVERY_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2500);
     let mut gaps = Vec::new();
     for round in 0..kills {
-        std::thread::sleep(Duration::from_millis(2500));
+        std::thread::sleep(Duration::from_millis(every));
         let Some(master) = master_addr(&http_addr) else {
             panic!("round {round}: no master shown");
         };

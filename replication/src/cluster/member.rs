@@ -495,9 +495,10 @@ impl Node {
                         .filter(|(&id, _)| id != node.id)
                         .map(|(_, m)| m.addr.as_str())
                         .collect();
+                    // Its own address names no stranger either.
                     let named = seeds
                         .iter()
-                        .any(|s| others.contains(&s.to_string().as_str()));
+                        .any(|s| *s == node.addr || others.contains(&s.to_string().as_str()));
                     if first && !others.is_empty() && !named {
                         tracing::warn!(
                             node = node.id,

@@ -842,11 +842,11 @@ fn cluster_table(doc: &Value) -> String {
             "no".into(),
         ]);
     }
-    // No master and no metadata: the nodes asked, none of which answered
-    // as master.
-    if doc.get("members").is_none() {
-        for a in doc["asked"].as_array().into_iter().flatten() {
-            let addr = a.as_str().unwrap_or("?");
+    // No master: the nodes asked that no row shows yet (all of them when
+    // the gateway never saw the metadata).
+    for a in doc["asked"].as_array().into_iter().flatten() {
+        let addr = a.as_str().unwrap_or("?");
+        if !rows.iter().any(|r| r[1] == addr) {
             rows.push([
                 "node".into(),
                 addr.into(),
@@ -942,10 +942,14 @@ mod tests {
         for (line, addr) in lines[2..].iter().zip(["7000", "7001"]) {
             assert!(line.starts_with("node") && line.contains(addr), "{t}");
         }
-        // With metadata, the members are the rows, not the addresses asked.
-        let doc = json!({"asked": ["127.0.0.1:9"], "term": 1,
+        // With metadata, a member asked is its member row; an address
+        // asked that is no member gets a node row of its own.
+        let doc = json!({"asked": ["127.0.0.1:7000", "127.0.0.1:9"], "term": 1,
             "members": [{"id": "1", "addr": "127.0.0.1:7000", "voter": true}]});
-        assert!(!cluster_table(&doc).contains("127.0.0.1:9"));
+        let t = cluster_table(&doc);
+        assert_eq!(t.matches("127.0.0.1:7000").count(), 1, "{t}");
+        assert!(t.contains("member  127.0.0.1:7000"), "{t}");
+        assert!(t.contains("node    127.0.0.1:9"), "{t}");
     }
 
     #[test]
