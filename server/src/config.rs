@@ -625,6 +625,9 @@ mod tests {
         let f = file("data = \"/d\"\nlisten = \":7000\"\n");
         let p = f.path().to_str().unwrap();
         assert!(parse(args(&["ourkv", "master", "--config", p])).is_ok());
+        let f = file("data = \"/d\"\nlisten = \":+7000\"\n");
+        let p = f.path().to_str().unwrap();
+        assert!(parse(args(&["ourkv", "master", "--config", p])).is_err());
         let f = file("data = \"/d\"\nlisten = \"7000\"\n");
         let p = f.path().to_str().unwrap();
         let e = parse(args(&["ourkv", "master", "--config", p]))
