@@ -42,10 +42,10 @@ pub(crate) enum Cmd {
         #[arg(long, value_name = "ADDR", value_parser = addr)]
         http: String,
         /// The master node: host:port, or <64-hex Mycelium public key>:port.
-        #[arg(long, value_name = "ADDR", value_parser = addr)]
+        #[arg(long, value_name = "ADDR", value_parser = peer_addr)]
         master: String,
         /// A worker node to read from (repeat for each); same forms as --master.
-        #[arg(long = "worker", value_name = "ADDR", value_parser = addr)]
+        #[arg(long = "worker", value_name = "ADDR", value_parser = peer_addr)]
         workers: Vec<String>,
         /// Cluster directory (`ourkv cluster init`); without it only
         /// loopback nodes can be reached.
@@ -79,12 +79,12 @@ pub(crate) enum Cmd {
         node: NodeArgs,
         /// The master's QUIC address (in a failover cluster: any member's,
         /// through which this node joins).
-        #[arg(long, value_parser = addr)]
+        #[arg(long, value_parser = peer_addr)]
         master: String,
         /// More members to join through when --master does not answer
         /// (repeat for each; failover members only). A node that is a member
         /// already needs none: it knows the members from its metadata.
-        #[arg(long, value_name = "ADDR", value_parser = addr)]
+        #[arg(long, value_name = "ADDR", value_parser = peer_addr)]
         seed: Vec<String>,
         /// Failover: let the cluster's data replace what the data directory
         /// holds where it differs. Without it, a new member whose data is
@@ -237,7 +237,7 @@ pub(crate) struct NodeArgs {
     /// Failover: the QUIC address the other members and the gateway
     /// reach this node at (default: the listen address, which then must name
     /// a host, not 0.0.0.0 or [::]).
-    #[arg(long, value_name = "ADDR", value_parser = addr)]
+    #[arg(long, value_name = "ADDR", value_parser = peer_addr)]
     pub(crate) advertise: Option<String>,
     /// Failover: also serve the HTTP API here (host:port), as a gateway
     /// does, reading from this node's own store: a read costs no hop to
@@ -705,6 +705,27 @@ fn addr(s: &str) -> Result<String, String> {
     replication::mycelium::check_peer(s)
         .map(|()| s.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// An address other nodes connect to: not port 0, not 0.0.0.0 or [::]
+/// (which listen everywhere but name no host to reach).
+fn peer_addr(s: &str) -> Result<String, String> {
+    let s = addr(s)?;
+    let (host, port) = s.rsplit_once(':').expect("checked HOST:PORT");
+    if port.parse::<u16>() == Ok(0) {
+        return Err(format!("{s:?}: port 0 cannot be reached"));
+    }
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = ip.split('%').next().unwrap_or(ip);
+    if ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "{s:?} names no host to reach: give the node's address"
+        ));
+    }
+    Ok(s)
 }
 
 /// `--listen`: an address, or `:PORT` (with `--mycelium-api` only the port

@@ -621,6 +621,19 @@ mod tests {
         .expect("refused");
         assert!(!e.contains("config file") && e.contains("bad port"), "{e}");
         assert_eq!(code, 2);
+        // Where others connect, an address must name a host and a port.
+        for bad in ["0.0.0.0:7000", "[::]:7000", "[0:0::0]:7000", "127.0.0.1:0"] {
+            let (e, code) = gateway(
+                "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\n",
+                &["--worker", bad],
+            )
+            .expect("refused");
+            assert!(
+                e.contains("no host to reach") || e.contains("port 0"),
+                "{e}"
+            );
+            assert_eq!(code, 2);
+        }
         // `--listen :PORT` (for --mycelium-api) stays accepted.
         let f = file("data = \"/d\"\nlisten = \":7000\"\n");
         let p = f.path().to_str().unwrap();
