@@ -635,17 +635,18 @@ mod tests {
             assert_eq!(code, 2);
         }
         // `--listen :PORT` (for --mycelium-api) stays accepted.
-        let f = file("data = \"/d\"\nlisten = \":7000\"\n");
-        let p = f.path().to_str().unwrap();
-        assert!(parse(args(&["ourkv", "master", "--config", p])).is_ok());
-        let f = file("data = \"/d\"\nlisten = \":+7000\"\n");
-        let p = f.path().to_str().unwrap();
-        assert!(parse(args(&["ourkv", "master", "--config", p])).is_err());
-        let f = file("data = \"/d\"\nlisten = \"7000\"\n");
-        let p = f.path().to_str().unwrap();
-        let e = parse(args(&["ourkv", "master", "--config", p]))
-            .err()
-            .unwrap();
+        let master_listening = |listen: &str| {
+            let f = file(&format!("data = \"/d\"\nlisten = \"{listen}\"\n"));
+            parse(args(&[
+                "ourkv",
+                "master",
+                "--config",
+                f.path().to_str().unwrap(),
+            ]))
+        };
+        assert!(master_listening(":7000").is_ok());
+        assert!(master_listening(":+7000").is_err());
+        let e = master_listening("7000").err().unwrap();
         assert!(e.to_string().contains("line 2"), "{e}");
     }
 
