@@ -204,16 +204,14 @@ pub(super) async fn delete_key(
         (status = 409, response = api::CursorAhead),
         (status = 504, response = api::GatewayTimeout),
     ))]
-pub(super) async fn kv_get(
-    State(gw): Gw,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    q: RawQuery,
-) -> Response {
+pub(super) async fn kv_get(State(gw): Gw, req: axum::extract::Request) -> Response {
+    // The request itself, not its parts as extractors (each a copy): this
+    // is the hottest route. (Its empty body is not `Sync`: dropped here.)
+    let (req, _) = req.into_parts();
     let r = async {
-        let key = path_key(&uri)?;
-        let q = query(&q)?;
-        get_value(&gw, &key, &q, &headers).await
+        let key = path_key(&req.uri)?;
+        let q = parse_pairs(req.uri.query().unwrap_or_default().as_bytes())?;
+        get_value(&gw, &key, &q, &req.headers).await
     }
     .await;
     counted(&gw, r)

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 
-use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,8 +16,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use super::Gw;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -405,22 +402,95 @@ fn route_label(path: &str) -> String {
 }
 
 /// Middleware: counts every request and times it, by the route it matched.
-pub(super) async fn track(State(gw): Gw, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let class = resp.status().as_u16() / 100;
-    let h = gw.metrics.handles(
-        route.as_ref().map_or("unmatched", |m| m.as_str()),
-        &method,
-        class,
-    );
-    let took = start.elapsed();
-    h.latency.observe(took.as_secs_f64());
-    gw.live.record(took);
-    h.requests.inc();
-    resp
+/// A layer of its own rather than `from_fn`, which boxes the rest of the
+/// stack and every request's future once more.
+#[derive(Clone)]
+pub(super) struct Track(pub(super) std::sync::Arc<super::Gateway>);
+
+impl<S> tower::Layer<S> for Track {
+    type Service = Tracked<S>;
+
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked {
+            gw: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A route's service, tracked.
+#[derive(Clone)]
+pub(super) struct Tracked<S> {
+    gw: std::sync::Arc<super::Gateway>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Tracked<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Timed<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        Timed {
+            gw: self.gw.clone(),
+            route,
+            method,
+            start: Instant::now(),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer on its way, with what it is counted under.
+    pub(super) struct Timed<F> {
+        gw: std::sync::Arc<super::Gateway>,
+        route: Option<MatchedPath>,
+        method: axum::http::Method,
+        start: Instant,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, E> std::future::Future for Timed<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let r = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &r {
+            let class = resp.status().as_u16() / 100;
+            let h = this.gw.metrics.handles(
+                this.route.as_ref().map_or("unmatched", |m| m.as_str()),
+                this.method,
+                class,
+            );
+            let took = this.start.elapsed();
+            h.latency.observe(took.as_secs_f64());
+            this.gw.live.record(took);
+            h.requests.inc();
+        }
+        std::task::Poll::Ready(r)
+    }
 }
 
 /// The standard `process_*` metrics of this process, read from /proc on

@@ -307,10 +307,7 @@ impl Gateway {
                 )
             })
             .layer(axum::extract::DefaultBodyLimit::disable())
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                metrics::track,
-            ));
+            .layer(metrics::Track(self.clone()));
         // Without a token there is nothing to check: no layer at all.
         let router = match self.token {
             Some(_) => router.layer(axum::middleware::from_fn_with_state(
@@ -438,8 +435,6 @@ impl Gateway {
         Fut: std::future::Future<Output = replication::Result<T>>,
     {
         let order = self.by_load(topo);
-        let mut tried = 0;
-        let mut running = futures_util::stream::FuturesUnordered::new();
         let mut last = None;
         let launch = |i: usize| {
             let attempt = Attempt::start(&topo.load[i]);
@@ -454,25 +449,54 @@ impl Gateway {
                 r
             }
         };
-        loop {
-            if running.is_empty() {
-                if tried == order.len() {
-                    break;
-                }
-                running.push(launch(order[tried]));
-                tried += 1;
-            }
-            let budget = self.hedge_budget(topo, order.get(tried.wrapping_sub(1)).copied());
-            tokio::select! {
-                r = futures_util::StreamExt::next(&mut running) => match r {
-                    Some(Ok(v)) => return Ok(v),
-                    Some(Err(e)) => last = Some(e),
-                    None => {}
-                },
-                _ = tokio::time::sleep(budget), if tried < order.len() => {
-                    self.metrics.hedges.inc();
-                    running.push(launch(order[tried]));
+        if let Some(&head) = order.first() {
+            // Most reads end with their first attempt: it is polled in place,
+            // and the set for hedged attempts is made only once one starts
+            // (a set costs two allocations and a move of the attempt).
+            let first = launch(head);
+            tokio::pin!(first);
+            let mut first_running = true;
+            let mut more = None;
+            let mut tried = 1;
+            let hedge = tokio::time::sleep(self.hedge_budget(topo, Some(head)));
+            tokio::pin!(hedge);
+            loop {
+                let idle = |more: &Option<futures_util::stream::FuturesUnordered<_>>| {
+                    more.as_ref().is_none_or(|m| m.is_empty())
+                };
+                if !first_running && idle(&more) {
+                    // Every attempt so far failed: the next worker at once.
+                    let Some(&next) = order.get(tried) else { break };
+                    more.get_or_insert_with(futures_util::stream::FuturesUnordered::new)
+                        .push(launch(next));
                     tried += 1;
+                    let budget = self.hedge_budget(topo, Some(next));
+                    hedge.as_mut().reset(tokio::time::Instant::now() + budget);
+                }
+                let idle = idle(&more);
+                tokio::select! {
+                    biased;
+                    r = &mut first, if first_running => {
+                        first_running = false;
+                        match r {
+                            Ok(v) => return Ok(v),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    // (select! makes a disabled branch's future too, unpolled.)
+                    Some(r) = async { futures_util::StreamExt::next(more.as_mut()?).await }, if !idle => match r {
+                        Ok(v) => return Ok(v),
+                        Err(e) => last = Some(e),
+                    },
+                    _ = &mut hedge, if tried < order.len() => {
+                        self.metrics.hedges.inc();
+                        let next = order[tried];
+                        more.get_or_insert_with(futures_util::stream::FuturesUnordered::new)
+                            .push(launch(next));
+                        tried += 1;
+                        let budget = self.hedge_budget(topo, Some(next));
+                        hedge.as_mut().reset(tokio::time::Instant::now() + budget);
+                    }
                 }
             }
         }
