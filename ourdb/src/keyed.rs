@@ -46,6 +46,9 @@
 //! lease's id.
 
 use std::collections::BTreeMap;
+
+/// A key as the index holds it.
+type IndexKey = compact_str::CompactString;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -646,7 +649,9 @@ struct Writes {
 /// String keys over an incremental-mode `OurDb`.
 pub struct KeyedStore {
     db: OurDb,
-    index: RwLock<BTreeMap<String, u32>>,
+    /// Keys up to 24 bytes are held in the tree's nodes themselves (no
+    /// pointer to follow per comparison, no allocation of their own).
+    index: RwLock<BTreeMap<IndexKey, u32>>,
     /// Serialises writers: the id goes into the envelope before the insert.
     write: Mutex<Writes>,
     /// Readers see no record at or after this location (`order`), or all
@@ -880,7 +885,7 @@ impl KeyedStore {
                 }
                 Kind::Put | Kind::Chunked | Kind::Expiring | Kind::Leased => {
                     expiry.set(env.key, tie_of(&env));
-                    if let Some(other) = index.insert(env.key.to_string(), id) {
+                    if let Some(other) = index.insert(env.key.into(), id) {
                         return Err(Error::Envelope(format!(
                             "key {:?} is live under ids {other} and {id}",
                             env.key
@@ -1137,7 +1142,7 @@ impl KeyedStore {
                 self.index
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key.to_string(), id);
+                    .insert(key.into(), id);
                 pending
             }
         };
@@ -1432,7 +1437,7 @@ impl KeyedStore {
             Ok(pending) => {
                 let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
                 if existing.is_none() {
-                    index.insert(key.to_string(), id);
+                    index.insert(key.into(), id);
                 }
                 self.hide_from.store(SHOWN, Ordering::SeqCst);
                 drop(index);
@@ -1777,7 +1782,7 @@ impl KeyedStore {
             // then the mark: one step for readers.
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             for (key, id) in created {
-                index.insert(key, id);
+                index.insert(key.into(), id);
             }
             for (key, _) in &deleted {
                 index.remove(*key);
@@ -1800,14 +1805,14 @@ impl KeyedStore {
     pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<String> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let lower = match start_after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-            _ => Bound::Included(prefix.to_string()),
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
         };
         index
-            .range((lower, Bound::Unbounded))
+            .range::<str, _>((lower, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_string())
             .collect()
     }
 
@@ -1909,8 +1914,8 @@ impl KeyedStore {
                     continue;
                 }
                 if d.tombstone {
-                    if index.get(&d.key) == Some(&d.id) {
-                        index.remove(&d.key);
+                    if index.get(d.key.as_str()) == Some(&d.id) {
+                        index.remove(d.key.as_str());
                         self.track(&d.key, Tie::None);
                     }
                     if was_hidden {
@@ -1918,7 +1923,7 @@ impl KeyedStore {
                     }
                 } else {
                     self.track(&d.key, d.tie);
-                    index.insert(d.key, d.id);
+                    index.insert(d.key.into(), d.id);
                 }
             }
             self.hide_from
@@ -2019,8 +2024,8 @@ impl KeyedStore {
         for (key, holder) in holders {
             self.track(&key, holder.map_or(Tie::None, |(_, t)| t));
             match holder {
-                Some((id, _)) => index.insert(key, id),
-                None => index.remove(&key),
+                Some((id, _)) => index.insert(key.into(), id),
+                None => index.remove(key.as_str()),
             };
         }
         Ok(t)

@@ -373,10 +373,19 @@ pub struct Version {
 impl Version {
     /// As an HTTP entity tag, quotes included.
     pub fn etag(&self) -> String {
-        format!(
-            "\"{}-{}-{}\"",
-            self.epoch, self.at.file_nr, self.at.position
-        )
+        self.as_etag().to_string()
+    }
+
+    /// The entity tag, to be written where it goes (no string made first).
+    pub fn as_etag(&self) -> impl std::fmt::Display + '_ {
+        struct Etag<'a>(&'a Version);
+        impl std::fmt::Display for Etag<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let v = self.0;
+                write!(f, "\"{}-{}-{}\"", v.epoch, v.at.file_nr, v.at.position)
+            }
+        }
+        Etag(self)
     }
 
     /// Parses an entity tag made by `etag`.

@@ -264,6 +264,12 @@ impl Gateway {
         let body = axum::middleware::from_fn_with_state(self.clone(), read_body);
         // A value's body may be as large as the largest value.
         let value_body = axum::middleware::from_fn_with_state(self.clone(), read_value_body);
+        // axum's own 2 MB limit would refuse a large value before its layer
+        // reads it; other routes' bodies are 1 MiB at most (and a layer on
+        // every route costs every request).
+        let value_body = tower::ServiceBuilder::new()
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .layer(value_body);
         let (router, doc) = OpenApiRouter::with_openapi(api::ApiDoc::openapi())
             .routes(routes!(status_page))
             .routes(routes!(health))
@@ -306,7 +312,6 @@ impl Gateway {
                     "this endpoint does not take that method (see /openapi.json)",
                 )
             })
-            .layer(axum::extract::DefaultBodyLimit::disable())
             .layer(metrics::Track(self.clone()));
         // Without a token there is nothing to check: no layer at all.
         let router = match self.token {
