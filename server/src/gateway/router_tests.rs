@@ -411,3 +411,90 @@ async fn a_read_failed_during_a_change_of_master_goes_once_more() {
     assert_eq!(*asked.lock().unwrap(), [new_worker, new_master]);
     assert_eq!(gw.metrics.reads_retried.get(), 1);
 }
+
+/// The attempt loop of a read, with nodes faked by the closure: a worker
+/// that fails at once hands the read to the next one at once, a worker that
+/// never answers is hedged after the budget, and the master is asked only
+/// when every worker failed.
+#[tokio::test(start_paused = true)]
+async fn a_read_moves_on_from_failed_and_silent_workers() {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let identity = replication::Identity::ephemeral().unwrap();
+    let client = replication::Client::new(&identity).unwrap();
+    let master: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let (a, b): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:2".parse().unwrap(),
+        "127.0.0.1:3".parse().unwrap(),
+    );
+    let gw = Gateway::new(client, master, vec![a, b], None);
+    #[derive(Clone, Copy)]
+    enum Acts {
+        Fail,
+        Silent,
+        Answer,
+    }
+    // How each node acts, and how often the master was asked.
+    let run = |gw: &std::sync::Arc<Gateway>, on_a: Acts, on_b: Acts| {
+        let gw = gw.clone();
+        async move {
+            let asked_master = AtomicUsize::new(0);
+            let hedges = gw.metrics.hedges.get();
+            let started = tokio::time::Instant::now();
+            let r = gw
+                .read(replication::Cursor::ZERO, |n, _| {
+                    let acts = match n {
+                        n if n == a => on_a,
+                        n if n == b => on_b,
+                        _ => {
+                            asked_master.fetch_add(1, Ordering::Relaxed);
+                            Acts::Answer
+                        }
+                    };
+                    async move {
+                        match acts {
+                            Acts::Fail => Err(replication::Error::Quic("refused".into())),
+                            Acts::Silent => std::future::pending().await,
+                            Acts::Answer => Ok(n),
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| e.message);
+            (
+                r,
+                asked_master.load(Ordering::Relaxed),
+                gw.metrics.hedges.get() - hedges,
+                started.elapsed(),
+            )
+        }
+    };
+    // Several reads each way: the first worker asked rotates.
+    for _ in 0..4 {
+        let (r, master_asked, hedges, took) = run(&gw, Acts::Fail, Acts::Answer).await;
+        assert_eq!((r, master_asked, hedges), (Ok(b), 0, 0));
+        assert_eq!(took, Duration::ZERO, "a failure waits for no timer");
+
+        let (r, master_asked, _, took) = run(&gw, Acts::Silent, Acts::Answer).await;
+        assert_eq!((r, master_asked), (Ok(b), 0));
+        assert!(took <= Duration::from_millis(500), "{took:?}");
+
+        let (r, master_asked, hedges, _) = run(&gw, Acts::Fail, Acts::Fail).await;
+        assert_eq!((r, master_asked, hedges), (Ok(master), 1, 0));
+    }
+    // The reads above taught this gateway to avoid the first worker. A new
+    // one knows nothing yet and starts its first read on the first worker
+    // (round robin): silent, so the second is asked after the hedge budget
+    // (its floor, 100 ms, with no latency known).
+    let fresh = Gateway::new(
+        replication::Client::new(&identity).unwrap(),
+        master,
+        vec![a, b],
+        None,
+    );
+    let (r, master_asked, hedges, took) = run(&fresh, Acts::Silent, Acts::Answer).await;
+    assert_eq!((r, master_asked, hedges), (Ok(b), 0, 1));
+    assert_eq!(took, Duration::from_millis(100));
+}
