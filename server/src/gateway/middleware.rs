@@ -3,48 +3,90 @@
 use super::*;
 
 /// With `--api-token`, every request but `/health` needs
-/// `Authorization: Bearer <token>`.
-pub(super) async fn authorize(
-    State(gw): Gw,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(token) = &gw.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            // The scheme is case-insensitive (RFC 9110 11.1).
-            .and_then(|v| {
-                let (scheme, rest) = v.split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| rest.trim_start())
-            });
-        // Compare without an early exit, so timing tells nothing.
-        let ok = given.is_some_and(|g| {
-            g.len() == token.len()
-                && g.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
-        // Liveness and readiness probes carry no data and come without a
-        // token; so does the status page's shell (its script sends one).
-        let probe = matches!(req.uri().path(), "/health" | "/livez" | "/readyz" | "/");
-        if !ok && !probe {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+/// `Authorization: Bearer <token>`. A layer of its own (not `from_fn`, which
+/// boxes the rest of the stack and the future once more per request).
+#[derive(Clone)]
+pub(super) struct Authorize(pub(super) Arc<Gateway>);
+
+impl<S> tower::Layer<S> for Authorize {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Authorized<S> {
+        Authorized {
+            gw: self.0.clone(),
+            inner,
         }
     }
-    next.run(req).await
+}
+
+/// A route's service behind the token check.
+#[derive(Clone)]
+pub(super) struct Authorized<S> {
+    gw: Arc<Gateway>,
+    inner: S,
+}
+
+impl<S> tower::Service<axum::extract::Request> for Authorized<S>
+where
+    S: tower::Service<axum::extract::Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<S::Future, std::future::Ready<Result<Response, S::Error>>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        match refused(&self.gw, &req) {
+            None => futures_util::future::Either::Left(self.inner.call(req)),
+            Some(r) => futures_util::future::Either::Right(std::future::ready(Ok(r))),
+        }
+    }
+}
+
+/// The 401 answer to a request without the token, if it needs one.
+fn refused(gw: &Gateway, req: &axum::extract::Request) -> Option<Response> {
+    let token = gw.token.as_ref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        // The scheme is case-insensitive (RFC 9110 11.1).
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim_start())
+        });
+    // Compare without an early exit, so timing tells nothing.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    // Liveness and readiness probes carry no data and come without a
+    // token; so does the status page's shell (its script sends one).
+    let probe = matches!(req.uri().path(), "/health" | "/livez" | "/readyz" | "/");
+    if ok || probe {
+        return None;
+    }
+    let mut r = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid bearer token is required",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(r)
 }
 
 /// Reads the whole body, at most `BODY_LIMIT` bytes and within the client

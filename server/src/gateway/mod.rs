@@ -315,10 +315,7 @@ impl Gateway {
             .layer(metrics::Track(self.clone()));
         // Without a token there is nothing to check: no layer at all.
         let router = match self.token {
-            Some(_) => router.layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                authorize,
-            )),
+            Some(_) => router.layer(Authorize(self.clone())),
             None => router,
         };
         router.with_state(self)
