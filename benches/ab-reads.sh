@@ -12,8 +12,8 @@
 # thread and 16 connections), per round and level, and gives each build's
 # CPU per request, of the serving process and of all its processes: on a
 # machine whose speed drifts, builds compared in the same seconds. The
-# build started second measured more in all of its processes, whichever it
-# was: run both orders. Usage:
+# position can weigh too (once the build started second measured up to 22 %
+# more over all its processes, whichever it was): run both orders. Usage:
 #   ROUNDS=3 D=4s VIA=gateway bash benches/ab-reads.sh DIR_A DIR_B ...
 #   TOGETHER=1 ROUNDS=6 VIA=gateway NODE_THREADS=1 bash benches/ab-reads.sh A B
 # Bounded: 4 wrk runs of D per build per round (TOGETHER: 2 per round);
