@@ -53,6 +53,12 @@ pub fn parse_pubkey(hex: &str) -> Result<[u8; 32]> {
     Ok(key)
 }
 
+/// A port as written in an address: digits only (u16's parser would take
+/// "+1"), 0 to 65535.
+pub fn is_port(port: &str) -> bool {
+    port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+}
+
 /// Checks the form of `HOST:PORT` without looking anything up: HOST is an
 /// IPv4 address, a bracketed IPv6 address, a host name, or a Mycelium public
 /// key (64 hex digits); PORT a number up to 65535. For the command line and
@@ -73,8 +79,7 @@ pub fn check_peer(s: &str) -> Result<()> {
     let Some((host, port)) = s.rsplit_once(':').filter(|_| !s.ends_with(']')) else {
         return bad(format!("{s:?} has no port: the form is HOST:PORT"));
     };
-    // Digits only: u16's parser would take "+1".
-    if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
+    if !is_port(port) {
         return bad(format!("bad port in {s:?}: a number from 0 to 65535"));
     }
     if hexish(host) {

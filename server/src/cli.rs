@@ -732,9 +732,7 @@ fn peer_addr(s: &str) -> Result<String, String> {
 /// counts).
 fn listen_addr(s: &str) -> Result<String, String> {
     match s.strip_prefix(':') {
-        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok() => {
-            Ok(s.to_string())
-        }
+        Some(port) if replication::mycelium::is_port(port) => Ok(s.to_string()),
         _ => addr(s),
     }
 }

@@ -401,28 +401,13 @@ fn route_label(path: &str) -> String {
     path.replace("{*", "*").replace('{', ":").replace('}', "")
 }
 
-/// Middleware: counts every request and times it, by the route it matched.
-/// A layer of its own rather than `from_fn`, which boxes the rest of the
-/// stack and every request's future once more.
-#[derive(Clone)]
-pub(super) struct Track(pub(super) std::sync::Arc<super::Gateway>);
-
-impl<S> tower::Layer<S> for Track {
-    type Service = Tracked<S>;
-
-    fn layer(&self, inner: S) -> Tracked<S> {
-        Tracked {
-            gw: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// A route's service, tracked.
+/// Middleware: counts every request and times it, by the route it matched:
+/// a route's service, tracked. A service of its own rather than `from_fn`,
+/// which boxes the rest of the stack and every request's future once more.
 #[derive(Clone)]
 pub(super) struct Tracked<S> {
-    gw: std::sync::Arc<super::Gateway>,
-    inner: S,
+    pub(super) gw: std::sync::Arc<super::Gateway>,
+    pub(super) inner: S,
 }
 
 impl<S> tower::Service<Request> for Tracked<S>

@@ -3,27 +3,13 @@
 use super::*;
 
 /// With `--api-token`, every request but `/health` needs
-/// `Authorization: Bearer <token>`. A layer of its own (not `from_fn`, which
-/// boxes the rest of the stack and the future once more per request).
-#[derive(Clone)]
-pub(super) struct Authorize(pub(super) Arc<Gateway>);
-
-impl<S> tower::Layer<S> for Authorize {
-    type Service = Authorized<S>;
-
-    fn layer(&self, inner: S) -> Authorized<S> {
-        Authorized {
-            gw: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// A route's service behind the token check.
+/// `Authorization: Bearer <token>`: a route's service behind the check. A
+/// service of its own (not `from_fn`, which boxes the rest of the stack and
+/// the future once more per request).
 #[derive(Clone)]
 pub(super) struct Authorized<S> {
-    gw: Arc<Gateway>,
-    inner: S,
+    pub(super) gw: Arc<Gateway>,
+    pub(super) inner: S,
 }
 
 impl<S> tower::Service<axum::extract::Request> for Authorized<S>

@@ -312,10 +312,22 @@ impl Gateway {
                     "this endpoint does not take that method (see /openapi.json)",
                 )
             })
-            .layer(metrics::Track(self.clone()));
+            .layer({
+                let gw = self.clone();
+                tower::layer::layer_fn(move |inner| metrics::Tracked {
+                    gw: gw.clone(),
+                    inner,
+                })
+            });
         // Without a token there is nothing to check: no layer at all.
         let router = match self.token {
-            Some(_) => router.layer(Authorize(self.clone())),
+            Some(_) => {
+                let gw = self.clone();
+                router.layer(tower::layer::layer_fn(move |inner| Authorized {
+                    gw: gw.clone(),
+                    inner,
+                }))
+            }
             None => router,
         };
         router.with_state(self)
@@ -463,10 +475,10 @@ impl Gateway {
             let hedge = tokio::time::sleep(self.hedge_budget(topo, Some(head)));
             tokio::pin!(hedge);
             loop {
-                let idle = |more: &Option<futures_util::stream::FuturesUnordered<_>>| {
+                let is_idle = |more: &Option<futures_util::stream::FuturesUnordered<_>>| {
                     more.as_ref().is_none_or(|m| m.is_empty())
                 };
-                if !first_running && idle(&more) {
+                if !first_running && is_idle(&more) {
                     // Every attempt so far failed: the next worker at once.
                     let Some(&next) = order.get(tried) else { break };
                     more.get_or_insert_with(futures_util::stream::FuturesUnordered::new)
@@ -475,7 +487,7 @@ impl Gateway {
                     let budget = self.hedge_budget(topo, Some(next));
                     hedge.as_mut().reset(tokio::time::Instant::now() + budget);
                 }
-                let idle = idle(&more);
+                let idle = is_idle(&more);
                 tokio::select! {
                     biased;
                     r = &mut first, if first_running => {
