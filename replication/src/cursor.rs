@@ -21,12 +21,49 @@ pub struct Cursor {
     pub at: Location,
 }
 
+/// Where a strong read's cursor points ([`Cursor::strong`]).
+const STRONG_AT: Location = Location::new(u16::MAX, u32::MAX);
+
 impl Cursor {
     /// Before everything: any node has reached it.
     pub const ZERO: Cursor = Cursor {
         epoch: 0,
         at: Location::NONE,
     };
+
+    /// Asks for a strong read of the master `master` (0: of whichever
+    /// master the node has): the node reads at that master's commit cursor
+    /// taken after the request arrived, a worker asking its master for it,
+    /// a master taking its own; a node whose master is another refuses. On
+    /// the wire a read's `min_cursor` with location 65535:4294967295 (which
+    /// no log reaches: 256 TiB in), its epoch field naming the master.
+    pub const fn strong(master: u64) -> Cursor {
+        Cursor {
+            epoch: master,
+            at: STRONG_AT,
+        }
+    }
+
+    /// Whether this asks for a strong read ([`Cursor::strong`]).
+    pub fn is_strong(self) -> bool {
+        self.at == STRONG_AT
+    }
+
+    /// For a strong read, the master it must be of (0: any).
+    pub fn strong_master(self) -> Option<u64> {
+        self.is_strong().then_some(self.epoch)
+    }
+
+    /// What a read that asked for `self` and saw up to `seen` answers as
+    /// its cursor: what it saw, never below a cursor it was asked to reach
+    /// (a strong read's node reached the read index, which `seen` covers).
+    pub fn covered_by(self, seen: Cursor) -> Cursor {
+        if self.is_strong() {
+            seen
+        } else {
+            seen.max(self)
+        }
+    }
 
     /// The cursor `at` in the log of `epoch`.
     pub const fn new(epoch: u64, at: Location) -> Cursor {
@@ -94,6 +131,20 @@ mod tests {
         assert_eq!(serde_json::to_string(&c).unwrap(), "\"3:1:4096\"");
         assert_eq!(serde_json::from_str::<Cursor>("\"3:1:4096\"").unwrap(), c);
         assert!(serde_json::from_str::<Cursor>("\"3:1\"").is_err());
+    }
+
+    #[test]
+    fn a_strong_read_names_its_master_and_answers_what_it_saw() {
+        let seen = Cursor::new(3, Location::new(1, 4096));
+        for master in [0, 7, u64::MAX] {
+            let strong = Cursor::strong(master);
+            assert_eq!(strong.strong_master(), Some(master));
+            assert_eq!(strong.covered_by(seen), seen);
+        }
+        assert_eq!(seen.strong_master(), None);
+        let asked = Cursor::new(3, Location::new(2, 0));
+        assert_eq!(asked.covered_by(seen), asked, "never below what was asked");
+        assert_eq!(Cursor::ZERO.covered_by(seen), seen);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod mycelium;
 pub mod node;
 mod pipeline;
 pub mod proto;
+pub mod rounds;
 pub mod stats;
 mod syncer;
 
@@ -43,6 +44,7 @@ pub use frame::{
 };
 pub use identity::{init_cluster, Identity};
 pub use node::{digest, Master, MasterOptions, Worker};
+pub use rounds::ReadIndexRounds;
 
 /// A QUIC endpoint listening on `addr` with this cluster's identity, able to
 /// connect out with it too.

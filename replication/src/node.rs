@@ -22,6 +22,7 @@ use crate::identity::SERVER_NAME;
 use crate::msg::{
     self, answer_frame, reads, shipping, snapshot, status, writes, Answer, Call, Failed, Opening,
 };
+use crate::pipeline::Pipe;
 use crate::proto::follower::{Recovery, Segment};
 use crate::proto::meta::Branch;
 use crate::proto::shipping::{ReadAt, Subscription};
@@ -239,6 +240,8 @@ pub trait MetaLink: Send + Sync + 'static {
 
 /// A master's appointment in a failover cluster.
 pub struct Appointment {
+    /// Its node id: strong reads that name another master are refused.
+    pub node: u64,
     /// Its term.
     pub term: u64,
     /// Its end when appointed: workers join S only past it.
@@ -278,6 +281,8 @@ pub struct Master {
     workers: Mutex<Followers<u64>>,
     /// Each worker's address, by node id (for status).
     peers: Mutex<HashMap<u64, SocketAddr>>,
+    /// Its node id (0: a master outside a failover cluster).
+    node: u64,
     /// Its term (0: a master outside a failover cluster).
     term: u64,
     /// Its metadata group, in a failover cluster.
@@ -330,15 +335,15 @@ impl Master {
         let early = appointment.is_some();
         let mut workers =
             Followers::new(options.max_lag_bytes, store.db().config().file_size as u64);
-        let (term, link) = match appointment {
+        let (node, term, link) = match appointment {
             Some(a) => {
                 workers = workers.starting_at(a.start);
                 for w in a.in_sync {
                     workers.inherit(w);
                 }
-                (a.term, Some(a.link))
+                (a.node, a.term, Some(a.link))
             }
-            None => (0, None),
+            None => (0, 0, None),
         };
         let low = workers.wait_set_applied();
         let master = Arc::new(Master {
@@ -363,6 +368,7 @@ impl Master {
             in_sync_applied: watch::channel(low).0,
             workers: Mutex::new(workers),
             peers: Mutex::new(HashMap::new()),
+            node,
             term,
             link,
             deposed: AtomicBool::new(false),
@@ -1062,6 +1068,47 @@ impl Master {
         ))
     }
 
+    /// The read index: the commit cursor, taken once keys past their
+    /// deadline are expired, and checked against a newer master.
+    async fn read_index_now(&self) -> std::result::Result<Cursor, Failed> {
+        // Keys past their deadline are expired first, so that no strong
+        // read after the deadline sees them.
+        let now = now_ms();
+        if self.store.next_deadline().is_some_and(|d| d <= now) {
+            self.expire_due(now).await.map_err(write_error)?;
+        }
+        // Read before the leadership check: everything committed by then
+        // is in it, and the check then shows no newer master existed.
+        let cursor = self.commit_cursor();
+        if let Some(link) = &self.link {
+            if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
+                return Err(failed(
+                    Code::NotMaster,
+                    format!("the master of term {} no longer leads", self.term),
+                ));
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// Waits until the commit cursor reaches what a read asks for: `min`,
+    /// or for a strong read ([`Cursor::strong`]) the read index now.
+    async fn reach(&self, min: Cursor) -> std::result::Result<(), Failed> {
+        if let Some(expected) = min.strong_master() {
+            if expected != 0 && expected != self.node {
+                return Err(failed(
+                    Code::NotMaster,
+                    format!("a strong read of master {expected}: this node is not it"),
+                ));
+            }
+            self.read_index_now().await.map(|_| ())
+        } else if self.wait_committed(min).await {
+            Ok(())
+        } else {
+            Err(self.not_reached(min))
+        }
+    }
+
     /// The answer to a read at a cursor this master has not committed: in
     /// another epoch, or past its end (no write made it).
     fn not_reached(&self, min: Cursor) -> Failed {
@@ -1363,6 +1410,22 @@ pub struct Worker {
     /// new worker, and this one's watches must end, not wait for changes
     /// it will never apply.
     retired: watch::Sender<bool>,
+    /// Requests to the master it follows, on the connection it follows
+    /// over (none while it is not connected): strong reads' read index.
+    to_master: Arc<Mutex<Option<Arc<Pipe>>>>,
+    /// Strong reads waiting for a read index from the master.
+    rounds: crate::rounds::ReadIndexRounds,
+}
+
+/// Empties a worker's slot for requests to its master when its
+/// subscription ends: strong reads then fail at once instead of waiting on
+/// a connection that is gone.
+struct ForgetMaster<'a>(&'a Mutex<Option<Arc<Pipe>>>);
+
+impl Drop for ForgetMaster<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 /// A worker's part in a failover cluster.
@@ -1378,6 +1441,9 @@ pub struct FailoverWorker {
     /// The term of the master it follows: a snapshot from that master
     /// makes its log that term's.
     pub following: u64,
+    /// The node id of that master: strong reads that name another one
+    /// are refused.
+    pub master: u64,
 }
 
 impl Worker {
@@ -1425,6 +1491,8 @@ impl Worker {
             floor: std::sync::Mutex::new(None),
             apply_delay_ms: std::sync::atomic::AtomicU64::new(0),
             retired: watch::channel(false).0,
+            to_master: Arc::default(),
+            rounds: Default::default(),
         })
     }
 
@@ -1510,6 +1578,7 @@ impl Worker {
         };
         frame::write(&mut send, &sub.into()).await?;
         tracing::info!(master = %self.master, %cursor, "subscribed");
+        let _forget = ForgetMaster(&self.to_master);
         // Acknowledgements go out once what they cover is durable: under
         // group commit a syncer thread of this subscription fsyncs while
         // the next segments are applied, so neither the apply loop nor a
@@ -1551,6 +1620,15 @@ impl Worker {
                 .map(<shipping::Subscribe as msg::Streamed>::Item::try_from);
             if let Some(Ok(s)) = &segment {
                 self.note_floor(Cursor::new(epoch, s.end));
+                let ours = self.failover.as_ref().is_none_or(|f| f.following == s.term);
+                if stream_term.is_none() && ours {
+                    // The master took the subscription and streams the term
+                    // this worker follows: from now on strong reads ask it
+                    // for its read index, on this connection (not on one to
+                    // whatever answers at its address later).
+                    let pipe = Arc::new(Pipe::open(conn, self.master).await?);
+                    *self.to_master.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipe);
+                }
             }
             let recovery = match segment {
                 Some(Ok(shipping::Segment {
@@ -1913,6 +1991,67 @@ impl Worker {
         reached.await.unwrap_or(false)
     }
 
+    /// Waits until this worker has applied what a read asks for: `min`, or
+    /// for a strong read ([`Cursor::strong`]) the read index its master
+    /// gives after the read arrived.
+    async fn reach(&self, min: Cursor) -> std::result::Result<(), Failed> {
+        let min = match min.strong_master() {
+            None => min,
+            Some(expected) => {
+                let mine = self.failover.as_ref().map_or(0, |f| f.master);
+                if expected != 0 && expected != mine {
+                    return Err(failed(
+                        Code::NotMaster,
+                        format!("a strong read of master {expected}: this node follows {mine}"),
+                    ));
+                }
+                self.master_index().await?
+            }
+        };
+        if self.wait_applied(min).await {
+            Ok(())
+        } else {
+            Err(self.lagging(min))
+        }
+    }
+
+    /// The read index of the master this worker follows, from a round that
+    /// concurrent strong reads share (a worker not connected to its master
+    /// answers `NotMaster`: the client reads elsewhere).
+    async fn master_index(&self) -> std::result::Result<Cursor, Failed> {
+        let master = self.master;
+        self.rounds
+            .index(|| {
+                let slot = self.to_master.clone();
+                move || {
+                    let pipe = slot
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                        .filter(|p| p.is_open());
+                    async move {
+                        let pipe = pipe.ok_or("not connected to it")?;
+                        match tokio::time::timeout(READ_WAIT, pipe.call(reads::ReadIndex.into()))
+                            .await
+                        {
+                            Err(_) => Err(format!("no answer within {READ_WAIT:?}")),
+                            Ok(r) => r
+                                .and_then(reads::CursorIs::try_from)
+                                .map(|c| c.cursor)
+                                .map_err(|e| e.to_string()),
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(|e| {
+                failed(
+                    Code::NotMaster,
+                    format!("strong read: no read index from the master {master}: {e}"),
+                )
+            })
+    }
+
     /// Runs `wait` unless this worker is retired first (`None`): a read
     /// that waits on a retired worker's cursor or mark waits for nothing
     /// (its master is gone; the node serves in another role now), so it
@@ -2244,54 +2383,31 @@ impl Master {
 /// answers once what it read is durable (`after_read`).
 impl reads::Handler for Master {
     async fn read_index(&self, _: reads::ReadIndex) -> Answer<reads::ReadIndex> {
-        // Keys past their deadline are expired first, so that no strong
-        // read after the deadline sees them.
-        let now = now_ms();
-        if self.store.next_deadline().is_some_and(|d| d <= now) {
-            self.expire_due(now).await.map_err(write_error)?;
-        }
-        // Read before the leadership check: everything committed by then
-        // is in it, and the check then shows no newer master existed.
-        let cursor = self.commit_cursor();
-        if let Some(link) = &self.link {
-            if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
-                return Err(failed(
-                    Code::NotMaster,
-                    format!("the master of term {} no longer leads", self.term),
-                ));
-            }
-        }
-        Ok(reads::CursorIs { cursor })
+        Ok(reads::CursorIs {
+            cursor: self.read_index_now().await?,
+        })
     }
 
     async fn get(&self, req: reads::Get) -> Answer<reads::Get> {
-        if !self.wait_committed(req.min_cursor).await {
-            return Err(self.not_reached(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let answer = versioned_value(self.store.clone(), req.key).await;
         self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
 
     async fn list(&self, req: reads::List) -> Answer<reads::List> {
-        if !self.wait_committed(req.min_cursor).await {
-            return Err(self.not_reached(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let answer = list(&self.store, req);
         self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
-        if !self.wait_committed(req.min_cursor).await {
-            return Err(self.not_reached(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let answer = history(self.store.clone(), req).await;
         self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
-        if !self.wait_committed(req.min_cursor).await {
-            return Err(self.not_reached(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let answer = by_id(self.store.clone(), req).await;
         self.after_read(answer).await.map(|(a, at)| a.seen(at))
     }
@@ -2371,9 +2487,7 @@ impl reads::Handler for Worker {
     }
 
     async fn get(&self, req: reads::Get) -> Answer<reads::Get> {
-        if !self.wait_applied(req.min_cursor).await {
-            return Err(self.lagging(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let store = self.store();
         let answer = versioned_value(store.clone(), req.key).await;
         // The cursor a client may carry to a later read (session
@@ -2384,9 +2498,7 @@ impl reads::Handler for Worker {
     }
 
     async fn list(&self, req: reads::List) -> Answer<reads::List> {
-        if !self.wait_applied(req.min_cursor).await {
-            return Err(self.lagging(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let store = self.store();
         let answer = list(&store, req);
         self.after_read(&store, answer)
@@ -2395,9 +2507,7 @@ impl reads::Handler for Worker {
     }
 
     async fn history(&self, req: reads::History) -> Answer<reads::History> {
-        if !self.wait_applied(req.min_cursor).await {
-            return Err(self.lagging(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let store = self.store();
         let answer = history(store.clone(), req).await;
         self.after_read(&store, answer)
@@ -2406,9 +2516,7 @@ impl reads::Handler for Worker {
     }
 
     async fn by_id(&self, req: reads::ById) -> Answer<reads::ById> {
-        if !self.wait_applied(req.min_cursor).await {
-            return Err(self.lagging(req.min_cursor));
-        }
+        self.reach(req.min_cursor).await?;
         let store = self.store();
         let answer = by_id(store.clone(), req).await;
         self.after_read(&store, answer)

@@ -13,9 +13,15 @@ use std::time::{Duration, Instant};
 use ourdb::keyed::KeyedStore;
 use ourdb::{OpenOptions, SyncPolicy};
 use replication::cluster::{MemberOptions, Node};
-use replication::{Ack, Client, Identity, MasterOptions};
+use replication::{Ack, Client, Cursor, Identity, MasterOptions};
 
 async fn start(id: u64, dir: &Path, addr: SocketAddr) -> Arc<Node> {
+    start_with(id, dir, addr, Duration::ZERO).await
+}
+
+/// A member that waits `apply_delay` before applying each segment while it
+/// is a worker (a lagging replica).
+async fn start_with(id: u64, dir: &Path, addr: SocketAddr, apply_delay: Duration) -> Arc<Node> {
     let identity = Identity::loopback().unwrap();
     // A node just stopped at `addr` may hold its socket a moment longer.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -41,7 +47,7 @@ async fn start(id: u64, dir: &Path, addr: SocketAddr) -> Arc<Node> {
             ack_timeout: Duration::from_secs(1),
             ..MasterOptions::default()
         },
-        apply_delay: Duration::ZERO,
+        apply_delay,
     };
     Node::start(store, endpoint, &identity, options)
         .await
@@ -98,12 +104,22 @@ fn holds(store: &KeyedStore, keys: std::ops::Range<u32>) -> bool {
 /// as a worker started with `--master` does (node 2 through node 1, node 3
 /// through node `seed_of_3`); once all three vote and 2 and 3 are in sync.
 async fn three_members(dirs: &[std::path::PathBuf], seed_of_3: usize) -> [Arc<Node>; 3] {
+    three_members_with(dirs, seed_of_3, Duration::ZERO).await
+}
+
+/// As `three_members`, with nodes 2 and 3 applying each segment
+/// `apply_delay` late.
+async fn three_members_with(
+    dirs: &[std::path::PathBuf],
+    seed_of_3: usize,
+    apply_delay: Duration,
+) -> [Arc<Node>; 3] {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let n1 = start(1, &dirs[0], any).await;
     n1.bootstrap().await.unwrap();
     until("node 1 master", || n1.master_term()).await;
-    let n2 = start(2, &dirs[1], any).await;
-    let n3 = start(3, &dirs[2], any).await;
+    let n2 = start_with(2, &dirs[1], any, apply_delay).await;
+    let n3 = start_with(3, &dirs[2], any, apply_delay).await;
     n2.join_through(vec![addr_of_new(&n1)], false);
     until("node 2 a member", || {
         n1.view().members.contains_key(&2).then_some(())
@@ -282,5 +298,54 @@ async fn the_election_ignores_a_stranger_at_a_members_address() {
     write_all(&client, &[&new, &other], 20..30).await;
     for n in [imp, new, other] {
         n.shutdown().await;
+    }
+}
+
+/// A strong read names the master it is of: the master and the workers that
+/// follow it answer it, at a read index taken after it arrived (a write
+/// acknowledged by the master alone is seen on workers that apply each
+/// segment 30 ms late); a node whose
+/// master is another refuses it, so a gateway whose view is old, or a node
+/// that is no member at a member's address, never answers one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_name_their_master() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let nodes = three_members_with(&dirs, 1, Duration::from_millis(30)).await;
+    let client = Client::new(&Identity::loopback().unwrap()).unwrap();
+    let master = nodes[0].id();
+    let other = nodes[1].id();
+    for i in 0..10 {
+        let key = format!("k{i}");
+        client
+            .set_with(addr_of(&nodes[0]), &key, b"v", Ack::Master)
+            .await
+            .unwrap();
+        for n in nodes.iter().rev() {
+            for named in [master, 0] {
+                let got = client
+                    .get(addr_of(n), &key, Cursor::strong(named))
+                    .await
+                    .unwrap_or_else(|e| panic!("{key} on node {}: {e}", n.id()));
+                assert_eq!(got.as_deref(), Some(&b"v"[..]), "{key} on node {}", n.id());
+            }
+        }
+    }
+    for n in &nodes {
+        let e = client
+            .get(addr_of(n), "k0", Cursor::strong(other))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                replication::Error::Remote {
+                    code: replication::Code::NotMaster,
+                    ..
+                }
+            ),
+            "node {} answered a strong read of master {other}: {e}",
+            n.id()
+        );
     }
 }

@@ -1151,6 +1151,7 @@ impl Node {
             store,
             self.options.clone(),
             Appointment {
+                node: self.id,
                 term,
                 start,
                 in_sync: v.state.in_sync.iter().copied().collect(),
@@ -1197,6 +1198,7 @@ impl Node {
                     })
                 },
                 following: term,
+                master,
             },
         );
         node.set_apply_delay(self.apply_delay);

@@ -101,7 +101,7 @@ pub(super) async fn get_value(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     check_key(key)?;
-    let min = gw.min_cursor(q, headers).await?;
+    let min = gw.min_cursor(q, headers)?;
     // Checked even where they do not apply (a history), so a malformed one
     // is never silently ignored.
     let (if_match, if_none_match) = conditions(headers)?;
@@ -110,7 +110,7 @@ pub(super) async fn get_value(
         let (values, seen) = gw
             .read(min, |n, c| gw.client.history(n, key, depth, c))
             .await?;
-        let at = seen.max(min);
+        let at = min.covered_by(seen);
         if values.is_empty() {
             return Ok(error_at(gw, ApiError::not_found(key), at));
         }
@@ -126,7 +126,7 @@ pub(super) async fn get_value(
         .await?;
     // What the read saw, for a session read after it; never below what the
     // request asked for.
-    let at = seen.max(min);
+    let at = min.covered_by(seen);
     let current = found.as_ref().map(|(_, v)| *v);
     // RFC 9110 13.2.2: If-Match first (412), then If-None-Match (304).
     if if_match.as_ref().is_some_and(|c| !meets(c, current)) {
@@ -327,7 +327,7 @@ pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Resp
             None => 100,
         };
         let after = q.get("after")?.map(str::to_string);
-        let min = gw.min_cursor(&q, &headers).await?;
+        let min = gw.min_cursor(&q, &headers)?;
         let (keys, seen) = gw
             .read(min, |n, c| {
                 gw.client.list(n, &prefix, after.as_deref(), limit, c)
@@ -338,7 +338,7 @@ pub(super) async fn list(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Resp
             .flatten();
         Ok(with_cursor(
             Json(json!({"keys": keys, "next": next})).into_response(),
-            seen.max(min),
+            min.covered_by(seen),
         ))
     }
     .await;
@@ -381,9 +381,9 @@ pub(super) async fn by_id(
         let id: u32 = id
             .parse()
             .map_err(|_| ApiError::bad_request(format!("record id {id:?} is not a number")))?;
-        let min = gw.min_cursor(&q, &headers).await?;
+        let min = gw.min_cursor(&q, &headers)?;
         let (entry, seen) = gw.read(min, |n, c| gw.client.by_id(n, id, c)).await?;
-        let at = seen.max(min);
+        let at = min.covered_by(seen);
         Ok(match entry {
             Some((key, value)) => {
                 let b64 = base64::engine::general_purpose::STANDARD;

@@ -195,7 +195,7 @@ impl Metrics {
         let read_index_rounds = Counter::default();
         registry.register(
             "read_index_rounds",
-            "Read-index rounds sent to the master (shared by concurrent strong reads)",
+            "Read-index rounds this gateway sent to the master (backups, checks of a cursor; strong reads take theirs on the node that reads)",
             read_index_rounds.clone(),
         );
         let hedges = Counter::default();

@@ -90,7 +90,8 @@ pub(crate) struct Gateway {
     client_timeout: std::time::Duration,
     /// The largest value a PUT may store (`--max-value-bytes`).
     max_value_bytes: usize,
-    batch: Arc<std::sync::Mutex<Batch>>,
+    /// Read-index rounds of the gateway's own (backups, a cursor's check).
+    rounds: replication::ReadIndexRounds,
     /// The watches, fanned out from one stream.
     hub: Arc<Hub>,
     /// The last minutes, second by second, for the status page.
@@ -174,10 +175,6 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// Strong reads waiting for the next read-index round.
-type Batch =
-    replication::proto::ReadIndexBatch<tokio::sync::oneshot::Sender<Result<Cursor, String>>>;
-
 impl Gateway {
     pub(crate) fn new(
         client: Client,
@@ -191,7 +188,7 @@ impl Gateway {
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             max_value_bytes: ourdb::keyed::MAX_VALUE_BYTES,
             routes: Arc::new(Routes::new(master, workers, client.clone())),
-            batch: Arc::default(),
+            rounds: Default::default(),
             hub: Arc::new(Hub::new(DEFAULT_MAX_WATCHES)),
             client,
             next: AtomicUsize::new(0),
@@ -361,46 +358,30 @@ impl Gateway {
         order
     }
 
-    /// The master's commit cursor for a strong read. Concurrent strong reads
-    /// share one request, but only one sent after they arrived: a read never
-    /// takes an index older than itself. The rounds run in a task of their
-    /// own, so a client that goes away mid-round (its request dropped) never
-    /// stops them for the reads still waiting.
+    /// The master's commit cursor, from a read-index round sent after this
+    /// call began (rounds shared by concurrent callers).
     async fn read_index(&self) -> Result<Cursor, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let lead = self
-            .batch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .join(tx);
-        if lead {
-            let (client, routes, batch, rounds) = (
-                self.client.clone(),
-                self.routes.clone(),
-                self.batch.clone(),
-                self.metrics.read_index_rounds.clone(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let Some(waiting) =
-                        batch.lock().unwrap_or_else(|e| e.into_inner()).next_round()
-                    else {
-                        return;
-                    };
-                    // A read-index changes nothing: any failure may go again.
-                    let r = routes
-                        .on_master(true, |m| client.read_index(m))
-                        .await
-                        .map_err(|e| e.to_string());
-                    rounds.inc();
-                    for w in waiting {
-                        let _ = w.send(r.clone());
+        self.rounds
+            .index(|| {
+                let (client, routes, rounds) = (
+                    self.client.clone(),
+                    self.routes.clone(),
+                    self.metrics.read_index_rounds.clone(),
+                );
+                move || {
+                    let (client, routes, rounds) = (client.clone(), routes.clone(), rounds.clone());
+                    async move {
+                        // A read-index changes nothing: any failure may go again.
+                        let r = routes
+                            .on_master(true, |m| client.read_index(m))
+                            .await
+                            .map_err(|e| e.to_string());
+                        rounds.inc();
+                        r
                     }
                 }
-            });
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("read-index round went away".into()))
+            })
+            .await
     }
 
     /// Runs the read on the least loaded worker that has applied `min`, then
@@ -422,6 +403,15 @@ impl Gateway {
         let mut topo = self.topology();
         let mut again = true;
         loop {
+            // A strong read names this view's master (in a failover
+            // cluster): a node that follows another, or that is no member
+            // of this cluster at a member's address, refuses it.
+            let min = match min.strong_master() {
+                Some(_) => {
+                    Cursor::strong(topo.cluster.as_ref().and_then(|c| c.master).unwrap_or(0))
+                }
+                None => min,
+            };
             match self.read_on(&topo, min, &remote).await {
                 Err(e) if again && e.may_pass() && started.elapsed() < topology::FAILOVER_WAIT => {
                     let now = self.topology();
@@ -535,7 +525,9 @@ impl Gateway {
                     // A cursor past the master's commit cursor names a write
                     // nobody made (or one a failover lost): waiting longer
                     // would not help, so it is the client's to fix.
-                    if matches!(self.read_index().await, Ok(commit) if min > commit) {
+                    let ahead = !min.is_strong()
+                        && matches!(self.read_index().await, Ok(commit) if min > commit);
+                    if ahead {
                         return Err(ApiError::new(
                             StatusCode::CONFLICT,
                             "cursor_ahead",
@@ -565,7 +557,7 @@ impl Gateway {
     }
 
     /// The cursor a read must see, by consistency level.
-    async fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Cursor, ApiError> {
+    fn min_cursor(&self, params: &Params, headers: &HeaderMap) -> Result<Cursor, ApiError> {
         // A malformed cursor is refused whatever the level, so a typo in a
         // level does not hide one.
         let mut given = headers.get_all(CURSOR_HEADER).iter();
@@ -582,11 +574,10 @@ impl Gateway {
             ));
         }
         match params.get("consistency")?.unwrap_or("strong") {
-            // Read-index: the master's commit cursor now.
-            "strong" => self.read_index().await.map_err(|e| {
-                tracing::warn!(error = %e, "strong read: no read index");
-                ApiError::unavailable("no master answered for a strong read; retry shortly")
-            }),
+            // The node that reads takes the master's commit cursor after the
+            // request reaches it (a worker asks its master): the gateway
+            // sends one request per read, not two.
+            "strong" => Ok(Cursor::strong(0)),
             "session" => Ok(session.unwrap_or(Cursor::ZERO)),
             "stale" => Ok(Cursor::ZERO),
             other => Err(ApiError::bad_request(format!(
