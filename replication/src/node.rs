@@ -2480,10 +2480,18 @@ impl SnapshotProgress {
 /// as it is after the wait (a snapshot installed meanwhile replaced it, and
 /// the old one must not answer).
 impl reads::Handler for Worker {
+    /// A worker has no read index. Its applied cursor must never pass for
+    /// one: a master just demoted to worker would answer with what it has
+    /// applied, which misses what the new master acknowledged since.
     async fn read_index(&self, _: reads::ReadIndex) -> Answer<reads::ReadIndex> {
-        Ok(reads::CursorIs {
-            cursor: self.applied(),
-        })
+        Err(failed(
+            Code::NotMaster,
+            format!(
+                "a worker takes no read index (ask the master, {}); it has applied {}",
+                self.master,
+                self.applied()
+            ),
+        ))
     }
 
     async fn get(&self, req: reads::Get) -> Answer<reads::Get> {

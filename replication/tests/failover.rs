@@ -306,7 +306,8 @@ async fn the_election_ignores_a_stranger_at_a_members_address() {
 /// acknowledged by the master alone is seen on workers that apply each
 /// segment 30 ms late); a node whose
 /// master is another refuses it, so a gateway whose view is old, or a node
-/// that is no member at a member's address, never answers one.
+/// that is no member at a member's address, never answers one. Nor does a
+/// worker answer a `ReadIndex` call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strong_reads_name_their_master() {
     let tmp = tempfile::tempdir().unwrap();
@@ -348,4 +349,16 @@ async fn strong_reads_name_their_master() {
             n.id()
         );
     }
+    // A worker's applied cursor never passes for a read index (a master
+    // just demoted would answer one that misses the new master's writes).
+    for n in &nodes[1..] {
+        match client.read_index(addr_of(n)).await {
+            Err(replication::Error::Remote {
+                code: replication::Code::NotMaster,
+                ..
+            }) => {}
+            r => panic!("worker {} answered a read index: {r:?}", n.id()),
+        }
+    }
+    assert!(client.read_index(addr_of(&nodes[0])).await.is_ok());
 }

@@ -8,8 +8,8 @@ use crate::frame::Version;
 use crate::msg::{dispatch, message, Request};
 
 message! {
-    /// The node's cursor: a master's commit cursor (the read index), a
-    /// worker's applied cursor.
+    /// The master's commit cursor (the read index); a worker refuses it
+    /// (`NotMaster`).
     ReadIndex = ReadIndex;
 }
 

@@ -7,7 +7,9 @@
 //! `replication::proto`: the master's worker progress and in-sync set
 //! (`Followers`), the answer to a subscription and the read rules
 //! (`shipping`), the worker's segment handling (`Follower`) and the
-//! gateway's read-index batching (`ReadIndexBatch`). What is simulated is
+//! workers' read-index batching for strong reads (`ReadIndexBatch`: the
+//! gateway sends a strong read as one request, and the worker asks the
+//! master for the read index). What is simulated is
 //! what they drive: the stores (`log.rs`, in memory), the network, the
 //! clock and the clients.
 //!
@@ -62,6 +64,9 @@ pub(crate) struct Bugs {
     pub(crate) master_reads_unsynced: bool,
     /// Compare cursors by position only, leaving out the epoch.
     pub(crate) epochless_cursors: bool,
+    /// A worker answers a strong read at the last read index it got
+    /// instead of asking the master after the read arrived.
+    reuse_the_last_index: bool,
 }
 
 /// splitmix64: small, seedable, and the same on every machine.
@@ -137,6 +142,7 @@ enum Msg {
         req: u64,
         cursor: Cursor,
     },
+    // Worker to master and back: a strong read's read index.
     ReadIndex {
         round: u64,
     },
@@ -227,6 +233,13 @@ struct Worker {
     stream: u64,
     heard: Time,
     reads: Vec<ParkedRead>,
+    /// Strong reads waiting for the next read-index round.
+    batch: ReadIndexBatch<ParkedRead>,
+    /// The round out, and the strong reads it answers.
+    round: u64,
+    round_waiting: Vec<ParkedRead>,
+    /// The last read index it got (only a deliberate mistake uses it).
+    last_index: Option<Cursor>,
     /// Timers and messages that reached it while paused.
     held: Vec<Event>,
 }
@@ -255,14 +268,9 @@ struct Client {
 }
 
 struct Gateway {
-    batch: ReadIndexBatch<u64>,
-    round: u64,
-    round_waiting: Vec<u64>,
     /// req -> (client, op index) for writes in flight.
     writes: BTreeMap<u64, (usize, usize)>,
     reads: BTreeMap<u64, (usize, ReadOp)>,
-    /// Strong reads waiting for their read index.
-    strong: BTreeMap<u64, (usize, usize, u8)>,
 }
 
 pub(crate) struct Config {
@@ -331,6 +339,10 @@ impl Sim {
                 stream: 0,
                 heard: 0,
                 reads: Vec::new(),
+                batch: ReadIndexBatch::default(),
+                round: 0,
+                round_waiting: Vec::new(),
+                last_index: None,
                 held: Vec::new(),
             })
             .collect();
@@ -360,12 +372,8 @@ impl Sim {
             },
             workers,
             gateway: Gateway {
-                batch: ReadIndexBatch::default(),
-                round: 0,
-                round_waiting: Vec::new(),
                 writes: BTreeMap::new(),
                 reads: BTreeMap::new(),
-                strong: BTreeMap::new(),
             },
             clients,
             ops: Vec::new(),
@@ -739,7 +747,7 @@ impl Sim {
         }
     }
 
-    fn master_msg(&mut self, _from: Node, msg: Msg) {
+    fn master_msg(&mut self, from: Node, msg: Msg) {
         match msg {
             Msg::Write { req, rec, all } => {
                 self.master.log.append(&rec);
@@ -765,7 +773,7 @@ impl Sim {
             }
             Msg::ReadIndex { round } => {
                 let cursor = self.master_cursor();
-                self.send(Node::Master, Node::Gateway, Msg::Index { round, cursor });
+                self.send(Node::Master, from, Msg::Index { round, cursor });
             }
             Msg::Get {
                 req,
@@ -774,6 +782,12 @@ impl Sim {
                 min,
             } => {
                 self.count("master reads");
+                // A strong read: the read index now.
+                let min = if min.is_strong() {
+                    self.master_cursor()
+                } else {
+                    min
+                };
                 self.master.reads.push(ParkedRead {
                     req,
                     attempt,
@@ -970,6 +984,15 @@ impl Sim {
                 }
                 self.timer(Node::Worker(w), Timer::Tick, TICK);
             }
+            Timer::RoundTimeout { round } if round == self.workers[w].round => {
+                // No index: the strong reads it was for are refused.
+                let waiting = std::mem::take(&mut self.workers[w].round_waiting);
+                for r in waiting {
+                    let (req, attempt) = (r.req, r.attempt);
+                    self.send(Node::Worker(w), Node::Gateway, Msg::Refuse { req, attempt });
+                }
+                self.worker_next_round(w);
+            }
             Timer::ReadDeadline { req } => {
                 let me = &mut self.workers[w];
                 if let Some(i) = me.reads.iter().position(|r| r.req == req) {
@@ -1085,17 +1108,63 @@ impl Sim {
                 key,
                 min,
             } => {
-                self.workers[w].reads.push(ParkedRead {
+                let read = ParkedRead {
                     req,
                     attempt,
                     key,
                     min,
                     seen: None,
-                });
-                self.timer(Node::Worker(w), Timer::ReadDeadline { req }, READ_WAIT);
-                self.serve_worker_reads(w);
+                };
+                if min.is_strong() {
+                    self.count("strong reads on workers");
+                    let me = &mut self.workers[w];
+                    if let Some(last) = me.last_index.filter(|_| self.cfg.bugs.reuse_the_last_index)
+                    {
+                        self.park_worker_read(w, ParkedRead { min: last, ..read });
+                    } else if me.batch.join(read) {
+                        self.worker_next_round(w);
+                    }
+                    return;
+                }
+                self.park_worker_read(w, read);
+            }
+            Msg::Index { round, cursor } => {
+                if round != self.workers[w].round {
+                    return;
+                }
+                self.count("worker read-index rounds");
+                self.workers[w].last_index = Some(cursor);
+                let waiting = std::mem::take(&mut self.workers[w].round_waiting);
+                for mut read in waiting {
+                    read.min = cursor;
+                    self.park_worker_read(w, read);
+                }
+                self.worker_next_round(w);
             }
             _ => {}
+        }
+    }
+
+    fn park_worker_read(&mut self, w: usize, read: ParkedRead) {
+        let req = read.req;
+        self.workers[w].reads.push(read);
+        self.timer(Node::Worker(w), Timer::ReadDeadline { req }, READ_WAIT);
+        self.serve_worker_reads(w);
+    }
+
+    /// A worker's read-index driver: one round out at a time, for the
+    /// strong reads that arrived before it was sent.
+    fn worker_next_round(&mut self, w: usize) {
+        let me = &mut self.workers[w];
+        match me.batch.next_round() {
+            Some(waiting) => {
+                me.round += 1;
+                let round = me.round;
+                me.round_waiting = waiting;
+                self.send(Node::Worker(w), Node::Master, Msg::ReadIndex { round });
+                self.timer(Node::Worker(w), Timer::RoundTimeout { round }, READ_WAIT);
+            }
+            None => me.round_waiting.clear(),
         }
     }
 
@@ -1170,6 +1239,11 @@ impl Sim {
         me.inc += 1;
         me.log.crash(keep);
         me.reads.clear();
+        // Strong reads waiting for an index are lost with it (the round's
+        // answer, if it comes, matches no round of the restarted worker).
+        me.batch = ReadIndexBatch::default();
+        me.round_waiting.clear();
+        me.round += 1;
         me.stream = 0;
         let down = self.rng.range(20 * MS, 600 * MS);
         self.timer(Node::Worker(w), Timer::Restart, down);
@@ -1205,15 +1279,6 @@ impl Sim {
                 if let Some((client, _)) = self.gateway.writes.remove(&req) {
                     self.client_done(client);
                 }
-            }
-            Timer::RoundTimeout { round } if round == self.gateway.round => {
-                let waiting = std::mem::take(&mut self.gateway.round_waiting);
-                for req in waiting {
-                    if let Some((client, _, _)) = self.gateway.strong.remove(&req) {
-                        self.client_done(client);
-                    }
-                }
-                self.next_round();
             }
             Timer::Hedge { req, attempt } => {
                 let again = self
@@ -1355,32 +1420,13 @@ impl Sim {
         });
         let op = self.ops.len() - 1;
         match level {
-            Level::Strong => {
-                self.gateway.strong.insert(req, (client, op, key));
-                if self.gateway.batch.join(req) {
-                    self.next_round();
-                }
-            }
+            // One request; the node that reads takes the read index.
+            Level::Strong => self.start_get(client, op, req, key, Cursor::strong(0)),
             Level::Session => {
                 let token = self.clients[client].token;
                 self.start_get(client, op, req, key, token);
             }
             Level::Stale => self.start_get(client, op, req, key, Cursor::ZERO),
-        }
-    }
-
-    /// The read-index driver: one round out at a time, for the reads that
-    /// arrived before it was sent.
-    fn next_round(&mut self) {
-        match self.gateway.batch.next_round() {
-            Some(waiting) => {
-                self.gateway.round += 1;
-                let round = self.gateway.round;
-                self.gateway.round_waiting = waiting;
-                self.send(Node::Gateway, Node::Master, Msg::ReadIndex { round });
-                self.timer(Node::Gateway, Timer::RoundTimeout { round }, 1000 * MS);
-            }
-            None => self.gateway.round_waiting.clear(),
         }
     }
 
@@ -1462,18 +1508,6 @@ impl Sim {
                 let key = self.ops[op].key;
                 c.own.insert(key, op);
                 self.client_done(client);
-            }
-            Msg::Index { round, cursor } => {
-                if round != self.gateway.round {
-                    return;
-                }
-                let waiting = std::mem::take(&mut self.gateway.round_waiting);
-                for req in waiting {
-                    if let Some((client, op, key)) = self.gateway.strong.remove(&req) {
-                        self.start_get(client, op, req, key, cursor);
-                    }
-                }
-                self.next_round();
             }
             Msg::Value { req, value } => {
                 let Some((client, r)) = self.gateway.reads.remove(&req) else {
@@ -1648,6 +1682,13 @@ fn the_simulation_catches_deliberate_mistakes() {
             "cursors without their epoch",
             Bugs {
                 epochless_cursors: true,
+                ..Bugs::default()
+            },
+        ),
+        (
+            "a worker reuses its last read index",
+            Bugs {
+                reuse_the_last_index: true,
                 ..Bugs::default()
             },
         ),
