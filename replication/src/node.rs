@@ -1279,6 +1279,10 @@ impl Master {
         let mut marks = self.in_sync_applied.subscribe();
         let mut committed = self.commit.subscribe();
         let mut sent_hw = Location::NONE;
+        // The first segment goes out at once, a mark if there are no
+        // records: with it the worker knows this master took its
+        // subscription, and asks it for strong reads' read index.
+        let mut sent_any = false;
         let result = loop {
             let upto = *changed.borrow_and_update();
             marks.borrow_and_update();
@@ -1306,7 +1310,7 @@ impl Master {
                 if acks.is_finished() {
                     break Ok(());
                 }
-                if self.link.is_some() && hw > sent_hw {
+                if !sent_any || self.link.is_some() && hw > sent_hw {
                     let f = shipping::Segment {
                         term: self.term,
                         hw,
@@ -1319,6 +1323,7 @@ impl Master {
                         break Err(e);
                     }
                     sent_hw = hw;
+                    sent_any = true;
                     continue;
                 }
                 // Woken by a write (or a new mark); the timeout also notices
@@ -1345,6 +1350,7 @@ impl Master {
                 break Err(e);
             }
             sent_hw = hw;
+            sent_any = true;
             cursor = seg.next;
         };
         acks.abort();

@@ -181,3 +181,36 @@ async fn ack_all_writes_are_on_every_worker_when_acknowledged() {
         "a worker left the set: {ws:?}"
     );
 }
+
+/// A worker whose master has nothing new to ship still answers strong reads
+/// itself: the master's first segment on a subscription (a mark, when there
+/// are no records) comes at once, and with it the worker asks that master
+/// for read indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_masters_workers_answer_strong_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = common::start(tmp.path(), SyncPolicy::Group, MasterOptions::default(), 1);
+    let (waddr, client) = (nodes.workers[0].addr, nodes.client.clone());
+    let strong = replication::Cursor::strong(0);
+    let read = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            // The worker may not have subscribed yet: up to 2 s.
+            let mut last = None;
+            for _ in 0..100 {
+                match client.get(waddr, key, strong).await {
+                    Ok(v) => return v,
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("no strong read of {key} on the worker: {last:?}");
+        }
+    };
+    // A master never written to.
+    assert_eq!(read("nothing").await, None);
+    // And once it has been: the read index covers the write.
+    client.set(nodes.maddr, "k", b"v").await.unwrap();
+    common::in_sync(&nodes).await;
+    assert_eq!(read("k").await.as_deref(), Some(&b"v"[..]));
+}
