@@ -1095,12 +1095,7 @@ impl Master {
     /// or for a strong read ([`Cursor::strong`]) the read index now.
     async fn reach(&self, min: Cursor) -> std::result::Result<(), Failed> {
         if let Some(expected) = min.strong_master() {
-            if expected != 0 && expected != self.node {
-                return Err(failed(
-                    Code::NotMaster,
-                    format!("a strong read of master {expected}: this node is not it"),
-                ));
-            }
+            of_master(expected, self.node)?;
             self.read_index_now().await.map(|_| ())
         } else if self.wait_committed(min).await {
             Ok(())
@@ -1626,8 +1621,8 @@ impl Worker {
                 .map(<shipping::Subscribe as msg::Streamed>::Item::try_from);
             if let Some(Ok(s)) = &segment {
                 self.note_floor(Cursor::new(epoch, s.end));
-                let ours = self.failover.as_ref().is_none_or(|f| f.following == s.term);
-                if stream_term.is_none() && ours {
+                let ours = || self.failover.as_ref().is_none_or(|f| f.following == s.term);
+                if stream_term.is_none() && ours() {
                     // The master took the subscription and streams the term
                     // this worker follows: from now on strong reads ask it
                     // for its read index, on this connection (not on one to
@@ -2004,13 +1999,7 @@ impl Worker {
         let min = match min.strong_master() {
             None => min,
             Some(expected) => {
-                let mine = self.failover.as_ref().map_or(0, |f| f.master);
-                if expected != 0 && expected != mine {
-                    return Err(failed(
-                        Code::NotMaster,
-                        format!("a strong read of master {expected}: this node follows {mine}"),
-                    ));
-                }
+                of_master(expected, self.failover.as_ref().map_or(0, |f| f.master))?;
                 self.master_index().await?
             }
         };
@@ -2226,6 +2215,19 @@ impl Worker {
             format!("applied {} has not reached {min_cursor}", self.applied()),
         )
     }
+}
+
+/// Refuses a strong read that names master `expected` (0: any) on a node
+/// whose master (itself, or the one it follows; 0 outside a failover
+/// cluster) is `mine`.
+fn of_master(expected: u64, mine: u64) -> std::result::Result<(), Failed> {
+    if expected == 0 || expected == mine {
+        return Ok(());
+    }
+    Err(failed(
+        Code::NotMaster,
+        format!("a strong read of master {expected}; this node's master is {mine}"),
+    ))
 }
 
 /// A master's answer to a frame that is none of its requests.
