@@ -76,6 +76,12 @@ pub fn check_peer(s: &str) -> Result<()> {
     if s.contains("://") {
         return bad(format!("{s:?} is a URL: give HOST:PORT"));
     }
+    // A list where one address goes (an OURKV_WORKER="a,b" variable, say).
+    if s.split([',', ' ']).filter(|p| p.contains(':')).count() > 1 {
+        return bad(format!(
+            "{s:?} is a list: one HOST:PORT per flag (repeat the flag, or use a list in the config file)"
+        ));
+    }
     let Some((host, port)) = s.rsplit_once(':').filter(|_| !s.ends_with(']')) else {
         return bad(format!("{s:?} has no port: the form is HOST:PORT"));
     };
@@ -319,6 +325,9 @@ mod tests {
             ("127.0.0.1:65536", "bad port"),
             ("127.0.0.1:-1", "bad port"),
             ("::1:7000", "brackets"),
+            ("127.0.0.1:1,127.0.0.1:2", "is a list"),
+            ("127.0.0.1:1, 127.0.0.1:2", "is a list"),
+            ("127.0.0.1:1 127.0.0.1:2", "is a list"),
             ("[::g]:7000", "not an IPv6"),
             (":7000", "not an IP address or a host name"),
             ("a b:7000", "not an IP address or a host name"),

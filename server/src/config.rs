@@ -81,7 +81,9 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
     let lenient = ROLES.iter().fold(command(), |c, role| {
         c.mut_subcommand(role, |sc| sc.mut_args(|a| a.required(false)))
     });
-    let first = lenient.try_get_matches_from(args.clone())?;
+    let first = lenient
+        .try_get_matches_from(args.clone())
+        .map_err(|e| from_variable(e, &args))?;
     let Some((role, sub)) = first.subcommand().filter(|(r, _)| ROLES.contains(r)) else {
         let m = command().try_get_matches_from(args)?;
         return Ok(Parsed::Run(Box::new(Cli::from_arg_matches(&m)?)));
@@ -110,7 +112,8 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
         .map_err(|e| match &origin {
             Some((path, lines)) => in_file(e, path, lines, &extra),
             None => e,
-        })?;
+        })
+        .map_err(|e| from_variable(e, &args))?;
     let (_, sub) = m.subcommand().expect("a role");
     if sub.get_flag(PRINT) {
         let sc = command().find_subcommand(&role).expect("a role").clone();
@@ -131,20 +134,14 @@ fn in_file(
     lines: &HashMap<String, usize>,
     from_file: &[String],
 ) -> clap::Error {
-    use clap::error::{ContextKind, ContextValue};
-    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+    let Some(key) = refused_key(&e) else {
         return e;
     };
-    // `--threads <N>` or `--threads`: the long name.
-    let key = arg
-        .trim_start_matches("--")
-        .split([' ', '='])
-        .next()
-        .unwrap_or_default();
+    let key = key.as_str();
     let given_in_file = from_file
         .iter()
         .any(|f| f.strip_prefix("--").and_then(|f| f.split('=').next()) == Some(key));
-    if key.is_empty() || !given_in_file {
+    if !given_in_file {
         return e;
     }
     let line = lines
@@ -155,6 +152,59 @@ fn in_file(
         path.display(),
         said(&e)
     ))
+}
+
+/// The long name of the flag whose value clap refused (`--threads <N>` or
+/// `--threads`: `threads`).
+fn refused_key(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let key = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+/// Clap's error about a value that came from a role's `OURKV_*` variable
+/// (the flag is not on the command line), told as the variable's: clap
+/// names only the flag, which the user never typed.
+fn from_variable(e: clap::Error, args: &[OsString]) -> clap::Error {
+    let Some(key) = refused_key(&e) else {
+        return e;
+    };
+    let Some(pos) = args
+        .iter()
+        .skip(1)
+        .position(|a| a.to_str().is_some_and(|a| ROLES.contains(&a)))
+        .map(|p| p + 1)
+    else {
+        return e;
+    };
+    let cmd = command();
+    let Some(arg) = args[pos]
+        .to_str()
+        .and_then(|role| cmd.find_subcommand(role))
+        .and_then(|sc| {
+            sc.get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+        })
+    else {
+        return e;
+    };
+    let long = format!("--{key}");
+    let short = arg.get_short().map(|c| format!("-{c}"));
+    let on_line = args[pos + 1..].iter().filter_map(|a| a.to_str()).any(|a| {
+        a == long
+            || a.strip_prefix(long.as_str())
+                .is_some_and(|r| r.starts_with('='))
+            || short.as_deref().is_some_and(|s| a.starts_with(s))
+    });
+    match arg.get_env() {
+        Some(var) if !on_line && std::env::var_os(var).is_some() => {
+            usage(format!("{}: {}", var.to_string_lossy(), said(&e)))
+        }
+        _ => e,
+    }
 }
 
 /// Clap's first line, without its "error: " and the hint lines after it.

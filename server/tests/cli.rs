@@ -698,6 +698,52 @@ fn db_tools_log_progress_off_a_terminal() {
 /// Config files as an operator uses them: an example edited and run, a
 /// variable and a flag over the file, and a typo refused with its line.
 #[test]
+fn a_bad_variable_is_named_as_the_variable() {
+    let run = |vars: &[(&str, &str)], flags: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ourkv"));
+        cmd.args(["master", "--data", "/nonexistent/ourkv-unused"])
+            .args(flags)
+            .arg("--print-config");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = output_of(&mut cmd, None);
+        (out.status.code(), text(&out.stderr), text(&out.stdout))
+    };
+    // From the variable alone: the user set OURKV_THREADS, not --threads.
+    let (code, err, _) = run(&[("OURKV_THREADS", "abc")], &["--listen", "127.0.0.1:7000"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("OURKV_THREADS") && err.contains("'abc'"),
+        "{err}"
+    );
+    // A required flag given by a variable only, and refused.
+    let (code, err, _) = run(&[("OURKV_LISTEN", "127.0.0.1")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("OURKV_LISTEN") && err.contains("port"),
+        "{err}"
+    );
+    // The flag on the command line is the one refused, whatever the
+    // variable says: clap's own words, no variable named.
+    for flags in [
+        &["--listen", "127.0.0.1:7000", "--threads", "abc"][..],
+        &["--listen", "127.0.0.1:7000", "--threads=abc"][..],
+    ] {
+        let (code, err, _) = run(&[("OURKV_THREADS", "2")], flags);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("--threads") && !err.contains("OURKV_THREADS"),
+            "{err}"
+        );
+    }
+    // A good variable still works.
+    let (code, err, out) = run(&[("OURKV_THREADS", "3")], &["--listen", "127.0.0.1:7000"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("threads = 3  # environment"), "{out}");
+}
+
+#[test]
 fn config_files_then_variables_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
