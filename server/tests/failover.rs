@@ -1062,6 +1062,12 @@ fn with_no_master_the_cluster_view_answers_at_once_with_the_members() {
         for p in ports {
             assert!(members.iter().any(|m| m["addr"] == addr(p)), "{v}");
         }
+        // The metadata's master is shown as the one that did not answer.
+        for m in members {
+            let named = m["master"] == true;
+            assert_eq!(m.get("answered").is_some(), named, "{v}");
+            assert!(!named || m["answered"] == false, "{v}");
+        }
         assert_eq!(get("/ready").0, 503);
         assert_eq!(get("/metrics").0, 200);
     }

@@ -319,6 +319,9 @@ pub(super) struct ClusterMember {
     voter: bool,
     in_sync: bool,
     master: bool,
+    /// Only in a 503 answer: `false` on the member the metadata names
+    /// master, which did not answer.
+    answered: Option<bool>,
 }
 
 /// `GET /v1/stats`: one sample a second.

@@ -50,7 +50,7 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
                 })
             })
             .collect();
-        (json!(c.term), json!(members))
+        (json!(c.term), members)
     });
     let (master, cursor, workers) = match status {
         Ok(s) => s,
@@ -59,8 +59,13 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
             // is down) that is all there is to show.
             let asked: Vec<_> = gw.routes.known().iter().map(|a| a.to_string()).collect();
             let mut err = master_unreachable(e).with("asked", json!(asked));
-            if let Some((term, members)) = failover {
-                err = err.with("term", term).with("members", members);
+            if let Some((term, mut members)) = failover {
+                // The metadata still names its master: say that it did not
+                // answer, so a dead node does not read as a working master.
+                for m in members.iter_mut().filter(|m| m["master"] == true) {
+                    m["answered"] = json!(false);
+                }
+                err = err.with("term", term).with("members", json!(members));
             }
             return Err(err);
         }
@@ -82,7 +87,7 @@ pub(super) async fn cluster_json(gw: &Gateway) -> Result<serde_json::Value, ApiE
     });
     if let Some((term, members)) = failover {
         out["term"] = term;
-        out["members"] = members;
+        out["members"] = json!(members);
     }
     Ok(out)
 }
