@@ -144,8 +144,12 @@ fn in_file(
     if !given_in_file {
         return e;
     }
-    let line = lines
-        .get(key)
+    let item = match e.get(clap::error::ContextKind::InvalidValue) {
+        Some(clap::error::ContextValue::String(v)) => lines.get(&item_key(key, v)),
+        _ => None,
+    };
+    let line = item
+        .or_else(|| lines.get(key))
         .map_or(String::new(), |l| format!(" line {l}"));
     usage(format!(
         "config file {}{line}: `{key}`: {}",
@@ -310,9 +314,11 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFla
                     .no_binary_name(true)
                     .arg(only);
                 if let Err(e) = alone.try_get_matches_from([format!("{flag}={text}")]) {
+                    let at = lines
+                        .get(&item_key(key, &text))
+                        .map_or_else(|| line(key), |l| format!(" line {l}"));
                     return Err(usage(format!(
-                        "config file {shown}{}: `{key}`: {}",
-                        line(key),
+                        "config file {shown}{at}: `{key}`: {}",
                         said(&e)
                     )));
                 }
@@ -329,21 +335,34 @@ fn from_file(sc: &Command, given: &ArgMatches, path: &PathBuf) -> Result<FileFla
     Ok((out, lines))
 }
 
-/// The line of each top-level key of `text`.
+/// The line of each top-level key of `text`, and of each string in a list.
 fn key_lines(text: &str) -> HashMap<String, usize> {
     let Ok(t) = toml::de::DeTable::parse(text) else {
         return HashMap::new();
     };
-    t.get_ref()
-        .iter()
-        .map(|(k, _)| {
-            let at = k.span().start.min(text.len());
-            (
-                k.get_ref().to_string(),
-                text[..at].matches('\n').count() + 1,
-            )
-        })
-        .collect()
+    let line_at = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+    let mut lines = HashMap::new();
+    for (k, v) in t.get_ref() {
+        let key = k.get_ref().to_string();
+        // The items of a list written over several lines: each at its own
+        // line, under `item_key`.
+        if let toml::de::DeValue::Array(items) = v.get_ref() {
+            for item in items.iter() {
+                if let toml::de::DeValue::String(s) = item.get_ref() {
+                    lines
+                        .entry(item_key(&key, s))
+                        .or_insert_with(|| line_at(item.span().start));
+                }
+            }
+        }
+        lines.insert(key, line_at(k.span().start));
+    }
+    lines
+}
+
+/// Where `key_lines` keeps the line of a list item.
+fn item_key(key: &str, item: &str) -> String {
+    format!("{key}\0{item}")
 }
 
 /// The options in effect as TOML, each with where it came from.
@@ -663,6 +682,15 @@ mod tests {
             assert!(e.contains("line 3") && e.contains("brackets"), "{e}");
         }
         assert_eq!(gateway(&list.replace("::1:4", "[::1]:4"), &[]), None);
+        // Over several lines: the bad item's own line.
+        let long = "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\nworker = [\n  \"127.0.0.1:3\",\n  \"::1:4\",\n]\n";
+        for flags in [&[][..], &["--worker", "127.0.0.1:9"]] {
+            let (e, _) = gateway(long, flags).expect("refused");
+            assert!(
+                e.contains("line 5") && e.contains("brackets"),
+                "{flags:?}: {e}"
+            );
+        }
         // On the command line: clap's own error, no file named.
         let (e, code) = gateway(
             "http = \"127.0.0.1:1\"\nmaster = \"127.0.0.1:2\"\n",
