@@ -1273,11 +1273,10 @@ impl Master {
         // segment without records).
         let mut marks = self.in_sync_applied.subscribe();
         let mut committed = self.commit.subscribe();
-        let mut sent_hw = Location::NONE;
-        // The first segment goes out at once, a mark if there are no
-        // records: with it the worker knows this master took its
-        // subscription, and asks it for strong reads' read index.
-        let mut sent_any = false;
+        // None until the first segment, which goes out at once (a mark if
+        // there are no records): with it the worker knows this master took
+        // its subscription, and asks it for strong reads' read index.
+        let mut sent_hw: Option<Location> = None;
         let result = loop {
             let upto = *changed.borrow_and_update();
             marks.borrow_and_update();
@@ -1305,7 +1304,7 @@ impl Master {
                 if acks.is_finished() {
                     break Ok(());
                 }
-                if !sent_any || self.link.is_some() && hw > sent_hw {
+                if sent_hw.is_none() || self.link.is_some() && Some(hw) > sent_hw {
                     let f = shipping::Segment {
                         term: self.term,
                         hw,
@@ -1317,8 +1316,7 @@ impl Master {
                     if let Err(e) = frame::write(&mut send, &f.into()).await {
                         break Err(e);
                     }
-                    sent_hw = hw;
-                    sent_any = true;
+                    sent_hw = Some(hw);
                     continue;
                 }
                 // Woken by a write (or a new mark); the timeout also notices
@@ -1344,8 +1342,7 @@ impl Master {
             if let Err(e) = frame::write(&mut send, &f.into()).await {
                 break Err(e);
             }
-            sent_hw = hw;
-            sent_any = true;
+            sent_hw = Some(hw);
             cursor = seg.next;
         };
         acks.abort();
@@ -1621,8 +1618,9 @@ impl Worker {
                 .map(<shipping::Subscribe as msg::Streamed>::Item::try_from);
             if let Some(Ok(s)) = &segment {
                 self.note_floor(Cursor::new(epoch, s.end));
-                let ours = || self.failover.as_ref().is_none_or(|f| f.following == s.term);
-                if stream_term.is_none() && ours() {
+                if stream_term.is_none()
+                    && self.failover.as_ref().is_none_or(|f| f.following == s.term)
+                {
                     // The master took the subscription and streams the term
                     // this worker follows: from now on strong reads ask it
                     // for its read index, on this connection (not on one to
