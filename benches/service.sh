@@ -58,7 +58,9 @@ start w1 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w1" --listen 127.0.0.1:7602 -
 p_w1=${pids[-1]}
 start w2 "${nt[@]}" $BIN/ourkv worker --data "$tmp/w2" --listen 127.0.0.1:7603 --master 127.0.0.1:7601 "${w2_http[@]}" $NODE_FLAGS $WORKER_FLAGS
 p_w2=${pids[-1]}
-start gw "${nt[@]}" $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
+# GATEWAY_THREADS=N gives the gateway its own thread count.
+gt=("${nt[@]}"); [ -n "${GATEWAY_THREADS:-}" ] && gt=(env OURKV_THREADS="$GATEWAY_THREADS")
+start gw "${gt[@]}" $BIN/ourkv gateway --http 127.0.0.1:7680 --master 127.0.0.1:7601 --worker 127.0.0.1:7602 --worker 127.0.0.1:7603
 p_gw=${pids[-1]}
 start dev $BIN/ourkv dev --data "$tmp/dev" --http 127.0.0.1:7681 --workers 2
 p_dev=${pids[-1]}
@@ -127,23 +129,33 @@ LUA
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
 
-# One wrk run: "requests/s p99 cpu-serving cpu-all" (p99 in ms; CPU in µs per
-# request, from /proc/PID/stat over the run: of the process that serves HTTP,
-# and of every process of the layout). SERVING and ALL are pid lists.
+# The machine's CPU time so far, in clock ticks: "busy idle" (idle counts
+# iowait too), summed over its cores.
+machine() { awk '$1=="cpu" {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+
+# One wrk run: "requests/s p99 cpu-serving cpu-all cpu-rest idle" (p99 in
+# ms; CPU in µs per request, from /proc/PID/stat over the run: of the
+# process that serves HTTP, and of every process of the layout; cpu-rest is
+# the machine's other busy time per request, from /proc/stat: wrk itself and
+# whatever else ran; idle is the share of the machine's CPU time left idle).
+# SERVING and ALL are pid lists.
 measure() {
   local serving=$1 all=$2; shift 2
-  local out s0 a0 s1 a1
+  local out s0 a0 s1 a1 m0 m1
   # shellcheck disable=SC2086
-  s0=$(ticks $serving); a0=$(ticks $all)
+  s0=$(ticks $serving); a0=$(ticks $all); m0=$(machine)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@")
   # shellcheck disable=SC2086
-  s1=$(ticks $serving); a1=$(ticks $all)
+  s1=$(ticks $serving); a1=$(ticks $all); m1=$(machine)
   local rps p99 n
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}')
   awk -v r="$rps" -v p="$p99" -v s=$((s1 - s0)) -v a=$((a1 - a0)) -v n="$n" -v hz="$HZ" \
-    'BEGIN {printf "%s %s %.2f %.2f\n", r, p, s * 1e6 / hz / n, a * 1e6 / hz / n}'
+    -v m0="$m0" -v m1="$m1" \
+    'BEGIN {split(m0, x, " "); split(m1, y, " "); busy = y[1] - x[1]; idle = y[2] - x[2];
+      printf "%s %s %.2f %.2f %.2f %.1f\n", r, p, s * 1e6 / hz / n, a * 1e6 / hz / n,
+        (busy - a) * 1e6 / hz / n, 100 * idle / (busy + idle)}'
 }
 
 # The machine's speed drifts by tens of percent within a minute, so every
@@ -184,16 +196,19 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+# RAW=FILE keeps the per-round figures (one line per wrk pair, columns as below).
+[ -n "${RAW:-}" ] && cp "$tmp/results" "$RAW"
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-# results: row round ref-rps ref-p99 ref-cpu ref-cpu-all rps p99 cpu cpu-all
-echo "| workload ($CONNS connections, $DURATION, median of $ROUNDS rounds) | requests/s | p99 ms | reference requests/s | reference p99 ms | ratio (rounds) | CPU µs/request: serving process, all processes (reference) |"
-echo "|---|---|---|---|---|---|---|"
+# results: row round, then for the reference and for the row each:
+# rps p99 cpu cpu-all cpu-rest idle
+echo "| workload ($CONNS connections, $DURATION, median of $ROUNDS rounds) | requests/s | p99 ms | reference requests/s | reference p99 ms | ratio (rounds) | CPU µs/request: serving process, all processes (reference) | rest of the machine µs/request, idle % (reference) |"
+echo "|---|---|---|---|---|---|---|---|"
 for i in $picked; do
   IFS='|' read -r label ref _ <<< "${rows[$i]}"
   mine=$(awk -v i="$i" '$1==i' "$tmp/results")
   col() { echo "$mine" | awk -v c="$1" '{print $c}' | median; }
-  ratios=$(echo "$mine" | awk '{printf "%.2f\n", $7/$3}')
+  ratios=$(echo "$mine" | awk '{printf "%.2f\n", $9/$3}')
   med=$(echo "$ratios" | median)
   name=$([ "$ref" = NOOP ] && echo "no-op" || echo "etcd")
-  printf '| %s | %.0f | %.2f | %s %.0f | %.2f | %.2f× %s (%s) | %.1f, %.1f (%s %.1f) |\n' "$label" "$(col 7)" "$(col 8)" "$name" "$(col 3)" "$(col 4)" "$med" "$name" "$(echo $ratios | tr ' ' ',')" "$(col 9)" "$(col 10)" "$name" "$(col 5)"
+  printf '| %s | %.0f | %.2f | %s %.0f | %.2f | %.2f× %s (%s) | %.1f, %.1f (%s %.1f) | %.1f, %.0f %% (%.1f, %.0f %%) |\n' "$label" "$(col 9)" "$(col 10)" "$name" "$(col 3)" "$(col 4)" "$med" "$name" "$(echo $ratios | tr ' ' ',')" "$(col 11)" "$(col 12)" "$name" "$(col 5)" "$(col 13)" "$(col 14)" "$(col 7)" "$(col 8)"
 done
