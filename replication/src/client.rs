@@ -30,7 +30,13 @@ pub struct Client {
     config: quinn::ClientConfig,
     v4: quinn::Endpoint,
     v6: Mutex<Option<quinn::Endpoint>>,
-    conns: std::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    conns: Arc<std::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>>,
+    /// Handshakes under way, by node. A handshake runs in a task of its
+    /// own that stores the connection when it is up: a caller that gives up
+    /// (a Raft heartbeat's 50 ms, a hedged read answered elsewhere) leaves
+    /// it running, so the node sees no aborted handshake and the next call
+    /// finds the connection, even on a path slower than any one call waits.
+    handshakes: Arc<std::sync::Mutex<HashMap<SocketAddr, Handshake>>>,
     pipes: std::sync::Mutex<HashMap<SocketAddr, Arc<Pipe>>>,
     /// Per node, held while its connection or pipe is opened: concurrent
     /// first calls share one, and a node that does not answer (a connect
@@ -41,6 +47,11 @@ pub struct Client {
     /// handling of it (the same `reply` a QUIC stream gets).
     local: HashMap<SocketAddr, LocalNode>,
 }
+
+/// A handshake's outcome, awaited by every caller that needs it.
+type Handshake = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, std::result::Result<quinn::Connection, String>>,
+>;
 
 type LocalNode = Arc<
     dyn Fn(Frame) -> std::pin::Pin<Box<dyn std::future::Future<Output = Frame> + Send>>
@@ -81,6 +92,7 @@ impl Client {
             v4,
             v6: Mutex::new(None),
             conns: Default::default(),
+            handshakes: Default::default(),
             pipes: std::sync::Mutex::new(HashMap::new()),
             opening: Default::default(),
             local: HashMap::new(),
@@ -151,20 +163,60 @@ impl Client {
         } else {
             self.v4.clone()
         };
-        // A node that is down does not answer at all: give up quickly.
+        let under_way = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned();
+        let handshake = match under_way {
+            Some(h) => h,
+            None => self.start_handshake(&endpoint, addr)?,
+        };
+        handshake.await.map_err(Error::Quic)
+    }
+
+    /// Starts a handshake with `addr` in a task of its own: it ends by
+    /// storing the connection (or with the reason it failed), whether or
+    /// not anybody still waits for it.
+    fn start_handshake(&self, endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Handshake> {
+        use futures_util::FutureExt;
         let config = self.identity.client_config_to(addr.ip())?;
         let connecting = endpoint
             .connect_with(config, addr, SERVER_NAME)
             .map_err(quic)?;
-        let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| Error::Quic(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")))?
-            .map_err(quic)?;
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, c.clone());
-        Ok(c)
+        let (conns, handshakes) = (self.conns.clone(), self.handshakes.clone());
+        // Held until the handshake is in the table, so that the task (which
+        // takes it out when done) cannot finish first and leave it there.
+        let mut table = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tokio::spawn(async move {
+            // A node that is down does not answer at all: give up quickly.
+            let r = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Err(_) => Err(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
+                Ok(r) => r.map_err(|e| e.to_string()),
+            };
+            // Stored before the handshake leaves the table: a caller finds
+            // one or the other.
+            if let Ok(c) = &r {
+                conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(addr, c.clone());
+            }
+            handshakes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&addr);
+            r
+        });
+        let handshake = async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("handshake with {addr}: {e}")))
+        }
+        .boxed()
+        .shared();
+        table.insert(addr, handshake.clone());
+        Ok(handshake)
     }
 
     /// Sends one request and waits for its reply: a `Failed` reply is
@@ -595,6 +647,61 @@ mod tests {
             }),
         );
         (client, addr)
+    }
+
+    /// A caller that gives up while the handshake is under way (a Raft
+    /// heartbeat waits 50 ms) does not abort it: the handshake completes,
+    /// the node sees one connection and no refusal, and the next call uses
+    /// that connection.
+    #[tokio::test]
+    async fn a_handshake_outlives_the_caller_that_gave_up() {
+        let identity = Identity::loopback().unwrap();
+        let server = quinn::Endpoint::server(
+            identity
+                .server_config_on("127.0.0.1".parse().unwrap())
+                .unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(incoming) = server.accept().await {
+                // The handshake waits for this: longer than the caller.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let conn = incoming.await;
+                let ok = conn.is_ok();
+                held.push(conn);
+                let _ = accepted_tx.send(ok);
+            }
+        });
+        let client = Client::new(&identity).unwrap();
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(50), client.ready(addr)).await;
+        assert!(
+            gave_up.is_err(),
+            "the handshake cannot be done within 50 ms"
+        );
+        assert_eq!(
+            accepted.recv().await,
+            Some(true),
+            "the node completed the handshake the caller gave up on"
+        );
+        // Stored by the handshake itself, with nobody waiting.
+        for _ in 0..100 {
+            if client.live(addr).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(client.live(addr).is_some(), "the connection is kept");
+        client.ready(addr).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(
+            accepted.try_recv().is_err(),
+            "the next call opened no second connection"
+        );
     }
 
     #[tokio::test]

@@ -166,6 +166,18 @@ pub fn digest(store: &KeyedStore) -> Result<String> {
     Ok(store.db().digest()?.to_string())
 }
 
+/// Whether a handshake ended because the peer gave up (closed it, reset
+/// it, or fell silent), not because either side refused the other: a
+/// client stopped or killed while connecting, which is no one's fault.
+fn gave_up(e: &quinn::ConnectionError) -> bool {
+    matches!(
+        e,
+        quinn::ConnectionError::ApplicationClosed(_)
+            | quinn::ConnectionError::Reset
+            | quinn::ConnectionError::TimedOut
+    )
+}
+
 /// Accepts connections and hands each stream to `handle`.
 pub(crate) async fn accept_loop<H, F>(endpoint: quinn::Endpoint, handle: H)
 where
@@ -177,6 +189,11 @@ where
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,
+                // A peer that went away mid-handshake: nothing to tell.
+                Err(e) if gave_up(&e) => {
+                    tracing::debug!(error = %e, "a peer left during the handshake");
+                    return;
+                }
                 Err(e) => {
                     // A peer without a certificate of this cluster ends here.
                     tracing::warn!(error = %e, "refused a connection");
@@ -2739,6 +2756,32 @@ fn advance(commit: &watch::Sender<Location>, end: Location) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handshake the peer walked away from is not worth a warning; one
+    /// that either side refused (a certificate of another cluster) is.
+    #[test]
+    fn only_refused_handshakes_are_warned_about() {
+        use quinn::{ApplicationClose, ConnectionClose, ConnectionError, TransportErrorCode};
+        let closed = ConnectionError::ApplicationClosed(ApplicationClose {
+            error_code: 0u32.into(),
+            reason: Default::default(),
+        });
+        for e in [closed, ConnectionError::Reset, ConnectionError::TimedOut] {
+            assert!(gave_up(&e), "{e}");
+        }
+        let refused = ConnectionError::ConnectionClosed(ConnectionClose {
+            error_code: TransportErrorCode::crypto(42),
+            frame_type: None,
+            reason: Default::default(),
+        });
+        for e in [
+            refused,
+            ConnectionError::VersionMismatch,
+            ConnectionError::LocallyClosed,
+        ] {
+            assert!(!gave_up(&e), "{e}");
+        }
+    }
     use ourdb::keyed::{Op, TxnOutcome};
 
     /// Transactions whose groups cross data files (tiny files here, as any
