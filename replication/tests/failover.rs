@@ -22,6 +22,38 @@ async fn start(id: u64, dir: &Path, addr: SocketAddr) -> Arc<Node> {
 /// A member that waits `apply_delay` before applying each segment while it
 /// is a worker (a lagging replica).
 async fn start_with(id: u64, dir: &Path, addr: SocketAddr, apply_delay: Duration) -> Arc<Node> {
+    let how = How {
+        apply_delay,
+        ..How::default()
+    };
+    try_start(id, dir, addr, how).await.unwrap()
+}
+
+/// How a test member runs, beyond its id, directory and address.
+struct How {
+    apply_delay: Duration,
+    heartbeat: Duration,
+    /// Others reach it through a relay that delays every datagram by this
+    /// much each way (`None`: directly).
+    one_way: Option<Duration>,
+}
+
+impl Default for How {
+    fn default() -> How {
+        How {
+            apply_delay: Duration::ZERO,
+            heartbeat: replication::cluster::DEFAULT_HEARTBEAT,
+            one_way: None,
+        }
+    }
+}
+
+async fn try_start(
+    id: u64,
+    dir: &Path,
+    addr: SocketAddr,
+    how: How,
+) -> replication::Result<Arc<Node>> {
     let identity = Identity::loopback().unwrap();
     // A node just stopped at `addr` may hold its socket a moment longer.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -36,6 +68,10 @@ async fn start_with(id: u64, dir: &Path, addr: SocketAddr, apply_delay: Duration
         }
     };
     let addr = endpoint.local_addr().unwrap();
+    let addr = match how.one_way {
+        Some(d) => slow_relay(addr, d).await,
+        None => addr,
+    };
     let store =
         KeyedStore::open(dir.join("data"), OpenOptions::new().sync(SyncPolicy::Group)).unwrap();
     let options = MemberOptions {
@@ -47,11 +83,61 @@ async fn start_with(id: u64, dir: &Path, addr: SocketAddr, apply_delay: Duration
             ack_timeout: Duration::from_secs(1),
             ..MasterOptions::default()
         },
-        apply_delay,
+        apply_delay: how.apply_delay,
+        heartbeat: how.heartbeat,
     };
-    Node::start(store, endpoint, &identity, options)
-        .await
-        .unwrap()
+    Node::start(store, endpoint, &identity, options).await
+}
+
+/// A UDP relay to `target` that holds every datagram `one_way` in each
+/// direction (a slow path, as between members on two continents); its
+/// address. It runs until the test's runtime ends.
+async fn slow_relay(target: SocketAddr, one_way: Duration) -> SocketAddr {
+    use std::collections::HashMap;
+    use tokio::net::UdpSocket;
+    use tokio::sync::mpsc;
+    type Queue = mpsc::UnboundedSender<(Instant, Vec<u8>, SocketAddr)>;
+    /// Sends what it is given from `sock`, each datagram `one_way` after
+    /// the time it came with, in order.
+    fn delayed(sock: Arc<UdpSocket>, one_way: Duration) -> Queue {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>, SocketAddr)>();
+        tokio::spawn(async move {
+            while let Some((at, data, to)) = rx.recv().await {
+                tokio::time::sleep_until((at + one_way).into()).await;
+                let _ = sock.send_to(&data, to).await;
+            }
+        });
+        tx
+    }
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let back_to_clients = delayed(front.clone(), one_way);
+    tokio::spawn(async move {
+        // One socket towards the target per client, so that its answers
+        // find their way back.
+        let mut uplinks: HashMap<SocketAddr, Queue> = HashMap::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, client)) = front.recv_from(&mut buf).await {
+            let up = match uplinks.get(&client) {
+                Some(up) => up.clone(),
+                None => {
+                    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    let up = delayed(sock.clone(), one_way);
+                    let back = back_to_clients.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65536];
+                        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                            let _ = back.send((Instant::now(), buf[..n].to_vec(), client));
+                        }
+                    });
+                    uplinks.insert(client, up.clone());
+                    up
+                }
+            };
+            let _ = up.send((Instant::now(), buf[..n].to_vec(), target));
+        }
+    });
+    addr
 }
 
 /// Polls `f` every 20 ms for up to 10 s.
@@ -361,4 +447,84 @@ async fn strong_reads_name_their_master() {
         }
     }
     assert!(client.read_index(addr_of(&nodes[0])).await.is_ok());
+}
+
+/// Members whose round trip (60 ms here: relays hold every datagram 30 ms
+/// each way) is longer than the default heartbeat interval, which also
+/// bounds each heartbeat's answer: with heartbeats every 250 ms they form a
+/// cluster of three voters, acknowledge `ack=all` writes and give the
+/// master's read index (its leadership confirmed over the slow path). A
+/// node with another heartbeat is refused, when it joins and when a member
+/// restarts with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_a_slow_path_apart_keep_a_master_with_a_longer_heartbeat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let slow = || How {
+        heartbeat: Duration::from_millis(250),
+        one_way: Some(Duration::from_millis(30)),
+        ..How::default()
+    };
+    let n1 = try_start(1, &dirs[0], any, slow()).await.unwrap();
+    n1.bootstrap().await.unwrap();
+    until("node 1 master", || n1.master_term()).await;
+    let n2 = try_start(2, &dirs[1], any, slow()).await.unwrap();
+    let n3 = try_start(3, &dirs[2], any, slow()).await.unwrap();
+    n2.join_through(vec![n1.local_addr()], false);
+    until("node 2 a member", || {
+        n1.view().members.contains_key(&2).then_some(())
+    })
+    .await;
+    n3.join_through(vec![n1.local_addr()], false);
+    until("three voters and both workers in sync", || {
+        let v = n1.view();
+        (v.voters.len() == 3 && v.state.in_sync.len() == 2).then_some(())
+    })
+    .await;
+
+    let client = Client::new(&Identity::loopback().unwrap()).unwrap();
+    write_all(&client, &[&n1, &n2, &n3], 0..5).await;
+    let mut nodes = vec![n1, n2, n3];
+    let master = addr_of(
+        nodes
+            .iter()
+            .find(|n| n.master_term().is_some())
+            .expect("a master"),
+    );
+    for _ in 0..4 {
+        client.read_index(master).await.unwrap();
+        // Past the lease, too: then the master asks a quorum.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    let join = br#"{"id":9,"member":{"addr":"127.0.0.1:9"}}"#.to_vec();
+    match client
+        .call(master, replication::msg::raft::Join { body: join })
+        .await
+    {
+        Err(replication::Error::Remote { code, message }) => {
+            assert_eq!(code, replication::Code::BadRequest);
+            assert!(message.contains("--heartbeat-ms 250"), "{message}");
+        }
+        r => panic!("a node with another heartbeat joined: {r:?}"),
+    }
+    assert_eq!(nodes[0].view().members.len(), 3);
+
+    let worker = nodes
+        .iter()
+        .position(|n| n.master_term().is_none())
+        .expect("a worker");
+    let worker = nodes.remove(worker);
+    let id = worker.id();
+    let store = worker.shutdown().await;
+    until("the store released", || {
+        (Arc::strong_count(&store) == 1).then_some(())
+    })
+    .await;
+    drop(store);
+    match try_start(id, &dirs[id as usize - 1], any, How::default()).await {
+        Err(e) => assert!(e.to_string().contains("--heartbeat-ms 250"), "{e}"),
+        Ok(_) => panic!("member {id} restarted with another heartbeat"),
+    }
 }

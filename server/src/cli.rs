@@ -239,6 +239,14 @@ pub(crate) struct NodeArgs {
     /// a host, not 0.0.0.0 or [::]).
     #[arg(long, value_name = "ADDR", value_parser = peer_addr)]
     pub(crate) advertise: Option<String>,
+    /// Failover: how often the metadata group's leader sends heartbeats, in
+    /// milliseconds (default 50, for a LAN). Each heartbeat must be
+    /// answered within this time, so set it above the largest round trip
+    /// between members (e.g. 500 across the internet over Mycelium); a
+    /// member campaigns after 3 to 6 missed ones. Fixed when the cluster
+    /// is made: every member must be started with the same value.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub(crate) heartbeat_ms: Option<u64>,
     /// Failover: also serve the HTTP API here (host:port), as a gateway
     /// does, reading from this node's own store: a read costs no hop to
     /// another process. Writes and strong reads' index go to the master.

@@ -475,6 +475,7 @@ fn example_value(role: &str, long: &str) -> &'static str {
         (_, "mycelium-api") => "http://127.0.0.1:8989",
         (_, "raft-dir") => "/var/lib/ourkv.raft",
         (_, "advertise") => "127.0.0.1:7000",
+        (_, "heartbeat-ms") => "50",
         (_, "file-size") => "536870912",
         (_, "sync") => "group",
         (_, "api-token") => "change-me",

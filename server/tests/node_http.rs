@@ -220,6 +220,10 @@ fn bad_http_flags_on_a_node_are_refused_before_it_starts() {
     // --http is a failover member's.
     let http = addr(free_port());
     refused(&["--standalone", "--http", &http], "--http");
+    // So is the metadata group's heartbeat, within its bounds.
+    refused(&["--standalone", "--heartbeat-ms", "500"], "--heartbeat-ms");
+    refused(&["--heartbeat-ms", "5"], "10..=10000");
+    refused(&["--heartbeat-ms", "10001"], "10..=10000");
     // An unusable token or address: refused, nothing opened.
     refused(&["--http", &http, "--api-token", " "], "--api-token");
     refused(&["--http", "nowhere"], "nowhere");

@@ -100,6 +100,12 @@ pub struct MemberOptions {
     /// Testing aid: how long it waits before applying each batch when
     /// worker.
     pub apply_delay: Duration,
+    /// Its metadata group's heartbeat interval ([`DEFAULT_HEARTBEAT`] for a
+    /// LAN): longer than the round trip between members, and the same on
+    /// every member of a cluster.
+    ///
+    /// [`DEFAULT_HEARTBEAT`]: crate::cluster::DEFAULT_HEARTBEAT
+    pub heartbeat: Duration,
 }
 
 #[derive(Clone)]
@@ -236,7 +242,7 @@ impl Node {
         let sm = MetaMachine::open(&dir).map_err(|e| io("raft state", e))?;
         let view = sm.subscribe();
         let config = Arc::new(
-            net::lan_config()
+            net::raft_config(options.heartbeat)
                 .validate()
                 .map_err(|e| Error::Protocol(format!("raft config: {e}")))?,
         );
@@ -252,10 +258,24 @@ impl Node {
             .metrics(|m| m.current_term >= voted, "state loaded")
             .await
             .map_err(|e| Error::Protocol(format!("raft: {e}")))?;
-        let known = loaded
-            .membership_config
-            .get_node(&options.id)
-            .map(|m| m.addr.clone());
+        let record = loaded.membership_config.get_node(&options.id).cloned();
+        // The cluster's leaders count on this member's election timeout
+        // being the one it joined with.
+        if let Some(r) = record
+            .as_ref()
+            .filter(|r| r.heartbeat() != options.heartbeat)
+        {
+            let _ = raft.shutdown().await;
+            return Err(Error::Protocol(format!(
+                "member {} joined its cluster with heartbeats every {} ms, and every member has \
+                 that timing: start it with --heartbeat-ms {} (not {})",
+                options.id,
+                r.heartbeat().as_millis(),
+                r.heartbeat().as_millis(),
+                options.heartbeat.as_millis()
+            )));
+        }
+        let known = record.map(|m| m.addr);
         if let Some(known) = known.filter(|a| *a != options.addr.to_string()) {
             let _ = raft.shutdown().await;
             return Err(Error::Protocol(format!(
@@ -352,6 +372,7 @@ impl Node {
         let info = MemberInfo {
             addr: addr.to_string(),
             pubkey: None,
+            heartbeat_ms: self.heartbeat_field(),
         };
         self.admit(id, info).await
     }
@@ -434,7 +455,21 @@ impl Node {
         MemberInfo {
             addr: self.addr.to_string(),
             pubkey: self.pubkey.clone(),
+            heartbeat_ms: self.heartbeat_field(),
         }
+    }
+
+    /// This node's heartbeat interval in milliseconds.
+    fn heartbeat_ms(&self) -> u64 {
+        self.raft.config().heartbeat_interval
+    }
+
+    /// Its heartbeat as its member record carries it: none for the default,
+    /// so that the record of a member that joined before the heartbeat was
+    /// settable equals the one it sends now.
+    fn heartbeat_field(&self) -> Option<u64> {
+        let ms = self.heartbeat_ms();
+        (u128::from(ms) != crate::cluster::DEFAULT_HEARTBEAT.as_millis()).then_some(ms)
     }
 
     /// The cluster as this node's applied metadata says.
@@ -836,6 +871,18 @@ impl Node {
         check_join(&req)?;
         let leader = self.raft.metrics().borrow_watched().current_leader;
         if leader == Some(self.id) {
+            // The leader's lease assumes every member's election timeout.
+            let (mine, theirs) = (self.heartbeat_ms(), req.member.heartbeat().as_millis());
+            if u128::from(mine) != theirs {
+                return Err(Failed::new(
+                    Code::BadRequest,
+                    format!(
+                        "this cluster's members send heartbeats every {mine} ms and node {} every \
+                         {theirs} ms: start it with --heartbeat-ms {mine}",
+                        req.id
+                    ),
+                ));
+            }
             let _one = self.joining.lock().await;
             let v = self.view();
             let known = v.members.get(&req.id);
@@ -1467,8 +1514,8 @@ impl Link {
         let m = metrics.borrow_watched();
         m.current_leader == Some(m.id)
             && m.current_term == term
-            && m.last_quorum_acked
-                .as_ref()
-                .is_some_and(|at| at.elapsed() < net::LEADER_LEASE)
+            && m.last_quorum_acked.as_ref().is_some_and(|at| {
+                at.elapsed() < Duration::from_millis(self.raft.config().election_timeout_max)
+            })
     }
 }

@@ -14,7 +14,7 @@ mod types;
 
 pub use log_store::FileLog;
 pub use member::{node_id, MemberOptions, Node};
-pub use net::{MetaRaftHandle, QuicNet};
+pub use net::{MetaRaftHandle, QuicNet, DEFAULT_HEARTBEAT};
 pub use state_machine::{MetaMachine, MetaView};
 pub use types::{
     ClusterInfo, Entry, JoinData, JoinRequest, LeaveRequest, LogId, Member, MemberRow, MetaRaft,

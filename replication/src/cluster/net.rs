@@ -194,24 +194,31 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: MetaRaftHandle) {
     .await
 }
 
-/// The longest election timeout, which openraft also takes as the leader's
-/// lease: a follower votes for no other candidate within it of its last
-/// acknowledgement.
-pub(crate) const LEADER_LEASE: std::time::Duration = std::time::Duration::from_millis(300);
+/// The metadata group's heartbeat interval unless `--heartbeat-ms` says
+/// otherwise: for a LAN or loopback.
+pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The group's timing for a LAN or loopback: heartbeats every 50 ms, a
-/// follower campaigns 150-300 ms after losing them; Pre-Vote keeps a node
-/// that was cut off from deposing a healthy leader when it returns.
-/// Leadership is never restored at startup (openraft's default): a master
-/// that crashed may come back with a shorter log than the workers it had
-/// shipped its unsynced tail to, and must not go on writing in the same
-/// term over positions they hold; an election gives a new term instead.
-pub fn lan_config() -> openraft::Config {
+/// The group's timing for heartbeats every `heartbeat`: a follower
+/// campaigns 3 to 6 heartbeats after losing them (150-300 ms at the
+/// default). openraft also bounds every heartbeat and replication call by
+/// one heartbeat interval, so it must be longer than the round trip between
+/// members; and it takes the longest election timeout as the leader's lease
+/// (a follower votes for no other candidate within it of its last
+/// acknowledgement), which holds only while every member has the same
+/// timing: a cluster admits no member with another heartbeat.
+/// Pre-Vote keeps a node that was cut off from deposing a healthy leader
+/// when it returns. Leadership is never restored at startup (openraft's
+/// default): a master that crashed may come back with a shorter log than
+/// the workers it had shipped its unsynced tail to, and must not go on
+/// writing in the same term over positions they hold; an election gives a
+/// new term instead.
+pub fn raft_config(heartbeat: std::time::Duration) -> openraft::Config {
+    let beat = heartbeat.as_millis().max(1) as u64;
     openraft::Config {
         cluster_name: "ourkv-meta".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: LEADER_LEASE.as_millis() as u64,
+        heartbeat_interval: beat,
+        election_timeout_min: 3 * beat,
+        election_timeout_max: 6 * beat,
         enable_pre_vote: Some(true),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 100,
@@ -395,5 +402,29 @@ mod tests {
             serde_json::from_value(v).unwrap(),
             Request::Snapshot { data, .. } if data == [1, 2]
         ));
+    }
+
+    /// Elections follow the heartbeat; the default is the LAN timing.
+    #[test]
+    fn the_timing_scales_with_the_heartbeat() {
+        let lan = raft_config(DEFAULT_HEARTBEAT);
+        assert_eq!(
+            (
+                lan.heartbeat_interval,
+                lan.election_timeout_min,
+                lan.election_timeout_max
+            ),
+            (50, 150, 300)
+        );
+        let wan = raft_config(std::time::Duration::from_millis(500));
+        assert_eq!(
+            (
+                wan.heartbeat_interval,
+                wan.election_timeout_min,
+                wan.election_timeout_max
+            ),
+            (500, 1500, 3000)
+        );
+        assert!(wan.validate().is_ok());
     }
 }

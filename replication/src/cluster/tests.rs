@@ -168,7 +168,11 @@ async fn start_node(id: u64, dir: &std::path::Path, addr: std::net::SocketAddr) 
     let sm = MetaMachine::open(dir).unwrap();
     let view = sm.subscribe();
     let client = std::sync::Arc::new(crate::Client::new(&identity).unwrap());
-    let config = std::sync::Arc::new(net::lan_config().validate().unwrap());
+    let config = std::sync::Arc::new(
+        net::raft_config(super::DEFAULT_HEARTBEAT)
+            .validate()
+            .unwrap(),
+    );
     let raft = openraft::Raft::new(id, config, QuicNet::new(client), log, sm)
         .await
         .unwrap();
@@ -186,7 +190,7 @@ impl Node {
     fn member(&self) -> Member {
         Member {
             addr: self.addr.to_string(),
-            pubkey: None,
+            ..Member::default()
         }
     }
 

@@ -28,6 +28,20 @@ pub struct Member {
     pub addr: String,
     /// Its Mycelium public key, when it runs on the overlay.
     pub pubkey: Option<String>,
+    /// Its metadata group's heartbeat interval in milliseconds (`None`:
+    /// the default, as every member recorded before it was settable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl Member {
+    /// Its heartbeat interval.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        self.heartbeat_ms.map_or(
+            crate::cluster::DEFAULT_HEARTBEAT,
+            std::time::Duration::from_millis,
+        )
+    }
 }
 
 impl fmt::Display for Member {
@@ -215,5 +229,24 @@ mod tests {
                 .unwrap();
         assert_eq!(old.applied, 0);
         assert!(old.newer_than(&view(2, 50)));
+    }
+
+    /// A member recorded before the heartbeat was settable reads as one
+    /// with the default heartbeat, and such a member's record is written
+    /// the same as before (so a rejoin compares equal).
+    #[test]
+    fn a_record_without_a_heartbeat_has_the_default() {
+        use crate::cluster::Member;
+        let old: Member =
+            serde_json::from_str(r#"{"addr":"127.0.0.1:7000","pubkey":null}"#).unwrap();
+        assert_eq!(old.heartbeat(), crate::cluster::DEFAULT_HEARTBEAT);
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"addr":"127.0.0.1:7000","pubkey":null}"#
+        );
+        let slow: Member =
+            serde_json::from_str(r#"{"addr":"127.0.0.1:7000","heartbeat_ms":500}"#).unwrap();
+        assert_eq!(slow.heartbeat(), std::time::Duration::from_millis(500));
+        assert_ne!(old, slow);
     }
 }

@@ -77,6 +77,7 @@ impl InProcess {
                     raft_dir,
                     master: replication::MasterOptions::default(),
                     apply_delay: std::time::Duration::from_millis(apply_delay_ms),
+                    heartbeat: replication::cluster::DEFAULT_HEARTBEAT,
                 },
             )
             .await?;

@@ -66,11 +66,12 @@ pub(crate) fn run_node(node: &NodeArgs, role: Role) -> Result<ExitCode> {
     }
     if node.raft_dir.is_some()
         || node.advertise.is_some()
+        || node.heartbeat_ms.is_some()
         || node.http.is_some()
         || matches!(&role, Role::Worker { seeds, .. } if !seeds.is_empty())
     {
         bail!(
-            "--raft-dir, --advertise, --seed and --http are options of failover members, not of --standalone"
+            "--raft-dir, --advertise, --heartbeat-ms, --seed and --http are options of failover members, not of --standalone"
         );
     }
     let identity = identity(node.cluster.as_deref())?;
@@ -222,6 +223,10 @@ fn run_member(node: &NodeArgs, role: Role) -> Result<ExitCode> {
                 raft_dir: raft_dir.clone(),
                 master: options,
                 apply_delay: std::time::Duration::from_millis(delay),
+                heartbeat: node.heartbeat_ms.map_or(
+                    replication::cluster::DEFAULT_HEARTBEAT,
+                    std::time::Duration::from_millis,
+                ),
             },
         )
         .await?;
