@@ -504,7 +504,7 @@ async fn members_a_slow_path_apart_keep_a_master_with_a_longer_heartbeat() {
         .await
     {
         Err(replication::Error::Remote { code, message }) => {
-            assert_eq!(code, replication::Code::BadRequest);
+            assert_eq!(code, replication::Code::Other("timing_differs".into()));
             assert!(message.contains("--heartbeat-ms 250"), "{message}");
         }
         r => panic!("a node with another heartbeat joined: {r:?}"),

@@ -767,6 +767,31 @@ fn a_copy_of_a_members_directories_is_refused_at_another_address() {
     assert!(err.contains(&format!("is member {c_id}'s")), "{err}");
     // The cluster goes on with its two members left.
     assert_eq!(put(&http, "after", "1").0, 200);
+
+    // Every member has the cluster's heartbeat (the leader's lease counts
+    // on their election timeouts): a new node with another one is refused
+    // when it joins, and a member restarted with another one will not start.
+    let other_heartbeat = ["--heartbeat-ms".to_string(), "100".to_string()];
+    let mut new_node: Vec<String> = copy
+        .iter()
+        .map(|a| {
+            if a == dir.path().join("d").to_str().unwrap() {
+                dir.path().join("e").to_str().unwrap().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    new_node.extend(other_heartbeat.clone());
+    let (code, err) = refused(&new_node);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("start it with --heartbeat-ms 50"), "{err}");
+    let mut restarted = args[2].clone();
+    restarted.extend(other_heartbeat);
+    let (code, err) = refused(&restarted);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("start it with --heartbeat-ms 50"), "{err}");
+    assert_eq!(cluster(&http)["members"].as_array().unwrap().len(), 3);
 }
 
 /// Runs `ourkv ARGS`, which is to exit by itself within 20 s (the test

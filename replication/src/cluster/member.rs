@@ -54,6 +54,12 @@ fn data_differs() -> Code {
     Code::Other("data_differs".into())
 }
 
+/// The answer to a join of a node with another heartbeat than the
+/// cluster's: refused for good, as for data that differs.
+fn timing_differs() -> Code {
+    Code::Other("timing_differs".into())
+}
+
 /// How long a leader waits for a joining node to catch up with the metadata.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -568,7 +574,9 @@ impl Node {
                         tracing::info!(node = node.id, %seed, "joined the cluster");
                         failures = 0;
                     }
-                    Err(Error::Remote { code, message }) if code == data_differs() => {
+                    Err(Error::Remote { code, message })
+                        if code == data_differs() || code == timing_differs() =>
+                    {
                         node.refused.send_replace(Some(message));
                         return;
                     }
@@ -875,7 +883,7 @@ impl Node {
             let (mine, theirs) = (self.heartbeat_ms(), req.member.heartbeat().as_millis());
             if u128::from(mine) != theirs {
                 return Err(Failed::new(
-                    Code::BadRequest,
+                    timing_differs(),
                     format!(
                         "this cluster's members send heartbeats every {mine} ms and node {} every \
                          {theirs} ms: start it with --heartbeat-ms {mine}",
