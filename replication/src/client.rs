@@ -48,6 +48,21 @@ pub struct Client {
     local: HashMap<SocketAddr, LocalNode>,
 }
 
+/// Takes a node's handshake out of the table when dropped.
+struct Leave(
+    Arc<std::sync::Mutex<HashMap<SocketAddr, Handshake>>>,
+    SocketAddr,
+);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
 /// A handshake's outcome, awaited by every caller that needs it.
 type Handshake = futures_util::future::Shared<
     futures_util::future::BoxFuture<'static, std::result::Result<quinn::Connection, String>>,
@@ -186,36 +201,41 @@ impl Client {
             .connect_with(config, addr, SERVER_NAME)
             .map_err(quic)?;
         let (conns, handshakes) = (self.conns.clone(), self.handshakes.clone());
-        // Held until the handshake is in the table, so that the task (which
-        // takes it out when done) cannot finish first and leave it there.
-        let mut table = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
-        let task = tokio::spawn(async move {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let handshake = async move {
+            outcome
+                .await
+                .unwrap_or_else(|_| Err(format!("the handshake with {addr} was stopped")))
+        }
+        .boxed()
+        .shared();
+        // In the table before the task starts, which takes it out when done.
+        self.handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, handshake.clone());
+        tokio::spawn(async move {
+            // Out of the table when the task ends, however it ends (a
+            // runtime shutting down drops it): never a handshake left there
+            // for later calls to wait on.
+            let leave = Leave(handshakes, addr);
             // A node that is down does not answer at all: give up quickly.
             let r = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Err(_) => Err(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
                 Ok(r) => r.map_err(|e| e.to_string()),
             };
-            // Stored before the handshake leaves the table: a caller finds
-            // one or the other.
+            // Stored before the handshake leaves the table, and out of it
+            // before anyone hears: a caller finds the connection or the
+            // handshake, and after a failure a new call tries afresh.
             if let Ok(c) = &r {
                 conns
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(addr, c.clone());
             }
-            handshakes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&addr);
-            r
+            drop(leave);
+            let _ = done.send(r);
         });
-        let handshake = async move {
-            task.await
-                .unwrap_or_else(|e| Err(format!("handshake with {addr}: {e}")))
-        }
-        .boxed()
-        .shared();
-        table.insert(addr, handshake.clone());
         Ok(handshake)
     }
 
