@@ -267,17 +267,17 @@ impl Node {
         let record = loaded.membership_config.get_node(&options.id).cloned();
         // The cluster's leaders count on this member's election timeout
         // being the one it joined with.
-        if let Some(r) = record
+        if let Some(joined) = record
             .as_ref()
-            .filter(|r| r.heartbeat() != options.heartbeat)
+            .map(|r| r.heartbeat())
+            .filter(|h| *h != options.heartbeat)
         {
             let _ = raft.shutdown().await;
+            let joined = joined.as_millis();
             return Err(Error::Protocol(format!(
-                "member {} joined its cluster with heartbeats every {} ms, and every member has \
-                 that timing: start it with --heartbeat-ms {} (not {})",
+                "member {} joined its cluster with heartbeats every {joined} ms, and every member \
+                 has that timing: start it with --heartbeat-ms {joined} (not {})",
                 options.id,
-                r.heartbeat().as_millis(),
-                r.heartbeat().as_millis(),
                 options.heartbeat.as_millis()
             )));
         }
@@ -465,17 +465,17 @@ impl Node {
         }
     }
 
-    /// This node's heartbeat interval in milliseconds.
-    fn heartbeat_ms(&self) -> u64 {
-        self.raft.config().heartbeat_interval
+    /// This node's heartbeat interval.
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.raft.config().heartbeat_interval)
     }
 
     /// Its heartbeat as its member record carries it: none for the default,
     /// so that the record of a member that joined before the heartbeat was
     /// settable equals the one it sends now.
     fn heartbeat_field(&self) -> Option<u64> {
-        let ms = self.heartbeat_ms();
-        (u128::from(ms) != crate::cluster::DEFAULT_HEARTBEAT.as_millis()).then_some(ms)
+        let h = self.heartbeat();
+        (h != crate::cluster::DEFAULT_HEARTBEAT).then_some(h.as_millis() as u64)
     }
 
     /// The cluster as this node's applied metadata says.
@@ -880,8 +880,9 @@ impl Node {
         let leader = self.raft.metrics().borrow_watched().current_leader;
         if leader == Some(self.id) {
             // The leader's lease assumes every member's election timeout.
-            let (mine, theirs) = (self.heartbeat_ms(), req.member.heartbeat().as_millis());
-            if u128::from(mine) != theirs {
+            let (mine, theirs) = (self.heartbeat(), req.member.heartbeat());
+            if mine != theirs {
+                let (mine, theirs) = (mine.as_millis(), theirs.as_millis());
                 return Err(Failed::new(
                     timing_differs(),
                     format!(
