@@ -37,6 +37,11 @@ pub struct Client {
     /// it running, so the node sees no aborted handshake and the next call
     /// finds the connection, even on a path slower than any one call waits.
     handshakes: Arc<std::sync::Mutex<HashMap<SocketAddr, Handshake>>>,
+    /// When a node last failed in transport (a handshake, or a call whose
+    /// connection was lost or timed out), until a handshake succeeds: the
+    /// gateway sends no read to a node that failed lately and has no
+    /// connection, instead of waiting out another connect timeout.
+    failed: Arc<std::sync::Mutex<HashMap<SocketAddr, std::time::Instant>>>,
     pipes: std::sync::Mutex<HashMap<SocketAddr, Arc<Pipe>>>,
     /// Per node, held while its connection or pipe is opened: concurrent
     /// first calls share one, and a node that does not answer (a connect
@@ -108,6 +113,7 @@ impl Client {
             v6: Mutex::new(None),
             conns: Default::default(),
             handshakes: Default::default(),
+            failed: Default::default(),
             pipes: std::sync::Mutex::new(HashMap::new()),
             opening: Default::default(),
             local: HashMap::new(),
@@ -200,7 +206,11 @@ impl Client {
         let connecting = endpoint
             .connect_with(config, addr, SERVER_NAME)
             .map_err(quic)?;
-        let (conns, handshakes) = (self.conns.clone(), self.handshakes.clone());
+        let (conns, handshakes, failed) = (
+            self.conns.clone(),
+            self.handshakes.clone(),
+            self.failed.clone(),
+        );
         let (done, outcome) = tokio::sync::oneshot::channel();
         let handshake = async move {
             outcome
@@ -227,12 +237,20 @@ impl Client {
             // Stored before the handshake leaves the table, and out of it
             // before anyone hears: a caller finds the connection or the
             // handshake, and after a failure a new call tries afresh.
-            if let Ok(c) = &r {
-                conns
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(addr, c.clone());
+            let mut failed = failed.lock().unwrap_or_else(|e| e.into_inner());
+            match &r {
+                Ok(c) => {
+                    conns
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(addr, c.clone());
+                    failed.remove(&addr);
+                }
+                Err(_) => {
+                    failed.insert(addr, std::time::Instant::now());
+                }
             }
+            drop(failed);
             drop(leave);
             let _ = done.send(r);
         });
@@ -249,8 +267,14 @@ impl Client {
     /// Sends one request frame and waits for the reply frame, whatever it is.
     async fn call_frame(&self, addr: SocketAddr, request: Frame) -> Result<Frame> {
         match tokio::time::timeout(CALL_TIMEOUT, self.call_once(addr, request)).await {
-            Ok(r) => r,
+            Ok(r) => {
+                if matches!(r, Err(Error::Unanswered(_) | Error::Timeout(_))) {
+                    self.note_failure(addr);
+                }
+                r
+            }
             Err(_) => {
+                self.note_failure(addr);
                 // The peer may be gone without a word: reuse neither the
                 // connection nor its pipeline.
                 self.conns
@@ -283,6 +307,25 @@ impl Client {
             return Ok(());
         }
         self.pipe(addr).await.map(|_| ())
+    }
+
+    fn note_failure(&self, addr: SocketAddr) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, std::time::Instant::now());
+    }
+
+    /// Whether `addr` failed in transport within `within` and has no open
+    /// connection now (a node in this process never fails so).
+    pub fn failed_lately(&self, addr: SocketAddr, within: std::time::Duration) -> bool {
+        !self.is_ready(addr)
+            && self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .is_some_and(|at| at.elapsed() < within)
     }
 
     /// Whether a call to `addr` would go out at once, without opening a

@@ -412,6 +412,68 @@ fn reads_avoid_a_paused_worker() {
     );
 }
 
+/// With its only worker dead (kill -9), reads go to the master: the first
+/// after the hedge budget, the next ones at once, instead of one connect
+/// timeout (2 s) each; once the worker is back, reads go to it again.
+#[test]
+fn reads_go_on_past_a_dead_only_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = |p: u16| format!("127.0.0.1:{p}");
+    let (mport, wport, hport) = (free_port(), free_port(), free_port());
+    let master = start_master(tmp.path(), mport);
+    let wdata = tmp.path().join("w1");
+    let worker_args = [
+        "worker",
+        "--data",
+        wdata.to_str().unwrap(),
+        "--listen",
+        &q(wport),
+        "--master",
+        &q(mport),
+    ];
+    let worker = start(&worker_args);
+    let _g = start(&[
+        "gateway",
+        "--http",
+        &q(hport),
+        "--master",
+        &q(mport),
+        "--worker",
+        &q(wport),
+    ]);
+    let url = |p: &str| format!("http://127.0.0.1:{hport}{p}");
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/d?ack=all"), "-d", "v"]);
+    assert_eq!(code, 200, "{body}");
+    for _ in 0..10 {
+        assert_eq!(curl(&[&url("/v1/kv/d?consistency=stale")]).0, 200);
+    }
+    drop(worker); // kill -9
+    let t = Instant::now();
+    for i in 0..10 {
+        for level in ["stale", "strong"] {
+            let (code, body) = curl(&[
+                "--max-time",
+                "10",
+                &url(&format!("/v1/kv/d?consistency={level}")),
+            ]);
+            assert_eq!((code, body.as_str()), (200, "v"), "{level} read {i}");
+        }
+    }
+    // Twenty reads: one connect timeout each would be 40 s.
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(8), "20 reads took {took:?}");
+
+    // Back: stale reads with the master paused can only come from it.
+    let _worker = start(&worker_args);
+    let (code, body) = curl(&["-X", "PUT", &url("/v1/kv/d?ack=all"), "-d", "w"]);
+    assert_eq!(code, 200, "{body}");
+    signal(&master, "-STOP");
+    eventually(10, "reads never went to the restarted worker", || {
+        curl(&["--max-time", "2", &url("/v1/kv/d?consistency=stale")]) == (200, "w".to_string())
+    });
+    signal(&master, "-CONT");
+}
+
 /// An empty token is refused at start; `Bearer` is case-insensitive.
 #[test]
 fn api_token_edges() {

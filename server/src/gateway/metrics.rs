@@ -138,7 +138,8 @@ pub(super) struct Metrics {
     pub(super) errors: Counter,
     /// Read-index rounds sent to the master.
     pub(super) read_index_rounds: Counter,
-    /// Reads also sent to another worker because the first was slow.
+    /// Reads also sent to another worker (or the master, after the last)
+    /// because the one asked was slow.
     pub(super) hedges: Counter,
     /// Reads that failed while the master changed and went once more.
     pub(super) reads_retried: Counter,
@@ -201,7 +202,7 @@ impl Metrics {
         let hedges = Counter::default();
         registry.register(
             "read_hedges",
-            "Reads also sent to another worker because the first was slow",
+            "Reads also sent to another worker (the master, after the last) because the one asked was slow",
             hedges.clone(),
         );
         let reads_retried = Counter::default();

@@ -50,6 +50,12 @@ pub(crate) const CURSOR_HEADER: &str = "x-ourkv-cursor";
 /// reads first; one failure (weighed as a second) lifts it past for
 /// several answers, so a failing local store is not tried first.
 const LOCAL_HEALTHY_US: u64 = 50_000;
+/// A worker whose connection failed this recently, and is not open again,
+/// gets no reads (they go to the other workers, or the master): each would
+/// wait out a connect timeout. A probe in the background, at most once a
+/// second, finds it back.
+const DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+const PROBE_EVERY_MS: u64 = 1000;
 
 /// The OpenAPI document, made from the handlers' annotations when the first
 /// router is built.
@@ -116,6 +122,17 @@ struct Load {
     in_flight: AtomicU64,
     /// Exponentially weighted latency, microseconds.
     ewma_us: AtomicU64,
+    /// When the last probe of this worker, down, went out (`since_start`).
+    probed_ms: AtomicU64,
+}
+
+/// Milliseconds since the first call (a clock for atomics).
+fn since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Load {
@@ -331,12 +348,16 @@ impl Gateway {
     }
 
     /// Worker indexes, least loaded first: fewest requests in flight,
-    /// weighted by recent latency (failures count as slow).
+    /// weighted by recent latency (failures count as slow). Workers that are
+    /// down (`DOWN_FOR`) are left out, and probed in the background.
     fn by_load(&self, topo: &topology::Topology) -> Vec<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = topo.workers.len();
         // Rotating the start breaks ties evenly.
-        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        let mut order: Vec<usize> = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&i| !self.down(topo, i))
+            .collect();
         // Every 64th read goes round-robin, so a worker that failed once is
         // tried again and its score can recover. Else the least loaded goes
         // first; the others only matter if it fails.
@@ -344,18 +365,45 @@ impl Gateway {
             // The member in this process costs no hop: first, unless it
             // failed lately (a failure weighs a second in its average).
             let local = self.local.and_then(|a| {
-                (0..n).find(|&k| {
+                (0..order.len()).find(|&k| {
                     let i = order[k];
                     topo.workers[i] == a
                         && topo.load[i].ewma_us.load(Ordering::Relaxed) < LOCAL_HEALTHY_US
                 })
             });
-            let first = local.or_else(|| (0..n).min_by_key(|&k| topo.load[order[k]].score()));
+            let first =
+                local.or_else(|| (0..order.len()).min_by_key(|&k| topo.load[order[k]].score()));
             if let Some(best) = first {
                 order.swap(0, best);
             }
         }
         order
+    }
+
+    /// Whether worker `i` is down: its connection failed lately and is not
+    /// open again. Starts a probe (a connection attempt, no request) at most
+    /// once a second while it is.
+    fn down(&self, topo: &topology::Topology, i: usize) -> bool {
+        let addr = topo.workers[i];
+        if !self.client.failed_lately(addr, DOWN_FOR) {
+            return false;
+        }
+        let now = since_start();
+        let probed = &topo.load[i].probed_ms;
+        let last = probed.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= PROBE_EVERY_MS
+            && probed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                // Its outcome is the client's to note (a failure keeps the
+                // worker down, a connection brings it back).
+                let _ = client.ready(addr).await;
+            });
+        }
+        true
     }
 
     /// The master's commit cursor, from a read-index round sent after this
@@ -387,8 +435,9 @@ impl Gateway {
     /// Runs the read on the least loaded worker that has applied `min`, then
     /// on the master if no worker answered. A worker that has not answered
     /// within a small budget over its usual latency (a paused or dead one)
-    /// gets company: the read goes to the next worker too, and the first
-    /// answer wins. The same code serves `ourkv dev`, whose nodes the client
+    /// gets company: the read goes to the next worker too (after the last,
+    /// to the master), and the first answer wins. A worker that is down
+    /// gets no read at all. The same code serves `ourkv dev`, whose nodes the client
     /// reaches in process.
     ///
     /// A read that failed while the cluster changed master goes once more,
@@ -492,9 +541,11 @@ impl Gateway {
                         Ok(v) => return Ok(v),
                         Err(e) => last = Some(e),
                     },
-                    _ = &mut hedge, if tried < order.len() => {
+                    _ = &mut hedge => {
                         self.metrics.hedges.inc();
-                        let next = order[tried];
+                        // Every worker has the read and none answered in
+                        // time: the master answers it (one worker, paused).
+                        let Some(&next) = order.get(tried) else { break };
                         more.get_or_insert_with(futures_util::stream::FuturesUnordered::new)
                             .push(launch(next));
                         tried += 1;
