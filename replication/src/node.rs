@@ -489,6 +489,51 @@ impl Master {
         Ok(guard)
     }
 
+    /// In a failover cluster, refuses a write unless this master still
+    /// leads: within its lease, or a quorum of members says so. Nothing is
+    /// written then (`not_master`, which a client may send again): a master
+    /// cut off from its quorum, or paused past a failover, takes no write
+    /// that the new master would cut.
+    async fn leads(&self) -> Result<()> {
+        let Some(link) = &self.link else {
+            return Ok(());
+        };
+        if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
+            return Err(Error::Remote {
+                code: Code::NotMaster,
+                message: format!(
+                    "the master of term {} does not reach a quorum of members: it takes no writes",
+                    self.term
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a durable write up to `cursor` per `ack`: for `all`
+    /// once the in-sync workers applied it; for `master` once this master
+    /// is seen to lead still (a master paused or cut off while it wrote
+    /// may have been replaced: the write's fate is then unknown).
+    async fn acknowledged(&self, cursor: Location, ack: Ack) -> Result<()> {
+        if ack == Ack::All {
+            return self.wait_all(cursor).await;
+        }
+        let Some(link) = &self.link else {
+            return Ok(());
+        };
+        if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
+            return Err(Error::Remote {
+                code: Code::Indeterminate,
+                message: format!(
+                    "the master of term {} lost its quorum before the write was acknowledged: \
+                     it may or may not have taken effect",
+                    self.term
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// A planned handover starts: new writes are refused (`not_master`,
     /// which a client may retry: nothing was written).
     pub fn pause_writes(&self) {
@@ -736,6 +781,7 @@ impl Master {
         ttl_ms: u64,
         lease: u32,
     ) -> Result<Option<(Cursor, Version)>> {
+        self.leads().await?;
         let appending = self.begin_write()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
@@ -764,9 +810,7 @@ impl Master {
         };
         let cursor = self.store.db().end();
         self.durable(pending).await?;
-        if ack == Ack::All {
-            self.wait_all(cursor).await?;
-        }
+        self.acknowledged(cursor, ack).await?;
         let epoch = self.epoch();
         Ok(Some((Cursor::new(epoch, cursor), Version { epoch, at })))
     }
@@ -775,6 +819,9 @@ impl Master {
     /// sets deadlines): the end cursor and the lease, acknowledged per
     /// `ack` when it wrote. `None` if the lease named does not live.
     pub async fn lease(&self, op: LeaseOp, ack: Ack) -> Result<Option<(Cursor, LeaseInfo)>> {
+        if !matches!(op, LeaseOp::Info { .. }) {
+            self.leads().await?;
+        }
         // Deadlines and what remains of them by the clock read under the
         // write lock (a write may wait for the lock behind a large one).
         let info = |l: ourdb::keyed::LeaseInfo| LeaseInfo {
@@ -850,10 +897,7 @@ impl Master {
         match pending {
             Some(p) => {
                 self.durable(p).await?;
-                if ack == Ack::All {
-                    self.wait_all(cursor).await?;
-                }
-                Ok(())
+                self.acknowledged(cursor, ack).await
             }
             None => Ok(self.after_read(Ok(())).await.map(|_| ())?),
         }
@@ -871,6 +915,7 @@ impl Master {
         ack: Ack,
     ) -> Result<(Cursor, std::result::Result<Vec<TxnResult>, u32>)> {
         use ourdb::keyed::{Condition, Op, OpResult, TxnOutcome};
+        self.leads().await?;
         let appending = self.begin_write()?;
         let conds: Vec<Condition> = conditions
             .into_iter()
@@ -962,6 +1007,7 @@ impl Master {
         ack: Ack,
         expect: Expect,
     ) -> Result<Option<(bool, Cursor)>> {
+        self.leads().await?;
         let appending = self.begin_write()?;
         let Some(expect) = self.expectation(expect) else {
             return Ok(None);
@@ -977,8 +1023,8 @@ impl Master {
         let existed = pending.is_some();
         if let Some(p) = pending {
             self.durable(p).await?;
-        }
-        if ack == Ack::All {
+            self.acknowledged(cursor, ack).await?;
+        } else if ack == Ack::All {
             self.wait_all(cursor).await?;
         }
         Ok(Some((existed, Cursor::new(self.epoch(), cursor))))
@@ -2438,6 +2484,10 @@ impl reads::Handler for Master {
 
 impl status::Handler for Master {
     async fn status(&self, _: status::Status) -> Answer<status::Status> {
+        // A master cut off from its quorum is no master to report: the
+        // gateway's readiness and the cluster's status say so (503, exit
+        // 5), instead of its last view of workers it no longer hears.
+        self.leads().await.map_err(write_error)?;
         Ok(status::StatusIs {
             cursor: self.commit_cursor(),
             workers: self.workers(),

@@ -528,3 +528,45 @@ async fn members_a_slow_path_apart_keep_a_master_with_a_longer_heartbeat() {
         Ok(_) => panic!("member {id} restarted with another heartbeat"),
     }
 }
+
+/// A master cut off from its quorum (both other members stopped) takes no
+/// more writes, at any `ack`: once its lease has lapsed it refuses them
+/// (`not_master`: nothing written), instead of acknowledging writes that
+/// the next master would never have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_without_its_quorum_takes_no_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let [n1, n2, n3] = three_members(&dirs, 1).await;
+    let client = Client::new(&Identity::loopback().unwrap()).unwrap();
+    write_all(&client, &[&n1, &n2, &n3], 0..5).await;
+    n2.shutdown().await;
+    n3.shutdown().await;
+    // Past the lease (six heartbeats of 50 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    for (key, ack) in [("alone-m", Ack::Master), ("alone-a", Ack::All)] {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.set_with(addr_of(&n1), key, b"x", ack),
+        )
+        .await
+        .expect("no answer within 10 s");
+        assert!(
+            matches!(
+                r,
+                Err(replication::Error::Remote {
+                    code: replication::Code::NotMaster,
+                    ..
+                })
+            ),
+            "{key}: {r:?}"
+        );
+        assert_eq!(n1.store().get(key).unwrap(), None, "{key} was written");
+    }
+    eprintln!("both refused {:?} after asking", asked.elapsed());
+    let r = client.delete(addr_of(&n1), "k0").await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(holds(&n1.store(), 0..5), "a refused delete deleted");
+    n1.shutdown().await;
+}
