@@ -388,15 +388,17 @@ impl Version {
         Etag(self)
     }
 
-    /// Parses an entity tag made by `etag`.
+    /// Parses an entity tag made by `etag`, exactly as it made it: strong
+    /// comparison is by characters (RFC 9110 8.8.3.2), so `"01-0-5"`,
+    /// `"1-0-+5"` or a tag with spaces names no version.
     pub fn from_etag(s: &str) -> Option<Version> {
-        let s = s.trim().strip_prefix('"')?.strip_suffix('"')?;
-        let mut it = s.split('-');
+        let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+        let mut it = inner.split('-');
         let v = Version {
             epoch: it.next()?.parse().ok()?,
             at: Location::new(it.next()?.parse().ok()?, it.next()?.parse().ok()?),
         };
-        it.next().is_none().then_some(v)
+        (it.next().is_none() && v.etag() == s).then_some(v)
     }
 }
 
@@ -1963,6 +1965,16 @@ mod tests {
         assert_eq!(Version::from_etag(&v.etag()), Some(v));
         assert_eq!(Version::from_etag("\"3-1\""), None);
         assert_eq!(Version::from_etag("3-1-99"), None);
+        for other in [
+            "\"01-0-5\"",
+            "\"1-00-5\"",
+            "\"1-0-+5\"",
+            " \"1-0-5\"",
+            "\"1-0-5\" ",
+        ] {
+            assert_eq!(Version::from_etag(other), None, "{other}");
+        }
+        assert!(Version::from_etag("\"1-0-5\"").is_some());
     }
 
     #[test]

@@ -493,12 +493,22 @@ pub(crate) enum Output {
     Json,
 }
 
+/// A key as the API takes it: one byte at least (an empty key names no
+/// route, and a 404 would read as "not found").
+fn key_arg(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a key is one byte or more".into());
+    }
+    Ok(s.to_string())
+}
+
 /// `ourkv kv` subcommands.
 #[derive(Subcommand)]
 pub(crate) enum KvCmd {
     /// Print KEY's value (raw by default).
     Get {
         /// The key.
+        #[arg(value_parser = key_arg)]
         key: String,
         /// strong (default), session or stale.
         #[arg(long, value_name = "LEVEL")]
@@ -507,6 +517,7 @@ pub(crate) enum KvCmd {
     /// Store a value under KEY: VALUE, or --file, or standard input.
     Put {
         /// The key.
+        #[arg(value_parser = key_arg)]
         key: String,
         /// The value; without it, --file or standard input.
         value: Option<String>,
@@ -533,6 +544,7 @@ pub(crate) enum KvCmd {
     /// Delete KEY.
     Del {
         /// The key.
+        #[arg(value_parser = key_arg)]
         key: String,
         /// master (durable on the master) or all (applied by every in-sync worker).
         #[arg(long, value_name = "ACK")]
@@ -547,12 +559,13 @@ pub(crate) enum KvCmd {
         #[arg(default_value = "")]
         prefix: String,
         /// At most this many keys (all when absent).
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// KEY's last versions, newest first.
     History {
         /// The key.
+        #[arg(value_parser = key_arg)]
         key: String,
         /// How many versions (1 to 1000).
         #[arg(long, value_name = "N", default_value_t = 10)]

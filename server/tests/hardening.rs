@@ -308,6 +308,33 @@ fn cursors_no_node_reaches_get_clear_answers() {
             curl_headers(&["--max-time", "8", &url(&format!("/v1/watch?cursor={far}"))]);
         assert!(code == 504 || code == 503, "{code} {body}");
         assert!(body.contains("\"error\""), "{body}");
+        // A later epoch: no change would ever come (an empty stream before).
+        let (code, _, body) = curl_headers(&[
+            "--max-time",
+            "8",
+            &url(&format!("/v1/watch?cursor={future_epoch}")),
+        ]);
+        assert_eq!(code, 409, "{body}");
+        assert!(body.contains("cursor_ahead"), "{body}");
+        // Last-Event-ID that is no cursor (non-ASCII too), and a malformed
+        // cursor beside a good Last-Event-ID: 400, not a replay from the start.
+        for (last_id, query) in [
+            ("Last-Event-ID: \u{e9}t\u{e9}", String::new()),
+            ("Last-Event-ID: x", String::new()),
+            (
+                &*format!("Last-Event-ID: {cursor}"),
+                "?cursor=garbage".to_string(),
+            ),
+        ] {
+            let (code, _, body) = curl_headers(&[
+                "--max-time",
+                "8",
+                "-H",
+                last_id,
+                &url(&format!("/v1/watch{query}")),
+            ]);
+            assert_eq!(code, 400, "{last_id} {query}: {body}");
+        }
     }
 }
 
@@ -715,6 +742,16 @@ fn conditional_requests_follow_rfc_9110() {
     // A weak tag never matches If-Match.
     let (code, _, _) = with("PUT", &format!("If-Match: W/{e3}"), Some("x"));
     assert_eq!(code, 412);
+    // Strong comparison is by characters: the same numbers written
+    // otherwise (a leading zero, a sign) are another tag.
+    let zero = e3.replacen('"', "\"0", 1);
+    let sign = e3.replacen('"', "\"+", 1);
+    for other in [&zero, &sign] {
+        let (code, _, _) = with("PUT", &format!("If-Match: {other}"), Some("x"));
+        assert_eq!(code, 412, "{other}");
+        let (code, _, _) = curl_headers(&["-H", &format!("If-None-Match: {other}"), &url]);
+        assert_eq!(code, 200, "{other}");
+    }
     // If-None-Match with tags on a write: 412 if the current one is listed.
     let (code, _, _) = with("PUT", &format!("If-None-Match: {e3}"), Some("x"));
     assert_eq!(code, 412);
@@ -726,6 +763,7 @@ fn conditional_requests_follow_rfc_9110() {
     for hs in [
         vec!["If-Match: abc"],
         vec!["If-Match: *, \"9-9-9\""],
+        vec!["If-Match: *", "If-Match: \"9-9-9\""],
         vec!["If-Match: \"open"],
         vec!["If-Match;"],
         vec!["If-Match: \"a\"\"b\""],

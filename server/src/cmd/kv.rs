@@ -191,26 +191,35 @@ impl Api {
 
 /// The exit code and message for an error answer.
 fn failure(status: StatusCode, body: &[u8]) -> Failure {
+    let error = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        let e = v.get("error")?;
+        Some((
+            e.get("code")?.as_str()?.to_string(),
+            e.get("message")?.as_str()?.to_string(),
+        ))
+    });
+    let said = |c: &str| error.as_ref().is_some_and(|(code, _)| code == c);
     let code = match status.as_u16() {
-        404 => NOT_FOUND,
+        // Only what the API says it did not find: a 404 for a route (or
+        // from something else at the endpoint) is a misconfiguration, and
+        // a script testing for exit 1 must not take it for an absent key.
+        404 if said("not_found") || said("no_lease") => NOT_FOUND,
         412 => PRECONDITION_FAILED,
         400..=499 => REFUSED,
         _ => UNAVAILABLE,
     };
-    let detail = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            Some(format!(
-                "{}: {}",
-                e.get("code")?.as_str()?,
-                e.get("message")?.as_str()?
-            ))
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    let detail = match &error {
+        Some((c, m)) => format!("{c}: {m}"),
+        None => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    let hint = if code == REFUSED && status == StatusCode::NOT_FOUND {
+        "; is --endpoint the gateway's address, without a path?"
+    } else {
+        ""
+    };
     Failure {
         code,
-        message: format!("{} ({detail})", status.as_u16()),
+        message: format!("{} ({detail}){hint}", status.as_u16()),
     }
 }
 
@@ -527,7 +536,8 @@ fn io_failure(e: anyhow::Error) -> Failure {
     }
 }
 
-async fn ls(api: &Api, prefix: &str, limit: Option<usize>, output: Output) -> Result<(), Failure> {
+async fn ls(api: &Api, prefix: &str, limit: Option<u64>, output: Output) -> Result<(), Failure> {
+    let limit = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
     let mut keys: Vec<String> = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -992,6 +1002,14 @@ mod tests {
             PRECONDITION_FAILED
         );
         assert_eq!(failure(StatusCode::UNAUTHORIZED, b"").code, REFUSED);
+        // A 404 the API did not explain is no absent key.
+        let no_route = br#"{"error":{"code":"no_route","message":"no such endpoint"}}"#;
+        let f = failure(StatusCode::NOT_FOUND, no_route);
+        assert_eq!(f.code, REFUSED);
+        assert!(f.message.contains("--endpoint"), "{}", f.message);
+        assert_eq!(failure(StatusCode::NOT_FOUND, b"<html>").code, REFUSED);
+        let no_lease = br#"{"error":{"code":"no_lease","message":"lease 7"}}"#;
+        assert_eq!(failure(StatusCode::NOT_FOUND, no_lease).code, NOT_FOUND);
         assert_eq!(
             failure(StatusCode::SERVICE_UNAVAILABLE, b"x").code,
             UNAVAILABLE

@@ -2,6 +2,7 @@
 //! `GET` and `DELETE /v1/lease/{id}`; keys attach with `PUT ?lease=ID`
 //! (docs/API.md, "Leases"). The master decides every deadline.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 
 use super::*;
@@ -16,14 +17,24 @@ pub(super) fn lease_of(params: &Params) -> Result<u32, ApiError> {
     }
 }
 
-/// A lease id as a client writes it.
+/// A lease id as a client writes it: digits only (no sign), 1 to
+/// `u32::MAX`.
 fn lease_id(text: &str) -> Result<u32, ApiError> {
     match text.parse::<u32>() {
-        Ok(id @ 1..) => Ok(id),
+        Ok(id @ 1..) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
         _ => Err(ApiError::bad_request(format!(
             "a lease id is a number from 1 to {}, not {text:?}",
             u32::MAX
         ))),
+    }
+}
+
+/// The lease id of a path. A segment that is no UTF-8 gets the same JSON
+/// 400, not axum's plain-text rejection.
+fn lease_path(path: Result<Path<String>, PathRejection>) -> Result<u32, ApiError> {
+    match path {
+        Ok(Path(text)) => lease_id(&text),
+        Err(_) => lease_id("(not UTF-8)"),
     }
 }
 
@@ -111,10 +122,14 @@ pub(super) async fn grant(State(gw): Gw, q: RawQuery) -> Response {
         (status = 413, response = api::TooLarge),
         (status = 500, response = api::ServerError),
     ))]
-pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
+pub(super) async fn keep_alive(
+    State(gw): Gw,
+    id: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+) -> Response {
     let r = async {
         let q = query(&q)?;
-        let id = lease_id(&id)?;
+        let id = lease_path(id)?;
         let done = on_master(&gw, LeaseOp::KeepAlive { id }, lease_ack(&q)?).await?;
         Ok(answer(StatusCode::OK, done, false))
     }
@@ -132,9 +147,9 @@ pub(super) async fn keep_alive(State(gw): Gw, Path(id): Path<String>, q: RawQuer
         (status = 404, description = "no_lease: never granted, revoked, or expired", body = api::ErrorBody),
         (status = 500, response = api::ServerError),
     ))]
-pub(super) async fn info(State(gw): Gw, Path(id): Path<String>) -> Response {
+pub(super) async fn info(State(gw): Gw, id: Result<Path<String>, PathRejection>) -> Response {
     let r = async {
-        let id = lease_id(&id)?;
+        let id = lease_path(id)?;
         let done = on_master(&gw, LeaseOp::Info { id }, Ack::Master).await?;
         Ok(answer(StatusCode::OK, done, true))
     }
@@ -155,10 +170,14 @@ pub(super) async fn info(State(gw): Gw, Path(id): Path<String>) -> Response {
         (status = 413, response = api::TooLarge),
         (status = 500, response = api::ServerError),
     ))]
-pub(super) async fn revoke(State(gw): Gw, Path(id): Path<String>, q: RawQuery) -> Response {
+pub(super) async fn revoke(
+    State(gw): Gw,
+    id: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+) -> Response {
     let r = async {
         let q = query(&q)?;
-        let id = lease_id(&id)?;
+        let id = lease_path(id)?;
         let done = on_master(&gw, LeaseOp::Revoke { id }, lease_ack(&q)?).await?;
         // The keys listed are those the revocation deleted.
         Ok(answer(StatusCode::OK, done, true))

@@ -312,7 +312,11 @@ impl Gateway {
             .split_for_parts();
         OPENAPI.get_or_init(|| api::document(doc));
         let router = router
-            .fallback(|| async {
+            .fallback(|uri: axum::http::Uri| async move {
+                // `/v1/kv/` names no route, but what was meant is plain.
+                if uri.path() == "/v1/kv/" {
+                    return ApiError::bad_request("the key is empty: a key is one byte or more");
+                }
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "no_route",

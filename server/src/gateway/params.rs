@@ -53,10 +53,13 @@ fn condition(
         || ApiError::bad_request(format!("{name} must be * or a list of entity tags (\"…\")"));
     let mut tags = Vec::new();
     let mut star = false;
+    // Any tag at all, ours or not: `*` beside one is refused either way.
+    let mut listed = false;
     for v in values {
         match entity_tags(v.as_bytes()).ok_or_else(bad)? {
             None => star = true,
             Some(list) => {
+                listed = true;
                 for (weak, tag) in list {
                     // Tags this API did not make match nothing.
                     if !(weak && strong) {
@@ -69,9 +72,9 @@ fn condition(
             }
         }
     }
-    match (star, tags.is_empty()) {
-        (true, true) => Ok(Some(Condition::Star)),
-        (true, false) => Err(bad()),
+    match (star, listed) {
+        (true, false) => Ok(Some(Condition::Star)),
+        (true, true) => Err(bad()),
         (false, _) => Ok(Some(Condition::Tags(tags))),
     }
 }

@@ -110,6 +110,9 @@ async fn writes_reads_and_errors_through_the_router() {
         ),
         ("/v1/kv?limit=0", StatusCode::BAD_REQUEST, "bad_request"),
         ("/nowhere", StatusCode::NOT_FOUND, "no_route"),
+        ("/v1/kv/", StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/lease/%FF", StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/lease/+5", StatusCode::BAD_REQUEST, "bad_request"),
     ] {
         let (got, _, body) = call(&app, get(uri)).await;
         assert_eq!(got, status, "{uri}");

@@ -321,6 +321,7 @@ impl Follower {
         api::Common,
         (status = 200, description = "The events", content_type = "text/event-stream", body = String),
         (status = 400, response = api::BadRequest),
+        (status = 409, response = api::CursorAhead),
         (status = 410, response = api::Gone),
         (status = 504, response = api::GatewayTimeout),
     ))]
@@ -329,16 +330,29 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
     let r = async {
         let q = query(&q)?;
         let prefix = prefix_of(&q)?;
-        let from = headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or(q.get("cursor")?.map(str::to_string));
-        let cursor = match from {
-            Some(c) => parse_cursor(&c)
-                .ok_or_else(|| ApiError::bad_request("cursor must be epoch:file:offset"))?,
-            None => Cursor::ZERO,
-        };
+        // Both are checked when both come: a malformed one is an error
+        // whichever would have been used. A reconnect's Last-Event-ID wins.
+        let bad = |what: &str| ApiError::bad_request(format!("{what} must be epoch:file:offset"));
+        let given = q
+            .get("cursor")?
+            .map(|c| parse_cursor(c).ok_or_else(|| bad("cursor")))
+            .transpose()?;
+        let mut last_ids = headers.get_all("last-event-id").iter();
+        let last_id = last_ids
+            .next()
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(parse_cursor)
+                    .ok_or_else(|| bad("Last-Event-ID"))
+            })
+            .transpose()?;
+        if last_ids.next().is_some() {
+            return Err(ApiError::bad_request(
+                "Last-Event-ID is given more than once",
+            ));
+        }
+        let cursor = last_id.or(given).unwrap_or(Cursor::ZERO);
         let permit = gw.hub.watches.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable("too many watches open on this gateway; retry shortly")
         })?;
@@ -357,6 +371,18 @@ pub(super) async fn watch(State(gw): Gw, headers: HeaderMap, q: RawQuery) -> Res
                 "no worker to watch from; retry shortly",
             ));
         };
+        // A later epoch than the log's is no cursor of this log (yet): no
+        // change would ever come after it, so it is refused, not followed.
+        if cursor.epoch > until.epoch {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "cursor_ahead",
+                format!(
+                    "cursor {cursor} is past the end of the log (its epoch is {})",
+                    until.epoch
+                ),
+            ));
+        }
         // The first call also checks the cursor, so a bad one is an error
         // status before any event, not an empty stream.
         let (changes, next) = catch_up(&gw, &prefix, cursor, until.max(cursor))
