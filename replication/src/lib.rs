@@ -14,6 +14,7 @@ pub mod client;
 pub mod cluster;
 pub mod cursor;
 pub mod error;
+pub mod fatal;
 pub mod frame;
 pub mod identity;
 pub mod msg;

@@ -147,8 +147,9 @@ fn run(
                 tx.send_replace(Durable::Upto(s));
             }
             Err(e) => {
-                tracing::error!(error = %e, "group commit failed: the master takes no more writes");
+                tracing::error!(error = %e, "group commit failed: this store takes no more writes");
                 tx.send_replace(Durable::Failed(e.to_string()));
+                crate::fatal::store_failed(&e.to_string());
                 return;
             }
         }

@@ -193,6 +193,19 @@ fn main() -> ExitCode {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(error = %e, "could not raise the descriptor limit");
     }
+    // A node whose store failed a commit (a full or failing disk) stops:
+    // in a failover cluster another member takes over at once, and a
+    // restart (the unit's, or the operator's once the disk is fixed)
+    // reopens the store, the only way past a failed fsync. Staying up, it
+    // would refuse every write and, as master, hold the role forever.
+    replication::fatal::on_store_failure(|why| {
+        tracing::error!(
+            error = why,
+            "the store failed a commit: exiting (restart once the disk has room)"
+        );
+        eprintln!("error: the store failed a commit ({why}); exiting");
+        std::process::exit(1);
+    });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
