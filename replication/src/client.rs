@@ -319,13 +319,13 @@ impl Client {
     /// Whether `addr` failed in transport within `within` and has no open
     /// connection now (a node in this process never fails so).
     pub fn failed_lately(&self, addr: SocketAddr, within: std::time::Duration) -> bool {
-        !self.is_ready(addr)
-            && self
-                .failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&addr)
-                .is_some_and(|at| at.elapsed() < within)
+        // The table first: empty while every node answers (each read asks).
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .is_some_and(|at| at.elapsed() < within)
+            && !self.is_ready(addr)
     }
 
     /// Whether a call to `addr` would go out at once, without opening a

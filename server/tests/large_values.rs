@@ -175,6 +175,45 @@ fn large_values_in_history_conditional_writes_and_watches() {
         .collect();
     assert_eq!(values.len(), 2, "two puts of big");
     assert!(values[0] == v1 && values[1] == v2);
+
+    // A watch following the shared stream (opened at the log's end) gets
+    // large values too, whole and in order among small ones: the shared
+    // stream carries them without their data, and the watch reads them.
+    let (code, body) = put_file(&url("/v1/kv/live/0?ack=all"), b"start", &[]);
+    assert_eq!(code, 200);
+    let at: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let at = at["cursor"].as_str().unwrap().to_string();
+    let watch = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "5"])
+        .arg(url(&format!("/v1/watch?prefix=live/&cursor={at}")))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let big = value(3, 300_000);
+    for (key, v) in [
+        ("live/a", &b"small"[..]),
+        ("other/big", &big[..]),
+        ("live/b", &big[..]),
+        ("live/c", &b"after"[..]),
+    ] {
+        let (code, body) = put_file(&url(&format!("/v1/kv/{key}?ack=all")), v, &[]);
+        assert_eq!(code, 200, "{key}: {body}");
+    }
+    let out = watch.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let seen: Vec<(String, Vec<u8>)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| {
+            let d: serde_json::Value = serde_json::from_str(d.trim()).unwrap();
+            let v = b64.decode(d["value"].as_str().unwrap()).unwrap();
+            (d["key"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["live/a", "live/b", "live/c"], "{out:.300}");
+    assert_eq!(seen[1].1, big);
 }
 
 /// kill -9 while 3 MiB values stream in: after the restart the key holds

@@ -26,6 +26,9 @@ pub(super) const FAILOVER_WAIT: Duration = Duration::from_secs(3);
 /// How long a request waits for another master when the current one just
 /// failed in transport, before it tries that one again.
 const SUSPECT_WAIT: Duration = Duration::from_millis(1500);
+/// How long a request out on a master waits once the cluster names
+/// another, before it counts as unanswered (a write: `indeterminate`).
+const MOVED_GRACE: Duration = Duration::from_millis(250);
 
 /// The master and workers requests go to now.
 pub(crate) struct Topology {
@@ -204,7 +207,27 @@ impl Routes {
                     }
                 }
             }
-            let e = match op(master).await {
+            let call = op(master);
+            tokio::pin!(call);
+            let outcome = tokio::select! {
+                r = &mut call => r,
+                // (The watch's guard dropped at once: not held over an await.)
+                _ = async { changes.wait_for(|t| t.master != master).await.map(|_| ()) } => {
+                    // The cluster named another master while this request
+                    // was out. A planned handover still answers what it
+                    // admitted, within the grace; a dead master's
+                    // connection would only say so at its idle timeout
+                    // (3 s on the overlay), long after the new master
+                    // takes writes.
+                    match tokio::time::timeout(MOVED_GRACE, &mut call).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::Unanswered(format!(
+                            "the cluster named another master than {master} while the request was out"
+                        ))),
+                    }
+                }
+            };
+            let e = match outcome {
                 Ok(v) => {
                     self.clear_suspect(master);
                     return Ok(v);

@@ -21,6 +21,12 @@ use replication::Code;
 const FANOUT: usize = 4096;
 /// Records read per catch-up call.
 const CATCH_UP_BYTES: u32 = 256 * 1024;
+/// A change whose event is larger travels in the shared stream without its
+/// data, and a watch it concerns reads it on its own: the shared buffer
+/// keeps each change until every watch has read it, so with one watch that
+/// never reads it would otherwise hold FANOUT values of up to 16 MiB (86 GB
+/// of events) instead of at most 64 MiB.
+const SHARED_DATA_MAX: usize = 16 * 1024;
 /// Catch-up calls in flight at once (more wait their turn).
 const CATCH_UPS: usize = 16;
 /// Watches open at once on one gateway, by default (503 past it).
@@ -36,6 +42,9 @@ enum Shared {
         kind: &'static str,
         data: String,
     },
+    /// A change too large to buffer for every watch (`SHARED_DATA_MAX`):
+    /// a watch whose prefix it matches reads it from a worker.
+    Large { cursor: Cursor, key: String },
     /// The log was replaced (a compaction): every watch ends, and its
     /// cursor is answered 410 on reconnect.
     Gone,
@@ -88,12 +97,22 @@ impl Hub {
     }
 
     fn publish(&self, change: replication::Change) {
-        let (kind, data) = event_of(&change);
-        let ev = Arc::new(Shared::Change {
-            cursor: change.cursor,
-            key: change.key,
-            kind,
-            data: data.to_string(),
+        // Base64 makes four bytes of three; the event is not made at all
+        // for a large one.
+        let size = change.key.len() + change.value.as_ref().map_or(0, Vec::len) * 4 / 3;
+        let ev = Arc::new(if size > SHARED_DATA_MAX {
+            Shared::Large {
+                cursor: change.cursor,
+                key: change.key,
+            }
+        } else {
+            let (kind, data) = event_of(&change);
+            Shared::Change {
+                cursor: change.cursor,
+                key: change.key,
+                kind,
+                data: data.to_string(),
+            }
         });
         let mut s = self.state();
         let _ = s.tx.send(ev);
@@ -289,6 +308,15 @@ impl Follower {
                         }
                     }
                     Shared::Change { .. } => {}
+                    Shared::Large { cursor, key } if *cursor > self.at => {
+                        if key.starts_with(&self.prefix) {
+                            // Read from the log, up to and with it.
+                            self.until = self.until.max(*cursor);
+                        } else {
+                            self.at = *cursor;
+                        }
+                    }
+                    Shared::Large { .. } => {}
                     Shared::Gone => return None,
                 },
                 Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -434,5 +462,48 @@ fn event_of(c: &replication::Change) -> (&'static str, serde_json::Value) {
         Some(v) => ("put", json!({"key": c.key, "value": b64.encode(v)})),
         None if c.expired => ("expire", json!({"key": c.key})),
         None => ("delete", json!({"key": c.key})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(n: u64, key: &str, len: usize) -> replication::Change {
+        replication::Change {
+            cursor: Cursor::new(1, ourdb::Location::new(0, n as u32)),
+            key: key.into(),
+            value: Some(vec![b'x'; len]),
+            expired: false,
+        }
+    }
+
+    /// The shared buffer keeps what no watch has read yet: a large value
+    /// goes into it without its data (a watch reads it itself).
+    #[test]
+    fn the_shared_stream_carries_large_values_without_their_data() {
+        let hub = Hub::new(1);
+        let mut rx = hub.state().tx.subscribe();
+        hub.publish(change(10, "k/small", 100));
+        hub.publish(change(20, "k/big", 1 << 20));
+        hub.publish(change(30, "k/edge", SHARED_DATA_MAX * 3 / 4 - 6));
+        match &*rx.try_recv().unwrap() {
+            Shared::Change { key, data, .. } => {
+                assert_eq!(key, "k/small");
+                assert!(data.len() > 100, "the event's data is there");
+            }
+            _ => panic!("a small change travels whole"),
+        }
+        match &*rx.try_recv().unwrap() {
+            Shared::Large { key, cursor } => {
+                assert_eq!((key.as_str(), cursor.at.position), ("k/big", 20));
+            }
+            _ => panic!("a large change travels without its data"),
+        }
+        match &*rx.try_recv().unwrap() {
+            Shared::Change { data, .. } => assert!(data.len() <= SHARED_DATA_MAX + 64),
+            _ => panic!("a change just under the limit travels whole"),
+        }
+        assert_eq!(hub.state().last.map(|c| c.at.position), Some(30));
     }
 }
