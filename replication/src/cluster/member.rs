@@ -495,6 +495,7 @@ impl Node {
                     pubkey: m.pubkey.clone(),
                     voter: v.voters.contains(&id),
                     in_sync: v.state.in_sync.contains(&id),
+                    heartbeat_ms: m.heartbeat_ms,
                 })
                 .collect(),
             applied: v.last_applied.map_or(0, |l| l.index),

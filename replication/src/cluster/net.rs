@@ -218,6 +218,7 @@ pub fn raft_config(heartbeat: std::time::Duration) -> openraft::Config {
         cluster_name: "ourkv-meta".into(),
         heartbeat_interval: beat,
         election_timeout_min: 3 * beat,
+        // `ClusterInfo::election_timeout_max` counts on this factor.
         election_timeout_max: 6 * beat,
         enable_pre_vote: Some(true),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),

@@ -153,6 +153,9 @@ pub struct MemberRow {
     pub voter: bool,
     /// Whether it is in the committed in-sync set.
     pub in_sync: bool,
+    /// Its heartbeat interval in milliseconds (`None`: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// The cluster as one member's applied metadata says (the body of `MetaIs`
@@ -178,6 +181,24 @@ pub struct ClusterInfo {
 }
 
 impl ClusterInfo {
+    /// The longest a follower waits for its leader before it stands for
+    /// election (six heartbeats, see `net::raft_config`), over the members:
+    /// how long a failover's election may take.
+    pub fn election_timeout_max(&self) -> std::time::Duration {
+        let beat = self
+            .members
+            .iter()
+            .map(|m| {
+                m.heartbeat_ms.map_or(
+                    crate::cluster::DEFAULT_HEARTBEAT,
+                    std::time::Duration::from_millis,
+                )
+            })
+            .max()
+            .unwrap_or(crate::cluster::DEFAULT_HEARTBEAT);
+        6 * beat
+    }
+
     /// Whether this view is newer than `other`: a newer term, or at one term
     /// more of the metadata log applied.
     pub fn newer_than(&self, other: &ClusterInfo) -> bool {
@@ -248,5 +269,24 @@ mod tests {
             serde_json::from_str(r#"{"addr":"127.0.0.1:7000","heartbeat_ms":500}"#).unwrap();
         assert_eq!(slow.heartbeat(), std::time::Duration::from_millis(500));
         assert_ne!(old, slow);
+    }
+
+    /// A view's election timeout is six of its members' longest heartbeat
+    /// (what a gateway waits out in a failover); rows without one (the
+    /// default, or a member of the version before) count as 50 ms.
+    #[test]
+    fn a_views_election_timeout_follows_its_members_heartbeat() {
+        let view = |rows: &str| -> ClusterInfo {
+            serde_json::from_str(&format!(
+                r#"{{"node":1,"term":3,"master":1,"leader":1,"members":[{rows}]}}"#
+            ))
+            .unwrap()
+        };
+        let row = |hb: &str| format!(r#"{{"id":1,"addr":"a:1","voter":true,"in_sync":false{hb}}}"#);
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(view("").election_timeout_max(), ms(300));
+        assert_eq!(view(&row("")).election_timeout_max(), ms(300));
+        let slow = format!("{},{}", row(""), row(r#","heartbeat_ms":500"#));
+        assert_eq!(view(&slow).election_timeout_max(), ms(3000));
     }
 }

@@ -466,7 +466,9 @@ impl Gateway {
                 None => min,
             };
             match self.read_on(&topo, min, &remote).await {
-                Err(e) if again && e.may_pass() && started.elapsed() < topology::FAILOVER_WAIT => {
+                Err(e)
+                    if again && e.may_pass() && started.elapsed() < self.routes.failover_wait() =>
+                {
                     let now = self.topology();
                     if now.master == topo.master && now.workers == topo.workers {
                         return Err(e);

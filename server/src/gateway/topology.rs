@@ -21,8 +21,9 @@ const DISCOVERY_EVERY: Duration = Duration::from_secs(1);
 /// How long one member may take to answer `Meta`.
 const META_WAIT: Duration = Duration::from_millis(500);
 /// How long a request waits for a new master before it gives up (an
-/// election takes about a second).
-pub(super) const FAILOVER_WAIT: Duration = Duration::from_secs(3);
+/// election takes about a second), at least: members with a longer
+/// heartbeat take longer (`Routes::failover_wait`).
+const FAILOVER_WAIT: Duration = Duration::from_secs(3);
 /// How long a request waits for another master when the current one just
 /// failed in transport, before it tries that one again.
 const SUSPECT_WAIT: Duration = Duration::from_millis(1500);
@@ -129,6 +130,16 @@ impl Routes {
         self.current.subscribe()
     }
 
+    /// How long a request waits for a new master: 3 s, or twice the
+    /// members' longest election timeout where that is more (6 s with
+    /// `--heartbeat-ms 500`), so a failover that takes its time is waited
+    /// out rather than answered 503.
+    pub(super) fn failover_wait(&self) -> Duration {
+        self.now().cluster.as_ref().map_or(FAILOVER_WAIT, |c| {
+            FAILOVER_WAIT.max(2 * c.election_timeout_max())
+        })
+    }
+
     /// Every node the gateway knows of: the flags' and the members'.
     pub(super) fn known(&self) -> Vec<SocketAddr> {
         self.now().known(&self.seeds)
@@ -148,7 +159,8 @@ impl Routes {
         F: Fn(SocketAddr) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let deadline = Instant::now() + FAILOVER_WAIT;
+        let wait = self.failover_wait();
+        let deadline = Instant::now() + wait;
         let mut changes = self.subscribe();
         loop {
             let (master, failover) = {
@@ -202,7 +214,7 @@ impl Routes {
                     // Not `Timeout`, which says a request may have landed.
                     Err(_) => {
                         return Err(Error::Quic(format!(
-                            "no connection to the master {master} within {FAILOVER_WAIT:?}"
+                            "no connection to the master {master} within {wait:?}"
                         )))
                     }
                 }
@@ -268,9 +280,10 @@ impl Routes {
     }
 
     fn is_suspect(&self, addr: SocketAddr) -> bool {
+        let wait = self.failover_wait();
         matches!(
             *self.suspect.lock().unwrap_or_else(|e| e.into_inner()),
-            Some((a, at)) if a == addr && at.elapsed() < FAILOVER_WAIT
+            Some((a, at)) if a == addr && at.elapsed() < wait
         )
     }
 
