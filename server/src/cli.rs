@@ -105,7 +105,8 @@ pub(crate) enum Cmd {
     /// Copy a running cluster's data into a new directory without stopping
     /// it (an online backup through the gateway); a node started on the
     /// directory (`ourkv master --data DIR`) serves it. Exit codes as for
-    /// `kv`: 4 refused, 5 unavailable or cut short.
+    /// `kv`: 2 OUT not a new or empty directory, 4 refused, 5 unavailable or
+    /// cut short.
     Backup(BackupArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     /// to standard output, e.g. `ourkv completions bash > /etc/bash_completion.d/ourkv`.

@@ -237,7 +237,7 @@ fn a_refused_or_failed_backup_leaves_nothing_and_says_why() {
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("notes"), "mine").unwrap();
     let o = backup(&http, &full, Some("s3cret"));
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "a usage error: {o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("not empty"),
         "{o:?}"

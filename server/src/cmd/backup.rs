@@ -16,15 +16,24 @@ use replication::frame;
 use replication::msg::snapshot::Part;
 
 use crate::cli::BackupArgs;
-use crate::cmd::kv::{runtime, Api, Failure, UNAVAILABLE};
+use crate::cmd::kv::{runtime, Api, Failure, UNAVAILABLE, USAGE};
 
 /// Runs `ourkv backup`.
 pub(crate) fn run(args: BackupArgs) -> Result<ExitCode> {
     let api = Api::new(&args.api.endpoint, args.api.token)?;
     let config = crate::cmd::node::service_config(args.file_size);
-    // Refused before anything is asked of the cluster.
-    let install = SnapshotInstall::create(&args.out, config)
-        .with_context(|| format!("back up into {}", args.out.display()))?;
+    // Refused before anything is asked of the cluster, as a usage error
+    // (exit 2): OUT is wrong, and 1 would read as "not found".
+    let install = match SnapshotInstall::create(&args.out, config) {
+        Ok(i) => i,
+        Err(e) => {
+            return Ok(Failure {
+                code: USAGE,
+                message: format!("back up into {}: {e}", args.out.display()),
+            }
+            .exit())
+        }
+    };
     match runtime()?.block_on(receive(&api, install, &args.out)) {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(f)) => Ok(f.exit()),
