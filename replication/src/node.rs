@@ -495,10 +495,7 @@ impl Master {
     /// cut off from its quorum, or paused past a failover, takes no write
     /// that the new master would cut.
     async fn leads(&self) -> Result<()> {
-        let Some(link) = &self.link else {
-            return Ok(());
-        };
-        if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
+        if !self.still_master().await {
             return Err(Error::Remote {
                 code: Code::NotMaster,
                 message: format!(
@@ -510,6 +507,15 @@ impl Master {
         Ok(())
     }
 
+    /// Whether this master still leads: always outside a failover cluster;
+    /// in one, not deposed and within its lease or confirmed by a quorum.
+    async fn still_master(&self) -> bool {
+        match &self.link {
+            None => true,
+            Some(link) => !self.deposed.load(Ordering::SeqCst) && link.still_leads().await,
+        }
+    }
+
     /// Acknowledges a durable write up to `cursor` per `ack`: for `all`
     /// once the in-sync workers applied it; for `master` once this master
     /// is seen to lead still (a master paused or cut off while it wrote
@@ -518,10 +524,7 @@ impl Master {
         if ack == Ack::All {
             return self.wait_all(cursor).await;
         }
-        let Some(link) = &self.link else {
-            return Ok(());
-        };
-        if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
+        if !self.still_master().await {
             return Err(Error::Remote {
                 code: Code::Indeterminate,
                 message: format!(
@@ -1143,13 +1146,11 @@ impl Master {
         // Read before the leadership check: everything committed by then
         // is in it, and the check then shows no newer master existed.
         let cursor = self.commit_cursor();
-        if let Some(link) = &self.link {
-            if self.deposed.load(Ordering::SeqCst) || !link.still_leads().await {
-                return Err(failed(
-                    Code::NotMaster,
-                    format!("the master of term {} no longer leads", self.term),
-                ));
-            }
+        if !self.still_master().await {
+            return Err(failed(
+                Code::NotMaster,
+                format!("the master of term {} no longer leads", self.term),
+            ));
         }
         Ok(cursor)
     }
